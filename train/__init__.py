@@ -1,0 +1,1 @@
+"""Training and evaluation on top of :mod:`segmentation`; no network code of its own (DESIGN §2)."""
