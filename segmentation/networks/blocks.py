@@ -1,0 +1,44 @@
+"""Building blocks used by more than one network: conv–BN–activation and upsampling to full size."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class ConvBNAct(nn.Sequential):
+    """``k×k`` convolution (same padding, no bias) → BatchNorm → activation (ReLU unless given).
+
+    Plain conv/BN/ReLU runs well with channels-last on CPU and GPU. ``act=None`` leaves the
+    activation out (the "linear" convolutions of RFB, Liu et al. ECCV 2018).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int] = 3,
+        *,
+        stride: int = 1,
+        dilation: int = 1,
+        act: type[nn.Module] | None = nn.ReLU,
+    ) -> None:
+        kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
+        padding = (dilation * (kh - 1) // 2, dilation * (kw - 1) // 2)
+        layers: list[nn.Module] = [
+            nn.Conv2d(
+                in_channels, out_channels, (kh, kw), stride=stride, padding=padding,
+                dilation=dilation, bias=False,
+            ),
+            nn.BatchNorm2d(out_channels),
+        ]
+        if act is not None:
+            layers.append(act(out_channels) if act is nn.PReLU else act(inplace=True))
+        super().__init__(*layers)
+
+
+def upsample_to(x: Tensor, size: tuple[int, int] | list[int]) -> Tensor:
+    """Bilinear upsampling of logits or features to ``size`` (used for deep-supervision outputs)."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
