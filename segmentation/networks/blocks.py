@@ -42,3 +42,11 @@ def upsample_to(x: Tensor, size: tuple[int, int] | list[int]) -> Tensor:
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+class DoubleConv(nn.Sequential):
+    """Two 3×3 conv–BN–ReLU: U-Net's stage (Ronneberger et al. 2015 §2) and paper 002's
+    "composite convolution (Conv 3×3 + Conv 3×3)"."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(ConvBNAct(in_channels, out_channels), ConvBNAct(out_channels, out_channels))

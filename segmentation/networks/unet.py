@@ -19,14 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import SegmentationNetwork, Width, register, resolve_width
-from .blocks import ConvBNAct
-
-
-class DoubleConv(nn.Sequential):
-    """Two 3×3 conv–BN–ReLU (Ronneberger 2015 §2, "two 3x3 convolutions, each followed by a ReLU")."""
-
-    def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__(ConvBNAct(in_channels, out_channels), ConvBNAct(out_channels, out_channels))
+from .blocks import DoubleConv
 
 
 class UNet(SegmentationNetwork):
