@@ -10,6 +10,6 @@ from __future__ import annotations
 from .base import SegmentationNetwork, Width, available, build, register
 
 # Importing each module registers its network.
-from . import mams, msanet, unet  # noqa: E402,F401  isort: skip
+from . import mams, msanet, semisup, unet  # noqa: E402,F401  isort: skip
 
 __all__ = ["SegmentationNetwork", "Width", "available", "build", "register"]
