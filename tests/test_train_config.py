@@ -1,0 +1,52 @@
+"""Training presets: the committed ones validate, bad ones fail with messages naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from train.config import ConfigError, load_config
+
+PRESETS = Path(__file__).resolve().parents[1] / "config" / "train"
+
+
+@pytest.mark.parametrize("name", ["unet", "msanet", "mams", "semisup"])
+def test_committed_presets_validate(name: str) -> None:
+    config = load_config(PRESETS / f"{name}.toml")
+    assert config.name == name
+    assert config.model.network == name
+    assert config.adversarial.enabled == (name == "msanet")
+    assert config.semisup.enabled == (name == "semisup")
+
+
+def test_semisup_defaults_follow_paper_004() -> None:
+    config = load_config(PRESETS / "semisup.toml")
+    assert config.semisup.labelled_fraction == pytest.approx(0.37)
+
+
+def test_overrides_apply(tmp_path: Path) -> None:
+    config = load_config(PRESETS / "unet.toml", **{"optim.epochs": 3, "optim.batch_size": 2})
+    assert (config.optim.epochs, config.optim.batch_size) == (3, 2)
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ('name = "x"\n[optim]\nepochs = 0\n', "optim.epochs"),
+        ('name = "x"\n[optim]\nepochz = 3\n', "optim.epochz"),
+        ('name = "x"\n[data]\ntrain_fraction = 0.9\n', "sum to 1"),
+        ('name = "x"\n[adversarial]\nenabled = true\n[semisup]\nenabled = true\n', "both"),
+        ('name = "x"\n[model\n', "not valid TOML"),
+    ],
+)
+def test_bad_presets_are_refused(tmp_path: Path, text: str, fragment: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=fragment.replace(".", r"\.")):
+        load_config(path)
+
+
+def test_missing_preset(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.toml")

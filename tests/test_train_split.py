@@ -1,0 +1,66 @@
+"""The patient-level split never separates a patient's studies or views (papers 001, 002, 004)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from train.split import split_patients
+
+
+@dataclass(frozen=True)
+class Item:
+    patient_id: str
+    study: str
+    view: str
+
+
+def _items(n_patients: int) -> list[Item]:
+    # patient k has (k % 3) + 1 studies, each with an anterior and a posterior view
+    return [
+        Item(f"P{k:03d}", f"S{k:03d}-{s}", view)
+        for k in range(n_patients)
+        for s in range(k % 3 + 1)
+        for view in ("anterior", "posterior")
+    ]
+
+
+@pytest.mark.parametrize("seed", [0, 42, 7])
+def test_no_patient_is_split(seed: int) -> None:
+    items = _items(40)
+    split = split_patients((i.patient_id for i in items), seed=seed)
+    subsets = {name: split.select(items, name) for name in ("train", "val", "test")}
+    where: dict[str, set[str]] = {}
+    for name, chosen in subsets.items():
+        for item in chosen:
+            where.setdefault(item.patient_id, set()).add(name)
+    assert all(len(names) == 1 for names in where.values())
+    assert sum(len(chosen) for chosen in subsets.values()) == len(items)
+    assert split.train.isdisjoint(split.val) and split.train.isdisjoint(split.test)
+    assert split.val.isdisjoint(split.test)
+
+
+def test_fractions_are_patients_not_images() -> None:
+    split = split_patients([f"P{k}" for k in range(100)], seed=42, fractions=(0.7, 0.15, 0.15))
+    assert (len(split.train), len(split.val), len(split.test)) == (70, 15, 15)
+
+
+def test_deterministic_from_seed() -> None:
+    ids = [f"P{k}" for k in range(30)]
+    assert split_patients(ids, seed=42) == split_patients(list(reversed(ids)), seed=42)
+    assert split_patients(ids, seed=42).test != split_patients(ids, seed=43).test
+
+
+def test_small_cohort_keeps_every_subset() -> None:
+    split = split_patients(["a", "b", "c"], seed=1)
+    assert len(split.train) == len(split.val) == len(split.test) == 1
+
+
+def test_empty_patient_id_refused() -> None:
+    with pytest.raises(ValueError, match="Patient ID"):
+        split_patients(["P1", ""], seed=1)
+    with pytest.raises(ValueError, match="summing to 1"):
+        split_patients(["P1"], fractions=(0.5, 0.2, 0.2))
+    with pytest.raises(ValueError, match="subset"):
+        split_patients(["P1"]).select([], "holdout")

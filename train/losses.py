@@ -1,0 +1,124 @@
+"""The training losses of the papers, each over a network's list of outputs (main + deep supervision).
+
+- :func:`segmentation_loss`: soft Dice (+ BCE) averaged over the decoder outputs, paper 001 Eq. 4
+  ("the segmentation loss is averaged over four decoding layers"). BCE is optional (weight 0 turns
+  it off); paper 001 uses Dice alone, the U-Net/nnU-Net baselines Dice + cross-entropy.
+- :func:`adversarial_loss`: MSA-Net's multi-scale L1 between the critic's features of
+  ``image × prediction`` and ``image × truth`` (paper 001 Eq. 5, SegAN, Xue et al. 2018), averaged
+  over the outputs like Eq. 4. The critic maximises it (Eq. 6, SegAN ``loss_D = −L``).
+- :func:`mumford_shah_loss`: the unsupervised Chan–Vese / Mumford–Shah loss of paper 004 Eq. 7 in
+  the differentiable form of Kim & Ye (IEEE TIP 2019, ``levelsetLoss`` + ``gradientLoss2d``): for the
+  two phases ``p`` (lesion) and ``1 − p`` and every input channel ``x``,
+  ``c = Σ x·y / Σ y`` and ``L = Σ (x − c)²·y`` plus a total-variation (length) term. We average over
+  pixels instead of summing, so the weight does not depend on the patch size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def _check(outputs: Sequence[Tensor], target: Tensor | None = None) -> None:
+    if not outputs:
+        raise ValueError("the network returned no outputs")
+    shape = outputs[0].shape
+    if len(shape) != 4 or shape[1] != 1:
+        raise ValueError(f"outputs must be (N, 1, H, W) logits, got {tuple(shape)}")
+    for out in outputs:
+        if out.shape != shape:
+            raise ValueError(
+                f"deep-supervision outputs must all be {tuple(shape)} (input resolution), got {tuple(out.shape)}"
+            )
+    if target is not None and target.shape != shape:
+        raise ValueError(f"target shape {tuple(target.shape)} does not match outputs {tuple(shape)}")
+
+
+def soft_dice_loss(logits: Tensor, target: Tensor, smooth: float = 1.0) -> Tensor:
+    """``1 − Dice`` of ``sigmoid(logits)`` and a 0/1 target, per sample then averaged (paper 001 Eq. 4).
+
+    ``smooth`` keeps the loss defined (and 0) for a sample with no lesion predicted and none present.
+    """
+    prob = torch.sigmoid(logits.float()).flatten(1)
+    truth = target.float().flatten(1)
+    intersection = (prob * truth).sum(1)
+    dice = (2 * intersection + smooth) / (prob.sum(1) + truth.sum(1) + smooth)
+    return (1 - dice).mean()
+
+
+def segmentation_loss(
+    outputs: Sequence[Tensor],
+    target: Tensor,
+    *,
+    dice_weight: float = 1.0,
+    bce_weight: float = 1.0,
+    positive_weight: float = 1.0,
+) -> Tensor:
+    """Dice (+ BCE) averaged over the main and deep-supervision outputs."""
+    _check(outputs, target)
+    target = target.float()
+    pos_weight = torch.tensor([positive_weight], device=target.device)
+    total = outputs[0].new_zeros((), dtype=torch.float32)
+    for logits in outputs:
+        if dice_weight:
+            total = total + dice_weight * soft_dice_loss(logits, target)
+        if bce_weight:
+            total = total + bce_weight * F.binary_cross_entropy_with_logits(
+                logits.float(), target, pos_weight=pos_weight
+            )
+    return total / len(outputs)
+
+
+MultiscaleL1 = Callable[[torch.nn.Module, Tensor, Tensor, Tensor], Tensor]
+
+
+def adversarial_loss(
+    critic: torch.nn.Module,
+    multiscale_l1: MultiscaleL1,
+    image: Tensor,
+    outputs: Sequence[Tensor],
+    target: Tensor,
+) -> Tensor:
+    """Multi-scale L1 between critic features of image×prediction and image×truth, averaged over outputs.
+
+    The generator minimises this; the critic maximises it (call with detached outputs and negate).
+    """
+    _check(outputs, target)
+    losses = [multiscale_l1(critic, image, torch.sigmoid(logits.float()), target.float()) for logits in outputs]
+    return torch.stack(losses).mean()
+
+
+def _total_variation(prob: Tensor) -> Tensor:
+    """Mean absolute vertical + horizontal difference (Kim & Ye ``gradientLoss2d``, L1 penalty)."""
+    dh = (prob[..., 1:, :] - prob[..., :-1, :]).abs().mean()
+    dw = (prob[..., :, 1:] - prob[..., :, :-1]).abs().mean()
+    return dh + dw
+
+
+def mumford_shah_loss(
+    outputs: Sequence[Tensor], image: Tensor, *, length_weight: float = 0.001, eps: float = 1e-6
+) -> Tensor:
+    """Piecewise-constant Mumford–Shah (Chan–Vese) loss of the predicted phases against the image.
+
+    ``image`` is the network input ``(N, C, H, W)``; each channel is fitted by one constant inside the
+    predicted lesion and one outside. Needs no label, so it is applied to unlabelled studies too.
+    """
+    _check(outputs)
+    if image.dim() != 4 or image.shape[0] != outputs[0].shape[0] or image.shape[-2:] != outputs[0].shape[-2:]:
+        raise ValueError(
+            f"image {tuple(image.shape)} does not match outputs {tuple(outputs[0].shape)}"
+        )
+    x = image.float()
+    total = x.new_zeros(())
+    for logits in outputs:
+        p = torch.sigmoid(logits.float())
+        fidelity = x.new_zeros(())
+        for phase in (p, 1 - p):
+            centre = (x * phase).sum((2, 3), keepdim=True) / (phase.sum((2, 3), keepdim=True) + eps)
+            fidelity = fidelity + ((x - centre) ** 2 * phase).mean()
+        # both phases have the same boundary, hence 2 × TV(p) as in Kim & Ye's sum over channels
+        total = total + fidelity + length_weight * 2 * _total_variation(p)
+    return total / len(outputs)
