@@ -1,0 +1,349 @@
+"""The node's configuration: one TOML file, overridable by ``DICOMNODE_*`` environment variables (DESIGN §7).
+
+API (stable; other modules depend on it)::
+
+    config = load_config(path)            # path, or None: $DICOMNODE_CONFIG, or built-in defaults
+    config.node.ae_title, config.node.port, config.node.allowed_callers, config.node.tls
+    config.storage.spool_path             # resolved spool root (var_dir/spool unless spool_dir is set)
+    config.database.url                   # resolved SQLAlchemy URL (sqlite in var_dir by default)
+    config.destinations                   # list[Destination]; config.destination(name)
+    config.results.to_options()           # -> dicomnode.results.ResultOptions (imported lazily)
+
+Precedence, highest first: ``DICOMNODE_<SECTION>__<KEY>`` environment variables (nested with ``__``,
+e.g. ``DICOMNODE_NODE__PORT=11113``; lists and tables as JSON, e.g.
+``DICOMNODE_NODE__ALLOWED_CALLERS='["CAMERA1"]'``), then the TOML file, then the defaults below.
+Every key is documented in ``config/node.toml``. Unknown keys are errors (a typo must not silently
+fall back to a default). Validation failures raise :class:`ConfigError` whose message lists every
+bad key with its dotted location, so ``dicomnode serve`` can print it and exit.
+
+Relative paths written in the file (``var_dir``, ``spool_dir``, TLS files, weights) are resolved
+against the directory of the TOML file; relative paths from the environment and the defaults
+(``var_dir = "var"``) against the working directory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from dicomnode.results import ResultOptions
+
+CONFIG_ENV = "DICOMNODE_CONFIG"
+ENV_PREFIX = "DICOMNODE_"
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names each bad key and why."""
+
+
+# PS3.5 §6.2, VR "AE": at most 16 characters of the default repertoire, no backslash, no control
+# characters; leading/trailing spaces are not significant, so an all-space title is empty.
+_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
+
+
+def validate_ae_title(value: str) -> str:
+    """Return ``value`` stripped if it is a valid Application Entity title (PS3.5 §6.2, VR AE)."""
+    if not isinstance(value, str):
+        raise ValueError("an AE title must be a string")
+    stripped = value.strip()
+    if not stripped or not _AE_TITLE.match(value):
+        raise ValueError(
+            f"{value!r} is not a valid AE title (1-16 printable ASCII characters, no backslash; PS3.5 §6.2)"
+        )
+    return stripped
+
+
+AETitle = Annotated[str, AfterValidator(validate_ae_title)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TLSServer(_Section):
+    """TLS for the receiver (PS3.15 Annex B.1, "The Basic TLS Secure Transport Connection Profile")."""
+
+    cert: Path
+    key: Path
+    ca: Path | None = None  # CA bundle that signs allowed client certificates
+    require_client_cert: bool = False
+
+    @model_validator(mode="after")
+    def _client_cert_needs_ca(self) -> TLSServer:
+        if self.require_client_cert and self.ca is None:
+            raise ValueError("require_client_cert = true needs 'ca' (the CA that signs client certificates)")
+        return self
+
+
+class TLSClient(_Section):
+    """TLS towards a destination: the CA to trust, optionally our own certificate for mutual TLS."""
+
+    ca: Path | None = None  # None: the system trust store
+    cert: Path | None = None
+    key: Path | None = None
+    server_name: str | None = None  # host name to check in the peer's certificate; default: host
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> TLSClient:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("a client certificate needs both 'cert' and 'key'")
+        return self
+
+
+class NodeSection(_Section):
+    ae_title: AETitle = "DICOMNODE"
+    host: str = "0.0.0.0"
+    port: Port = 11112
+    allowed_callers: list[AETitle] = Field(default_factory=list)  # empty: accept any calling AE
+    max_associations: int = Field(default=10, ge=1, le=1000)
+    acse_timeout: float = Field(default=30.0, gt=0)
+    dimse_timeout: float = Field(default=30.0, gt=0)
+    network_timeout: float = Field(default=60.0, gt=0)
+    tls: TLSServer | None = None
+
+
+class StorageSection(_Section):
+    var_dir: Path = Path("var")
+    spool_dir: Path | None = None  # default: <var_dir>/spool
+    min_free_bytes: int = Field(default=1 << 30, ge=0)  # below this, C-STORE answers 0xA700
+
+    @property
+    def spool_path(self) -> Path:
+        return self.spool_dir if self.spool_dir is not None else self.var_dir / "spool"
+
+
+class DatabaseSection(_Section):
+    url: str | None = None  # default: sqlite:///<var_dir>/dicomnode.db
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("sqlite", "postgresql")):
+            raise ValueError(f"unsupported database URL {value.split(':', 1)[0]!r}: use sqlite:/// or postgresql+psycopg://")
+        return value
+
+
+class AssemblySection(_Section):
+    quiet_seconds: float = Field(default=10.0, ge=0)
+
+
+class QueueSection(_Section):
+    lease_seconds: float = Field(default=600.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1)
+    poll_seconds: float = Field(default=1.0, gt=0)
+
+
+class ModelSection(_Section):
+    weights: str = "default"  # a .safetensors path, "default" (shipped weights) or "threshold"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threshold: float = Field(default=0.5, gt=0, lt=1)
+
+
+ResultKindName = Literal["SEG", "GSPS", "SR", "SC"]
+
+
+class ResultsSection(_Section):
+    kinds: list[ResultKindName] = Field(default_factory=lambda: ["SEG", "GSPS", "SR", "SC"])
+    series_number_base: int = Field(default=9000, ge=1, le=2**31 - 100)
+    descriptions: dict[ResultKindName, str] = Field(default_factory=dict)  # overrides per kind
+    manufacturer: str = "dicomnode"
+    software_version: str | None = None  # default: the package version
+    institution_name: str | None = None
+
+    @field_validator("kinds")
+    @classmethod
+    def _unique(cls, values: list[str]) -> list[str]:
+        if len(set(values)) != len(values):
+            raise ValueError("each result kind may be listed once")
+        return values
+
+    def to_options(self) -> ResultOptions:
+        """The same settings as :class:`dicomnode.results.ResultOptions` (imported lazily: no highdicom at start)."""
+        from dicomnode import __version__
+        from dicomnode.results import ResultOptions
+
+        kwargs: dict[str, Any] = {
+            "kinds": tuple(self.kinds),
+            "series_number_base": self.series_number_base,
+            "manufacturer": self.manufacturer,
+            "software_version": self.software_version or __version__,
+            "institution_name": self.institution_name,
+        }
+        if self.descriptions:
+            kwargs["series_descriptions"] = dict(self.descriptions)
+        return ResultOptions(**kwargs)
+
+
+class Destination(_Section):
+    """A DICOM peer that receives our results (a PACS)."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    host: str = Field(min_length=1)
+    port: Port
+    ae_title: AETitle
+    tls: TLSClient | None = None
+
+
+class ExportSection(_Section):
+    backoff_initial_seconds: float = Field(default=5.0, gt=0)
+    backoff_max_seconds: float = Field(default=600.0, gt=0)
+    max_attempts: int = Field(default=10, ge=1)
+
+    @model_validator(mode="after")
+    def _order(self) -> ExportSection:
+        if self.backoff_max_seconds < self.backoff_initial_seconds:
+            raise ValueError("backoff_max_seconds must be >= backoff_initial_seconds")
+        return self
+
+
+class LoggingSection(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    json_lines: bool = Field(default=False, alias="json")
+    include_patient_data: bool = False
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+
+class HttpSection(_Section):
+    host: str = "127.0.0.1"
+    port: Port | None = None  # health and Prometheus metrics; None: off
+
+
+class NodeConfig(BaseSettings):
+    """The whole configuration; see ``config/node.toml`` for every key."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True,
+        case_sensitive=False,
+    )
+
+    node: NodeSection = Field(default_factory=NodeSection)
+    storage: StorageSection = Field(default_factory=StorageSection)
+    database: DatabaseSection = Field(default_factory=DatabaseSection)
+    assembly: AssemblySection = Field(default_factory=AssemblySection)
+    queue: QueueSection = Field(default_factory=QueueSection)
+    model: ModelSection = Field(default_factory=ModelSection)
+    results: ResultsSection = Field(default_factory=ResultsSection)
+    destinations: list[Destination] = Field(default_factory=list)
+    export: ExportSection = Field(default_factory=ExportSection)
+    logging: LoggingSection = Field(default_factory=LoggingSection)
+    http: HttpSection = Field(default_factory=HttpSection)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment first (highest priority), then the TOML file's values passed as init kwargs.
+        return (env_settings, init_settings)
+
+    @field_validator("destinations")
+    @classmethod
+    def _unique_names(cls, values: list[Destination]) -> list[Destination]:
+        names = [d.name for d in values]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"destination names must be unique; repeated: {', '.join(duplicates)}")
+        return values
+
+    @property
+    def database_url(self) -> str:
+        """The SQLAlchemy URL to use: the configured one or SQLite in ``var_dir``."""
+        if self.database.url:
+            return self.database.url
+        return f"sqlite:///{(self.storage.var_dir / 'dicomnode.db').resolve()}"
+
+    def destination(self, name: str) -> Destination:
+        """The destination called ``name``; ``KeyError`` with the known names otherwise."""
+        for dest in self.destinations:
+            if dest.name == name:
+                return dest
+        raise KeyError(f"no destination named {name!r}; configured: {[d.name for d in self.destinations]}")
+
+
+_RELATIVE_PATHS = {
+    "storage": ("var_dir", "spool_dir"),
+}
+
+
+def _resolve_relative(data: dict[str, Any], base: Path) -> None:
+    """Resolve relative paths of the TOML file against its directory (in place)."""
+
+    def fix(table: dict[str, Any], key: str) -> None:
+        value = table.get(key)
+        if isinstance(value, str) and value and not Path(value).is_absolute():
+            table[key] = str(base / value)
+
+    for section, keys in _RELATIVE_PATHS.items():
+        table = data.get(section)
+        if isinstance(table, dict):
+            for key in keys:
+                fix(table, key)
+    node_tls = (data.get("node") or {}).get("tls") if isinstance(data.get("node"), dict) else None
+    if isinstance(node_tls, dict):
+        for key in ("cert", "key", "ca"):
+            fix(node_tls, key)
+    for dest in data.get("destinations") or []:
+        if isinstance(dest, dict) and isinstance(dest.get("tls"), dict):
+            for key in ("cert", "key", "ca"):
+                fix(dest["tls"], key)
+    model = data.get("model")
+    if isinstance(model, dict) and model.get("weights") not in (None, "default", "threshold"):
+        fix(model, "weights")
+
+
+def _format(error: ValidationError, origin: str) -> str:
+    lines = [f"invalid configuration ({origin}):"]
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key (check the spelling against config/node.toml)"
+        lines.append(f"  {where}: {message}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path | None = None) -> NodeConfig:
+    """Read and validate the configuration.
+
+    ``path`` wins over ``$DICOMNODE_CONFIG``; with neither, the built-in defaults (plus any
+    ``DICOMNODE_*`` variables) are used. Raises :class:`ConfigError` with a readable message.
+    """
+    if path is None and os.environ.get(CONFIG_ENV):
+        path = os.environ[CONFIG_ENV]
+    data: dict[str, Any] = {}
+    origin = "defaults and environment"
+    if path is not None:
+        file = Path(path)
+        origin = str(file)
+        try:
+            with file.open("rb") as handle:
+                data = tomllib.load(handle)
+        except FileNotFoundError:
+            raise ConfigError(f"configuration file {file} does not exist") from None
+        except IsADirectoryError:
+            raise ConfigError(f"configuration file {file} is a directory") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"configuration file {file} is not valid TOML: {exc}") from None
+        _resolve_relative(data, file.resolve().parent)
+    try:
+        return NodeConfig(**data)
+    except ValidationError as exc:
+        raise ConfigError(_format(exc, origin)) from None
