@@ -1,0 +1,179 @@
+"""DICOM SEG from a bone-scan result: valid (dciodvfy, dcentvfy), pixel-exact through highdicom."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from pydicom.sr.codedict import codes
+
+from dicomnode.results import ResultKind, ResultOptions, build_results
+from segmentation.scan import View
+from tests.test_results_inputs import (
+    ALGORITHM,
+    dcentvfy_errors,
+    dciodvfy_errors,
+    make_study,
+    write,
+)
+
+SEG_ONLY = ResultOptions(kinds=(ResultKind.SEG,))
+SIZES = [(1024, 256, 2.26), (2048, 512, 1.13)]
+
+
+def _source_reference(seg: pydicom.Dataset) -> tuple[str, int]:
+    (frame_groups,) = seg.PerFrameFunctionalGroupsSequence
+    (derivation,) = frame_groups.DerivationImageSequence
+    (source,) = derivation.SourceImageSequence
+    return str(source.ReferencedSOPInstanceUID), int(source.ReferencedFrameNumber)
+
+
+@pytest.mark.parametrize("layout", ["multiframe", "split"])
+@pytest.mark.parametrize(("rows", "columns", "spacing"), SIZES)
+def test_seg_is_valid_and_reads_back_pixel_exact(
+    layout: str, rows: int, columns: int, spacing: float, tmp_path: Path
+) -> None:
+    study = make_study(layout, rows=rows, columns=columns, spacing=spacing)
+    objects = build_results(study.result, study.sources, SEG_ONLY)
+    assert [kind for kind, _ in objects] == [ResultKind.SEG, ResultKind.SEG]  # one per view
+
+    sources = write(tmp_path, study.sources, "nm")
+    segs = write(tmp_path, [ds for _, ds in objects], "seg")
+    for path in segs:
+        assert dciodvfy_errors(path) == [], path
+    assert dcentvfy_errors(sources + segs) == []
+
+    expected_refs = {
+        view: (image.source.sop_instance_uid, image.source.frame_number)
+        for view, image in study.result.scan.views.items()
+    }
+    for view, path in zip((View.ANTERIOR, View.POSTERIOR), segs, strict=True):
+        seg = hd.seg.segread(path)
+        uid, frame = _source_reference(seg)
+        assert (uid, frame) == expected_refs[view]
+        pixels = seg.get_pixels_by_source_frame(uid, source_frame_numbers=[frame], segment_numbers=[1])
+        np.testing.assert_array_equal(pixels[0, :, :, 0], study.result.views[view].mask)
+        assert seg.NumberOfFrames == 1
+        assert (seg.Rows, seg.Columns) == (rows, columns)
+
+
+def test_seg_segment_codes_algorithm_and_identity(tmp_path: Path) -> None:
+    study = make_study("multiframe", patient_name="Müller^Jörg")
+    objects = build_results(study.result, study.sources, SEG_ONLY)
+    source = study.sources[0]
+    series_uids = set()
+    for number, (_, seg) in enumerate(objects, start=1):
+        path = write(tmp_path, [seg], f"seg{number}-")[0]
+        back = pydicom.dcmread(path)
+        assert back.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4"
+        assert back.SegmentationType == "BINARY"
+        (segment,) = back.SegmentSequence
+        assert segment.SegmentLabel == "Bone metastasis"
+        assert segment.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "49755003"
+        assert segment.SegmentedPropertyTypeCodeSequence[0].CodeValue == "14799000"
+        assert segment.AnatomicRegionSequence[0].CodeValue == "272673000"
+        (algorithm,) = segment.SegmentationAlgorithmIdentificationSequence
+        assert algorithm.AlgorithmName == ALGORITHM.name
+        assert algorithm.AlgorithmVersion == ALGORITHM.version
+        family = algorithm.AlgorithmFamilyCodeSequence[0]
+        assert (family.CodeValue, family.CodingSchemeDesignator) == (
+            codes.cid7162.ArtificialIntelligence.value, "DCM")
+        assert str(back.PatientName) == "Müller^Jörg"
+        assert back.SpecificCharacterSet == "ISO_IR 192"
+        for keyword in ("PatientID", "PatientBirthDate", "StudyInstanceUID", "AccessionNumber", "StudyDate"):
+            assert back.get(keyword) == source.get(keyword), keyword
+        assert back.SeriesInstanceUID != source.SeriesInstanceUID
+        assert back.SeriesNumber == 9001
+        assert back.SeriesDescription == "AI bone metastases SEG"
+        assert back.InstanceNumber == number
+        assert back.Manufacturer == "dicomnode"
+        assert back.InstanceCreationDate and back.InstanceCreationTime
+        series_uids.add(back.SeriesInstanceUID)
+        # No geometry in the source: the stored frame's orientation is stated instead.
+        assert "FrameOfReferenceUID" not in back
+        assert list(back.PatientOrientation) == (["L", "F"] if number == 1 else ["R", "F"])
+    assert len(series_uids) == 1
+
+
+def test_seg_keeps_source_geometry_so_dcmqi_reads_it(tmp_path: Path) -> None:
+    study = make_study("split", geometry=True)
+    objects = build_results(study.result, study.sources, SEG_ONLY)
+    sources = write(tmp_path, study.sources, "nm")
+    segs = write(tmp_path, [ds for _, ds in objects], "seg")
+    for path in segs:
+        assert dciodvfy_errors(path) == []
+    assert dcentvfy_errors(sources + segs) == []
+    for source, (_, seg) in zip(study.sources, objects, strict=True):
+        assert seg.FrameOfReferenceUID == source.FrameOfReferenceUID
+        position = seg.PerFrameFunctionalGroupsSequence[0].PlanePositionSequence[0].ImagePositionPatient
+        assert [float(v) for v in position] == [
+            float(v) for v in source.DetectorInformationSequence[0].ImagePositionPatient]
+    out = tmp_path / "dcmqi"
+    out.mkdir()
+    run = subprocess.run(
+        ["segimage2itkimage", "--inputDICOM", str(segs[0]), "--outputDirectory", str(out), "-t", "nrrd"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    header = (out / "1.nrrd").read_bytes().split(b"\n\n", 1)[0].decode("latin-1")
+    assert "sizes: 256 1024 1" in header
+
+
+def test_seg_without_lesions_keeps_the_empty_frame(tmp_path: Path) -> None:
+    study = make_study("multiframe", with_lesions=False)
+    objects = build_results(study.result, study.sources, SEG_ONLY)
+    assert len(objects) == 2
+    for path in write(tmp_path, [ds for _, ds in objects], "seg"):
+        assert dciodvfy_errors(path) == []
+        seg = hd.seg.segread(path)
+        assert seg.NumberOfFrames == 1
+        uid, frame = _source_reference(seg)
+        pixels = seg.get_pixels_by_source_frame(uid, source_frame_numbers=[frame], segment_numbers=[1])
+        assert pixels.shape == (1, 1024, 256, 1) and not pixels.any()
+
+
+def test_seg_for_a_study_with_one_view_only() -> None:
+    study = make_study("split", views=(View.POSTERIOR,))
+    objects = build_results(study.result, study.sources, SEG_ONLY)
+    assert len(objects) == 1
+    uid, frame = _source_reference(objects[0][1])
+    assert (uid, frame) == (study.sources[0].SOPInstanceUID, 1)
+
+
+def test_reprocessing_gives_new_series_and_a_retry_the_same_uids() -> None:
+    study = make_study("multiframe")
+    first = build_results(study.result, study.sources, SEG_ONLY)
+    retry = build_results(study.result, study.sources, SEG_ONLY)
+    second = build_results(study.result, study.sources, SEG_ONLY, study_version=2)
+    assert [ds.SOPInstanceUID for _, ds in first] == [ds.SOPInstanceUID for _, ds in retry]
+    assert first[0][1].SeriesInstanceUID != second[0][1].SeriesInstanceUID
+    assert {ds.SOPInstanceUID for _, ds in first}.isdisjoint(ds.SOPInstanceUID for _, ds in second)
+    assert second[0][1].SeriesNumber == 9011
+    custom = ResultOptions(kinds=(ResultKind.SEG,), series_number_base=500,
+                           series_descriptions={ResultKind.SEG: "Bone mets (research)"})
+    (_, seg), _ = build_results(study.result, study.sources, custom, study_version=3)
+    assert (seg.SeriesNumber, seg.SeriesDescription) == (521, "Bone mets (research)")
+
+
+def test_seg_rejects_sources_that_do_not_fit() -> None:
+    study = make_study("split")
+    with pytest.raises(ValueError, match="posterior view's SOP Instance UID"):
+        build_results(study.result, study.sources[:1], SEG_ONLY)
+    other = make_study("split", seed=1)
+    with pytest.raises(ValueError, match="belongs to study"):
+        foreign = [copy.deepcopy(study.sources[0]), study.sources[1]]
+        foreign[0].StudyInstanceUID = other.result.scan.study_instance_uid
+        build_results(study.result, foreign, SEG_ONLY)
+    small = make_study("split", rows=512, columns=128, spacing=4.52)
+    with pytest.raises(ValueError, match="the scan says 1024 x 256"):
+        swapped = [copy.deepcopy(small.sources[0]), study.sources[1]]
+        swapped[0].SOPInstanceUID = study.sources[0].SOPInstanceUID
+        swapped[0].StudyInstanceUID = study.sources[0].StudyInstanceUID
+        build_results(study.result, swapped, SEG_ONLY)
+    with pytest.raises(ValueError, match="study_version"):
+        build_results(study.result, study.sources, SEG_ONLY, study_version=0)
