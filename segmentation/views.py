@@ -179,18 +179,26 @@ def _frames_of(ds: Dataset, notes: list[str]) -> list[_Frame]:
             "read as a planar view anyway"
         )
     stack = _pixels(ds)
-    n_frames = stack.shape[0]
+    stated = stated_views(ds)
+    return [
+        _Frame(ds, index, stack[index], *(stated[index] or (None, None)))
+        for index in range(stack.shape[0])
+    ]
+
+
+def stated_views(ds: Dataset) -> list[tuple[View, ViewRule] | None]:
+    """The view each frame of one instance states by rules 1–4, without reading pixels.
+
+    ``None`` for a frame that states no view (rule 5 can only decide with the whole study). Raises
+    :class:`ViewError` for contradictory view attributes (Detector Vector vs frames or items,
+    an unreadable Patient Orientation). Used by the receiver to record ``Instance.views``.
+    """
+    n_frames = _frame_count(ds)
     detector_views = _detector_views(ds, n_frames)
     instance_view = _instance_view(ds) if n_frames == 1 else None
-    frames = []
-    for index in range(n_frames):
-        view, rule = detector_views[index], ViewRule.VIEW_CODE
-        if view is None and instance_view is not None:
-            view, rule = instance_view
-        frames.append(
-            _Frame(ds, index, stack[index], view, rule if view is not None else None)
-        )
-    return frames
+    return [
+        (view, ViewRule.VIEW_CODE) if view is not None else instance_view for view in detector_views
+    ]
 
 
 def _pixels(ds: Dataset) -> np.ndarray:
