@@ -13,9 +13,10 @@ max pooling halves the map, transposed convolutions bring it back up.
 - **Multi-pooling** (§ "Multi-pooling learning strategy", Fig. 3, Eqs. 3–5): after the first
   down-sampling, adaptive average pooling to 1×1, 2×2, 4×4 and 8×8, each followed by a 1×1
   convolution to 1/4 of the channels (PSPNet's 1/N with N = 4, ref. 49), bilinear upsampling and
-  concatenation with the input, which doubles the channels entering level 2. PSPNet puts BatchNorm
-  after that 1×1 convolution; we use a bias and ReLU instead because BatchNorm on a 1×1 map cannot
-  train with one image per batch.
+  concatenation with the input, which doubles the channels entering level 2. PSPNet puts
+  BatchNorm + ReLU after that 1×1 convolution; we keep it linear with a bias (Eq. 3 shows none),
+  because BatchNorm on a 1×1 map cannot train with one image per batch, and a ReLU without it can
+  leave a slim branch of a few channels dead from initialisation. Level 2's convolutions follow.
 - **ViT** (§ "ViT learning strategy", Fig. 4, Eqs. 6–16, Table 1) at the bottleneck: Table 1 gives
   image size 256/2⁴ = 16 and patch size 16/2⁴ = 1 for four down-samplings, dim 512, depth 6,
   8 heads, dropout 0.1. Each bottleneck pixel is a patch, linearly embedded (Eq. 7), with a
@@ -88,7 +89,7 @@ class MultiPooling(nn.Module):
         reduced = max(channels // len(POOL_BINS), 1)
         self.out_channels = channels + reduced * len(POOL_BINS)
         self.stages = nn.ModuleList(
-            nn.Sequential(nn.AdaptiveAvgPool2d(bins), nn.Conv2d(channels, reduced, 1), nn.ReLU())
+            nn.Sequential(nn.AdaptiveAvgPool2d(bins), nn.Conv2d(channels, reduced, 1))
             for bins in POOL_BINS
         )
 
