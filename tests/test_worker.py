@@ -1,0 +1,175 @@
+"""The worker on real files and a real database with the network-free threshold segmenter: results
+written to the spool and queued for export, one-view studies, permanent vs retried failures, new
+series for a new version, and no results recorded by a worker that lost its lease."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import numpy as np
+import pydicom
+import pytest
+import torch
+from sqlalchemy import select
+
+from dicomnode.assembly import AssemblyPolicy, assemble
+from dicomnode.models import Export, Instance, Job, JobState, ResultKind, ResultObject, Study, StudyState, utcnow
+from dicomnode.queue import QueuePolicy, claim
+from dicomnode.results import ResultOptions
+from dicomnode.spool import Spool
+from dicomnode.worker import Worker, load_segmenter
+from segmentation.scan import View
+from tests.nm_factory import nm_study, phantom_counts
+from tests.processing_helpers import sqlite_database, store_study
+
+POLICY = QueuePolicy(lease_seconds=60, max_attempts=2, retry_delay_seconds=5)
+OPTIONS = ResultOptions(kinds=(ResultKind.SEG,))
+SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+
+
+@pytest.fixture(scope="module")
+def segmenter():
+    torch.set_num_threads(1)
+    return load_segmenter("threshold", "cpu")
+
+
+@pytest.fixture
+def node(tmp_path, segmenter):
+    database = sqlite_database(tmp_path)
+    spool = Spool(tmp_path / "spool")
+    worker = Worker(database, spool, segmenter, OPTIONS, ["PACS", "ARCHIVE"], POLICY, owner="test-worker")
+    yield database, spool, worker
+    database.dispose()
+
+
+def counts(rows=256, columns=64):
+    return phantom_counts(rows=rows, columns=columns, seed=3)
+
+
+def process(database, worker) -> Job:
+    assemble(database, AssemblyPolicy(quiet_seconds=0))
+    assert worker.run_once()
+    with database.session() as session:
+        return session.scalars(select(Job).order_by(Job.id.desc())).first()
+
+
+@pytest.mark.parametrize("layout", ["multiframe", "split"])
+def test_a_study_is_segmented_and_its_results_queued_for_every_destination(node, layout):
+    database, spool, worker = node
+    datasets = nm_study(counts(), layout=layout)
+    study_id = store_study(database, spool, datasets)
+    job = process(database, worker)
+    assert job.state is JobState.DONE and job.attempts == 1 and job.error is None
+    with database.session() as session:
+        assert session.get(Study, study_id).state is StudyState.PROCESSED
+        results = session.scalars(select(ResultObject).where(ResultObject.job_id == job.id)).all()
+        exports = session.scalars(select(Export)).all()
+        assert sorted((e.result_id, e.destination) for e in exports) == sorted(
+            (r.id, d) for r in results for d in ("PACS", "ARCHIVE"))
+        rows = [(r.kind, r.sop_instance_uid, r.sop_class_uid, r.series_instance_uid, r.path) for r in results]
+    assert len(rows) == 2  # one SEG per view
+    referenced = set()
+    for kind, sop_uid, sop_class, series_uid, path in rows:
+        ds = pydicom.dcmread(spool.absolute(path))
+        assert kind is ResultKind.SEG and ds.SOPClassUID == sop_class == SEG_STORAGE
+        assert (ds.SOPInstanceUID, ds.SeriesInstanceUID) == (sop_uid, series_uid)
+        assert ds.StudyInstanceUID == datasets[0].StudyInstanceUID
+        referenced |= {item.ReferencedSOPInstanceUID
+                       for item in ds.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
+    assert referenced == {str(d.SOPInstanceUID) for d in datasets}
+
+
+def test_a_study_with_one_view_is_processed_with_what_arrived(node):
+    database, spool, worker = node
+    anterior_only = {View.ANTERIOR: counts()[View.ANTERIOR]}
+    datasets = nm_study(anterior_only, layout="split")
+    store_study(database, spool, datasets)
+    job = process(database, worker)
+    assert job.state is JobState.DONE
+    with database.session() as session:
+        (path,) = session.scalars(select(ResultObject.path)).all()
+    seg = pydicom.dcmread(spool.absolute(path))
+    assert seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == \
+        datasets[0].SOPInstanceUID
+
+
+def test_unreadable_input_fails_at_once_with_the_reason(node):
+    database, spool, worker = node
+    study = nm_study(counts(), layout="split")
+    # Both instances claim to be the anterior view: views cannot be decided; retrying cannot help.
+    study[1].DetectorInformationSequence[0].ViewCodeSequence = study[0].DetectorInformationSequence[0].ViewCodeSequence
+    study_id = store_study(database, spool, study)
+    job = process(database, worker)
+    assert job.state is JobState.FAILED and job.attempts == 1
+    assert "two anterior views" in job.error
+    with database.session() as session:
+        assert session.get(Study, study_id).state is StudyState.FAILED
+        assert session.scalars(select(ResultObject)).all() == []
+
+
+def test_an_unexpected_error_is_retried_then_fails(node):
+    database, spool, worker = node
+    store_study(database, spool, nm_study(counts()))
+    with database.session() as session:
+        path = session.scalars(select(Instance.path)).one()
+    spool.absolute(path).unlink()  # the file vanished from under the index
+    job = process(database, worker)
+    assert job.state is JobState.QUEUED and job.attempts == 1
+    assert job.error.startswith("FileNotFoundError")
+    later = claim(database, "w2", POLICY, now=utcnow() + timedelta(seconds=6))
+    assert later is not None and later.attempts == 2
+    worker.process(later)  # the lease owner is "w2" now; attempt 2 of 2 fails terminally
+    with database.session() as session:
+        job = session.get(Job, job.id)
+    assert job.state is JobState.FAILED and job.error.startswith("FileNotFoundError")
+
+
+def test_a_new_version_gets_results_in_new_series(node):
+    database, spool, worker = node
+    datasets = nm_study(counts())
+    study_id = store_study(database, spool, datasets)
+    first = process(database, worker)
+    with database.session(write=True) as session:  # new content arrived (what ingest does)
+        study = session.get(Study, study_id)
+        study.version, study.state = 2, StudyState.RECEIVING
+    second = process(database, worker)
+    assert (first.study_version, second.study_version) == (1, 2) and second.state is JobState.DONE
+    with database.session() as session:
+        series = {job_id: set(session.scalars(select(ResultObject.series_instance_uid)
+                                              .where(ResultObject.job_id == job_id)).all())
+                  for job_id in (first.id, second.id)}
+        assert session.get(Study, study_id).state is StudyState.PROCESSED
+    assert series[first.id] and series[second.id] and not series[first.id] & series[second.id]
+
+
+def test_a_worker_that_lost_its_lease_records_nothing(node):
+    database, spool, worker = node
+    store_study(database, spool, nm_study(counts()))
+    assemble(database, AssemblyPolicy(quiet_seconds=0))
+    stale = claim(database, worker.owner, POLICY)
+    taken = claim(database, "other", POLICY, now=utcnow() + timedelta(seconds=61))
+    assert taken.id == stale.id
+    worker.process(stale)
+    with database.session() as session:
+        job = session.get(Job, stale.id)
+        assert job.state is JobState.RUNNING and job.lease_owner == "other"
+        assert session.scalars(select(ResultObject)).all() == []
+
+
+def test_the_masks_written_are_the_segmenters(node, segmenter):
+    """The SEG frames on disk equal the segmenter's mask for the same study (nothing lost on the way)."""
+    database, spool, worker = node
+    rng = np.random.default_rng(0)
+    views = counts()
+    views[View.ANTERIOR][60:66, 20:26] += rng.poisson(400, (6, 6))  # a clear hot spot
+    datasets = nm_study(views)
+    store_study(database, spool, datasets)
+    process(database, worker)
+    from segmentation.views import load_scan
+
+    expected = segmenter.segment(load_scan(datasets)).views[View.ANTERIOR].mask
+    assert expected.any()
+    with database.session() as session:
+        paths = session.scalars(select(ResultObject.path)).all()
+    masks = [pydicom.dcmread(spool.absolute(p)).pixel_array for p in paths]
+    assert any(mask.shape == expected.shape and np.array_equal(mask, expected) for mask in masks)
