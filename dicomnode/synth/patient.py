@@ -1,0 +1,124 @@
+"""Who is on the table and how the scan was acquired: the random draws that make each study different.
+
+Every number and its source:
+
+* Height: men N(175, 7) cm, women N(162, 6.5) cm, clipped to 150–195 cm (adult stature; the
+  brief's range).  Sex 60 % male (lung cancer bone-metastasis series are ~60–85 % male: paper 002
+  Table 2, 591 of 1016 lesions in men; NINMAS 2013–14 series 104/123 men).
+* Age 45–85 years (paper 002: mean age 58 years); used for the number of degenerative foci.
+* Build (soft-tissue width/thickness factor): log-normal, median 1.0, σ 0.12, clipped 0.8–1.4;
+  widths scale with build^0.8, AP thickness with build (fat adds depth more than width).
+* Position: vertex 20–100 mm below the top of the field, midline shift ±25 mm, in-plane rotation
+  ±3° (patients are never perfectly straight on the table; assumption).
+* Arm pose: at the sides 60 %, hands on the abdomen 25 %, slightly abducted 10–25° 15 %
+  (assumption; all three are seen in routine whole-body scans).
+* Biodistribution (concentration relative to soft tissue): bone 8–16× (chosen so bone pixels are
+  ~2–5× the neighbouring soft tissue in the image, notes §3 [U]); kidneys 2–6× (faint at 2–5 h);
+  bladder 15–60× with 150–450 mL urine (often the hottest pixels: notes §3).
+* Acquisition: 450–800 MBq 99mTc-MDP (EANM adult 300–740 MBq, typical 740 MBq; notes §3), imaging
+  2–5 h after injection (Zuckier & Martineau 2015), table speed 10–16 cm/min (SNM guideline 10–15),
+  detector–skin gap 20–50 mm anterior (body contouring), 25 mm posterior (table + gap); 99mTc
+  half-life 6.01 h.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from enum import Enum
+
+import numpy as np
+
+TC99M_HALF_LIFE_H = 6.01
+
+
+class ArmPose(str, Enum):
+    SIDES = "sides"
+    ABDOMEN = "abdomen"
+    ABDUCTED = "abducted"
+
+
+@dataclass(frozen=True)
+class Patient:
+    """Body and biodistribution of one simulated patient (lengths in mm)."""
+
+    sex: str  # "M" or "F" (PS3.3 C.7.1.1 Patient's Sex)
+    age_years: int
+    height_mm: float
+    build: float
+    vertex_mm: float  # distance of the vertex below the top edge of the field of view
+    shift_mm: float  # midline offset from the centre of the field (positive = towards patient's left)
+    rotation_deg: float
+    arm_pose: ArmPose
+    abduction_deg: float
+    feet_apart_mm: float
+    bone_to_soft: float
+    kidney_to_soft: float
+    bladder_to_soft: float
+    bladder_volume_ml: float
+
+    def as_dict(self) -> dict:
+        out = asdict(self)
+        out["arm_pose"] = self.arm_pose.value
+        return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in out.items()}
+
+
+@dataclass(frozen=True)
+class Acquisition:
+    """How the whole-body scan was acquired (dual-head: both views in one pass)."""
+
+    activity_mbq: float
+    hours_post_injection: float
+    scan_speed_cm_min: float
+    anterior_gap_mm: float
+    posterior_gap_mm: float
+    scan_length_mm: float
+
+    @property
+    def duration_s(self) -> float:
+        return self.scan_length_mm / (self.scan_speed_cm_min * 10.0 / 60.0)
+
+    @property
+    def activity_at_scan_mbq(self) -> float:
+        return self.activity_mbq * 0.5 ** (self.hours_post_injection / TC99M_HALF_LIFE_H)
+
+    def as_dict(self) -> dict:
+        out = {k: round(v, 3) for k, v in asdict(self).items()}
+        out["duration_s"] = round(self.duration_s, 1)
+        return out
+
+
+def sample_patient(rng: np.random.Generator) -> Patient:
+    """Draw a patient (see the module docstring for every range)."""
+    sex = "M" if rng.uniform() < 0.6 else "F"
+    mean, sd = (1750.0, 70.0) if sex == "M" else (1620.0, 65.0)
+    height = float(np.clip(rng.normal(mean, sd), 1500.0, 1950.0))
+    build = float(np.clip(np.exp(rng.normal(0.0, 0.12)), 0.8, 1.4))
+    pose = ArmPose(rng.choice([p.value for p in ArmPose], p=[0.60, 0.25, 0.15]))
+    return Patient(
+        sex=sex,
+        age_years=int(rng.integers(45, 86)),
+        height_mm=height,
+        build=build,
+        vertex_mm=float(rng.uniform(20.0, 100.0)),
+        shift_mm=float(rng.uniform(-25.0, 25.0)),
+        rotation_deg=float(rng.uniform(-3.0, 3.0)),
+        arm_pose=pose,
+        abduction_deg=float(rng.uniform(10.0, 25.0)) if pose is ArmPose.ABDUCTED else 0.0,
+        feet_apart_mm=float(rng.uniform(60.0, 160.0)),
+        bone_to_soft=float(rng.uniform(8.0, 16.0)),
+        kidney_to_soft=float(rng.uniform(2.0, 6.0)),
+        bladder_to_soft=float(rng.uniform(15.0, 60.0)),
+        bladder_volume_ml=float(rng.uniform(150.0, 450.0)),
+    )
+
+
+def sample_acquisition(rng: np.random.Generator, patient: Patient) -> Acquisition:
+    """Draw the acquisition; the scan covers the patient plus 50 mm."""
+    return Acquisition(
+        activity_mbq=float(rng.uniform(450.0, 800.0)),
+        hours_post_injection=float(rng.uniform(2.0, 5.0)),
+        scan_speed_cm_min=float(rng.uniform(10.0, 16.0)),
+        anterior_gap_mm=float(rng.uniform(20.0, 50.0)),
+        posterior_gap_mm=25.0,
+        scan_length_mm=patient.vertex_mm + patient.height_mm + 50.0,
+    )
