@@ -63,7 +63,7 @@ def phantom(rows: int, columns: int, spacing: float, view: View, rng: np.random.
     d = (rr - top) / height  # fraction of body height from the vertex
     x = (cc - mid) * spacing / (height * spacing)  # lateral offset as fraction of height
     body = np.zeros((rows, columns), bool)
-    body |= ((d / 0.13 - 0.5) ** 2 + (x / 0.055) ** 2) < 0.25 * 4  # head
+    body |= ((d - 0.065) / 0.068) ** 2 + (x / 0.055) ** 2 < 1.0  # head
     body |= (d >= 0.12) & (d < 0.20) & (np.abs(x) < 0.03)  # neck
     body |= (d >= 0.17) & (d < 0.53) & (np.abs(x) < 0.10)  # trunk
     body |= (d >= 0.18) & (d < 0.62) & (np.abs(x) >= 0.105) & (np.abs(x) < 0.14)  # arms
