@@ -4,6 +4,8 @@ Every key has a default taken from the paper the recipe reproduces, so a preset 
 differs. Unknown keys are errors (a typo must not silently fall back to a default). The sections:
 
 - ``[model]``: which network of :mod:`segmentation.networks` and how wide.
+- ``[preprocessing]``: the keys of :class:`segmentation.preprocess.Preprocessing` (stored in the
+  model card, so inference sees the pixels training saw); its aggregation sets the input channels.
 - ``[data]``: the patient-level split (paper 001 "Dataset": anterior and posterior of one patient in
   the same subset; 70/15/15 by default), the training patch and how often it is centred on a lesion.
 - ``[augment]``: flips, small affine, binomial count thinning, intensity (see :mod:`train.augment`).
@@ -19,9 +21,11 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from segmentation.preprocess import Preprocessing
 
 
 class _Section(BaseModel):
@@ -31,7 +35,6 @@ class _Section(BaseModel):
 class ModelSection(_Section):
     network: str = "unet"
     width: Literal["paper", "slim"] | int = "slim"
-    in_channels: Literal[1, 2] = 2
 
     @field_validator("width")
     @classmethod
@@ -117,12 +120,23 @@ class TrainConfig(_Section):
     name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
     model: ModelSection = ModelSection()
+    preprocessing: dict[str, Any] = Field(default_factory=dict)
     data: DataSection = DataSection()
     augment: AugmentSection = AugmentSection()
     optim: OptimSection = OptimSection()
     loss: LossSection = LossSection()
     adversarial: AdversarialSection = AdversarialSection()
     semisup: SemisupSection = SemisupSection()
+
+    @field_validator("preprocessing")
+    @classmethod
+    def _known_preprocessing(cls, value: dict[str, Any]) -> dict[str, Any]:
+        Preprocessing.from_dict(value)  # unknown keys and bad values raise ValueError
+        return value
+
+    @property
+    def preprocessing_config(self) -> Preprocessing:
+        return Preprocessing.from_dict(self.preprocessing)
 
     @model_validator(mode="after")
     def _one_regime(self) -> "TrainConfig":

@@ -1,0 +1,281 @@
+"""Studies with lesion labels, read from a folder the way production reads them.
+
+Two folder kinds are recognised by :func:`load_studies`:
+
+- **Simulated** (``dicomnode synth``): ``DIR/manifest.json``, ``DIR/<study>/*.dcm`` and
+  ``DIR/<study>/truth.npz`` (uint8 masks per view in the stored layout, keys ``anterior`` /
+  ``posterior``). The DICOM goes through :func:`segmentation.views.load_scan` like any camera's.
+- **DICOM**: any tree of NM Image Storage files. Labels come from DICOM SEG objects in the tree
+  (:mod:`train.seglabels`, e.g. physician corrections sent back to the node) or LabelMe JSON files
+  (:mod:`train.labelme`). Studies without a label are kept as *unlabelled* (the semi-supervised
+  regime uses them; the supervised presets skip them).
+
+Every label is a uint8 0/1 mask in the **stored layout** of the source frame, exactly what a SEG
+references, so the same geometry code (:mod:`segmentation.preprocess`) takes it to the model grid.
+A study that cannot be read is skipped with a warning that says why; the summary is logged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from segmentation.scan import BoneScan, View
+from segmentation.views import NM_IMAGE_STORAGE, ViewError, load_scan
+
+from .labelme import LabelMeError, is_labelme, read_labelme
+from .seglabels import HUMAN_ALGORITHM_TYPES, SEGMENTATION_STORAGE, SegLabel, SegLabelError, read_seg_labels
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TruthLesion:
+    """One simulated lesion as the manifest describes it (for the breakdown by site and size)."""
+
+    view: View
+    site: str
+    diameter_mm: float
+    centroid: tuple[float, float] | None = None  # (row, column) in the stored frame, if known
+
+
+@dataclass(frozen=True)
+class LabelledStudy:
+    """A bone scan and its lesion labels per view (stored layout); no label = unlabelled view."""
+
+    key: str  # short name for logs and reports: folder name or Study Instance UID, never a patient name
+    patient_id: str
+    scan: BoneScan
+    labels: Mapping[View, np.ndarray] = field(default_factory=dict)
+    label_source: str = "none"  # "synth", "SEG", "LabelMe" or "none"
+    lesions: tuple[TruthLesion, ...] = ()
+
+    def __post_init__(self) -> None:
+        for view, mask in self.labels.items():
+            image = self.scan.views.get(view)
+            if image is None:
+                raise ValueError(f"{self.key}: label for a {view.value} view the study does not have")
+            expected = (image.source.rows, image.source.columns)
+            if mask.shape != expected or mask.dtype != np.uint8:
+                raise ValueError(
+                    f"{self.key}: {view.value} label is {mask.dtype} {mask.shape}, "
+                    f"expected uint8 {expected} (the stored source frame)"
+                )
+
+    @property
+    def labelled(self) -> bool:
+        return bool(self.labels)
+
+
+def load_studies(root: Path | str, *, accept_automatic_seg: bool = False) -> list[LabelledStudy]:
+    """All studies under ``root``, labelled where a label exists, in a stable order."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data folder {root} does not exist")
+    if (root / "manifest.json").is_file():
+        studies = load_synth_folder(root)
+    else:
+        studies = load_dicom_folder(root, accept_automatic_seg=accept_automatic_seg)
+    if not studies:
+        raise ValueError(f"no usable bone-scan studies under {root}")
+    labelled = sum(s.labelled for s in studies)
+    log.info("%s: %d studies (%d labelled, %d unlabelled), %d patients", root, len(studies),
+             labelled, len(studies) - labelled, len({s.patient_id for s in studies}))
+    return studies
+
+
+# --- simulated folders -----------------------------------------------------------------------------
+
+
+def _manifest_lesions(entry: Mapping[str, object]) -> tuple[TruthLesion, ...]:
+    lesions = []
+    for raw in entry.get("lesions", []) or []:  # type: ignore[union-attr]
+        if not isinstance(raw, Mapping):
+            continue
+        view = raw.get("view")
+        views = [View(view)] if view in (v.value for v in View) else list(View)
+        diameter = raw.get("diameter_mm", raw.get("size_mm"))
+        centroid = raw.get("centroid")
+        for v in views:
+            lesions.append(
+                TruthLesion(
+                    view=v,
+                    site=str(raw.get("site", "unknown")),
+                    diameter_mm=float(diameter) if diameter is not None else float("nan"),
+                    centroid=tuple(centroid) if isinstance(centroid, list) and len(centroid) == 2 else None,  # type: ignore[arg-type]
+                )
+            )
+    return tuple(lesions)
+
+
+def load_synth_folder(root: Path) -> list[LabelledStudy]:
+    """Studies written by ``dicomnode synth``: DICOM through ``load_scan``, truth from ``truth.npz``."""
+    manifest = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
+    entries = manifest.get("studies") if isinstance(manifest, Mapping) else None
+    if not isinstance(entries, list):
+        raise ValueError(f"{root}/manifest.json has no 'studies' list")
+    studies = []
+    for entry in entries:
+        name = str(entry.get("folder") or entry.get("study") or entry.get("name") or "")
+        folder = (root / name).resolve()
+        if not name or root.resolve() not in folder.parents:
+            log.warning("%s: manifest entry %r names no folder inside the data folder; skipped", root, name)
+            continue
+        try:
+            scan = load_scan([pydicom.dcmread(p) for p in sorted(folder.glob("*.dcm"))])
+            with np.load(folder / "truth.npz") as truth:
+                labels = {v: truth[v.value].astype(np.uint8) for v in scan.views if v.value in truth}
+            patient = str(entry.get("patient_id") or scan_patient_id(folder))
+            studies.append(
+                LabelledStudy(name, patient, scan, labels, "synth", _manifest_lesions(entry))
+            )
+        except (ViewError, OSError, KeyError, ValueError, InvalidDicomError) as exc:
+            log.warning("%s: study %s skipped: %s", root, name, exc)
+    return studies
+
+
+def scan_patient_id(folder: Path) -> str:
+    """Patient ID (0010,0020) of the first DICOM file in a study folder."""
+    for path in sorted(folder.glob("*.dcm")):
+        return str(pydicom.dcmread(path, stop_before_pixels=True).get("PatientID", ""))
+    raise ValueError(f"{folder} holds no .dcm files")
+
+
+# --- DICOM trees with SEG / LabelMe labels ---------------------------------------------------------
+
+
+def _read_tree(root: Path) -> tuple[dict[str, list[Dataset]], list[Dataset], list[Path], dict[Path, str]]:
+    nm: dict[str, list[Dataset]] = defaultdict(list)
+    segs: list[Dataset] = []
+    labelme: list[Path] = []
+    sop_of_path: dict[Path, str] = {}
+    ignored = 0
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        if path.suffix.lower() == ".json":
+            if is_labelme(path):
+                labelme.append(path)
+            continue
+        try:
+            ds = pydicom.dcmread(path)
+        except (InvalidDicomError, OSError, ValueError):
+            ignored += 1
+            continue
+        sop_class = ds.get("SOPClassUID")
+        if sop_class == NM_IMAGE_STORAGE:
+            nm[str(ds.get("StudyInstanceUID", ""))].append(ds)
+            sop_of_path[path.resolve()] = str(ds.get("SOPInstanceUID", ""))
+        elif sop_class == SEGMENTATION_STORAGE:
+            segs.append(ds)
+        else:
+            ignored += 1
+    if ignored:
+        log.info("%s: %d files are neither NM images nor SEG nor LabelMe; ignored", root, ignored)
+    return nm, segs, labelme, sop_of_path
+
+
+def _view_of_frame(scan: BoneScan, sop_uid: str, frame: int) -> View | None:
+    for view, image in scan.views.items():
+        if image.source.sop_instance_uid == sop_uid and image.source.frame_number == frame:
+            return view
+    return None
+
+
+def _rank(label: SegLabel) -> tuple[bool, str]:
+    return bool(label.algorithm_types & HUMAN_ALGORITHM_TYPES), label.content_datetime
+
+
+def _seg_masks(scan: BoneScan, labels: list[SegLabel], key: str) -> dict[View, np.ndarray]:
+    """The chosen SEG mask per view: human labels first, then the newest (Content Date/Time)."""
+    chosen: dict[View, SegLabel] = {}
+    for label in labels:
+        view = _view_of_frame(scan, label.source_sop_instance_uid, label.source_frame_number)
+        if view is None:
+            continue
+        source = scan.views[view].source
+        if label.mask.shape != (source.rows, source.columns):
+            log.warning("%s: SEG %s mask %s does not match the %s frame %s; skipped", key,
+                        label.seg_sop_instance_uid, label.mask.shape, view.value,
+                        (source.rows, source.columns))
+            continue
+        current = chosen.get(view)
+        if current is None or _rank(label) > _rank(current):
+            chosen[view] = label
+    return {view: label.mask.astype(np.uint8) for view, label in chosen.items()}
+
+
+def _labelme_masks(
+    scan: BoneScan, paths: list[Path], sop_of_path: Mapping[Path, str], key: str
+) -> dict[View, np.ndarray]:
+    masks: dict[View, np.ndarray] = {}
+    for path in paths:
+        try:
+            annotation = read_labelme(path)
+        except LabelMeError as exc:
+            log.warning("%s: %s", key, exc)
+            continue
+        sop_uid = sop_of_path.get(annotation.image_path)
+        views = [v for v, im in scan.views.items() if im.source.sop_instance_uid == sop_uid]
+        if not views:
+            continue
+        if len(views) > 1:
+            if annotation.view is None:
+                log.warning("%s: %s annotates an instance with both views but its flags name "
+                            "neither 'anterior' nor 'posterior'; skipped", key, path)
+                continue
+            views = [annotation.view]
+        view = views[0]
+        if annotation.view is not None and annotation.view is not view:
+            log.warning("%s: %s flags %s but the instance holds the %s view; skipped", key, path,
+                        annotation.view.value, view.value)
+            continue
+        source = scan.views[view].source
+        if (annotation.rows, annotation.columns) != (source.rows, source.columns):
+            log.warning("%s: %s is %d×%d but the %s frame is %d×%d; skipped", key, path,
+                        annotation.rows, annotation.columns, view.value, source.rows, source.columns)
+            continue
+        masks[view] = masks.get(view, np.zeros((source.rows, source.columns), np.uint8)) | annotation.mask()
+    return masks
+
+
+def load_dicom_folder(root: Path, *, accept_automatic_seg: bool = False) -> list[LabelledStudy]:
+    """NM studies under ``root`` with their SEG or LabelMe labels (SEG wins where both exist)."""
+    nm, segs, labelme, sop_of_path = _read_tree(root)
+    seg_labels: list[SegLabel] = []
+    for ds in segs:
+        try:
+            seg_labels.extend(read_seg_labels(ds, accept_automatic=accept_automatic_seg))
+        except (SegLabelError, ValueError, AttributeError) as exc:
+            log.warning("%s: SEG %s unusable: %s", root, ds.get("SOPInstanceUID", "?"), exc)
+    studies = []
+    for study_uid, datasets in sorted(nm.items()):
+        key = study_uid or "(no Study Instance UID)"
+        try:
+            scan = load_scan(datasets)
+        except ViewError as exc:
+            log.warning("%s: study %s skipped: %s", root, key, exc)
+            continue
+        patients = {str(ds.get("PatientID", "")).strip() for ds in datasets}
+        if len(patients) != 1 or "" in patients:
+            log.warning("%s: study %s skipped: needs exactly one non-empty Patient ID, has %d",
+                        root, key, len(patients - {""}))
+            continue
+        labels = _seg_masks(scan, seg_labels, key)
+        sources = ["SEG"] if labels else []
+        for view, mask in _labelme_masks(scan, labelme, sop_of_path, key).items():
+            if view in labels:
+                log.info("%s: %s view has both a SEG and a LabelMe label; the SEG is used", key, view.value)
+            else:
+                labels[view] = mask
+                if "LabelMe" not in sources:
+                    sources.append("LabelMe")
+        studies.append(LabelledStudy(key, patients.pop(), scan, labels, "+".join(sources) or "none"))
+    return studies
