@@ -9,7 +9,7 @@ Usage::
 
 Every view goes through :func:`segmentation.preprocess.prepare` with the card's settings; a segmenter
 returns a lesion probability map on the model grid, which is mapped back onto the stored source frame
-(:meth:`PreparedView.to_source`) and thresholded there at the card's threshold (0.5, as the papers);
+(:meth:`PreparedView.to_source`) and thresholded there at the card's threshold (≥ 0.5 is lesion, paper 001);
 lesions are the connected components (:mod:`segmentation.postprocess`). So every per-pixel array of
 the result has the shape of its source frame.
 

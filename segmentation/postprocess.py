@@ -1,6 +1,6 @@
 """Probability map → binary mask → lesions, on the stored source frame of one view.
 
-The mask is ``probability >= threshold`` (0.5 as in paper 001 §2.5 and paper 002 §2.4). Each
+The mask is ``probability >= threshold`` (paper 001 "Experimental setup": pixels ≥ 0.5 are lesion). Each
 8-connected component of the mask is a :class:`~segmentation.result.Lesion`: its pixel count, area
 (pixel count × the source's pixel area from Pixel Spacing, PS3.3 10.7.1.3), centroid and bounding
 box in (row, column) of the stored frame, and the peak and mean counts of the source pixels under it
