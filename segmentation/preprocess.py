@@ -1,7 +1,7 @@
 """From a :class:`~segmentation.scan.BoneScan` to network input, and from network output back to the
 source frame. DESIGN §5; the steps run in this order, per view, on the canonical orientation:
 
-1. **Resample** to the model spacing (2.26 mm, paper 001 §2.1), area-weighted so total counts are
+1. **Resample** to the model spacing (2.26 mm, paper 001 "Dataset"), area-weighted so total counts are
    preserved (:mod:`segmentation.resample`).
 2. **Suppress** non-bone hot spots — bladder, injection site, urine contamination — (paper 002
    "step 2: bladder region removal", whose rule is not published; ours): with ``R`` the body

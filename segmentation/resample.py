@@ -1,7 +1,7 @@
 """Exact geometry between a view's stored DICOM frame and the model's grid.
 
 The model works on the canonical orientation (:mod:`segmentation.scan`) resampled to a fixed pixel
-spacing (2.26 mm, paper 001 §2.1: 256 × 1024 at 2.26 mm). A :class:`ViewGeometry` moves arrays both
+spacing (2.26 mm, paper 001 "Dataset": 256 × 1024 at 2.26 mm). A :class:`ViewGeometry` moves arrays both
 ways, always over the same field of view (the edges of the source frame are the edges of the grid):
 
 - counts → model grid: **area-weighted** (each model pixel receives the counts of the source area it
