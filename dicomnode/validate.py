@@ -1,0 +1,350 @@
+"""Checks of an incoming C-STORE data set, each failure with a DICOM status and a reason (DESIGN §1.1, §4).
+
+:func:`inspect_instance` takes the bytes pynetdicom received (Part 10: preamble, File Meta built from
+the negotiated transfer syntax, then the data set exactly as sent) and the command's Affected SOP
+Class / Instance UIDs. It returns a :class:`ReceivedInstance` (what the index needs) or raises
+:class:`Refusal` with the status to answer. Statuses (PS3.4 Table B.2-1, C-STORE):
+
+========  =========================================  ==============================================
+status    meaning (PS3.4 B.2.3)                       when
+========  =========================================  ==============================================
+0xA700    Refused: Out of Resources                  free space under the floor, disk full, database
+                                                     unavailable (raised by the receiver, not here)
+0xA900    Error: Data Set does not match SOP Class   SOP Class / Instance UID differ from the
+                                                     command; Modality not NM; a required attribute
+                                                     missing; Rows × Columns × Frames × Bits
+                                                     Allocated disagrees with Pixel Data; bits
+                                                     outside the NM Image Pixel Module (C.8.4.7);
+                                                     contradictory view information; bad Pixel
+                                                     Spacing
+0xC000    Error: Cannot understand                   not parseable as DICOM in the negotiated
+                                                     transfer syntax (truncated, lengths beyond the
+                                                     data, wrong VR encoding, undecodable values or
+                                                     pixels); an invalid UID (PS3.5 §9.1); a SEG
+                                                     that references no instance this node holds
+                                                     (raised by :mod:`dicomnode.ingest`)
+========  =========================================  ==============================================
+
+dcmtk's ``storescp`` also answers 0xA900 when the data set's SOP Instance UID differs from the
+command's; we do the same. Accepted with a warning (status 0x0000, warning logged and kept in
+:attr:`ReceivedInstance.warnings`): 8-bit or signed NM pixels (legal in C.8.4.7), Image Type value 3
+other than WHOLE BODY, a missing Number of Frames (one frame assumed), a single-frame instance that
+states no view (the study may still decide it by order, see :mod:`segmentation.views` rule 5), a
+two-frame instance whose views are assumed from frame order.
+
+Guards: the data set is read with ``defer_size`` so large values are not copied while parsing, and
+every top-level element's declared length is checked against the bytes actually received before any
+value is used, so a declared length of 4 GiB is refused instead of trusted. Views are decided by
+:mod:`segmentation.views` (the same rules the worker uses), never by a second parser here.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+import pydicom
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset, FileDataset
+from pydicom.sequence import Sequence
+from pydicom.tag import Tag
+from pydicom.uid import UID
+
+from dicomnode.spool import UIDError, check_uid
+from segmentation.scan import View
+from segmentation.views import ViewError, load_scan, stated_views
+
+log = logging.getLogger(__name__)
+
+NM_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.20"  # PS3.4 B.5
+SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"  # PS3.4 B.5
+ACCEPTED_SOP_CLASSES = {NM_IMAGE_STORAGE: "NM Image Storage", SEGMENTATION_STORAGE: "Segmentation Storage"}
+
+DEFER_SIZE = 64 * 1024  # values larger than this are not copied while parsing
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+
+
+class Status(IntEnum):
+    """C-STORE response statuses the receiver answers (PS3.4 Table B.2-1, PS3.7 Annex C)."""
+
+    SUCCESS = 0x0000
+    SOP_CLASS_NOT_SUPPORTED = 0x0122
+    OUT_OF_RESOURCES = 0xA700
+    DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+    CANNOT_UNDERSTAND = 0xC000
+
+    def __str__(self) -> str:
+        return f"0x{self.value:04X}"
+
+
+class Refusal(Exception):
+    """The instance is refused with ``status``; ``reason`` says why (logged, kept in quarantine)."""
+
+    def __init__(self, status: Status, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ReceivedInstance:
+    """What the index needs from an accepted instance (all UIDs validated)."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    patient_id: str | None = None
+    accession_number: str | None = None
+    views: tuple[str, ...] = ()  # "anterior" / "posterior" as the instance states them (NM only)
+    referenced_sop_instance_uids: frozenset[str] = frozenset()  # SEG: the sources it segments
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def is_image(self) -> bool:
+        """An NM image (to be segmented) rather than a SEG sent back by a viewer."""
+        return self.sop_class_uid == NM_IMAGE_STORAGE
+
+
+def inspect_instance(data: bytes, *, sop_class_uid: str, sop_instance_uid: str) -> ReceivedInstance:
+    """Check one received instance; return what the index needs or raise :class:`Refusal`."""
+    if sop_class_uid not in ACCEPTED_SOP_CLASSES:
+        raise Refusal(Status.SOP_CLASS_NOT_SUPPORTED, f"SOP Class {sop_class_uid[:64]!r} is not accepted here")
+    ds = _parse(data)
+    warnings: list[str] = []
+    _check_identity(ds, sop_class_uid, sop_instance_uid)
+    study_uid = _uid(ds, "StudyInstanceUID", "Study Instance UID (0020,000D)")
+    series_uid = _uid(ds, "SeriesInstanceUID", "Series Instance UID (0020,000E)")
+    _check_pixel_module(ds, warnings)
+    if sop_class_uid == NM_IMAGE_STORAGE:
+        views = _nm_views(ds, warnings)
+        references: frozenset[str] = frozenset()
+    else:
+        views = ()
+        references = _seg_references(ds)
+    return ReceivedInstance(
+        sop_class_uid=sop_class_uid,
+        sop_instance_uid=sop_instance_uid,
+        study_instance_uid=study_uid,
+        series_instance_uid=series_uid,
+        patient_id=_text(ds, "PatientID", 64),
+        accession_number=_text(ds, "AccessionNumber", 16),
+        views=views,
+        referenced_sop_instance_uids=references,
+        warnings=tuple(warnings),
+    )
+
+
+# -- parsing --------------------------------------------------------------------------------------
+
+
+def _parse(data: bytes) -> FileDataset:
+    """Read the Part 10 bytes; refuse anything pydicom cannot read fully and consistently."""
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), defer_size=DEFER_SIZE)
+    except Exception as exc:  # pydicom raises many types for broken input
+        raise Refusal(Status.CANNOT_UNDERSTAND, f"not readable as DICOM: {_brief(exc)}") from None
+    syntax = ds.file_meta.get("TransferSyntaxUID")
+    if syntax is None:
+        raise Refusal(Status.CANNOT_UNDERSTAND, "no transfer syntax negotiated")
+    _check_declared_lengths(ds, len(data))
+    syntax = UID(syntax)
+    if not syntax.is_deflated and ds.original_encoding != (syntax.is_implicit_VR, syntax.is_little_endian):
+        actual = "implicit" if ds.original_encoding[0] else "explicit"
+        raise Refusal(Status.CANNOT_UNDERSTAND,
+                      f"data set is encoded in {actual} VR, not as the negotiated {syntax.name}")
+    if len(ds) == 0:
+        raise Refusal(Status.CANNOT_UNDERSTAND, "the data set is empty")
+    try:
+        for _ in ds.iterall():  # convert every value, nested ones too
+            pass
+    except Exception as exc:
+        raise Refusal(Status.CANNOT_UNDERSTAND, f"a value cannot be decoded: {_brief(exc)}") from None
+    return ds
+
+
+def _check_declared_lengths(ds: Dataset, size: int) -> None:
+    """Every top-level element must end inside the received bytes (PS3.5 §7.1: Value Length)."""
+    for tag in ds.keys():
+        element = ds.get_item(tag, keep_deferred=True)
+        if not isinstance(element, RawDataElement) or element.length == _UNDEFINED_LENGTH:
+            continue
+        end = element.value_tell + element.length
+        if end > size:
+            raise Refusal(
+                Status.CANNOT_UNDERSTAND,
+                f"{Tag(tag)} declares {element.length} bytes but only {max(size - element.value_tell, 0)} "
+                "were received (truncated or corrupt length)",
+            )
+
+
+# -- identity ---------------------------------------------------------------------------------------
+
+
+def _uid(ds: Dataset, keyword: str, what: str) -> str:
+    value = ds.get(keyword)
+    if value is None or value == "":
+        raise Refusal(Status.DATASET_DOES_NOT_MATCH_SOP_CLASS, f"{what} is missing")
+    try:
+        return check_uid(str(value), what)
+    except UIDError as exc:
+        raise Refusal(Status.CANNOT_UNDERSTAND, str(exc)) from None
+
+
+def _check_identity(ds: Dataset, sop_class_uid: str, sop_instance_uid: str) -> None:
+    """SOP Class / Instance UIDs of the data set must be those of the command (as dcmtk storescp checks)."""
+    try:
+        check_uid(sop_instance_uid, "Affected SOP Instance UID (0000,1000)")
+    except UIDError as exc:
+        raise Refusal(Status.CANNOT_UNDERSTAND, str(exc)) from None
+    dataset_class = _uid(ds, "SOPClassUID", "SOP Class UID (0008,0016)")
+    if dataset_class != sop_class_uid:
+        raise Refusal(Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                      f"SOP Class UID (0008,0016) {dataset_class} is not the command's {sop_class_uid}")
+    dataset_instance = _uid(ds, "SOPInstanceUID", "SOP Instance UID (0008,0018)")
+    if dataset_instance != sop_instance_uid:
+        raise Refusal(Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                      f"SOP Instance UID (0008,0018) {dataset_instance} is not the command's {sop_instance_uid}")
+    modality = {NM_IMAGE_STORAGE: "NM", SEGMENTATION_STORAGE: "SEG"}[sop_class_uid]
+    if str(ds.get("Modality", "")) != modality:
+        raise Refusal(Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                      f"Modality (0008,0060) {str(ds.get('Modality', ''))[:16]!r} is not {modality}")
+
+
+# -- pixels -----------------------------------------------------------------------------------------
+
+_PIXEL_ATTRIBUTES = {
+    "Rows": "(0028,0010)",
+    "Columns": "(0028,0011)",
+    "BitsAllocated": "(0028,0100)",
+    "BitsStored": "(0028,0101)",
+    "HighBit": "(0028,0102)",
+    "PixelRepresentation": "(0028,0103)",
+    "SamplesPerPixel": "(0028,0002)",
+    "PhotometricInterpretation": "(0028,0004)",
+    "PixelData": "(7FE0,0010)",
+}
+
+
+def _check_pixel_module(ds: Dataset, warnings: list[str]) -> None:
+    """Image Pixel Module (PS3.3 C.7.6.3) consistency; NM limits from C.8.4.7, SEG from C.8.20.2."""
+    mismatch = Status.DATASET_DOES_NOT_MATCH_SOP_CLASS
+    for keyword, tag in _PIXEL_ATTRIBUTES.items():
+        if ds.get(keyword) in (None, ""):
+            raise Refusal(mismatch, f"{keyword} {tag} is missing")
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    bits, stored, high = int(ds.BitsAllocated), int(ds.BitsStored), int(ds.HighBit)
+    if rows <= 0 or columns <= 0:
+        raise Refusal(mismatch, f"Rows {rows} x Columns {columns} is not an image")
+    allowed_bits = (8, 16) if ds.SOPClassUID == NM_IMAGE_STORAGE else (1, 8)
+    if bits not in allowed_bits:
+        raise Refusal(mismatch, f"Bits Allocated (0028,0100) {bits} is not one of {allowed_bits}")
+    if not 1 <= stored <= bits or high != stored - 1:
+        raise Refusal(mismatch, f"Bits Stored {stored} / High Bit {high} do not fit Bits Allocated {bits}")
+    if int(ds.PixelRepresentation) not in (0, 1):
+        raise Refusal(mismatch, f"Pixel Representation (0028,0103) {ds.PixelRepresentation} is not 0 or 1")
+    if "NumberOfFrames" not in ds:
+        warnings.append("Number of Frames (0028,0008) is missing; one frame assumed")
+    frames = int(ds.get("NumberOfFrames") or 1)
+    if frames <= 0:
+        raise Refusal(mismatch, f"Number of Frames (0028,0008) {frames} is not positive")
+    if ds.file_meta.TransferSyntaxUID.is_encapsulated:
+        return  # decoded (and so checked) with the views below for NM; kept as sent for SEG
+    samples = int(ds.SamplesPerPixel)
+    expected = (rows * columns * frames * samples * bits + 7) // 8
+    actual = len(ds.PixelData)
+    if actual not in (expected, expected + 1):  # one pad byte to an even length, PS3.5 §7.1.1
+        raise Refusal(
+            mismatch,
+            f"Pixel Data (7FE0,0010) holds {actual} bytes but Rows {rows} x Columns {columns} x "
+            f"Frames {frames} x Samples {samples} x Bits Allocated {bits} needs {expected}",
+        )
+    if ds.SOPClassUID == NM_IMAGE_STORAGE and (bits == 8 or int(ds.PixelRepresentation) == 1):
+        warnings.append(f"{bits}-bit {'signed' if ds.PixelRepresentation else 'unsigned'} NM pixels")
+
+
+# -- views (NM) ---------------------------------------------------------------------------------------
+
+
+def _nm_views(ds: Dataset, warnings: list[str]) -> tuple[str, ...]:
+    """The views the instance holds, decided by :mod:`segmentation.views`; pixels decoded as a check.
+
+    A single-frame instance that states no view is accepted with ``()``: the study as a whole may
+    still decide it by order (rule 5). Everything else :func:`segmentation.views.load_scan` refuses
+    (contradictory view information, undecodable pixels, bad Pixel Spacing) is refused here.
+    """
+    mismatch = Status.DATASET_DOES_NOT_MATCH_SOP_CLASS
+    try:
+        stated = stated_views(ds)
+    except ViewError as exc:
+        raise Refusal(mismatch, str(exc)) from None
+    except (TypeError, ValueError) as exc:
+        raise Refusal(mismatch, f"view attributes cannot be read: {_brief(exc)}") from None
+    undecided_single_frame = len(stated) == 1 and stated[0] is None
+    probe = ds
+    if undecided_single_frame:
+        # Give the loader a provisional view so that it still checks pixels and Pixel Spacing.
+        probe = Dataset()
+        probe.update(ds)
+        probe.file_meta = ds.file_meta
+        code = Dataset()
+        code.CodeValue, code.CodingSchemeDesignator = "399321004", "SCT"  # CID 26 anterior
+        probe.ViewCodeSequence = Sequence([code])
+        probe.PatientOrientation = ""
+        warnings.append("no view stated (no View Code Sequence, Patient Orientation or ANT/POST description)")
+    try:
+        scan = load_scan([probe])
+    except ViewError as exc:
+        reason = str(exc)
+        status = Status.CANNOT_UNDERSTAND if "cannot be decoded" in reason else mismatch
+        raise Refusal(status, reason) from None
+    except Exception as exc:  # numpy / pixel handlers on inconsistent input
+        raise Refusal(Status.CANNOT_UNDERSTAND, f"pixel data cannot be read: {_brief(exc)}") from None
+    # "no posterior view in the study" is expected of a one-view instance: not a warning here.
+    warnings.extend(note for note in scan.notes if not note.endswith("view in the study"))
+    if undecided_single_frame:
+        return ()
+    return tuple(view.value for view in View if view in scan.views)
+
+
+# -- references (SEG) -----------------------------------------------------------------------------------
+
+
+def _seg_references(ds: Dataset) -> frozenset[str]:
+    """SOP Instance UIDs a SEG segments: Referenced Series Sequence (Common Instance Reference Module,
+    PS3.3 C.12.2) and the Source Image Sequences, at the root or per frame in the Derivation Image
+    Functional Group (C.7.6.16.2.6)."""
+    found: set[str] = set()
+
+    def collect(items: object) -> None:
+        for item in items or []:
+            uid = str(item.get("ReferencedSOPInstanceUID", ""))
+            try:
+                found.add(check_uid(uid))
+            except UIDError:
+                continue
+
+    for series in ds.get("ReferencedSeriesSequence", []):
+        collect(series.get("ReferencedInstanceSequence"))
+    collect(ds.get("SourceImageSequence"))
+    for frame in ds.get("PerFrameFunctionalGroupsSequence", []):
+        for derivation in frame.get("DerivationImageSequence", []):
+            collect(derivation.get("SourceImageSequence"))
+    if not found:
+        raise Refusal(Status.CANNOT_UNDERSTAND, "the SEG references no source image")
+    return frozenset(found)
+
+
+# -- helpers ----------------------------------------------------------------------------------------
+
+
+def _text(ds: Dataset, keyword: str, limit: int) -> str | None:
+    value = str(ds.get(keyword, "") or "").strip()
+    return value[:limit] or None
+
+
+def _brief(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}"[:200]
