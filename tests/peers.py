@@ -138,6 +138,7 @@ class Orthanc(_Peer):
         self.port = port or free_port()
         self.http_port = free_port()
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="orthanc-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
         config = {
             "Name": "dicomnode-test",
             "StorageDirectory": str(self.workdir / "storage"),
