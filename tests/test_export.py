@@ -1,0 +1,234 @@
+"""Export to real peers: dcmtk storescp and Orthanc as the PACS. Delivery over one association,
+PACS down then up (the destination backs off, nothing is hammered, then everything arrives),
+permanent association rejection and unsupported SOP classes (REFUSED, shown, not retried until
+``retry``), and the C-STORE status table."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+import torch
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import SegmentationStorage
+from sqlalchemy import func, select
+
+from dicomnode.assembly import AssemblyPolicy, assemble
+from dicomnode.config import Destination
+from dicomnode.export import ExportPolicy, Exporter, Verdict, classify_status
+from dicomnode.models import Export, ExportAttempt, ExportState, ResultKind, ResultObject, utcnow
+from dicomnode.queue import QueuePolicy
+from dicomnode.results import ResultOptions
+from dicomnode.spool import Spool
+from dicomnode.status import retry
+from dicomnode.worker import Worker, load_segmenter
+from tests.nm_factory import nm_study, phantom_counts
+from tests.peers import StoreSCP, free_port
+from tests.processing_helpers import sqlite_database, store_study
+
+POLICY = ExportPolicy(backoff_initial_seconds=30, backoff_max_seconds=120, max_attempts=3, batch_size=10)
+OPTIONS = ResultOptions(kinds=(ResultKind.SEG,))
+
+pytestmark = pytest.mark.network
+
+
+@pytest.fixture(scope="module")
+def segmenter():
+    torch.set_num_threads(1)
+    return load_segmenter("threshold", "cpu")
+
+
+@pytest.fixture
+def node(tmp_path, segmenter):
+    """A node database and spool holding two processed studies whose results wait in the outbox."""
+    database = sqlite_database(tmp_path)
+    spool = Spool(tmp_path / "spool")
+
+    def process(destinations: list[str], studies: int = 2) -> list[str]:
+        worker = Worker(database, spool, segmenter, OPTIONS, destinations, QueuePolicy())
+        for seed in range(studies):
+            store_study(database, spool, nm_study(phantom_counts(rows=256, columns=64, seed=seed)))
+        assemble(database, AssemblyPolicy(quiet_seconds=0))
+        while worker.run_once():
+            pass
+        with database.session() as session:
+            return list(session.scalars(select(ResultObject.sop_instance_uid)).all())
+
+    yield database, spool, process
+    database.dispose()
+
+
+def exporter(database, spool, *destinations: Destination) -> Exporter:
+    return Exporter(database, spool, destinations, calling_ae="DICOMNODE", policy=POLICY, timeout=5)
+
+
+def destination(peer, name: str = "PACS") -> Destination:
+    return Destination(name=name, host="127.0.0.1", port=peer.port, ae_title=peer.aet)
+
+
+def export_states(database) -> dict[str, int]:
+    with database.session() as session:
+        return {state.value: count for state, count in
+                session.execute(select(Export.state, func.count()).group_by(Export.state)).all()}
+
+
+def test_results_are_delivered_to_storescp_over_one_association(node, storescp):
+    database, spool, process = node
+    sent = process(["PACS"])
+    assert len(sent) == 4  # two studies, one SEG per view
+    export = exporter(database, spool, destination(storescp))
+    assert export.run_once()  # one batch carries all four
+    assert not export.run_once()
+    assert export_states(database) == {"delivered": 4}
+    assert storescp.received_sop_instance_uids() == set(sent)
+    with database.session() as session:
+        attempts = session.scalars(select(ExportAttempt.status)).all()
+        assert attempts == ["0x0000"] * 4
+        assert all(row.delivered_at is not None for row in session.scalars(select(Export)))
+
+
+def test_results_reach_orthanc_in_the_source_study(node, orthanc):
+    database, spool, process = node
+    sent = process(["ORTHANC"], studies=1)
+    exporter(database, spool, destination(orthanc, "ORTHANC")).run_once()
+    assert export_states(database) == {"delivered": 2}
+    assert orthanc.sop_instance_uids() == set(sent)
+    with database.session() as session:
+        study_uid = session.scalars(select(ResultObject)).first().job.study.study_instance_uid
+    (study,) = orthanc.rest("/studies?expand")
+    assert study["MainDicomTags"]["StudyInstanceUID"] == study_uid
+
+
+def test_pacs_down_backs_off_the_destination_then_delivers_when_it_is_up(node, tmp_path):
+    database, spool, process = node
+    pacs = StoreSCP(port=free_port(), workdir=tmp_path / "pacs")  # not started: the PACS is down
+    sent = process(["PACS"])
+    export = Exporter(database, spool, [destination(pacs)], "DICOMNODE",
+                      ExportPolicy(backoff_initial_seconds=30, backoff_max_seconds=120, max_attempts=10,
+                                   batch_size=2), timeout=5)
+    start = utcnow()
+    assert export.run_once(now=start)  # one batch of two tried, then the destination waits
+    assert not export.run_once(now=start)  # the other two are held back too: no hammering
+    with database.session() as session:
+        rows = session.scalars(select(Export)).all()
+        assert {row.state for row in rows} == {ExportState.PENDING}
+        assert sorted(row.attempts for row in rows) == [0, 0, 1, 1]
+        assert all(row.next_attempt_at.replace(tzinfo=None) > start.replace(tzinfo=None) + timedelta(seconds=29)
+                   for row in rows)
+        assert {row.last_status for row in rows if row.attempts} == {"no association"}
+    with pacs:
+        later = start + timedelta(seconds=31)
+        while export.run_once(now=later):
+            pass
+        assert pacs.received_sop_instance_uids() == set(sent)
+    assert export_states(database) == {"delivered": 4}
+
+
+class RefusingSCP(StoreSCP):
+    """dcmtk storescp answering every association request with A-ASSOCIATE-RJ (``--refuse``)."""
+
+    def command(self) -> list[str]:
+        return [*super().command(), "--refuse"]
+
+
+def test_a_refused_association_is_refused_once_and_shown_until_retry(node, tmp_path):
+    database, spool, process = node
+    process(["PACS"])
+    with RefusingSCP(workdir=tmp_path / "refusing") as refusing:
+        export = exporter(database, spool, destination(refusing))
+        assert export.run_once()
+        assert not export.run_once(now=utcnow() + timedelta(days=1))  # never again by itself
+    assert export_states(database) == {"refused": 4}
+    with database.session() as session:
+        statuses = set(session.scalars(select(ExportAttempt.status)).all())
+    assert statuses == {"association rejected (permanent)"}
+    assert retry(database, jobs=False).exports == 4
+    assert export_states(database) == {"pending": 4}
+
+
+NM_ONLY_PROFILE = r"""
+[[TransferSyntaxes]]
+[Uncompressed]
+TransferSyntax1 = LocalEndianExplicit
+TransferSyntax2 = LittleEndianImplicit
+[[PresentationContexts]]
+[ImagesOnly]
+PresentationContext1 = VerificationSOPClass\Uncompressed
+PresentationContext2 = NuclearMedicineImageStorage\Uncompressed
+[[Profiles]]
+[ImagesOnly]
+PresentationContexts = ImagesOnly
+"""
+
+
+class ImagesOnlySCP(StoreSCP):
+    """dcmtk storescp that accepts NM images but not Segmentation Storage (an older PACS)."""
+
+    def command(self) -> list[str]:
+        config = self.workdir / "images-only.cfg"
+        config.write_text(NM_ONLY_PROFILE)
+        command = super().command()
+        command.remove("+xa")
+        return [*command[:-1], "-xf", str(config), "ImagesOnly", command[-1]]
+
+
+def test_an_unsupported_sop_class_is_refused_not_retried(node, tmp_path):
+    database, spool, process = node
+    process(["PACS"])
+    with ImagesOnlySCP(workdir=tmp_path / "old-pacs") as pacs:
+        export = exporter(database, spool, destination(pacs))
+        export.run_once()
+        assert not export.run_once(now=utcnow() + timedelta(days=1))
+        assert pacs.files() == []
+    assert export_states(database) == {"refused": 4}
+    with database.session() as session:
+        assert set(session.scalars(select(Export.last_status)).all()) == {"no presentation context"}
+
+
+def test_a_transient_failure_status_is_retried_for_that_object_only(node):
+    """A PACS that is out of resources for the first object (0xA700) gets it again after back-off."""
+    database, spool, process = node
+    sent = process(["PACS"], studies=1)
+    received: list[str] = []
+
+    def handle_store(event):
+        received.append(str(event.request.AffectedSOPInstanceUID))
+        return 0xA700 if len(received) == 1 else 0x0000  # the first object: out of resources
+
+    ae = AE(ae_title="FLAKY")
+    ae.add_supported_context(SegmentationStorage, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, handle_store)])
+    try:
+        flaky = Destination(name="PACS", host="127.0.0.1", port=port, ae_title="FLAKY")
+        export = exporter(database, spool, flaky)
+        start = utcnow()
+        export.run_once(now=start)
+        states = export_states(database)
+        assert states == {"delivered": 1, "pending": 1}
+        assert not export.run_once(now=start + timedelta(seconds=5))  # its own back-off (30 s)
+        assert export.run_once(now=start + timedelta(seconds=31))
+    finally:
+        server.shutdown()
+    assert export_states(database) == {"delivered": 2}
+    assert len(received) == 3 and received[2] == received[0]  # the refused one came again
+    assert set(received) == set(sent)
+    with database.session() as session:
+        assert sorted(session.scalars(select(ExportAttempt.status)).all()) == ["0x0000", "0x0000", "0xA700"]
+
+
+@pytest.mark.parametrize(("status", "verdict"), [
+    (0x0000, Verdict.DELIVERED),  # success
+    (0xB000, Verdict.DELIVERED),  # coercion of data elements (warning)
+    (0xB007, Verdict.DELIVERED),  # data set does not match SOP class (warning)
+    (0x0122, Verdict.REFUSED),  # SOP class not supported
+    (0x0124, Verdict.REFUSED),  # not authorised
+    (0xA900, Verdict.REFUSED),  # data set does not match SOP class (error)
+    (0xA700, Verdict.RETRY),  # out of resources
+    (0xA7FF, Verdict.RETRY),
+    (0x0110, Verdict.RETRY),  # processing failure
+    (0xC000, Verdict.RETRY),  # cannot understand
+    (0xC211, Verdict.RETRY),  # pynetdicom: the SCP's handler raised
+])
+def test_status_table(status, verdict):
+    assert classify_status(status).verdict is verdict
