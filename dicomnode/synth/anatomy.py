@@ -196,8 +196,8 @@ class _Builder:
                           Ellipsoid(shoulder[0], shoulder[1], 23 * s, 23 * s, 23 * s, depth=0.5), 0.55)
             perp = np.array([-elbow_dir[1], elbow_dir[0]])
             self.add_bone(f"{sn} distal humerus", "humerus",
-                          Ellipsoid(*(elbow - 8 * s * elbow_dir), 30 * s, 12 * s, 14 * s,
-                                    angle=float(np.arctan2(perp[1], perp[0])), depth=0.5), 0.6)
+                          Ellipsoid(*(elbow - 8 * s * elbow_dir), 26 * s, 12 * s, 14 * s,
+                                    angle=float(np.arctan2(perp[1], perp[0])), depth=0.5), 0.45)
             perp_f = np.array([-wrist_dir[1], wrist_dir[0]]) * 8 * s
             for bone, off, rad in (("radius", perp_f, 7 * s), ("ulna", -perp_f, 6 * s)):
                 self.add_bone(f"{sn} {bone}", "forearm",
@@ -230,7 +230,7 @@ class _Builder:
         self.add_bone("facial bones", "skull",
                       Ellipsoid(0.0, self.h(0.098), 45 * s, 30 * s, 14 * s, depth=0.15), 0.6)
         self.add_bone("skull base", "skull",
-                      Ellipsoid(0.0, self.h(0.088), 60 * s, 14 * s, 30 * s, depth=0.55), 0.35)
+                      Ellipsoid(0.0, self.h(0.090), 55 * s, 22 * s, 30 * s, depth=0.55), 0.2)
         jaw = [(-48 * s, self.h(0.090)), (-44 * s, self.h(0.116)), (-20 * s, self.h(0.126)),
                (0.0, self.h(0.129)), (20 * s, self.h(0.126)), (44 * s, self.h(0.116)),
                (48 * s, self.h(0.090))]
@@ -263,8 +263,8 @@ class _Builder:
                                                 depth=depths[site]), 1.0)
             # posterior arch (laminae, transverse and spinous processes)
             self.add_bone(f"{name} posterior arch", site,
-                          Ellipsoid(0.0, cy, width * 0.75, 0.55 * pitch, 9 * s,
-                                    depth=min(depths[site] + 0.16, 0.9)), 0.8)
+                          Ellipsoid(0.0, cy, width * 0.6, 0.7 * pitch, 9 * s,
+                                    depth=min(depths[site] + 0.16, 0.9)), 0.55)
         # sacrum (inverted triangle) and coccyx
         top, tip = self.h(0.448), self.h(0.525)
         self.add_bone("sacrum", "sacrum",

@@ -14,7 +14,9 @@ Every number and its source:
   (assumption; all three are seen in routine whole-body scans).
 * Biodistribution (concentration relative to soft tissue): bone 8–16× (chosen so bone pixels are
   ~2–5× the neighbouring soft tissue in the image, notes §3 [U]); kidneys 2–6× (faint at 2–5 h);
-  bladder 15–60× with 150–450 mL urine (often the hottest pixels: notes §3).
+  bladder 40–200× with 150–450 mL urine: a few % of the injected activity in the urine against
+  ~14 % spread over ~60 L of soft tissue (notes §3, PubMed 9323270) gives concentration ratios of
+  order 100, and the bladder is then often the hottest region.
 * Acquisition: 450–800 MBq 99mTc-MDP (EANM adult 300–740 MBq, typical 740 MBq; notes §3), imaging
   2–5 h after injection (Zuckier & Martineau 2015), table speed 10–16 cm/min (SNM guideline 10–15),
   detector–skin gap 20–50 mm anterior (body contouring), 25 mm posterior (table + gap); 99mTc
@@ -107,7 +109,7 @@ def sample_patient(rng: np.random.Generator) -> Patient:
         feet_apart_mm=float(rng.uniform(60.0, 160.0)),
         bone_to_soft=float(rng.uniform(8.0, 16.0)),
         kidney_to_soft=float(rng.uniform(2.0, 6.0)),
-        bladder_to_soft=float(rng.uniform(15.0, 60.0)),
+        bladder_to_soft=float(rng.uniform(40.0, 200.0)),
         bladder_volume_ml=float(rng.uniform(150.0, 450.0)),
     )
 

@@ -49,6 +49,10 @@ class Shape:
     def sample(self, rng: np.random.Generator) -> InteriorPoint:
         raise NotImplementedError
 
+    def chord_and_depth(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray | float]:
+        """Both maps at once (shapes whose two maps share work override this)."""
+        return self.chord(x, y), self.depth_fraction(x, y)
+
 
 @dataclass(frozen=True)
 class Ellipsoid(Shape):
@@ -167,8 +171,11 @@ class Tube(Shape):
         return best_d, best_r, best_f
 
     def chord(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        rel, r, _ = self._nearest(x, y)
-        return 2.0 * self.aspect * r * np.sqrt(np.clip(1.0 - rel * rel, 0.0, None))
+        return self.chord_and_depth(x, y)[0]
+
+    def chord_and_depth(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rel, r, f = self._nearest(x, y)
+        return 2.0 * self.aspect * r * np.sqrt(np.clip(1.0 - rel * rel, 0.0, None)), f
 
     def depth_fraction(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         return self._nearest(x, y)[2]

@@ -108,12 +108,6 @@ def to_stored(view: View, canonical: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(canonical[:, ::-1]) if view is View.POSTERIOR else canonical
 
 
-def _depth_anterior(structure_shape: Shape, host: Shape | None, x, y, thickness) -> np.ndarray:
-    fraction = structure_shape.depth_fraction(x, y)
-    local = host.chord(x, y) if host is not None else thickness
-    return fraction * local
-
-
 class _Study:
     """The working state of one simulation (kept small: one method per step)."""
 
@@ -143,33 +137,37 @@ class _Study:
             sl = g.window(lung.bbox())
             if sl is not None:
                 water[sl] -= LUNG_WATER_DEFICIT * lung.chord(g.x[sl], g.y[sl])
-        return np.clip(water, 0.0, None), body
+        return np.clip(water, 0.0, None).astype(np.float32), body
 
     def inside_field(self, x: float, y: float) -> bool:
         row, col = self.grid.to_pixel(x, y)
         return 4 <= row < self.grid.rows - 4 and 4 <= col < self.grid.columns - 4
 
-    def render_structure(self, shape: Shape, concentration: float, host: Shape | None) -> None:
+    def render_structure(self, shape: Shape, concentration: float, host: Shape | None) -> np.ndarray | None:
+        """Project one solid; return its chord map on its window (None when off the field)."""
         g = self.grid
         sl = g.window(shape.bbox())
         if sl is None:
-            return
+            return None
         x, y = g.x[sl], g.y[sl]
-        activity = concentration * shape.chord(x, y)
-        depth = _depth_anterior(shape, host, x, y, self.thickness[sl])
-        self.projector.add(sl, activity, depth)
+        chord, fraction = shape.chord_and_depth(x, y)
+        local = host.chord(x, y) if host is not None else self.thickness[sl]
+        inside = chord > 0
+        if inside.any():
+            self.projector.add(sl, concentration * chord, fraction * local)
+        return chord
 
     def render_anatomy(self, mimics: list[Mimic]) -> np.ndarray:
         """Project soft tissue, bones, organs and mimics; return the canonical bone label map."""
         g = self.grid
-        self.projector.add_slab((slice(None), slice(None)), 1.0)
+        body = np.flatnonzero(self.thickness.any(axis=1)), np.flatnonzero(self.thickness.any(axis=0))
+        self.projector.add_slab((slice(body[0][0], body[0][-1] + 1), slice(body[1][0], body[1][-1] + 1)), 1.0)
         labels = np.zeros((g.rows, g.columns), dtype=np.uint8)
         for structure in self.phantom.bones:
-            self.render_structure(structure.shape, structure.concentration, structure.host)
-            sl = g.window(structure.shape.bbox())
-            if sl is not None:
-                on_bone = structure.shape.chord(g.x[sl], g.y[sl]) >= 1.0
-                labels[sl][on_bone] = BONE_SITES.index(structure.site) + 1
+            chord = self.render_structure(structure.shape, structure.concentration, structure.host)
+            if chord is not None:
+                labels[self.grid.window(structure.shape.bbox())][chord >= 1.0] = (
+                    BONE_SITES.index(structure.site) + 1)
         for organ in self.phantom.organs:
             self.render_structure(organ.shape, organ.concentration, organ.host)
         for mimic in mimics:
@@ -187,8 +185,10 @@ class _Study:
             return None
         x, y = g.x[sl], g.y[sl]
         activity = lesion.excess_concentration * shape.chord(x, y)
-        depth_a = _depth_anterior(lesion.host.shape, lesion.host.host, np.array(lesion.x),
-                                  np.array(lesion.y), self._thickness_at(lesion.x, lesion.y))
+        host = lesion.host
+        local = (host.host.chord(np.array(lesion.x), np.array(lesion.y)) if host.host is not None
+                 else self._thickness_at(lesion.x, lesion.y))
+        depth_a = lesion.depth_fraction * float(local)
         depth = self.projector.depth(view, sl, np.full(activity.shape, float(depth_a)))
         attenuated = activity * np.exp(-MU_PER_MM * depth)
         distance = float(np.mean(depth[activity > 0])) if (activity > 0).any() else float(depth.mean())
@@ -210,7 +210,7 @@ def simulate_study(rng: np.random.Generator | int, *, rows: int = 1024, columns:
     ``rng`` is a numpy Generator or an integer seed.  Raises ``ValueError`` for a matrix or
     spacing that cannot hold a whole-body scan.
     """
-    _check_matrix(rows, columns, spacing_mm)
+    check_matrix(rows, columns, spacing_mm)
     if not isinstance(rng, np.random.Generator):
         rng = np.random.default_rng(rng)
     study = _Study(rng, rows, columns, spacing_mm)
@@ -274,7 +274,7 @@ def _truth(lesions: list[Lesion], excess, expected, scale: float, study: _Study)
     return records, masks
 
 
-def _check_matrix(rows: int, columns: int, spacing_mm: float) -> None:
+def check_matrix(rows: int, columns: int, spacing_mm: float) -> None:
     if not (isinstance(rows, int) and isinstance(columns, int)) or rows < 16 or columns < 16:
         raise ValueError(f"matrix must be at least 16 x 16 integers, got {rows!r} x {columns!r}")
     if rows > 8192 or columns > 4096:

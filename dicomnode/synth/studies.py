@@ -24,7 +24,7 @@ import numpy as np
 
 from dicomnode.synth.dicom import StudyIdentity, write_nm_files
 from dicomnode.synth.overlay import write_overlay
-from dicomnode.synth.simulate import SimulatedStudy, simulate_study
+from dicomnode.synth.simulate import SimulatedStudy, check_matrix, simulate_study
 from segmentation.scan import View
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,7 @@ def write_studies(out: Path, *, studies: int, seed: int, layout: str, png: bool,
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     if not isinstance(studies, int) or studies < 1:
         raise ValueError(f"studies must be a positive integer, got {studies!r}")
+    check_matrix(rows, columns, spacing_mm)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out} exists and is not a folder")
