@@ -24,7 +24,8 @@ no accepted presentation context for the SOP class         REFUSED for that obje
 argument), 0xA900–0xA9FF data set does not match SOP class
 A-ASSOCIATE-RJ *rejected-transient*, A-ABORT, connection   the whole destination backs off: the
 refused or timed out, association lost mid-batch           batch gets an attempt, every pending row
-                                                           of that destination waits (no hammering)
+                                                           of that destination waits, and so do rows
+                                                           queued meanwhile (no hammering)
 0xA700–0xA7FF out of resources, 0x0110 processing failure, that object is retried after its own
 0x0213 resource limitation, 0xC000–0xCFFF cannot           back-off (pynetdicom answers 0xC211 when
 understand, any other failure                              an SCP's handler raises: not the data's
@@ -40,22 +41,21 @@ Only destinations present in the configuration are served; rows for a removed de
 from __future__ import annotations
 
 import logging
-import ssl
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
 
 import pydicom
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE
 from sqlalchemy import and_, or_, select, update
 
 from dicomnode.config import Destination
 from dicomnode.db import Database
 from dicomnode.models import Export, ExportAttempt, ExportState, ResultObject, utcnow
 from dicomnode.queue import worker_name
+from dicomnode.scu import AssociationFailed, associate
 from dicomnode.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -212,55 +212,32 @@ def extend_lease(database: Database, owner: str, items: Sequence[Item], policy: 
         )
 
 
-class AssociationFailed(Exception):
-    """No association with the destination; ``permanent`` for A-ASSOCIATE-RJ rejected-permanent."""
-
-    def __init__(self, status: str, detail: str, permanent: bool) -> None:
-        super().__init__(f"{status}: {detail}")
-        self.status, self.detail, self.permanent = status, detail, permanent
-
-
-def _tls_args(destination: Destination) -> tuple[ssl.SSLContext, str] | None:
-    if destination.tls is None:
-        return None
-    context = ssl.create_default_context(cafile=str(destination.tls.ca) if destination.tls.ca else None)
-    if destination.tls.cert is not None:
-        context.load_cert_chain(str(destination.tls.cert), str(destination.tls.key))
-    return context, destination.tls.server_name or destination.host
-
-
 class Sender:
-    """One association to a destination carrying a batch of stored objects (pynetdicom SCU)."""
+    """One association to a destination carrying a batch of stored objects (:func:`dicomnode.scu.associate`)."""
 
     def __init__(self, calling_ae: str, timeout: float = 30.0) -> None:
         self.calling_ae = calling_ae
         self.timeout = timeout
 
     def send(self, destination: Destination, datasets: Sequence[tuple[Item, pydicom.Dataset]],
-             on_outcome) -> None:
-        """C-STORE each dataset; call ``on_outcome(item, Outcome)`` after each response.
+             on_outcome: Callable[[Item, Outcome], None]) -> None:
+        """C-STORE each dataset; call ``on_outcome(item, outcome)`` after each response.
 
-        Raises :class:`AssociationFailed` when no association can be made or it is lost; objects
-        already answered have had their outcome reported by then.
+        Raises :class:`~dicomnode.scu.AssociationFailed` when no association can be made or it is
+        lost; objects already answered have had their outcome reported by then.
         """
-        ae = AE(ae_title=self.calling_ae)
-        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout
-        proposed: dict[str, set[str]] = {}
-        for _, ds in datasets:
-            syntaxes = proposed.setdefault(str(ds.SOPClassUID), {ExplicitVRLittleEndian, ImplicitVRLittleEndian})
-            syntaxes.add(str(ds.file_meta.TransferSyntaxUID))
-        for sop_class, syntaxes in proposed.items():
-            ae.add_requested_context(sop_class, sorted(syntaxes))
-        kwargs = {"ae_title": destination.ae_title}
-        tls = _tls_args(destination)
-        if tls is not None:
-            kwargs["tls_args"] = tls
-        assoc = ae.associate(destination.host, destination.port, **kwargs)
-        if not assoc.is_established:
-            raise self._why_not(assoc, destination)
-        try:
+        proposed: dict[str, dict[str, None]] = {}
+        for _, ds in datasets:  # the file's own transfer syntax first, then the native ones
+            syntaxes = proposed.setdefault(str(ds.SOPClassUID), {})
+            for syntax in (str(ds.file_meta.TransferSyntaxUID), ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+                syntaxes.setdefault(str(syntax), None)
+        contexts = [(sop_class, tuple(syntaxes)) for sop_class, syntaxes in proposed.items()]
+        with associate(destination, self.calling_ae, contexts, self.timeout) as assoc:
             accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
             for item, ds in datasets:
+                if not assoc.is_established:
+                    raise AssociationFailed("association lost", f"{destination.name} ended the association",
+                                            permanent=False)
                 if str(ds.SOPClassUID) not in accepted:
                     on_outcome(item, Outcome(Verdict.REFUSED, "no presentation context",
                                              f"SOP class {ds.SOPClassUID} not supported by {destination.name}"))
@@ -274,27 +251,6 @@ class Sender:
                     raise AssociationFailed("association lost", f"no C-STORE response from {destination.name}",
                                             permanent=False)
                 on_outcome(item, classify_status(int(response.Status)))
-        finally:
-            if assoc.is_established:
-                assoc.release()
-            else:
-                assoc.abort()
-
-    @staticmethod
-    def _why_not(assoc, destination: Destination) -> AssociationFailed:
-        primitive = assoc.acceptor.primitive
-        where = f"{destination.ae_title}@{destination.host}:{destination.port}"
-        if assoc.is_rejected and primitive is not None:
-            permanent = primitive.result == 0x01
-            kind = "permanent" if permanent else "transient"
-            return AssociationFailed(f"association rejected ({kind})",
-                                     f"{where}: {primitive.source_str}: {primitive.reason_str}", permanent)
-        if primitive is not None and primitive.result == 0x00:
-            # Accepted but not one presentation context: pynetdicom aborts (PS3.8 9.3.2.2).
-            return AssociationFailed("no presentation context",
-                                     f"{where} accepted none of the SOP classes proposed", permanent=True)
-        return AssociationFailed("no association", f"{where}: connection refused, timed out or aborted",
-                                 permanent=False)
 
 
 class Exporter:
@@ -308,10 +264,13 @@ class Exporter:
         self.policy = policy
         self.owner = owner or worker_name("exporter")
         self.sender = Sender(calling_ae, timeout)
+        self._down_until: dict[str, datetime] = {}  # destinations this exporter found unavailable
 
     def run_once(self, now: datetime | None = None) -> bool:
         """Send one batch; False when nothing was due."""
-        batch = claim_batch(self.database, self.owner, list(self.destinations), self.policy, now)
+        now = now or utcnow()
+        available = [name for name in self.destinations if self._down_until.get(name, now) <= now]
+        batch = claim_batch(self.database, self.owner, available, self.policy, now)
         if batch is None:
             return False
         name, items = batch
@@ -348,7 +307,11 @@ class Exporter:
             extend_lease(self.database, self.owner, list(pending.values()), self.policy)
 
         try:
-            self.sender.send(destination, loaded, on_outcome)
+            try:
+                self.sender.send(destination, loaded, on_outcome)
+            except (OSError, RuntimeError) as exc:  # the network or pynetdicom gave up mid-batch
+                raise AssociationFailed("association error", f"{type(exc).__name__}: {exc}",
+                                        permanent=False) from exc
         except AssociationFailed as failure:
             verdict = Verdict.REFUSED if failure.permanent else Verdict.BACK_OFF
             outcome = Outcome(verdict, failure.status, failure.detail)
@@ -358,6 +321,7 @@ class Exporter:
                 attempts = self._attempts([i.export_id for i in pending.values()])
                 until = utcnow() + self.policy.backoff(max(attempts, default=1))
                 back_off_destination(self.database, destination.name, until)
+                self._down_until[destination.name] = until  # outbox rows added meanwhile wait too
                 log.warning("destination %s unavailable; backing off until %s", destination.name,
                             until.isoformat(timespec="seconds"),
                             extra={"destination": destination.name, "status": failure.status,

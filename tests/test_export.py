@@ -109,19 +109,22 @@ def test_pacs_down_backs_off_the_destination_then_delivers_when_it_is_up(node, t
     start = utcnow()
     assert export.run_once(now=start)  # one batch of two tried, then the destination waits
     assert not export.run_once(now=start)  # the other two are held back too: no hammering
+    sent = process(["PACS"], studies=1)  # all results so far: two more finished meanwhile wait as well
+    assert len(sent) == 6
+    assert not export.run_once(now=start)
     with database.session() as session:
         rows = session.scalars(select(Export)).all()
         assert {row.state for row in rows} == {ExportState.PENDING}
-        assert sorted(row.attempts for row in rows) == [0, 0, 1, 1]
+        assert sorted(row.attempts for row in rows) == [0, 0, 0, 0, 1, 1]
         assert all(row.next_attempt_at.replace(tzinfo=None) > start.replace(tzinfo=None) + timedelta(seconds=29)
-                   for row in rows)
+                   for row in rows if row.id <= 4)
         assert {row.last_status for row in rows if row.attempts} == {"no association"}
     with pacs:
-        later = start + timedelta(seconds=31)
+        later = start + timedelta(seconds=61)
         while export.run_once(now=later):
             pass
         assert pacs.received_sop_instance_uids() == set(sent)
-    assert export_states(database) == {"delivered": 4}
+    assert export_states(database) == {"delivered": 6}
 
 
 class RefusingSCP(StoreSCP):
