@@ -76,7 +76,7 @@ def assemble(database: Database, policy: AssemblyPolicy, now: datetime | None = 
     queued = []
     for study_id in candidates:
         with database.session(write=True) as session:
-            study = session.get(Study, study_id)
+            study = session.get(Study, study_id, with_for_update=True)  # the receiver may be bumping it
             if study is None or study.state is not StudyState.RECEIVING:
                 continue
             reason = ready_reason(views_present(session, study_id), as_utc(study.last_instance_at), now, policy)
