@@ -173,3 +173,31 @@ def test_view_result_thresholds_at_the_given_level_and_checks_the_shape():
     assert result.mask.dtype == np.uint8 and result.mask.sum() == 1 and result.mask[3, 3] == 1
     with pytest.raises(ValueError, match="does not match"):
         view_result(image, np.zeros((8, 16), np.float32))
+
+
+@pytest.mark.parametrize("rows, columns, spacing", [(1024, 256, 2.26), (2048, 512, 1.13)])
+def test_a_simulated_study_end_to_end_with_tiny_weights(tiny_model, tmp_path, rows, columns, spacing):
+    """dicomnode.synth → DICOM files → load_scan → segment: results on the source frames."""
+    from dicomnode.synth.dicom import StudyIdentity, write_nm_files
+    from dicomnode.synth.simulate import simulate_study
+
+    from segmentation.views import load_scan_files
+
+    study = simulate_study(5, rows=rows, columns=columns, spacing_mm=spacing)
+    write_nm_files(study, StudyIdentity(5, 1), tmp_path, "multiframe")
+    scan = load_scan_files(sorted(tmp_path.glob("*.dcm")))
+    for segmenter in (Segmenter.from_weights(tiny_model.path), Segmenter.from_weights(inference.WEIGHTS_DIR / "threshold.json")):
+        result = segmenter.segment(scan)
+        assert result.lesions, f"{segmenter.algorithm.network} found nothing: the checks below would be vacuous"
+        for view, view_result_ in result.views.items():
+            assert view_result_.probability.shape == view_result_.mask.shape == (rows, columns)
+            assert view_result_.probability.dtype == np.float32
+            assert 0.0 <= view_result_.probability.min() and view_result_.probability.max() <= 1.0
+            assert sum(lesion.pixel_count for lesion in view_result_.lesions) == view_result_.mask.sum()
+            labels, _ = ndimage.label(view_result_.mask, structure=np.ones((3, 3)))
+            for lesion in view_result_.lesions:
+                assert lesion.area_mm2 == pytest.approx(lesion.pixel_count * spacing * spacing)
+                # peak and mean counts come from the stored frame the SEG will reference
+                under = study.images[view][labels == lesion.label]
+                assert (lesion.peak_counts, lesion.pixel_count) == (under.max(), under.size)
+                assert lesion.mean_counts == pytest.approx(under.mean(), rel=1e-5)

@@ -241,3 +241,23 @@ def test_a_single_silent_frame_cannot_be_assumed(counts):
 def test_nothing_to_read_is_refused():
     with pytest.raises(ViewError, match="no datasets"):
         load_scan([])
+
+
+# --- the simulator's studies, as a camera would send them --------------------------------------
+
+
+@pytest.mark.parametrize("layout", ["multiframe", "split"])
+def test_simulated_studies_give_the_simulators_views(layout, tmp_path):
+    """dicomnode.synth stores the posterior mirrored; load_scan must undo exactly that."""
+    from dicomnode.synth.dicom import StudyIdentity, write_nm_files
+    from dicomnode.synth.simulate import simulate_study
+
+    study = simulate_study(21)
+    write_nm_files(study, StudyIdentity(21, 1), tmp_path, layout)
+    scan = load_scan_files(sorted(tmp_path.glob("*.dcm")))
+    assert scan.missing == [] and scan.notes == ()
+    np.testing.assert_array_equal(scan.anterior.counts, study.images[View.ANTERIOR])
+    np.testing.assert_array_equal(scan.posterior.counts, study.images[View.POSTERIOR][:, ::-1])
+    for view, image in scan.views.items():
+        np.testing.assert_array_equal(image.source.to_stored(image.counts), study.images[view])
+        assert image.pixel_spacing == (2.26, 2.26)
