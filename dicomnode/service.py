@@ -1,0 +1,188 @@
+"""``dicomnode serve`` and ``dicomnode worker``: the node's parts running together (DESIGN §1).
+
+``serve`` runs, in one process: the receiver (:mod:`dicomnode.scp`, pynetdicom server threads), the
+assembly loop, one worker and the exporter, each a thread, all coordinated through the database
+only. Nothing is held in memory that the database does not also hold, so the process may be killed
+at any moment (SIGKILL, power loss) and lose nothing it acknowledged: on restart, jobs whose worker
+died are reclaimed when their lease expires, SENDING exports likewise, pending exports resume, and
+receiving studies are assembled again.
+
+``worker`` runs only a worker (and, with ``--export``, an exporter) against the same database and
+spool, on this host or another: the scale-out of DESIGN §1 (PostgreSQL and a shared spool volume).
+
+Shutdown on SIGTERM or SIGINT: the receiver stops accepting first (nothing new is acknowledged),
+then the loops finish what they are doing and stop. A job still running after ``grace_seconds`` is
+abandoned: its lease expires and another worker (or this node after a restart) takes it over.
+
+Logging: one line per event; with ``[logging] json = true`` each line is a JSON object holding the
+message and the structured fields the modules attach (job, study UID, states, statuses). Patient
+names are never logged by these modules.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from dicomnode.assembly import AssemblyPolicy, assemble
+from dicomnode.config import LoggingSection, NodeConfig
+from dicomnode.db import Database, connect
+from dicomnode.export import Exporter, ExportPolicy
+from dicomnode.queue import QueuePolicy
+from dicomnode.spool import Spool
+
+log = logging.getLogger(__name__)
+
+# Attributes every LogRecord has; anything else was passed with ``extra=`` and is a structured field.
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+
+
+def _fields(record: logging.LogRecord) -> dict:
+    return {key: value for key, value in vars(record).items() if key not in _STANDARD}
+
+
+class JsonLines(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, structured fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+                 "level": record.levelname, "logger": record.name, "message": record.getMessage(),
+                 **_fields(record)}
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+class KeyValues(logging.Formatter):
+    """Text lines with the structured fields appended as ``key=value``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        fields = " ".join(f"{key}={value}" for key, value in _fields(record).items())
+        return f"{line} {fields}" if fields else line
+
+
+def configure_logging(settings: LoggingSection) -> None:
+    """Route the root logger to stderr as configured by ``[logging]``."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonLines() if settings.json_lines else
+                         KeyValues("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.level)
+    quieter = max(logging.WARNING, logging.getLevelName(settings.level))  # chatty libraries: warnings only
+    for name in ("pynetdicom", "alembic", "highdicom"):
+        logging.getLogger(name).setLevel(quieter)
+
+
+@dataclass(frozen=True)
+class Parts:
+    """Which parts a process runs."""
+
+    receive: bool = True
+    assemble: bool = True
+    work: bool = True
+    export: bool = True
+
+
+def queue_policy(config: NodeConfig) -> QueuePolicy:
+    return QueuePolicy(lease_seconds=config.queue.lease_seconds, max_attempts=config.queue.max_attempts)
+
+
+def export_policy(config: NodeConfig) -> ExportPolicy:
+    return ExportPolicy(backoff_initial_seconds=config.export.backoff_initial_seconds,
+                        backoff_max_seconds=config.export.backoff_max_seconds,
+                        max_attempts=config.export.max_attempts)
+
+
+class Node:
+    """The chosen parts of the node, started as threads of this process."""
+
+    def __init__(self, config: NodeConfig, parts: Parts = Parts()) -> None:
+        self.config = config
+        self.parts = parts
+        self.stop_event = threading.Event()
+        self.database: Database | None = None
+        self.receiver = None
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        """Open the database (migrating it), load the model, start the parts. Raises on bad setup."""
+        config = self.config
+        self.database = database = connect(config.database_url)
+        database.migrate()
+        spool = Spool(config.storage.spool_path, min_free_bytes=config.storage.min_free_bytes)
+        poll = config.queue.poll_seconds
+        loops: list[tuple[str, Callable[[], None]]] = []
+        if self.parts.work:
+            from dicomnode.worker import Worker, load_segmenter  # torch only where a worker runs
+
+            segmenter = load_segmenter(config.model.weights, config.model.device, config.model.threshold)
+            worker = Worker(database, spool, segmenter, config.results.to_options(),
+                            [d.name for d in config.destinations], queue_policy(config))
+            loops.append(("worker", lambda: worker.run(self.stop_event, poll)))
+        if self.parts.export and config.destinations:
+            exporter = Exporter(database, spool, config.destinations, config.node.ae_title, export_policy(config),
+                                timeout=config.node.dimse_timeout)
+            loops.append(("exporter", lambda: exporter.run(self.stop_event, poll)))
+        if self.parts.assemble:
+            policy = AssemblyPolicy(quiet_seconds=config.assembly.quiet_seconds)
+            loops.append(("assembly", lambda: self._repeat(lambda: assemble(database, policy), poll)))
+        if self.parts.receive:
+            from dicomnode.scp import start_receiver
+
+            self.receiver = start_receiver(config, database, spool)
+        for name, target in loops:
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        log.info("node started", extra={"parts": [name for name, _ in loops] + (["receiver"] if self.receiver else []),
+                                        "database": database.url})
+
+    def _repeat(self, step: Callable[[], object], interval: float) -> None:
+        while not self.stop_event.is_set():
+            try:
+                step()
+            except Exception:
+                log.exception("assembly pass failed")
+            self.stop_event.wait(interval)
+
+    def stop(self, grace_seconds: float = 30.0) -> None:
+        """Stop accepting, then let the loops finish (see the module docstring)."""
+        if self.receiver is not None:
+            self.receiver.stop()
+            self.receiver = None
+        self.stop_event.set()
+        for thread in self._threads:
+            thread.join(grace_seconds)
+            if thread.is_alive():
+                log.warning("%s still busy after %.0f s; its lease will expire and be reclaimed",
+                            thread.name, grace_seconds)
+        if self.database is not None:
+            self.database.dispose()
+        log.info("node stopped")
+
+
+def run_until_signalled(config: NodeConfig, parts: Parts) -> None:
+    """Start ``parts`` and block until SIGTERM or SIGINT, then stop cleanly."""
+    node = Node(config, parts)
+    signalled = threading.Event()
+
+    def on_signal(number: int, _frame) -> None:
+        log.info("signal %s: stopping", signal.Signals(number).name)
+        signalled.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        node.start()
+        while not signalled.wait(1.0):
+            pass
+    finally:
+        node.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
