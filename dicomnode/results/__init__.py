@@ -16,26 +16,22 @@ Series numbering and UIDs are explained in :mod:`.common`; the approximate Bone 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 
 from pydicom.dataset import Dataset
 
-from dicomnode.results.common import Provenance, ResultKind, ResultOptions, SourceFrame, match_sources
+from dicomnode.results.burden import assess_burden
+from dicomnode.results.common import Provenance, ResultKind, ResultOptions, match_sources
+from dicomnode.results.gsps import build_presentation_state
+from dicomnode.results.sc import build_picture
 from dicomnode.results.seg import build_segmentations
+from dicomnode.results.sr import build_report
 from segmentation.result import SegmentationResult
-from segmentation.scan import View
 
 __all__ = ["ResultKind", "ResultOptions", "build_results"]
 
 logger = logging.getLogger(__name__)
-
-_Builder = Callable[[dict[View, SourceFrame], Provenance], list[Dataset]]
-
-
-def _builders() -> dict[ResultKind, _Builder]:
-    return {ResultKind.SEG: build_segmentations}
-
 
 def build_results(
     result: SegmentationResult,
@@ -61,10 +57,20 @@ def build_results(
         created=datetime.now(),
         source_uids=tuple(sorted({frame.source.sop_instance_uid for frame in frames.values()})),
     )
-    builders = _builders()
+    needs_burden = any(kind is not ResultKind.SEG for kind in options.kinds)
+    burden = assess_burden(result) if needs_burden else None
     objects: list[tuple[ResultKind, Dataset]] = []
     for kind in options.kinds:
-        objects.extend((kind, dataset) for dataset in builders[kind](frames, provenance))
+        match kind:
+            case ResultKind.SEG:
+                datasets = build_segmentations(frames, provenance)
+            case ResultKind.GSPS:
+                datasets = build_presentation_state(frames, provenance, burden)
+            case ResultKind.SR:
+                datasets = build_report(frames, provenance, burden)
+            case ResultKind.SC:
+                datasets = build_picture(frames, provenance, burden)
+        objects.extend((kind, dataset) for dataset in datasets)
     logger.info(
         "study %s version %d: %s",
         result.scan.study_instance_uid, study_version, ", ".join(kind.value for kind, _ in objects),

@@ -28,16 +28,27 @@ from enum import Enum
 
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.uid import NuclearMedicineImageStorage, generate_uid
 
 import dicomnode
-from segmentation.result import SegmentationResult, ViewResult
+from segmentation.result import Lesion, SegmentationResult, ViewResult
 from segmentation.scan import View, ViewImage, ViewSource
 
 logger = logging.getLogger(__name__)
 
 #: Said in every object (text, content description, legend): these are research results.
 NOT_FOR_DIAGNOSTIC_USE = "NOT FOR DIAGNOSTIC USE"
+
+#: How the views are named in short texts (tracking identifiers, picture labels).
+VIEW_ABBREVIATIONS = {View.ANTERIOR: "ANT", View.POSTERIOR: "POST"}
+
+#: Date/time pairs that say when an object's content was made (SEG/SR/SC: General Image or SR
+#: Document General; GSPS: Presentation State Identification, PS3.3 C.11.10).
+_CREATION_KEYWORDS = (
+    ("ContentDate", "ContentTime"),
+    ("PresentationCreationDate", "PresentationCreationTime"),
+)
 
 #: Largest value of an IS (Integer String) element, PS3.5 Table 6.2-1.
 _MAX_IS = 2**31 - 1
@@ -141,8 +152,12 @@ class SourceFrame:
         return self.image.source.frame_number
 
     @property
-    def is_multiframe_source(self) -> bool:
-        return int(self.dataset.get("NumberOfFrames", 1) or 1) > 1
+    def referenced_frame_numbers(self) -> list[int] | None:
+        """Referenced Frame Number (0008,1160) for references to this view: needed where the
+        source has several frames (Image SOP Instance Reference Macro, PS3.3 Table 10-3)."""
+        if int(self.dataset.get("NumberOfFrames", 1) or 1) > 1:
+            return [self.frame_number]
+        return None
 
     @property
     def stored_counts(self) -> np.ndarray:
@@ -218,6 +233,14 @@ def _check_source(view: View, dataset: Dataset, source: ViewSource, study_uid: s
         raise ValueError(f"{where} has {frames} frame(s); frame {source.frame_number} was referenced")
 
 
+def source_datasets(frames: dict[View, SourceFrame]) -> list[Dataset]:
+    """The distinct source datasets of the views (one for a two-frame instance), in view order."""
+    seen: dict[str, Dataset] = {}
+    for frame in frames.values():
+        seen.setdefault(frame.source.sop_instance_uid, frame.dataset)
+    return list(seen.values())
+
+
 @dataclass(frozen=True)
 class SeriesIdentity:
     """Series Instance UID, Series Number and Series Description of one result series."""
@@ -264,6 +287,12 @@ class Provenance:
             ]
         )
 
+    def lesion_tracking(self, lesion: Lesion) -> tuple[str, str]:
+        """(Tracking ID, Tracking UID) of a lesion, the same in the GSPS and the SR (PS3.3 C.10.5.1.2,
+        PS3.16 TID 4108) so that a viewer can link a contour to its measurements."""
+        identifier = f"{VIEW_ABBREVIATIONS[lesion.view]} lesion {lesion.label}"
+        return identifier, self.uid("lesion", lesion.view.value, str(lesion.label))
+
     @property
     def model_name(self) -> str:
         """Manufacturer's Model Name (0008,1090): the algorithm that produced the result."""
@@ -277,16 +306,17 @@ class Provenance:
         date, time = self.created.strftime("%Y%m%d"), self.created.strftime("%H%M%S.%f")
         dataset.InstanceCreationDate, dataset.InstanceCreationTime = date, time
         dataset.SeriesDate, dataset.SeriesTime = date, time
-        dataset.ContentDate, dataset.ContentTime = date, time
+        for date_keyword, time_keyword in _CREATION_KEYWORDS:
+            if date_keyword in dataset:  # only where highdicom wrote them: the IOD has them
+                setattr(dataset, date_keyword, date)
+                setattr(dataset, time_keyword, time)
         dataset.Manufacturer = self.options.manufacturer
         dataset.SoftwareVersions = self.options.software_version
         if self.options.institution_name:
             dataset.InstitutionName = self.options.institution_name
-        if "BodyPartExamined" in source and source.BodyPartExamined:
-            dataset.BodyPartExamined = source.BodyPartExamined
-        else:
-            # Laterality (0020,0060) is 2C on GSPS/SC unless Body Part Examined is present.
-            dataset.BodyPartExamined = "WHOLEBODY"
+        if dataset.Modality != "SR":  # SR Document Series has no Body Part Examined
+            # Laterality (0020,0060) is 2C on GSPS and SC unless Body Part Examined is present.
+            dataset.BodyPartExamined = source.get("BodyPartExamined") or "WHOLEBODY"
         return dataset
 
 
@@ -299,3 +329,29 @@ def check_writable(dataset: Dataset) -> Dataset:
     meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
     return dataset
 
+
+
+#: Percentile of the views' positive counts that sets the upper end of a computed window.
+WINDOW_PERCENTILE = 99.5
+
+
+def display_window(frames: dict[View, SourceFrame]) -> tuple[float, float, str]:
+    """(center, width, explanation) of the VOI window for showing the views (PS3.3 C.11.2).
+
+    The source's first Window Center / Width where it has them; otherwise zero to the 99.5th
+    percentile of the views' positive counts, so that bone is readable and only the hottest
+    spots (bladder, injection site) saturate.
+    """
+    dataset = next(iter(frames.values())).dataset
+    center, width = _first(dataset.get("WindowCenter")), _first(dataset.get("WindowWidth"))
+    if center is not None and width is not None and float(width) >= 1:
+        return float(center), float(width), "source window"
+    counts = np.concatenate([frame.image.counts.ravel() for frame in frames.values()])
+    positive = counts[counts > 0]
+    upper = max(float(np.percentile(positive, WINDOW_PERCENTILE)) if positive.size else 1.0, 1.0)
+    return upper / 2, upper, f"0 to the {WINDOW_PERCENTILE} percentile of counts"
+
+
+def _first(value: object) -> object:
+    """The first value of a possibly multi-valued element (Window Center may hold several)."""
+    return value[0] if isinstance(value, MultiValue) else value
