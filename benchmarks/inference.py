@@ -11,8 +11,9 @@ the same with bfloat16 autocast, synchronised.
     python benchmarks/inference.py                    # all networks, slim and paper widths
     python benchmarks/inference.py --widths slim      # the quick table (well under a minute on 2 cores)
 
-The full table (slim + paper widths) takes about 4 minutes on a 2-core CPU with 3 repeats; the
-papers' widths dominate it. Output: a markdown table on stdout.
+Output: a markdown table on stdout. On a 2-core CPU the slim widths take under a minute with the
+defaults; the papers' widths need 20–60 s *per study* per network, so ``--widths paper --repeats 1
+--warmup 0`` alone takes about 6 minutes (the defaults, 1 warm-up + 3 timed runs, about 20).
 """
 
 from __future__ import annotations
@@ -143,12 +144,14 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.threads} thread(s), GPU {gpu}; study = {VIEWS_PER_STUDY} views of "
         f"{VIEW_ROWS}×{VIEW_COLUMNS}; median of {args.repeats} after {args.warmup} warm-up\n"
     )
+    start = time.perf_counter()
     rows = [
         measure(name, width, args.repeats, args.warmup)
         for width in args.widths
         for name in args.networks
     ]
     print(markdown(rows))
+    print(f"\n(measured in {time.perf_counter() - start:.0f} s)")
 
 
 if __name__ == "__main__":

@@ -66,6 +66,8 @@ def test_bad_inputs_get_clear_errors(name):
         net(torch.randn(1, 3, size, size))
     with pytest.raises(ValueError, match="N, C, H, W"):
         net(torch.randn(2, size, size))
+    with pytest.raises(ValueError, match="float32"):
+        net(torch.randint(0, 100, (1, 2, size, size), dtype=torch.int32))
     if net.window is None:
         with pytest.raises(ValueError, match="multiples"):
             net(torch.randn(1, 2, size + net.size_divisor // 2, size))

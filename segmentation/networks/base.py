@@ -12,12 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
+import torch
 from torch import Tensor, nn
 
 Width = str | int
 """``"paper"`` (the channel counts the paper states), ``"slim"`` (a CPU width) or a base channel count."""
-
-WIDTH_NAMES = ("paper", "slim")
 
 
 class SegmentationNetwork(nn.Module):
@@ -56,13 +55,17 @@ class SegmentationNetwork(nn.Module):
         if not isinstance(x, Tensor) or x.dim() != 4:
             shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(f"{type(self).__name__} expects a (N, C, H, W) tensor, got {shape}")
-        n, c, h, w = x.shape
+        _, c, h, w = x.shape
         if c != self.in_channels:
             raise ValueError(
                 f"{type(self).__name__} was built for {self.in_channels} input channel(s), got {c}"
             )
-        if not x.is_floating_point():
-            raise ValueError(f"{type(self).__name__} expects floating-point counts, got {x.dtype}")
+        weights = next(self.parameters())
+        if x.dtype != weights.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise ValueError(
+                f"{type(self).__name__} has {weights.dtype} weights but got a {x.dtype} input; "
+                "pass normalised counts as float32 (or run under torch.autocast)"
+            )
         if self.window is not None and (h, w) != (self.window, self.window):
             raise ValueError(
                 f"{type(self).__name__} takes only {self.window}×{self.window} windows, got {h}×{w}; "
