@@ -41,10 +41,14 @@ def test_eval_output_is_one_logit_map_per_pixel(name):
     assert torch.isfinite(out).all()
 
 
+WINDOWED = {"mams": 256}  # paper 002: learned ViT position embeddings for 256×256 windows
+
+
 @pytest.mark.parametrize("name", available())
 def test_whole_view_or_stated_window(name):
     """A fully convolutional net takes a whole 1024×256 view; a windowed one says so and refuses it."""
     net = build(name, width="slim").eval()
+    assert net.window == WINDOWED.get(name)
     view = torch.randn(1, 2, 1024, 256)
     with torch.inference_mode():
         if net.window is None:
