@@ -18,10 +18,14 @@ Depth fractions (0 anterior, 1 posterior) encode what every nuclear-medicine rea
 spine, scapulae, kidneys and posterior ribs lie near the back (brighter in the posterior view), the
 sternum, face, mandible, patellae, anterior ribs and pubis near the front (brighter anteriorly).
 
-Relative MDP uptake per unit volume (bone concentration multipliers, assumption calibrated by eye
-against published whole-body scans): vertebrae, pelvis, sternum 1.0; sacro-iliac joints 1.4;
-joint ends of long bones 1.1–1.2; ribs, scapulae, clavicles 0.8–0.9; calvarium 0.8; long-bone
-shafts 0.6.
+Relative MDP uptake per unit volume (bone concentration multipliers; an assumption calibrated by
+eye so that the projected brightness ranks as on published whole-body scans: spine, sacro-iliac
+joints and pelvis brightest, then skull, ribs and joints, long-bone shafts faint): vertebral
+bodies, sternum, sacrum 1.0; sacro-iliac joints 1.4; ilium 0.95; ribs, clavicles 0.85; scapulae
+0.8–1.0; calvarium 0.7; long-bone shafts 0.6–0.65; large trabecular joint ends (femoral and
+humeral heads, condyles, tibial plateaux) 0.45–0.6 because their projected chord is long; feet 0.3
+for the same reason.  Women get breasts (soft tissue lying on the anterior chest wall, 250–900 mL
+each), which attenuate the anterior ribs as in real scans.
 """
 
 from __future__ import annotations
@@ -141,6 +145,12 @@ class _Builder:
             foot = Ellipsoid(ankle_x, self.h(0.975), self.h(0.025), self.h(0.028), self.h(0.045),
                              depth=0.5)
             self.ph.body_parts += [thigh, foot]
+        if self.p.sex == "F":  # breasts lie on the chest wall: extra anterior soft tissue
+            size = self.p.build ** 1.5
+            for side in (RIGHT, LEFT):
+                self.ph.stacked_parts.append(Ellipsoid(
+                    side * self.h(0.052) * w, self.h(0.275), self.h(0.038) * size ** 0.5,
+                    self.h(0.034) * size ** 0.5, self.h(0.022) * size ** 0.5, depth=0.5))
         # lungs: ~30 % tissue density, so 0.7 of their chord is "missing" water
         for side in (RIGHT, LEFT):
             self.ph.lungs.append(Ellipsoid(side * self.h(0.052) * w ** 0.3, self.h(0.255),

@@ -24,10 +24,12 @@ Benign mimics (drawn into the image, never into the truth):
 * Degenerative joint disease: Poisson(0.5 + 0.04 × (age − 45)) foci at knees, shoulders
   (acromioclavicular), sternoclavicular joints, hips, lower lumbar facets, lower cervical spine,
   wrists and ankles; 10–25 mm, 1.5–3× the local bone (assumption).
-* Rib fractures: 10 % of studies; 1–3 consecutive ribs at the same lateral position, 6–10 mm,
-  2–4× (the aligned pattern that tells fractures from metastases; assumption).
-* Injection-site contamination: 30 % of studies, antecubital fossa or dorsum of the hand, 4–8 mm,
-  50–400× soft tissue (assumption).
+* Rib fractures: 10 % of studies; 1–3 consecutive ribs at the same position along the rib,
+  8–14 mm, 3–6× the rib (focal intense uptake in a vertical row is the pattern that tells
+  fractures from metastases; assumption).
+* Injection-site contamination or extravasation: 30 % of studies, antecubital fossa (70 %) or
+  dorsum of the hand, 5–15 mm, 300–5000× soft tissue, i.e. from faint to hotter than the bladder
+  (assumption).
 * The bladder is always present (patient parameters) and is listed as a mimic.
 
 Lesions keep at least 10 mm (plus both radii) away from any focal mimic, so a mimic never touches
@@ -139,8 +141,8 @@ def sample_mimics(rng: np.random.Generator, phantom: Phantom) -> list[Mimic]:
         for k in range(first, first + int(rng.integers(1, 4))):
             rib = phantom.ribs[f"{side} rib {k}"]
             point = rib.sample(rng, t=t)
-            size = float(rng.uniform(6.0, 10.0))
-            ratio = float(rng.uniform(2.0, 4.0))
+            size = float(rng.uniform(8.0, 14.0))
+            ratio = float(rng.uniform(3.0, 6.0))
             shape = Ellipsoid(point.x, point.y, size / 2, min(size / 2, point.half_width),
                               point.half_depth, angle=point.axis_angle, depth=point.depth_fraction)
             mimics.append(Mimic("rib_fracture", f"{side} rib {k}", point.x, point.y, size / 2, shape,
@@ -149,10 +151,10 @@ def sample_mimics(rng: np.random.Generator, phantom: Phantom) -> list[Mimic]:
         side = side_name(rng.choice([-1.0, 1.0]))
         where = "antecubital fossa" if rng.uniform() < 0.7 else "dorsum of hand"
         joint = phantom.joints[f"{side} {where}"]
-        size = float(rng.uniform(4.0, 8.0))
+        size = float(rng.uniform(5.0, 15.0))
         shape = Ellipsoid(joint.x, joint.y, size / 2, size / 2, size / 2, depth=joint.depth)
         mimics.append(Mimic("injection_site", joint.name, joint.x, joint.y, size / 2, shape,
-                            float(rng.uniform(50.0, 400.0)), joint.host))
+                            _log_uniform(rng, 300.0, 5000.0), joint.host))
     bladder = phantom.bladder
     mimics.append(Mimic("bladder", "bladder", bladder.cx, bladder.cy, max(bladder.a, bladder.b),
                         bladder, 0.0))

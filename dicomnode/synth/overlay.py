@@ -1,8 +1,9 @@
 """A picture of a simulated study for people: both views side by side with the truth contours.
 
 Both views are shown *as stored* (the posterior one as seen from behind, i.e. mirrored, as the
-title says), in the clinical inverted grey scale, windowed from 0 to the 99.5th percentile of the
-body's counts; truth masks are outlined in red.
+title says), in the clinical inverted grey scale, windowed from 0 to the 97th percentile of the
+counts on bone (a reader windows to the skeleton; the bladder saturates); truth masks are outlined
+in red.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ GAP = 8
 CONTOUR_RGB = (220, 20, 20)
 
 
-def _view_rgb(counts: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    body = counts[counts > 0]
-    top = float(np.percentile(body, 99.5)) if body.size else 1.0
+def _view_rgb(counts: np.ndarray, truth: np.ndarray, bone: np.ndarray) -> np.ndarray:
+    on_bone = counts[bone]
+    top = float(np.percentile(on_bone, 97.0)) if on_bone.size else float(counts.max())
     grey = (255.0 * (1.0 - np.clip(counts / max(top, 1.0), 0.0, 1.0))).astype(np.uint8)
     rgb = np.repeat(grey[..., None], 3, axis=2)
     mask = truth > 0
@@ -33,7 +34,7 @@ def _view_rgb(counts: np.ndarray, truth: np.ndarray) -> np.ndarray:
 
 def overlay_image(study: SimulatedStudy) -> Image.Image:
     """Anterior | posterior (as stored) with truth contours, upscaled so a 256-column view is readable."""
-    panels = [_view_rgb(study.images[v], study.truth[v]) for v in View]
+    panels = [_view_rgb(study.images[v], study.truth[v], study.bone_labels[v] > 0) for v in View]
     rows = panels[0].shape[0]
     gap = np.full((rows, GAP, 3), 128, dtype=np.uint8)
     picture = np.concatenate([panels[0], gap, panels[1]], axis=1)
