@@ -302,3 +302,16 @@ def test_phantom_masks_match_lesions_and_stored_layout() -> None:
         canonical = study.result.scan.views[view].source.to_canonical(view_result.mask)
         for r, c, _ in lesion_disks(view, 1024, 256):
             assert canonical[r, c] == 1
+
+
+@pytest.mark.parametrize("layout", ["multiframe", "split"])
+def test_phantom_views_are_what_the_pipeline_reads(layout: str) -> None:
+    from segmentation.views import load_scan
+
+    study = make_study(layout)
+    scan = load_scan(study.sources)
+    for view, image in study.result.scan.views.items():
+        loaded = scan.views[view]
+        assert loaded.source == image.source
+        np.testing.assert_array_equal(loaded.counts, image.counts)
+        assert loaded.pixel_spacing == image.pixel_spacing
