@@ -123,7 +123,7 @@ class _Builder:
         return float(np.interp(y / self.H, ys, ws)) * self.H * self.w
 
     def soft_tissue(self) -> None:
-        H, w, t = self.H, self.w, self.t
+        w, t = self.w, self.t
         head = Ellipsoid(0.0, self.h(0.066), self.h(0.048) * w ** 0.3, self.h(0.068),
                          self.h(0.057) * t ** 0.3)
         neck = Tube(((0.0, self.h(0.11)), (0.0, self.h(0.175))), (self.h(0.034) * w,) * 2,
@@ -158,7 +158,6 @@ class _Builder:
 
     # ---- arms (soft tissue and bone together: pose moves both) -----------------------------------
     def arms(self) -> None:
-        H = self.H
         pose = self.p.arm_pose
         for side in (RIGHT, LEFT):
             sn = side_name(side)
@@ -248,7 +247,7 @@ class _Builder:
                       Tube(tuple(jaw), (7 * s,) * 7, (0.55, 0.4, 0.15, 0.08, 0.15, 0.4, 0.55)), 0.9)
 
     def spine(self) -> None:
-        s, H = self.s, self.H
+        s = self.s
         levels = ([(f"C{i}", "cervical_spine") for i in range(1, 8)]
                   + [(f"T{i}", "thoracic_spine") for i in range(1, 13)]
                   + [(f"L{i}", "lumbar_spine") for i in range(1, 6)])
@@ -295,7 +294,7 @@ class _Builder:
 
     # ---- thorax --------------------------------------------------------------------------------------
     def thorax(self) -> None:
-        s, H = self.s, self.H
+        s = self.s
         half_widths = [0.040, 0.058, 0.072, 0.081, 0.087, 0.091, 0.093, 0.093, 0.091, 0.087, 0.080,
                        0.070]
         for side in (RIGHT, LEFT):

@@ -27,8 +27,6 @@ Numbers and where they come from:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 from scipy.ndimage import gaussian_filter, zoom
 

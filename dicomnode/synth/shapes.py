@@ -15,6 +15,7 @@ cross-sections), so sampling them at 2.26 mm or 1.13 mm pixels gives the same pa
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,20 +35,24 @@ class InteriorPoint:
     depth_fraction: float  # 0 anterior skin … 1 posterior skin
 
 
-class Shape:
+class Shape(ABC):
     """A solid: its coronal bounding box, its chord map and its depth-fraction map."""
 
+    @abstractmethod
     def bbox(self) -> BBox:
-        raise NotImplementedError
+        """(x_min, x_max, y_min, y_max) in patient mm."""
 
+    @abstractmethod
     def chord(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """Chord length (mm) along the camera axis at each coronal position."""
 
+    @abstractmethod
     def depth_fraction(self, x: np.ndarray, y: np.ndarray) -> np.ndarray | float:
-        raise NotImplementedError
+        """Depth of the solid's centre as a fraction of the local body thickness (0 = anterior)."""
 
+    @abstractmethod
     def sample(self, rng: np.random.Generator) -> InteriorPoint:
-        raise NotImplementedError
+        """A random point inside the solid, for placing a lesion."""
 
     def chord_and_depth(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray | float]:
         """Both maps at once (shapes whose two maps share work override this)."""

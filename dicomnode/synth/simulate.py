@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from dicomnode.synth.anatomy import BONE_SITES, Phantom, Structure, build_phantom
+from dicomnode.synth.anatomy import BONE_SITES, Phantom, build_phantom
 from dicomnode.synth.lesions import Lesion, Mimic, sample_lesions, sample_mimics
 from dicomnode.synth.patient import Acquisition, Patient, sample_acquisition, sample_patient
 from dicomnode.synth.physics import (
@@ -117,11 +117,11 @@ class _Study:
         self.acquisition = sample_acquisition(rng, self.patient)
         self.phantom: Phantom = build_phantom(self.patient)
         self.grid = Grid(rows, columns, spacing_mm, self.patient)
-        self.thickness, self.body = self._thickness()
+        self.thickness = self._thickness()
         self.projector = Projector(self.grid, self.acquisition, self.thickness)
 
-    def _thickness(self) -> tuple[np.ndarray, np.ndarray]:
-        """Water-equivalent AP thickness (mm) everywhere, and the body's physical thickness."""
+    def _thickness(self) -> np.ndarray:
+        """Water-equivalent AP thickness (mm) at every pixel: soft-tissue parts minus lung air."""
         g = self.grid
         body = np.zeros((g.rows, g.columns), dtype=np.float64)
         for part in self.phantom.body_parts:
@@ -132,12 +132,11 @@ class _Study:
             sl = g.window(part.bbox())
             if sl is not None:
                 body[sl] += part.chord(g.x[sl], g.y[sl])
-        water = body.copy()
         for lung in self.phantom.lungs:
             sl = g.window(lung.bbox())
             if sl is not None:
-                water[sl] -= LUNG_WATER_DEFICIT * lung.chord(g.x[sl], g.y[sl])
-        return np.clip(water, 0.0, None).astype(np.float32), body
+                body[sl] -= LUNG_WATER_DEFICIT * lung.chord(g.x[sl], g.y[sl])
+        return np.clip(body, 0.0, None).astype(np.float32)
 
     def inside_field(self, x: float, y: float) -> bool:
         row, col = self.grid.to_pixel(x, y)
@@ -160,8 +159,8 @@ class _Study:
     def render_anatomy(self, mimics: list[Mimic]) -> np.ndarray:
         """Project soft tissue, bones, organs and mimics; return the canonical bone label map."""
         g = self.grid
-        body = np.flatnonzero(self.thickness.any(axis=1)), np.flatnonzero(self.thickness.any(axis=0))
-        self.projector.add_slab((slice(body[0][0], body[0][-1] + 1), slice(body[1][0], body[1][-1] + 1)), 1.0)
+        rows, cols = np.flatnonzero(self.thickness.any(axis=1)), np.flatnonzero(self.thickness.any(axis=0))
+        self.projector.add_slab((slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)), 1.0)
         labels = np.zeros((g.rows, g.columns), dtype=np.uint8)
         for structure in self.phantom.bones:
             chord = self.render_structure(structure.shape, structure.concentration, structure.host)
