@@ -192,7 +192,7 @@ class ThresholdParameters:
     background_size_mm: float = 90.0  # side of the neighbourhood the background is taken from
     background_percentile: float = 90.0  # percentile of that neighbourhood = normal bone level
     smoothing_mm: float = 2.26  # Gaussian σ against Poisson noise before comparing
-    floor_fraction: float = 0.25  # background never below this × body reference (body edges)
+    floor_fraction: float = 0.5  # background never below this × body reference (thin limbs, edges)
     slope_fraction: float = 0.1  # logistic width as a fraction of factor
 
     def __post_init__(self) -> None:
