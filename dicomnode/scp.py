@@ -157,10 +157,12 @@ class Receiver:
         claimed_uid = str(event.request.AffectedSOPInstanceUID or "")[:128]
         data: bytes | None = None
         try:
-            data = event.encoded_dataset()
+            data = event.encoded_dataset()  # Part 10: preamble, File Meta, the data set as sent
             if not self.spool.has_room(len(data)):
                 raise _Unavailable(f"free space under the floor of {self.spool.min_free_bytes} bytes")
-            instance = inspect_instance(data, sop_class_uid=str(event.request.AffectedSOPClassUID),
+            instance = inspect_instance(event.encoded_dataset(include_meta=False),
+                                        transfer_syntax=str(event.context.transfer_syntax),
+                                        sop_class_uid=str(event.request.AffectedSOPClassUID),
                                         sop_instance_uid=str(event.request.AffectedSOPInstanceUID))
             result = ingest(self.database, self.spool, instance, data, calling_ae)
         except Refusal as refusal:

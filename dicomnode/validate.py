@@ -1,8 +1,7 @@
 """Checks of an incoming C-STORE data set, each failure with a DICOM status and a reason (DESIGN §1.1, §4).
 
-:func:`inspect_instance` takes the bytes pynetdicom received (Part 10: preamble, File Meta built from
-the negotiated transfer syntax, then the data set exactly as sent) and the command's Affected SOP
-Class / Instance UIDs. It returns a :class:`ReceivedInstance` (what the index needs) or raises
+:func:`inspect_instance` takes the data set bytes exactly as received, the presentation context's
+transfer syntax and the command's Affected SOP Class / Instance UIDs. It returns a :class:`ReceivedInstance` (what the index needs) or raises
 :class:`Refusal` with the status to answer. Statuses (PS3.4 Table B.2-1, C-STORE):
 
 ========  =========================================  ==============================================
@@ -32,9 +31,12 @@ other than WHOLE BODY, a missing Number of Frames (one frame assumed), a single-
 states no view (the study may still decide it by order, see :mod:`segmentation.views` rule 5), a
 two-frame instance whose views are assumed from frame order.
 
-Guards: the data set is read with ``defer_size`` so large values are not copied while parsing, and
-every top-level element's declared length is checked against the bytes actually received before any
-value is used, so a declared length of 4 GiB is refused instead of trusted. Views are decided by
+Guards: values are read from the received bytes in memory, so no declared length makes the reader
+allocate more than arrived (a 4 GiB length on a 1 kB message reads 1 kB); every top-level element's
+declared length is then checked against the bytes received, and the elements must end exactly where
+the data set does, so truncated and corrupt data sets are refused instead of kept with short values.
+The VR encoding must match the negotiated transfer syntax (no guessing). A deflated data set is
+inflated with a ceiling (:data:`MAX_INFLATED`) before anything else. Views are decided by
 :mod:`segmentation.views` (the same rules the worker uses), never by a second parser here.
 """
 
@@ -42,12 +44,13 @@ from __future__ import annotations
 
 import io
 import logging
+import zlib
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-import pydicom
 from pydicom.dataelem import RawDataElement
-from pydicom.dataset import Dataset, FileDataset
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filereader import read_dataset
 from pydicom.sequence import Sequence
 from pydicom.tag import Tag
 from pydicom.uid import UID
@@ -62,7 +65,7 @@ NM_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.20"  # PS3.4 B.5
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"  # PS3.4 B.5
 ACCEPTED_SOP_CLASSES = {NM_IMAGE_STORAGE: "NM Image Storage", SEGMENTATION_STORAGE: "Segmentation Storage"}
 
-DEFER_SIZE = 64 * 1024  # values larger than this are not copied while parsing
+MAX_INFLATED = 512 * 1024 * 1024  # a deflated data set may not inflate beyond this (deflate bombs)
 _UNDEFINED_LENGTH = 0xFFFFFFFF
 
 
@@ -108,11 +111,16 @@ class ReceivedInstance:
         return self.sop_class_uid == NM_IMAGE_STORAGE
 
 
-def inspect_instance(data: bytes, *, sop_class_uid: str, sop_instance_uid: str) -> ReceivedInstance:
-    """Check one received instance; return what the index needs or raise :class:`Refusal`."""
+def inspect_instance(dataset: bytes, *, transfer_syntax: str, sop_class_uid: str,
+                     sop_instance_uid: str) -> ReceivedInstance:
+    """Check one received instance; return what the index needs or raise :class:`Refusal`.
+
+    ``dataset`` is the data set exactly as received (no File Meta), ``transfer_syntax`` the
+    presentation context's, the UIDs those of the C-STORE command.
+    """
     if sop_class_uid not in ACCEPTED_SOP_CLASSES:
         raise Refusal(Status.SOP_CLASS_NOT_SUPPORTED, f"SOP Class {sop_class_uid[:64]!r} is not accepted here")
-    ds = _parse(data)
+    ds = _parse(dataset, UID(transfer_syntax))
     warnings: list[str] = []
     _check_identity(ds, sop_class_uid, sop_instance_uid)
     study_uid = _uid(ds, "StudyInstanceUID", "Study Instance UID (0020,000D)")
@@ -140,44 +148,84 @@ def inspect_instance(data: bytes, *, sop_class_uid: str, sop_instance_uid: str) 
 # -- parsing --------------------------------------------------------------------------------------
 
 
-def _parse(data: bytes) -> FileDataset:
-    """Read the Part 10 bytes; refuse anything pydicom cannot read fully and consistently."""
+def _parse(raw: bytes, syntax: UID) -> Dataset:
+    """Read the data set in the negotiated transfer syntax; refuse anything not read fully and consistently."""
+    cannot = Status.CANNOT_UNDERSTAND
+    if syntax.is_deflated:
+        raw = _inflate(raw)
+    if not raw:
+        raise Refusal(cannot, "the data set is empty")
+    _check_vr_encoding(raw, syntax)
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), defer_size=DEFER_SIZE)
+        ds = read_dataset(io.BytesIO(raw), syntax.is_implicit_VR, syntax.is_little_endian)
     except Exception as exc:  # pydicom raises many types for broken input
-        raise Refusal(Status.CANNOT_UNDERSTAND, f"not readable as DICOM: {_brief(exc)}") from None
-    syntax = ds.file_meta.get("TransferSyntaxUID")
-    if syntax is None:
-        raise Refusal(Status.CANNOT_UNDERSTAND, "no transfer syntax negotiated")
-    _check_declared_lengths(ds, len(data))
-    syntax = UID(syntax)
-    if not syntax.is_deflated and ds.original_encoding != (syntax.is_implicit_VR, syntax.is_little_endian):
-        actual = "implicit" if ds.original_encoding[0] else "explicit"
-        raise Refusal(Status.CANNOT_UNDERSTAND,
-                      f"data set is encoded in {actual} VR, not as the negotiated {syntax.name}")
-    if len(ds) == 0:
-        raise Refusal(Status.CANNOT_UNDERSTAND, "the data set is empty")
+        raise Refusal(cannot, f"not readable as DICOM: {_brief(exc)}") from None
+    _check_declared_lengths(ds, len(raw))
     try:
         for _ in ds.iterall():  # convert every value, nested ones too
             pass
     except Exception as exc:
-        raise Refusal(Status.CANNOT_UNDERSTAND, f"a value cannot be decoded: {_brief(exc)}") from None
+        raise Refusal(cannot, f"a value cannot be decoded: {_brief(exc)}") from None
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = syntax
     return ds
 
 
+def _inflate(raw: bytes) -> bytes:
+    """Inflate a Deflated Explicit VR Little Endian data set (PS3.5 A.5), at most :data:`MAX_INFLATED` bytes."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        inflated = inflater.decompress(raw, MAX_INFLATED + 1)
+    except zlib.error as exc:
+        raise Refusal(Status.CANNOT_UNDERSTAND, f"deflated data set does not inflate: {exc}") from None
+    if len(inflated) > MAX_INFLATED:
+        raise Refusal(Status.CANNOT_UNDERSTAND, f"deflated data set inflates to more than {MAX_INFLATED} bytes")
+    if not inflater.eof:
+        raise Refusal(Status.CANNOT_UNDERSTAND, "deflated data set is truncated")
+    return inflated
+
+
+def _check_vr_encoding(raw: bytes, syntax: UID) -> None:
+    """The first element must be encoded as the transfer syntax says (PS3.5 §7.1.2 / §7.1.3).
+
+    In explicit VR the two bytes after the tag are the VR, two upper-case letters; in implicit VR they
+    are the low half of a 32-bit length (the same test pydicom uses to guess, but a guess is not
+    acceptable here: a file stored with the wrong transfer syntax misleads every later reader).
+    """
+    vr = raw[4:6]
+    explicit = len(vr) == 2 and all(0x41 <= byte <= 0x5A for byte in vr)
+    if explicit == syntax.is_implicit_VR:
+        actual = "explicit" if explicit else "implicit"
+        raise Refusal(Status.CANNOT_UNDERSTAND,
+                      f"data set is encoded in {actual} VR, not as the negotiated {syntax.name}")
+
+
 def _check_declared_lengths(ds: Dataset, size: int) -> None:
-    """Every top-level element must end inside the received bytes (PS3.5 §7.1: Value Length)."""
-    for tag in ds.keys():
-        element = ds.get_item(tag, keep_deferred=True)
-        if not isinstance(element, RawDataElement) or element.length == _UNDEFINED_LENGTH:
+    """Top-level elements must lie inside the received bytes and cover them to the end (PS3.5 §7.1).
+
+    Values are read from the received bytes in memory, so a declared length can never make the reader
+    allocate more than arrived; this check then refuses what such a length means: a truncated or
+    corrupt data set (pydicom itself would silently keep the short value).
+    """
+    last_end: int | None = None  # where the last element (highest tag, last on the wire) ends
+    for tag in sorted(ds.keys()):
+        element = ds.get_item(tag)
+        if not isinstance(element, RawDataElement):  # read already (undefined-length sequence)
+            last_end = None
             continue
-        end = element.value_tell + element.length
-        if end > size:
+        if element.length == _UNDEFINED_LENGTH:
+            last_end = element.value_tell + len(element.value or b"") + 8  # + sequence delimiter item
+        else:
+            last_end = element.value_tell + element.length
+        if last_end > size:
             raise Refusal(
                 Status.CANNOT_UNDERSTAND,
                 f"{Tag(tag)} declares {element.length} bytes but only {max(size - element.value_tell, 0)} "
                 "were received (truncated or corrupt length)",
             )
+    if last_end is not None and last_end < size:
+        raise Refusal(Status.CANNOT_UNDERSTAND,
+                      f"{size - last_end} bytes after the last complete element (truncated element header)")
 
 
 # -- identity ---------------------------------------------------------------------------------------
