@@ -21,6 +21,7 @@ import json
 import logging
 from collections import defaultdict
 from collections.abc import Mapping
+from typing import Any
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,9 +44,9 @@ class TruthLesion:
     """One simulated lesion as the manifest describes it (for the breakdown by site and size)."""
 
     view: View
-    site: str
-    diameter_mm: float
-    centroid: tuple[float, float] | None = None  # (row, column) in the stored frame, if known
+    site: str  # skeletal site ("bone" in the synth manifest), e.g. "ribs", "thoracic_spine"
+    size_mm: float
+    position: tuple[float, float]  # (row, column) in the *canonical* orientation, model-free pixels
 
 
 @dataclass(frozen=True)
@@ -96,58 +97,60 @@ def load_studies(root: Path | str, *, accept_automatic_seg: bool = False) -> lis
 # --- simulated folders -----------------------------------------------------------------------------
 
 
-def _manifest_lesions(entry: Mapping[str, object]) -> tuple[TruthLesion, ...]:
+def _manifest_lesions(entry: Mapping[str, Any]) -> tuple[TruthLesion, ...]:
+    """The lesions ``dicomnode synth`` recorded, one per view in which the lesion is visible (only
+    those are in that view's truth mask; see :mod:`dicomnode.synth.simulate`, visibility rule)."""
     lesions = []
-    for raw in entry.get("lesions", []) or []:  # type: ignore[union-attr]
-        if not isinstance(raw, Mapping):
-            continue
-        view = raw.get("view")
-        views = [View(view)] if view in (v.value for v in View) else list(View)
-        diameter = raw.get("diameter_mm", raw.get("size_mm"))
-        centroid = raw.get("centroid")
-        for v in views:
-            lesions.append(
-                TruthLesion(
-                    view=v,
-                    site=str(raw.get("site", "unknown")),
-                    diameter_mm=float(diameter) if diameter is not None else float("nan"),
-                    centroid=tuple(centroid) if isinstance(centroid, list) and len(centroid) == 2 else None,  # type: ignore[arg-type]
-                )
-            )
+    for raw in entry.get("lesions") or []:
+        row, column = raw["position_px"]
+        for view in View:
+            if raw.get("visible", {}).get(view.value, True):
+                lesions.append(TruthLesion(view, str(raw.get("bone", "unknown")), float(raw["size_mm"]),
+                                           (float(row), float(column))))
     return tuple(lesions)
 
 
 def load_synth_folder(root: Path) -> list[LabelledStudy]:
-    """Studies written by ``dicomnode synth``: DICOM through ``load_scan``, truth from ``truth.npz``."""
+    """Studies written by ``dicomnode synth``: DICOM through ``load_scan``, truth from ``truth.npz``.
+
+    Folder and file names come from the manifest and must stay inside ``root``.
+    """
     manifest = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
     entries = manifest.get("studies") if isinstance(manifest, Mapping) else None
     if not isinstance(entries, list):
         raise ValueError(f"{root}/manifest.json has no 'studies' list")
+    base = root.resolve()
     studies = []
     for entry in entries:
-        name = str(entry.get("folder") or entry.get("study") or entry.get("name") or "")
-        folder = (root / name).resolve()
-        if not name or root.resolve() not in folder.parents:
-            log.warning("%s: manifest entry %r names no folder inside the data folder; skipped", root, name)
-            continue
+        name = str(entry.get("folder", ""))
         try:
-            scan = load_scan([pydicom.dcmread(p) for p in sorted(folder.glob("*.dcm"))])
-            with np.load(folder / "truth.npz") as truth:
+            folder = _inside(base, name)
+            paths = [_inside(folder, str(f["file"])) for f in entry.get("files", [])]
+            datasets = [pydicom.dcmread(p) for p in paths]
+            scan = load_scan(datasets)
+            with np.load(_inside(folder, str(entry.get("truth", "truth.npz")))) as truth:
                 labels = {v: truth[v.value].astype(np.uint8) for v in scan.views if v.value in truth}
-            patient = str(entry.get("patient_id") or scan_patient_id(folder))
-            studies.append(
-                LabelledStudy(name, patient, scan, labels, "synth", _manifest_lesions(entry))
-            )
-        except (ViewError, OSError, KeyError, ValueError, InvalidDicomError) as exc:
-            log.warning("%s: study %s skipped: %s", root, name, exc)
+            patient = _patient_id(datasets)
+            studies.append(LabelledStudy(name, patient, scan, labels, "synth", _manifest_lesions(entry)))
+        except (ViewError, OSError, KeyError, TypeError, ValueError, InvalidDicomError) as exc:
+            log.warning("%s: study %r skipped: %s", root, name, exc)
     return studies
 
 
-def scan_patient_id(folder: Path) -> str:
-    """Patient ID (0010,0020) of the first DICOM file in a study folder."""
-    for path in sorted(folder.glob("*.dcm")):
-        return str(pydicom.dcmread(path, stop_before_pixels=True).get("PatientID", ""))
-    raise ValueError(f"{folder} holds no .dcm files")
+def _inside(base: Path, name: str) -> Path:
+    """``base / name``, refusing names that leave ``base`` (the manifest is input, not trusted)."""
+    path = (base / name).resolve()
+    if not name or base not in path.parents:
+        raise ValueError(f"{name!r} does not name a file inside {base}")
+    return path
+
+
+def _patient_id(datasets: list[Dataset]) -> str:
+    """The one non-empty Patient ID (0010,0020) of a study's instances; the split is by patient."""
+    patients = {str(ds.get("PatientID", "")).strip() for ds in datasets}
+    if len(patients) != 1 or "" in patients:
+        raise ValueError(f"needs exactly one non-empty Patient ID, has {sorted(patients - {''})}")
+    return patients.pop()
 
 
 # --- DICOM trees with SEG / LabelMe labels ---------------------------------------------------------
@@ -263,10 +266,10 @@ def load_dicom_folder(root: Path, *, accept_automatic_seg: bool = False) -> list
         except ViewError as exc:
             log.warning("%s: study %s skipped: %s", root, key, exc)
             continue
-        patients = {str(ds.get("PatientID", "")).strip() for ds in datasets}
-        if len(patients) != 1 or "" in patients:
-            log.warning("%s: study %s skipped: needs exactly one non-empty Patient ID, has %d",
-                        root, key, len(patients - {""}))
+        try:
+            patient = _patient_id(datasets)
+        except ValueError as exc:
+            log.warning("%s: study %s skipped: %s", root, key, exc)
             continue
         labels = _seg_masks(scan, seg_labels, key)
         sources = ["SEG"] if labels else []
@@ -277,5 +280,5 @@ def load_dicom_folder(root: Path, *, accept_automatic_seg: bool = False) -> list
                 labels[view] = mask
                 if "LabelMe" not in sources:
                     sources.append("LabelMe")
-        studies.append(LabelledStudy(key, patients.pop(), scan, labels, "+".join(sources) or "none"))
+        studies.append(LabelledStudy(key, patient, scan, labels, "+".join(sources) or "none"))
     return studies
