@@ -51,5 +51,84 @@ def synth(
     typer.echo(f"wrote {len(manifest['studies'])} studies to {out}")
 
 
+@app.command()
+def train(
+    config: Path = typer.Option(..., "--config", help="Training preset, e.g. config/train/unet.toml."),
+    data: Path = typer.Option(..., "--data", help="Folder of studies: a `dicomnode synth` folder, or NM DICOM with SEG / LabelMe labels."),
+    out: Path = typer.Option(..., "--out", help="Folder for checkpoint, curves, split and the exported model."),
+    epochs: int | None = typer.Option(None, min=1, help="Override the preset's optim.epochs."),
+    device: str = typer.Option("auto", help="auto (CUDA when present), cpu or cuda[:N]."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoint.pt."),
+    threads: int | None = typer.Option(None, min=1, help="torch CPU threads."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Train a segmentation network from a preset; export <name>.safetensors + <name>.json to OUT."""
+    import logging
+
+    from train.config import ConfigError, load_config
+    from train.loop import TrainingError, run_training
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        preset = load_config(config, **({"optim.epochs": epochs} if epochs else {}))
+        result = run_training(preset, data, out, device=device, resume=resume, progress=progress, num_threads=threads)
+    except (ConfigError, TrainingError, FileNotFoundError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(
+        f"best epoch {result.best_epoch} of {len(result.history)} on {result.device} "
+        f"({result.wall_seconds:.0f} s): {result.card}"
+    )
+
+
+class Subset(str, Enum):
+    all = "all"
+    train = "train"
+    val = "val"
+    test = "test"
+
+
+@app.command()
+def evaluate(
+    weights: list[Path] = typer.Option(..., "--weights", help="Model (.safetensors with its .json card, or a .json card); repeat for one model per run."),
+    data: Path = typer.Option(..., "--data", help="Folder of labelled studies (synth folder, or DICOM with SEG / LabelMe)."),
+    runs: int = typer.Option(5, min=1, help="With one model: bootstrap resamples of the patients."),
+    seed: int = typer.Option(42, help="Seed of the bootstrap resamples."),
+    subset: Subset = typer.Option(Subset.all, help="Evaluate only these patients of the model's training split."),
+    out: Path = typer.Option(Path("evaluation"), "--out", help="Folder for report.md and the overlay PNGs."),
+    as_json: bool = typer.Option(False, "--json", help="Print the numbers as JSON instead of a table."),
+    device: str | None = typer.Option(None, help="cpu or cuda (default: CUDA when present)."),
+    threads: int | None = typer.Option(None, min=1, help="torch CPU threads."),
+) -> None:
+    """Score models as the papers do: DSC / precision / recall ± std, lesion sensitivity, FP per study."""
+    import json
+    import logging
+
+    from train.report import evaluate_folder
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    try:
+        evaluation, report = evaluate_folder(weights, data, out, runs=runs, seed=seed, subset=subset.value, device=device)
+    except (FileNotFoundError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if as_json:
+        typer.echo(json.dumps(evaluation.to_json(), indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{len(evaluation.runs)} runs ({evaluation.runs_kind}), {evaluation.first['studies']} studies")
+    for name in evaluation.across_runs:
+        table.add_column(name.replace("_", " "))
+    table.add_row(*(f"{v['mean']:.3f} ± {v['std']:.3f}" for v in evaluation.across_runs.values()))
+    Console().print(table)
+    typer.echo(f"report: {report}")
+
+
 def main() -> None:
     app()
