@@ -283,11 +283,13 @@ def _register(
         )
         return {}
     if np.any(shift):
-        notes.append(f"posterior registered onto anterior by {shift.tolist()} model pixels")
+        notes.append(f"posterior registered onto anterior by {np.round(shift, 2).tolist()} model pixels")
     return {(View.ANTERIOR, View.POSTERIOR): shift, (View.POSTERIOR, View.ANTERIOR): -shift}
 
 
-def _move(other: np.ndarray, shape: tuple[int, int], shift: np.ndarray | None, cfg: Preprocessing) -> np.ndarray:
+def _move(
+    other: np.ndarray, shape: tuple[int, int], shift: np.ndarray | None, cfg: Preprocessing
+) -> np.ndarray:
     """The other view brought onto this view's grid: same shape, shifted by the registration."""
     other = _fit(other, shape)
     if shift is None or not np.any(shift):

@@ -30,7 +30,8 @@ head, so it is flipped up-down. A single-frame instance's Patient Orientation is
 posterior stored un-mirrored as ``L\\F`` is then not flipped; noted). One attribute cannot describe
 two frames of opposite handedness, so in a two-frame instance it is followed only for the frame whose
 view has its handedness. Otherwise the convention is assumed: anterior as seen from the front,
-posterior as seen from behind (flipped left-right). Counts are float32 after Rescale Slope / Intercept (PS3.3 C.7.6.16.2.11) where present.
+posterior as seen from behind (flipped left-right). Counts are float32 after Rescale Slope /
+Intercept (PS3.3 C.7.6.16.2.11) where present.
 
 Anything that cannot be read raises :class:`ViewError` naming the attribute; oddities that do not stop
 reading (e.g. Image Type value 3 not ``WHOLE BODY``) are recorded in ``BoneScan.notes`` and logged.

@@ -24,16 +24,16 @@ from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, gene
 from segmentation.scan import View
 from segmentation.views import NM_IMAGE_STORAGE
 
-VIEW_CODE = {
-    "SCT": {View.ANTERIOR: ("399321004", "Anterior projection"), View.POSTERIOR: ("399001007", "Posterior projection")},
-    "SRT": {View.ANTERIOR: ("G-5215", "Anterior projection"), View.POSTERIOR: ("G-5216", "Posterior projection")},
-    "SNM3": {View.ANTERIOR: ("G-5215", "Anterior projection"), View.POSTERIOR: ("G-5216", "Posterior projection")},
-}
+_SCT = {View.ANTERIOR: ("399321004", "Anterior projection"), View.POSTERIOR: ("399001007", "Posterior projection")}
+_SRT = {View.ANTERIOR: ("G-5215", "Anterior projection"), View.POSTERIOR: ("G-5216", "Posterior projection")}
+VIEW_CODE = {"SCT": _SCT, "SRT": _SRT, "SNM3": _SRT}
 # What a camera that follows the convention writes: anterior seen from the front, posterior from behind.
 STANDARD_ORIENTATION = {View.ANTERIOR: ("L", "F"), View.POSTERIOR: ("R", "F")}
 
 
-def phantom_counts(rows: int = 1024, columns: int = 256, seed: int = 0, level: float = 20.0) -> dict[View, np.ndarray]:
+def phantom_counts(
+    rows: int = 1024, columns: int = 256, seed: int = 0, level: float = 20.0
+) -> dict[View, np.ndarray]:
     """Canonical anterior and posterior count arrays (uint16-valued float32) of a stick-figure body.
 
     A spine down the midline, a pelvis, a bladder (hottest) low in the midline, and a hot lesion on the
@@ -77,8 +77,9 @@ def nm_study(
     ``code_location``: ``"detector"`` (standard) or ``"root"`` (non-standard, split layout only).
     ``orientation``: how each view's pixels are stored, as a Patient Orientation (``None``: empty
     attribute); default :data:`STANDARD_ORIENTATION`. The attribute is written where it fits every
-    frame of the instance (a two-frame instance with L\\F and R\\F frames gets an empty one). Without orientation the posterior is
-    stored mirrored (seen from behind). ``descriptions``: Image ID text per view. ``rescale``: (slope,
+    frame of the instance (a two-frame instance with L\\F and R\\F frames gets an empty one).
+    A view whose orientation is ``None`` is stored by the convention: posterior mirrored (seen from
+    behind). ``descriptions``: Image ID text per view. ``rescale``: (slope,
     intercept); the stored values are (counts − intercept) / slope.
     """
     counts = dict(counts if counts is not None else phantom_counts())
@@ -134,7 +135,12 @@ def write_study(datasets: Sequence[Dataset], directory: Path) -> list[Path]:
     return paths
 
 
-def _stored(canonical: np.ndarray, view: View, orientation: tuple[str, str] | None, rescale: tuple[float, float] | None) -> np.ndarray:
+def _stored(
+    canonical: np.ndarray,
+    view: View,
+    orientation: tuple[str, str] | None,
+    rescale: tuple[float, float] | None,
+) -> np.ndarray:
     if orientation:
         flip_lr, flip_ud = orientation[0].startswith("R"), orientation[1].startswith("H")
     else:
