@@ -176,6 +176,12 @@ def test_mixed_layout_uses_both_layouts(tmp_path):
         assert len(entry["files"]) == (1 if entry["layout"] == "multiframe" else 2)
 
 
+def test_rerun_with_another_layout_leaves_no_stale_files(tmp_path):
+    write_studies(tmp_path, studies=1, seed=2, layout="split", png=True)
+    write_studies(tmp_path, studies=1, seed=2, layout="multiframe", png=False)
+    assert sorted(p.name for p in (tmp_path / "study_0001").iterdir()) == ["truth.npz", "wholebody.dcm"]
+
+
 def test_fine_matrix_is_the_same_patient_and_valid(tmp_path):
     manifest = write_studies(tmp_path, studies=1, seed=8, layout="multiframe", png=False,
                              rows=2048, columns=512, spacing_mm=1.13)

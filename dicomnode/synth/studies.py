@@ -30,6 +30,7 @@ from segmentation.scan import View
 log = logging.getLogger(__name__)
 
 LAYOUTS = ("multiframe", "split", "mixed")
+STUDY_FILES = ("wholebody.dcm", "anterior.dcm", "posterior.dcm", "truth.npz", "overlay.png")
 MANIFEST_VERSION = 1
 
 
@@ -91,6 +92,8 @@ def write_studies(out: Path, *, studies: int, seed: int, layout: str, png: bool,
         folder_name = f"study_{index:04d}"
         folder = out / folder_name
         folder.mkdir(exist_ok=True)
+        for name in STUDY_FILES:  # a rerun with another layout must not leave the old files behind
+            (folder / name).unlink(missing_ok=True)
         this_layout = study_layout(layout, seed, index)
         files = write_nm_files(study, ident, folder, this_layout)
         np.savez_compressed(folder / "truth.npz", **{v.value: study.truth[v] for v in View})
