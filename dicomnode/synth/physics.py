@@ -19,7 +19,7 @@ Numbers and where they come from:
   We model counts = k × A(scan) × duration × transmission / 0.42, with k = 4.6 counts/(MBq·s)
   chosen so that 740 MBq imaged 3 h p.i. at 12 cm/min in an average patient (transmission ≈ 0.42,
   the fraction of emitted photons reaching the detector) gives ≈ 2 M counts per view; over the
-  simulated acquisitions the count level runs ≈ 0.7–2.7 M (median ≈ 1.5 M).  (Cross-check:
+  simulated acquisitions the count level runs ≈ 0.6–2.6 M (median ≈ 1.4 M).  (Cross-check:
   4.6 counts/(MBq·s) ≈ 90 cps/MBq LEHR sensitivity × ~20 % of the scan with a point under the
   40 cm detector × ~0.25 for attenuation and the fraction of the activity outside the body's
   retained pool.)
