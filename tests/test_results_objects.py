@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from pydicom.uid import RLELossless
 
 from dicomnode.results import ResultKind, ResultOptions, build_results
 from segmentation.scan import View
@@ -65,6 +66,20 @@ def test_each_kind_has_its_own_series_in_the_source_study_with_identity_and_equi
     all_series = [uid for uids in series.values() for uid in uids]
     assert len(set(all_series)) == 4
     assert source.SeriesInstanceUID not in all_series
+
+
+def test_compressed_sources_give_the_same_valid_objects(tmp_path: Path) -> None:
+    study = make_study("multiframe")
+    plain = build_results(study.result, study.sources)
+    for ds in study.sources:
+        ds.compress(RLELossless, generate_instance_uid=False)
+    objects = build_results(study.result, study.sources)
+    paths = write(tmp_path, [ds for _, ds in objects], "result")
+    for path in paths:
+        assert dciodvfy_errors(path) == []
+    assert dcentvfy_errors(write(tmp_path, study.sources, "nm") + paths) == []
+    assert [ds.SOPInstanceUID for _, ds in objects] == [ds.SOPInstanceUID for _, ds in plain]
+    assert dict(objects)[ResultKind.SC].PixelData == dict(plain)[ResultKind.SC].PixelData
 
 
 def test_building_leaves_the_sources_untouched() -> None:

@@ -37,7 +37,8 @@ def test_orthanc_files_every_result_series_in_the_source_study(layout: str, orth
 
     studies = orthanc.rest("/studies?expand")
     assert [s["MainDicomTags"]["StudyInstanceUID"] for s in studies] == [study.result.scan.study_instance_uid]
-    series = {s["MainDicomTags"]["SeriesInstanceUID"]: s for s in orthanc.rest(f"/studies/{studies[0]['ID']}/series")}
+    listed = orthanc.rest(f"/studies/{studies[0]['ID']}/series")
+    series = {entry["MainDicomTags"]["SeriesInstanceUID"]: entry for entry in listed}
     for kind in ResultKind:
         datasets = [ds for k, ds in objects if k is kind]
         (uid,) = {ds.SeriesInstanceUID for ds in datasets}
@@ -45,6 +46,7 @@ def test_orthanc_files_every_result_series_in_the_source_study(layout: str, orth
         assert entry["MainDicomTags"]["Modality"] == MODALITIES[kind]
         assert entry["MainDicomTags"]["SeriesDescription"] == datasets[0].SeriesDescription
         assert int(entry["MainDicomTags"]["SeriesNumber"]) == datasets[0].SeriesNumber
-        stored = {orthanc.rest(f"/instances/{i}")["MainDicomTags"]["SOPInstanceUID"] for i in entry["Instances"]}
+        stored = {orthanc.rest(f"/instances/{instance}")["MainDicomTags"]["SOPInstanceUID"]
+                  for instance in entry["Instances"]}
         assert stored == {ds.SOPInstanceUID for ds in datasets}
     assert len(series) == 1 + len(ResultKind)  # the NM series and one per result kind

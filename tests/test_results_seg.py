@@ -100,19 +100,25 @@ def test_seg_segment_codes_algorithm_and_identity(tmp_path: Path) -> None:
     assert len(series_uids) == 1
 
 
-def test_seg_keeps_source_geometry_so_dcmqi_reads_it(tmp_path: Path) -> None:
-    study = make_study("split", geometry=True)
+@pytest.mark.parametrize("layout", ["multiframe", "split"])
+def test_seg_keeps_source_geometry_so_dcmqi_reads_it(layout: str, tmp_path: Path) -> None:
+    study = make_study(layout, geometry=True)
     objects = build_results(study.result, study.sources, SEG_ONLY)
     sources = write(tmp_path, study.sources, "nm")
     segs = write(tmp_path, [ds for _, ds in objects], "seg")
     for path in segs:
         assert dciodvfy_errors(path) == []
     assert dcentvfy_errors(sources + segs) == []
-    for source, (_, seg) in zip(study.sources, objects, strict=True):
+    for index, (_, seg) in enumerate(objects):
+        source = study.sources[index if layout == "split" else 0]
+        detector = source.DetectorInformationSequence[index if layout == "multiframe" else 0]
         assert seg.FrameOfReferenceUID == source.FrameOfReferenceUID
-        position = seg.PerFrameFunctionalGroupsSequence[0].PlanePositionSequence[0].ImagePositionPatient
-        assert [float(v) for v in position] == [
-            float(v) for v in source.DetectorInformationSequence[0].ImagePositionPatient]
+        frame_groups = seg.PerFrameFunctionalGroupsSequence[0]
+        position = frame_groups.PlanePositionSequence[0].ImagePositionPatient
+        assert [float(v) for v in position] == [float(v) for v in detector.ImagePositionPatient]
+        orientation = seg.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0]
+        assert [float(v) for v in orientation.ImageOrientationPatient] == [
+            float(v) for v in detector.ImageOrientationPatient]
     out = tmp_path / "dcmqi"
     out.mkdir()
     run = subprocess.run(

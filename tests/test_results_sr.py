@@ -51,7 +51,8 @@ def test_sr_lesion_measurements_equal_the_result(
     lesions = study.result.lesions
     assert len(groups) == len(lesions) == sum(len(v) for v in LESIONS.values())
     burden = assess_burden(study.result)
-    sites = {(item.lesion.view, item.lesion.label): item.site for b in burden.views.values() for item in b.lesions}
+    sites = {(item.lesion.view, item.lesion.label): item.site
+             for view_burden in burden.views.values() for item in view_burden.lesions}
     for group, lesion in zip(groups, lesions, strict=True):
         assert _measurement(group, codes.SCT.Area) == lesion.area_mm2
         activity = codes.DCM.NuclearMedicineProjectionActivity

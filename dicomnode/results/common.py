@@ -221,6 +221,8 @@ def _check_source(view: View, dataset: Dataset, source: ViewSource, study_uid: s
     where = f"{view.value} source {source.sop_instance_uid}"
     if dataset.get("SOPClassUID") != NuclearMedicineImageStorage:
         raise ValueError(f"{where} is not an NM Image Storage instance ({dataset.get('SOPClassUID')})")
+    if source.sop_class_uid != dataset.SOPClassUID:
+        raise ValueError(f"{where}: the scan says SOP class {source.sop_class_uid}")
     if dataset.get("StudyInstanceUID") != study_uid:
         raise ValueError(f"{where} belongs to study {dataset.get('StudyInstanceUID')}, not {study_uid}")
     if (dataset.get("Rows"), dataset.get("Columns")) != (source.rows, source.columns):

@@ -32,7 +32,9 @@ def _outline(mask: np.ndarray, lesion: Lesion) -> np.ndarray:
     row0, col0, row1, col1 = lesion.bbox
     rows, columns = mask.shape
     if not (0 <= row0 < row1 <= rows and 0 <= col0 < col1 <= columns):
-        raise ValueError(f"{lesion.view.value} lesion {lesion.label}: bbox {lesion.bbox} is outside the frame")
+        raise ValueError(
+            f"{lesion.view.value} lesion {lesion.label}: bbox {lesion.bbox} is outside the frame"
+        )
     crop = mask[row0:row1, col0:col1].astype(bool)
     labels, count = ndimage.label(crop, structure=_EIGHT_CONNECTED)
     component = None

@@ -125,6 +125,7 @@ def _annotations(
 
 
 def _rescale(dataset: Dataset) -> tuple[float, float]:
+    """(Rescale Slope, Rescale Intercept) of the source; identity where absent (PS3.3 C.11.1)."""
     slope = float(dataset.get("RescaleSlope", 1.0) or 1.0)
     intercept = float(dataset.get("RescaleIntercept", 0.0) or 0.0)
     return slope, intercept

@@ -44,7 +44,9 @@ WARNING_COLOR = (255, 80, 80)
 BACKGROUND = (0, 0, 0)
 
 
-def build_picture(frames: dict[View, SourceFrame], provenance: Provenance, burden: BoneBurden) -> list[Dataset]:
+def build_picture(
+    frames: dict[View, SourceFrame], provenance: Provenance, burden: BoneBurden
+) -> list[Dataset]:
     """The study's Secondary Capture picture (one instance)."""
     series = provenance.series(ResultKind.SC)
     picture = render(frames, provenance, burden).pixels
@@ -137,11 +139,15 @@ def _gray(counts: np.ndarray, center: float, width: float) -> np.ndarray:
     return (255 - np.round(scaled * 255)).astype(np.uint8)
 
 
-def _legend(frames: dict[View, SourceFrame], provenance: Provenance, burden: BoneBurden) -> list[tuple[str, tuple[int, int, int]]]:
+def _legend(
+    frames: dict[View, SourceFrame], provenance: Provenance, burden: BoneBurden
+) -> list[tuple[str, tuple[int, int, int]]]:
+    """The legend's lines and their colours."""
     algorithm = provenance.result.algorithm
     lines = [(f"Red: AI lesion contours ({algorithm.name} {algorithm.version})", CONTOUR_COLOR)]
     lines += [(view_summary(burden.views[view]), TEXT_COLOR) for view in frames]
-    lines += [(f"{VIEW_ABBREVIATIONS[view]}: view missing", WARNING_COLOR) for view in provenance.result.missing]
+    missing = provenance.result.missing
+    lines += [(f"{VIEW_ABBREVIATIONS[view]}: view missing", WARNING_COLOR) for view in missing]
     lines.append((bsi_summary(burden), TEXT_COLOR))
     lines.append(("BSI from planar counts, no skeletal segmentation", TEXT_COLOR))
     lines.append((NOT_FOR_DIAGNOSTIC_USE, WARNING_COLOR))

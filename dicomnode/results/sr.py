@@ -5,7 +5,9 @@ Content (PS3.16 TID 1500, built with highdicom):
 - per lesion, a TID 1410 Planar ROI group: the outline as a 2-D SCOORD POLYLINE on its source
   frame (no SCOORD3D: the source has no frame of reference, ``notes/nm-dicom-and-highdicom.md``
   §2), finding "Neoplasm, Secondary" (SCT 14799000) in category "Morphologically abnormal
-  structure", finding site where known, Image View (DCM 111031) anterior or posterior projection,
+  structure", finding site where known (a region name of :mod:`segmentation.regions`, coded by
+  :data:`SITE_CODES`; another name given by a segmenter is logged and left out), Image View
+  (DCM 111031) anterior or posterior projection,
   and three TID 300 measurements: Area (SCT 42798000, mm2), Nuclear Medicine Projection Activity
   (DCM 110820, UCUM ``{counts}``) with derivation Mean (SCT 373098007) and Maximum (SCT 56851009);
 - per view, a TID 1501 group with the Number of lesions (SCT 246206008) and their total Area;
@@ -71,7 +73,9 @@ SITE_CODES: dict[str, Code] = {
 }
 
 
-def build_report(frames: dict[View, SourceFrame], provenance: Provenance, burden: BoneBurden) -> list[Dataset]:
+def build_report(
+    frames: dict[View, SourceFrame], provenance: Provenance, burden: BoneBurden
+) -> list[Dataset]:
     """The study's TID 1500 SR (one instance)."""
     series = provenance.series(ResultKind.SR)
     algorithm = _algorithm(provenance)
@@ -147,6 +151,8 @@ def _lesion_group(
     lesion = item.lesion
     identifier, uid = provenance.lesion_tracking(lesion)
     site = SITE_CODES.get(item.site or "")
+    if item.site and site is None:
+        logger.warning("%s: site %r has no code; the SR names no finding site", identifier, item.site)
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=uid, identifier=identifier),
         referenced_region=hd.sr.ImageRegion(
