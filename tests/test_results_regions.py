@@ -99,6 +99,28 @@ def test_regions_agree_with_the_simulator_bone_labels() -> None:
     assert agree / total > 0.8
 
 
+def test_lesion_sites_agree_with_the_simulated_lesions_bones() -> None:
+    simulate = pytest.importorskip("dicomnode.synth.simulate")
+    region_of_bone = {
+        "skull": "skull", "mandible": "skull", "cervical_spine": "cervical spine",
+        "thoracic_spine": "thoracic spine", "lumbar_spine": "lumbar spine", "sacrum": "sacrum",
+        "pelvis": "pelvis", "ribs": "thoracic cage", "sternum": "thoracic cage",
+        "clavicle": "thoracic cage", "scapula": "thoracic cage", "humerus": "upper limbs",
+        "forearm": "upper limbs", "hand": "upper limbs", "femur": "femora", "patella": "femora",
+        "tibia": "lower legs", "fibula": "lower legs", "foot": "feet",
+    }
+    agree = total = 0
+    for seed in range(4):
+        simulated = simulate.simulate_study(seed)
+        counts = simulated.images[View.ANTERIOR].astype(np.float32)  # anterior: stored = canonical
+        regions = skeletal_regions(counts, (simulated.spacing_mm, simulated.spacing_mm))
+        for truth in simulated.lesions:
+            region = regions.region_at(*truth.position_px)
+            agree += region is not None and region.site == region_of_bone[truth.lesion.site]
+            total += 1
+    assert total >= 20 and agree / total >= 0.75
+
+
 def test_regions_refuse_a_view_without_a_body() -> None:
     with pytest.raises(ValueError, match="no body"):
         skeletal_regions(np.zeros((1024, 256), np.float32), (2.26, 2.26))

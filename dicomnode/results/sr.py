@@ -62,7 +62,7 @@ SITE_CODES: dict[str, Code] = {
     "skull": codes.SCT.Skull,
     "cervical spine": codes.SCT.CervicalSpine,
     "thoracic spine": codes.SCT.ThoracicSpine,
-    "thoracic cage": codes.SCT.BoneStructureOfThorax,
+    "thoracic cage": Code("272710004", "SCT", "Bone structure of thorax"),
     "lumbar spine": codes.SCT.LumbarSpine,
     "sacrum": codes.SCT.Sacrum,
     "pelvis": codes.SCT.BoneStructureOfPelvis,
@@ -238,7 +238,8 @@ def _comments(burden: BoneBurden, provenance: Provenance) -> hd.sr.ContainerCont
         study_summary(burden),
         bsi_summary(burden) + ".",
         BSI_EXPLANATION,
-        *(f"Note: {note}." for note in (*provenance.result.notes, *burden.notes)),
+        *(f"Note: {note}." for note in (
+            *provenance.result.scan.notes, *provenance.result.notes, *burden.notes)),
         f"Produced automatically by {algorithm.name} {algorithm.version} ({algorithm.network}) "
         f"with {provenance.options.manufacturer} {provenance.options.software_version}; "
         f"{NOT_FOR_DIAGNOSTIC_USE}.",
