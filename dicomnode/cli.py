@@ -238,5 +238,139 @@ def send(
     raise typer.Exit(1 if counts["failed"] else 0)
 
 
+_CONFIG = typer.Option(None, "--config", help="Node configuration (default $DICOMNODE_CONFIG).")
+
+
+def _run_parts(config: Path | None, parts) -> None:
+    """Run node parts until SIGTERM/SIGINT; exit 2 with the reason when they cannot start."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from dicomnode.service import configure_logging, run_until_signalled
+
+    node = _node_config(config)
+    configure_logging(node.logging)
+    try:
+        run_until_signalled(node, parts)
+    except (OSError, ValueError, RuntimeError, SQLAlchemyError) as exc:
+        typer.echo(f"error: {type(exc).__name__}: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def serve(config: Path | None = _CONFIG) -> None:
+    """Run the node: receiver, assembly, one worker and the exporter, until SIGTERM or SIGINT."""
+    from dicomnode.service import Parts
+
+    _run_parts(config, Parts())
+
+
+@app.command()
+def worker(
+    config: Path | None = _CONFIG,
+    export: bool = typer.Option(False, "--export/--no-export", help="Also run an exporter."),
+) -> None:
+    """Run an extra worker (scale-out: same database and spool, this or another host)."""
+    from dicomnode.service import Parts
+
+    _run_parts(config, Parts(receive=False, assemble=False, work=True, export=export))
+
+
+def _database(node):
+    """The node's database, which must have been initialised by ``serve`` (exit 2 otherwise)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from dicomnode.db import DatabaseError, connect
+
+    try:
+        database = connect(node.database_url)
+        revision = database.current_revision()
+    except (DatabaseError, SQLAlchemyError) as exc:
+        typer.echo(f"error: database {node.database_url}: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if revision is None:
+        typer.echo(f"error: database {database.url} is empty (start the node with `dicomnode serve` first)", err=True)
+        raise typer.Exit(2)
+    return database
+
+
+@app.command()
+def status(
+    config: Path | None = _CONFIG,
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Studies, jobs and exports by state; stuck, failed and refused items."""
+    import json
+
+    from dicomnode.status import collect, render
+
+    node = _node_config(config)
+    database = _database(node)
+    try:
+        report = collect(database, quiet_seconds=node.assembly.quiet_seconds)
+    finally:
+        database.dispose()
+    typer.echo(json.dumps(report, indent=2) if as_json else render(report))
+
+
+@app.command()
+def retry(
+    config: Path | None = _CONFIG,
+    jobs: bool = typer.Option(True, "--jobs/--no-jobs", help="Failed jobs back to the queue."),
+    refused: bool = typer.Option(True, "--refused/--no-refused", help="Refused exports back to pending."),
+    failed: bool = typer.Option(True, "--failed/--no-failed", help="Failed exports back to pending."),
+    waiting: bool = typer.Option(False, "--waiting", help="Also send exports waiting for their back-off now."),
+    destination: str | None = typer.Option(None, "--destination", help="Only exports to this destination."),
+    study: str | None = typer.Option(None, "--study", help="Only this Study Instance UID."),
+) -> None:
+    """Put failed jobs and refused or failed exports back in line."""
+    from dicomnode.models import ExportState
+    from dicomnode.status import retry as reopen
+
+    node = _node_config(config)
+    database = _database(node)
+    states = [state for state, chosen in ((ExportState.REFUSED, refused), (ExportState.FAILED, failed)) if chosen]
+    try:
+        counts = reopen(database, jobs=jobs, export_states=states, waiting=waiting,
+                        destination=destination, study_uid=study)
+    finally:
+        database.dispose()
+    typer.echo(f"{counts.jobs} job(s) queued again, {counts.exports} export(s) pending again")
+
+
+@app.command()
+def segment(
+    files: list[Path] = typer.Argument(..., help="DICOM files or folders (searched recursively)."),
+    out: Path = typer.Option(..., "--out", help="Folder for the result objects and summary.json / summary.md."),
+    config: Path | None = _CONFIG,
+    weights: str | None = typer.Option(None, "--weights", help='"default", "threshold" or a model path '
+                                       "(default: [model] weights)."),
+    device: str | None = typer.Option(None, "--device", help="auto, cpu or cuda (default: [model] device)."),
+) -> None:
+    """The node's pipeline on files, offline: results and a summary; exit 1 if a study failed."""
+    node = _node_config(config)
+    missing = [str(path) for path in files if not path.exists()]
+    if missing:
+        typer.echo(f"error: no such file or folder: {', '.join(missing)}", err=True)
+        raise typer.Exit(2)
+    from dicomnode.offline import segment_files
+    from dicomnode.worker import load_segmenter
+
+    try:
+        segmenter = load_segmenter(weights or node.model.weights, device or node.model.device, node.model.threshold)
+    except (OSError, ValueError, RuntimeError) as exc:
+        typer.echo(f"error: cannot load the model: {exc}", err=True)
+        raise typer.Exit(2) from None
+    summary = segment_files(files, out, segmenter, node.results.to_options())
+    for study in summary.studies:
+        if study.error:
+            typer.echo(f"FAIL {study.study_uid or '(no Study Instance UID)'}: {study.error}", err=True)
+        else:
+            typer.echo(f"ok   {study.study_uid}: {len(study.lesions)} lesion(s), {len(study.objects)} object(s)")
+    for item in summary.skipped:
+        typer.echo(f"skipped {item['file']}: {item['reason']}", err=True)
+    typer.echo(f"summary: {out / 'summary.md'}")
+    raise typer.Exit(0 if summary.ok else 1)
+
+
 def main() -> None:
     app()

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from datetime import datetime
 from hashlib import sha256
 from pathlib import Path
@@ -11,11 +16,12 @@ from sqlalchemy import select
 
 from dicomnode.db import Database, connect
 from dicomnode.models import Instance, Study, StudyState, utcnow
+from tests.peers import dcmtk, wait_for_port
 
 
-def sqlite_database(directory: Path) -> Database:
-    """A migrated SQLite database in ``directory``."""
-    database = connect(f"sqlite:///{directory / 'node.db'}")
+def sqlite_database(directory: Path, name: str = "node.db") -> Database:
+    """A migrated SQLite database ``directory/name``."""
+    database = connect(f"sqlite:///{directory / name}")
     database.migrate()
     return database
 
@@ -72,3 +78,99 @@ def store_study(database: Database, spool, datasets, *, state: StudyState = Stud
                                  views=views, path=written.path, sha256=written.sha256, size=written.size))
         study.last_instance_at = utcnow()
         return study.id
+
+
+# -- a real `dicomnode serve` / `dicomnode worker` process --------------------------------------------
+
+
+def write_node_config(path: Path, *, var_dir: Path, port: int, destinations: list[tuple[str, int, str]],
+                      database_url: str | None = None, spool_dir: Path | None = None,
+                      quiet_seconds: float = 2.0, lease_seconds: float = 10.0, max_attempts: int = 3,
+                      backoff: tuple[float, float] = (1.0, 4.0), dimse_timeout: float = 30.0) -> Path:
+    """A node.toml for tests: threshold model on the CPU, short quiet period, lease and back-off."""
+    lines = [
+        "[node]", f"port = {port}", 'host = "127.0.0.1"', f"dimse_timeout = {dimse_timeout}",
+        "[storage]", f'var_dir = "{var_dir}"', "min_free_bytes = 0",
+        *([f'spool_dir = "{spool_dir}"'] if spool_dir else []),
+        *(["[database]", f'url = "{database_url}"'] if database_url else []),
+        "[assembly]", f"quiet_seconds = {quiet_seconds}",
+        "[queue]", f"lease_seconds = {lease_seconds}", f"max_attempts = {max_attempts}", "poll_seconds = 0.2",
+        "[model]", 'weights = "threshold"', 'device = "cpu"',
+        "[export]", f"backoff_initial_seconds = {backoff[0]}", f"backoff_max_seconds = {backoff[1]}",
+        "max_attempts = 1000",
+    ]
+    for name, dest_port, aet in destinations:
+        lines += ["[[destinations]]", f'name = "{name}"', 'host = "127.0.0.1"', f"port = {dest_port}",
+                  f'ae_title = "{aet}"']
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+class NodeProcess:
+    """``dicomnode serve`` (or ``worker``) as a real subprocess, its output appended to ``log``."""
+
+    def __init__(self, config: Path, log: Path, command: str = "serve", port: int | None = None) -> None:
+        self.config, self.log_path, self.command, self.port = config, log, command, port
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 90.0) -> None:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen([sys.executable, "-c", "from dicomnode.cli import main; main()",
+                                             self.command, "--config", str(self.config)],
+                                            stdout=log, stderr=subprocess.STDOUT, env=env)
+        if self.port is not None:
+            wait_for_port(self.port, timeout=timeout, process=self.process)
+
+    def kill(self) -> None:
+        """SIGKILL: no clean-up of any kind."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def terminate(self, timeout: float = 60.0) -> int:
+        """SIGTERM and the exit status."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def __enter__(self) -> NodeProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+
+
+def storescu(files, port: int, aet: str = "DICOMNODE", timeout: float = 60.0) -> subprocess.CompletedProcess:
+    """dcmtk storescu (the camera) sending ``files`` in one association; verbose output kept."""
+    return subprocess.run([dcmtk("storescu"), "-v", "-aec", aet, "127.0.0.1", str(port), *map(str, files)],
+                          capture_output=True, text=True, timeout=timeout, env={**os.environ, "TCP_NODELAY": "1"})
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.5):
+    """Poll ``predicate`` until it returns something true; fail with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def pacs_objects(peer) -> list:
+    """Headers of every complete object a storescp peer holds (one being written is skipped)."""
+    import pydicom
+
+    headers = []
+    for path in peer.files():
+        try:
+            headers.append(pydicom.dcmread(path, stop_before_pixels=True))
+        except Exception:  # still being written: the next poll sees it whole
+            continue
+    return headers
