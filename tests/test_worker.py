@@ -4,6 +4,8 @@ series for a new version, and no results recorded by a worker that lost its leas
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import timedelta
 
 import numpy as np
@@ -173,3 +175,47 @@ def test_the_masks_written_are_the_segmenters(node, segmenter):
         paths = session.scalars(select(ResultObject.path)).all()
     masks = [pydicom.dcmread(spool.absolute(p)).pixel_array for p in paths]
     assert any(mask.shape == expected.shape and np.array_equal(mask, expected) for mask in masks)
+
+
+class SlowSegmenter:
+    """The threshold segmenter taking ``seconds`` longer, like a big network on a CPU."""
+
+    def __init__(self, segmenter, seconds: float) -> None:
+        self._segmenter, self._seconds = segmenter, seconds
+        self.algorithm, self.card = segmenter.algorithm, segmenter.card
+
+    def segment(self, scan):
+        time.sleep(self._seconds)
+        return self._segmenter.segment(scan)
+
+
+def test_the_heartbeat_keeps_a_long_job_from_being_taken_over(tmp_path, segmenter):
+    database = sqlite_database(tmp_path)
+    spool = Spool(tmp_path / "spool")
+    policy = QueuePolicy(lease_seconds=0.6, max_attempts=3)
+    worker = Worker(database, spool, SlowSegmenter(segmenter, 2.0), OPTIONS, ["PACS"], policy, owner="slow")
+    store_study(database, spool, nm_study(counts()))
+    assemble(database, AssemblyPolicy(quiet_seconds=0))
+    thieves: list = []
+    stop = threading.Event()
+
+    def steal() -> None:  # another worker polling all the time
+        while not stop.is_set():
+            job = claim(database, "thief", policy)
+            if job is not None:
+                thieves.append(job)
+            time.sleep(0.05)
+
+    job = claim(database, worker.owner, policy)
+    thread = threading.Thread(target=steal)
+    thread.start()
+    try:
+        worker.process(job)  # 2 s of work under a 0.6 s lease
+    finally:
+        stop.set()
+        thread.join()
+    database.dispose()
+    assert thieves == []
+    with database.session() as session:
+        job = session.scalars(select(Job)).one()
+    assert job.state is JobState.DONE and job.attempts == 1
