@@ -107,8 +107,8 @@ class NodeSection(_Section):
     acse_timeout: float = Field(default=30.0, gt=0)
     dimse_timeout: float = Field(default=30.0, gt=0)
     network_timeout: float = Field(default=60.0, gt=0)
-    # Largest P-DATA PDU we accept (PS3.8 §9.3.1 Maximum Length Sub-Item); 0 = no limit.
-    max_pdu_size: int = Field(default=16382, ge=0)
+    # Largest P-DATA PDU we accept (PS3.8 D.1 Maximum Length Sub-Item); 0 = no limit.
+    max_pdu_size: int = Field(default=1 << 20, ge=0)
     tls: TLSServer | None = None
 
 

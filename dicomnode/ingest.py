@@ -75,15 +75,12 @@ def ingest(database: Database, spool: Spool, instance: ReceivedInstance, data: b
                                instance.sop_instance_uid, digest)
     if not instance.is_image:
         _check_seg_sources(database, instance)
-    known = _existing(database, instance.sop_instance_uid, digest)
-    if known is not None and spool.absolute(known.path).exists():
-        return known  # same bytes again: nothing to write, nothing to change
-    spool.write(path, data, digest)
+    spool.write(path, data, digest)  # same bytes again: the file is there already, nothing is written
     now = now or utcnow()
     with database.session(write=True) as session:
         study = _study_for_update(session, database, instance, now)
         inserted = _insert_instance(session, database, study, instance, path, digest, len(data), calling_ae, now)
-        if inserted is None:  # an identical copy was indexed by a concurrent association
+        if inserted is None:  # these bytes are indexed already (earlier, or by a concurrent association)
             duplicate = _existing_in(session, instance.sop_instance_uid, digest)
             assert duplicate is not None
             return duplicate
@@ -109,11 +106,6 @@ def _touch_study(study: Study, now: datetime) -> None:
         study.version += 1
         study.state = StudyState.RECEIVING
         study.ready_at = None
-
-
-def _existing(database: Database, sop_uid: str, digest: str) -> Ingested | None:
-    with database.session() as session:
-        return _existing_in(session, sop_uid, digest)
 
 
 def _existing_in(session: Session, sop_uid: str, digest: str) -> Ingested | None:

@@ -317,11 +317,15 @@ def _check_pixel_module(ds: Dataset, warnings: list[str]) -> None:
 
 
 def _nm_views(ds: Dataset, warnings: list[str]) -> tuple[str, ...]:
-    """The views the instance holds, decided by :mod:`segmentation.views`; pixels decoded as a check.
+    """The views the instance holds, decided by :mod:`segmentation.views` (the worker's own rules).
 
-    A single-frame instance that states no view is accepted with ``()``: the study as a whole may
-    still decide it by order (rule 5). Everything else :func:`segmentation.views.load_scan` refuses
-    (contradictory view information, undecodable pixels, bad Pixel Spacing) is refused here.
+    :func:`segmentation.views.load_scan` runs on a *probe*: the data set's elements, but for native
+    (uncompressed) pixel data one pixel per frame, because the Pixel Data length was checked already
+    and decoding a megabyte again would only cost time; compressed pixel data is decoded in full as
+    the check that it can be. A single-frame instance that states no view is accepted with ``()``
+    (the study as a whole may still decide it by order, rule 5): its probe carries a provisional view
+    so that the loader still checks everything else. Whatever the loader refuses (contradictory view
+    information, undecodable pixels, bad Pixel Spacing, colour pixels) is refused here.
     """
     mismatch = Status.DATASET_DOES_NOT_MATCH_SOP_CLASS
     try:
@@ -331,12 +335,14 @@ def _nm_views(ds: Dataset, warnings: list[str]) -> tuple[str, ...]:
     except (TypeError, ValueError) as exc:
         raise Refusal(mismatch, f"view attributes cannot be read: {_brief(exc)}") from None
     undecided_single_frame = len(stated) == 1 and stated[0] is None
-    probe = ds
+    probe = Dataset()
+    probe.update(ds)  # shares the elements; replacing one in the probe leaves ``ds`` alone
+    probe.file_meta = ds.file_meta
+    if not ds.file_meta.TransferSyntaxUID.is_encapsulated:
+        samples = int(ds.get("NumberOfFrames") or 1) * int(ds.SamplesPerPixel) * (int(ds.BitsAllocated) // 8)
+        probe.Rows, probe.Columns = 1, 1
+        probe.PixelData = bytes(samples + samples % 2)
     if undecided_single_frame:
-        # Give the loader a provisional view so that it still checks pixels and Pixel Spacing.
-        probe = Dataset()
-        probe.update(ds)
-        probe.file_meta = ds.file_meta
         code = Dataset()
         code.CodeValue, code.CodingSchemeDesignator = "399321004", "SCT"  # CID 26 anterior
         probe.ViewCodeSequence = Sequence([code])

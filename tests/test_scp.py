@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -159,6 +160,9 @@ def test_association_limit(tmp_path: Path) -> None:
                     pass
             assert refused.value.permanent is False and "transient" in refused.value.status
             assert "limit" in refused.value.detail.lower()
+        deadline = time.monotonic() + 10  # the released association's thread ends asynchronously
+        while node.receiver.ae.active_associations and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert echo(peer, "CAMERA").ok  # released: room again
 
 

@@ -1,0 +1,177 @@
+"""Receive throughput: dcmtk ``storescu`` streaming the same studies into dcmtk ``storescp`` and into our node.
+
+The studies come from the simulator (``dicomnode.synth.write_studies``, 1024 × 256 uint16 by default,
+mixed layout: some studies one two-frame instance of ~1 MB, some two single-frame instances of
+~0.5 MB). Each run starts a fresh receiver (an empty output folder for storescp; an empty spool and
+database for the node, so every file is really stored and indexed, never a duplicate no-op) and
+times ``--senders`` concurrent storescu processes sending their share of the files, from the first
+process start to the last exit. ``TCP_NODELAY=1`` is set for dcmtk, storescu and storescp alike
+(without it each small C-STORE response waits on Nagle's algorithm / delayed ACK, ~40 ms per file
+on loopback).
+
+What each receiver does per file: dcmtk storescp writes it (no fsync). The node checks it
+(:mod:`dicomnode.validate`: parse, lengths, pixels decoded, views), writes it with fsync + atomic
+rename + directory fsync, and commits the index row (SQLite WAL with synchronous=FULL, or PostgreSQL)
+before it answers.
+
+    python benchmarks/receive.py                        # 30 studies, 3 runs, 1 sender
+    python benchmarks/receive.py --senders 4 --runs 5
+    python benchmarks/receive.py --database-url postgresql+psycopg:///bench?host=/var/run/postgresql
+
+A third row times pynetdicom's transport alone (the node's server and AE settings, a handler that
+answers 0x0000 and keeps nothing): the ceiling any pynetdicom-based receiver has on this machine.
+
+Output: a markdown table (median and best of the runs) and the ratios of the medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dicomnode.config import NodeConfig  # noqa: E402
+from dicomnode.db import connect  # noqa: E402
+from dicomnode.models import Instance  # noqa: E402
+from dicomnode.scp import Receiver, start_receiver  # noqa: E402
+from dicomnode.spool import Spool  # noqa: E402
+from tests.peers import StoreSCP, dcmtk, free_port  # noqa: E402
+
+NODE_AE = "DICOMNODE"
+
+
+def stream(port: int, called_ae: str, files: list[Path], senders: int) -> float:
+    """Seconds for ``senders`` storescu processes to send ``files`` (round-robin shares)."""
+    env = {**os.environ, "TCP_NODELAY": "1"}  # dcmtk reads it (dcmtk/dcmnet/docs: TCP_NODELAY)
+    shares = [files[i::senders] for i in range(senders)]
+    start = time.perf_counter()
+    processes = [
+        subprocess.Popen([dcmtk("storescu"), "-aet", "CAMERA", "-aec", called_ae, "127.0.0.1", str(port),
+                          *map(str, share)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        for share in shares if share
+    ]
+    outputs = [process.communicate()[0] for process in processes]
+    elapsed = time.perf_counter() - start
+    for process, output in zip(processes, outputs, strict=True):
+        if process.returncode != 0:
+            raise RuntimeError(f"storescu failed ({process.returncode}): {output.decode(errors='replace')[-2000:]}")
+    return elapsed
+
+
+def run_dcmtk(files: list[Path], senders: int, work: Path) -> float:
+    with StoreSCP(aet="STORESCP", workdir=work) as peer:
+        seconds = stream(peer.port, peer.aet, files, senders)
+        received = len(peer.files())
+    if received != len(files):
+        raise RuntimeError(f"storescp kept {received} of {len(files)} files")
+    return seconds
+
+
+def run_node(files: list[Path], senders: int, work: Path, database_url: str | None) -> float:
+    config = NodeConfig(
+        node={"ae_title": NODE_AE, "host": "127.0.0.1", "port": free_port(), "max_associations": max(senders, 2)},
+        storage={"var_dir": str(work / "var"), "min_free_bytes": 0},
+        database={"url": database_url} if database_url else {},
+    )
+    database = connect(config.database_url)
+    database.migrate()
+    if database_url:  # a shared server database: start from an empty index
+        with database.session(write=True) as session:
+            session.query(Instance).delete()
+    receiver = start_receiver(config, database, Spool(config.storage.spool_path))
+    try:
+        seconds = stream(receiver.port, NODE_AE, files, senders)
+    finally:
+        receiver.stop()
+    with database.session() as session:
+        indexed = session.query(Instance).count()
+    database.dispose()
+    if indexed != len(files):
+        raise RuntimeError(f"the node indexed {indexed} of {len(files)} files")
+    return seconds
+
+
+def run_pynetdicom_floor(files: list[Path], senders: int) -> float:
+    """pynetdicom's transport alone: the node's AE settings and server, a handler that only says 0x0000.
+
+    Not a receiver anyone should run (nothing is kept); it shows how much of the node's time per file
+    is pynetdicom's polling reactor rather than the node's checks, fsyncs and index.
+    """
+    config = NodeConfig(node={"ae_title": NODE_AE, "host": "127.0.0.1", "port": free_port(),
+                              "max_associations": max(senders, 2)})
+    receiver = Receiver(config, database=None, spool=None)  # type: ignore[arg-type]
+    receiver.handle_store = lambda event: 0x0000  # type: ignore[method-assign]
+    receiver.start()
+    try:
+        return stream(receiver.port, NODE_AE, files, senders)
+    finally:
+        receiver.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--studies", type=int, default=30, help="simulated studies to stream")
+    parser.add_argument("--layout", default="mixed", choices=["multiframe", "split", "mixed"])
+    parser.add_argument("--runs", type=int, default=3, help="timed runs per receiver")
+    parser.add_argument("--senders", type=int, default=1, help="concurrent storescu processes")
+    parser.add_argument("--database-url", default=None, help="node database (default: SQLite in a temp dir)")
+    parser.add_argument("--data", type=Path, default=None, help="use the .dcm files under this folder instead")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    os.environ["TCP_NODELAY"] = "1"  # for storescp too: its small C-STORE responses must not wait on Nagle
+
+    with tempfile.TemporaryDirectory(prefix="receive-bench-") as scratch:
+        root = Path(scratch)
+        if args.data is None:
+            from dicomnode.synth import write_studies
+
+            write_studies(root / "studies", studies=args.studies, seed=7, layout=args.layout, png=False)
+            data = root / "studies"
+        else:
+            data = args.data
+        files = sorted(data.rglob("*.dcm"))
+        if not files:
+            raise SystemExit(f"no .dcm files under {data}")
+        megabytes = sum(path.stat().st_size for path in files) / 1e6
+
+        times: dict[str, list[float]] = {"dcmtk storescp": [], "dicomnode": [], "pynetdicom, 0x0000 only": []}
+        for run in range(args.runs):  # interleaved, so all see the same machine state
+            times["dcmtk storescp"].append(run_dcmtk(files, args.senders, root / f"dcmtk{run}"))
+            times["dicomnode"].append(run_node(files, args.senders, root / f"node{run}", args.database_url))
+            times["pynetdicom, 0x0000 only"].append(run_pynetdicom_floor(files, args.senders))
+            shutil.rmtree(root / f"dcmtk{run}", ignore_errors=True)
+            shutil.rmtree(root / f"node{run}", ignore_errors=True)
+
+    database = "PostgreSQL" if args.database_url else "SQLite"
+    print(f"# Receive throughput: {len(files)} files ({megabytes:.1f} MB, {args.layout} layout), "
+          f"{args.senders} sender(s), {args.runs} runs")
+    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python "
+          f"{platform.python_version()}, node database {database}\n")
+    print("| receiver | median s | best s | files/s (median) | MB/s (median) | durable |")
+    print("|---|---:|---:|---:|---:|---|")
+    rates = {}
+    for name, seconds in times.items():
+        median = statistics.median(seconds)
+        rates[name] = len(files) / median
+        durable = {"dicomnode": "fsync file + dir, index committed", "dcmtk storescp": "written, no fsync"}.get(
+            name, "nothing kept (transport floor)")
+        print(f"| {name} | {median:.2f} | {min(seconds):.2f} | {rates[name]:.1f} | {megabytes / median:.1f} | "
+              f"{durable} |")
+    print(f"\nratio dicomnode / dcmtk (files/s, medians): {rates['dicomnode'] / rates['dcmtk storescp']:.2f}")
+    print(f"ratio pynetdicom transport floor / dcmtk: {rates['pynetdicom, 0x0000 only'] / rates['dcmtk storescp']:.2f}")
+    print(f"load average at the end: {', '.join(f'{value:.1f}' for value in os.getloadavg())} "
+          "(other processes on the machine skew every row)")
+
+
+if __name__ == "__main__":
+    main()
