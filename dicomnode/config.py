@@ -61,6 +61,16 @@ def validate_ae_title(value: str) -> str:
 
 
 AETitle = Annotated[str, AfterValidator(validate_ae_title)]
+
+
+def _long_string(value: str) -> str:
+    """A value for a LO attribute (PS3.5 §6.2): at most 64 characters, no backslash."""
+    if len(value) > 64 or "\\" in value:
+        raise ValueError("must be at most 64 characters without a backslash (VR LO, PS3.5 §6.2)")
+    return value
+
+
+LongString = Annotated[str, AfterValidator(_long_string)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 
 
@@ -153,12 +163,15 @@ ResultKindName = Literal["SEG", "GSPS", "SR", "SC"]
 
 
 class ResultsSection(_Section):
+    """Mirrors :class:`dicomnode.results.ResultOptions`; :meth:`to_options` converts."""
+
     kinds: list[ResultKindName] = Field(default_factory=lambda: ["SEG", "GSPS", "SR", "SC"])
-    series_number_base: int = Field(default=9000, ge=1, le=2**31 - 100)
-    descriptions: dict[ResultKindName, str] = Field(default_factory=dict)  # overrides per kind
-    manufacturer: str = "dicomnode"
-    software_version: str | None = None  # default: the package version
-    institution_name: str | None = None
+    series_number_base: int = Field(default=9000, ge=0, le=2**31 - 1 - 10_000)  # IS, room for 10000 series
+    descriptions: dict[ResultKindName, LongString] = Field(default_factory=dict)  # overrides per kind
+    manufacturer: LongString = Field(default="dicomnode", min_length=1)
+    software_version: LongString | None = None  # default: the package version
+    institution_name: LongString | None = None
+    device_serial_number: LongString | None = None  # default: the host name
 
     @field_validator("kinds")
     @classmethod
@@ -178,6 +191,7 @@ class ResultsSection(_Section):
             "manufacturer": self.manufacturer,
             "software_version": self.software_version or __version__,
             "institution_name": self.institution_name,
+            "device_serial_number": self.device_serial_number,
         }
         if self.descriptions:
             kwargs["series_descriptions"] = dict(self.descriptions)

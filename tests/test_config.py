@@ -150,3 +150,25 @@ def test_unreadable_files(tmp_path: Path) -> None:
         load_config(_write(tmp_path, "[node\nport = 1\n"))
     with pytest.raises(ConfigError, match="is a directory"):
         load_config(tmp_path)
+
+
+def test_results_section_converts_to_result_options(tmp_path: Path) -> None:
+    from dicomnode import __version__
+    from dicomnode.results import ResultOptions
+
+    defaults = NodeConfig().results.to_options()
+    assert defaults == ResultOptions(software_version=__version__)  # same defaults on both sides
+    path = _write(tmp_path, '[results]\nkinds = ["SEG", "SR"]\nseries_number_base = 500\n'
+                            'institution_name = "Nuclear Medicine"\n[results.descriptions]\nSEG = "Metastases (AI)"\n')
+    options = load_config(path).results.to_options()
+    assert [kind.value for kind in options.kinds] == ["SEG", "SR"]
+    assert options.series_number_base == 500 and options.institution_name == "Nuclear Medicine"
+    kinds = {kind.value: kind for kind in ResultOptions().kinds}
+    assert options.description(kinds["SEG"]) == "Metastases (AI)"
+    assert options.description(kinds["SR"]) == ResultOptions().description(kinds["SR"])  # not overridden
+
+
+def test_result_texts_are_checked_at_load(tmp_path: Path) -> None:
+    path = _write(tmp_path, '[results.descriptions]\nSEG = "' + "x" * 65 + '"\n')
+    with pytest.raises(ConfigError, match=r"results\.descriptions\.SEG: .*64 characters"):
+        load_config(path)
