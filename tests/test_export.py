@@ -44,8 +44,8 @@ def node(tmp_path, segmenter):
     database = sqlite_database(tmp_path)
     spool = Spool(tmp_path / "spool")
 
-    def process(destinations: list[str], studies: int = 2) -> list[str]:
-        worker = Worker(database, spool, segmenter, OPTIONS, destinations, QueuePolicy())
+    def process(destinations: list[str], studies: int = 2, options: ResultOptions = OPTIONS) -> list[str]:
+        worker = Worker(database, spool, segmenter, options, destinations, QueuePolicy())
         for seed in range(studies):
             store_study(database, spool, nm_study(phantom_counts(rows=256, columns=64, seed=seed)))
         assemble(database, AssemblyPolicy(quiet_seconds=0))
@@ -158,6 +158,8 @@ TransferSyntax2 = LittleEndianImplicit
 [ImagesOnly]
 PresentationContext1 = VerificationSOPClass\Uncompressed
 PresentationContext2 = NuclearMedicineImageStorage\Uncompressed
+PresentationContext3 = SecondaryCaptureImageStorage\Uncompressed
+PresentationContext4 = MultiframeTrueColorSecondaryCaptureImageStorage\Uncompressed
 [[Profiles]]
 [ImagesOnly]
 PresentationContexts = ImagesOnly
@@ -165,7 +167,7 @@ PresentationContexts = ImagesOnly
 
 
 class ImagesOnlySCP(StoreSCP):
-    """dcmtk storescp that accepts NM images but not Segmentation Storage (an older PACS)."""
+    """dcmtk storescp that accepts NM and Secondary Capture images but not SEG (an older PACS)."""
 
     def command(self) -> list[str]:
         config = self.workdir / "images-only.cfg"
@@ -176,8 +178,25 @@ class ImagesOnlySCP(StoreSCP):
 
 
 def test_an_unsupported_sop_class_is_refused_not_retried(node, tmp_path):
+    """The SC goes through on the same association; the SEGs are refused once, not retried."""
     database, spool, process = node
-    process(["PACS"])
+    process(["PACS"], studies=1, options=ResultOptions(kinds=(ResultKind.SEG, ResultKind.SC)))
+    with ImagesOnlySCP(workdir=tmp_path / "old-pacs") as pacs:
+        export = exporter(database, spool, destination(pacs))
+        export.run_once()
+        assert not export.run_once(now=utcnow() + timedelta(days=1))
+        received = pacs.received_sop_instance_uids()
+    with database.session() as session:
+        outcome = {(row.result.kind, row.state, row.last_status) for row in session.scalars(select(Export))}
+        sc_uid = session.scalars(select(ResultObject.sop_instance_uid).where(ResultObject.kind == ResultKind.SC)).one()
+    assert outcome == {(ResultKind.SEG, ExportState.REFUSED, "no presentation context"),
+                       (ResultKind.SC, ExportState.DELIVERED, "0x0000")}
+    assert received == {sc_uid}
+
+
+def test_a_destination_that_takes_none_of_the_classes_is_refused(node, tmp_path):
+    database, spool, process = node
+    process(["PACS"])  # SEGs only: the association has no presentation context at all
     with ImagesOnlySCP(workdir=tmp_path / "old-pacs") as pacs:
         export = exporter(database, spool, destination(pacs))
         export.run_once()
