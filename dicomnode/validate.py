@@ -1,28 +1,22 @@
 """Checks of an incoming C-STORE data set, each failure with a DICOM status and a reason (DESIGN §1.1, §4).
 
 :func:`inspect_instance` takes the data set bytes exactly as received, the presentation context's
-transfer syntax and the command's Affected SOP Class / Instance UIDs. It returns a :class:`ReceivedInstance` (what the index needs) or raises
-:class:`Refusal` with the status to answer. Statuses (PS3.4 Table B.2-1, C-STORE):
+transfer syntax and the command's Affected SOP Class / Instance UIDs. It returns a
+:class:`ReceivedInstance` (what the index needs) or raises :class:`Refusal` with the status to
+answer (C-STORE statuses, PS3.4 Table B.2-1 and PS3.7 Annex C):
 
-========  =========================================  ==============================================
-status    meaning (PS3.4 B.2.3)                       when
-========  =========================================  ==============================================
-0xA700    Refused: Out of Resources                  free space under the floor, disk full, database
-                                                     unavailable (raised by the receiver, not here)
-0xA900    Error: Data Set does not match SOP Class   SOP Class / Instance UID differ from the
-                                                     command; Modality not NM; a required attribute
-                                                     missing; Rows × Columns × Frames × Bits
-                                                     Allocated disagrees with Pixel Data; bits
-                                                     outside the NM Image Pixel Module (C.8.4.7);
-                                                     contradictory view information; bad Pixel
-                                                     Spacing
-0xC000    Error: Cannot understand                   not parseable as DICOM in the negotiated
-                                                     transfer syntax (truncated, lengths beyond the
-                                                     data, wrong VR encoding, undecodable values or
-                                                     pixels); an invalid UID (PS3.5 §9.1); a SEG
-                                                     that references no instance this node holds
-                                                     (raised by :mod:`dicomnode.ingest`)
-========  =========================================  ==============================================
+- **0x0122** Refused: SOP Class not supported — the command names a SOP class other than NM or SEG
+  (a conforming SCU cannot: only those contexts are negotiated).
+- **0xA700** Refused: Out of Resources — free space under the floor, disk full, database unavailable
+  (answered by :mod:`dicomnode.scp`, not here).
+- **0xA900** Error: Data Set does not match SOP Class — SOP Class / Instance UID differ from the
+  command's; Modality not NM (or SEG); a required attribute missing; Rows × Columns × Frames × Bits
+  Allocated disagrees with the Pixel Data length; bits outside the NM Image Pixel Module (PS3.3
+  C.8.4.7); contradictory view information; missing or non-numeric Pixel Spacing; colour pixels.
+- **0xC000** Error: Cannot understand — not readable as DICOM in the negotiated transfer syntax
+  (truncated, lengths beyond the data, VR encoding not the negotiated one, undecodable values or
+  pixels, a deflate stream over the ceiling); an invalid UID (PS3.5 §9.1); a SEG that references no
+  instance this node holds (raised by :mod:`dicomnode.ingest`).
 
 dcmtk's ``storescp`` also answers 0xA900 when the data set's SOP Instance UID differs from the
 command's; we do the same. Accepted with a warning (status 0x0000, warning logged and kept in

@@ -118,8 +118,15 @@ def test_sqlite_write_session_takes_the_write_lock_first(tmp_path: Path) -> None
         database.dispose()
 
 
-def test_concurrent_starts_migrate_once(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'node.db'}"
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def any_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "postgresql":
+        return request.getfixturevalue("postgres_url")
+    return f"sqlite:///{tmp_path / 'node.db'}"
+
+
+def test_concurrent_starts_migrate_once(any_url: str) -> None:
+    url = any_url
     databases = [connect(url) for _ in range(3)]
     errors: list[BaseException] = []
 

@@ -72,3 +72,31 @@ def test_every_kind_gets_its_status_and_nothing_else_is_disturbed(tmp_path: Path
         assert list((node.spool.root / "tmp").iterdir()) == []
         assert {p.parts[0] for p in (q.relative_to(node.spool.root) for q in node.spool.root.iterdir())} == {
             "instances", "results", "quarantine", "tmp"}
+
+
+def test_garbage_on_the_wire_does_not_hurt_the_receiver(tmp_path: Path) -> None:
+    """Raw bytes no SCU would send: not a PDU, a PDU claiming 4 GiB, a half A-ASSOCIATE-RQ, P-DATA first."""
+    import socket
+    import struct
+
+    wires = [
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"\x01\x00" + struct.pack(">I", 0xFFFFFFFF) + b"\x00\x01",  # A-ASSOCIATE-RQ of 4 GiB, 2 bytes sent
+        b"\x01\x00" + struct.pack(">I", 68) + b"\x00\x01\x00\x00" + b"DICOMNODE".ljust(16),  # cut short
+        b"\x04\x00" + struct.pack(">I", 6) + struct.pack(">I", 2) + b"\x01\x03",  # P-DATA before association
+    ]
+    with running_node(tmp_path, node={"acse_timeout": 2, "network_timeout": 2}) as node:
+        for wire in wires:
+            with socket.create_connection(("127.0.0.1", node.port), timeout=5) as connection:
+                connection.sendall(wire)
+                connection.shutdown(socket.SHUT_WR)
+                try:
+                    while connection.recv(4096):  # until the receiver aborts / closes
+                        pass
+                except OSError:
+                    pass
+        peer = parse_peer(f"127.0.0.1:{node.port}", default_ae_title=NODE_AE)
+        assert echo(peer, "CAMERA").ok
+        good = study("split", seed=3)
+        assert storescu(node.port, write_files(good, tmp_path / "good")).statuses == [0x0000, 0x0000]
+        assert len(node.instances()) == 2 and node.quarantined() == []
