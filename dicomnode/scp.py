@@ -28,6 +28,10 @@ refused bytes go to the spool's quarantine with the reason, and a ``quarantine``
    anything unexpected → 0xC000 and quarantine. Nothing is raised out of the handler (pynetdicom would
    answer 0xC211 without our reason).
 
+Transport: every accepted connection gets ``TCP_NODELAY`` (a C-STORE response is one small PDU that
+would otherwise wait on the sender's delayed ACK), and the receiver offers ``node.max_pdu_size``
+(default 1 MiB) as its maximum PDU length so senders use few, large PDUs (``benchmarks/receive.py``).
+
 The data set is taken from ``event.encoded_dataset()`` (the bytes as sent, no decode/re-encode; see
 ``notes/nm-dicom-and-highdicom.md`` §5), so one instance is held in memory per association while it
 is checked: at most ``max_associations`` × the largest instance.
