@@ -112,6 +112,7 @@ class Node:
         self.stop_event = threading.Event()
         self.database: Database | None = None
         self.receiver = None
+        self.monitoring = None  # dicomnode.http.MonitoringServer when [http] port is set
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
@@ -144,8 +145,21 @@ class Node:
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
+        # -- [http]: health and Prometheus metrics (dicomnode.http), computed from the database --
+        if config.http.port is not None:
+            from dicomnode.http import start_monitoring
+
+            self.monitoring = start_monitoring(database, config.http.host, config.http.port, self.parts_alive)
+        # -- end [http] --
         log.info("node started", extra={"parts": [name for name, _ in loops] + (["receiver"] if self.receiver else []),
                                         "database": database.url})
+
+    def parts_alive(self) -> dict[str, bool]:
+        """Each running part of this process and whether it is alive (for ``/healthz``)."""
+        alive = {thread.name: thread.is_alive() and not self.stop_event.is_set() for thread in self._threads}
+        if self.parts.receive:
+            alive["receiver"] = self.receiver is not None
+        return alive
 
     def _repeat(self, step: Callable[[], object], interval: float) -> None:
         while not self.stop_event.is_set():
@@ -157,6 +171,9 @@ class Node:
 
     def stop(self, grace_seconds: float = 30.0) -> None:
         """Stop accepting, then let the loops finish (see the module docstring)."""
+        if self.monitoring is not None:
+            self.monitoring.stop()
+            self.monitoring = None
         if self.receiver is not None:
             self.receiver.stop()
             self.receiver = None
