@@ -372,5 +372,50 @@ def segment(
     raise typer.Exit(0 if summary.ok else 1)
 
 
+class DemoPacs(str, Enum):
+    auto = "auto"
+    dcmtk = "dcmtk"
+    pynetdicom = "pynetdicom"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+@app.command()
+def demo(
+    studies: int = typer.Option(3, min=1, max=50, help="Number of studies to simulate and send."),
+    seed: int = typer.Option(2025, help="Simulator seed; the same seed gives the same studies."),
+    out: Path | None = typer.Option(None, "--out", help="Empty folder for the run (default: a new temporary folder)."),
+    weights: str = typer.Option("default", "--weights", help='"default" (the shipped model), "threshold" or a model path.'),
+    device: Device = typer.Option(Device.auto, help="auto (CUDA when present), cpu or cuda."),
+    pacs: DemoPacs = typer.Option(DemoPacs.auto, "--pacs", help="The PACS: dcmtk storescp (auto: when installed) "
+                                  "or a pynetdicom Storage SCP."),
+    verbose: bool = typer.Option(False, "--verbose", help="Show the node's log."),
+) -> None:
+    """Simulate studies, send them to a node on this machine, and show the results that reach a PACS."""
+    from rich.console import Console
+
+    from dicomnode.config import LoggingSection
+    from dicomnode.demo import DemoError, render, run_demo
+    from dicomnode.service import configure_logging
+
+    configure_logging(LoggingSection(level="INFO" if verbose else "WARNING"))
+    try:
+        report = run_demo(out, studies=studies, seed=seed, weights=weights, device=device.value,
+                          pacs_kind=pacs.value)
+    except (DemoError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)
+    for item in render(report):
+        console.print(item)
+    raise typer.Exit(0 if report.ok else 1)
+
+
 def main() -> None:
     app()

@@ -1,0 +1,109 @@
+"""``dicomnode demo``: simulated studies → C-STORE → the node → a real PACS, with a table per study.
+
+The end-to-end test runs the README's command as a process (the shipped default model when it is
+there) and checks the PACS's own files, not the demo's word for it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections import Counter
+
+import pydicom
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+import segmentation.inference
+from dicomnode.cli import app
+from dicomnode.demo import DemoError, dcmtk_binary, run_demo
+from segmentation.scan import View
+from tests.peers import dcmtk
+
+KIND = {"1.2.840.10008.5.1.4.1.1.66.4": "SEG", "1.2.840.10008.5.1.4.1.1.11.1": "GSPS",
+        "1.2.840.10008.5.1.4.1.1.88.33": "SR", "1.2.840.10008.5.1.4.1.1.7": "SC"}
+
+
+def pacs_kinds(folder) -> dict[str, Counter]:
+    """Result kinds per Study Instance UID among the files a PACS stored."""
+    found: dict[str, Counter] = {}
+    for path in folder.iterdir():
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        found.setdefault(str(ds.StudyInstanceUID), Counter())[KIND[str(ds.SOPClassUID)]] += 1
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.network
+def test_demo_command_end_to_end(tmp_path):
+    out = tmp_path / "run"
+    command = [sys.executable, "-c", "from dicomnode.cli import main; main()", "demo", "--out", str(out)]
+    shipped = segmentation.inference.DEFAULT_CARD.is_file()
+    if not shipped:  # until the default weights are committed, the same journey with the baseline
+        command += ["--weights", "threshold"]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert run.returncode == 0, run.stdout + run.stderr
+
+    rows = re.findall(r"^│ (study_\d{4}) +│ (multiframe|split) .*│ +(\d+\.\d) s │$", run.stdout, re.MULTILINE)
+    assert [name for name, _, _ in rows] == ["study_0001", "study_0002", "study_0003"], run.stdout
+    assert all(0 < float(seconds) < 120 for _, _, seconds in rows)
+    assert "PACS: dcmtk storescp" in run.stdout
+    assert ("(threshold)" not in run.stdout) == shipped  # the shipped model when present
+
+    manifest = json.loads((out / "studies" / "manifest.json").read_text())
+    at_pacs = pacs_kinds(out / "pacs" / "received")
+    assert set(at_pacs) == {study["study_instance_uid"] for study in manifest["studies"]}
+    for study in manifest["studies"]:
+        assert at_pacs[study["study_instance_uid"]] == Counter(SEG=2, GSPS=1, SR=1, SC=1), study["folder"]
+    for name, _, _ in rows:
+        for suffix in ("vs_truth", "secondary_capture"):
+            with Image.open(out / "pictures" / f"{name}_{suffix}.png") as picture:
+                assert picture.mode == "RGB" and picture.height > 1024
+
+
+@pytest.mark.network
+def test_demo_with_the_pynetdicom_pacs_scores_each_view(tmp_path):
+    report = run_demo(tmp_path / "run", studies=1, seed=3, weights="threshold", device="cpu", pacs_kind="pynetdicom")
+    assert report.ok, [study.error for study in report.studies]
+    assert report.pacs.startswith("pynetdicom Storage SCP")
+    (study,) = report.studies
+    assert sorted(study.objects) == ["GSPS", "SC", "SEG", "SEG", "SR"]
+    assert set(study.dsc) == set(study.lesions) == set(View)
+    assert all(0.0 <= value <= 1.0 for value in study.dsc.values())
+    assert 0 <= study.detected <= study.truth_lesions
+    assert 0 < study.seconds < 120
+    received = sorted(p.name for p in (tmp_path / "run" / "pacs" / "received").iterdir())
+    assert received == [f"{n:06d}.dcm" for n in range(1, 6)]  # named by arrival, never by a UID
+    assert set(pacs_kinds(tmp_path / "run" / "pacs" / "received")) == {study.study_instance_uid}
+
+
+def test_missing_default_model_is_reported_before_anything_starts(tmp_path, monkeypatch):
+    monkeypatch.setattr(segmentation.inference, "DEFAULT_CARD", tmp_path / "default.json")
+    with pytest.raises(DemoError, match="default model is missing .* --weights threshold"):
+        run_demo(tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2
+    assert "--weights threshold" in result.output
+
+
+def test_bad_model_path_and_used_folder_are_refused(tmp_path):
+    with pytest.raises(DemoError, match="does not exist"):
+        run_demo(tmp_path / "run", weights=str(tmp_path / "no-such-model.safetensors"))
+    (tmp_path / "used" / "var").mkdir(parents=True)
+    with pytest.raises(DemoError, match="previous demo run"):
+        run_demo(tmp_path / "used", weights="threshold")
+
+
+def test_dcmtk_lookup_takes_only_dcmtk_programs(tmp_path, monkeypatch):
+    fake = tmp_path / "bin" / "no-such-dcmtk-tool"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho 'pynetdicom storescp v3'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    assert dcmtk_binary("no-such-dcmtk-tool") is None  # on PATH and runs, but is not dcmtk
+    assert dcmtk_binary("storescp") == dcmtk("storescp")  # Debian's, not pynetdicom's script of that name
