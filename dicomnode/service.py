@@ -130,6 +130,8 @@ class Node:
             worker = Worker(database, spool, segmenter, config.results.to_options(),
                             [d.name for d in config.destinations], queue_policy(config))
             loops.append(("worker", lambda: worker.run(self.stop_event, poll)))
+        if self.parts.work and not config.destinations:
+            log.warning("no [[destinations]] configured: results are kept in the spool and sent nowhere")
         if self.parts.export and config.destinations:
             exporter = Exporter(database, spool, config.destinations, config.node.ae_title, export_policy(config),
                                 timeout=config.node.dimse_timeout)
