@@ -265,7 +265,7 @@ class DemoReport:
         return bool(self.studies) and all(study.ok for study in self.studies)
 
 
-def _delivered(database, study_uid: str) -> tuple[bool, str | None, set[str]]:
+def delivered_results(database, study_uid: str) -> tuple[bool, str | None, set[str]]:
     """(finished, error, SOP Instance UIDs of the delivered results) of the study's latest job."""
     with database.session() as session:
         study = session.scalars(select(Study).where(Study.study_instance_uid == study_uid)).one_or_none()
@@ -350,7 +350,7 @@ def _send_and_wait(study: dict, folder: Path, node, pacs: Pacs, peer: Destinatio
         return outcome
     deadline = time.monotonic() + timeout
     while True:
-        finished, error, uids = _delivered(node.database, outcome.study_instance_uid)
+        finished, error, uids = delivered_results(node.database, outcome.study_instance_uid)
         if finished:
             break
         if time.monotonic() > deadline:
