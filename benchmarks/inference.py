@@ -12,8 +12,11 @@ the same with bfloat16 autocast, synchronised.
     python benchmarks/inference.py --widths slim      # the quick table (well under a minute on 2 cores)
 
 Output: a markdown table on stdout. On a 2-core CPU the slim widths take under a minute with the
-defaults; the papers' widths need 20–60 s *per study* per network, so ``--widths paper --repeats 1
---warmup 0`` alone takes about 6 minutes (the defaults, 1 warm-up + 3 timed runs, about 20).
+defaults (about 2 minutes with ``--repeats 5 --warmup 2`` on a busy machine); the papers' widths
+need 10–60 s *per study* per network, so ``--widths paper --repeats 1 --warmup 0`` alone takes
+4–6 minutes, and the defaults (1 warm-up + 3 timed runs) about 15–20. Set ``--threads`` to the
+cores that are actually free: on a 2-core machine shared with other work, 2 threads were 2–4×
+slower than 1.
 """
 
 from __future__ import annotations
