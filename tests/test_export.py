@@ -139,12 +139,21 @@ def test_a_refused_association_is_refused_once_and_shown_until_retry(node, tmp_p
     process(["PACS"])
     with RefusingSCP(workdir=tmp_path / "refusing") as refusing:
         export = exporter(database, spool, destination(refusing))
-        assert export.run_once()
-        assert not export.run_once(now=utcnow() + timedelta(days=1))  # never again by itself
+        # storescp --refuse closes the connection right after its A-ASSOCIATE-RJ; now and then
+        # pynetdicom sees the close first and reports an abort, which is rightly treated as
+        # transient (back off, try again). The refusal must be recognised within a few tries.
+        later = utcnow()
+        for _ in range(3):
+            assert export.run_once(now=later)
+            if export_states(database) == {"refused": 4}:
+                break
+            later += timedelta(hours=1)
+        assert not export.run_once(now=later + timedelta(days=1))  # never again by itself
     assert export_states(database) == {"refused": 4}
     with database.session() as session:
-        statuses = set(session.scalars(select(ExportAttempt.status)).all())
-    assert statuses == {"association rejected (permanent)"}
+        statuses = session.scalars(select(ExportAttempt.status)).all()
+    assert set(statuses) <= {"association rejected (permanent)", "no association"}
+    assert "association rejected (permanent)" in statuses
     assert retry(database, jobs=False).exports == 4
     assert export_states(database) == {"pending": 4}
 
