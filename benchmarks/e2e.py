@@ -101,7 +101,8 @@ class Processes:
         for index, process in enumerate(self.running):  # every worker has loaded its model
             while not any(entry.get("message") == "node started" for entry in self.entries(index)):
                 if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"{self.commands[index]} did not start: {self.log_path(index).read_text()[-2000:]}")
+                    log = self.log_path(index).read_text()[-2000:]
+                    raise RuntimeError(f"{self.commands[index]} did not start: {log}")
                 time.sleep(0.2)
         return self
 
@@ -267,7 +268,8 @@ def throughput(args: argparse.Namespace, work: Path, model: str) -> bool:
     print(f"## Throughput: {args.studies} two-frame studies in one burst, PostgreSQL, serve + (W − 1) workers\n")
     print(f"model {model} on {args.device}; torch threads per process {args.threads or 'default'}; "
           f"{cores()} CPU core(s) available to all processes together (receiver, exporter, PACS included)\n")
-    print("| workers | seconds | studies / min | speed-up vs first row | mean job s | jobs per process | no job ran twice |")
+    print("| workers | seconds | studies / min | speed-up vs first row | mean job s | jobs per process "
+          "| no job ran twice |")
     print("|---:|---:|---:|---:|---:|---|---|")
     ok = True
     for run in runs:

@@ -294,7 +294,8 @@ def _evaluate(outcome: StudyOutcome, sources: list[Dataset], truth: dict[str, np
         if item.sop_class_uid == SEG_STORAGE:
             seg = pydicom.dcmread(item.path)
             reference = seg.PerFrameFunctionalGroupsSequence[0].DerivationImageSequence[0].SourceImageSequence[0]
-            image = by_frame.get((str(reference.ReferencedSOPInstanceUID), int(reference.get("ReferencedFrameNumber", 1))))
+            frame = (str(reference.ReferencedSOPInstanceUID), int(reference.get("ReferencedFrameNumber", 1)))
+            image = by_frame.get(frame)
             if image is None:
                 raise DemoError(f"the SEG {item.sop_instance_uid} references a frame that was not sent")
             masks[image.view] = np.asarray(seg.pixel_array, dtype=np.uint8).reshape(image.source.rows,

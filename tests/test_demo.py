@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections import Counter
 
+import numpy as np
 import pydicom
 import pytest
 from PIL import Image
@@ -20,7 +21,10 @@ from typer.testing import CliRunner
 import segmentation.inference
 from dicomnode.cli import app
 from dicomnode.demo import DemoError, dcmtk_binary, run_demo
+from dicomnode.worker import load_segmenter
+from segmentation.metrics import pixel_counts
 from segmentation.scan import View
+from segmentation.views import load_scan
 from tests.peers import dcmtk
 
 KIND = {"1.2.840.10008.5.1.4.1.1.66.4": "SEG", "1.2.840.10008.5.1.4.1.1.11.1": "GSPS",
@@ -76,6 +80,16 @@ def test_demo_with_the_pynetdicom_pacs_scores_each_view(tmp_path):
     assert all(0.0 <= value <= 1.0 for value in study.dsc.values())
     assert 0 <= study.detected <= study.truth_lesions
     assert 0 < study.seconds < 120
+    # The scores read from the SEGs at the PACS are those of the segmenter run here on the same files:
+    # the demo matched each SEG to its view and decoded it right.
+    entry = json.loads((tmp_path / "run" / "studies" / "manifest.json").read_text())["studies"][0]
+    folder = tmp_path / "run" / "studies" / entry["folder"]
+    direct = load_segmenter("threshold", "cpu").segment(
+        load_scan([pydicom.dcmread(folder / item["file"]) for item in entry["files"]]))
+    with np.load(folder / "truth.npz") as truth:
+        for view, result in direct.views.items():
+            assert study.dsc[view] == pytest.approx(pixel_counts(truth[view.value], result.mask).dsc)
+            assert study.lesions[view] == len(result.lesions)
     received = sorted(p.name for p in (tmp_path / "run" / "pacs" / "received").iterdir())
     assert received == [f"{n:06d}.dcm" for n in range(1, 6)]  # named by arrival, never by a UID
     assert set(pacs_kinds(tmp_path / "run" / "pacs" / "received")) == {study.study_instance_uid}

@@ -90,8 +90,10 @@ def test_node_config_of_the_site_agrees_with_compose(monkeypatch):
     orthanc = site["orthanc"]["environment"]
     (destination,) = config.destinations
     assert destination.host == "orthanc"
-    assert (destination.port, destination.ae_title) == (int(orthanc["ORTHANC__DICOM_PORT"]), orthanc["ORTHANC__DICOM_AET"])
-    assert json.loads(orthanc["ORTHANC__DICOM_MODALITIES"])["dicomnode"] == [config.node.ae_title, "node", config.node.port]
+    assert destination.port == int(orthanc["ORTHANC__DICOM_PORT"])
+    assert destination.ae_title == orthanc["ORTHANC__DICOM_AET"]
+    modalities = json.loads(orthanc["ORTHANC__DICOM_MODALITIES"])
+    assert modalities["dicomnode"] == [config.node.ae_title, "node", config.node.port]
     published = {int(port.rsplit(":", 1)[1]) for port in site["node"]["ports"]}
     assert published == {config.node.port, config.http.port}
     assert config.model.weights == "default" and config.logging.json_lines and not config.logging.include_patient_data
