@@ -438,7 +438,10 @@ def run_demo(out: Path | None = None, *, studies: int = 3, seed: int = 2025, wei
         port = free_port()
         node = Node(node_config(out, port, pacs, weights, device))
         try:
-            node.start()
+            try:
+                node.start()
+            except Exception as exc:  # e.g. --device cuda without a GPU: torch raises AssertionError
+                raise DemoError(f"the node did not start: {type(exc).__name__}: {exc}") from None
             peer = Destination(name="node", host="127.0.0.1", port=port, ae_title=node.config.node.ae_title)
             outcomes = [_send_and_wait(study, out / "studies" / study["folder"], node, pacs, peer, timeout,
                                        out / "pictures") for study in manifest["studies"]]
