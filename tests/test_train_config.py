@@ -50,3 +50,14 @@ def test_bad_presets_are_refused(tmp_path: Path, text: str, fragment: str) -> No
 def test_missing_preset(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.toml")
+
+
+def test_preprocessing_keys_are_checked_and_whole_view_is_none(tmp_path: Path) -> None:
+    path = tmp_path / "p.toml"
+    path.write_text('name = "p"\n[preprocessing]\nwindow = "whole-view"\naggregation = "add"\n')
+    config = load_config(path)
+    assert config.preprocessing_config.window is None
+    assert config.preprocessing_config.in_channels == 1
+    path.write_text('name = "p"\n[preprocessing]\nwindw = 128\n')
+    with pytest.raises(ConfigError, match="windw"):
+        load_config(path)

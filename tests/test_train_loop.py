@@ -113,3 +113,26 @@ def test_bad_runs_are_refused(data: Path, tmp_path: Path) -> None:
             run_training(tiny(), data, tmp_path, device="cuda", progress=False)
     with pytest.raises(FileNotFoundError):
         run_training(tiny(), tmp_path / "nothing", tmp_path, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("network", "heads"),
+    [("unet", ["head"]), ("msanet", ["head", "side_heads.0", "side_heads.1", "side_heads.2"]),
+     ("semisup", ["head"]), ("mams", ["head"])],
+)
+def test_output_prior_sets_only_the_logit_heads(network: str, heads: list[str]) -> None:
+    from segmentation.networks import build
+    from train.loop import init_output_prior
+
+    torch.manual_seed(0)
+    net = build(network, in_channels=2, width=4)  # mams at width 4 has inner 1-channel biased convs
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    assert sorted(init_output_prior(net, 0.01)) == heads
+    changed = sorted(k for k, v in net.state_dict().items() if not torch.equal(v, before[k]))
+    assert changed == sorted(f"{h}.bias" for h in heads)  # nothing else, BN statistics included
+    net.eval()
+    with torch.no_grad():
+        size = net.window or 64
+        probability = torch.sigmoid(net(torch.zeros(1, 2, size, size)))
+    # an input of zeros reaches the head as (BatchNorm-shifted) constants; the prior dominates
+    assert float(probability.mean()) < 0.1

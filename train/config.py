@@ -5,7 +5,8 @@ differs. Unknown keys are errors (a typo must not silently fall back to a defaul
 
 - ``[model]``: which network of :mod:`segmentation.networks` and how wide.
 - ``[preprocessing]``: the keys of :class:`segmentation.preprocess.Preprocessing` (stored in the
-  model card, so inference sees the pixels training saw); its aggregation sets the input channels.
+  model card, so inference sees the pixels training saw); its aggregation sets the input channels;
+  ``window = "whole-view"`` means no windows (whole views, fully convolutional networks).
 - ``[data]``: the patient-level split (paper 001 "Dataset": anterior and posterior of one patient in
   the same subset; 70/15/15 by default), the training patch and how often it is centred on a lesion.
 - ``[augment]``: flips, small affine, binomial count thinning, intensity (see :mod:`train.augment`).
@@ -35,6 +36,10 @@ class _Section(BaseModel):
 class ModelSection(_Section):
     network: str = "unet"
     width: Literal["paper", "slim"] | int = "slim"
+    # initial lesion probability of the output heads (prior initialisation of the logit bias,
+    # Lin et al., ICCV 2017 §4.1): lesions are rare, and a head that starts at p = 0.5 spends
+    # its first thousand steps only learning "background"; 0 leaves the network's own init
+    output_prior: float = Field(0.01, ge=0, lt=1)
 
     @field_validator("width")
     @classmethod
@@ -90,6 +95,7 @@ class LossSection(_Section):
     dice: float = Field(1.0, ge=0)
     bce: float = Field(1.0, ge=0)
     positive_weight: float = Field(1.0, gt=0)  # BCE weight of lesion pixels (they are rare)
+    batch_dice: bool = True  # Dice over the batch, not per patch (see train.losses.soft_dice_loss)
 
     @model_validator(mode="after")
     def _some_supervision(self) -> "LossSection":
@@ -114,6 +120,17 @@ class SemisupSection(_Section):
     length_weight: float = Field(0.001, ge=0)  # Kim & Ye code: TV term × 0.001
 
 
+WHOLE_VIEW = "whole-view"
+
+
+def _preprocessing(raw: dict[str, Any]) -> Preprocessing:
+    """TOML has no null: ``window = "whole-view"`` stands for ``window = None`` (whole-view inference
+    of a fully convolutional network, :mod:`segmentation.inference`)."""
+    if raw.get("window") == WHOLE_VIEW:
+        raw = {**raw, "window": None}
+    return Preprocessing.from_dict(raw)
+
+
 class TrainConfig(_Section):
     """A whole preset. ``name`` names the exported weights and the model card."""
 
@@ -131,12 +148,12 @@ class TrainConfig(_Section):
     @field_validator("preprocessing")
     @classmethod
     def _known_preprocessing(cls, value: dict[str, Any]) -> dict[str, Any]:
-        Preprocessing.from_dict(value)  # unknown keys and bad values raise ValueError
+        _preprocessing(value)  # unknown keys and bad values raise ValueError
         return value
 
     @property
     def preprocessing_config(self) -> Preprocessing:
-        return Preprocessing.from_dict(self.preprocessing)
+        return _preprocessing(self.preprocessing)
 
     @model_validator(mode="after")
     def _one_regime(self) -> "TrainConfig":

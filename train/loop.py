@@ -18,6 +18,7 @@ weights follow :mod:`train.losses` and the preset (:mod:`train.config`).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -40,6 +41,7 @@ from torch.utils.data import DataLoader
 
 from segmentation.modelcard import save_model
 from segmentation.networks import SegmentationNetwork, build
+from segmentation.networks.blocks import upsample_to
 from segmentation.networks.msanet import Critic, multiscale_l1
 from segmentation.preprocess import Preprocessing
 
@@ -103,6 +105,40 @@ def semisupervised_labels(
     return out, sorted(keep)
 
 
+def logit_heads(net: SegmentationNetwork) -> list[str]:
+    """Names of the convolutions whose output *is* a returned logit map (main or deep supervision),
+    possibly upsampled to the input size; found by running a copy of the network once."""
+    probe = copy.deepcopy(net).train()
+    outputs: dict[str, Tensor] = {}
+    hooks = [
+        module.register_forward_hook(lambda _m, _i, out, name=name: outputs.__setitem__(name, out))
+        for name, module in probe.named_modules()
+        if isinstance(module, nn.Conv2d) and module.out_channels == 1 and module.bias is not None
+    ]
+    size = probe.window or 4 * probe.size_divisor
+    first = next(probe.parameters())
+    with torch.no_grad():
+        logits = probe(torch.rand(2, probe.in_channels, size, size, dtype=first.dtype, device=first.device))
+    for hook in hooks:
+        hook.remove()
+    return [
+        name for name, out in outputs.items()
+        if any(torch.equal(upsample_to(out, (size, size)), logit) for logit in logits)
+    ]
+
+
+def init_output_prior(net: SegmentationNetwork, prior: float) -> list[str]:
+    """Set the bias of every logit head to ``log(prior / (1 − prior))`` (Lin et al. 2017 §4.1), so
+    that training starts from "lesions are rare"; returns the heads' names."""
+    heads = logit_heads(net)
+    if not heads:
+        raise TrainingError(f"{type(net).__name__}: no biased convolution produces its logits")
+    modules = dict(net.named_modules())
+    for name in heads:
+        nn.init.constant_(modules[name].bias, math.log(prior / (1 - prior)))
+    return heads
+
+
 def _check_patch(config: TrainConfig, net: SegmentationNetwork, prep: Preprocessing) -> None:
     patch = (config.data.patch_rows, config.data.patch_columns)
     if net.window is not None and patch != (net.window, net.window):
@@ -152,6 +188,8 @@ class Trainer:
         self.device = device
         self.preprocessing = config.preprocessing_config
         self.net = build(config.model.network, in_channels=self.preprocessing.in_channels, width=config.model.width).to(device)
+        if config.model.output_prior:
+            init_output_prior(self.net, config.model.output_prior)
         _check_patch(config, self.net, self.preprocessing)
         self.optimiser = _optimiser(self.net.parameters(), config)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimiser, _schedule(config))
@@ -196,7 +234,7 @@ class Trainer:
         if labelled.any():
             losses["segmentation"] = segmentation_loss(
                 supervised, label[labelled], dice_weight=c.loss.dice, bce_weight=c.loss.bce,
-                positive_weight=c.loss.positive_weight,
+                positive_weight=c.loss.positive_weight, batch_dice=c.loss.batch_dice,
             )
         total = image.new_zeros(())
         if "segmentation" in losses:

@@ -37,13 +37,18 @@ def _check(outputs: Sequence[Tensor], target: Tensor | None = None) -> None:
         raise ValueError(f"target shape {tuple(target.shape)} does not match outputs {tuple(shape)}")
 
 
-def soft_dice_loss(logits: Tensor, target: Tensor, smooth: float = 1.0) -> Tensor:
-    """``1 − Dice`` of ``sigmoid(logits)`` and a 0/1 target, per sample then averaged (paper 001 Eq. 4).
+def soft_dice_loss(logits: Tensor, target: Tensor, smooth: float = 1.0, *, per_sample: bool = False) -> Tensor:
+    """``1 − Dice`` of ``sigmoid(logits)`` and a 0/1 target (paper 001 Eq. 4).
 
-    ``smooth`` keeps the loss defined (and 0) for a sample with no lesion predicted and none present.
+    By default the Dice is taken over the whole batch ("batch Dice", nnU-Net, Isensee et al. 2021):
+    lesions cover a tiny fraction of a bone scan and many patches hold none, and a per-patch Dice of
+    such a patch only says "predict nothing". ``per_sample`` averages per-patch Dice instead.
+    ``smooth`` keeps the loss defined (and 0) when no lesion is predicted and none is present.
     """
     prob = torch.sigmoid(logits.float()).flatten(1)
     truth = target.float().flatten(1)
+    if not per_sample:
+        prob, truth = prob.reshape(1, -1), truth.reshape(1, -1)
     intersection = (prob * truth).sum(1)
     dice = (2 * intersection + smooth) / (prob.sum(1) + truth.sum(1) + smooth)
     return (1 - dice).mean()
@@ -56,6 +61,7 @@ def segmentation_loss(
     dice_weight: float = 1.0,
     bce_weight: float = 1.0,
     positive_weight: float = 1.0,
+    batch_dice: bool = True,
 ) -> Tensor:
     """Dice (+ BCE) averaged over the main and deep-supervision outputs."""
     _check(outputs, target)
@@ -64,7 +70,7 @@ def segmentation_loss(
     total = outputs[0].new_zeros((), dtype=torch.float32)
     for logits in outputs:
         if dice_weight:
-            total = total + dice_weight * soft_dice_loss(logits, target)
+            total = total + dice_weight * soft_dice_loss(logits, target, per_sample=not batch_dice)
         if bce_weight:
             total = total + bce_weight * F.binary_cross_entropy_with_logits(
                 logits.float(), target, pos_weight=pos_weight
