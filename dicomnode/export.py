@@ -55,7 +55,7 @@ from sqlalchemy import and_, or_, select, update
 from dicomnode.config import Destination
 from dicomnode.db import Database
 from dicomnode.models import Export, ExportAttempt, ExportState, ResultObject, utcnow
-from dicomnode.queue import worker_name
+from dicomnode.queue import capped_backoff, worker_name
 from dicomnode.scu import AssociationFailed, associate
 from dicomnode.spool import Spool
 
@@ -103,8 +103,7 @@ class ExportPolicy:
     batch_size: int = 50
 
     def backoff(self, attempts: int) -> timedelta:
-        seconds = self.backoff_initial_seconds * 2 ** max(attempts - 1, 0)
-        return timedelta(seconds=min(seconds, self.backoff_max_seconds))
+        return capped_backoff(self.backoff_initial_seconds, self.backoff_max_seconds, attempts)
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,15 @@ class LeaseLost(RuntimeError):
     """The job (or export) is no longer leased to this owner: another worker reclaimed it."""
 
 
+def capped_backoff(initial_seconds: float, max_seconds: float, attempts: int) -> timedelta:
+    """``initial * 2**(attempts-1)``, capped at ``max_seconds``: the wait after ``attempts`` failures.
+
+    Shared by job retries and the export outbox's back-off.
+    """
+    seconds = initial_seconds * 2 ** max(attempts - 1, 0)
+    return timedelta(seconds=min(seconds, max_seconds))
+
+
 @dataclass(frozen=True)
 class QueuePolicy:
     """Lease length, attempt limit and retry delay (config ``[queue]``)."""
@@ -81,8 +90,7 @@ class QueuePolicy:
 
     def retry_delay(self, attempts: int) -> timedelta:
         """Exponential delay after ``attempts`` failed attempts, capped."""
-        seconds = self.retry_delay_seconds * 2 ** max(attempts - 1, 0)
-        return timedelta(seconds=min(seconds, self.retry_delay_max_seconds))
+        return capped_backoff(self.retry_delay_seconds, self.retry_delay_max_seconds, attempts)
 
 
 @dataclass(frozen=True)
