@@ -62,7 +62,7 @@ class ResultKind(str, Enum):
     SEG = "SEG"  # Segmentation Storage, PS3.3 A.51
     GSPS = "GSPS"  # Grayscale Softcopy Presentation State Storage, PS3.3 A.33.1
     SR = "SR"  # Comprehensive SR with TID 1500 Measurement Report, PS3.3 A.35.3, PS3.16 TID 1500
-    SC = "SC"  # Multi-frame True Color Secondary Capture, PS3.3 A.8.5 (one frame)
+    SC = "SC"  # Secondary Capture Image Storage (1.2.840.10008.5.1.4.1.1.7), PS3.3 A.8.1
 
 
 #: Offsets of each kind's series number from the version's base (see the module docstring).
