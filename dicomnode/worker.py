@@ -69,6 +69,9 @@ def load_segmenter(weights: str, device: str = "auto", threshold: float | None =
     resolved = None if device == "auto" else device
     if resolved is None:
         resolved = "cuda" if torch.cuda.is_available() else "cpu"
+    elif resolved.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"[model] device = {device!r} but this PyTorch sees no CUDA GPU; "
+                           "use device = \"auto\" or \"cpu\"")
     if weights == "default":
         segmenter = Segmenter.default(device=resolved)
     elif weights == "threshold":

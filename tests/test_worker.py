@@ -219,3 +219,10 @@ def test_the_heartbeat_keeps_a_long_job_from_being_taken_over(tmp_path, segmente
     with database.session() as session:
         job = session.scalars(select(Job)).one()
     assert job.state is JobState.DONE and job.attempts == 1
+
+
+def test_a_cuda_device_without_a_gpu_is_a_clear_error():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(RuntimeError, match="sees no CUDA GPU"):
+        load_segmenter("threshold", device="cuda")
