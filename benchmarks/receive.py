@@ -21,7 +21,16 @@ before it answers.
 A third row times pynetdicom's transport alone (the node's server and AE settings, a handler that
 answers 0x0000 and keeps nothing): the ceiling any pynetdicom-based receiver has on this machine.
 
-Output: a markdown table (median and best of the runs) and the ratios of the medians.
+Besides wall-clock time each row gives the receiver's CPU time per file (user + system of the
+storescp process, or of this process for the in-process node and floor, where storescu runs as
+child processes and is not counted): on a shared, loaded machine wall-clock rates swing with the
+neighbours while CPU per file barely moves, so before/after comparisons should look at both.
+
+``--stages`` also feeds the same files through the node's C-STORE work without the network (the
+calls :meth:`dicomnode.scp.Receiver.handle_store` makes: :func:`dicomnode.validate.inspect_instance`,
+then :func:`dicomnode.ingest.ingest`) and prints CPU and wall milliseconds per file for each.
+
+Output: markdown tables (median and best of the runs) and the ratios of the medians.
 """
 
 from __future__ import annotations
@@ -36,18 +45,35 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dicomnode.config import NodeConfig  # noqa: E402
 from dicomnode.db import connect  # noqa: E402
+from dicomnode.ingest import ingest  # noqa: E402
 from dicomnode.models import Instance  # noqa: E402
 from dicomnode.scp import Receiver, start_receiver  # noqa: E402
 from dicomnode.spool import Spool  # noqa: E402
+from dicomnode.validate import inspect_instance  # noqa: E402
 from tests.peers import StoreSCP, dcmtk, free_port  # noqa: E402
 
 NODE_AE = "DICOMNODE"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One timed run of one receiver."""
+
+    seconds: float  # wall clock, first storescu start to last exit
+    cpu_seconds: float  # the receiver's user + system CPU time over the same span
+
+
+def _process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a live process so far (``/proc/<pid>/stat`` fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def stream(port: int, called_ae: str, files: list[Path], senders: int) -> float:
@@ -68,16 +94,26 @@ def stream(port: int, called_ae: str, files: list[Path], senders: int) -> float:
     return elapsed
 
 
-def run_dcmtk(files: list[Path], senders: int, work: Path) -> float:
+def run_dcmtk(files: list[Path], senders: int, work: Path) -> Run:
     with StoreSCP(aet="STORESCP", workdir=work) as peer:
+        assert peer.process is not None
+        cpu = _process_cpu_seconds(peer.process.pid)
         seconds = stream(peer.port, peer.aet, files, senders)
+        cpu = _process_cpu_seconds(peer.process.pid) - cpu
         received = len(peer.files())
     if received != len(files):
         raise RuntimeError(f"storescp kept {received} of {len(files)} files")
-    return seconds
+    return Run(seconds, cpu)
 
 
-def run_node(files: list[Path], senders: int, work: Path, database_url: str | None) -> float:
+def stream_in_process(port: int, files: list[Path], senders: int) -> Run:
+    """:func:`stream` to a receiver running in this process, with this process's CPU time."""
+    cpu = time.process_time()
+    seconds = stream(port, NODE_AE, files, senders)
+    return Run(seconds, time.process_time() - cpu)
+
+
+def run_node(files: list[Path], senders: int, work: Path, database_url: str | None) -> Run:
     config = NodeConfig(
         node={"ae_title": NODE_AE, "host": "127.0.0.1", "port": free_port(), "max_associations": max(senders, 2)},
         storage={"var_dir": str(work / "var"), "min_free_bytes": 0},
@@ -90,7 +126,7 @@ def run_node(files: list[Path], senders: int, work: Path, database_url: str | No
             session.query(Instance).delete()
     receiver = start_receiver(config, database, Spool(config.storage.spool_path))
     try:
-        seconds = stream(receiver.port, NODE_AE, files, senders)
+        run = stream_in_process(receiver.port, files, senders)
     finally:
         receiver.stop()
     with database.session() as session:
@@ -98,10 +134,10 @@ def run_node(files: list[Path], senders: int, work: Path, database_url: str | No
     database.dispose()
     if indexed != len(files):
         raise RuntimeError(f"the node indexed {indexed} of {len(files)} files")
-    return seconds
+    return run
 
 
-def run_pynetdicom_floor(files: list[Path], senders: int) -> float:
+def run_pynetdicom_floor(files: list[Path], senders: int) -> Run:
     """pynetdicom's transport alone: the node's AE settings and server, a handler that only says 0x0000.
 
     Not a receiver anyone should run (nothing is kept); it shows how much of the node's time per file
@@ -113,9 +149,40 @@ def run_pynetdicom_floor(files: list[Path], senders: int) -> float:
     receiver.handle_store = lambda event: 0x0000  # type: ignore[method-assign]
     receiver.start()
     try:
-        return stream(receiver.port, NODE_AE, files, senders)
+        return stream_in_process(receiver.port, files, senders)
     finally:
         receiver.stop()
+
+
+def run_stages(files: list[Path], work: Path) -> dict[str, tuple[float, float]]:
+    """CPU and wall seconds spent in validation and in ingest (spool write + index) over ``files``.
+
+    The same calls as :meth:`dicomnode.scp.Receiver.handle_store`, fed from the files on disk (data
+    set bytes, transfer syntax and UIDs from their File Meta, as the C-STORE command would carry).
+    """
+    from pydicom.filereader import read_file_meta_info
+
+    config = NodeConfig(storage={"var_dir": str(work / "var"), "min_free_bytes": 0})
+    database = connect(config.database_url)
+    database.migrate()
+    spool = Spool(config.storage.spool_path)
+    totals = {"validate": [0.0, 0.0], "ingest": [0.0, 0.0]}
+    for path in files:
+        data = path.read_bytes()
+        meta = read_file_meta_info(path)
+        start = 128 + 4 + 12 + int(meta.FileMetaInformationGroupLength)  # preamble, DICM, (0002,0000) (PS3.10 7.1)
+        stages = [time.process_time(), time.perf_counter()]
+        instance = inspect_instance(data[start:], transfer_syntax=str(meta.TransferSyntaxUID),
+                                    sop_class_uid=str(meta.MediaStorageSOPClassUID),
+                                    sop_instance_uid=str(meta.MediaStorageSOPInstanceUID))
+        stages += [time.process_time(), time.perf_counter()]
+        ingest(database, spool, instance, data, "CAMERA")
+        stages += [time.process_time(), time.perf_counter()]
+        for index, name in enumerate(totals):
+            totals[name][0] += stages[2 * index + 2] - stages[2 * index]
+            totals[name][1] += stages[2 * index + 3] - stages[2 * index + 1]
+    database.dispose()
+    return {name: (cpu, wall) for name, (cpu, wall) in totals.items()}
 
 
 def main() -> None:
@@ -126,6 +193,7 @@ def main() -> None:
     parser.add_argument("--senders", type=int, default=1, help="concurrent storescu processes")
     parser.add_argument("--database-url", default=None, help="node database (default: SQLite in a temp dir)")
     parser.add_argument("--data", type=Path, default=None, help="use the .dcm files under this folder instead")
+    parser.add_argument("--stages", action="store_true", help="also time validation and ingest without the network")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     os.environ["TCP_NODELAY"] = "1"  # for storescp too: its small C-STORE responses must not wait on Nagle
@@ -144,33 +212,42 @@ def main() -> None:
             raise SystemExit(f"no .dcm files under {data}")
         megabytes = sum(path.stat().st_size for path in files) / 1e6
 
-        times: dict[str, list[float]] = {"dcmtk storescp": [], "dicomnode": [], "pynetdicom, 0x0000 only": []}
+        runs: dict[str, list[Run]] = {"dcmtk storescp": [], "dicomnode": [], "pynetdicom, 0x0000 only": []}
+        load_before = os.getloadavg()[0]
         for run in range(args.runs):  # interleaved, so all see the same machine state
-            times["dcmtk storescp"].append(run_dcmtk(files, args.senders, root / f"dcmtk{run}"))
-            times["dicomnode"].append(run_node(files, args.senders, root / f"node{run}", args.database_url))
-            times["pynetdicom, 0x0000 only"].append(run_pynetdicom_floor(files, args.senders))
+            runs["dcmtk storescp"].append(run_dcmtk(files, args.senders, root / f"dcmtk{run}"))
+            runs["dicomnode"].append(run_node(files, args.senders, root / f"node{run}", args.database_url))
+            runs["pynetdicom, 0x0000 only"].append(run_pynetdicom_floor(files, args.senders))
             shutil.rmtree(root / f"dcmtk{run}", ignore_errors=True)
             shutil.rmtree(root / f"node{run}", ignore_errors=True)
+        stages = run_stages(files, root / "stages") if args.stages else None
 
     database = "PostgreSQL" if args.database_url else "SQLite"
     print(f"# Receive throughput: {len(files)} files ({megabytes:.1f} MB, {args.layout} layout), "
           f"{args.senders} sender(s), {args.runs} runs")
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python "
           f"{platform.python_version()}, node database {database}\n")
-    print("| receiver | median s | best s | files/s (median) | MB/s (median) | durable |")
-    print("|---|---:|---:|---:|---:|---|")
+    print("| receiver | median s | best s | files/s (median) | MB/s (median) | receiver CPU ms/file (median) "
+          "| durable |")
+    print("|---|---:|---:|---:|---:|---:|---|")
     rates = {}
-    for name, seconds in times.items():
-        median = statistics.median(seconds)
+    for name, results in runs.items():
+        median = statistics.median(run.seconds for run in results)
+        cpu = statistics.median(run.cpu_seconds for run in results) * 1000 / len(files)
         rates[name] = len(files) / median
         durable = {"dicomnode": "fsync file + dir, index committed", "dcmtk storescp": "written, no fsync"}.get(
             name, "nothing kept (transport floor)")
-        print(f"| {name} | {median:.2f} | {min(seconds):.2f} | {rates[name]:.1f} | {megabytes / median:.1f} | "
-              f"{durable} |")
+        print(f"| {name} | {median:.2f} | {min(run.seconds for run in results):.2f} | {rates[name]:.1f} | "
+              f"{megabytes / median:.1f} | {cpu:.1f} | {durable} |")
     print(f"\nratio dicomnode / dcmtk (files/s, medians): {rates['dicomnode'] / rates['dcmtk storescp']:.2f}")
     print(f"ratio pynetdicom transport floor / dcmtk: {rates['pynetdicom, 0x0000 only'] / rates['dcmtk storescp']:.2f}")
-    print(f"load average at the end: {', '.join(f'{value:.1f}' for value in os.getloadavg())} "
-          "(other processes on the machine skew every row)")
+    if stages is not None:
+        print("\n| node stage, no network | CPU ms/file | wall ms/file |\n|---|---:|---:|")
+        for name, (cpu, wall) in stages.items():
+            print(f"| {name} | {cpu * 1000 / len(files):.2f} | {wall * 1000 / len(files):.2f} |")
+    print(f"load average (1 min) before: {load_before:.1f}, at the end: "
+          f"{', '.join(f'{value:.1f}' for value in os.getloadavg())} (other processes on the machine skew "
+          "every wall-clock figure)")
 
 
 if __name__ == "__main__":
