@@ -8,6 +8,8 @@ API (stable; other modules depend on it)::
         ...
     with database.session(write=True) as session: # SQLite: BEGIN IMMEDIATE (takes the write lock first)
         ...
+    with database.transaction(write=True) as connection:  # the same transaction, Core only (no ORM)
+        ...
     database.dialect                              # "sqlite" or "postgresql"
     database.dispose()
 
@@ -15,6 +17,10 @@ Queue code chooses its claiming strategy from :attr:`Database.dialect`: ``SELECT
 LOCKED`` on PostgreSQL; on SQLite a ``session(write=True)`` transaction, because SQLite has one writer
 at a time and ``BEGIN IMMEDIATE`` makes a claim atomic without the deferred-lock upgrade failure
 ("database is locked") that a plain ``BEGIN`` followed by a write can hit.
+
+:meth:`Database.transaction` is the same transaction on a Core ``Connection``: for the receiver's
+hot path (:mod:`dicomnode.ingest`), where an ORM session's unit of work, identity map and flush
+would cost more CPU than the few statements it runs.
 
 SQLite settings (every connection): ``journal_mode=WAL`` (readers do not block the writer),
 ``synchronous=FULL`` (a committed transaction survives power loss: the receiver answers 0x0000 only
@@ -63,10 +69,10 @@ class Database:
         self.dialect: Dialect = _dialect(engine)
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         if self.dialect == "sqlite":
-            self._write_sessions = sessionmaker(
-                engine.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"}), expire_on_commit=False
-            )
+            self._write_engine = engine.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})
+            self._write_sessions = sessionmaker(self._write_engine, expire_on_commit=False)
         else:
+            self._write_engine = engine
             self._write_sessions = self._sessions
 
     @property
@@ -84,6 +90,16 @@ class Database:
         factory = self._write_sessions if write else self._sessions
         with factory() as session, session.begin():
             yield session
+
+    @contextmanager
+    def transaction(self, *, write: bool = False) -> Iterator[Connection]:
+        """One transaction on a Core connection: committed when the block ends, rolled back if it raises.
+
+        ``write`` as for :meth:`session` (``BEGIN IMMEDIATE`` on SQLite).
+        """
+        engine = self._write_engine if write else self.engine
+        with engine.begin() as connection:
+            yield connection
 
     def migrate(self) -> str:
         """Apply the packaged Alembic migrations up to head; return the revision now current."""

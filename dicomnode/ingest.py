@@ -2,10 +2,10 @@
 
 :func:`ingest` is called with an instance that :mod:`dicomnode.validate` accepted and the exact bytes
 received. It writes the file durably into the spool (:meth:`dicomnode.spool.Spool.write`), then in
-one write transaction: creates the study if new (``INSERT … ON CONFLICT DO NOTHING``, so concurrent
-first instances of one study do not collide), inserts the instance row, marks older versions of the
-same SOP Instance UID ``superseded``, and updates the study's bookkeeping. Only after that commit may
-the receiver answer success. A crash between the file write and the commit leaves an unindexed file
+one write transaction: creates the study if new (``INSERT … ON CONFLICT``, so concurrent first
+instances of one study do not collide), inserts the instance row, marks older versions of the same
+SOP Instance UID ``superseded``, and updates the study's bookkeeping. Only after that commit may the
+receiver answer success. A crash between the file write and the commit leaves an unindexed file
 whose name holds its content hash; the sender, having no success status, sends again, and the same
 bytes land on the same name (no duplicate file, the row is then written).
 
@@ -31,13 +31,13 @@ otherwise :class:`~dicomnode.validate.Refusal` 0xC000 (documented in :mod:`dicom
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import Connection, Executable, Row, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session
 
 from dicomnode.db import Database
 from dicomnode.models import Instance, Quarantine, Study, StudyState, utcnow
@@ -69,6 +69,11 @@ def ingest(database: Database, spool: Spool, instance: ReceivedInstance, data: b
 
     Raises :class:`~dicomnode.validate.Refusal` (SEG without a known source), ``OSError`` (spool) or
     SQLAlchemy errors (database); nothing is committed in those cases.
+
+    The transaction is four prepared Core statements (:class:`_Statements`; no ORM unit of work on this
+    hot path): upsert the study (which also locks its row on PostgreSQL), insert the instance (``ON
+    CONFLICT DO NOTHING`` on the (SOP Instance UID, SHA-256) unique constraint answers "duplicate?"
+    without a SELECT), mark older versions superseded, touch the study.
     """
     digest = sha256_hex(data)
     path = spool.instance_path(instance.study_instance_uid, instance.series_instance_uid,
@@ -77,85 +82,93 @@ def ingest(database: Database, spool: Spool, instance: ReceivedInstance, data: b
         _check_seg_sources(database, instance)
     spool.write(path, data, digest)  # same bytes again: the file is there already, nothing is written
     now = now or utcnow()
-    with database.session(write=True) as session:
-        study = _study_for_update(session, database, instance, now)
-        inserted = _insert_instance(session, database, study, instance, path, digest, len(data), calling_ae, now)
+    statements = _statements(database.dialect)
+    with database.transaction(write=True) as connection:
+        study = connection.execute(statements.upsert_study, {
+            "study_uid": instance.study_instance_uid, "patient_id": instance.patient_id,
+            "accession_number": instance.accession_number, "now": now}).one()
+        inserted = connection.execute(statements.insert_instance, {
+            "study_id": study.id, "sop_uid": instance.sop_instance_uid, "sop_class_uid": instance.sop_class_uid,
+            "series_uid": instance.series_instance_uid, "views": ",".join(instance.views), "path": path,
+            "sha256": digest, "size": len(data), "calling_ae": calling_ae, "now": now}).scalar()
         if inserted is None:  # these bytes are indexed already (earlier, or by a concurrent association)
-            duplicate = _existing_in(session, instance.sop_instance_uid, digest)
-            assert duplicate is not None
-            return duplicate
-        previous = session.execute(
-            update(Instance)
-            .where(Instance.sop_instance_uid == instance.sop_instance_uid, Instance.id != inserted,
-                   Instance.superseded.is_(False))
-            .values(superseded=True)
-        ).rowcount
+            duplicate = connection.execute(statements.existing, {"sop_uid": instance.sop_instance_uid,
+                                                                 "sha256": digest}).one()
+            return Ingested(Outcome.DUPLICATE, duplicate.id, duplicate.study_id, duplicate.version,
+                            duplicate.path, digest)
+        previous = connection.execute(statements.supersede, {"sop_uid": instance.sop_instance_uid,
+                                                             "row_id": inserted}).rowcount
+        version = study.version
         if instance.is_image:
-            _touch_study(study, now)
+            version = _touch_study(connection, statements, study, instance.study_instance_uid, now)
         outcome = Outcome.NEW_VERSION if previous else Outcome.STORED
-        result = Ingested(outcome, inserted, study.id, study.version, path, digest)
-    return result
+    return Ingested(outcome, inserted, study.id, version, path, digest)
 
 
-def _touch_study(study: Study, now: datetime) -> None:
-    """New NM content: restart the quiet period; re-open a study that was already past RECEIVING."""
-    study.last_instance_at = now
-    if study.state is not StudyState.RECEIVING:
-        log.info("study changed after %s; version %d -> %d", study.state.value, study.version, study.version + 1,
-                 extra={"study_uid": study.study_instance_uid})
-        study.version += 1
-        study.state = StudyState.RECEIVING
-        study.ready_at = None
+def _touch_study(connection: Connection, statements: _Statements, study: Row, study_uid: str,
+                 now: datetime) -> int:
+    """New NM content: restart the quiet period; re-open a study that was already past RECEIVING.
+
+    Returns the study's version after the change.
+    """
+    if study.state is StudyState.RECEIVING:
+        connection.execute(statements.touch_study, {"row_id": study.id, "now": now})
+        return study.version
+    log.info("study changed after %s; version %d -> %d", study.state.value, study.version, study.version + 1,
+             extra={"study_uid": study_uid})
+    connection.execute(statements.reopen_study, {"row_id": study.id, "now": now, "new_version": study.version + 1})
+    return study.version + 1
 
 
-def _existing_in(session: Session, sop_uid: str, digest: str) -> Ingested | None:
-    row = session.execute(
-        select(Instance.id, Instance.study_id, Instance.path, Study.version)
-        .join(Study, Study.id == Instance.study_id)
-        .where(Instance.sop_instance_uid == sop_uid, Instance.sha256 == digest)
-    ).first()
-    if row is None:
-        return None
-    return Ingested(Outcome.DUPLICATE, row.id, row.study_id, row.version, row.path, digest)
+@dataclass(frozen=True)
+class _Statements:
+    """The ingest transaction's statements for one dialect, built once (SQLAlchemy then reuses their
+    compiled form; building and cache-keying them per instance cost more CPU than running them)."""
+
+    upsert_study: Executable
+    insert_instance: Executable
+    existing: Executable
+    supersede: Executable
+    touch_study: Executable
+    reopen_study: Executable
 
 
-def _dialect_insert(database: Database):
-    return postgresql.insert if database.dialect == "postgresql" else sqlite.insert
-
-
-def _study_for_update(session: Session, database: Database, instance: ReceivedInstance, now: datetime) -> Study:
-    """The study row, created if new, locked for this transaction (SQLite: by BEGIN IMMEDIATE)."""
-    insert = _dialect_insert(database)
-    session.execute(
-        insert(Study)
-        .values(study_instance_uid=instance.study_instance_uid, patient_id=instance.patient_id,
-                accession_number=instance.accession_number, state=StudyState.RECEIVING, version=1,
-                received_at=now, last_instance_at=now)
-        .on_conflict_do_nothing(index_elements=["study_instance_uid"])
+@functools.cache
+def _statements(dialect: str) -> _Statements:
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    study, instance = Study.__table__, Instance.__table__
+    new_study = insert(study).values(
+        study_instance_uid=bindparam("study_uid"), patient_id=bindparam("patient_id"),
+        accession_number=bindparam("accession_number"), state=StudyState.RECEIVING, version=1,
+        received_at=bindparam("now"), last_instance_at=bindparam("now"))
+    return _Statements(
+        # A new study is created; a known one gets a Patient ID / Accession Number it still lacks. DO
+        # UPDATE (not DO NOTHING) so that RETURNING always yields the row and PostgreSQL locks it.
+        upsert_study=new_study.on_conflict_do_update(
+            index_elements=[study.c.study_instance_uid],
+            set_={"patient_id": func.coalesce(study.c.patient_id, new_study.excluded.patient_id),
+                  "accession_number": func.coalesce(study.c.accession_number,
+                                                    new_study.excluded.accession_number)},
+        ).returning(study.c.id, study.c.version, study.c.state),
+        insert_instance=insert(instance).values(
+            study_id=bindparam("study_id"), sop_instance_uid=bindparam("sop_uid"),
+            sop_class_uid=bindparam("sop_class_uid"), series_instance_uid=bindparam("series_uid"),
+            views=bindparam("views"), path=bindparam("path"), sha256=bindparam("sha256"), size=bindparam("size"),
+            calling_ae=bindparam("calling_ae"), superseded=False, received_at=bindparam("now"),
+        ).on_conflict_do_nothing(index_elements=[instance.c.sop_instance_uid, instance.c.sha256])
+        .returning(instance.c.id),
+        existing=select(instance.c.id, instance.c.study_id, instance.c.path, study.c.version)
+        .join(study, study.c.id == instance.c.study_id)
+        .where(instance.c.sop_instance_uid == bindparam("sop_uid"), instance.c.sha256 == bindparam("sha256")),
+        supersede=update(instance)
+        .where(instance.c.sop_instance_uid == bindparam("sop_uid"), instance.c.id != bindparam("row_id"),
+               instance.c.superseded.is_(False))
+        .values(superseded=True),
+        touch_study=update(study).where(study.c.id == bindparam("row_id")).values(last_instance_at=bindparam("now")),
+        reopen_study=update(study).where(study.c.id == bindparam("row_id")).values(
+            last_instance_at=bindparam("now"), version=bindparam("new_version"), state=StudyState.RECEIVING,
+            ready_at=None),
     )
-    study = session.scalars(
-        select(Study).where(Study.study_instance_uid == instance.study_instance_uid).with_for_update()
-    ).one()
-    if study.patient_id is None and instance.patient_id:
-        study.patient_id = instance.patient_id
-    if study.accession_number is None and instance.accession_number:
-        study.accession_number = instance.accession_number
-    return study
-
-
-def _insert_instance(session: Session, database: Database, study: Study, instance: ReceivedInstance,
-                     path: str, digest: str, size: int, calling_ae: str | None, now: datetime) -> int | None:
-    """Insert the instance row; ``None`` if the same (SOP Instance UID, SHA-256) is already indexed."""
-    insert = _dialect_insert(database)
-    return session.execute(
-        insert(Instance)
-        .values(study_id=study.id, sop_instance_uid=instance.sop_instance_uid,
-                sop_class_uid=instance.sop_class_uid, series_instance_uid=instance.series_instance_uid,
-                views=",".join(instance.views), path=path, sha256=digest, size=size,
-                calling_ae=calling_ae, superseded=False, received_at=now)
-        .on_conflict_do_nothing(index_elements=["sop_instance_uid", "sha256"])
-        .returning(Instance.id)
-    ).scalar()
 
 
 def _check_seg_sources(database: Database, instance: ReceivedInstance) -> None:

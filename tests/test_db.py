@@ -118,6 +118,30 @@ def test_sqlite_write_session_takes_the_write_lock_first(tmp_path: Path) -> None
         database.dispose()
 
 
+def test_core_transaction_commits_rolls_back_and_takes_the_write_lock_first(tmp_path: Path) -> None:
+    path = tmp_path / "node.db"
+    database = connect(f"sqlite:///{path}")
+    database.migrate()
+    other = sqlite3.connect(path, timeout=0.1, isolation_level=None)
+    study = Study.__table__
+    try:
+        with database.transaction() as connection:  # a reader holds no write lock
+            connection.execute(select(study.c.id)).all()
+            other.execute("BEGIN IMMEDIATE")
+            other.execute("ROLLBACK")
+        with database.transaction(write=True) as connection:
+            connection.execute(study.insert().values(study_instance_uid="1.2.3"))
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(RuntimeError), database.transaction(write=True) as connection:
+            connection.execute(study.insert().values(study_instance_uid="1.2.4"))
+            raise RuntimeError("abort")
+        assert [row[0] for row in other.execute("SELECT study_instance_uid FROM study")] == ["1.2.3"]
+    finally:
+        other.close()
+        database.dispose()
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def any_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "postgresql":
