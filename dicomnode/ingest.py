@@ -1,7 +1,7 @@
 """Index a received instance: the one DB transaction behind every 0x0000 the receiver answers (DESIGN §1.1, §3).
 
 :func:`ingest` is called with an instance that :mod:`dicomnode.validate` accepted and the exact bytes
-received. It writes the file durably into the spool (:meth:`dicomnode.spool.Spool.write`), then in
+received. It places the file durably in the spool (:meth:`dicomnode.spool.StagedFile.place`), then in
 one write transaction: creates the study if new (``INSERT … ON CONFLICT``, so concurrent first
 instances of one study do not collide), inserts the instance row, marks older versions of the same
 SOP Instance UID ``superseded``, and updates the study's bookkeeping. Only after that commit may the
@@ -41,7 +41,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from dicomnode.db import Database
 from dicomnode.models import Instance, Quarantine, Study, StudyState, utcnow
-from dicomnode.spool import Spool, sha256_hex
+from dicomnode.spool import Spool, StagedFile
 from dicomnode.validate import ReceivedInstance, Refusal, Status
 
 log = logging.getLogger(__name__)
@@ -63,9 +63,12 @@ class Ingested:
     sha256: str
 
 
-def ingest(database: Database, spool: Spool, instance: ReceivedInstance, data: bytes,
+def ingest(database: Database, spool: Spool, instance: ReceivedInstance, staged: StagedFile,
            calling_ae: str | None, now: datetime | None = None) -> Ingested:
-    """Store ``data`` durably and index it in one transaction; see the module docstring.
+    """Store the received bytes durably and index them in one transaction; see the module docstring.
+
+    ``staged`` holds the bytes exactly as received, their write to the spool already under way
+    (:meth:`dicomnode.spool.Spool.stage`, started before validation); here they get their final name.
 
     Raises :class:`~dicomnode.validate.Refusal` (SEG without a known source), ``OSError`` (spool) or
     SQLAlchemy errors (database); nothing is committed in those cases.
@@ -75,12 +78,12 @@ def ingest(database: Database, spool: Spool, instance: ReceivedInstance, data: b
     CONFLICT DO NOTHING`` on the (SOP Instance UID, SHA-256) unique constraint answers "duplicate?"
     without a SELECT), mark older versions superseded, touch the study.
     """
-    digest = sha256_hex(data)
+    digest = staged.sha256
     path = spool.instance_path(instance.study_instance_uid, instance.series_instance_uid,
                                instance.sop_instance_uid, digest)
     if not instance.is_image:
         _check_seg_sources(database, instance)
-    spool.write(path, data, digest)  # same bytes again: the file is there already, nothing is written
+    staged.place(path)  # same bytes again: the file is there already, the staged copy is dropped
     now = now or utcnow()
     statements = _statements(database.dialect)
     with database.transaction(write=True) as connection:
@@ -90,7 +93,7 @@ def ingest(database: Database, spool: Spool, instance: ReceivedInstance, data: b
         inserted = connection.execute(statements.insert_instance, {
             "study_id": study.id, "sop_uid": instance.sop_instance_uid, "sop_class_uid": instance.sop_class_uid,
             "series_uid": instance.series_instance_uid, "views": ",".join(instance.views), "path": path,
-            "sha256": digest, "size": len(data), "calling_ae": calling_ae, "now": now}).scalar()
+            "sha256": digest, "size": staged.size, "calling_ae": calling_ae, "now": now}).scalar()
         if inserted is None:  # these bytes are indexed already (earlier, or by a concurrent association)
             duplicate = connection.execute(statements.existing, {"sop_uid": instance.sop_instance_uid,
                                                                  "sha256": digest}).one()

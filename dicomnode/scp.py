@@ -23,7 +23,9 @@ refused bytes go to the spool's quarantine with the reason, and a ``quarantine``
 2. :func:`dicomnode.validate.inspect_instance` → 0xA900 / 0xC000 / 0x0122 with an Error Comment
    (0000,0902) carrying the reason (PS3.7 C.4.2.1.4);
 3. :func:`dicomnode.ingest.ingest`: durable spool write + one index transaction; only after the commit
-   0x0000. A duplicate (same bytes) is also 0x0000;
+   0x0000. A duplicate (same bytes) is also 0x0000. The durable write of the temporary file starts
+   in a background thread before step 2 and overlaps it (:meth:`dicomnode.spool.Spool.stage`); a
+   refused instance's temporary file is removed;
 4. spool or database trouble (``OSError``, database unavailable or locked) → 0xA700 (retry later);
    anything unexpected → 0xC000 and quarantine. Nothing is raised out of the handler (pynetdicom would
    answer 0xC211 without our reason).
@@ -169,11 +171,12 @@ class Receiver:
             data = event.encoded_dataset()  # Part 10: preamble, File Meta, the data set as sent
             if not self.spool.has_room(len(data)):
                 raise _Unavailable(f"free space under the floor of {self.spool.min_free_bytes} bytes")
-            instance = inspect_instance(event.encoded_dataset(include_meta=False),
-                                        transfer_syntax=str(event.context.transfer_syntax),
-                                        sop_class_uid=str(event.request.AffectedSOPClassUID),
-                                        sop_instance_uid=str(event.request.AffectedSOPInstanceUID))
-            result = ingest(self.database, self.spool, instance, data, calling_ae)
+            with self.spool.stage(data) as staged:  # written durably in the background meanwhile
+                instance = inspect_instance(event.encoded_dataset(include_meta=False),
+                                            transfer_syntax=str(event.context.transfer_syntax),
+                                            sop_class_uid=str(event.request.AffectedSOPClassUID),
+                                            sop_instance_uid=str(event.request.AffectedSOPInstanceUID))
+                result = ingest(self.database, self.spool, instance, staged, calling_ae)
         except Refusal as refusal:
             return self._refuse(refusal.status, refusal.reason, data, calling_ae, claimed_uid, keep=True)
         except _Unavailable as exc:

@@ -14,14 +14,31 @@ API (stable; other modules depend on it)::
     rel = spool.instance_path(study, series, sop, sha256_hex)  # raises UIDError for a bad UID
     stored = spool.write(rel, data)                   # durable; returns StoredFile(path, sha256, size)
     stored = spool.write(spool.result_path(study, series, sop), data)
+    with spool.stage(data) as staged:                 # the same write, started in the background ...
+        ...                                           # ... while the caller checks the data
+        stored = staged.place(rel)                    # waits for it, then renames (as write does)
     spool.absolute(rel)                               # Path under the root (refuses escapes)
     spool.quarantine(data, reason=..., status=..., ...)  # -> relative path of the kept copy
 
-Durability (what "written" means before the receiver answers 0x0000): the bytes go to a new file in
-``tmp/`` (created exclusively), are flushed and ``fsync``'ed, the file is renamed over its final name
-with ``os.replace`` (atomic on POSIX), and the destination directory is ``fsync``'ed so the rename
-itself survives a crash; directories created on the way are ``fsync``'ed into their parents. A reader
-therefore sees either no file or the complete file, never a partial one.
+Durability (what "written" means before the receiver answers 0x0000), each sync needed because
+POSIX makes a file's data and a directory's entries durable separately (``fsync(2)``: "does not
+necessarily ensure that the entry in the directory containing the file has also reached disk"):
+
+1. the bytes go to a new file in ``tmp/`` (created exclusively) opened with ``O_DSYNC`` — the data
+   (and the size and blocks needed to read it back) are on stable storage when ``write`` returns,
+   as ``fdatasync`` would make them;
+2. the file is renamed over its final name with ``os.replace`` (atomic on POSIX) and the destination
+   directory is ``fsync``'ed — the new name (without it a crash can lose the name of a file whose
+   index row is committed);
+3. only for a directory created on the way (a new study or series): its parent is ``fsync``'ed — the
+   directory's own entry. A directory this spool made durable, or found and made durable once, is
+   remembered, so the common case (another instance of a known series) costs steps 1 and 2 only.
+   Creating a directory and syncing its parent happen under one lock, so a concurrent association
+   never sees a directory "exist" before it is durable.
+
+A reader therefore sees either no file or the complete file, never a partial one. :meth:`Spool.stage`
+runs step 1 in a background thread while the receiver validates the same bytes; the file and its
+hash come from the bytes given, so nothing read back is trusted.
 
 UIDs (PS3.5 §9.1): only ``0-9`` and ``.``, components without leading zeros, at most 64 characters.
 Anything else (``../../x``, ``1.2/3``, an empty string, a 65-character UID) raises :class:`UIDError`
@@ -36,6 +53,8 @@ import logging
 import os
 import re
 import secrets
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -46,6 +65,8 @@ UID_PATTERN = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 UID_MAX_LENGTH = 64
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 AREAS = ("instances", "results", "quarantine", "tmp")
+WRITER_THREADS = 8  # background writers per spool (Spool.stage): at least the receiver's concurrent associations
+_REMEMBERED_DIRECTORIES = 100_000  # known-durable directories kept before the memory is reset
 
 
 class UIDError(ValueError):
@@ -93,19 +114,77 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def make_directories(directory: Path) -> None:
-    """``mkdir -p`` that also ``fsync``s each parent whose entry list changed."""
-    missing = []
-    current = directory
-    while not current.exists():
-        missing.append(current)
-        current = current.parent
-    for created in reversed(missing):
+def _write_durably(directory: Path, data: bytes) -> Path:
+    """Write ``data`` to a new file in ``directory``, durably (step 1); return the file.
+
+    The file is opened with ``O_DSYNC``, so ``write`` returns only once the data and the metadata
+    needed to read it back (size, blocks) are on stable storage: POSIX "synchronized I/O data
+    integrity completion", what ``fdatasync`` after the write gives, in the same system call (one
+    GIL release for the whole step, which matters in :meth:`Spool.stage`'s background thread). On
+    failure the file is removed and the error raised.
+    """
+    temporary = directory / f"{secrets.token_hex(8)}.part"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_DSYNC, 0o640)
+    try:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+    except BaseException:
+        os.close(fd)
+        temporary.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    return temporary
+
+
+class StagedFile:
+    """Bytes being written durably to the spool's ``tmp/`` in the background (:meth:`Spool.stage`).
+
+    Use as a context manager: :meth:`place` gives the file its final name; leaving the block without
+    placing it removes the temporary file. :meth:`place` waits for the write and raises its
+    ``OSError`` if it failed.
+    """
+
+    def __init__(self, spool: Spool, size: int, sha256: str, written: Future[Path]) -> None:
+        self._spool = spool
+        self.size = size
+        self.sha256 = sha256
+        self._written = written
+        self._settled = False  # placed or discarded
+
+    def place(self, relative: str) -> StoredFile:
+        """Rename the written file to ``relative`` (steps 2 and 3 of the module docstring); idempotent
+        like :meth:`Spool.write`."""
+        temporary = self._written.result()
+        self._settled = True
         try:
-            created.mkdir()
-        except FileExistsError:  # another thread made it meanwhile
-            continue
-        _fsync_directory(created.parent)
+            final = self._spool.absolute(relative)
+            existing = self._spool._existing(final, relative, self.sha256, self.size)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+        if existing is not None:
+            temporary.unlink(missing_ok=True)
+            return existing
+        return self._spool._place(temporary, final, relative, self.sha256, self.size)
+
+    def discard(self) -> None:
+        """Remove the temporary file (after the write ends; a failed write has removed it already)."""
+        if self._settled:
+            return
+        self._settled = True
+        try:
+            temporary = self._written.result()
+        except OSError:
+            return
+        temporary.unlink(missing_ok=True)
+
+    def __enter__(self) -> StagedFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.discard()
 
 
 class Spool:
@@ -114,8 +193,11 @@ class Spool:
     def __init__(self, root: str | Path, min_free_bytes: int = 0) -> None:
         self.root = Path(root).resolve()
         self.min_free_bytes = min_free_bytes
+        self._durable_directories: set[Path] = set()  # made or checked durable (step 3)
+        self._directory_lock = threading.Lock()
+        self._writers = ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="spool-writer")  # threads on demand
         for area in AREAS:
-            make_directories(self.root / area)
+            self._make_directories(self.root / area)
 
     # -- paths ---------------------------------------------------------------------------------
 
@@ -162,33 +244,73 @@ class Spool:
         different file at the same name raises :class:`SpoolError` (names carry the content hash or a
         unique UID, so that means a bug or tampering, never something to overwrite silently).
         """
-        digest = sha256 or sha256_hex(data)
         final = self.absolute(relative)
-        if final.exists():
-            if _file_sha256(final) == digest:
-                return StoredFile(relative, digest, len(data), created=False)
-            raise SpoolError(f"{relative} exists with different content")
-        make_directories(final.parent)
-        temporary = self.root / "tmp" / f"{secrets.token_hex(8)}.part"
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        digest = sha256 or sha256_hex(data)
+        existing = self._existing(final, relative, digest, len(data))
+        if existing is not None:
+            return existing
+        temporary = _write_durably(self.root / "tmp", data)
+        return self._place(temporary, final, relative, digest, len(data))
+
+    def stage(self, data: bytes) -> StagedFile:
+        """Start writing ``data`` durably to ``tmp/`` in a background thread (step 1); return at once.
+
+        The caller checks the data meanwhile, then :meth:`StagedFile.place` s it (or leaves the ``with``
+        block, which removes it): what :meth:`write` does, with the write overlapped. The SHA-256 is
+        computed here; hashlib releases the GIL on large buffers, which lets the background thread
+        start its write (one system call, no GIL) before the caller's CPU-bound checks begin.
+        """
+        written = self._writers.submit(_write_durably, self.root / "tmp", data)
+        return StagedFile(self, len(data), sha256_hex(data), written)
+
+    def _existing(self, final: Path, relative: str, digest: str, size: int) -> StoredFile | None:
+        """The file already at ``final`` if it holds these bytes; :class:`SpoolError` if other bytes."""
+        if not final.exists():
+            return None
+        if _file_sha256(final) == digest:
+            return StoredFile(relative, digest, size, created=False)
+        raise SpoolError(f"{relative} exists with different content")
+
+    def _place(self, temporary: Path, final: Path, relative: str, digest: str, size: int) -> StoredFile:
+        """Steps 2 and 3 of the module docstring for a durably written temporary file."""
         try:
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            temporary.unlink(missing_ok=True)
-            raise
-        os.close(fd)
-        try:
+            self._make_directories(final.parent)
             os.replace(temporary, final)
         except BaseException:
             temporary.unlink(missing_ok=True)
             raise
         _fsync_directory(final.parent)
-        return StoredFile(relative, digest, len(data), created=True)
+        return StoredFile(relative, digest, size, created=True)
+
+    def _make_directories(self, directory: Path) -> None:
+        """``mkdir -p`` that makes every directory's entry durable before anyone may use it (step 3).
+
+        Directories known durable cost nothing (no system call). Otherwise, under the lock, each
+        directory up to the first known one is created if missing and its parent ``fsync``'ed, then
+        remembered. That includes directories that exist but are not known yet (made by an earlier
+        run that may have stopped before its sync: one ``fsync`` each, once per process). The spool
+        root, when it exists, and everything above it are the operator's and taken as durable.
+        """
+        if directory in self._durable_directories:
+            return
+        with self._directory_lock:
+            if len(self._durable_directories) > _REMEMBERED_DIRECTORIES:
+                self._durable_directories.clear()  # forgetting costs one more fsync per directory
+            chain = []
+            current = directory
+            while current not in self._durable_directories:
+                if current.is_dir() and (current == self.root or not current.is_relative_to(self.root)):
+                    break
+                chain.append(current)
+                current = current.parent
+            for created in reversed(chain):
+                try:
+                    created.mkdir()
+                except FileExistsError:
+                    if not created.is_dir():
+                        raise
+                _fsync_directory(created.parent)
+                self._durable_directories.add(created)
 
     def quarantine(self, data: bytes | None, *, reason: str, status: str, calling_ae: str | None,
                    claimed_sop_instance_uid: str | None) -> str | None:

@@ -16,7 +16,8 @@ import pytest
 from sqlalchemy import select, update
 
 from dicomnode.db import Database, connect
-from dicomnode.ingest import Outcome, ingest
+from dicomnode.ingest import Ingested, Outcome
+from dicomnode.ingest import ingest as ingest_staged
 from dicomnode.models import Instance, Study, StudyState
 from dicomnode.spool import Spool
 from dicomnode.validate import NM_IMAGE_STORAGE, SEGMENTATION_STORAGE, ReceivedInstance, Refusal
@@ -30,6 +31,13 @@ def nm(sop: str, **fields: object) -> ReceivedInstance:
     instance = ReceivedInstance(sop_class_uid=NM_IMAGE_STORAGE, sop_instance_uid=sop, study_instance_uid=STUDY,
                                 series_instance_uid=SERIES, views=("anterior",))
     return replace(instance, **fields)
+
+
+def ingest(database: Database, spool: Spool, instance: ReceivedInstance, data: bytes, calling_ae: str,
+           now: datetime | None = None) -> Ingested:
+    """As the receiver does: stage the bytes, then ingest them."""
+    with spool.stage(data) as staged:
+        return ingest_staged(database, spool, instance, staged, calling_ae, now=now)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -82,6 +90,7 @@ def test_duplicate_changes_nothing_and_new_bytes_supersede(database: Database, t
     assert [(row.id, row.superseded, row.calling_ae) for row in rows] == [
         (stored.instance_id, True, "CAMERA"), (newer.instance_id, False, "CAMERA")]
     assert rows[1].size == len(b"version two") and spool.absolute(rows[1].path).read_bytes() == b"version two"
+    assert list((spool.root / "tmp").iterdir()) == []  # the duplicate's staged copy was dropped
 
 
 def test_new_content_reopens_a_processed_study(database: Database, tmp_path: Path) -> None:
@@ -113,3 +122,4 @@ def test_a_seg_is_stored_without_touching_the_study(database: Database, tmp_path
     unknown = replace(seg, sop_instance_uid="1.2.3.10", referenced_sop_instance_uids=frozenset({"1.2.3.99"}))
     with pytest.raises(Refusal, match="references no instance"):
         ingest(database, spool, unknown, b"other seg", "VIEWER")
+    assert list((spool.root / "tmp").iterdir()) == []  # the refused SEG's staged copy was removed

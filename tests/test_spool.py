@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -79,47 +81,174 @@ def test_write_is_complete_and_idempotent(tmp_path: Path) -> None:
     assert list((tmp_path / "spool" / "tmp").iterdir()) == []
 
 
-def test_write_fsyncs_file_then_renames_then_fsyncs_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+class SyscallLog:
+    """Records the spool's file-system calls (and the thread making them) through ``monkeypatch``."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.events: list[tuple[str, str, str]] = []
+        real_open, real_write, real_fsync, real_replace = os.open, os.write, os.fsync, os.replace
+
+        def record(kind: str, path: str) -> None:
+            self.events.append((kind, path, threading.current_thread().name))
+
+        def open_(path: str | Path, flags: int, *args: int, **kwargs: object) -> int:
+            fd = real_open(path, flags, *args, **kwargs)
+            record("open-dsync" if flags & os.O_DSYNC else "open", str(path))
+            return fd
+
+        def write(fd: int, data: bytes) -> int:
+            written = real_write(fd, data)
+            record("write", os.readlink(f"/proc/self/fd/{fd}"))
+            return written
+
+        def fsync(fd: int) -> None:
+            record("fsync", os.readlink(f"/proc/self/fd/{fd}"))
+            real_fsync(fd)
+
+        def replace(source: str | Path, destination: str | Path) -> None:
+            record("replace", str(destination))
+            real_replace(source, destination)
+
+        for name, function in (("open", open_), ("write", write), ("fsync", fsync), ("replace", replace)):
+            monkeypatch.setattr(os, name, function)
+
+    def calls(self) -> list[tuple[str, str]]:
+        return [(kind, path) for kind, path, _ in self.events]
+
+    def check_durable_order(self, spool: Spool, final: Path, new_directories: list[Path]) -> None:
+        """Step 1 (O_DSYNC write of a .part file) before the rename, the directory fsync after it,
+        each new directory's parent fsync'ed before the rename."""
+        calls = self.calls()
+        (opened,) = [path for kind, path in calls if kind.startswith("open") and path.endswith(".part")]
+        assert ("open-dsync", opened) in calls  # write() returns once the data are on stable storage
+        rename = calls.index(("replace", str(final)))
+        writes = [index for index, call in enumerate(calls) if call == ("write", opened)]
+        assert writes and max(writes) < rename
+        assert ("fsync", str(final.parent)) in calls[rename + 1:]  # the rename itself is made durable
+        for directory in new_directories:
+            assert ("fsync", str(directory.parent)) in calls[:rename]
+
+
+def test_write_syncs_file_then_renames_then_fsyncs_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     spool = Spool(tmp_path / "spool")
-    events: list[tuple[str, str]] = []
-    real_fsync, real_replace = os.fsync, os.replace
-
-    def fsync(fd: int) -> None:
-        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
-        real_fsync(fd)
-
-    def replace(source: str, destination: str) -> None:
-        events.append(("replace", str(destination)))
-        real_replace(source, destination)
-
-    monkeypatch.setattr(os, "fsync", fsync)
-    monkeypatch.setattr(os, "replace", replace)
+    log = SyscallLog(monkeypatch)
     relative = spool.result_path(STUDY, SERIES, SOP)
     spool.write(relative, b"DICM")
     final = spool.absolute(relative)
-    kinds = [kind for kind, _ in events]
-    tmp_fsync = next(i for i, (kind, path) in enumerate(events) if kind == "fsync" and path.endswith(".part"))
-    rename = kinds.index("replace")
-    assert tmp_fsync < rename and events[rename][1] == str(final)
-    assert ("fsync", str(final.parent)) in events[rename + 1:]  # the rename itself is made durable
-    # the three directories created on the way (study, series under results/) were synced into parents
-    assert ("fsync", str(spool.root / "results")) in events[:rename]
-    assert ("fsync", str(spool.root / "results" / STUDY)) in events[:rename]
+    # the directories created on the way (study, series under results/) were synced into their parents
+    log.check_durable_order(spool, final, [final.parent.parent, final.parent])
 
 
-def test_failed_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("call", ["write", "fsync"])  # the file's data (step 1), a directory (steps 2, 3)
+def test_failed_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, call: str) -> None:
     spool = Spool(tmp_path / "spool")
 
-    def broken_fsync(fd: int) -> None:
+    def broken(*args: object) -> None:
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(os, "fsync", broken_fsync)
+    monkeypatch.setattr(os, call, broken)
     relative = spool.result_path(STUDY, SERIES, SOP)
     with pytest.raises(OSError, match="Input/output"):
         spool.write(relative, b"data")
     monkeypatch.undo()
     assert not spool.absolute(relative).exists()
     assert list((tmp_path / "spool" / "tmp").iterdir()) == []
+
+
+def test_staged_write_is_the_same_durable_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Spool.stage + place: step 1 in the background, then the same rename and syncs as Spool.write."""
+    spool = Spool(tmp_path / "spool")
+    log = SyscallLog(monkeypatch)
+    data = os.urandom(200_000)
+    relative = spool.instance_path(STUDY, SERIES, SOP, sha256_hex(data))
+    with spool.stage(data) as staged:
+        assert staged.sha256 == sha256_hex(data) and staged.size == len(data)
+        stored = staged.place(relative)
+    assert (stored.path, stored.sha256, stored.size, stored.created) == (relative, sha256_hex(data), len(data), True)
+    final = spool.absolute(relative)
+    assert final.read_bytes() == data
+    log.check_durable_order(spool, final, [final.parent.parent, final.parent])
+    part_writers = {thread for kind, path, thread in log.events if kind == "write" and path.endswith(".part")}
+    assert len(part_writers) == 1 and part_writers.pop().startswith("spool-writer")  # off the caller's thread
+    with spool.stage(data) as again:  # the same bytes again: nothing is replaced, the staged copy goes
+        assert again.place(relative).created is False
+    with spool.stage(b"other") as other:
+        with pytest.raises(SpoolError, match="different content"):
+            other.place(relative)
+    with spool.stage(b"refused"):
+        pass  # left without placing: the temporary file is removed
+    assert final.read_bytes() == data
+    assert list((spool.root / "tmp").iterdir()) == []
+
+
+def test_failed_staged_write_is_raised_by_place_and_leaves_nothing(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    spool = Spool(tmp_path / "spool")
+
+    def broken_write(fd: int, data: bytes) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", broken_write)
+    relative = spool.result_path(STUDY, SERIES, SOP)
+    with spool.stage(b"data") as staged, pytest.raises(OSError, match="No space"):
+        staged.place(relative)
+    with spool.stage(b"data"):  # refused before placing: the write's error is not the caller's problem
+        pass
+    monkeypatch.undo()
+    assert not spool.absolute(relative).exists()
+    assert list((tmp_path / "spool" / "tmp").iterdir()) == []
+
+
+def test_known_directories_cost_no_sync_and_unknown_ones_are_synced_once(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    series = tmp_path / "spool" / "instances" / STUDY / SERIES
+    series.mkdir(parents=True)  # left by an earlier run that may have stopped before syncing
+    spool = Spool(tmp_path / "spool")
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    spool.write(spool.instance_path(STUDY, SERIES, SOP, sha256_hex(b"one")), b"one")
+    directories = [path for path in synced if not path.endswith(".part")]
+    assert directories == [str(series.parent.parent), str(series.parent), str(series)]  # entries, then rename
+    synced.clear()
+    spool.write(spool.instance_path(STUDY, SERIES, SOP + "1", sha256_hex(b"two")), b"two")
+    assert [path for path in synced if not path.endswith(".part")] == [str(series)]  # the rename only
+
+
+def test_a_directory_is_durable_before_a_concurrent_writer_may_use_it(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second association must not find a new directory and answer 0x0000 before its entry is synced."""
+    spool = Spool(tmp_path / "spool")
+    study_synced, release = threading.Event(), threading.Event()
+    real_fsync = os.fsync
+
+    def slow_fsync(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}") == str(spool.root / "instances"):  # the new study's entry
+            release.wait(10)
+            study_synced.set()
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+    first = threading.Thread(target=spool.write, args=(spool.instance_path(STUDY, SERIES, SOP, sha256_hex(b"a")), b"a"))
+    first.start()
+    deadline = time.monotonic() + 10
+    while not (spool.root / "instances" / STUDY).exists() and time.monotonic() < deadline:
+        time.sleep(0.001)
+    second_done = threading.Event()
+    second = threading.Thread(target=lambda: (spool.write(spool.instance_path(STUDY, SERIES, SOP + "2",
+                                                                              sha256_hex(b"b")), b"b"),
+                                              second_done.set()))
+    second.start()
+    assert not second_done.wait(0.3)  # the directory exists but is not durable yet: the second writer waits
+    release.set()
+    first.join(10)
+    second.join(10)
+    assert second_done.is_set() and study_synced.is_set()
 
 
 def test_free_space_floor(tmp_path: Path) -> None:
