@@ -11,6 +11,8 @@ import torch
 from typer.testing import CliRunner
 
 from dicomnode.cli import app
+from segmentation.inference import Segmenter
+from segmentation.modelcard import load_card
 from segmentation.scan import BoneScan, View, ViewImage, ViewRule, ViewSource
 from tests.train_studies import write_labelled_studies
 from train.datasets import LabelledStudy, TruthLesion, load_studies
@@ -142,7 +144,8 @@ def test_evaluate_the_test_subset_of_a_trained_model(tmp_path: Path) -> None:
     trained = run_training(tiny(epochs=1), data, tmp_path / "run", progress=False)
     test_patients = json.loads((tmp_path / "run" / "split.json").read_text())["test"]
     result = CliRunner().invoke(app, ["evaluate", "--weights", str(trained.weights), "--weights", str(trained.card),
-                                      "--data", str(data), "--subset", "test", "--out", str(tmp_path / "r"), "--json"])
+                                      "--data", str(data), "--subset", "test", "--out", str(tmp_path / "r"), "--json",
+                                      "--record-in-card", "synthetic test subset"])
     assert result.exit_code == 0, result.output
     numbers = json.loads(result.output)
     assert numbers["runs_kind"] == "models" and len(numbers["runs"]) == 2
@@ -150,3 +153,8 @@ def test_evaluate_the_test_subset_of_a_trained_model(tmp_path: Path) -> None:
     assert len(expected) == 1 and sorted(s["study"] for s in numbers["studies"]) == expected
     # the same model twice: identical runs, zero spread
     assert numbers["across_runs"]["dsc"]["std"] == 0.0
+    # the headline went into the card, which still loads (weights and SHA-256 untouched)
+    recorded = load_card(trained.card).metrics["synthetic test subset"]
+    assert recorded["studies"] == 1 and recorded["subset"] == "test"
+    assert recorded["dsc"]["mean"] == pytest.approx(numbers["across_runs"]["dsc"]["mean"], abs=1e-4)
+    assert Segmenter.from_weights(trained.weights) is not None

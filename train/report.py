@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -198,3 +199,21 @@ def evaluate_folder(
             raise ValueError(f"the {subset} subset of {data} is empty")
     evaluation = evaluate(models, studies, runs=runs, seed=seed, device=device, data=str(data), subset=subset)
     return evaluation, write_report(evaluation, studies, card, out)
+
+
+def record_in_card(model: Path, evaluation: Evaluation, label: str) -> Path:
+    """Add the evaluation's headline (mean ± std over runs) and its data to the model card's
+    ``metrics`` under ``label``; the weights and their SHA-256 are untouched."""
+    card = load_card(Path(model))
+    assert card.path is not None
+    entry = {
+        "data": evaluation.data,
+        "subset": evaluation.subset,
+        "studies": evaluation.first["studies"],
+        "truth_lesions": evaluation.first["truth_lesions"],
+        "runs": f"{len(evaluation.runs)} {evaluation.runs_kind}",
+        **{name: {k: round(v, 4) for k, v in value.items()} for name, value in evaluation.across_runs.items()},
+    }
+    updated = replace(card, metrics={**card.metrics, label: entry}).save(card.path)
+    assert updated.path is not None
+    return updated.path
