@@ -99,6 +99,7 @@ def evaluate(
     as_json: bool = typer.Option(False, "--json", help="Print the numbers as JSON instead of a table."),
     device: str | None = typer.Option(None, help="cpu or cuda (default: CUDA when present)."),
     threads: int | None = typer.Option(None, min=1, help="torch CPU threads."),
+    record: str | None = typer.Option(None, "--record-in-card", help="Also store the headline in the (first) model card's metrics under this name."),
 ) -> None:
     """Score models as the papers do: DSC / precision / recall ± std, lesion sensitivity, FP per study."""
     import json
@@ -116,6 +117,10 @@ def evaluate(
     except (FileNotFoundError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    if record:
+        from train.report import record_in_card
+
+        record_in_card(weights[0], evaluation, record)
     if as_json:
         typer.echo(json.dumps(evaluation.to_json(), indent=2))
         return
