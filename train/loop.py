@@ -442,6 +442,19 @@ def _write_split(path: Path, split: Split, kept: list[str] | None) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
 
 
+def _synth_recipe(data: Path) -> dict[str, Any]:
+    """How a ``dicomnode synth`` folder was made (from its manifest), so the card says how to redo it."""
+    try:
+        manifest = json.loads((data / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    keys = ("generator", "manifest_version", "seed", "layout", "rows", "columns", "spacing_mm")
+    recipe = {key: manifest[key] for key in keys if key in manifest}
+    if "studies" in manifest:
+        recipe["studies"] = len(manifest["studies"])
+    return {"simulated_data": recipe} if recipe else {}
+
+
 def _training_info(
     config: TrainConfig,
     split: Split,
@@ -458,6 +471,7 @@ def _training_info(
     return {
         "preset": config.model_dump(mode="json"),
         "data": str(data),
+        **_synth_recipe(data),
         "studies": len(studies),
         "patients": {name: len(getattr(split, name)) for name in ("train", "val", "test")},
         "split_seed": split.seed,
