@@ -136,3 +136,12 @@ def test_output_prior_sets_only_the_logit_heads(network: str, heads: list[str]) 
         probability = torch.sigmoid(net(torch.zeros(1, 2, size, size)))
     # an input of zeros reaches the head as (BatchNorm-shifted) constants; the prior dominates
     assert float(probability.mean()) < 0.1
+
+
+def test_worker_processes_draw_the_same_patches(data: Path, tmp_path: Path) -> None:
+    config = tiny(epochs=2)
+    inline = run_training(config, data, tmp_path / "inline", progress=False)
+    forked = run_training(config.model_copy(update={"data": config.data.model_copy(update={"workers": 2})}),
+                          data, tmp_path / "forked", progress=False)
+    for a, b in zip(inline.history, forked.history):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)

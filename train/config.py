@@ -58,6 +58,7 @@ class DataSection(_Section):
     patch_columns: int = Field(256, ge=16)
     lesion_patch_fraction: float = Field(0.6, ge=0, le=1)
     patches_per_view: int = Field(2, ge=1)  # patches drawn from each view per epoch
+    workers: int = Field(0, ge=0)  # DataLoader worker processes (0: prepare patches in the main process)
 
     @model_validator(mode="after")
     def _fractions_sum_to_one(self) -> "DataSection":

@@ -323,6 +323,8 @@ def run_training(
 
     items = view_items(train_studies, include_unlabelled=config.semisup.enabled)
     dataset = PatchDataset(train_studies, items, config.preprocessing_config, config.data, config.augment, config.optim.seed)
+    if config.data.workers:
+        dataset.warm()
     trainer = Trainer(config, torch_device)
     fingerprint = config.model_dump(mode="json")
     history: list[dict[str, float]] = []
@@ -351,7 +353,8 @@ def run_training(
             epoch_started = time.perf_counter()
             dataset.set_epoch(epoch)
             generator.manual_seed(config.optim.seed * 1_000_003 + epoch)
-            loader = DataLoader(dataset, batch_size=config.optim.batch_size, shuffle=True, generator=generator)
+            loader = DataLoader(dataset, batch_size=config.optim.batch_size, shuffle=True, generator=generator,
+                                num_workers=config.data.workers)  # workers fork after set_epoch
             task = bar.add_task(f"epoch {epoch + 1}/{config.optim.epochs}", total=len(loader), status="")
             records = []
             for batch in loader:

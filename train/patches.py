@@ -100,6 +100,13 @@ class PatchDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def warm(self) -> None:
+        """Prepare every study's model-grid inputs and labels now, so that worker processes forked
+        by a DataLoader share them instead of each preparing (and losing) its own."""
+        for item in self.items:
+            self.image(item.study, None)
+            self.label(item)
+
     def __len__(self) -> int:
         return len(self.items) * self.data.patches_per_view
 
