@@ -29,7 +29,7 @@ neighbours while CPU per file barely moves, so before/after comparisons should l
 ``--stages`` also feeds the same files through the node's C-STORE work without the network (the
 calls :meth:`dicomnode.scp.Receiver.handle_store` makes: :meth:`dicomnode.spool.Spool.stage`, then
 :func:`dicomnode.validate.inspect_instance` while the spool write runs in the background, then
-:func:`dicomnode.ingest.ingest`) and prints CPU and wall milliseconds per file for each. CPU time is
+:func:`dicomnode.ingest.ingest`) and prints median CPU and wall milliseconds per file for each. CPU time is
 the whole process's, so the background write's system time lands in whichever stage it overlaps.
 
 Output: markdown tables (median and best of the runs) and the ratios of the medians.
@@ -157,10 +157,11 @@ def run_pynetdicom_floor(files: list[Path], senders: int) -> Run:
 
 
 def run_stages(files: list[Path], work: Path) -> dict[str, tuple[float, float]]:
-    """CPU and wall seconds spent in validation and in ingest (spool write + index) over ``files``.
+    """Median CPU and wall seconds per file spent in validation and in ingest (spool write + index).
 
     The same calls as :meth:`dicomnode.scp.Receiver.handle_store`, fed from the files on disk (data
     set bytes, transfer syntax and UIDs from their File Meta, as the C-STORE command would carry).
+    Medians, because a loaded machine adds rare stalls of tens of milliseconds that swamp a mean.
     """
     from pydicom.filereader import read_file_meta_info
 
@@ -168,24 +169,24 @@ def run_stages(files: list[Path], work: Path) -> dict[str, tuple[float, float]]:
     database = connect(config.database_url)
     database.migrate()
     spool = Spool(config.storage.spool_path)
-    totals = {"validate": [0.0, 0.0], "ingest": [0.0, 0.0]}
+    samples: dict[str, list[tuple[float, float]]] = {"validate": [], "ingest": []}
     for path in files:
         data = path.read_bytes()
         meta = read_file_meta_info(path)
         start = 128 + 4 + 12 + int(meta.FileMetaInformationGroupLength)  # preamble, DICM, (0002,0000) (PS3.10 7.1)
-        stages = [time.process_time(), time.perf_counter()]
+        clocks = [(time.process_time(), time.perf_counter())]
         with spool.stage(data) as staged:
             instance = inspect_instance(data[start:], transfer_syntax=str(meta.TransferSyntaxUID),
                                         sop_class_uid=str(meta.MediaStorageSOPClassUID),
                                         sop_instance_uid=str(meta.MediaStorageSOPInstanceUID))
-            stages += [time.process_time(), time.perf_counter()]
+            clocks.append((time.process_time(), time.perf_counter()))
             ingest(database, spool, instance, staged, "CAMERA")
-        stages += [time.process_time(), time.perf_counter()]
-        for index, name in enumerate(totals):
-            totals[name][0] += stages[2 * index + 2] - stages[2 * index]
-            totals[name][1] += stages[2 * index + 3] - stages[2 * index + 1]
+        clocks.append((time.process_time(), time.perf_counter()))
+        for (name, values), before, after in zip(samples.items(), clocks, clocks[1:]):
+            values.append((after[0] - before[0], after[1] - before[1]))
     database.dispose()
-    return {name: (cpu, wall) for name, (cpu, wall) in totals.items()}
+    return {name: (statistics.median(cpu for cpu, _ in values), statistics.median(wall for _, wall in values))
+            for name, values in samples.items()}
 
 
 def main() -> None:
@@ -245,9 +246,9 @@ def main() -> None:
     print(f"\nratio dicomnode / dcmtk (files/s, medians): {rates['dicomnode'] / rates['dcmtk storescp']:.2f}")
     print(f"ratio pynetdicom transport floor / dcmtk: {rates['pynetdicom, 0x0000 only'] / rates['dcmtk storescp']:.2f}")
     if stages is not None:
-        print("\n| node stage, no network | CPU ms/file | wall ms/file |\n|---|---:|---:|")
+        print("\n| node stage, no network | CPU ms/file (median) | wall ms/file (median) |\n|---|---:|---:|")
         for name, (cpu, wall) in stages.items():
-            print(f"| {name} | {cpu * 1000 / len(files):.2f} | {wall * 1000 / len(files):.2f} |")
+            print(f"| {name} | {cpu * 1000:.2f} | {wall * 1000:.2f} |")
     print(f"load average (1 min) before: {load_before:.1f}, at the end: "
           f"{', '.join(f'{value:.1f}' for value in os.getloadavg())} (other processes on the machine skew "
           "every wall-clock figure)")
