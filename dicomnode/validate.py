@@ -329,18 +329,15 @@ def _nm_views(ds: Dataset, warnings: list[str]) -> tuple[str, ...]:
     except (TypeError, ValueError) as exc:
         raise Refusal(mismatch, f"view attributes cannot be read: {_brief(exc)}") from None
     undecided_single_frame = len(stated) == 1 and stated[0] is None
-    probe = Dataset()
-    probe.update(ds)  # shares the elements; replacing one in the probe leaves ``ds`` alone
+    probe = Dataset(dict(ds.items()))  # its own element table (a dict copy), the same element objects
     probe.file_meta = ds.file_meta
     if not ds.file_meta.TransferSyntaxUID.is_encapsulated:
         samples = int(ds.get("NumberOfFrames") or 1) * int(ds.SamplesPerPixel) * (int(ds.BitsAllocated) // 8)
-        probe.Rows, probe.Columns = 1, 1
-        probe.PixelData = bytes(samples + samples % 2)
+        _replace(probe, Rows=1, Columns=1, PixelData=bytes(samples + samples % 2))
     if undecided_single_frame:
         code = Dataset()
         code.CodeValue, code.CodingSchemeDesignator = "399321004", "SCT"  # CID 26 anterior
-        probe.ViewCodeSequence = Sequence([code])
-        probe.PatientOrientation = ""
+        _replace(probe, ViewCodeSequence=Sequence([code]), PatientOrientation="")
         warnings.append("no view stated (no View Code Sequence, Patient Orientation or ANT/POST description)")
     try:
         scan = load_scan([probe])
@@ -355,6 +352,15 @@ def _nm_views(ds: Dataset, warnings: list[str]) -> tuple[str, ...]:
     if undecided_single_frame:
         return ()
     return tuple(view.value for view in View if view in scan.views)
+
+
+def _replace(probe: Dataset, **values: object) -> None:
+    """Give ``probe`` new elements with these values. Deleting first matters: assigning to an
+    existing keyword changes the element object in place, which the probe shares with the data set."""
+    for keyword, value in values.items():
+        if keyword in probe:
+            delattr(probe, keyword)
+        setattr(probe, keyword, value)
 
 
 # -- references (SEG) -----------------------------------------------------------------------------------
