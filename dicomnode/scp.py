@@ -36,7 +36,10 @@ would otherwise wait on the sender's delayed ACK), and the receiver offers ``nod
 
 The data set is taken from ``event.encoded_dataset()`` (the bytes as sent, no decode/re-encode; see
 ``notes/nm-dicom-and-highdicom.md`` §5), so one instance is held in memory per association while it
-is checked: at most ``max_associations`` × the largest instance.
+is checked: at most ``max_associations`` × the largest instance. pynetdicom's
+``_config.STORE_RECV_CHUNKED_DATASET`` (the data set streamed to a file as it arrives) would not save
+a copy: the file lands in the system temporary folder (not necessarily the spool's filesystem, so it
+cannot simply be renamed in), with a flush per PDU fragment, and validation would read it back.
 """
 
 from __future__ import annotations
