@@ -65,7 +65,9 @@ UID_PATTERN = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 UID_MAX_LENGTH = 64
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 AREAS = ("instances", "results", "quarantine", "tmp")
-WRITER_THREADS = 8  # background writers per spool (Spool.stage): at least the receiver's concurrent associations
+# Background writers per spool (Spool.stage), started only as concurrent writes need them; writes of
+# more concurrent associations than this (the receiver's default limit is 10) wait for a free one.
+WRITER_THREADS = 32
 _REMEMBERED_DIRECTORIES = 100_000  # known-durable directories kept before the memory is reset
 
 
@@ -195,7 +197,7 @@ class Spool:
         self.min_free_bytes = min_free_bytes
         self._durable_directories: set[Path] = set()  # made or checked durable (step 3)
         self._directory_lock = threading.Lock()
-        self._writers = ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="spool-writer")  # threads on demand
+        self._writers = ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="spool-writer")
         for area in AREAS:
             self._make_directories(self.root / area)
 
