@@ -68,6 +68,8 @@ AREAS = ("instances", "results", "quarantine", "tmp")
 # Background writers per spool (Spool.stage), started only as concurrent writes need them; writes of
 # more concurrent associations than this (the receiver's default limit is 10) wait for a free one.
 WRITER_THREADS = 32
+# Areas whose names come from what a job computes, not from the bytes: a retried job rewrites them (Spool.write).
+_REGENERATED_AREAS = ("results",)
 _REMEMBERED_DIRECTORIES = 100_000  # known-durable directories kept before the memory is reset
 
 
@@ -244,7 +246,11 @@ class Spool:
 
         If a file is already there with the same SHA-256 nothing is written (``created=False``); a
         different file at the same name raises :class:`SpoolError` (names carry the content hash or a
-        unique UID, so that means a bug or tampering, never something to overwrite silently).
+        unique UID, so that means a bug or tampering, never something to overwrite silently) — except
+        under ``results/``, where it is replaced (atomically, as any write): result names are derived
+        from the job's inputs (:mod:`dicomnode.results.common`), so a job retried after a crash writes
+        the same names again with new bytes (new creation times), and what it finds there is the
+        leftover of its own interrupted attempt, which nothing references yet.
         """
         final = self.absolute(relative)
         digest = sha256 or sha256_hex(data)
@@ -266,11 +272,15 @@ class Spool:
         return StagedFile(self, len(data), sha256_hex(data), written)
 
     def _existing(self, final: Path, relative: str, digest: str, size: int) -> StoredFile | None:
-        """The file already at ``final`` if it holds these bytes; :class:`SpoolError` if other bytes."""
+        """The file already at ``final`` if it holds these bytes; None if there is none (or a stale
+        result to replace, see :meth:`write`); :class:`SpoolError` if other bytes."""
         if not final.exists():
             return None
         if _file_sha256(final) == digest:
             return StoredFile(relative, digest, size, created=False)
+        if PurePosixPath(relative).parts[0] in _REGENERATED_AREAS:
+            log.warning("replacing %s, left by an interrupted attempt with other bytes", relative)
+            return None
         raise SpoolError(f"{relative} exists with different content")
 
     def _place(self, temporary: Path, final: Path, relative: str, digest: str, size: int) -> StoredFile:

@@ -139,6 +139,22 @@ def test_write_syncs_file_then_renames_then_fsyncs_directory(tmp_path: Path, mon
     log.check_durable_order(spool, final, [final.parent.parent, final.parent])
 
 
+def test_a_retried_jobs_result_replaces_the_leftover_of_its_interrupted_attempt(tmp_path: Path) -> None:
+    """Result names are derived from the job's inputs; a retry after a crash writes them again with
+    new bytes (creation times). Instance names carry the content hash: there, other bytes stay an error."""
+    spool = Spool(tmp_path / "spool")
+    relative = spool.result_path(STUDY, SERIES, SOP)
+    spool.write(relative, b"attempt 1, killed before the job completed")
+    again = spool.write(relative, b"attempt 2")
+    assert again.created is True and spool.absolute(relative).read_bytes() == b"attempt 2"
+    assert again.sha256 == sha256_hex(b"attempt 2")
+    instance = spool.instance_path(STUDY, SERIES, SOP, sha256_hex(b"x"))
+    spool.write(instance, b"x")
+    with pytest.raises(SpoolError, match="different content"):
+        spool.write(instance, b"y")
+    assert list((spool.root / "tmp").iterdir()) == []
+
+
 @pytest.mark.parametrize("call", ["write", "fsync"])  # the file's data (step 1), a directory (steps 2, 3)
 def test_failed_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, call: str) -> None:
     spool = Spool(tmp_path / "spool")
