@@ -120,14 +120,14 @@ ae_title = "{orthanc.aet}"
 """)
         result = _run("echo", "--config", str(config))
         assert result.exit_code == 0, result.output
-        lines = result.output.splitlines()
-        assert [line.split()[1] for line in lines] == ["storescp", "orthanc", "this-node"]
+        lines = result.stdout.splitlines()  # the report; library log lines go to stderr
+        assert [line.split()[1] for line in lines] == ["storescp", "orthanc", "this-node"], result.output
         assert all(line.startswith("ok") and "0x0000" in line for line in lines)
 
         orthanc.stop()  # a destination down: reported, exit 1, the others still checked
         result = _run("echo", "--config", str(config), "--timeout", "3")
         assert result.exit_code == 1
-        assert [line.split()[0] for line in result.output.splitlines()] == ["ok", "FAIL", "ok"]
+        assert [line.split()[0] for line in result.stdout.splitlines()] == ["ok", "FAIL", "ok"], result.output
 
 
 def test_echo_reports_rejection(tmp_path: Path) -> None:
