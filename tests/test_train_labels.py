@@ -166,6 +166,12 @@ def test_labelme_errors_are_clear(tmp_path: Path) -> None:
              [{"label": "x", "shape_type": "polygon", "points": [[1, 1], [5, 1], [5, 5]]}], rows=256)
     (study,) = load_studies(tmp_path)
     assert not study.labelled
+    # a view flag that contradicts the instance (1.dcm is the anterior view) is refused too
+    (tmp_path / "P4" / "size.json").unlink()
+    _labelme(tmp_path / "P4" / "flag.json", "1.dcm",
+             [{"label": "x", "shape_type": "polygon", "points": [[1, 1], [5, 1], [5, 5]]}], flags={"posterior": True})
+    (study,) = load_studies(tmp_path)
+    assert not study.labelled
 
 
 def test_unlabelled_and_unreadable_studies(tmp_path: Path) -> None:

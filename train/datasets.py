@@ -33,7 +33,7 @@ from pydicom.errors import InvalidDicomError
 from segmentation.scan import BoneScan, View
 from segmentation.views import NM_IMAGE_STORAGE, ViewError, load_scan
 
-from .labelme import LabelMeError, is_labelme, read_labelme
+from .labelme import LabelMeAnnotation, LabelMeError, is_labelme, read_labelme
 from .seglabels import HUMAN_ALGORITHM_TYPES, SEGMENTATION_STORAGE, SegLabel, SegLabelError, read_seg_labels
 
 log = logging.getLogger(__name__)
@@ -215,43 +215,57 @@ def _seg_masks(scan: BoneScan, labels: list[SegLabel], key: str) -> dict[View, n
     return {view: label.mask.astype(np.uint8) for view, label in chosen.items()}
 
 
-def _labelme_masks(
-    scan: BoneScan, paths: list[Path], sop_of_path: Mapping[Path, str], key: str
-) -> dict[View, np.ndarray]:
-    masks: dict[View, np.ndarray] = {}
+def _annotations_by_instance(
+    paths: list[Path], sop_of_path: Mapping[Path, str], root: Path
+) -> dict[str, list[LabelMeAnnotation]]:
+    """Every readable LabelMe file, once, keyed by the SOP Instance UID of the NM file it annotates."""
+    by_instance: dict[str, list[LabelMeAnnotation]] = defaultdict(list)
     for path in paths:
         try:
             annotation = read_labelme(path)
         except LabelMeError as exc:
-            log.warning("%s: %s", key, exc)
+            log.warning("%s", exc)
             continue
         sop_uid = sop_of_path.get(annotation.image_path)
-        views = [v for v, im in scan.views.items() if im.source.sop_instance_uid == sop_uid]
-        if not views:
+        if sop_uid is None:
+            log.warning("%s: %s annotates %s, which is not an NM image under %s; skipped",
+                        path, path.name, annotation.image_path.name, root)
             continue
-        if len(views) > 1:
-            if annotation.view is None:
+        by_instance[sop_uid].append(annotation)
+    return by_instance
+
+
+def _labelme_masks(
+    scan: BoneScan, annotations: Mapping[str, list[LabelMeAnnotation]], key: str
+) -> dict[View, np.ndarray]:
+    """The union of a study's LabelMe masks per view (checks in :mod:`train.labelme`)."""
+    masks: dict[View, np.ndarray] = {}
+    for sop_uid in {image.source.sop_instance_uid for image in scan.views.values()}:
+        views = [v for v, im in scan.views.items() if im.source.sop_instance_uid == sop_uid]
+        for annotation in annotations.get(sop_uid, []):
+            path = annotation.path
+            if len(views) > 1 and annotation.view is None:
                 log.warning("%s: %s annotates an instance with both views but its flags name "
                             "neither 'anterior' nor 'posterior'; skipped", key, path)
                 continue
-            views = [annotation.view]
-        view = views[0]
-        if annotation.view is not None and annotation.view is not view:
-            log.warning("%s: %s flags %s but the instance holds the %s view; skipped", key, path,
-                        annotation.view.value, view.value)
-            continue
-        source = scan.views[view].source
-        if (annotation.rows, annotation.columns) != (source.rows, source.columns):
-            log.warning("%s: %s is %d×%d but the %s frame is %d×%d; skipped", key, path,
-                        annotation.rows, annotation.columns, view.value, source.rows, source.columns)
-            continue
-        masks[view] = masks.get(view, np.zeros((source.rows, source.columns), np.uint8)) | annotation.mask()
+            view = annotation.view if annotation.view is not None else views[0]
+            if view not in views:
+                log.warning("%s: %s flags %s but the instance holds the %s view; skipped", key, path,
+                            view.value, views[0].value)
+                continue
+            source = scan.views[view].source
+            if (annotation.rows, annotation.columns) != (source.rows, source.columns):
+                log.warning("%s: %s is %d×%d but the %s frame is %d×%d; skipped", key, path,
+                            annotation.rows, annotation.columns, view.value, source.rows, source.columns)
+                continue
+            masks[view] = masks.get(view, np.zeros((source.rows, source.columns), np.uint8)) | annotation.mask()
     return masks
 
 
 def load_dicom_folder(root: Path, *, accept_automatic_seg: bool = False) -> list[LabelledStudy]:
     """NM studies under ``root`` with their SEG or LabelMe labels (SEG wins where both exist)."""
     nm, segs, labelme, sop_of_path = _read_tree(root)
+    annotations = _annotations_by_instance(labelme, sop_of_path, root)
     seg_labels: list[SegLabel] = []
     for ds in segs:
         try:
@@ -273,7 +287,7 @@ def load_dicom_folder(root: Path, *, accept_automatic_seg: bool = False) -> list
             continue
         labels = _seg_masks(scan, seg_labels, key)
         sources = ["SEG"] if labels else []
-        for view, mask in _labelme_masks(scan, labelme, sop_of_path, key).items():
+        for view, mask in _labelme_masks(scan, annotations, key).items():
             if view in labels:
                 log.info("%s: %s view has both a SEG and a LabelMe label; the SEG is used", key, view.value)
             else:
