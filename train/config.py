@@ -3,15 +3,17 @@
 Every key has a default taken from the paper the recipe reproduces, so a preset only states what
 differs. Unknown keys are errors (a typo must not silently fall back to a default). The sections:
 
-- ``[model]``: which network of :mod:`segmentation.networks` and how wide.
+- ``[model]``: which network of :mod:`segmentation.networks`, how wide, and the initial lesion
+  probability of its output heads (prior initialisation, Lin et al. 2017).
 - ``[preprocessing]``: the keys of :class:`segmentation.preprocess.Preprocessing` (stored in the
   model card, so inference sees the pixels training saw); its aggregation sets the input channels;
   ``window = "whole-view"`` means no windows (whole views, fully convolutional networks).
 - ``[data]``: the patient-level split (paper 001 "Dataset": anterior and posterior of one patient in
-  the same subset; 70/15/15 by default), the training patch and how often it is centred on a lesion.
+  the same subset; 70/15/15 by default), the training patch, how often it is centred on a lesion,
+  and DataLoader worker processes.
 - ``[augment]``: flips, small affine, binomial count thinning, intensity (see :mod:`train.augment`).
 - ``[optim]``: optimiser and schedule; paper 002 Table 4: Adam, lr 1e-4, batch 16.
-- ``[loss]``: Dice (+BCE) averaged over deep-supervision outputs (paper 001 Eq. 4).
+- ``[loss]``: Dice (+BCE) averaged over deep-supervision outputs (paper 001 Eq. 4); batch Dice.
 - ``[adversarial]``: MSA-Net's SegAN critic and the weights α (segmentation) and β (adversarial) of
   paper 001 Eq. 3; critic recipe from SegAN (Xue et al. 2018): Adam β1 0.5, weights clamped ±0.05.
 - ``[semisup]``: paper 004's regime: supervised loss on a labelled fraction (default 37 %), the
