@@ -92,8 +92,13 @@ def test_serve_receives_processes_and_delivers(tmp_path, storescp):
         new_series = {str(ds.SeriesInstanceUID) for ds in again} - first_series
         assert len(again) == 2 * expected_count(2) and len(new_series) >= 4
 
-        status = CliRunner().invoke(app, ["status", "--config", str(config), "--json"])
-        report = json.loads(status.output)
+        def status_report() -> dict:
+            return json.loads(CliRunner().invoke(app, ["status", "--config", str(config), "--json"]).stdout)
+
+        # The PACS writes its file before it answers; the node records the delivery on the answer.
+        wait_until(lambda: status_report()["exports"].get("delivered") == total + expected_count(2), 30,
+                   "every delivery recorded")
+        report = status_report()
         assert report["studies"]["processed"] == 3 and report["jobs"]["done"] == 4
         assert report["exports"]["delivered"] == total + expected_count(2)
         assert report["needs_attention"] is False
