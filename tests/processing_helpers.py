@@ -11,6 +11,7 @@ from datetime import datetime
 from hashlib import sha256
 from pathlib import Path
 
+import pytest
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
@@ -174,3 +175,14 @@ def pacs_objects(peer) -> list:
         except Exception:  # still being written: the next poll sees it whole
             continue
     return headers
+
+
+@pytest.fixture(scope="module", name="segmenter")
+def threshold_segmenter():
+    """The network-free threshold segmenter, loaded once per test module (import it as ``segmenter``)."""
+    import torch
+
+    from dicomnode.worker import load_segmenter
+
+    torch.set_num_threads(1)
+    return load_segmenter("threshold", "cpu")

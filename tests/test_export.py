@@ -8,7 +8,6 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-import torch
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import SegmentationStorage
 from sqlalchemy import func, select
@@ -21,21 +20,16 @@ from dicomnode.queue import QueuePolicy
 from dicomnode.results import ResultOptions
 from dicomnode.spool import Spool
 from dicomnode.status import retry
-from dicomnode.worker import Worker, load_segmenter
+from dicomnode.worker import Worker
 from tests.nm_factory import nm_study, phantom_counts
 from tests.peers import StoreSCP, free_port
 from tests.processing_helpers import sqlite_database, store_study
+from tests.processing_helpers import threshold_segmenter  # noqa: F401 (the "segmenter" fixture)
 
 POLICY = ExportPolicy(backoff_initial_seconds=30, backoff_max_seconds=120, max_attempts=3, batch_size=10)
 OPTIONS = ResultOptions(kinds=(ResultKind.SEG,))
 
 pytestmark = pytest.mark.network
-
-
-@pytest.fixture(scope="module")
-def segmenter():
-    torch.set_num_threads(1)
-    return load_segmenter("threshold", "cpu")
 
 
 @pytest.fixture

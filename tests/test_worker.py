@@ -23,16 +23,11 @@ from dicomnode.worker import Worker, load_segmenter
 from segmentation.scan import View
 from tests.nm_factory import nm_study, phantom_counts
 from tests.processing_helpers import sqlite_database, store_study
+from tests.processing_helpers import threshold_segmenter  # noqa: F401 (the "segmenter" fixture)
 
 POLICY = QueuePolicy(lease_seconds=60, max_attempts=2, retry_delay_seconds=5)
 OPTIONS = ResultOptions(kinds=(ResultKind.SEG,))
 SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
-
-
-@pytest.fixture(scope="module")
-def segmenter():
-    torch.set_num_threads(1)
-    return load_segmenter("threshold", "cpu")
 
 
 @pytest.fixture
