@@ -10,6 +10,10 @@ training, so a single run) and the training presets in ``config/train``. ``--epo
 window) override every preset alike, so that a reduced CPU comparison differs between methods only in
 network and loss; the table says which overrides were used. Writes ``OUT/comparison.md`` and
 ``OUT/comparison.json``; each run's model and report stay in ``OUT/<preset>/run<k>/``.
+
+A run whose model card is already in ``OUT/<preset>/run<k>/`` and records the same preset, overrides
+and training folder is evaluated again, not retrained, so a comparison stopped part-way (or extended
+from 2 to 5 runs) goes on where it stopped.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from typing import Any
 
 from segmentation.inference import WEIGHTS_DIR
 
-from .config import load_config
+from .config import TrainConfig, load_config
 from .datasets import load_studies
 from .evaluate import evaluate, over_runs
 from .loop import run_training
@@ -50,6 +54,17 @@ def overrides(args: argparse.Namespace, preset: Path, seed: int) -> dict[str, An
     return chosen
 
 
+def finished_run(config: TrainConfig, data: Path, run_dir: Path) -> tuple[Path, float] | None:
+    """The weights and training seconds of a run already trained with ``config`` on ``data``, if any."""
+    card = run_dir / f"{config.name}.json"
+    if not card.is_file() or not card.with_suffix(".safetensors").is_file():
+        return None
+    training = json.loads(card.read_text()).get("training", {})
+    if training.get("preset") != config.model_dump(mode="json") or training.get("data") != str(data):
+        return None
+    return card.with_suffix(".safetensors"), float(training.get("wall_seconds", 0.0))
+
+
 def compare(args: argparse.Namespace) -> dict[str, Any]:
     """Train and evaluate every method; return the table as a dict (also written to OUT)."""
     test = load_studies(args.test)
@@ -64,15 +79,22 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         for k in range(args.runs):
             seed = args.seed + k
             config = load_config(preset, **overrides(args, preset, seed))
-            started = time.perf_counter()
-            result = run_training(config, args.data, args.out / name / f"run{k + 1}", progress=False,
-                                  num_threads=args.threads)
-            seconds.append(time.perf_counter() - started)
-            evaluation = evaluate([result.weights], test, runs=1, data=str(args.test))
+            run_dir = args.out / name / f"run{k + 1}"
+            done = finished_run(config, args.data, run_dir)
+            if done:
+                weights, trained = done
+                log.info("%s run %d (seed %d) already trained in %s: evaluating it", name, k + 1, seed, run_dir)
+            else:
+                started = time.perf_counter()
+                weights = run_training(config, args.data, run_dir, progress=False, num_threads=args.threads).weights
+                trained = time.perf_counter() - started
+            seconds.append(trained)
+            evaluation = evaluate([weights], test, runs=1, data=str(args.test))
             runs.append(evaluation.first)
-            log.info("%s run %d (seed %d): %s", name, k + 1, seed, evaluation.across_runs["dsc"])
+            log.info("%s run %d (seed %d): test DSC %.3f", name, k + 1, seed, over_runs([evaluation.first])["dsc"]["mean"])
+        shared = {k: v for k, v in overrides(args, preset, args.seed).items() if k != "optim.seed"}
         rows[name] = {"runs": runs, "across_runs": over_runs(runs), "train_seconds": sum(seconds) / len(seconds),
-                      "overrides": overrides(args, preset, args.seed)}
+                      "seeds": [args.seed + k for k in range(args.runs)], "overrides": shared}
     table = {"train": str(args.data), "test": str(args.test), "test_studies": len(test), "runs": args.runs,
              "methods": rows}
     args.out.mkdir(parents=True, exist_ok=True)
