@@ -104,7 +104,7 @@ def size_class(size_mm: float) -> str:
     return "unknown"
 
 
-def _stored_position(study: LabelledStudy, view: View, position: tuple[float, float]) -> tuple[int, int]:
+def stored_position(study: LabelledStudy, view: View, position: tuple[float, float]) -> tuple[int, int]:
     """A canonical (row, column) position in the stored layout of the view's source frame."""
     source = study.scan.views[view].source
     row, column = position
@@ -128,7 +128,7 @@ def lesion_outcomes(study: LabelledStudy, view: View, prediction: np.ndarray) ->
     for lesion in study.lesions:
         if lesion.view is not view:
             continue
-        r, c = _stored_position(study, view, lesion.position)
+        r, c = stored_position(study, view, lesion.position)
         if not (0 <= r < labels.shape[0] and 0 <= c < labels.shape[1]) or distance[r, c] > NEAREST_LESION_PX:
             continue
         label = int(labels[near_r[r, c], near_c[r, c]])
