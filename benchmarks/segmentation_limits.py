@@ -82,7 +82,8 @@ def components(truth: np.ndarray, prediction: np.ndarray, snrs: list[tuple[int, 
         snr = max((s for r, c, s in snrs
                    if rows.start <= r < rows.stop and cols.start <= c < cols.stop
                    and own[r - rows.start, c - cols.start]), default=float("nan"))
-        found.append(Component(snr, int(own.sum()), bool((prediction[labels == label] != 0).any()), local_dsc))
+        detected = bool((prediction[rows, cols] != 0)[own].any())  # the window holds the whole component
+        found.append(Component(snr, int(own.sum()), detected, local_dsc))
     return found
 
 
@@ -158,10 +159,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         result = segmenter.segment(study.scan)
         for view, truth in study.labels.items():
             probability = result.views[view].probability
-            snrs = recorded_snr(study, view, manifest[study.key]["lesions"])
-            mask = probability >= segmenter.card.threshold
-            found += components(truth, mask, snrs, args.margin)
             entry = manifest[study.key]
+            mask = probability >= segmenter.card.threshold
+            found += components(truth, mask, recorded_snr(study, view, entry["lesions"]), args.margin)
             hidden = [stored_position(study, view, tuple(raw["position_px"]))
                       for raw in entry["lesions"] if not raw["visible"][view.value]]
             mimics = [(m["kind"], stored_position(study, view, tuple(m["position_px"]))) for m in entry["mimics"]]
@@ -169,13 +169,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             if truth.any():
                 lesion_truths.append(truth)
             for threshold, tally in sweep.items():
-                mask = probability >= threshold
-                counts = lesion_scores(truth, mask)
+                swept = probability >= threshold
+                counts = lesion_scores(truth, swept)
                 tally["truth"] += counts.truth
                 tally["detected"] += counts.detected
                 tally["fp"] += counts.false_positives
                 if truth.any():
-                    tally["dsc"].append(pixel_counts(truth, mask).dsc)
+                    tally["dsc"].append(pixel_counts(truth, swept).dsc)
         print(f"\rsegmented {index}/{len(studies)} studies", end="", flush=True)
     print()
 
