@@ -54,7 +54,7 @@ def synth(
 @app.command()
 def train(
     config: Path = typer.Option(..., "--config", help="Training preset, e.g. config/train/unet.toml."),
-    data: Path = typer.Option(..., "--data", help="Folder of studies: a `dicomnode synth` folder, or NM DICOM with SEG / LabelMe labels."),
+    data: list[Path] = typer.Option(..., "--data", help="Folder of training data, repeatable: a `dicomnode synth` folder, NM DICOM with SEG / LabelMe labels, BS-80K whole-body (VOC boxes) or BS-80K crops (label file); the format is detected and logged."),
     out: Path = typer.Option(..., "--out", help="Folder for checkpoint, curves, split and the exported model."),
     epochs: int | None = typer.Option(None, min=1, help="Override the preset's optim.epochs."),
     device: str = typer.Option("auto", help="auto (CUDA when present), cpu or cuda[:N]."),
@@ -91,7 +91,7 @@ class Subset(str, Enum):
 @app.command()
 def evaluate(
     weights: list[Path] = typer.Option(..., "--weights", help="Model (.safetensors with its .json card, or a .json card); repeat for one model per run."),
-    data: Path = typer.Option(..., "--data", help="Folder of labelled studies (synth folder, or DICOM with SEG / LabelMe)."),
+    data: Path = typer.Option(..., "--data", help="Folder of labelled studies: synth folder, DICOM with SEG / LabelMe, BS-80K whole-body (boxes) or BS-80K crops; the format is detected and printed."),
     runs: int = typer.Option(5, min=1, help="With one model: bootstrap resamples of the patients."),
     seed: int = typer.Option(42, help="Seed of the bootstrap resamples."),
     subset: Subset = typer.Option(Subset.all, help="Evaluate only these patients of the model's training split."),
@@ -112,7 +112,23 @@ def evaluate(
         import torch
 
         torch.set_num_threads(threads)
+    from train.datasets import DataFormat, detect_format
+
     try:
+        kind = detect_format(data)
+        if not as_json:
+            typer.echo(f"{data}: {kind.value} format", err=True)
+        if kind in (DataFormat.BS80K_WHOLEBODY, DataFormat.BS80K_CROPS):
+            from train.realeval import evaluate_bs80k
+
+            if len(weights) != 1 or subset is not Subset.all or record:
+                raise ValueError("BS-80K folders are scored for one model on all studies (no --subset, --record-in-card)")
+            scores = evaluate_bs80k(weights[0], data, out, device=device)
+            typer.echo(json.dumps(scores, indent=2) if as_json else "\n".join(
+                f"{k.replace('_', ' ')}: {v:.3f}" if isinstance(v, float) else f"{k.replace('_', ' ')}: {v}"
+                for k, v in scores.items() if not isinstance(v, (dict, list))))
+            typer.echo(f"report: {out / 'bs80k.json'}")
+            return
         evaluation, report = evaluate_folder(weights, data, out, runs=runs, seed=seed, subset=subset.value, device=device)
     except (FileNotFoundError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)

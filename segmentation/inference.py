@@ -17,7 +17,9 @@ the result has the shape of its source frame.
   card's size (paper 002: 256 × 256, stride 128, tent-weighted stitching) or, with ``window: null``,
   whole views padded to the network's ``size_divisor``; all windows/views of all studies in a call
   are batched (``batch_size``). ``torch.inference_mode``, channels-last memory format, bf16 autocast
-  on CUDA; on the CPU float32, so the same input always gives the same output.
+  on CUDA; on the CPU float32, so the same input always gives the same output. With the card's
+  ``operating_point.test_time_flip`` each input is also run mirrored left–right and the two
+  probabilities averaged (the body is near left–right symmetric; training flips too).
 - :class:`ThresholdSegmenter` (``network: "threshold"``) is the classical reference baseline: a
   pixel is hot when its smoothed counts exceed ``factor`` × the local bone background (a high
   percentile of counts over a large neighbourhood, i.e. the level of the surrounding normal bone),
@@ -95,6 +97,13 @@ class Segmenter(ABC):
         maps = self.model_maps(prepared)
         return [self._result(p, m) for p, m in zip(prepared, maps)]
 
+    def probabilities(self, scans: Sequence[BoneScan]) -> list[dict[View, np.ndarray]]:
+        """Lesion probability per view on the stored source frame, before any threshold (for
+        choosing an operating point, :mod:`train.boxscore`)."""
+        prepared = [prepare(scan, self.card.preprocessing) for scan in scans]
+        maps = self.model_maps(prepared)
+        return [{view: pv.to_source(m[view]) for view, pv in p.views.items()} for p, m in zip(prepared, maps)]
+
     @abstractmethod
     def model_maps(self, prepared: Sequence[PreparedScan]) -> list[ModelMaps]:
         """Lesion probability per view on the model grid (H, W), for each prepared study."""
@@ -103,7 +112,8 @@ class Segmenter(ABC):
         views: dict[View, ViewResult] = {}
         for view, prepared_view in prepared.views.items():
             probability = prepared_view.to_source(maps[view])
-            views[view] = view_result(prepared.scan.views[view], probability, self.card.threshold)
+            views[view] = view_result(prepared.scan.views[view], probability, self.card.threshold,
+                                      self.card.operating_point)
         notes = prepared.scan.notes + prepared.notes
         return SegmentationResult(
             scan=prepared.scan,
@@ -173,13 +183,17 @@ class NetworkSegmenter(Segmenter):
         """(N, C, h, w) float32 → (N, h, w) float32 probabilities, in batches."""
         out = np.empty((inputs.shape[0], *inputs.shape[2:]), np.float32)
         autocast = self.device.type == "cuda"
+        flip = self.card.operating_point.test_time_flip
         with torch.inference_mode():
             for start in range(0, len(inputs), self.batch_size):
                 batch = torch.from_numpy(np.ascontiguousarray(inputs[start : start + self.batch_size]))
                 batch = batch.to(self.device).contiguous(memory_format=torch.channels_last)
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
                     logits = self.net(batch)
+                    mirrored = self.net(batch.flip(-1)).flip(-1) if flip else None
                 probabilities = torch.sigmoid(logits.float())[:, 0]
+                if mirrored is not None:
+                    probabilities = (probabilities + torch.sigmoid(mirrored.float())[:, 0]) / 2
                 out[start : start + len(batch)] = probabilities.cpu().numpy()
         return out
 

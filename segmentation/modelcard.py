@@ -14,6 +14,8 @@ network-free ``threshold`` segmenter is a card alone. Card fields (format versio
 ``weights``         file name of the tensors, beside the card (``null`` for ``threshold``)
 ``sha256``          hex SHA-256 of that file, verified on load
 ``threshold``       probability threshold of the binary mask (0.5, papers 001/002)
+``operating_point`` optional: :class:`segmentation.postprocess.OperatingPoint` as a dict (peak
+                    threshold, minimum area, test-time flip), chosen on validation folds
 ``parameters``      parameters of a network-free segmenter (``threshold``), else ``{}``
 ``training``        free-form description of the training data and run
 ``metrics``         free-form evaluation results (e.g. DSC mean ± std on a named test set)
@@ -42,6 +44,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from segmentation.networks import SegmentationNetwork, available, build
+from segmentation.postprocess import OperatingPoint
 from segmentation.preprocess import Preprocessing
 
 FORMAT_VERSION = 1
@@ -65,6 +68,7 @@ class ModelCard:
     weights: str | None = None
     sha256: str | None = None
     threshold: float = 0.5
+    operating_point: OperatingPoint = field(default_factory=OperatingPoint)
     parameters: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -82,6 +86,7 @@ class ModelCard:
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "path"}
         data["preprocessing"] = self.preprocessing.to_dict()
+        data["operating_point"] = self.operating_point.to_dict()
         return data
 
     def save(self, path: Path) -> ModelCard:
@@ -159,9 +164,13 @@ def parse_card(data: Any, where: Path | None = None) -> ModelCard:
     threshold = data.get("threshold", 0.5)
     if not isinstance(threshold, (int, float)) or not 0 < threshold < 1 or math.isnan(threshold):
         raise ModelCardError(f"{label}: threshold {threshold!r} must be a number in (0, 1)")
-    for key in ("parameters", "training", "metrics"):
+    for key in ("parameters", "training", "metrics", "operating_point"):
         if not isinstance(data.get(key, {}), Mapping):
             raise ModelCardError(f"{label}: {key} must be a JSON object")
+    try:
+        point = OperatingPoint.from_dict(data.get("operating_point", {}))
+    except (TypeError, ValueError) as exc:
+        raise ModelCardError(f"{label}: {exc}") from exc
     has_weights = data.get("weights") is not None
     if (network == THRESHOLD_NETWORK) == has_weights:
         raise ModelCardError(
@@ -173,7 +182,7 @@ def parse_card(data: Any, where: Path | None = None) -> ModelCard:
     if has_weights and Path(data["weights"]).name != data["weights"]:
         raise ModelCardError(f"{label}: weights must be a file name beside the card, got {data['weights']!r}")
     return ModelCard(
-        **{**data, "preprocessing": preprocessing, "threshold": float(threshold)},
+        **{**data, "preprocessing": preprocessing, "threshold": float(threshold), "operating_point": point},
         path=where,
     )
 
@@ -249,6 +258,19 @@ def save_model(
     parse_card(card.to_dict())  # refuse to write a card this code could not read back
     _check_window(card, net)
     return card.save(path.with_suffix(".json"))
+
+
+def update_card(path: Path, **changes: Any) -> ModelCard:
+    """Rewrite a saved card with some fields changed (e.g. the operating point and metrics chosen
+    after training); the weights and their SHA-256 are untouched. Returns the card read back."""
+    card = load_card(Path(path))
+    assert card.path is not None
+    unknown = sorted(set(changes) - _KNOWN)
+    if unknown:
+        raise ModelCardError(f"unknown card field(s) {unknown}")
+    updated = replace(card, **changes)
+    parse_card(updated.to_dict())
+    return updated.save(card.path)
 
 
 def _check_window(card: ModelCard, net: SegmentationNetwork) -> None:

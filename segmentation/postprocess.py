@@ -1,7 +1,10 @@
 """Probability map → binary mask → lesions, on the stored source frame of one view.
 
-The mask is ``probability >= threshold`` (paper 001 "Experimental setup": pixels ≥ 0.5 are lesion). Each
-8-connected component of the mask is a :class:`~segmentation.result.Lesion`: its pixel count, area
+The mask is ``probability >= threshold`` (paper 001 "Experimental setup": pixels ≥ 0.5 are lesion),
+filtered by the model card's operating point (:class:`OperatingPoint`, chosen on validation folds,
+docs/training.md): a component is kept only when its peak probability reaches ``peak_threshold``
+(hysteresis thresholding: a confident core, grown to ``threshold``) and its area reaches
+``min_area_mm2``. With the defaults nothing is filtered. Each 8-connected component of the mask is a :class:`~segmentation.result.Lesion`: its pixel count, area
 (pixel count × the source's pixel area from Pixel Spacing, PS3.3 10.7.1.3), centroid and bounding
 box in (row, column) of the stored frame, and the peak and mean counts of the source pixels under it
 (after Rescale Slope / Intercept). Lesions are numbered in raster order of their first pixel.
@@ -12,13 +15,63 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
 from segmentation.result import Lesion, ViewResult
 from segmentation.scan import ViewImage
 
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
-def view_result(image: ViewImage, probability: np.ndarray, threshold: float = 0.5) -> ViewResult:
+@dataclass(frozen=True)
+class OperatingPoint:
+    """A model card's ``operating_point``: how probabilities become reported lesions."""
+
+    peak_threshold: float | None = None  # a lesion's peak probability must reach this (None: threshold)
+    min_area_mm2: float = 0.0  # smaller components are dropped
+    test_time_flip: bool = False  # average the probability with that of the left–right mirrored view
+
+    def __post_init__(self) -> None:
+        if self.peak_threshold is not None and not 0 < self.peak_threshold <= 1:
+            raise ValueError(f"operating point peak_threshold {self.peak_threshold} must be in (0, 1]")
+        if self.min_area_mm2 < 0:
+            raise ValueError(f"operating point min_area_mm2 {self.min_area_mm2} must be ≥ 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> OperatingPoint:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown operating point key(s) {unknown}; known: {sorted(known)}")
+        return cls(**data)
+
+
+def lesion_mask(
+    probability: np.ndarray, threshold: float, point: OperatingPoint, pixel_area_mm2: float
+) -> np.ndarray:
+    """``probability >= threshold``, keeping only the components the operating point accepts."""
+    mask = probability >= threshold
+    peak = point.peak_threshold if point.peak_threshold is not None else threshold
+    if peak <= threshold and point.min_area_mm2 <= 0:
+        return mask.astype(np.uint8)
+    labels, count = ndimage.label(mask, structure=EIGHT_CONNECTED)
+    if count == 0:
+        return mask.astype(np.uint8)
+    index = np.arange(1, count + 1)
+    peaks = ndimage.maximum(probability, labels, index)
+    areas = ndimage.sum_labels(np.ones_like(probability), labels, index) * pixel_area_mm2
+    keep = np.concatenate([[False], (peaks >= peak) & (areas >= point.min_area_mm2)])
+    return keep[labels].astype(np.uint8)
+
+
+def view_result(
+    image: ViewImage, probability: np.ndarray, threshold: float = 0.5, point: OperatingPoint = OperatingPoint()
+) -> ViewResult:
     """The :class:`ViewResult` of one view from its probability map on the stored source frame."""
     if probability.shape != (image.source.rows, image.source.columns):
         raise ValueError(
@@ -26,7 +79,7 @@ def view_result(image: ViewImage, probability: np.ndarray, threshold: float = 0.
             f"({image.source.rows} x {image.source.columns})"
         )
     probability = np.clip(probability, 0.0, 1.0).astype(np.float32)
-    mask = (probability >= threshold).astype(np.uint8)
+    mask = lesion_mask(probability, threshold, point, image.pixel_area_mm2)
     return ViewResult(view=image.view, probability=probability, mask=mask, lesions=lesions(image, mask))
 
 

@@ -82,6 +82,14 @@ def _apply(row_matrix: sparse.csr_matrix, array: np.ndarray, col_matrix: sparse.
     return np.asarray((col_matrix @ out.T).T, dtype=np.float32)
 
 
+def resample_counts(counts: np.ndarray, spacing: tuple[float, float], spacing_mm: float) -> np.ndarray:
+    """A 2-D count array at ``spacing`` → the model grid at ``spacing_mm``, total counts preserved."""
+    shape = model_shape(counts.shape, spacing, spacing_mm)
+    if shape == counts.shape:
+        return counts.astype(np.float32, copy=True)
+    return _apply(overlap_matrix(shape[0], counts.shape[0]), counts, overlap_matrix(shape[1], counts.shape[1]))
+
+
 @dataclass(frozen=True)
 class ViewGeometry:
     """How one view's stored frame maps onto the model grid (canonical orientation, model spacing)."""
@@ -110,10 +118,7 @@ class ViewGeometry:
     def counts_to_model(self, canonical: np.ndarray) -> np.ndarray:
         """Canonical counts at the source spacing → model grid, total counts preserved."""
         self._check(canonical, self.source_shape, "canonical counts")
-        if self.identity:
-            return canonical.astype(np.float32, copy=True)
-        (h, w), (rows, cols) = self.shape, self.source_shape
-        return _apply(overlap_matrix(h, rows), canonical, overlap_matrix(w, cols))
+        return resample_counts(canonical, self.pixel_spacing, self.spacing_mm)
 
     def mask_to_model(self, stored: np.ndarray) -> np.ndarray:
         """A 0/1 mask on the stored source frame → uint8 model-grid mask (≥ half the area covered)."""

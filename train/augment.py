@@ -5,6 +5,11 @@
   patient imaged with a shorter acquisition or a lower dose (the count-level variation of
   Gustafsson et al. 2022; notes/models-and-simulation.md §3). Both views get the same ``k``, as they
   come from one acquisition.
+- Count level, before preprocessing: **8-bit export** (:func:`quantise_scan`). Public collections
+  such as BS-80K went through 8-bit PNG (values 0–255, some studies saturated at 255), while cameras
+  send 16-bit counts (real Siemens whole-body views: hottest pixel 185–18,767 counts). Rescaling a
+  study so that its body reference level lands at a drawn 8-bit value (the development BS-80K views
+  sit at 28–60; docs/training.md), rounding and clipping at 255 lets one model see both.
 - Geometry, on a model-grid sample (all channels and the label together, so the view being segmented
   and the registered other view stay aligned): a left–right flip (patients are near left–right
   symmetric, and paper 004 §3.2.1 flips), and a small rotation / scaling / translation
@@ -45,6 +50,29 @@ def thin_scan(scan: BoneScan, keep: float, rng: np.random.Generator) -> BoneScan
         if image is not None
     }
     return dataclasses.replace(scan, **views)
+
+
+def quantise_scan(scan: BoneScan, reference: float, target: float) -> BoneScan:
+    """Both views rescaled by ``target / reference``, rounded and clipped to 0–255 (an 8-bit export).
+
+    ``reference`` is the study's body reference level in its own counts (the same scale for both
+    views, as one acquisition's export uses one scaling)."""
+    if reference <= 0 or not 0 < target < 255:
+        raise ValueError(f"quantise needs reference > 0 and 0 < target < 255, got {reference}, {target}")
+    scale = np.float32(target / reference)
+    views = {
+        name: dataclasses.replace(image, counts=np.clip(np.rint(image.counts * scale), 0, 255).astype(np.float32))
+        for name, image in (("anterior", scan.anterior), ("posterior", scan.posterior))
+        if image is not None
+    }
+    return dataclasses.replace(scan, **views)
+
+
+def scan_reference(scan: BoneScan) -> float:
+    """The body reference level of a study (largest over its views, on the source grid)."""
+    from segmentation.preprocess import body_mask, reference_level
+
+    return max(reference_level(im.counts, body_mask(im.counts), 95.0) for im in scan.views.values())
 
 
 def flip_lr(image: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -102,7 +130,10 @@ class Augmenter:
         """Count-level augmentation of a whole study (before preprocessing)."""
         c = self.config
         if c.thinning and self.rng.random() < c.thinning:
-            return thin_scan(scan, float(self.rng.uniform(c.thinning_min_keep, 1.0)), self.rng)
+            scan = thin_scan(scan, float(self.rng.uniform(c.thinning_min_keep, 1.0)), self.rng)
+        if c.quantise and self.rng.random() < c.quantise:
+            low, high = c.quantise_reference
+            scan = quantise_scan(scan, scan_reference(scan), float(self.rng.uniform(low, high)))
         return scan
 
     def sample(self, image: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -28,7 +28,7 @@ from typing import Any
 from segmentation.inference import WEIGHTS_DIR
 
 from .config import TrainConfig, load_config
-from .datasets import load_studies
+from .datasets import detect_format, load_studies
 from .evaluate import evaluate, over_runs
 from .loop import run_training
 
@@ -59,7 +59,7 @@ def finished_run(config: TrainConfig, data: Path, run_dir: Path) -> tuple[Path, 
     if not card.is_file() or not card.with_suffix(".safetensors").is_file():
         return None
     training = json.loads(card.read_text()).get("training", {})
-    if training.get("preset") != config.model_dump(mode="json") or training.get("data") != str(data):
+    if training.get("preset") != config.model_dump(mode="json") or training.get("data") != {str(data): detect_format(data).value}:
         return None
     return card.with_suffix(".safetensors"), float(training.get("wall_seconds", 0.0))
 

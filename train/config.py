@@ -18,6 +18,8 @@ differs. Unknown keys are errors (a typo must not silently fall back to a defaul
   paper 001 Eq. 3; critic recipe from SegAN (Xue et al. 2018): Adam β1 0.5, weights clamped ±0.05.
 - ``[semisup]``: paper 004's regime: supervised loss on a labelled fraction (default 37 %), the
   Mumford–Shah/Chan–Vese loss (Kim & Ye 2019) on every training study.
+- ``[crops]``: image-level crops (BS-80K chest crops), their loss weight, batch, how often an
+  abnormal one is drawn and the top-k pooling of the multiple-instance loss (:mod:`train.crops`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ class _Section(BaseModel):
 class ModelSection(_Section):
     network: str = "unet"
     width: Literal["paper", "slim"] | int = "slim"
+    # weights to start from (a .safetensors with its card), e.g. a simulator-pretrained model;
+    # "" = random initialisation. See train.pretrained for how a differing input layer is adapted.
+    init: str = ""
     # initial lesion probability of the output heads (prior initialisation of the logit bias,
     # Lin et al., ICCV 2017 §4.1): lesions are rare, and a head that starts at p = 0.5 spends
     # its first thousand steps only learning "background"; 0 leaves the network's own init
@@ -52,7 +57,7 @@ class ModelSection(_Section):
 
 
 class DataSection(_Section):
-    train_fraction: float = Field(0.70, gt=0, lt=1)
+    train_fraction: float = Field(0.70, gt=0, le=1)
     val_fraction: float = Field(0.15, ge=0, lt=1)
     test_fraction: float = Field(0.15, ge=0, lt=1)
     split_seed: int = 42  # paper 001 "Experimental setup": random seed 42
@@ -70,6 +75,15 @@ class DataSection(_Section):
         return self
 
 
+class CropsSection(_Section):
+    """Image-level crops (BS-80K chest crops) trained by multiple-instance learning (train.crops)."""
+
+    weight: float = Field(0.5, ge=0)  # weight of the crop loss beside the pixel loss
+    batch_size: int = Field(8, ge=1)  # crops per optimisation step
+    abnormal_fraction: float = Field(0.5, ge=0, le=1)  # share of abnormal crops drawn (they are ~6 %)
+    top_k: int = Field(4, ge=1)  # lesion evidence of a crop: mean of its k highest logits
+
+
 class AugmentSection(_Section):
     flip_lr: float = Field(0.5, ge=0, le=1)
     affine: float = Field(0.5, ge=0, le=1)  # probability of a small affine
@@ -81,6 +95,15 @@ class AugmentSection(_Section):
     intensity: float = Field(0.5, ge=0, le=1)  # probability of a gain/gamma change
     gain: float = Field(0.15, ge=0, lt=1)
     gamma: float = Field(0.15, ge=0, lt=1)
+    quantise: float = Field(0.0, ge=0, le=1)  # probability of an 8-bit export (train.augment.quantise_scan)
+    quantise_reference: tuple[float, float] = (25.0, 60.0)  # drawn 8-bit level of the body reference
+
+    @field_validator("quantise_reference")
+    @classmethod
+    def _ordered_levels(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < value[0] <= value[1] < 255:
+            raise ValueError("quantise_reference must be two levels 0 < low ≤ high < 255")
+        return value
 
 
 class OptimSection(_Section):
@@ -98,6 +121,7 @@ class LossSection(_Section):
     dice: float = Field(1.0, ge=0)
     bce: float = Field(1.0, ge=0)
     positive_weight: float = Field(1.0, gt=0)  # BCE weight of lesion pixels (they are rare)
+    hard_negative_weight: float = Field(3.0, ge=0)  # BCE weight of Normal-box pixels (train.weak)
     batch_dice: bool = True  # Dice over the batch, not per patch (see train.losses.soft_dice_loss)
 
     @model_validator(mode="after")
@@ -147,6 +171,7 @@ class TrainConfig(_Section):
     loss: LossSection = LossSection()
     adversarial: AdversarialSection = AdversarialSection()
     semisup: SemisupSection = SemisupSection()
+    crops: CropsSection = CropsSection()
 
     @field_validator("preprocessing")
     @classmethod

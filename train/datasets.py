@@ -1,6 +1,7 @@
 """Studies with lesion labels, read from a folder the way production reads them.
 
-Two folder kinds are recognised by :func:`load_studies`:
+Four folder kinds are recognised (:func:`detect_format`); BS-80K whole-body and crop folders are
+read by :mod:`train.bs80k`, the others here:
 
 - **Simulated** (``dicomnode synth``): ``DIR/manifest.json``, ``DIR/<study>/*.dcm`` and
   ``DIR/<study>/truth.npz`` (uint8 masks per view in the stored layout, keys ``anterior`` /
@@ -17,10 +18,12 @@ A study that cannot be read is skipped with a warning that says why; the summary
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from enum import Enum
 from typing import Any
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +37,8 @@ from segmentation.scan import BoneScan, View
 from segmentation.views import NM_IMAGE_STORAGE, ViewError, load_scan
 
 from .labelme import LabelMeAnnotation, LabelMeError, is_labelme, read_labelme
+from .bs80k import Crop, crop_label_files, load_crop_folder, load_wholebody_folder
+from .weak import Box
 from .seglabels import HUMAN_ALGORITHM_TYPES, SEGMENTATION_STORAGE, SegLabel, SegLabelError, read_seg_labels
 
 log = logging.getLogger(__name__)
@@ -57,41 +62,102 @@ class LabelledStudy:
     patient_id: str
     scan: BoneScan
     labels: Mapping[View, np.ndarray] = field(default_factory=dict)
-    label_source: str = "none"  # "synth", "SEG", "LabelMe" or "none"
+    label_source: str = "none"  # "synth", "SEG", "LabelMe", "BS-80K boxes" or "none"
     lesions: tuple[TruthLesion, ...] = ()
+    # weak supervision (:mod:`train.weak`): per labelled view, a stored-layout map of pixels the loss
+    # ignores or weighs as hard negatives, and the annotated boxes the BS-80K evaluation scores against
+    regions: Mapping[View, np.ndarray] = field(default_factory=dict)
+    boxes: Mapping[View, tuple[Box, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for view, mask in self.labels.items():
-            image = self.scan.views.get(view)
-            if image is None:
-                raise ValueError(f"{self.key}: label for a {view.value} view the study does not have")
-            expected = (image.source.rows, image.source.columns)
-            if mask.shape != expected or mask.dtype != np.uint8:
-                raise ValueError(
-                    f"{self.key}: {view.value} label is {mask.dtype} {mask.shape}, "
-                    f"expected uint8 {expected} (the stored source frame)"
-                )
+        for kind, maps in (("label", self.labels), ("region map", self.regions)):
+            for view, mask in maps.items():
+                image = self.scan.views.get(view)
+                if image is None:
+                    raise ValueError(f"{self.key}: {kind} for a {view.value} view the study does not have")
+                expected = (image.source.rows, image.source.columns)
+                if mask.shape != expected or mask.dtype != np.uint8:
+                    raise ValueError(
+                        f"{self.key}: {view.value} {kind} is {mask.dtype} {mask.shape}, "
+                        f"expected uint8 {expected} (the stored source frame)"
+                    )
+        if set(self.regions) - set(self.labels):
+            raise ValueError(f"{self.key}: a region map for a view without a label")
 
     @property
     def labelled(self) -> bool:
         return bool(self.labels)
 
 
-def load_studies(root: Path | str, *, accept_automatic_seg: bool = False) -> list[LabelledStudy]:
-    """All studies under ``root``, labelled where a label exists, in a stable order."""
+class DataFormat(str, Enum):
+    """The folder formats training and evaluation read (:func:`detect_format`)."""
+
+    SYNTH = "synth"  # dicomnode synth: manifest.json, DICOM, truth.npz
+    BS80K_WHOLEBODY = "bs80k-wholebody"  # BS-80K two-frame files with Pascal VOC boxes
+    BS80K_CROPS = "bs80k-crops"  # BS-80K crop folders with a label file (image-level labels)
+    DICOM = "dicom"  # NM Image Storage with DICOM SEG or LabelMe labels
+
+
+def detect_format(root: Path | str) -> DataFormat:
+    """Which of the :class:`DataFormat` folders ``root`` is (first signature that matches)."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"data folder {root} does not exist")
     if (root / "manifest.json").is_file():
+        return DataFormat.SYNTH
+    if crop_label_files(root):
+        return DataFormat.BS80K_CROPS
+    if any(root.glob("*/*_ant.xml")) or any(root.glob("*/*_post.xml")):
+        return DataFormat.BS80K_WHOLEBODY
+    return DataFormat.DICOM
+
+
+def load_studies(root: Path | str, *, accept_automatic_seg: bool = False) -> list[LabelledStudy]:
+    """All whole-body studies under ``root``, labelled where a label exists, in a stable order."""
+    root = Path(root)
+    kind = detect_format(root)
+    if kind is DataFormat.SYNTH:
         studies = load_synth_folder(root)
+    elif kind is DataFormat.BS80K_WHOLEBODY:
+        studies = load_wholebody_folder(root)
+    elif kind is DataFormat.BS80K_CROPS:
+        raise ValueError(f"{root} holds BS-80K crops with image-level labels, not whole-body studies")
     else:
         studies = load_dicom_folder(root, accept_automatic_seg=accept_automatic_seg)
     if not studies:
-        raise ValueError(f"no usable bone-scan studies under {root}")
+        raise ValueError(f"no usable bone-scan studies under {root} ({kind.value} format)")
     labelled = sum(s.labelled for s in studies)
-    log.info("%s: %d studies (%d labelled, %d unlabelled), %d patients", root, len(studies),
-             labelled, len(studies) - labelled, len({s.patient_id for s in studies}))
+    log.info("%s (%s format): %d studies (%d labelled, %d unlabelled), %d patients", root, kind.value,
+             len(studies), labelled, len(studies) - labelled, len({s.patient_id for s in studies}))
     return studies
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """Whole-body studies and image-level crops from one or more folders, with each folder's format."""
+
+    studies: list[LabelledStudy]
+    crops: list[Crop]
+    formats: dict[str, str]  # folder → DataFormat value
+
+
+def load_training_data(roots: Sequence[Path | str]) -> TrainingData:
+    """Every folder in ``roots`` by its detected format. Study keys and patient IDs are prefixed with
+    the folder's position when several folders are given, so two sources never share a patient."""
+    studies: list[LabelledStudy] = []
+    crops: list[Crop] = []
+    formats: dict[str, str] = {}
+    for index, root in enumerate(roots):
+        kind = detect_format(root)
+        formats[str(root)] = kind.value
+        prefix = f"{index}:" if len(roots) > 1 else ""
+        if kind is DataFormat.BS80K_CROPS:
+            crops += [dataclasses.replace(c, key=prefix + c.key, patient_id=prefix + c.patient_id)
+                      for c in load_crop_folder(Path(root))]
+        else:
+            studies += [dataclasses.replace(s, key=prefix + s.key, patient_id=prefix + s.patient_id)
+                        for s in load_studies(root)]
+    return TrainingData(studies, crops, formats)
 
 
 # --- simulated folders -----------------------------------------------------------------------------

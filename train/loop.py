@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from safetensors.torch import load_file
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from segmentation.modelcard import save_model
 from segmentation.networks import SegmentationNetwork, build
@@ -47,8 +47,10 @@ from segmentation.preprocess import Preprocessing
 
 from .config import TrainConfig
 from .curves import plot_curves, write_history_csv
-from .datasets import LabelledStudy, load_studies
-from .losses import adversarial_loss, mumford_shah_loss, segmentation_loss
+from .crops import CropDataset, crop_canvas, crop_sampler_weights
+from .datasets import LabelledStudy, TrainingData, load_training_data
+from .losses import adversarial_loss, multiple_instance_loss, mumford_shah_loss, segmentation_loss
+from .pretrained import PretrainedError, load_pretrained
 from .patches import PatchDataset, view_items
 from .split import Split, split_patients
 from .validate import validate
@@ -188,7 +190,13 @@ class Trainer:
         self.device = device
         self.preprocessing = config.preprocessing_config
         self.net = build(config.model.network, in_channels=self.preprocessing.in_channels, width=config.model.width).to(device)
-        if config.model.output_prior:
+        if config.model.init:
+            try:
+                adapted = load_pretrained(self.net, config.model.init)
+            except PretrainedError as exc:
+                raise TrainingError(str(exc)) from None
+            log.info("started from %s (input channels adapted: %s)", config.model.init, adapted or "none")
+        elif config.model.output_prior:
             init_output_prior(self.net, config.model.output_prior)
         _check_patch(config, self.net, self.preprocessing)
         self.optimiser = _optimiser(self.net.parameters(), config)
@@ -219,12 +227,14 @@ class Trainer:
             self.critic.load_state_dict(state["critic"])
             self.critic_optimiser.load_state_dict(state["critic_optimiser"])
 
-    def step(self, batch: dict[str, Tensor]) -> dict[str, float]:
-        """One optimisation step of the network (and of the critic, when adversarial)."""
+    def step(self, batch: dict[str, Tensor], crops: dict[str, Tensor] | None = None) -> dict[str, float]:
+        """One optimisation step of the network (and of the critic, when adversarial); ``crops`` is a
+        batch of image-level crops whose multiple-instance loss joins the pixel loss."""
         c = self.config
         image = batch["image"].to(self.device)
         label = batch["label"].to(self.device)
         labelled = batch["labelled"].to(self.device)
+        weight = batch["weight"].to(self.device) if "weight" in batch else None
         self.net.train()
         with _autocast(self.device):
             outputs = self.net(image)
@@ -235,11 +245,20 @@ class Trainer:
             losses["segmentation"] = segmentation_loss(
                 supervised, label[labelled], dice_weight=c.loss.dice, bce_weight=c.loss.bce,
                 positive_weight=c.loss.positive_weight, batch_dice=c.loss.batch_dice,
+                pixel_weight=weight[labelled] if weight is not None else None,
+            )
+        if crops is not None and c.crops.weight:
+            with _autocast(self.device):
+                crop_logits = self.net(crops["image"].to(self.device))[0]
+            losses["crops"] = multiple_instance_loss(
+                crop_logits.float(), crops["valid"].to(self.device), crops["abnormal"].to(self.device), top_k=c.crops.top_k
             )
         total = image.new_zeros(())
         if "segmentation" in losses:
             alpha = c.adversarial.alpha if c.adversarial.enabled else 1.0
             total = total + alpha * losses["segmentation"]
+        if "crops" in losses:
+            total = total + c.crops.weight * losses["crops"]
         if self.critic is not None and labelled.any():
             losses["adversarial"] = adversarial_loss(
                 self.critic, multiscale_l1, image[labelled], supervised, label[labelled]
@@ -276,6 +295,17 @@ class Trainer:
         return float(-gap.detach())
 
 
+def _crop_batches(crops: CropDataset | None, config: TrainConfig, epoch: int, steps: int) -> Iterator[dict[str, Tensor]] | None:
+    """``steps`` crop batches for one epoch, abnormal crops drawn at ``crops.abnormal_fraction``."""
+    if crops is None:
+        return None
+    crops.set_epoch(epoch)
+    generator = torch.Generator().manual_seed(config.optim.seed * 7_919 + epoch)
+    sampler = WeightedRandomSampler(crop_sampler_weights(crops.crops, config.crops),
+                                    num_samples=steps * config.crops.batch_size, replacement=True, generator=generator)
+    return iter(DataLoader(crops, batch_size=config.crops.batch_size, sampler=sampler))
+
+
 def _mean_records(records: list[dict[str, float]]) -> dict[str, float]:
     keys = {k for r in records for k in r}
     return {k: float(np.mean([r[k] for r in records if k in r])) for k in sorted(keys)}
@@ -292,7 +322,7 @@ def _progress(enabled: bool):  # type: ignore[no-untyped-def]
 
 def run_training(
     config: TrainConfig,
-    data: Path,
+    data: Path | Sequence[Path] | TrainingData,
     out: Path,
     *,
     device: str = "auto",
@@ -300,7 +330,9 @@ def run_training(
     progress: bool = True,
     num_threads: int | None = None,
 ) -> TrainResult:
-    """Train ``config`` on the studies under ``data``; write everything listed above into ``out``."""
+    """Train ``config`` on the studies (and crops) under ``data`` — one folder, several folders of any
+    format :func:`train.datasets.detect_format` knows, or data already loaded — and write everything
+    listed above into ``out``."""
     started = time.perf_counter()
     if num_threads:
         torch.set_num_threads(num_threads)
@@ -308,7 +340,11 @@ def run_training(
     torch_device = resolve_device(device)
     seed_everything(config.optim.seed)
 
-    studies = load_studies(data)
+    if not isinstance(data, TrainingData):
+        data = load_training_data([data] if isinstance(data, (str, Path)) else list(data))
+    studies = data.studies
+    if not studies:
+        raise TrainingError("no whole-body studies to train on (crops alone cannot be split into patches)")
     split = split_patients(
         (s.patient_id for s in studies),
         seed=config.data.split_seed,
@@ -322,7 +358,8 @@ def run_training(
     _write_split(out / "split.json", split, kept)
 
     items = view_items(train_studies, include_unlabelled=config.semisup.enabled)
-    dataset = PatchDataset(train_studies, items, config.preprocessing_config, config.data, config.augment, config.optim.seed)
+    dataset = PatchDataset(train_studies, items, config.preprocessing_config, config.data, config.augment,
+                           config.optim.seed, hard_negative_weight=config.loss.hard_negative_weight)
     if config.data.workers:
         dataset.warm()
     trainer = Trainer(config, torch_device)
@@ -346,6 +383,14 @@ def run_training(
         len(train_studies), len(val_studies),
     )
 
+    crop_data: CropDataset | None = None
+    if data.crops and config.crops.weight:
+        if trainer.net.in_channels != 1:
+            raise TrainingError("image-level crops hold one view: train them with preprocessing aggregation 'none'")
+        canvas = crop_canvas(data.crops, config.preprocessing_config, trainer.net)
+        crop_data = CropDataset(data.crops, config.preprocessing_config, canvas, config.augment, config.optim.seed)
+        log.info("with %d image-level crops (%d abnormal) on a %d×%d canvas", len(data.crops),
+                 sum(c.abnormal for c in data.crops), *canvas)
     generator = torch.Generator().manual_seed(config.optim.seed)
     export = _Exporter(config, out)
     with _progress(progress) as bar:
@@ -357,8 +402,9 @@ def run_training(
                                 num_workers=config.data.workers)  # workers fork after set_epoch
             task = bar.add_task(f"epoch {epoch + 1}/{config.optim.epochs}", total=len(loader), status="")
             records = []
+            crop_batches = _crop_batches(crop_data, config, epoch, len(loader))
             for batch in loader:
-                record = trainer.step(batch)
+                record = trainer.step(batch, next(crop_batches) if crop_batches is not None else None)
                 if record:
                     records.append(record)
                 bar.update(task, advance=1, status=f"loss {record['loss']:.4f}" if record else "")
@@ -386,7 +432,8 @@ def run_training(
     if best["epoch"] < 1:
         raise TrainingError(f"{out}: no epoch finished, nothing to export")
     trainer.net.load_state_dict(load_file(out / f"{config.name}.safetensors"))
-    info = _training_info(config, split, studies, train_studies, val_studies, items, history, best["epoch"], torch_device, data)
+    info = _training_info(config, split, studies, train_studies, val_studies, items, history, best["epoch"],
+                          torch_device, data)
     best_record = history[best["epoch"] - 1]
     card = export.save(
         trainer.net, config.name, training=info,
@@ -468,13 +515,16 @@ def _training_info(
     history: Sequence[dict[str, float]],
     best_epoch: int,
     device: torch.device,
-    data: Path,
+    data: TrainingData,
 ) -> dict[str, Any]:
     """What the model card says about the run (no patient identifiers)."""
+    recipes = [r for r in (_synth_recipe(Path(folder)) for folder, kind in data.formats.items() if kind == "synth") if r]
     return {
         "preset": config.model_dump(mode="json"),
-        "data": str(data),
-        **_synth_recipe(data),
+        "data": dict(data.formats),
+        **(recipes[0] if len(recipes) == 1 else {"simulated_data": [r["simulated_data"] for r in recipes]} if recipes else {}),
+        "crops": len(data.crops),
+        "crops_abnormal": sum(c.abnormal for c in data.crops),
         "studies": len(studies),
         "patients": {name: len(getattr(split, name)) for name in ("train", "val", "test")},
         "split_seed": split.seed,

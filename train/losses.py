@@ -3,6 +3,7 @@
 - :func:`segmentation_loss`: soft Dice (+ BCE) averaged over the decoder outputs, paper 001 Eq. 4
   ("the segmentation loss is averaged over four decoding layers"). BCE is optional (weight 0 turns
   it off); paper 001 uses Dice alone, the U-Net/nnU-Net baselines Dice + cross-entropy.
+- :func:`multiple_instance_loss`: image-level labels (crops) on a pixel network, top-k pooled.
 - :func:`adversarial_loss`: MSA-Net's multi-scale L1 between the critic's features of
   ``image × prediction`` and ``image × truth`` (paper 001 Eq. 5, SegAN, Xue et al. 2018), averaged
   over the outputs like Eq. 4. The critic maximises it (Eq. 6, SegAN ``loss_D = −L``).
@@ -37,16 +38,22 @@ def _check(outputs: Sequence[Tensor], target: Tensor | None = None) -> None:
         raise ValueError(f"target shape {tuple(target.shape)} does not match outputs {tuple(shape)}")
 
 
-def soft_dice_loss(logits: Tensor, target: Tensor, smooth: float = 1.0, *, per_sample: bool = False) -> Tensor:
+def soft_dice_loss(
+    logits: Tensor, target: Tensor, smooth: float = 1.0, *, per_sample: bool = False, valid: Tensor | None = None
+) -> Tensor:
     """``1 − Dice`` of ``sigmoid(logits)`` and a 0/1 target (paper 001 Eq. 4).
 
     By default the Dice is taken over the whole batch ("batch Dice", nnU-Net, Isensee et al. 2021):
     lesions cover a tiny fraction of a bone scan and many patches hold none, and a per-patch Dice of
     such a patch only says "predict nothing". ``per_sample`` averages per-patch Dice instead.
     ``smooth`` keeps the loss defined (and 0) when no lesion is predicted and none is present.
+    ``valid`` (0/1, same shape) leaves out pixels whose label is unknown (:mod:`train.weak`).
     """
-    prob = torch.sigmoid(logits.float()).flatten(1)
-    truth = target.float().flatten(1)
+    prob = torch.sigmoid(logits.float())
+    truth = target.float()
+    if valid is not None:
+        prob, truth = prob * valid, truth * valid
+    prob, truth = prob.flatten(1), truth.flatten(1)
     if not per_sample:
         prob, truth = prob.reshape(1, -1), truth.reshape(1, -1)
     intersection = (prob * truth).sum(1)
@@ -62,20 +69,59 @@ def segmentation_loss(
     bce_weight: float = 1.0,
     positive_weight: float = 1.0,
     batch_dice: bool = True,
+    pixel_weight: Tensor | None = None,
 ) -> Tensor:
-    """Dice (+ BCE) averaged over the main and deep-supervision outputs."""
+    """Dice (+ BCE) averaged over the main and deep-supervision outputs.
+
+    ``pixel_weight`` (same shape as ``target``) weighs each pixel's BCE: 0 for pixels of unknown
+    label, above 1 for hard negatives (:mod:`train.weak`); the BCE is the weighted sum over the sum
+    of weights, and the Dice leaves weight-0 pixels out.
+    """
     _check(outputs, target)
     target = target.float()
+    valid = None
+    if pixel_weight is not None:
+        if pixel_weight.shape != target.shape:
+            raise ValueError(f"pixel weights {tuple(pixel_weight.shape)} do not match the target {tuple(target.shape)}")
+        pixel_weight = pixel_weight.float()
+        valid = (pixel_weight > 0).float()
     pos_weight = torch.tensor([positive_weight], device=target.device)
     total = outputs[0].new_zeros((), dtype=torch.float32)
     for logits in outputs:
         if dice_weight:
-            total = total + dice_weight * soft_dice_loss(logits, target, per_sample=not batch_dice)
+            total = total + dice_weight * soft_dice_loss(logits, target, per_sample=not batch_dice, valid=valid)
         if bce_weight:
-            total = total + bce_weight * F.binary_cross_entropy_with_logits(
-                logits.float(), target, pos_weight=pos_weight
-            )
+            bce = F.binary_cross_entropy_with_logits(logits.float(), target, pos_weight=pos_weight, reduction="none")
+            if pixel_weight is None:
+                total = total + bce_weight * bce.mean()
+            else:
+                total = total + bce_weight * (bce * pixel_weight).sum() / pixel_weight.sum().clamp_min(1.0)
     return total / len(outputs)
+
+
+def multiple_instance_loss(logits: Tensor, valid: Tensor, abnormal: Tensor, *, top_k: int = 4) -> Tensor:
+    """The loss of image-level labels (crops) on a pixel network's logits ``(N, 1, H, W)``.
+
+    Multiple-instance learning (Maron & Lozano-Pérez, NIPS 1997; top-k pooling as in weakly supervised
+    segmentation, e.g. Zhou et al., CVPR 2016's global pooling of class evidence): a crop is a bag of
+    pixels. An **abnormal** crop holds at least one lesion pixel: the mean of its ``top_k`` highest
+    logits inside ``valid`` is pushed up by BCE with label 1. A **normal** crop is all background:
+    every valid pixel gets BCE with label 0, and its top-k evidence BCE with label 0 too (so one hot
+    pixel on a normal crop costs as much as missing a lesion on an abnormal one).
+    """
+    if logits.dim() != 4 or logits.shape[1] != 1 or valid.shape != logits.shape:
+        raise ValueError(f"crop logits {tuple(logits.shape)} and valid {tuple(valid.shape)} must be (N, 1, H, W)")
+    flat = logits.float().flatten(1)
+    inside = valid.flatten(1) > 0
+    k = max(1, min(top_k, int(inside.sum(1).min().item())))
+    evidence = flat.masked_fill(~inside, float("-inf")).topk(k, dim=1).values.mean(1)
+    labels = abnormal.float().reshape(-1)
+    loss = F.binary_cross_entropy_with_logits(evidence, labels)
+    normal = labels == 0
+    if normal.any():
+        pixel = F.binary_cross_entropy_with_logits(flat[normal], torch.zeros_like(flat[normal]), reduction="none")
+        loss = loss + (pixel * inside[normal]).sum() / inside[normal].sum().clamp_min(1)
+    return loss
 
 
 MultiscaleL1 = Callable[[torch.nn.Module, Tensor, Tensor, Tensor], Tensor]

@@ -6,6 +6,11 @@ training sees the pixels the node will see. Then a ``patch_rows × patch_columns
 centred near a lesion pixel with probability ``lesion_patch_fraction`` (lesions cover well under 1 %
 of a whole-body view; without this most patches hold none) — and augmented (:mod:`train.augment`).
 
+Weak labels (:mod:`train.weak`) travel with the label as one code map (0 background, 1 lesion,
+2 uncertain, 3 hard negative), so flips and affine warps (nearest neighbour) move them together;
+each sample then carries a pixel weight: 1, 0 for uncertain pixels, ``hard_negative_weight`` for
+hard negatives.
+
 Randomness is a pure function of (seed, epoch, item), so a resumed run draws the same patches as an
 uninterrupted one.
 """
@@ -25,6 +30,9 @@ from segmentation.scan import View
 from .augment import Augmenter
 from .config import AugmentSection, DataSection
 from .datasets import LabelledStudy
+from .weak import HARD_NEGATIVE, UNCERTAIN
+
+LESION_CODE, UNCERTAIN_CODE, HARD_NEGATIVE_CODE = 1, 2, 3
 
 
 @dataclass(frozen=True)
@@ -84,6 +92,7 @@ class PatchDataset(Dataset):
         data: DataSection,
         augment: AugmentSection | None,
         seed: int,
+        hard_negative_weight: float = 1.0,
     ) -> None:
         if not items:
             raise ValueError("no views to train on (no labelled views, and unlabelled ones not used)")
@@ -93,6 +102,7 @@ class PatchDataset(Dataset):
         self.data = data
         self.augment = augment
         self.seed = seed
+        self.hard_negative_weight = hard_negative_weight
         self.epoch = 0
         self._labels: dict[tuple[int, View], np.ndarray] = {}
         self._images: dict[int, dict[View, np.ndarray]] = {}
@@ -111,13 +121,19 @@ class PatchDataset(Dataset):
         return len(self.items) * self.data.patches_per_view
 
     def label(self, item: ViewItem) -> np.ndarray:
-        """The model-grid label of a view (zeros for an unlabelled one), cached."""
+        """The model-grid label code map of a view (zeros for an unlabelled one), cached."""
         key = (item.study, item.view)
         if key not in self._labels:
             study = self.studies[item.study]
             image = study.scan.views[item.view]
             if item.labelled:
-                self._labels[key] = prepare_label(image, study.labels[item.view], self.preprocessing)
+                code = prepare_label(image, study.labels[item.view], self.preprocessing)
+                regions = study.regions.get(item.view)
+                if regions is not None:
+                    for region, value in ((UNCERTAIN, UNCERTAIN_CODE), (HARD_NEGATIVE, HARD_NEGATIVE_CODE)):
+                        inside = prepare_label(image, (regions == region).astype(np.uint8), self.preprocessing)
+                        code[(inside != 0) & (code == 0)] = value
+                self._labels[key] = code
             else:
                 shape = self.image(item.study, None)[item.view].shape[-2:]
                 self._labels[key] = np.zeros(shape, np.uint8)
@@ -147,12 +163,20 @@ class PatchDataset(Dataset):
             )
         patch = (self.data.patch_rows, self.data.patch_columns)
         prefer_lesion = bool(rng.random() < self.data.lesion_patch_fraction)
-        origin = crop_origin(label.shape, patch, label, prefer_lesion, rng)
-        image, label = cut(image, origin, patch), cut(label, origin, patch)
+        # patches not drawn at a lesion go to a hard negative (a Normal box) half of the time,
+        # where one exists: those are the hot spots a model must learn to leave alone
+        target = label == LESION_CODE if prefer_lesion else label == HARD_NEGATIVE_CODE
+        prefer = prefer_lesion or bool(rng.random() < 0.5)
+        origin = crop_origin(label.shape, patch, target, prefer, rng)
+        image, code = cut(image, origin, patch), cut(label, origin, patch)
         if augmenter is not None:
-            image, label = augmenter.sample(image, label)
+            image, code = augmenter.sample(image, code)
+        weight = np.ones(code.shape, np.float32)
+        weight[code == UNCERTAIN_CODE] = 0.0
+        weight[code == HARD_NEGATIVE_CODE] = self.hard_negative_weight
         return {
             "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
-            "label": torch.from_numpy(np.ascontiguousarray(label[None], dtype=np.float32)),
+            "label": torch.from_numpy((code == LESION_CODE)[None].astype(np.float32)),
+            "weight": torch.from_numpy(weight[None]),
             "labelled": torch.tensor(item.labelled),
         }

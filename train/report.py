@@ -22,6 +22,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 import numpy as np  # noqa: E402
+from scipy import ndimage  # noqa: E402
 
 from segmentation.modelcard import load_card  # noqa: E402
 from segmentation.scan import View  # noqa: E402
@@ -61,6 +62,40 @@ def write_overlay(study: LabelledStudy, outcome: StudyOutcome, path: Path) -> No
     figure.suptitle(f"{outcome.key}  (green: truth, red: model)", fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=90)
+    plt.close(figure)
+
+
+def write_box_overlay(study: LabelledStudy, masks: dict[View, np.ndarray], path: Path) -> None:
+    """Each view as stored with its annotated boxes (``Abnormal`` yellow, ``Normal`` blue) and the
+    reported lesions outlined in red: the picture of a BS-80K study a person checks."""
+    from matplotlib.patches import Rectangle
+
+    from .weak import ABNORMAL
+
+    views = [v for v in View if v in study.scan.views]
+    figure, axes = plt.subplots(1, len(views), figsize=(3.2 * len(views), 9), squeeze=False)
+    for axis, view in zip(axes[0], views):
+        image = study.scan.views[view]
+        stored = image.source.to_stored(image.counts)
+        top = float(np.percentile(stored[stored > 0], 99)) if np.any(stored > 0) else 1.0
+        axis.imshow(stored, cmap="gray_r", vmin=0, vmax=max(top, 1.0), interpolation="nearest")
+        boxes = study.boxes.get(view, ())
+        for box in boxes:
+            colour = "gold" if box.kind == ABNORMAL else "deepskyblue"
+            axis.add_patch(Rectangle((box.column_min - 0.5, box.row_min - 0.5), box.column_max - box.column_min + 1,
+                                     box.row_max - box.row_min + 1, fill=False, edgecolor=colour, linewidth=0.9))
+        mask = masks.get(view)
+        reported = 0
+        if mask is not None and mask.any():
+            axis.contour(mask.astype(float), levels=[0.5], colors="red", linewidths=0.8)
+            reported = ndimage.label(mask, structure=np.ones((3, 3), bool))[1]
+        found = sum(box.touches(mask) for box in boxes if box.kind == ABNORMAL) if mask is not None else 0
+        abnormal = sum(box.kind == ABNORMAL for box in boxes)
+        axis.set_title(f"{view.value}: {found}/{abnormal} boxes found\n{reported} lesions reported", fontsize=9)
+        axis.axis("off")
+    figure.suptitle(study.key, fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
     plt.close(figure)
 
 

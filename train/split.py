@@ -95,3 +95,13 @@ def split_patients(
         test=frozenset(ids[n_train + n_val :]),
         seed=seed,
     )
+
+
+def kfold_patients(patient_ids: Iterable[str], folds: int, *, seed: int = 42) -> list[frozenset[str]]:
+    """Distinct patient IDs dealt into ``folds`` disjoint folds of near-equal size (shuffled with
+    ``random.Random(seed)``), for patient-level cross-validation."""
+    ids = sorted(set(patient_ids))
+    if folds < 2 or folds > len(ids):
+        raise ValueError(f"{folds} folds need between 2 and {len(ids)} (the number of patients)")
+    random.Random(seed).shuffle(ids)
+    return [frozenset(ids[k::folds]) for k in range(folds)]

@@ -1,0 +1,99 @@
+"""Cross-validation on BS-80K-format fixtures end to end, and the commands that detect the formats."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from segmentation.modelcard import load_card
+from tests.bs80k_fixtures import HotSpot, write_crops, write_wholebody
+from train.crossval import main as crossval_main
+
+PRESET = """
+name = "tiny"
+[model]
+network = "unet"
+width = 4
+[preprocessing]
+window = "whole-view"
+aggregation = "none"
+[data]
+patch_rows = 64
+patch_columns = 32
+patches_per_view = 2
+[augment]
+quantise = 0.5
+[optim]
+lr = 2e-3
+batch_size = 4
+epochs = 1
+[crops]
+batch_size = 4
+"""
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    root = tmp_path_factory.mktemp("bs80k")
+    for k in range(6):
+        spots = [HotSpot(40 + 20 * k, 10 + 2 * k, 3)] if k % 2 == 0 else []
+        write_wholebody(root / "wholebody", f"{k + 1}", spots + [HotSpot(200, 15, 4, abnormal=False)],
+                        rows=256, columns=30, seed=k)
+    write_crops(root / "crops", [True, False] * 5, rows=64, columns=30)
+    preset = root / "tiny.toml"
+    preset.write_text(PRESET)
+    return root / "wholebody", root / "crops", preset
+
+
+@pytest.mark.slow
+def test_crossvalidation_scores_every_fold_on_patients_it_did_not_train_on(folders: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    wholebody, crops, preset = folders
+    out = tmp_path / "cv"
+    crossval_main(["--config", str(preset), "--data", str(wholebody), "--data", str(crops), "--out", str(out),
+                   "--folds", "2", "--threads", "1", "--final"])
+    table = json.loads((out / "crossval.json").read_text())
+    assert [row["fold"] for row in table["folds"]] == [1, 2]
+    for number, row in enumerate(table["folds"], start=1):
+        card = load_card(out / f"fold{number}" / "tiny.json")
+        held_out = set(card.training["held_out_patients"])
+        trained = json.loads((out / f"fold{number}" / "split.json").read_text())["train"]
+        assert held_out and not held_out & set(trained)  # judged only on patients it never saw
+        assert row["studies"] == len(held_out) and 0 <= row["lesion_sensitivity"] <= 1
+        assert row["crops"] > 0 and 0 <= row["crop_auc"] <= 1
+    assert set(table["cross_validated"]) >= {"lesion_sensitivity", "false_positives_per_study", "study_auc", "crop_auc"}
+    final = load_card(Path(table["final"]))
+    point = table["pooled_operating_point"]
+    assert final.threshold == point["threshold"] and final.operating_point.peak_threshold == point["peak_threshold"]
+    assert final.operating_point.test_time_flip and "cross_validated_real" in final.metrics
+    assert table["pictures"]["files"] and all((out / "pictures" / f).is_file() for f in table["pictures"]["files"])
+    # a second run reuses every trained fold
+    before = (out / "fold1" / "tiny.safetensors").stat().st_mtime_ns
+    crossval_main(["--config", str(preset), "--data", str(wholebody), "--data", str(crops), "--out", str(out),
+                   "--folds", "2", "--threads", "1"])
+    assert (out / "fold1" / "tiny.safetensors").stat().st_mtime_ns == before
+
+
+@pytest.mark.slow
+def test_train_and_evaluate_say_which_format_they_read(folders: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    wholebody, crops, preset = folders
+    train = subprocess.run(
+        [sys.executable, "-c", "from dicomnode.cli import main; main()", "train", "--config", str(preset), "--data", str(wholebody),
+         "--data", str(crops), "--out", str(tmp_path / "run"), "--no-progress", "--threads", "1"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert train.returncode == 0, train.stderr
+    assert "bs80k-wholebody format" in train.stderr and "crops (" in train.stderr
+    for folder, expected in ((wholebody, "lesion sensitivity"), (crops, "crop auc")):
+        evaluate = subprocess.run(
+            [sys.executable, "-c", "from dicomnode.cli import main; main()", "evaluate", "--weights", str(tmp_path / "run" / "tiny.safetensors"),
+             "--data", str(folder), "--out", str(tmp_path / f"ev-{folder.name}"), "--threads", "1"],
+            capture_output=True, text=True, timeout=600,
+        )
+        assert evaluate.returncode == 0, evaluate.stderr
+        assert f"bs80k-{'wholebody' if folder == wholebody else 'crops'} format" in evaluate.stderr
+        assert expected in evaluate.stdout
+        assert json.loads((tmp_path / f"ev-{folder.name}" / "bs80k.json").read_text())["format"].startswith("bs80k")
