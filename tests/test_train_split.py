@@ -64,3 +64,16 @@ def test_empty_patient_id_refused() -> None:
         split_patients(["P1"], fractions=(0.5, 0.2, 0.2))
     with pytest.raises(ValueError, match="subset"):
         split_patients(["P1"]).select([], "holdout")
+
+
+def test_kfold_deals_each_patient_into_exactly_one_fold() -> None:
+    from train.split import kfold_patients
+
+    ids = [f"p{i}" for i in range(23)] + ["p3", "p4"]  # a patient with two studies counts once
+    folds = kfold_patients(ids, 5, seed=42)
+    assert len(folds) == 5 and sorted(len(f) for f in folds) == [4, 4, 5, 5, 5]
+    assert set().union(*folds) == set(ids) and sum(len(f) for f in folds) == 23
+    assert folds == kfold_patients(reversed(ids), 5, seed=42)  # order of input does not matter
+    assert folds != kfold_patients(ids, 5, seed=43)
+    with pytest.raises(ValueError, match="folds"):
+        kfold_patients(["a", "b"], 3)

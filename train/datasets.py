@@ -150,6 +150,7 @@ def load_training_data(roots: Sequence[Path | str]) -> TrainingData:
     for index, root in enumerate(roots):
         kind = detect_format(root)
         formats[str(root)] = kind.value
+        log.info("%s: %s format", root, kind.value)
         prefix = f"{index}:" if len(roots) > 1 else ""
         if kind is DataFormat.BS80K_CROPS:
             crops += [dataclasses.replace(c, key=prefix + c.key, patient_id=prefix + c.patient_id)
