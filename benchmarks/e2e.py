@@ -45,11 +45,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sqlalchemy import func, select  # noqa: E402
 
-from dicomnode.db import Database, connect  # noqa: E402
-from dicomnode.demo import DcmtkPacs, DemoError, delivered_results, describe_model  # noqa: E402
-from dicomnode.models import Export, Instance, Job, JobState, ResultObject, Study  # noqa: E402
-from dicomnode.queue import as_utc  # noqa: E402
+from dicomnode.pipeline.queue import as_utc  # noqa: E402
+from dicomnode.store.db import Database, connect  # noqa: E402
+from dicomnode.store.models import Export, Instance, Job, JobState, ResultObject, Study  # noqa: E402
 from dicomnode.synth import write_studies  # noqa: E402
+from dicomnode.tools.harness import DcmtkPacs, HarnessError, delivered_results, describe_model  # noqa: E402
 from tests.peers import dcmtk, free_port, postgres_available, postgres_database, wait_for_port  # noqa: E402
 
 POLL_SECONDS = 0.2
@@ -117,7 +117,7 @@ class Processes:
         return found
 
     def claims(self) -> dict[int, list[int]]:
-        """Job ids each process logged as claimed (``job claimed``, dicomnode.queue)."""
+        """Job ids each process logged as claimed (``job claimed``, dicomnode.pipeline.queue)."""
         return {index: [entry["job"] for entry in self.entries(index) if entry.get("message") == "job claimed"]
                 for index in range(len(self.running))}
 
@@ -143,11 +143,11 @@ def storescu(files: list[Path], port: int) -> None:
 def wait_delivered(database: Database, study_uid: str, timeout: float = 300) -> set[str]:
     deadline = time.monotonic() + timeout
     while True:
-        finished, error, uids = delivered_results(database, study_uid)
+        finished, error, delivered = delivered_results(database, study_uid)
         if error:
             raise RuntimeError(f"study {study_uid}: {error}")
         if finished:
-            return uids
+            return set(delivered)
         if time.monotonic() > deadline:
             raise RuntimeError(f"study {study_uid}: no results at the PACS after {timeout:.0f} s")
         time.sleep(0.02)
@@ -301,7 +301,7 @@ def main() -> None:
     args = parser.parse_args()
     try:
         model = describe_model(args.weights)
-    except DemoError as exc:
+    except HarnessError as exc:
         raise SystemExit(f"error: {exc}") from None
     print(f"# dicomnode end to end — {platform.processor() or platform.machine()}, {cores()} CPU core(s) "
           f"available, Python {platform.python_version()}\n")

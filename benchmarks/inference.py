@@ -1,6 +1,6 @@
 """Inference cost of each segmentation network per study: parameters, FLOPs, CPU and GPU time.
 
-A *study* is both whole-body views at 1024 × 256 (DESIGN §5), run the way inference runs them:
+A *study* is both whole-body views at 1024 × 256 (docs/segmentation.md), run the way inference runs them:
 fully convolutional networks take each whole view in one pass (a batch of 2); a network with a fixed
 window (``net.window``) takes 256 × 256 windows at stride 128, 7 per view (a batch of 14; paper 002,
 "Data preprocessing" Step 4). FLOPs come from :class:`torch.utils.flop_counter.FlopCounterMode`

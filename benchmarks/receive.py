@@ -10,7 +10,7 @@ process start to the last exit. ``TCP_NODELAY=1`` is set for dcmtk, storescu and
 on loopback).
 
 What each receiver does per file: dcmtk storescp writes it (no fsync). The node checks it
-(:mod:`dicomnode.validate`: parse, lengths, pixels decoded, views), writes it with fsync + atomic
+(:mod:`dicomnode.dicom.validate`: parse, lengths, pixels decoded, views), writes it with fsync + atomic
 rename + directory fsync, and commits the index row (SQLite WAL with synchronous=FULL, or PostgreSQL)
 before it answers.
 
@@ -27,9 +27,9 @@ child processes and is not counted): on a shared, loaded machine wall-clock rate
 neighbours while CPU per file barely moves, so before/after comparisons should look at both.
 
 ``--stages`` also feeds the same files through the node's C-STORE work without the network (the
-calls :meth:`dicomnode.scp.Receiver.handle_store` makes: :meth:`dicomnode.spool.Spool.stage`, then
-:func:`dicomnode.validate.inspect_instance` while the spool write runs in the background, then
-:func:`dicomnode.ingest.ingest`) and prints median CPU and wall milliseconds per file for each. CPU time is
+calls :meth:`dicomnode.pipeline.receiver.Receiver.handle_store` makes: :meth:`dicomnode.store.spool.Spool.stage`, then
+:func:`dicomnode.dicom.validate.inspect_instance` while the spool write runs in the background, then
+:func:`dicomnode.store.ingest.ingest`) and prints median CPU and wall milliseconds per file for each. CPU time is
 the whole process's, so the background write's system time lands in whichever stage it overlaps.
 
 Output: markdown tables (median and best of the runs) and the ratios of the medians.
@@ -53,12 +53,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dicomnode.config import NodeConfig  # noqa: E402
-from dicomnode.db import connect  # noqa: E402
-from dicomnode.ingest import ingest  # noqa: E402
-from dicomnode.models import Instance  # noqa: E402
-from dicomnode.scp import Receiver, start_receiver  # noqa: E402
-from dicomnode.spool import Spool  # noqa: E402
-from dicomnode.validate import inspect_instance  # noqa: E402
+from dicomnode.dicom.validate import inspect_instance  # noqa: E402
+from dicomnode.pipeline.receiver import Receiver, start_receiver  # noqa: E402
+from dicomnode.store.db import connect  # noqa: E402
+from dicomnode.store.ingest import ingest  # noqa: E402
+from dicomnode.store.models import Instance  # noqa: E402
+from dicomnode.store.spool import Spool  # noqa: E402
 from tests.peers import StoreSCP, dcmtk, free_port  # noqa: E402
 
 NODE_AE = "DICOMNODE"
@@ -126,11 +126,13 @@ def run_node(files: list[Path], senders: int, work: Path, database_url: str | No
     if database_url:  # a shared server database: start from an empty index
         with database.session(write=True) as session:
             session.query(Instance).delete()
-    receiver = start_receiver(config, database, Spool(config.storage.spool_path))
+    spool = Spool(config.storage.spool_path)
+    receiver = start_receiver(config, database, spool)
     try:
         run = stream_in_process(receiver.port, files, senders)
     finally:
         receiver.stop()
+        spool.close()
     with database.session() as session:
         indexed = session.query(Instance).count()
     database.dispose()
@@ -159,7 +161,7 @@ def run_pynetdicom_floor(files: list[Path], senders: int) -> Run:
 def run_stages(files: list[Path], work: Path) -> dict[str, tuple[float, float]]:
     """Median CPU and wall seconds per file spent in validation and in ingest (spool write + index).
 
-    The same calls as :meth:`dicomnode.scp.Receiver.handle_store`, fed from the files on disk (data
+    The same calls as :meth:`dicomnode.pipeline.receiver.Receiver.handle_store`, fed from the files on disk (data
     set bytes, transfer syntax and UIDs from their File Meta, as the C-STORE command would carry).
     Medians, because a loaded machine adds rare stalls of tens of milliseconds that swamp a mean.
     """
@@ -184,6 +186,7 @@ def run_stages(files: list[Path], work: Path) -> dict[str, tuple[float, float]]:
         clocks.append((time.process_time(), time.perf_counter()))
         for (name, values), before, after in zip(samples.items(), clocks, clocks[1:]):
             values.append((after[0] - before[0], after[1] - before[1]))
+    spool.close()
     database.dispose()
     return {name: (statistics.median(cpu for cpu, _ in values), statistics.median(wall for _, wall in values))
             for name, values in samples.items()}

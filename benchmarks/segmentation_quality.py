@@ -1,4 +1,5 @@
-"""Segmentation quality and time per study of a model on simulated studies (DESIGN §5, §6).
+"""Segmentation quality and time per study of a model on simulated studies (docs/segmentation.md,
+docs/simulation.md).
 
 Simulates ``--studies`` whole-body studies with ``dicomnode.synth`` (seed ``--seed``, layout
 ``--layout``), writes them as DICOM, reads them back with :func:`segmentation.views.load_scan_files`

@@ -152,7 +152,7 @@ def evaluate(
 
 
 def _node_config(config: Path | None):
-    """Load the node configuration or exit 2 with the reasons (DESIGN §7)."""
+    """Load the node configuration or exit 2 with the reasons (docs/architecture.md, "Operations")."""
     from dicomnode.config import ConfigError, load_config
 
     try:
@@ -164,8 +164,8 @@ def _node_config(config: Path | None):
 
 def _peers(to: list[str], node, ca: Path | None, cert: Path | None, key: Path | None):
     """``--to`` values as destinations (TLS when --tls-* given); exit 2 on a malformed one."""
-    from dicomnode.config import TLSClient
-    from dicomnode.scu import parse_peer
+    from dicomnode.dicom.peers import TLSClient
+    from dicomnode.dicom.scu import parse_peer
 
     try:
         tls = TLSClient(ca=ca, cert=cert, key=key) if (ca or cert or key) else None
@@ -178,7 +178,7 @@ def _peers(to: list[str], node, ca: Path | None, cert: Path | None, key: Path | 
 
 def _calling_ae(aet: str | None, node) -> str:
     """``--aet`` validated (PS3.5 §6.2), or the node's own AE title."""
-    from dicomnode.config import validate_ae_title
+    from dicomnode.dicom.peers import validate_ae_title
 
     try:
         return validate_ae_title(aet) if aet is not None else node.node.ae_title
@@ -205,8 +205,8 @@ def echo(
     tls_key: Path | None = _TLS_KEY,
 ) -> None:
     """C-ECHO (DICOM verification) to peers; exit 1 if any does not answer success."""
-    from dicomnode.config import Destination
-    from dicomnode.scu import echo as c_echo
+    from dicomnode.dicom.peers import Destination
+    from dicomnode.dicom.scu import echo as c_echo
 
     node = _node_config(config)
     calling_ae = _calling_ae(aet, node)
@@ -236,7 +236,7 @@ def send(
     tls_key: Path | None = _TLS_KEY,
 ) -> None:
     """C-STORE files to a peer with a status per file; exit 1 if any file was not stored."""
-    from dicomnode.scu import send_files
+    from dicomnode.dicom.scu import send_files
 
     node = _node_config(config)
     calling_ae = _calling_ae(aet, node)
@@ -266,7 +266,8 @@ def _run_parts(config: Path | None, parts) -> None:
     """Run node parts until SIGTERM/SIGINT; exit 2 with the reason when they cannot start."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from dicomnode.service import configure_logging, run_until_signalled
+    from dicomnode.ops.logs import configure_logging
+    from dicomnode.ops.service import run_until_signalled
 
     node = _node_config(config)
     configure_logging(node.logging)
@@ -280,7 +281,7 @@ def _run_parts(config: Path | None, parts) -> None:
 @app.command()
 def serve(config: Path | None = _CONFIG) -> None:
     """Run the node: receiver, assembly, one worker and the exporter, until SIGTERM or SIGINT."""
-    from dicomnode.service import Parts
+    from dicomnode.ops.service import Parts
 
     _run_parts(config, Parts())
 
@@ -291,7 +292,7 @@ def worker(
     export: bool = typer.Option(False, "--export/--no-export", help="Also run an exporter."),
 ) -> None:
     """Run an extra worker (scale-out: same database and spool, this or another host)."""
-    from dicomnode.service import Parts
+    from dicomnode.ops.service import Parts
 
     _run_parts(config, Parts(receive=False, assemble=False, work=True, export=export))
 
@@ -300,7 +301,7 @@ def _database(node):
     """The node's database, which must have been initialised by ``serve`` (exit 2 otherwise)."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from dicomnode.db import DatabaseError, connect
+    from dicomnode.store.db import DatabaseError, connect
 
     try:
         database = connect(node.database_url)
@@ -322,7 +323,7 @@ def status(
     """Studies, jobs and exports by state; stuck, failed and refused items."""
     import json
 
-    from dicomnode.status import collect, render
+    from dicomnode.ops.status import collect, render
 
     node = _node_config(config)
     database = _database(node)
@@ -344,8 +345,8 @@ def retry(
     study: str | None = typer.Option(None, "--study", help="Only this Study Instance UID."),
 ) -> None:
     """Put failed jobs and refused or failed exports back in line."""
-    from dicomnode.models import ExportState
-    from dicomnode.status import retry as reopen
+    from dicomnode.store.models import ExportState
+    from dicomnode.ops.status import retry as reopen
 
     node = _node_config(config)
     database = _database(node)
@@ -373,15 +374,16 @@ def segment(
     if missing:
         typer.echo(f"error: no such file or folder: {', '.join(missing)}", err=True)
         raise typer.Exit(2)
-    from dicomnode.offline import segment_files
-    from dicomnode.worker import load_segmenter
+    from dicomnode.pipeline.results import ResultOptions
+    from dicomnode.tools.offline import segment_files
+    from dicomnode.pipeline.processing import load_segmenter
 
     try:
         segmenter = load_segmenter(weights or node.model.weights, device or node.model.device, node.model.threshold)
     except (OSError, ValueError, RuntimeError) as exc:
         typer.echo(f"error: cannot load the model: {exc}", err=True)
         raise typer.Exit(2) from None
-    summary = segment_files(files, out, segmenter, node.results.to_options())
+    summary = segment_files(files, out, segmenter, ResultOptions.from_config(node.results))
     for study in summary.studies:
         if study.error:
             typer.echo(f"FAIL {study.study_uid or '(no Study Instance UID)'}: {study.error}", err=True)
@@ -420,14 +422,15 @@ def demo(
     from rich.console import Console
 
     from dicomnode.config import LoggingSection
-    from dicomnode.demo import DemoError, render, run_demo
-    from dicomnode.service import configure_logging
+    from dicomnode.ops.logs import configure_logging
+    from dicomnode.tools.demo import render, run_demo
+    from dicomnode.tools.harness import HarnessError
 
     configure_logging(LoggingSection(level="INFO" if verbose else "WARNING"))
     try:
         report = run_demo(out, studies=studies, seed=seed, weights=weights, device=device.value,
                           pacs_kind=pacs.value)
-    except (DemoError, OSError) as exc:
+    except (HarnessError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     console = Console()

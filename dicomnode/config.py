@@ -1,4 +1,9 @@
-"""The node's configuration: one TOML file, overridable by ``DICOMNODE_*`` environment variables (DESIGN §7).
+"""The node's configuration: one TOML file, overridable by ``DICOMNODE_*`` environment variables.
+
+Configuration and its validation at start are described in docs/architecture.md, "Operations". The
+DICOM tables (AE titles, TLS, destinations) are defined in :mod:`dicomnode.dicom.peers`; apart from
+those and :class:`~dicomnode.dicom.sop.ResultKind` this module imports nothing of the node, so
+every part can read it.
 
 API (stable; other modules depend on it)::
 
@@ -7,7 +12,7 @@ API (stable; other modules depend on it)::
     config.storage.spool_path             # resolved spool root (var_dir/spool unless spool_dir is set)
     config.database.url                   # resolved SQLAlchemy URL (sqlite in var_dir by default)
     config.destinations                   # list[Destination]; config.destination(name)
-    config.results.to_options()           # -> dicomnode.results.ResultOptions (imported lazily)
+    ResultOptions.from_config(config.results)  # dicomnode.pipeline.results: what the worker writes
 
 Precedence, highest first: ``DICOMNODE_<SECTION>__<KEY>`` environment variables (nested with ``__``,
 e.g. ``DICOMNODE_NODE__PORT=11113``; lists and tables as JSON, e.g.
@@ -24,16 +29,15 @@ against the directory of the TOML file; relative paths from the environment and 
 from __future__ import annotations
 
 import os
-import re
 import tomllib
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-if TYPE_CHECKING:
-    from dicomnode.results import ResultOptions
+from dicomnode.dicom.peers import AETitle, Destination, Port, TLSServer
+from dicomnode.dicom.sop import ResultKind
 
 CONFIG_ENV = "DICOMNODE_CONFIG"
 ENV_PREFIX = "DICOMNODE_"
@@ -41,26 +45,6 @@ ENV_PREFIX = "DICOMNODE_"
 
 class ConfigError(ValueError):
     """The configuration is invalid; the message names each bad key and why."""
-
-
-# PS3.5 §6.2, VR "AE": at most 16 characters of the default repertoire, no backslash, no control
-# characters; leading/trailing spaces are not significant, so an all-space title is empty.
-_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
-
-
-def validate_ae_title(value: str) -> str:
-    """Return ``value`` stripped if it is a valid Application Entity title (PS3.5 §6.2, VR AE)."""
-    if not isinstance(value, str):
-        raise ValueError("an AE title must be a string")
-    stripped = value.strip()
-    if not stripped or not _AE_TITLE.match(value):
-        raise ValueError(
-            f"{value!r} is not a valid AE title (1-16 printable ASCII characters, no backslash; PS3.5 §6.2)"
-        )
-    return stripped
-
-
-AETitle = Annotated[str, AfterValidator(validate_ae_title)]
 
 
 def _long_string(value: str) -> str:
@@ -71,41 +55,10 @@ def _long_string(value: str) -> str:
 
 
 LongString = Annotated[str, AfterValidator(_long_string)]
-Port = Annotated[int, Field(ge=1, le=65535)]
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class TLSServer(_Section):
-    """TLS for the receiver (PS3.15 Annex B.1, "The Basic TLS Secure Transport Connection Profile")."""
-
-    cert: Path
-    key: Path
-    ca: Path | None = None  # CA bundle that signs allowed client certificates
-    require_client_cert: bool = False
-
-    @model_validator(mode="after")
-    def _client_cert_needs_ca(self) -> TLSServer:
-        if self.require_client_cert and self.ca is None:
-            raise ValueError("require_client_cert = true needs 'ca' (the CA that signs client certificates)")
-        return self
-
-
-class TLSClient(_Section):
-    """TLS towards a destination: the CA to trust, optionally our own certificate for mutual TLS."""
-
-    ca: Path | None = None  # None: the system trust store
-    cert: Path | None = None
-    key: Path | None = None
-    server_name: str | None = None  # host name to check in the peer's certificate; default: host
-
-    @model_validator(mode="after")
-    def _cert_and_key_together(self) -> TLSClient:
-        if (self.cert is None) != (self.key is None):
-            raise ValueError("a client certificate needs both 'cert' and 'key'")
-        return self
 
 
 class NodeSection(_Section):
@@ -159,15 +112,12 @@ class ModelSection(_Section):
     threshold: float = Field(default=0.5, gt=0, lt=1)
 
 
-ResultKindName = Literal["SEG", "GSPS", "SR", "SC"]
-
-
 class ResultsSection(_Section):
-    """Mirrors :class:`dicomnode.results.ResultOptions`; :meth:`to_options` converts."""
+    """Mirrors :class:`dicomnode.pipeline.results.ResultOptions` (``ResultOptions.from_config`` converts)."""
 
-    kinds: list[ResultKindName] = Field(default_factory=lambda: ["SEG", "GSPS", "SR", "SC"])
+    kinds: list[ResultKind] = Field(default_factory=lambda: list(ResultKind))
     series_number_base: int = Field(default=9000, ge=0, le=2**31 - 1 - 10_000)  # IS, room for 10000 series
-    descriptions: dict[ResultKindName, LongString] = Field(default_factory=dict)  # overrides per kind
+    descriptions: dict[ResultKind, LongString] = Field(default_factory=dict)  # overrides per kind
     manufacturer: LongString = Field(default="dicomnode", min_length=1)
     software_version: LongString | None = None  # default: the package version
     institution_name: LongString | None = None
@@ -175,37 +125,10 @@ class ResultsSection(_Section):
 
     @field_validator("kinds")
     @classmethod
-    def _unique(cls, values: list[str]) -> list[str]:
+    def _unique(cls, values: list[ResultKind]) -> list[ResultKind]:
         if len(set(values)) != len(values):
             raise ValueError("each result kind may be listed once")
         return values
-
-    def to_options(self) -> ResultOptions:
-        """The same settings as :class:`dicomnode.results.ResultOptions` (imported lazily: no highdicom at start)."""
-        from dicomnode import __version__
-        from dicomnode.results import ResultOptions
-
-        kwargs: dict[str, Any] = {
-            "kinds": tuple(self.kinds),
-            "series_number_base": self.series_number_base,
-            "manufacturer": self.manufacturer,
-            "software_version": self.software_version or __version__,
-            "institution_name": self.institution_name,
-            "device_serial_number": self.device_serial_number,
-        }
-        if self.descriptions:
-            kwargs["series_descriptions"] = dict(self.descriptions)
-        return ResultOptions(**kwargs)
-
-
-class Destination(_Section):
-    """A DICOM peer that receives our results (a PACS)."""
-
-    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
-    host: str = Field(min_length=1)
-    port: Port
-    ae_title: AETitle
-    tls: TLSClient | None = None
 
 
 class ExportSection(_Section):
@@ -223,7 +146,7 @@ class ExportSection(_Section):
 class LoggingSection(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     json_lines: bool = Field(default=False, alias="json")
-    include_patient_data: bool = False
+    include_patient_data: bool = False  # Patient ID, Accession Number in the log (dicomnode.ops.logs)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -44,7 +44,7 @@ for folder in folders:
         sys.exit(f"error: {folder} is not writable by uid {os.getuid()}: {exc.strerror} "
                  f"(chown the volume to this user)")
 if config.database_url.startswith("postgresql"):
-    from dicomnode.db import connect
+    from dicomnode.store.db import connect
 
     database = connect(config.database_url)
     deadline = time.monotonic() + float(os.environ.get("DICOMNODE_DB_WAIT", "60"))

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from segmentation.device import resolve_device
 from segmentation.modelcard import (
     THRESHOLD_NETWORK,
     ModelCard,
@@ -131,9 +132,7 @@ class NetworkSegmenter(Segmenter):
         self, card: ModelCard, device: str | torch.device | None = None, batch_size: int = 16
     ) -> None:
         super().__init__(card)
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.batch_size = batch_size
         self.net: SegmentationNetwork = build_network(card, self.device)
         self.net = self.net.to(memory_format=torch.channels_last)

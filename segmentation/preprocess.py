@@ -1,5 +1,5 @@
 """From a :class:`~segmentation.scan.BoneScan` to network input, and from network output back to the
-source frame. DESIGN §5; the steps run in this order, per view, on the canonical orientation:
+source frame. docs/segmentation.md; the steps run in this order, per view, on the canonical orientation:
 
 1. **Resample** to the model spacing (2.26 mm, paper 001 "Dataset"), area-weighted so total counts are
    preserved (:mod:`segmentation.resample`).

@@ -30,7 +30,7 @@ class View(str, Enum):
 
 
 class ViewRule(str, Enum):
-    """Which rule identified a view, in the order of DESIGN §4 (first match wins)."""
+    """Which rule identified a view, in the order of docs/dicom.md (first match wins)."""
 
     VIEW_CODE = "view-code"  # Detector Information Sequence > View Code Sequence (SCT or SRT code)
     ROOT_VIEW_CODE = "root-view-code"  # a View Code Sequence at the dataset root (non-standard)

@@ -1,9 +1,10 @@
 """DICOM NM whole-body instances → a :class:`~segmentation.scan.BoneScan` (anterior + posterior views).
 
 Entry points: :func:`load_scan` (pydicom datasets of one study) and :func:`load_scan_files` (paths).
-Only NM Image Storage (1.2.840.10008.5.1.4.1.1.20) is read. Both layouts are handled (DESIGN §4,
-PS3.3 C.8.4.8.1.1): one instance whose frames are the two detectors (Frame Increment Pointer →
-Detector Vector, one Detector Information Sequence item per detector), or one instance per view.
+Only NM Image Storage (``pydicom.uid.NuclearMedicineImageStorage``) is read. Both layouts are
+handled (docs/dicom.md, PS3.3 C.8.4.8.1.1): one instance whose frames are the two detectors (Frame
+Increment Pointer → Detector Vector, one Detector Information Sequence item per detector), or one
+instance per view.
 
 Which view a frame shows is decided by the first rule that says something (:class:`ViewRule`):
 
@@ -49,12 +50,11 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import NuclearMedicineImageStorage
 
 from segmentation.scan import BoneScan, View, ViewImage, ViewRule, ViewSource
 
 log = logging.getLogger(__name__)
-
-NM_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.20"
 
 # CID 26 "Nuclear Medicine Projection" (PS3.16); SRT and SNM3 are the legacy designators of the same
 # SNOMED concepts that older cameras still send.
@@ -81,6 +81,10 @@ _POSTERIOR_WORD = re.compile(r"(?<![A-Z])POST(ERIOR)?(?![A-Z])")
 
 class ViewError(ValueError):
     """A DICOM input that cannot be turned into bone-scan views; the message names the attribute."""
+
+
+class UndecodablePixels(ViewError):
+    """Pixel Data (7FE0,0010) that cannot be decoded, as opposed to attributes that do not fit together."""
 
 
 @dataclass(frozen=True)
@@ -165,10 +169,10 @@ def _frames_of(ds: Dataset, notes: list[str]) -> list[_Frame]:
     """Check one instance and split it into frames, each with the view its attributes give."""
     sop_class = str(ds.get("SOPClassUID", ""))
     uid = str(ds.get("SOPInstanceUID", ""))
-    if sop_class != NM_IMAGE_STORAGE:
+    if sop_class != NuclearMedicineImageStorage:
         raise ViewError(
             f"instance {uid or '(no SOP Instance UID)'}: SOP Class UID (0008,0016) {sop_class!r} "
-            f"is not NM Image Storage ({NM_IMAGE_STORAGE})"
+            f"is not NM Image Storage ({NuclearMedicineImageStorage})"
         )
     if not uid:
         raise ViewError("SOP Instance UID (0008,0018) is missing")
@@ -233,7 +237,7 @@ def _pixels(ds: Dataset) -> np.ndarray:
     try:
         array = ds.pixel_array
     except Exception as exc:  # pydicom raises many types for undecodable pixel data
-        raise ViewError(f"instance {uid}: Pixel Data (7FE0,0010) cannot be decoded ({exc})") from exc
+        raise UndecodablePixels(f"instance {uid}: Pixel Data (7FE0,0010) cannot be decoded ({exc})") from exc
     stack = np.asarray(array, dtype=np.float32).reshape(n_frames, ds.Rows, ds.Columns)
     slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
     intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)

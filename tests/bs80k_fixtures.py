@@ -17,10 +17,9 @@ import numpy as np
 import pydicom
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, NuclearMedicineImageStorage, generate_uid
 from skimage.draw import disk
 
-NM_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.20"
 
 
 @dataclass(frozen=True)
@@ -65,7 +64,7 @@ def write_wholebody(root: Path, patient: str, spots: list[HotSpot], *, rows: int
     folder.mkdir(parents=True, exist_ok=True)
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = NM_IMAGE_STORAGE
+    ds.file_meta.MediaStorageSOPClassUID = NuclearMedicineImageStorage
     ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.Modality, ds.PatientName, ds.PatientID, ds.PatientBirthDate = "NM", "unknown", f"{patient}_NBL", "00000101"

@@ -1,23 +1,15 @@
-"""Shared fixtures: real peers and databases (see tests/peers.py)."""
+"""Shared fixtures: real peers and databases (see tests/peers.py, where a missing peer skips the test
+with a message on a developer's machine and fails it in CI)."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.peers import Orthanc, StoreSCP, postgres_available, postgres_database
-
-
-def _require(condition: bool, what: str) -> None:
-    """Skip when a real peer is missing on a developer's machine; fail in CI, where .ci/run installs it."""
-    if condition:
-        return
-    if os.environ.get("CI"):
-        pytest.fail(f"{what} is required in CI (.ci/run installs and starts it)")
-    pytest.skip(f"{what} is not available here")
+from dicomnode.store.spool import Spool
+from tests.peers import Orthanc, StoreSCP, postgres_available, postgres_database, require
 
 
 @pytest.fixture
@@ -37,6 +29,13 @@ def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A fresh database on the local PostgreSQL server, dropped afterwards."""
-    _require(postgres_available(), "a local PostgreSQL server")
+    require(postgres_available(), "a local PostgreSQL server", "apt-get install postgresql; .ci/run starts it")
     with postgres_database() as url:
         yield url
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Iterator[Spool]:
+    """A spool under ``tmp_path / "spool"``, closed afterwards (its writer threads stopped)."""
+    with Spool(tmp_path / "spool") as spool:
+        yield spool

@@ -19,10 +19,9 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import Tag
-from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, NuclearMedicineImageStorage, PYDICOM_IMPLEMENTATION_UID, generate_uid
 
 from segmentation.scan import View
-from segmentation.views import NM_IMAGE_STORAGE
 
 _SCT = {View.ANTERIOR: ("399321004", "Anterior projection"), View.POSTERIOR: ("399001007", "Posterior projection")}
 _SRT = {View.ANTERIOR: ("G-5215", "Anterior projection"), View.POSTERIOR: ("G-5216", "Posterior projection")}
@@ -185,11 +184,11 @@ def _base(
 ) -> Dataset:
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = NM_IMAGE_STORAGE
+    ds.file_meta.MediaStorageSOPClassUID = NuclearMedicineImageStorage
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.SOPClassUID = NM_IMAGE_STORAGE
+    ds.SOPClassUID = NuclearMedicineImageStorage
     ds.SOPInstanceUID = generate_uid()
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.ImageType = ["ORIGINAL", "PRIMARY", "WHOLE BODY", "EMISSION"]

@@ -1,8 +1,9 @@
 """Real DICOM peers for tests: dcmtk ``storescp`` and Orthanc as the PACS, PostgreSQL databases.
 
-Nothing here is a mock: each class starts the real program on a free loopback port, waits until it
-answers, and stops it (SIGTERM, then SIGKILL) on exit. A peer can be stopped and started again on
-the same port, which is how "PACS down, then up" is tested.
+A peer that is not installed skips its test with a message, except in CI, where it fails it
+(:func:`require`). Nothing here is a mock: each class starts the real program on a free loopback
+port, waits until it answers, and stops it (SIGTERM, then SIGKILL) on exit. A peer can be stopped
+and started again on the same port, which is how "PACS down, then up" is tested.
 """
 
 from __future__ import annotations
@@ -12,49 +13,43 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
-import time
 import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pydicom
+import pytest
+
+from dicomnode.tools.harness import dcmtk_binary, free_port, wait_for_port
+
+
+def require(available: bool, what: str, install: str) -> None:
+    """Go on only if ``what`` is there. In a test, a missing peer skips the test with a message on a
+    developer's machine and fails it in CI (where ``CI`` is set and .ci/run installs and starts every
+    peer); outside pytest (the benchmarks) it raises ``RuntimeError``."""
+    if available:
+        return
+    message = f"{what} is not available here ({install})"
+    if "PYTEST_CURRENT_TEST" not in os.environ:
+        raise RuntimeError(message)
+    if os.environ.get("CI"):
+        pytest.fail(f"{message}; CI requires it (.ci/run installs and starts it)")
+    pytest.skip(message)
 
 
 def dcmtk(tool: str) -> str:
-    """The path of a dcmtk command-line tool (``storescu``, ``storescp``, ``echoscu`` ...).
+    """The path of a dcmtk command-line tool (``storescu``, ``storescp``, ``echoscu`` ...), or
+    :func:`require`'s skip / failure when dcmtk is not installed.
 
-    pynetdicom installs Python apps with the same names on PATH; tests must use dcmtk's own binaries,
-    so this looks in Debian's location first and checks the version banner.
+    pynetdicom installs Python apps with the same names on PATH; tests must use dcmtk's own binaries
+    (:func:`dicomnode.tools.harness.dcmtk_binary` checks the version banner).
     """
-    for candidate in (f"/usr/bin/{tool}", shutil.which(tool)):
-        if candidate and os.access(candidate, os.X_OK):
-            banner = subprocess.run([candidate, "--version"], capture_output=True, text=True).stdout
-            if "dcmtk" in banner.lower():
-                return candidate
-    raise RuntimeError(f"dcmtk {tool} is not installed (apt-get install dcmtk)")
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for_port(port: int, timeout: float = 20.0, process: subprocess.Popen | None = None) -> None:
-    """Block until something accepts TCP connections on 127.0.0.1:port."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"peer exited with {process.returncode} before listening on {port}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on port {port} after {timeout} s")
+    binary = dcmtk_binary(tool)
+    require(binary is not None, f"dcmtk {tool}", "apt-get install dcmtk")
+    return binary
 
 
 def _stop(process: subprocess.Popen | None) -> None:
@@ -131,8 +126,7 @@ class Orthanc(_Peer):
 
     def __init__(self, aet: str = "ORTHANC", port: int | None = None, workdir: Path | None = None) -> None:
         binary = shutil.which("Orthanc") or shutil.which("orthanc")
-        if binary is None:
-            raise RuntimeError("Orthanc is not installed (apt-get install orthanc)")
+        require(binary is not None, "Orthanc", "apt-get install orthanc")
         self.binary = binary
         self.aet = aet
         self.port = port or free_port()

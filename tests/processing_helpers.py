@@ -15,8 +15,8 @@ import pytest
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
-from dicomnode.db import Database, connect
-from dicomnode.models import Instance, Study, StudyState, utcnow
+from dicomnode.store.db import Database, connect
+from dicomnode.store.models import Instance, Study, StudyState, utcnow
 from tests.peers import dcmtk, wait_for_port
 
 
@@ -59,7 +59,7 @@ def add_study(database: Database, views: tuple[str, ...] = ("anterior", "posteri
 
 def store_study(database: Database, spool, datasets, *, state: StudyState = StudyState.RECEIVING) -> int:
     """Put NM datasets into the spool and the index the way the receiver does; return the study id."""
-    from dicomnode.worker import encode
+    from dicomnode.pipeline.processing import encode
     from segmentation.views import stated_views
 
     with database.session(write=True) as session:
@@ -182,7 +182,7 @@ def threshold_segmenter():
     """The network-free threshold segmenter, loaded once per test module (import it as ``segmenter``)."""
     import torch
 
-    from dicomnode.worker import load_segmenter
+    from dicomnode.pipeline.processing import load_segmenter
 
     torch.set_num_threads(1)
     return load_segmenter("threshold", "cpu")

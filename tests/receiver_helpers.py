@@ -15,10 +15,10 @@ from pydicom.dataset import Dataset
 from sqlalchemy import select
 
 from dicomnode.config import NodeConfig
-from dicomnode.db import Database, connect
-from dicomnode.models import Instance, Quarantine, Study
-from dicomnode.scp import Receiver, start_receiver
-from dicomnode.spool import Spool
+from dicomnode.pipeline.receiver import Receiver, start_receiver
+from dicomnode.store.db import Database, connect
+from dicomnode.store.models import Instance, Quarantine, Study
+from dicomnode.store.spool import Spool
 from tests.peers import dcmtk, free_port
 
 NODE_AE = "DICOMNODE"
@@ -68,6 +68,7 @@ def running_node(directory: Path, database_url: str | None = None, **sections: A
         yield Node(config, database, spool, receiver)
     finally:
         receiver.stop()
+        spool.close()
         database.dispose()
 
 

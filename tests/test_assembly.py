@@ -1,5 +1,6 @@
-"""Assembly (DESIGN §1.2): ready with both views at once, after the quiet period otherwise, again for
-a new version; superseded instances and SEGs do not count as views."""
+"""Assembly (docs/architecture.md, "The journey of a study"): ready with both views at once, after
+the quiet period otherwise, again for a new version; superseded instances and SEGs do not count as
+views."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from dicomnode.assembly import AssemblyPolicy, assemble
-from dicomnode.models import Instance, Job, JobState, Study, StudyState, utcnow
+from dicomnode.pipeline.assembly import AssemblyPolicy, assemble
+from dicomnode.store.models import Instance, Job, JobState, Study, StudyState, utcnow
 from tests.processing_helpers import add_study, sqlite_database
 
 POLICY = AssemblyPolicy(quiet_seconds=10)

@@ -7,14 +7,15 @@ import json
 from datetime import timedelta
 
 import pytest
-from pydicom.uid import generate_uid
+from pydicom.uid import SegmentationStorage, generate_uid
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from dicomnode.assembly import AssemblyPolicy, assemble
 from dicomnode.cli import app
-from dicomnode.models import Export, ExportState, Job, JobState, ResultKind, StudyState, utcnow
-from dicomnode.queue import QueuePolicy, StoredResult, claim, complete, fail
+from dicomnode.ops.status import RetryCounts, retry
+from dicomnode.pipeline.assembly import AssemblyPolicy, assemble
+from dicomnode.pipeline.queue import QueuePolicy, StoredResult, claim, complete, fail
+from dicomnode.store.models import Export, ExportState, Job, JobState, ResultKind, StudyState, utcnow
 from tests.processing_helpers import add_study, sqlite_database
 
 POLICY = QueuePolicy(lease_seconds=60, max_attempts=3)
@@ -33,7 +34,7 @@ def node(tmp_path):
     fail(database, failed, "ViewError: two anterior views", POLICY, permanent=True)
     done = claim(database, "w", POLICY)
     results = [StoredResult(kind=ResultKind.SEG, sop_instance_uid=generate_uid(),
-                            sop_class_uid="1.2.840.10008.5.1.4.1.1.66.4", series_instance_uid=generate_uid(),
+                            sop_class_uid=SegmentationStorage, series_instance_uid=generate_uid(),
                             path="results/x.dcm") for _ in range(3)]
     complete(database, done, results, ["PACS", "ARCHIVE"])
     dying = claim(database, "dead-worker", POLICY, now=utcnow() - timedelta(minutes=2))  # lease expired
@@ -106,6 +107,19 @@ def test_retry_puts_failed_work_back_in_line(node):
     with database.session() as session:  # the other destination's back-off is untouched
         waiting = session.scalars(select(Export).where(Export.destination == "ARCHIVE", Export.attempts == 2)).one()
     assert waiting.next_attempt_at.replace(tzinfo=None) > utcnow().replace(tzinfo=None) + timedelta(minutes=1)
+
+
+def test_retry_goes_through_the_transitions_and_leaves_leased_work_alone(node):
+    _, database, jobs = node
+    with database.session(write=True) as session:  # an exporter holds the refused row again
+        leased = session.scalars(select(Export).where(Export.state == ExportState.REFUSED)).one()
+        leased.state, leased.lease_owner = ExportState.SENDING, "exporter"
+    assert retry(database, study_uid="1.2.3.4.5.6.7.8.9").jobs == 0  # no such study: nothing
+    counts = retry(database, waiting=True)
+    assert counts == RetryCounts(jobs=1, exports=3)  # the failed job; the failed export and two waiting
+    with database.session() as session:
+        assert session.get(Export, leased.id).state is ExportState.SENDING
+        assert session.get(Job, jobs["dying"].id).state is JobState.RUNNING  # its lease is the queue's
 
 
 def test_status_of_a_database_never_started_is_a_clear_error(tmp_path):

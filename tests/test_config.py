@@ -1,4 +1,4 @@
-"""Configuration: TOML file, DICOMNODE_* overrides, clear errors (DESIGN §7)."""
+"""Configuration: TOML file, DICOMNODE_* overrides, clear errors (docs/architecture.md, "Operations")."""
 
 from __future__ import annotations
 
@@ -154,13 +154,13 @@ def test_unreadable_files(tmp_path: Path) -> None:
 
 def test_results_section_converts_to_result_options(tmp_path: Path) -> None:
     from dicomnode import __version__
-    from dicomnode.results import ResultOptions
+    from dicomnode.pipeline.results import ResultOptions
 
-    defaults = NodeConfig().results.to_options()
+    defaults = ResultOptions.from_config(NodeConfig().results)
     assert defaults == ResultOptions(software_version=__version__)  # same defaults on both sides
     path = _write(tmp_path, '[results]\nkinds = ["SEG", "SR"]\nseries_number_base = 500\n'
                             'institution_name = "Nuclear Medicine"\n[results.descriptions]\nSEG = "Metastases (AI)"\n')
-    options = load_config(path).results.to_options()
+    options = ResultOptions.from_config(load_config(path).results)
     assert [kind.value for kind in options.kinds] == ["SEG", "SR"]
     assert options.series_number_base == 500 and options.institution_name == "Nuclear Medicine"
     kinds = {kind.value: kind for kind in ResultOptions().kinds}

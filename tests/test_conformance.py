@@ -10,9 +10,9 @@ import pynetdicom
 from pynetdicom.sop_class import Verification
 
 from dicomnode.config import NodeConfig
-from dicomnode.export import PERMANENT, WARNINGS
-from dicomnode.scp import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
-from dicomnode.validate import Status
+from dicomnode.dicom.status import PERMANENT_FAILURES, Status, permanent, stored
+from dicomnode.dicom.sop import RECEIVED
+from dicomnode.pipeline.receiver import TRANSFER_SYNTAXES
 
 STATEMENT = (Path(__file__).resolve().parents[1] / "docs" / "conformance.md").read_text()
 
@@ -35,7 +35,7 @@ def test_receiver_presentation_contexts_are_those_negotiated():
     storage_row = next(line for line in table.splitlines() if line.startswith("| NM Image Storage"))
     assert uids(storage_row) == [str(uid) for uid in TRANSFER_SYNTAXES]  # same syntaxes, same preference
     sop_classes = section("SOP classes")  # the receiver's table comes first
-    assert set(uids(sop_classes)) == {str(Verification), *map(str, STORAGE_SOP_CLASSES)}
+    assert set(uids(sop_classes)) == {str(Verification), *map(str, RECEIVED)}
 
 
 def test_storage_scp_statuses_are_those_answered():
@@ -47,10 +47,11 @@ def test_storage_scp_statuses_are_those_answered():
 def test_export_status_handling_matches_the_exporter():
     table = section("Activity — send results")
     warnings_row = next(line for line in table.splitlines() if "Delivered" in line)
-    assert {int(code, 16) for code in re.findall(r"0x([0-9A-F]{4})", warnings_row)} == {0x0000, *WARNINGS}
+    assert all(stored(int(code, 16)) for code in re.findall(r"0x([0-9A-F]{4})", warnings_row))
     refused_row = next(line for line in table.splitlines() if "sending it again gets the same answer" in line)
     single = {int(code, 16) for code in re.findall(r"0x([0-9A-F]{4})(?!–)", refused_row)} - {0xA9FF}
-    assert single | {0x0122} == set(PERMANENT)  # 0x0122 has its own row; 0xA900–0xA9FF is the range
+    assert single | {0x0122} == set(PERMANENT_FAILURES)  # 0x0122 has its own row; 0xA900–0xA9FF is the range
+    assert all(permanent(code) for code in single | {0xA900, 0xA9FF})
 
 
 def test_defaults_and_implementation_identity():

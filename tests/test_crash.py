@@ -22,8 +22,8 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from dicomnode.db import connect
-from dicomnode.status import collect
+from dicomnode.ops.status import collect
+from dicomnode.store.db import connect
 from dicomnode.synth import write_studies
 from tests.peers import StoreSCP, free_port
 from tests.processing_helpers import NodeProcess, pacs_objects, storescu, wait_until, write_node_config

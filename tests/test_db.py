@@ -14,8 +14,8 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, select
 from sqlalchemy.exc import IntegrityError
 
-from dicomnode.db import Database, DatabaseError, connect
-from dicomnode.models import Base, Instance, Study
+from dicomnode.store.db import Database, DatabaseError, connect
+from dicomnode.store.models import Base, Instance, Study
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,7 +55,7 @@ def test_postgresql_migrates_to_the_models_schema(postgres_url: str) -> None:
 def test_alembic_command_line_uses_the_packaged_migrations(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'cli.db'}"
     result = subprocess.run(
-        [sys.executable, "-m", "alembic", "-c", str(REPO / "dicomnode" / "alembic.ini"), "-x", f"url={url}",
+        [sys.executable, "-m", "alembic", "-c", str(REPO / "dicomnode" / "store" / "alembic.ini"), "-x", f"url={url}",
          "upgrade", "head"], capture_output=True, text=True, cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr

@@ -20,8 +20,9 @@ from typer.testing import CliRunner
 
 import segmentation.inference
 from dicomnode.cli import app
-from dicomnode.demo import DemoError, dcmtk_binary, run_demo
-from dicomnode.worker import load_segmenter
+from dicomnode.pipeline.processing import load_segmenter
+from dicomnode.tools.demo import run_demo
+from dicomnode.tools.harness import HarnessError, dcmtk_binary
 from segmentation.metrics import pixel_counts
 from segmentation.scan import View
 from segmentation.views import load_scan
@@ -97,7 +98,7 @@ def test_demo_with_the_pynetdicom_pacs_scores_each_view(tmp_path):
 
 def test_missing_default_model_is_reported_before_anything_starts(tmp_path, monkeypatch):
     monkeypatch.setattr(segmentation.inference, "DEFAULT_CARD", tmp_path / "default.json")
-    with pytest.raises(DemoError, match="default model is missing .* --weights threshold"):
+    with pytest.raises(HarnessError, match="default model is missing .* --weights threshold"):
         run_demo(tmp_path / "run")
     assert not (tmp_path / "run").exists()
     result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "run")])
@@ -106,18 +107,19 @@ def test_missing_default_model_is_reported_before_anything_starts(tmp_path, monk
 
 
 def test_bad_model_path_and_used_folder_are_refused(tmp_path):
-    with pytest.raises(DemoError, match="does not exist"):
+    with pytest.raises(HarnessError, match="does not exist"):
         run_demo(tmp_path / "run", weights=str(tmp_path / "no-such-model.safetensors"))
     (tmp_path / "used" / "var").mkdir(parents=True)
-    with pytest.raises(DemoError, match="previous demo run"):
+    with pytest.raises(HarnessError, match="previous demo run"):
         run_demo(tmp_path / "used", weights="threshold")
 
 
 def test_dcmtk_lookup_takes_only_dcmtk_programs(tmp_path, monkeypatch):
-    fake = tmp_path / "bin" / "no-such-dcmtk-tool"
-    fake.parent.mkdir()
-    fake.write_text("#!/bin/sh\necho 'pynetdicom storescp v3'\n")
-    fake.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    fakes = tmp_path / "bin"
+    fakes.mkdir()
+    for name in ("no-such-dcmtk-tool", "storescp"):  # first on PATH, and not dcmtk
+        (fakes / name).write_text("#!/bin/sh\necho 'pynetdicom storescp v3'\n")
+        (fakes / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fakes}{os.pathsep}{os.environ['PATH']}")
     assert dcmtk_binary("no-such-dcmtk-tool") is None  # on PATH and runs, but is not dcmtk
-    assert dcmtk_binary("storescp") == dcmtk("storescp")  # Debian's, not pynetdicom's script of that name
+    assert dcmtk("storescp") != str(fakes / "storescp")  # dcmtk's own, not a script of that name

@@ -12,15 +12,15 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import SegmentationStorage
 from sqlalchemy import func, select
 
-from dicomnode.assembly import AssemblyPolicy, assemble
-from dicomnode.config import Destination
-from dicomnode.export import ExportPolicy, Exporter, Verdict, classify_status
-from dicomnode.models import Export, ExportAttempt, ExportState, ResultKind, ResultObject, utcnow
-from dicomnode.queue import QueuePolicy
-from dicomnode.results import ResultOptions
-from dicomnode.spool import Spool
-from dicomnode.status import retry
-from dicomnode.worker import Worker
+from dicomnode.dicom.peers import Destination
+from dicomnode.ops.status import retry
+from dicomnode.pipeline.assembly import AssemblyPolicy, assemble
+from dicomnode.pipeline.export import ExportPolicy, Exporter, Verdict, classify_status
+from dicomnode.pipeline.queue import QueuePolicy
+from dicomnode.pipeline.results import ResultOptions
+from dicomnode.pipeline.worker import Worker
+from dicomnode.store.models import Export, ExportAttempt, ExportState, ResultKind, ResultObject, utcnow
+from dicomnode.store.spool import Spool
 from tests.nm_factory import nm_study, phantom_counts
 from tests.peers import StoreSCP, free_port
 from tests.processing_helpers import sqlite_database, store_study
@@ -36,7 +36,7 @@ pytestmark = pytest.mark.network
 def node(tmp_path, segmenter):
     """A node database and spool holding two processed studies whose results wait in the outbox."""
     database = sqlite_database(tmp_path)
-    spool = Spool(tmp_path / "spool")
+    spool = Spool(tmp_path / "spool")  # closed below
 
     def process(destinations: list[str], studies: int = 2, options: ResultOptions = OPTIONS) -> list[str]:
         worker = Worker(database, spool, segmenter, options, destinations, QueuePolicy())
@@ -49,6 +49,7 @@ def node(tmp_path, segmenter):
             return list(session.scalars(select(ResultObject.sop_instance_uid)).all())
 
     yield database, spool, process
+    spool.close()
     database.dispose()
 
 
@@ -246,6 +247,12 @@ def test_a_transient_failure_status_is_retried_for_that_object_only(node):
     (0x0000, Verdict.DELIVERED),  # success
     (0xB000, Verdict.DELIVERED),  # coercion of data elements (warning)
     (0xB007, Verdict.DELIVERED),  # data set does not match SOP class (warning)
+    (0xB001, Verdict.DELIVERED),  # any warning: the object was stored (PS3.7 C.1.3)
+    (0x0107, Verdict.DELIVERED),  # attribute list error (warning)
+    (0x0117, Verdict.REFUSED),  # invalid SOP instance
+    (0x0211, Verdict.REFUSED),  # unrecognised operation
+    (0xA9FF, Verdict.REFUSED),
+    (0x0213, Verdict.RETRY),  # resource limitation
     (0x0122, Verdict.REFUSED),  # SOP class not supported
     (0x0124, Verdict.REFUSED),  # not authorised
     (0xA900, Verdict.REFUSED),  # data set does not match SOP class (error)

@@ -1,4 +1,4 @@
-"""Operations: ``/healthz`` and Prometheus ``/metrics`` (dicomnode.http), and the JSON-lines log of a
+"""Operations: ``/healthz`` and Prometheus ``/metrics`` (dicomnode.ops.http), and the JSON-lines log of a
 real ``dicomnode serve`` run (no patient name or ID in it).
 
 Metric values are read with prometheus_client's own text-format parser, as Prometheus would."""
@@ -15,8 +15,8 @@ import pydicom
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from dicomnode.http import MonitoringServer
-from dicomnode.models import Export, ExportAttempt, ExportState, Job, JobState, ResultKind, ResultObject, utcnow
+from dicomnode.ops.http import MonitoringServer
+from dicomnode.store.models import Export, ExportAttempt, ExportState, Job, JobState, ResultKind, ResultObject, utcnow
 from dicomnode.synth import write_studies
 from tests.peers import free_port, wait_for_port
 from tests.processing_helpers import (

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dicomnode.scu import echo, parse_peer
+from dicomnode.dicom.scu import echo, parse_peer
 from tests.malformed_corpus import KINDS, SUCCESS, send_raw, study, views_of
 from tests.receiver_helpers import NODE_AE, running_node, storescu, write_files
 

@@ -7,7 +7,8 @@ import copy
 import pytest
 import torch
 
-from segmentation.networks import SegmentationNetwork, available, build
+from segmentation.networks import NETWORKS, SegmentationNetwork, available, build
+from segmentation.networks.blocks import upsample_to
 from segmentation.networks.msanet import Critic, multiscale_l1
 
 torch.set_num_threads(1)
@@ -20,6 +21,36 @@ def test_registry_lists_every_network_and_rejects_unknown_names():
         build("no-such-net")
     for name in names:
         assert name in str(excinfo.value)
+
+
+def test_the_registry_is_an_explicit_table_of_every_network_module():
+    import pkgutil
+
+    import segmentation.networks as package
+
+    modules = {m.name for m in pkgutil.iter_modules(package.__path__)} - {"base", "blocks"}
+    assert set(NETWORKS) == set(available()) == modules  # one entry per paper module, none by side effect
+
+
+@pytest.mark.parametrize("name", available())
+def test_declared_logit_heads_produce_the_returned_logits(name):
+    """Each declared head's output (upsampled to the input size) is one of the logit maps the network
+    returns in training, main output first, and every returned map comes from a declared head."""
+    torch.manual_seed(0)
+    net = build(name, in_channels=2, width=4).train()
+    heads = net.logit_heads()
+    assert list(heads)[0] == "head" and all(h.out_channels == 1 and h.bias is not None for h in heads.values())
+    outputs: dict[str, torch.Tensor] = {}
+    hooks = [head.register_forward_hook(lambda _m, _i, out, name=n: outputs.__setitem__(name, out))
+             for n, head in heads.items()]
+    size = net.window or 4 * net.size_divisor
+    with torch.no_grad():
+        logits = net(torch.rand(2, 2, size, size))
+    for hook in hooks:
+        hook.remove()
+    produced = [upsample_to(outputs[n], (size, size)) for n in heads]
+    assert len(produced) == len(logits)
+    assert all(torch.equal(p, logit) for p, logit in zip(produced, logits))
 
 
 @pytest.mark.parametrize("width", ["fat", 0, -3, 2.5, True])

@@ -12,9 +12,9 @@ import sqlalchemy.exc
 from pydicom.uid import generate_uid
 from sqlalchemy import func, select
 
-from dicomnode import queue
-from dicomnode.db import connect
-from dicomnode.models import (
+from dicomnode.pipeline import queue
+from dicomnode.store.db import connect
+from dicomnode.store.models import (
     Export,
     ExportState,
     Job,
@@ -31,7 +31,7 @@ POLICY = queue.QueuePolicy(lease_seconds=60, max_attempts=3, retry_delay_seconds
                            retry_delay_max_seconds=25)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def database(request, tmp_path):
     if request.param == "sqlite":
         db = sqlite_database(tmp_path)
@@ -199,7 +199,7 @@ def test_a_new_version_is_not_settled_by_the_old_job(database):
     assert study_state(database, study_id) is StudyState.RECEIVING
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def test_concurrent_workers_run_each_job_exactly_once(backend, tmp_path, request):
     """Four workers with their own connections race for 40 jobs; every job runs once and ends done."""
     if backend == "sqlite":

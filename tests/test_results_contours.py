@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from matplotlib.path import Path as Polygon
 
-from dicomnode.results.contours import lesion_outlines
+from dicomnode.pipeline.results.contours import lesion_outlines
 from segmentation.result import ViewResult
 from segmentation.scan import View
 from tests.test_results_inputs import lesions_of

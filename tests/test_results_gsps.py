@@ -8,9 +8,9 @@ import numpy as np
 import pydicom
 import pytest
 
-from dicomnode.results import ResultKind, ResultOptions, build_results
-from dicomnode.results.common import WINDOW_PERCENTILE
-from dicomnode.results.contours import lesion_outlines
+from dicomnode.pipeline.results import ResultKind, ResultOptions, build_results
+from dicomnode.pipeline.results.common import WINDOW_PERCENTILE
+from dicomnode.pipeline.results.contours import lesion_outlines
 from segmentation.regions import skeletal_regions
 from tests.test_results_inputs import dcentvfy_errors, dciodvfy_errors, make_study, write
 

@@ -1,7 +1,7 @@
 """Realistic inputs for the result-object tests: NM whole-body studies with known lesion masks.
 
 A phantom skeleton (anthropometric proportions as in ``segmentation.regions``) with soft tissue, a
-bladder and Poisson counts is written as NM Image Storage in either layout of DESIGN §4: one
+bladder and Poisson counts is written as NM Image Storage in either layout of docs/dicom.md: one
 instance with two frames (Detector Vector 1\\2, a View Code Sequence per detector) or one instance
 per view. The posterior view is stored mirrored, as a camera does. Lesions are hot disks whose
 masks are known, so a :class:`SegmentationResult` built from them is exact. The NM files

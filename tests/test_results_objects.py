@@ -9,7 +9,7 @@ import pydicom
 import pytest
 from pydicom.uid import RLELossless
 
-from dicomnode.results import ResultKind, ResultOptions, build_results
+from dicomnode.pipeline.results import ResultKind, ResultOptions, build_results
 from segmentation.scan import View
 from tests.test_results_inputs import dcentvfy_errors, dciodvfy_errors, make_study, write
 

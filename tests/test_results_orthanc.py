@@ -7,7 +7,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 
-from dicomnode.results import ResultKind, build_results
+from dicomnode.pipeline.results import ResultKind, build_results
 from tests.peers import Orthanc
 from tests.test_results_inputs import make_study
 

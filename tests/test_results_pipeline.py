@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from dicomnode.results import ResultKind, build_results
+from dicomnode.pipeline.results import ResultKind, build_results
 from dicomnode.synth.dicom import StudyIdentity, nm_dataset
 from dicomnode.synth.simulate import simulate_study
 from segmentation.postprocess import view_result

@@ -10,11 +10,11 @@ import pydicom
 import pytest
 from PIL import Image
 
-from dicomnode.results import ResultKind, ResultOptions, build_results
-from dicomnode.results.burden import assess_burden
-from dicomnode.results.common import Provenance, match_sources
-from dicomnode.results.contours import lesion_outlines
-from dicomnode.results.sc import CONTOUR_COLOR, render
+from dicomnode.pipeline.results import ResultKind, ResultOptions, build_results
+from dicomnode.pipeline.results.burden import assess_burden
+from dicomnode.pipeline.results.common import Provenance, match_sources
+from dicomnode.pipeline.results.contours import lesion_outlines
+from dicomnode.pipeline.results.sc import CONTOUR_COLOR, render
 from tests.test_results_inputs import dciodvfy_errors, make_study, write
 
 SC_ONLY = ResultOptions(kinds=(ResultKind.SC,))

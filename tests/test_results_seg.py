@@ -12,7 +12,7 @@ import pydicom
 import pytest
 from pydicom.sr.codedict import codes
 
-from dicomnode.results import ResultKind, ResultOptions, build_results
+from dicomnode.pipeline.results import ResultKind, ResultOptions, build_results
 from segmentation.scan import View
 from tests.test_results_inputs import (
     ALGORITHM,

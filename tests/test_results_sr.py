@@ -10,9 +10,9 @@ import highdicom as hd
 import pytest
 from pydicom.sr.codedict import codes
 
-from dicomnode.results import ResultKind, ResultOptions, build_results
-from dicomnode.results.burden import assess_burden
-from dicomnode.results.sr import SITE_CODES
+from dicomnode.pipeline.results import ResultKind, ResultOptions, build_results
+from dicomnode.pipeline.results.burden import assess_burden
+from dicomnode.pipeline.results.sr import SITE_CODES
 from segmentation.scan import View
 from tests.test_results_inputs import LESIONS, dciodvfy_errors, make_study, write
 

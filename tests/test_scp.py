@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import socket
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -12,8 +14,8 @@ import pydicom
 import pytest
 from sqlalchemy import update
 
-from dicomnode.models import Study, StudyState
-from dicomnode.spool import sha256_hex
+from dicomnode.store.models import Study, StudyState
+from dicomnode.store.spool import sha256_hex
 from segmentation.scan import View
 from tests.nm_factory import nm_study, phantom_counts
 from tests.receiver_helpers import Node, running_node, storescu, write_files
@@ -58,6 +60,16 @@ def test_camera_store_is_durable_and_indexed(tmp_path: Path, database_url: str |
         assert all(s.state is StudyState.RECEIVING and s.version == 1 for s in studies)
         assert node.quarantined() == []
         assert list((node.spool.root / "tmp").iterdir()) == []
+
+
+def test_patient_identifiers_are_logged_only_as_fields_the_log_handler_may_drop(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    study = small_study("multiframe", seed=3)
+    with caplog.at_level(logging.INFO, logger="dicomnode.pipeline.receiver"), running_node(tmp_path) as node:
+        assert storescu(node.port, write_files(study, tmp_path / "camera")).statuses == [0x0000]
+    (accepted,) = [entry for entry in caplog.records if "0x0000" in entry.getMessage()]
+    assert (accepted.patient_id, accepted.accession_number) == (study[0].PatientID, study[0].AccessionNumber)
+    assert study[0].PatientID not in accepted.getMessage()  # dicomnode.ops.logs decides whether it is shown
 
 
 def _set_state(node: Node, state: StudyState) -> None:
@@ -149,7 +161,7 @@ def test_only_allowed_callers_may_associate(tmp_path: Path) -> None:
 def test_association_limit(tmp_path: Path) -> None:
     from pynetdicom.sop_class import Verification
 
-    from dicomnode.scu import AssociationFailed, associate, echo, parse_peer
+    from dicomnode.dicom.scu import AssociationFailed, associate, echo, parse_peer
 
     with running_node(tmp_path, node={"max_associations": 1}) as node:
         peer = parse_peer(f"127.0.0.1:{node.port}", default_ae_title="DICOMNODE")
@@ -164,6 +176,19 @@ def test_association_limit(tmp_path: Path) -> None:
         while node.receiver.ae.active_associations and time.monotonic() < deadline:
             time.sleep(0.01)
         assert echo(peer, "CAMERA").ok  # released: room again
+
+
+def test_accepted_connections_send_without_nagle_delay(tmp_path: Path) -> None:
+    """TCP_NODELAY on every accepted connection (set on EVT_CONN_OPEN, pynetdicom's public events)."""
+    from pynetdicom.sop_class import Verification
+
+    from dicomnode.dicom.scu import associate, parse_peer
+
+    with running_node(tmp_path) as node:
+        peer = parse_peer(f"127.0.0.1:{node.port}", default_ae_title="DICOMNODE")
+        with associate(peer, "CAMERA", [(Verification, ["1.2.840.10008.1.2"])]):
+            (accepted,) = node.receiver.ae.active_associations
+            assert accepted.dul.socket.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
 
 
 def test_non_nm_sop_class_is_not_negotiated(tmp_path: Path) -> None:
@@ -197,8 +222,8 @@ def _certificates(directory: Path) -> dict[str, Path]:
 
 
 def test_tls_and_client_certificates(tmp_path: Path) -> None:
-    from dicomnode.config import TLSClient
-    from dicomnode.scu import echo, parse_peer, send_files
+    from dicomnode.dicom.peers import TLSClient
+    from dicomnode.dicom.scu import echo, parse_peer, send_files
 
     certs = _certificates(tmp_path / "tls")
     tls = {"cert": str(certs["server.crt"]), "key": str(certs["server.key"]), "ca": str(certs["ca.crt"]),

@@ -1,4 +1,4 @@
-"""The receiver's index transaction (dicomnode.ingest) on SQLite and PostgreSQL, without the network.
+"""The receiver's index transaction (dicomnode.store.ingest) on SQLite and PostgreSQL, without the network.
 
 The network tests (test_scp.py) show duplicates and new versions end to end; these pin down the
 statements themselves: the study upsert fills in identity it still lacks and never overwrites it,
@@ -13,14 +13,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from pydicom.uid import NuclearMedicineImageStorage, SegmentationStorage
 from sqlalchemy import select, update
 
-from dicomnode.db import Database, connect
-from dicomnode.ingest import Ingested, Outcome
-from dicomnode.ingest import ingest as ingest_staged
-from dicomnode.models import Instance, Study, StudyState
-from dicomnode.spool import Spool
-from dicomnode.validate import NM_IMAGE_STORAGE, SEGMENTATION_STORAGE, ReceivedInstance, Refusal
+from dicomnode.dicom.validate import ReceivedInstance, Refusal
+from dicomnode.store.db import Database, connect
+from dicomnode.store.ingest import Ingested, Outcome
+from dicomnode.store.ingest import ingest as ingest_staged
+from dicomnode.store.models import Instance, Study, StudyState
+from dicomnode.store.spool import Spool
 
 STUDY = "1.2.826.0.1.3680043.8.498.10"
 SERIES = "1.2.826.0.1.3680043.8.498.11"
@@ -28,7 +29,7 @@ T0 = datetime(2024, 5, 1, 8, 0, tzinfo=UTC)
 
 
 def nm(sop: str, **fields: object) -> ReceivedInstance:
-    instance = ReceivedInstance(sop_class_uid=NM_IMAGE_STORAGE, sop_instance_uid=sop, study_instance_uid=STUDY,
+    instance = ReceivedInstance(sop_class_uid=NuclearMedicineImageStorage, sop_instance_uid=sop, study_instance_uid=STUDY,
                                 series_instance_uid=SERIES, views=("anterior",))
     return replace(instance, **fields)
 
@@ -61,8 +62,7 @@ def study_row(database: Database) -> Study:
     return study
 
 
-def test_study_identity_is_filled_in_once_and_never_overwritten(database: Database, tmp_path: Path) -> None:
-    spool = Spool(tmp_path / "spool")
+def test_study_identity_is_filled_in_once_and_never_overwritten(database: Database, spool: Spool) -> None:
     first = ingest(database, spool, nm("1.2.3.1"), b"first", "CAMERA", now=T0)
     assert (study_row(database).patient_id, study_row(database).accession_number) == (None, None)
     second = ingest(database, spool, nm("1.2.3.2", patient_id="P1", accession_number="A1"), b"second", "CAMERA",
@@ -76,8 +76,7 @@ def test_study_identity_is_filled_in_once_and_never_overwritten(database: Databa
     assert study.last_instance_at == T0 + timedelta(seconds=2) and study.received_at == T0
 
 
-def test_duplicate_changes_nothing_and_new_bytes_supersede(database: Database, tmp_path: Path) -> None:
-    spool = Spool(tmp_path / "spool")
+def test_duplicate_changes_nothing_and_new_bytes_supersede(database: Database, spool: Spool) -> None:
     stored = ingest(database, spool, nm("1.2.3.1"), b"version one", "CAMERA", now=T0)
     again = ingest(database, spool, nm("1.2.3.1"), b"version one", "OTHER", now=T0 + timedelta(minutes=5))
     assert again.outcome is Outcome.DUPLICATE
@@ -93,8 +92,7 @@ def test_duplicate_changes_nothing_and_new_bytes_supersede(database: Database, t
     assert list((spool.root / "tmp").iterdir()) == []  # the duplicate's staged copy was dropped
 
 
-def test_new_content_reopens_a_processed_study(database: Database, tmp_path: Path) -> None:
-    spool = Spool(tmp_path / "spool")
+def test_new_content_reopens_a_processed_study(database: Database, spool: Spool) -> None:
     ingest(database, spool, nm("1.2.3.1"), b"anterior", "CAMERA", now=T0)
     with database.session(write=True) as session:
         session.execute(update(Study).values(state=StudyState.PROCESSED, ready_at=T0 + timedelta(seconds=10)))
@@ -108,12 +106,11 @@ def test_new_content_reopens_a_processed_study(database: Database, tmp_path: Pat
     assert study_row(database).version == 2  # no bump while nothing was processed
 
 
-def test_a_seg_is_stored_without_touching_the_study(database: Database, tmp_path: Path) -> None:
-    spool = Spool(tmp_path / "spool")
+def test_a_seg_is_stored_without_touching_the_study(database: Database, spool: Spool) -> None:
     ingest(database, spool, nm("1.2.3.1"), b"image", "CAMERA", now=T0)
     with database.session(write=True) as session:
         session.execute(update(Study).values(state=StudyState.PROCESSED))
-    seg = ReceivedInstance(sop_class_uid=SEGMENTATION_STORAGE, sop_instance_uid="1.2.3.9", study_instance_uid=STUDY,
+    seg = ReceivedInstance(sop_class_uid=SegmentationStorage, sop_instance_uid="1.2.3.9", study_instance_uid=STUDY,
                            series_instance_uid="1.2.3.8", referenced_sop_instance_uids=frozenset({"1.2.3.1"}))
     label = ingest(database, spool, seg, b"seg", "VIEWER", now=T0 + timedelta(hours=1))
     assert label.outcome is Outcome.STORED and label.study_version == 1

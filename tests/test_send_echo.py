@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from dicomnode.cli import app
-from dicomnode.scu import parse_peer
+from dicomnode.dicom.scu import parse_peer
 from tests.nm_factory import nm_study, phantom_counts
 from tests.peers import Orthanc, StoreSCP, free_port
 from tests.receiver_helpers import NODE_AE, running_node, write_files

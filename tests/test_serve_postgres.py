@@ -10,8 +10,8 @@ from collections import Counter
 import pytest
 from sqlalchemy import select
 
-from dicomnode.db import connect
-from dicomnode.models import Job, JobState, ResultObject
+from dicomnode.store.db import connect
+from dicomnode.store.models import Job, JobState, ResultObject
 from dicomnode.synth import write_studies
 from tests.peers import free_port
 from tests.processing_helpers import NodeProcess, pacs_objects, storescu, wait_until, write_node_config

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from dicomnode.spool import Spool, SpoolError, UIDError, check_uid, sha256_hex
+from dicomnode.dicom.uids import UIDError, check_uid
+from dicomnode.store.spool import Spool, SpoolError, sha256_hex
 
 STUDY, SERIES, SOP = "1.2.826.0.1.3680043.8.498.1", "1.2.826.0.1.3680043.8.498.2", "1.2.826.0.1.3680043.8.498.3"
 
@@ -42,8 +43,7 @@ def test_invalid_uids_are_refused(uid: object, reason: str) -> None:
         check_uid(uid, "SOP Instance UID")
 
 
-def test_instance_path_only_from_valid_uids(tmp_path: Path) -> None:
-    spool = Spool(tmp_path / "spool")
+def test_instance_path_only_from_valid_uids(tmp_path: Path, spool: Spool) -> None:
     digest = sha256_hex(b"x")
     assert spool.instance_path(STUDY, SERIES, SOP, digest) == f"instances/{STUDY}/{SERIES}/{SOP}.{digest[:12]}.dcm"
     assert spool.result_path(STUDY, SERIES, SOP) == f"results/{STUDY}/{SERIES}/{SOP}.dcm"
@@ -59,15 +59,13 @@ def test_instance_path_only_from_valid_uids(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("relative", ["../outside.dcm", "/etc/passwd", "instances/../../x.dcm", "other/x.dcm", ""])
-def test_paths_cannot_leave_the_spool(tmp_path: Path, relative: str) -> None:
-    spool = Spool(tmp_path / "spool")
+def test_paths_cannot_leave_the_spool(tmp_path: Path, relative: str, spool: Spool) -> None:
     with pytest.raises(SpoolError):
         spool.write(relative, b"data")
     assert not (tmp_path / "outside.dcm").exists()
 
 
-def test_write_is_complete_and_idempotent(tmp_path: Path) -> None:
-    spool = Spool(tmp_path / "spool")
+def test_write_is_complete_and_idempotent(tmp_path: Path, spool: Spool) -> None:
     data = os.urandom(300_000)
     relative = spool.instance_path(STUDY, SERIES, SOP, sha256_hex(data))
     stored = spool.write(relative, data)
@@ -129,8 +127,8 @@ class SyscallLog:
             assert ("fsync", str(directory.parent)) in calls[:rename]
 
 
-def test_write_syncs_file_then_renames_then_fsyncs_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    spool = Spool(tmp_path / "spool")
+def test_write_syncs_file_then_renames_then_fsyncs_directory(monkeypatch: pytest.MonkeyPatch,
+                                                             spool: Spool) -> None:
     log = SyscallLog(monkeypatch)
     relative = spool.result_path(STUDY, SERIES, SOP)
     spool.write(relative, b"DICM")
@@ -139,10 +137,9 @@ def test_write_syncs_file_then_renames_then_fsyncs_directory(tmp_path: Path, mon
     log.check_durable_order(spool, final, [final.parent.parent, final.parent])
 
 
-def test_a_retried_jobs_result_replaces_the_leftover_of_its_interrupted_attempt(tmp_path: Path) -> None:
+def test_a_retried_jobs_result_replaces_the_leftover_of_its_interrupted_attempt(spool: Spool) -> None:
     """Result names are derived from the job's inputs; a retry after a crash writes them again with
     new bytes (creation times). Instance names carry the content hash: there, other bytes stay an error."""
-    spool = Spool(tmp_path / "spool")
     relative = spool.result_path(STUDY, SERIES, SOP)
     spool.write(relative, b"attempt 1, killed before the job completed")
     again = spool.write(relative, b"attempt 2")
@@ -156,9 +153,8 @@ def test_a_retried_jobs_result_replaces_the_leftover_of_its_interrupted_attempt(
 
 
 @pytest.mark.parametrize("call", ["write", "fsync"])  # the file's data (step 1), a directory (steps 2, 3)
-def test_failed_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, call: str) -> None:
-    spool = Spool(tmp_path / "spool")
-
+def test_failed_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, call: str,
+                                     spool: Spool) -> None:
     def broken(*args: object) -> None:
         raise OSError(5, "Input/output error")
 
@@ -171,9 +167,8 @@ def test_failed_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert list((tmp_path / "spool" / "tmp").iterdir()) == []
 
 
-def test_staged_write_is_the_same_durable_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_staged_write_is_the_same_durable_write(monkeypatch: pytest.MonkeyPatch, spool: Spool) -> None:
     """Spool.stage + place: step 1 in the background, then the same rename and syncs as Spool.write."""
-    spool = Spool(tmp_path / "spool")
     log = SyscallLog(monkeypatch)
     data = os.urandom(200_000)
     relative = spool.instance_path(STUDY, SERIES, SOP, sha256_hex(data))
@@ -197,10 +192,8 @@ def test_staged_write_is_the_same_durable_write(tmp_path: Path, monkeypatch: pyt
     assert list((spool.root / "tmp").iterdir()) == []
 
 
-def test_failed_staged_write_is_raised_by_place_and_leaves_nothing(tmp_path: Path,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    spool = Spool(tmp_path / "spool")
-
+def test_failed_staged_write_is_raised_by_place_and_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     spool: Spool) -> None:
     def broken_write(fd: int, data: bytes) -> int:
         raise OSError(28, "No space left on device")
 
@@ -216,10 +209,10 @@ def test_failed_staged_write_is_raised_by_place_and_leaves_nothing(tmp_path: Pat
 
 
 def test_known_directories_cost_no_sync_and_unknown_ones_are_synced_once(tmp_path: Path,
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                          monkeypatch: pytest.MonkeyPatch,
+                                                                          spool: Spool) -> None:
     series = tmp_path / "spool" / "instances" / STUDY / SERIES
     series.mkdir(parents=True)  # left by an earlier run that may have stopped before syncing
-    spool = Spool(tmp_path / "spool")
     synced: list[str] = []
     real_fsync = os.fsync
 
@@ -236,10 +229,9 @@ def test_known_directories_cost_no_sync_and_unknown_ones_are_synced_once(tmp_pat
     assert [path for path in synced if not path.endswith(".part")] == [str(series)]  # the rename only
 
 
-def test_a_directory_is_durable_before_a_concurrent_writer_may_use_it(tmp_path: Path,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_directory_is_durable_before_a_concurrent_writer_may_use_it(monkeypatch: pytest.MonkeyPatch,
+                                                                       spool: Spool) -> None:
     """A second association must not find a new directory and answer 0x0000 before its entry is synced."""
-    spool = Spool(tmp_path / "spool")
     study_synced, release = threading.Event(), threading.Event()
     real_fsync = os.fsync
 
@@ -267,8 +259,24 @@ def test_a_directory_is_durable_before_a_concurrent_writer_may_use_it(tmp_path: 
     assert second_done.is_set() and study_synced.is_set()
 
 
-def test_free_space_floor(tmp_path: Path) -> None:
-    spool = Spool(tmp_path / "spool", min_free_bytes=0)
+def test_close_waits_for_the_writes_then_stops_the_writer_threads(tmp_path: Path) -> None:
+    def writers() -> set[threading.Thread]:
+        return {thread for thread in threading.enumerate() if thread.name.startswith("spool-writer")}
+
+    before = writers()
+    with Spool(tmp_path / "spool") as spool:
+        staged = [spool.stage(os.urandom(100_000)) for _ in range(4)]
+        assert writers() - before  # the writes run in the spool's own threads ...
+    assert not writers() - before  # ... which closing stopped
+    for number, item in enumerate(staged):  # after each write had finished
+        with item:
+            assert item.place(spool.instance_path(STUDY, SERIES, f"{SOP}{number}", item.sha256)).created
+    with pytest.raises(RuntimeError):
+        spool.stage(b"after close")
+    spool.close()  # idempotent
+
+
+def test_free_space_floor(spool: Spool) -> None:
     free = spool.free_bytes()
     assert free > 0 and spool.has_room(1000)
     assert not spool.has_room(free + 1)
@@ -276,8 +284,7 @@ def test_free_space_floor(tmp_path: Path) -> None:
     assert not spool.has_room(0)
 
 
-def test_quarantine_keeps_bytes_and_reason(tmp_path: Path) -> None:
-    spool = Spool(tmp_path / "spool")
+def test_quarantine_keeps_bytes_and_reason(spool: Spool) -> None:
     kept = spool.quarantine(b"not dicom", reason="not readable", status="0xC000", calling_ae="CAM",
                             claimed_sop_instance_uid="../../x")
     assert kept is not None and kept.startswith("quarantine/") and kept.endswith(".dcm")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom.uid import NuclearMedicineImageStorage
 import pytest
 from typer.testing import CliRunner
 
@@ -20,7 +21,6 @@ from segmentation.scan import View
 
 ANTERIOR_CODE, POSTERIOR_CODE = "399321004", "399001007"
 VIEW_OF_CODE = {ANTERIOR_CODE: View.ANTERIOR, POSTERIOR_CODE: View.POSTERIOR}
-NM_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.20"
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def test_multiframe_round_trips_with_the_right_view_per_frame(multiframe):
         expected = simulate_study(study_rng(21, index))
         (file,) = entry["files"]
         ds = pydicom.dcmread(out / entry["folder"] / file["file"])
-        assert ds.SOPClassUID == NM_IMAGE_STORAGE
+        assert ds.SOPClassUID == NuclearMedicineImageStorage
         assert ds.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
         assert list(ds.ImageType) == ["ORIGINAL", "PRIMARY", "WHOLE BODY", "EMISSION"]
         assert ds.NumberOfFrames == 2 and ds.NumberOfDetectors == 2

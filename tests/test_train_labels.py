@@ -2,7 +2,7 @@
 
 The NM studies come from :mod:`tests.nm_factory`; the SEGs are real highdicom Segmentation objects
 built the way the node builds its own (one SEG per view from a single-frame proxy that keeps the
-source UIDs, notes/nm-dicom-and-highdicom.md §2), then read back from files by the training loader.
+source UIDs; docs/dicom.md, "Result objects"), then read back from files by the training loader.
 """
 
 from __future__ import annotations

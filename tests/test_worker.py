@@ -10,16 +10,18 @@ from datetime import timedelta
 
 import numpy as np
 import pydicom
+from pydicom.uid import SegmentationStorage
 import pytest
 import torch
 from sqlalchemy import select
 
-from dicomnode.assembly import AssemblyPolicy, assemble
-from dicomnode.models import Export, Instance, Job, JobState, ResultKind, ResultObject, Study, StudyState, utcnow
-from dicomnode.queue import QueuePolicy, claim
-from dicomnode.results import ResultOptions
-from dicomnode.spool import Spool
-from dicomnode.worker import Worker, load_segmenter
+from dicomnode.pipeline.assembly import AssemblyPolicy, assemble
+from dicomnode.pipeline.processing import load_segmenter
+from dicomnode.pipeline.queue import QueuePolicy, claim
+from dicomnode.pipeline.results import ResultOptions
+from dicomnode.pipeline.worker import Worker
+from dicomnode.store.models import Export, Instance, Job, JobState, ResultKind, ResultObject, Study, StudyState, utcnow
+from dicomnode.store.spool import Spool
 from segmentation.scan import View
 from tests.nm_factory import nm_study, phantom_counts
 from tests.processing_helpers import sqlite_database, store_study
@@ -27,15 +29,14 @@ from tests.processing_helpers import threshold_segmenter  # noqa: F401 (the "seg
 
 POLICY = QueuePolicy(lease_seconds=60, max_attempts=2, retry_delay_seconds=5)
 OPTIONS = ResultOptions(kinds=(ResultKind.SEG,))
-SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 
 
 @pytest.fixture
 def node(tmp_path, segmenter):
     database = sqlite_database(tmp_path)
-    spool = Spool(tmp_path / "spool")
-    worker = Worker(database, spool, segmenter, OPTIONS, ["PACS", "ARCHIVE"], POLICY, owner="test-worker")
-    yield database, spool, worker
+    with Spool(tmp_path / "spool") as spool:
+        worker = Worker(database, spool, segmenter, OPTIONS, ["PACS", "ARCHIVE"], POLICY, owner="test-worker")
+        yield database, spool, worker
     database.dispose()
 
 
@@ -68,7 +69,7 @@ def test_a_study_is_segmented_and_its_results_queued_for_every_destination(node,
     referenced = set()
     for kind, sop_uid, sop_class, series_uid, path in rows:
         ds = pydicom.dcmread(spool.absolute(path))
-        assert kind is ResultKind.SEG and ds.SOPClassUID == sop_class == SEG_STORAGE
+        assert kind is ResultKind.SEG and ds.SOPClassUID == sop_class == SegmentationStorage
         assert (ds.SOPInstanceUID, ds.SeriesInstanceUID) == (sop_uid, series_uid)
         assert ds.StudyInstanceUID == datasets[0].StudyInstanceUID
         referenced |= {item.ReferencedSOPInstanceUID
@@ -184,9 +185,8 @@ class SlowSegmenter:
         return self._segmenter.segment(scan)
 
 
-def test_the_heartbeat_keeps_a_long_job_from_being_taken_over(tmp_path, segmenter):
+def test_the_heartbeat_keeps_a_long_job_from_being_taken_over(tmp_path, segmenter, spool):
     database = sqlite_database(tmp_path)
-    spool = Spool(tmp_path / "spool")
     policy = QueuePolicy(lease_seconds=0.6, max_attempts=3)
     worker = Worker(database, spool, SlowSegmenter(segmenter, 2.0), OPTIONS, ["PACS"], policy, owner="slow")
     store_study(database, spool, nm_study(counts()))

@@ -1,1 +1,4 @@
-"""Training and evaluation on top of :mod:`segmentation`; no network code of its own (DESIGN §2)."""
+"""Training and evaluation on top of :mod:`segmentation`; no network code of its own.
+
+See docs/architecture.md, "Layout", and docs/training.md.
+"""

@@ -3,7 +3,7 @@
 - Count level, before preprocessing: **binomial thinning** of the raw counts. Keeping each detected
   photon with probability ``k`` turns Poisson(λ) counts into exactly Poisson(kλ) counts, i.e. the same
   patient imaged with a shorter acquisition or a lower dose (the count-level variation of
-  Gustafsson et al. 2022; notes/models-and-simulation.md §3). Both views get the same ``k``, as they
+  Gustafsson et al. 2022; docs/simulation.md). Both views get the same ``k``, as they
   come from one acquisition.
 - Count level, before preprocessing: **8-bit export** (:func:`quantise_scan`). Public collections
   such as BS-80K went through 8-bit PNG (values 0–255, some studies saturated at 255), while cameras

@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import NuclearMedicineImageStorage
 
 from segmentation.scan import BoneScan, View, ViewImage, ViewRule, ViewSource
-from segmentation.views import NM_IMAGE_STORAGE
 
 from .weak import ABNORMAL, NORMAL, Box, WeakLabelRules, weak_labels
 
@@ -93,7 +93,7 @@ def read_wholebody(path: Path) -> BoneScan:
     for index, view in enumerate(order):
         source = ViewSource(
             sop_instance_uid=str(ds.get("SOPInstanceUID", "") or ds.file_meta.get("MediaStorageSOPInstanceUID", "")),
-            sop_class_uid=NM_IMAGE_STORAGE,
+            sop_class_uid=NuclearMedicineImageStorage,
             series_instance_uid=str(ds.get("SeriesInstanceUID", "")),
             frame_number=index + 1,
             rows=int(pixels.shape[1]),

@@ -45,7 +45,7 @@ from segmentation.scan import View
 from .boxscore import choose_operating_point, study_candidates, crop_summary, threshold_for_sensitivity, view_candidates, wholebody_scores
 from .config import TrainConfig, load_config
 from .crops import crop_scores
-from .datasets import LabelledStudy, TrainingData, load_studies, load_training_data
+from .datasets import LabelledStudy, TrainingData, describe_sources, load_studies, load_training_data
 from .evaluate import evaluate_studies, summary
 from .loop import run_training
 from .report import write_box_overlay
@@ -210,6 +210,7 @@ def crossvalidate(args: argparse.Namespace) -> dict[str, Any]:
     if args.final:
         result = run_training(config, data, out / "final", device=args.device, progress=False, num_threads=args.threads)
         update_card(result.card, threshold=threshold, operating_point=point,
+                    training={**load_card(result.card).training, "data_sources": describe_sources(data)},
                     metrics={**load_card(result.card).metrics, "cross_validated_real": table["cross_validated"],
                              "cross_validation": {"folds": args.folds, "seed": args.seed, "max_false_positives": args.max_fp,
                                                   "crop_threshold": crop_threshold, "data": data.formats}})

@@ -32,14 +32,15 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import NuclearMedicineImageStorage, SegmentationStorage
 
 from segmentation.scan import BoneScan, View
-from segmentation.views import NM_IMAGE_STORAGE, ViewError, load_scan
+from segmentation.views import ViewError, load_scan
 
 from .labelme import LabelMeAnnotation, LabelMeError, is_labelme, read_labelme
 from .bs80k import Crop, crop_label_files, load_crop_folder, load_wholebody_folder
 from .weak import Box
-from .seglabels import HUMAN_ALGORITHM_TYPES, SEGMENTATION_STORAGE, SegLabel, SegLabelError, read_seg_labels
+from .seglabels import HUMAN_ALGORITHM_TYPES, SegLabel, SegLabelError, read_seg_labels
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,29 @@ class DataFormat(str, Enum):
     BS80K_WHOLEBODY = "bs80k-wholebody"  # BS-80K two-frame files with Pascal VOC boxes
     BS80K_CROPS = "bs80k-crops"  # BS-80K crop folders with a label file (image-level labels)
     DICOM = "dicom"  # NM Image Storage with DICOM SEG or LabelMe labels
+
+
+SOURCE_CITATIONS = {
+    DataFormat.BS80K_WHOLEBODY: "BS-80K whole-body scans with lesion boxes (Huang et al., 'BS-80K: The first large "
+                                "open-access dataset of bone scan images', Comput Biol Med 151:106221, 2022; "
+                                "West China Hospital)",
+    DataFormat.BS80K_CROPS: "BS-80K chest crops with image-level labels (Huang et al., Comput Biol Med 151:106221, 2022)",
+    DataFormat.SYNTH: "dicomnode synth simulated studies (docs/simulation.md)",
+    DataFormat.DICOM: "NM DICOM studies with SEG or LabelMe labels",
+}
+
+
+def describe_sources(data: "TrainingData") -> list[dict[str, object]]:
+    """What a model card says of each data folder: its format, where it comes from, how much of it
+    (folder names only: paths are not patient data but say nothing to another site)."""
+    out = []
+    for folder, kind in data.formats.items():
+        fmt = DataFormat(kind)
+        entry: dict[str, object] = {"folder": Path(folder).name, "format": kind, "source": SOURCE_CITATIONS[fmt]}
+        if fmt is DataFormat.BS80K_CROPS:
+            entry["crops"] = len(data.crops)
+        out.append(entry)
+    return out
 
 
 def detect_format(root: Path | str) -> DataFormat:
@@ -240,10 +264,10 @@ def _read_tree(root: Path) -> tuple[dict[str, list[Dataset]], list[Dataset], lis
             ignored += 1
             continue
         sop_class = ds.get("SOPClassUID")
-        if sop_class == NM_IMAGE_STORAGE:
+        if sop_class == NuclearMedicineImageStorage:
             nm[str(ds.get("StudyInstanceUID", ""))].append(ds)
             sop_of_path[path.resolve()] = str(ds.get("SOPInstanceUID", ""))
-        elif sop_class == SEGMENTATION_STORAGE:
+        elif sop_class == SegmentationStorage:
             segs.append(ds)
         else:
             ignored += 1

@@ -18,7 +18,6 @@ weights follow :mod:`train.losses` and the preset (:mod:`train.config`).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import logging
@@ -39,9 +38,9 @@ from torch import Tensor, nn
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
+from segmentation.device import DeviceError, resolve_device
 from segmentation.modelcard import save_model
 from segmentation.networks import SegmentationNetwork, build
-from segmentation.networks.blocks import upsample_to
 from segmentation.networks.msanet import Critic, multiscale_l1
 from segmentation.preprocess import Preprocessing
 
@@ -74,16 +73,6 @@ class TrainResult:
     device: str
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` → CUDA when present, else CPU; ``cuda`` without a GPU is an error, not a fallback."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("device 'cuda' asked for but no CUDA GPU is available")
-    return device
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -107,38 +96,14 @@ def semisupervised_labels(
     return out, sorted(keep)
 
 
-def logit_heads(net: SegmentationNetwork) -> list[str]:
-    """Names of the convolutions whose output *is* a returned logit map (main or deep supervision),
-    possibly upsampled to the input size; found by running a copy of the network once."""
-    probe = copy.deepcopy(net).train()
-    outputs: dict[str, Tensor] = {}
-    hooks = [
-        module.register_forward_hook(lambda _m, _i, out, name=name: outputs.__setitem__(name, out))
-        for name, module in probe.named_modules()
-        if isinstance(module, nn.Conv2d) and module.out_channels == 1 and module.bias is not None
-    ]
-    size = probe.window or 4 * probe.size_divisor
-    first = next(probe.parameters())
-    with torch.no_grad():
-        logits = probe(torch.rand(2, probe.in_channels, size, size, dtype=first.dtype, device=first.device))
-    for hook in hooks:
-        hook.remove()
-    return [
-        name for name, out in outputs.items()
-        if any(torch.equal(upsample_to(out, (size, size)), logit) for logit in logits)
-    ]
-
-
 def init_output_prior(net: SegmentationNetwork, prior: float) -> list[str]:
-    """Set the bias of every logit head to ``log(prior / (1 − prior))`` (Lin et al. 2017 §4.1), so
-    that training starts from "lesions are rare"; returns the heads' names."""
-    heads = logit_heads(net)
-    if not heads:
-        raise TrainingError(f"{type(net).__name__}: no biased convolution produces its logits")
-    modules = dict(net.named_modules())
-    for name in heads:
-        nn.init.constant_(modules[name].bias, math.log(prior / (1 - prior)))
-    return heads
+    """Set the bias of every logit head the network declares (:meth:`SegmentationNetwork.logit_heads`)
+    to ``log(prior / (1 − prior))`` (Lin et al. 2017 §4.1), so that training starts from "lesions are
+    rare"; returns the heads' names."""
+    heads = net.logit_heads()
+    for head in heads.values():
+        nn.init.constant_(head.bias, math.log(prior / (1 - prior)))
+    return list(heads)
 
 
 def _check_patch(config: TrainConfig, net: SegmentationNetwork, prep: Preprocessing) -> None:
@@ -337,7 +302,10 @@ def run_training(
     if num_threads:
         torch.set_num_threads(num_threads)
     out.mkdir(parents=True, exist_ok=True)
-    torch_device = resolve_device(device)
+    try:
+        torch_device = resolve_device(device)
+    except DeviceError as exc:
+        raise TrainingError(str(exc)) from None
     seed_everything(config.optim.seed)
 
     if not isinstance(data, TrainingData):
@@ -371,7 +339,8 @@ def run_training(
     if resume:
         if not checkpoint_path.is_file():
             raise TrainingError(f"--resume: no {CHECKPOINT} in {out}")
-        saved = torch.load(checkpoint_path, map_location=torch_device, weights_only=False)
+        # Tensors and JSON-compatible values only (the preset as JSON, plain-float history): no pickled code.
+        saved = torch.load(checkpoint_path, map_location=torch_device, weights_only=True)
         if saved["config"] != fingerprint:
             raise TrainingError(f"--resume: {checkpoint_path} was made with a different preset")
         trainer.load_state(saved["trainer"])

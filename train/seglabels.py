@@ -5,7 +5,7 @@ Sequence (Referenced SOP Instance UID and Referenced Frame Number; PS3.3 C.7.6.1
 C.8.20.2; dclunie in highdicom issue 159: "frame mapping must go through DerivationImageSequence").
 The mask is in the stored layout of that source frame. Segments count as lesion labels when their
 Segmented Property Category is "Morphologically Abnormal Structure" (SCT 49755003, CID 7150), the
-category our own SEG uses (DESIGN §4); other segments (a bone mask, say) are not lesion labels.
+category our own SEG uses (docs/dicom.md); other segments (a bone mask, say) are not lesion labels.
 
 Only human labels train a model by default: segments with Segment Algorithm Type ``MANUAL`` or
 ``SEMIAUTOMATIC`` (PS3.3 C.8.20.4). An ``AUTOMATIC`` segment is a model's output; training on it would
@@ -20,10 +20,10 @@ from dataclasses import dataclass
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
+from pydicom.uid import SegmentationStorage
 
 log = logging.getLogger(__name__)
 
-SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 MORPHOLOGICALLY_ABNORMAL_STRUCTURE = ("49755003", ("SCT", "SRT"))
 HUMAN_ALGORITHM_TYPES = frozenset({"MANUAL", "SEMIAUTOMATIC"})
 
@@ -96,7 +96,7 @@ def _segment_of_frame(ds: Dataset, index: int, segments: dict[int, Dataset]) -> 
 def read_seg_labels(ds: Dataset, *, accept_automatic: bool = False) -> list[SegLabel]:
     """One :class:`SegLabel` per source frame that has lesion segments in this SEG (maybe none)."""
     uid = str(ds.get("SOPInstanceUID", "?"))
-    if ds.get("SOPClassUID") != SEGMENTATION_STORAGE:
+    if ds.get("SOPClassUID") != SegmentationStorage:
         raise SegLabelError(f"{uid}: SOP Class {ds.get('SOPClassUID')} is not Segmentation Storage")
     segments = {int(s.SegmentNumber): s for s in ds.get("SegmentSequence", [])}
     wanted: dict[int, str] = {}

@@ -1,4 +1,4 @@
-"""Simulated whole-body 99mTc-MDP bone scans with known metastasis masks (DESIGN §6).
+"""Simulated whole-body 99mTc-MDP bone scans with known metastasis masks (docs/simulation.md).
 
 Modules, one job each: :mod:`patient` (who is scanned and how), :mod:`shapes` (solids in
 projection), :mod:`anatomy` (skeleton, soft tissue, organs), :mod:`lesions` (metastases and benign

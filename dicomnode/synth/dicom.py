@@ -1,6 +1,6 @@
 """Write a simulated study as NM Image Storage files, the way dual-head cameras send whole-body scans.
 
-Two layouts (both allowed by PS3.3 C.8.4, DESIGN §4):
+Two layouts (both allowed by PS3.3 C.8.4; docs/dicom.md):
 
 * ``multiframe``: one instance, NumberOfFrames = 2, Frame Increment Pointer = Energy Window Vector
   \\ Detector Vector (PS3.3 C.8.4.8.1.1: required for STATIC and WHOLE BODY), Detector Vector

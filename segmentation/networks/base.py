@@ -1,16 +1,13 @@
-"""The contract every segmentation network keeps, and the registry that builds them by name.
+"""The contract every segmentation network keeps (the package's registry builds them by name).
 
 A network takes ``(N, in_channels, H, W)`` float32 normalised counts and returns lesion logits
 ``(N, 1, H, W)`` in eval mode; in training mode it returns a list of logits, the main output first,
-then any deep-supervision outputs, all at ``(N, 1, H, W)`` (DESIGN §5). ``in_channels`` is 2 for the
-product input (channel 0 the view being segmented, channel 1 the other view registered and mirrored
-into its frame) or 1 (a single view, or paper 004's "mirrored then added" sum).
+then any deep-supervision outputs, all at ``(N, 1, H, W)`` (docs/segmentation.md). ``in_channels``
+is 2 for the product input (channel 0 the view being segmented, channel 1 the other view registered
+and mirrored into its frame) or 1 (a single view, or paper 004's "mirrored then added" sum).
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
-from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -22,8 +19,10 @@ Width = str | int
 class SegmentationNetwork(nn.Module):
     """Base class of every network in :mod:`segmentation.networks`.
 
-    Subclasses set :attr:`window` and :attr:`size_divisor` and implement :meth:`outputs`; the base
-    class checks the input and applies the eval/training output contract, so no subclass repeats it.
+    Subclasses set :attr:`window` and :attr:`size_divisor`, build :attr:`head` and implement
+    :meth:`outputs`; the base class checks the input and applies the eval/training output contract,
+    so no subclass repeats it. A network with deep supervision declares its other output heads in
+    :meth:`logit_heads`.
     """
 
     in_channels: int
@@ -41,9 +40,18 @@ class SegmentationNetwork(nn.Module):
         self.in_channels = in_channels
         self.width = width
 
+    head: nn.Conv2d
+    """The biased 1×1 convolution whose output is the main logit map."""
+
     def outputs(self, x: Tensor) -> list[Tensor]:
         """All logits for a checked input: main output first, then deep supervision (training only)."""
         raise NotImplementedError
+
+    def logit_heads(self) -> dict[str, nn.Conv2d]:
+        """The convolutions whose outputs are the logit maps :meth:`outputs` returns (a deep-supervision
+        map possibly upsampled to the input size), by module name, main output first. Training sets
+        their biases to the lesion prior (:func:`train.loop.init_output_prior`)."""
+        return {"head": self.head}
 
     def forward(self, x: Tensor) -> Tensor | list[Tensor]:  # noqa: D102 - contract in the class docstring
         self.check_input(x)
@@ -87,37 +95,3 @@ def resolve_width(width: Width, *, paper: int, slim: int) -> int:
     if isinstance(width, int) and not isinstance(width, bool) and width >= 1:
         return width
     raise ValueError(f"width must be 'paper', 'slim' or a positive int, got {width!r}")
-
-
-Factory = Callable[..., SegmentationNetwork]
-F = TypeVar("F", bound=Factory)
-
-_REGISTRY: dict[str, Factory] = {}
-
-
-def register(name: str) -> Callable[[F], F]:
-    """Decorator that registers a factory ``(in_channels=..., width=...) -> SegmentationNetwork``."""
-
-    def decorate(factory: F) -> F:
-        if name in _REGISTRY:
-            raise ValueError(f"network {name!r} is already registered")
-        _REGISTRY[name] = factory
-        return factory
-
-    return decorate
-
-
-def available() -> list[str]:
-    """Names of the registered networks, sorted."""
-    return sorted(_REGISTRY)
-
-
-def build(name: str, *, in_channels: int = 2, width: Width = "slim") -> SegmentationNetwork:
-    """Build the network registered as ``name``; :class:`ValueError` listing the names if unknown."""
-    try:
-        factory = _REGISTRY[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown network {name!r}; available: {', '.join(available())}"
-        ) from None
-    return factory(in_channels=in_channels, width=width)

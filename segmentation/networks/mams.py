@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import SegmentationNetwork, Width, register, resolve_width
+from .base import SegmentationNetwork, Width, resolve_width
 from .blocks import ConvBNAct, DoubleConv, upsample_to
 
 WINDOW = 256
@@ -195,7 +195,6 @@ class MultiAttentionMultiScaleNet(SegmentationNetwork):
         return [self.head(x)]
 
 
-@register("mams")
 def build_mams(*, in_channels: int = 2, width: Width = "slim") -> MultiAttentionMultiScaleNet:
     """Multi-attention multi-scale net (paper 002); 256×256 windows only."""
     return MultiAttentionMultiScaleNet(in_channels, width)

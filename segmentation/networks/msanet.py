@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import SegmentationNetwork, Width, register, resolve_width
+from .base import SegmentationNetwork, Width, resolve_width
 from .blocks import ConvBNAct, upsample_to
 
 CDC_DILATIONS = (1, 2, 4, 1, 2, 4)
@@ -147,6 +147,10 @@ class MSANet(SegmentationNetwork):
         self.head = nn.Conv2d(chans[0], 1, 1)
         self.side_heads = nn.ModuleList(nn.Conv2d(chans[i], 1, 1) for i in (1, 2, 3))
 
+    def logit_heads(self) -> dict[str, nn.Conv2d]:
+        """The main head, then the deep-supervision heads in the order :meth:`outputs` returns them."""
+        return {"head": self.head, **{f"side_heads.{i}": head for i, head in enumerate(self.side_heads)}}
+
     def outputs(self, x: Tensor) -> list[Tensor]:
         size = x.shape[-2:]
         features = [self.cdc(x)]
@@ -235,7 +239,6 @@ def multiscale_l1(critic: Critic, image: Tensor, pred_prob: Tensor, target: Tens
     return (critic(image * pred_prob) - critic(image * target.to(image.dtype))).abs().mean()
 
 
-@register("msanet")
 def build_msanet(*, in_channels: int = 2, width: Width = "slim") -> MSANet:
     """MSA-Net generator (papers 000/001)."""
     return MSANet(in_channels, width)

@@ -13,7 +13,7 @@ with channels ``base·(1, 2, 4, 8, 16)``:
   follows, so consecutive dilations leave no gridding holes.
 - **Anterior–posterior feature aggregation** (§ 2.3.3, Eq. 4: I_Agg = I_Ant + Mirr(I_Post), "images
   (features)"). Channel 0 is the view being segmented and channel 1 the other view, already
-  mirrored and registered into its frame by preprocessing (DESIGN §5), so Mirr is done. Both
+  mirrored and registered into its frame by preprocessing (docs/segmentation.md), so Mirr is done. Both
   channels run through the *same* encoder (shared weights, so their features live in one space
   and may be added), and the deepest encoder features of the two are added pixel-wise. Skip
   connections carry the features of channel 0 only, so the outline comes from the view being
@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import SegmentationNetwork, Width, register, resolve_width
+from .base import SegmentationNetwork, Width, resolve_width
 from .blocks import ConvBNAct, DoubleConv, prelu, upsample_to
 
 RECURRENCE_STEPS = 3  # paper 004 § 3.4.2, Fig. 8: t = 3 is best
@@ -156,7 +156,6 @@ class SemiSupervisedNet(SegmentationNetwork):
         return [self.head(y)]
 
 
-@register("semisup")
 def build_semisup(*, in_channels: int = 2, width: Width = "slim") -> SemiSupervisedNet:
     """Semi-supervised net (paper 004); in_channels 2 (two views) or 1 (one or a pre-aggregated image)."""
     return SemiSupervisedNet(in_channels, width)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import SegmentationNetwork, Width, register, resolve_width
+from .base import SegmentationNetwork, Width, resolve_width
 from .blocks import DoubleConv
 
 
@@ -53,7 +53,6 @@ class UNet(SegmentationNetwork):
         return [self.head(x)]
 
 
-@register("unet")
 def build_unet(*, in_channels: int = 2, width: Width = "slim") -> UNet:
     """Plain U-Net baseline."""
     return UNet(in_channels, width)

@@ -1,0 +1,403 @@
+"""Checks of an incoming C-STORE data set, each failure with a DICOM status and a reason.
+
+Part of "receive" in docs/architecture.md, "The journey of a study"; the NM rules are in docs/dicom.md.
+
+:func:`inspect_instance` takes the data set bytes exactly as received, the presentation context's
+transfer syntax and the command's Affected SOP Class / Instance UIDs. It returns a
+:class:`ReceivedInstance` (what the index needs) or raises :class:`Refusal` with the status to
+answer (C-STORE statuses, PS3.4 Table B.2-1 and PS3.7 Annex C):
+
+- **0x0122** Refused: SOP Class not supported — the command names a SOP class other than NM or SEG
+  (a conforming SCU cannot: only those contexts are negotiated).
+- **0xA700** Refused: Out of Resources — free space under the floor, disk full, database unavailable
+  (answered by :mod:`dicomnode.pipeline.receiver`, not here).
+- **0xA900** Error: Data Set does not match SOP Class — SOP Class / Instance UID differ from the
+  command's; Modality not NM (or SEG); a required attribute missing; Rows × Columns × Frames × Bits
+  Allocated disagrees with the Pixel Data length; bits outside the NM Image Pixel Module (PS3.3
+  C.8.4.7); contradictory view information; missing or non-numeric Pixel Spacing; colour pixels.
+- **0xC000** Error: Cannot understand — not readable as DICOM in the negotiated transfer syntax
+  (truncated, lengths beyond the data, VR encoding not the negotiated one, undecodable values or
+  pixels, a deflate stream over the ceiling); an invalid UID (PS3.5 §9.1); a SEG that references no
+  instance this node holds (raised by :mod:`dicomnode.store.ingest`).
+
+dcmtk's ``storescp`` also answers 0xA900 when the data set's SOP Instance UID differs from the
+command's; we do the same. Accepted with a warning (status 0x0000, warning logged and kept in
+:attr:`ReceivedInstance.warnings`): 8-bit or signed NM pixels (legal in C.8.4.7), Image Type value 3
+other than WHOLE BODY, a missing Number of Frames (one frame assumed), a single-frame instance that
+states no view (the study may still decide it by order, see :mod:`segmentation.views` rule 5), a
+two-frame instance whose views are assumed from frame order.
+
+Guards: values are read from the received bytes in memory, so no declared length makes the reader
+allocate more than arrived (a 4 GiB length on a 1 kB message reads 1 kB); every top-level element's
+declared length is then checked against the bytes received, and the elements must end exactly where
+the data set does, so truncated and corrupt data sets are refused instead of kept with short values.
+The VR encoding must match the negotiated transfer syntax (no guessing). A deflated data set is
+inflated with a ceiling (:data:`MAX_INFLATED`) before anything else. Views are decided by
+:mod:`segmentation.views` (the same rules the worker uses), never by a second parser here; of what
+it refuses, :class:`~segmentation.views.UndecodablePixels` is 0xC000 and every other
+:class:`~segmentation.views.ViewError` 0xA900 (the status follows the kind of error, never its
+wording; the statuses themselves are :mod:`dicomnode.dicom.status`).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import zlib
+from dataclasses import dataclass, field
+
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filereader import read_dataset
+from pydicom.sequence import Sequence
+from pydicom.tag import Tag
+from pydicom.uid import UID, NuclearMedicineImageStorage
+
+from dicomnode.dicom.sop import RECEIVED
+from dicomnode.dicom.status import Status
+from dicomnode.dicom.uids import UIDError, check_uid
+from segmentation.scan import View
+from segmentation.views import UndecodablePixels, ViewError, load_scan, stated_views
+
+log = logging.getLogger(__name__)
+
+#: The fields of :class:`ReceivedInstance` that identify a patient: Patient ID (PS3.3 C.7.1.1) and
+#: Accession Number (C.7.2.1). Logged only as structured fields under these names, which the node's
+#: log handler drops unless ``[logging] include_patient_data`` (:mod:`dicomnode.ops.logs`).
+PATIENT_FIELDS = frozenset({"patient_id", "accession_number"})
+
+MAX_INFLATED = 512 * 1024 * 1024  # a deflated data set may not inflate beyond this (deflate bombs)
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+
+
+class Refusal(Exception):
+    """The instance is refused with ``status``; ``reason`` says why (logged, kept in quarantine)."""
+
+    def __init__(self, status: Status, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ReceivedInstance:
+    """What the index needs from an accepted instance (all UIDs validated)."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    patient_id: str | None = None
+    accession_number: str | None = None
+    views: tuple[str, ...] = ()  # "anterior" / "posterior" as the instance states them (NM only)
+    referenced_sop_instance_uids: frozenset[str] = frozenset()  # SEG: the sources it segments
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def patient_fields(self) -> dict[str, str | None]:
+        """The :data:`PATIENT_FIELDS` of this instance, for a log record's ``extra``."""
+        return {name: getattr(self, name) for name in PATIENT_FIELDS}
+
+    @property
+    def is_image(self) -> bool:
+        """An NM image (to be segmented) rather than a SEG sent back by a viewer."""
+        return self.sop_class_uid == NuclearMedicineImageStorage
+
+
+def inspect_instance(dataset: bytes, *, transfer_syntax: str, sop_class_uid: str,
+                     sop_instance_uid: str) -> ReceivedInstance:
+    """Check one received instance; return what the index needs or raise :class:`Refusal`.
+
+    ``dataset`` is the data set exactly as received (no File Meta), ``transfer_syntax`` the
+    presentation context's, the UIDs those of the C-STORE command.
+    """
+    if sop_class_uid not in RECEIVED:
+        raise Refusal(Status.SOP_CLASS_NOT_SUPPORTED, f"SOP Class {sop_class_uid[:64]!r} is not accepted here")
+    ds = _parse(dataset, UID(transfer_syntax))
+    warnings: list[str] = []
+    _check_identity(ds, sop_class_uid, sop_instance_uid)
+    study_uid = _uid(ds, "StudyInstanceUID", "Study Instance UID (0020,000D)")
+    series_uid = _uid(ds, "SeriesInstanceUID", "Series Instance UID (0020,000E)")
+    _check_pixel_module(ds, warnings)
+    if sop_class_uid == NuclearMedicineImageStorage:
+        views = _nm_views(ds, warnings)
+        references: frozenset[str] = frozenset()
+    else:
+        views = ()
+        references = _seg_references(ds)
+    return ReceivedInstance(
+        sop_class_uid=sop_class_uid,
+        sop_instance_uid=sop_instance_uid,
+        study_instance_uid=study_uid,
+        series_instance_uid=series_uid,
+        patient_id=_text(ds, "PatientID", 64),
+        accession_number=_text(ds, "AccessionNumber", 16),
+        views=views,
+        referenced_sop_instance_uids=references,
+        warnings=tuple(warnings),
+    )
+
+
+# -- parsing --------------------------------------------------------------------------------------
+
+
+def _parse(raw: bytes, syntax: UID) -> Dataset:
+    """Read the data set in the negotiated transfer syntax; refuse anything not read fully and consistently."""
+    cannot = Status.CANNOT_UNDERSTAND
+    if syntax.is_deflated:
+        raw = _inflate(raw)
+    if not raw:
+        raise Refusal(cannot, "the data set is empty")
+    _check_vr_encoding(raw, syntax)
+    try:
+        ds = read_dataset(io.BytesIO(raw), syntax.is_implicit_VR, syntax.is_little_endian)
+    except Exception as exc:  # pydicom raises many types for broken input
+        raise Refusal(cannot, f"not readable as DICOM: {_brief(exc)}") from None
+    _check_declared_lengths(ds, len(raw))
+    try:
+        for _ in ds.iterall():  # convert every value, nested ones too
+            pass
+    except Exception as exc:
+        raise Refusal(cannot, f"a value cannot be decoded: {_brief(exc)}") from None
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = syntax
+    return ds
+
+
+def _inflate(raw: bytes) -> bytes:
+    """Inflate a Deflated Explicit VR Little Endian data set (PS3.5 A.5), at most :data:`MAX_INFLATED` bytes."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        inflated = inflater.decompress(raw, MAX_INFLATED + 1)
+    except zlib.error as exc:
+        raise Refusal(Status.CANNOT_UNDERSTAND, f"deflated data set does not inflate: {exc}") from None
+    if len(inflated) > MAX_INFLATED:
+        raise Refusal(Status.CANNOT_UNDERSTAND, f"deflated data set inflates to more than {MAX_INFLATED} bytes")
+    if not inflater.eof:
+        raise Refusal(Status.CANNOT_UNDERSTAND, "deflated data set is truncated")
+    return inflated
+
+
+def _check_vr_encoding(raw: bytes, syntax: UID) -> None:
+    """The first element must be encoded as the transfer syntax says (PS3.5 §7.1.2 / §7.1.3).
+
+    In explicit VR the two bytes after the tag are the VR, two upper-case letters; in implicit VR they
+    are the low half of a 32-bit length (the same test pydicom uses to guess, but a guess is not
+    acceptable here: a file stored with the wrong transfer syntax misleads every later reader).
+    """
+    vr = raw[4:6]
+    explicit = len(vr) == 2 and all(0x41 <= byte <= 0x5A for byte in vr)
+    if explicit == syntax.is_implicit_VR:
+        actual = "explicit" if explicit else "implicit"
+        raise Refusal(Status.CANNOT_UNDERSTAND,
+                      f"data set is encoded in {actual} VR, not as the negotiated {syntax.name}")
+
+
+def _check_declared_lengths(ds: Dataset, size: int) -> None:
+    """Top-level elements must lie inside the received bytes and cover them to the end (PS3.5 §7.1).
+
+    Values are read from the received bytes in memory, so a declared length can never make the reader
+    allocate more than arrived; this check then refuses what such a length means: a truncated or
+    corrupt data set (pydicom itself would silently keep the short value).
+    """
+    last_end: int | None = None  # where the last element (highest tag, last on the wire) ends
+    for tag in sorted(ds.keys()):
+        element = ds.get_item(tag)
+        if not isinstance(element, RawDataElement):  # read already (undefined-length sequence)
+            last_end = None
+            continue
+        if element.length == _UNDEFINED_LENGTH:
+            last_end = element.value_tell + len(element.value or b"") + 8  # + sequence delimiter item
+        else:
+            last_end = element.value_tell + element.length
+        if last_end > size:
+            raise Refusal(
+                Status.CANNOT_UNDERSTAND,
+                f"{Tag(tag)} declares {element.length} bytes but only {max(size - element.value_tell, 0)} "
+                "were received (truncated or corrupt length)",
+            )
+    if last_end is not None and last_end < size:
+        raise Refusal(Status.CANNOT_UNDERSTAND,
+                      f"{size - last_end} bytes after the last complete element (truncated element header)")
+
+
+# -- identity ---------------------------------------------------------------------------------------
+
+
+def _uid(ds: Dataset, keyword: str, what: str) -> str:
+    value = ds.get(keyword)
+    if value is None or value == "":
+        raise Refusal(Status.DATASET_DOES_NOT_MATCH_SOP_CLASS, f"{what} is missing")
+    try:
+        return check_uid(str(value), what)
+    except UIDError as exc:
+        raise Refusal(Status.CANNOT_UNDERSTAND, str(exc)) from None
+
+
+def _check_identity(ds: Dataset, sop_class_uid: str, sop_instance_uid: str) -> None:
+    """SOP Class / Instance UIDs of the data set must be those of the command (as dcmtk storescp checks)."""
+    try:
+        check_uid(sop_instance_uid, "Affected SOP Instance UID (0000,1000)")
+    except UIDError as exc:
+        raise Refusal(Status.CANNOT_UNDERSTAND, str(exc)) from None
+    dataset_class = _uid(ds, "SOPClassUID", "SOP Class UID (0008,0016)")
+    if dataset_class != sop_class_uid:
+        raise Refusal(Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                      f"SOP Class UID (0008,0016) {dataset_class} is not the command's {sop_class_uid}")
+    dataset_instance = _uid(ds, "SOPInstanceUID", "SOP Instance UID (0008,0018)")
+    if dataset_instance != sop_instance_uid:
+        raise Refusal(Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                      f"SOP Instance UID (0008,0018) {dataset_instance} is not the command's {sop_instance_uid}")
+    modality = RECEIVED[sop_class_uid]
+    if str(ds.get("Modality", "")) != modality:
+        raise Refusal(Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                      f"Modality (0008,0060) {str(ds.get('Modality', ''))[:16]!r} is not {modality}")
+
+
+# -- pixels -----------------------------------------------------------------------------------------
+
+_PIXEL_ATTRIBUTES = {
+    "Rows": "(0028,0010)",
+    "Columns": "(0028,0011)",
+    "BitsAllocated": "(0028,0100)",
+    "BitsStored": "(0028,0101)",
+    "HighBit": "(0028,0102)",
+    "PixelRepresentation": "(0028,0103)",
+    "SamplesPerPixel": "(0028,0002)",
+    "PhotometricInterpretation": "(0028,0004)",
+    "PixelData": "(7FE0,0010)",
+}
+
+
+def _check_pixel_module(ds: Dataset, warnings: list[str]) -> None:
+    """Image Pixel Module (PS3.3 C.7.6.3) consistency; NM limits from C.8.4.7, SEG from C.8.20.2."""
+    mismatch = Status.DATASET_DOES_NOT_MATCH_SOP_CLASS
+    for keyword, tag in _PIXEL_ATTRIBUTES.items():
+        if ds.get(keyword) in (None, ""):
+            raise Refusal(mismatch, f"{keyword} {tag} is missing")
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    bits, stored, high = int(ds.BitsAllocated), int(ds.BitsStored), int(ds.HighBit)
+    if rows <= 0 or columns <= 0:
+        raise Refusal(mismatch, f"Rows {rows} x Columns {columns} is not an image")
+    allowed_bits = (8, 16) if ds.SOPClassUID == NuclearMedicineImageStorage else (1, 8)
+    if bits not in allowed_bits:
+        raise Refusal(mismatch, f"Bits Allocated (0028,0100) {bits} is not one of {allowed_bits}")
+    if not 1 <= stored <= bits or high != stored - 1:
+        raise Refusal(mismatch, f"Bits Stored {stored} / High Bit {high} do not fit Bits Allocated {bits}")
+    if int(ds.PixelRepresentation) not in (0, 1):
+        raise Refusal(mismatch, f"Pixel Representation (0028,0103) {ds.PixelRepresentation} is not 0 or 1")
+    if "NumberOfFrames" not in ds:
+        warnings.append("Number of Frames (0028,0008) is missing; one frame assumed")
+    frames = int(ds.get("NumberOfFrames") or 1)
+    if frames <= 0:
+        raise Refusal(mismatch, f"Number of Frames (0028,0008) {frames} is not positive")
+    if ds.file_meta.TransferSyntaxUID.is_encapsulated:
+        return  # decoded (and so checked) with the views below for NM; kept as sent for SEG
+    samples = int(ds.SamplesPerPixel)
+    expected = (rows * columns * frames * samples * bits + 7) // 8
+    actual = len(ds.PixelData)
+    if actual not in (expected, expected + 1):  # one pad byte to an even length, PS3.5 §7.1.1
+        raise Refusal(
+            mismatch,
+            f"Pixel Data (7FE0,0010) holds {actual} bytes but Rows {rows} x Columns {columns} x "
+            f"Frames {frames} x Samples {samples} x Bits Allocated {bits} needs {expected}",
+        )
+    if ds.SOPClassUID == NuclearMedicineImageStorage and (bits == 8 or int(ds.PixelRepresentation) == 1):
+        warnings.append(f"{bits}-bit {'signed' if ds.PixelRepresentation else 'unsigned'} NM pixels")
+
+
+# -- views (NM) ---------------------------------------------------------------------------------------
+
+
+def _nm_views(ds: Dataset, warnings: list[str]) -> tuple[str, ...]:
+    """The views the instance holds, decided by :mod:`segmentation.views` (the worker's own rules).
+
+    :func:`segmentation.views.load_scan` runs on a *probe*: the data set's elements, but for native
+    (uncompressed) pixel data one pixel per frame, because the Pixel Data length was checked already
+    and decoding a megabyte again would only cost time; compressed pixel data is decoded in full as
+    the check that it can be. A single-frame instance that states no view is accepted with ``()``
+    (the study as a whole may still decide it by order, rule 5): its probe carries a provisional view
+    so that the loader still checks everything else. Whatever the loader refuses (contradictory view
+    information, undecodable pixels, bad Pixel Spacing, colour pixels) is refused here.
+    """
+    mismatch = Status.DATASET_DOES_NOT_MATCH_SOP_CLASS
+    try:
+        stated = stated_views(ds)
+    except ViewError as exc:
+        raise Refusal(mismatch, str(exc)) from None
+    except (TypeError, ValueError) as exc:
+        raise Refusal(mismatch, f"view attributes cannot be read: {_brief(exc)}") from None
+    undecided_single_frame = len(stated) == 1 and stated[0] is None
+    probe = Dataset(dict(ds.items()))  # its own element table (a dict copy), the same element objects
+    probe.file_meta = ds.file_meta
+    if not ds.file_meta.TransferSyntaxUID.is_encapsulated:
+        samples = int(ds.get("NumberOfFrames") or 1) * int(ds.SamplesPerPixel) * (int(ds.BitsAllocated) // 8)
+        _replace(probe, Rows=1, Columns=1, PixelData=bytes(samples + samples % 2))
+    if undecided_single_frame:
+        code = Dataset()
+        code.CodeValue, code.CodingSchemeDesignator = "399321004", "SCT"  # CID 26 anterior
+        _replace(probe, ViewCodeSequence=Sequence([code]), PatientOrientation="")
+        warnings.append("no view stated (no View Code Sequence, Patient Orientation or ANT/POST description)")
+    try:
+        scan = load_scan([probe])
+    except UndecodablePixels as exc:
+        raise Refusal(Status.CANNOT_UNDERSTAND, str(exc)) from None
+    except ViewError as exc:
+        raise Refusal(mismatch, str(exc)) from None
+    except Exception as exc:  # numpy / pixel handlers on inconsistent input
+        raise Refusal(Status.CANNOT_UNDERSTAND, f"pixel data cannot be read: {_brief(exc)}") from None
+    # "no posterior view in the study" is expected of a one-view instance: not a warning here.
+    warnings.extend(note for note in scan.notes if not note.endswith("view in the study"))
+    if undecided_single_frame:
+        return ()
+    return tuple(view.value for view in View if view in scan.views)
+
+
+def _replace(probe: Dataset, **values: object) -> None:
+    """Give ``probe`` new elements with these values. Deleting first matters: assigning to an
+    existing keyword changes the element object in place, which the probe shares with the data set."""
+    for keyword, value in values.items():
+        if keyword in probe:
+            delattr(probe, keyword)
+        setattr(probe, keyword, value)
+
+
+# -- references (SEG) -----------------------------------------------------------------------------------
+
+
+def _seg_references(ds: Dataset) -> frozenset[str]:
+    """SOP Instance UIDs a SEG segments: Referenced Series Sequence (Common Instance Reference Module,
+    PS3.3 C.12.2) and the Source Image Sequences, at the root or per frame in the Derivation Image
+    Functional Group (C.7.6.16.2.6)."""
+    found: set[str] = set()
+
+    def collect(items: object) -> None:
+        for item in items or []:
+            uid = str(item.get("ReferencedSOPInstanceUID", ""))
+            try:
+                found.add(check_uid(uid))
+            except UIDError:
+                continue
+
+    for series in ds.get("ReferencedSeriesSequence", []):
+        collect(series.get("ReferencedInstanceSequence"))
+    collect(ds.get("SourceImageSequence"))
+    for frame in ds.get("PerFrameFunctionalGroupsSequence", []):
+        for derivation in frame.get("DerivationImageSequence", []):
+            collect(derivation.get("SourceImageSequence"))
+    if not found:
+        raise Refusal(Status.CANNOT_UNDERSTAND, "the SEG references no source image")
+    return frozenset(found)
+
+
+# -- helpers ----------------------------------------------------------------------------------------
+
+
+def _text(ds: Dataset, keyword: str, limit: int) -> str | None:
+    value = str(ds.get(keyword, "") or "").strip()
+    return value[:limit] or None
+
+
+def _brief(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}"[:200]

@@ -1,0 +1,93 @@
+"""The node's log: one line per event, as text or JSON lines (``[logging]``), without patient data.
+
+:func:`configure_logging` adds the node's own handler (:class:`NodeLogHandler`, stderr) to the root
+logger, so that warnings of every library reach it too; it replaces only a handler that an earlier
+call added. Other handlers (an embedding application's, pytest's) and the root logger's level are
+left alone: the node's loggers (``dicomnode``, ``segmentation``) get ``[logging] level``, and chatty
+libraries (pynetdicom, alembic, highdicom) warnings only.
+
+Each line holds the message and the structured fields the modules pass with ``extra=`` (job, study
+UID, states, statuses). Patient identifiers are only ever passed as such fields, named in
+:data:`dicomnode.dicom.validate.PATIENT_FIELDS` (Patient ID, Accession Number), never written into a
+message; the handler drops them unless ``[logging] include_patient_data = true``. Patient names are
+never logged. See docs/architecture.md, "Operations".
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from dicomnode.config import LoggingSection
+from dicomnode.dicom.validate import PATIENT_FIELDS
+
+#: The node's own loggers, which get ``[logging] level``.
+NODE_LOGGERS = ("dicomnode", "segmentation")
+#: Libraries that log every association or migration step: warnings only (or the node's level if higher).
+CHATTY_LIBRARIES = ("pynetdicom", "alembic", "highdicom")
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+# Attributes every LogRecord has; anything else was passed with ``extra=`` and is a structured field.
+_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+
+
+class _Structured(logging.Formatter):
+    """A formatter that knows which structured fields it may print."""
+
+    def __init__(self, fmt: str | None = None, *, include_patient_data: bool = False) -> None:
+        super().__init__(fmt)
+        self._hidden = _STANDARD if include_patient_data else _STANDARD | PATIENT_FIELDS
+
+    def fields(self, record: logging.LogRecord) -> dict[str, Any]:
+        """The record's structured fields, patient identifiers left out unless included."""
+        return {key: value for key, value in vars(record).items() if key not in self._hidden}
+
+
+class JsonLines(_Structured):
+    """One JSON object per line: time, level, logger, message, structured fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+                 "level": record.levelname, "logger": record.name, "message": record.getMessage(),
+                 **self.fields(record)}
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+class KeyValues(_Structured):
+    """Text lines with the structured fields appended as ``key=value``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        fields = " ".join(f"{key}={value}" for key, value in self.fields(record).items())
+        return f"{line} {fields}" if fields else line
+
+
+class NodeLogHandler(logging.StreamHandler):
+    """The node's handler: stderr, at ``[logging] level``, formatted as ``[logging]`` says."""
+
+    def __init__(self, settings: LoggingSection) -> None:
+        super().__init__()
+        self.setLevel(settings.level)
+        include = settings.include_patient_data
+        self.setFormatter(JsonLines(include_patient_data=include) if settings.json_lines
+                          else KeyValues(TEXT_FORMAT, include_patient_data=include))
+
+
+def configure_logging(settings: LoggingSection) -> NodeLogHandler:
+    """Route the node's log to stderr as ``[logging]`` says (see the module docstring); return the handler."""
+    root = logging.getLogger()
+    for previous in [handler for handler in root.handlers if isinstance(handler, NodeLogHandler)]:
+        root.removeHandler(previous)
+        previous.close()
+    handler = NodeLogHandler(settings)
+    root.addHandler(handler)
+    for name in NODE_LOGGERS:
+        logging.getLogger(name).setLevel(settings.level)
+    quieter = max(logging.WARNING, logging.getLevelName(settings.level))
+    for name in CHATTY_LIBRARIES:
+        logging.getLogger(name).setLevel(quieter)
+    return handler

@@ -1,0 +1,211 @@
+"""What the node is doing: studies, jobs and exports by state, and what needs a person.
+
+Part of docs/architecture.md, "Operations".
+
+:func:`collect` reads the database (nothing else: it works against a node that is down, and from any
+host sharing the database) and returns a plain dict, printed as JSON by ``dicomnode status --json``
+and as text by :func:`render`. "Needs attention" means:
+
+- *stuck*: a RUNNING job or a SENDING export whose lease has expired (its worker or exporter died;
+  the next one to look will reclaim it), a study still RECEIVING well after its last instance
+  (assembly is not running), a READY study with no job for its current version;
+- *failed jobs* with their error; *refused* and *failed exports* with the destination's last answer;
+- destinations in back-off (pending exports whose next attempt is in the future), with the last
+  status they gave.
+
+No patient names or IDs are shown: studies are named by Study Instance UID.
+
+:func:`retry` is ``dicomnode retry``: failed jobs back to QUEUED (attempts reset, last error kept),
+refused / failed exports back to PENDING and due now; optionally pending exports that are waiting
+for their back-off are made due now too (after a PACS came back). It writes no state itself: the
+queue and the exporter own their state machines, and their transitions do it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, func, select
+
+from dicomnode.pipeline.export import reopen
+from dicomnode.pipeline.queue import as_utc, requeue_failed
+from dicomnode.store.db import Database
+from dicomnode.store.models import Export, ExportState, Job, JobState, ResultObject, Study, StudyState, utcnow
+
+LIST_LIMIT = 50  # items listed per "needs attention" section; counts are always complete
+
+
+def _iso(value: datetime | None) -> str | None:
+    value = as_utc(value)
+    return value.isoformat(timespec="seconds") if value is not None else None
+
+
+def _counts(session, column, states: Iterable) -> dict[str, int]:
+    found = dict(session.execute(select(column, func.count()).group_by(column)).all())
+    return {state.value: int(found.get(state, 0)) for state in states}
+
+
+def collect(database: Database, *, quiet_seconds: float = 10.0, now: datetime | None = None) -> dict[str, Any]:
+    """The status report as a JSON-ready dict (see the module docstring)."""
+    now = now or utcnow()
+    with database.session() as session:
+        report: dict[str, Any] = {
+            "generated_at": _iso(now),
+            "studies": _counts(session, Study.state, StudyState),
+            "jobs": _counts(session, Job.state, JobState),
+            "exports": _counts(session, Export.state, ExportState),
+        }
+        per_destination = session.execute(
+            select(Export.destination, Export.state, func.count()).group_by(Export.destination, Export.state)
+        ).all()
+        destinations: dict[str, dict[str, int]] = {}
+        for name, state, count in per_destination:
+            destinations.setdefault(name, {s.value: 0 for s in ExportState})[state.value] = int(count)
+        report["destinations"] = destinations
+        report["stuck"] = _stuck(session, now, quiet_seconds)
+        report["failed_jobs"] = [
+            {"job": job.id, "study_uid": uid, "version": job.study_version, "attempts": job.attempts,
+             "error": job.error, "finished_at": _iso(job.finished_at)}
+            for job, uid in session.execute(
+                select(Job, Study.study_instance_uid).join(Study)
+                .where(Job.state == JobState.FAILED).order_by(Job.id.desc()).limit(LIST_LIMIT)
+            ).all()
+        ]
+        report["refused_exports"] = _exports(session, ExportState.REFUSED)
+        report["failed_exports"] = _exports(session, ExportState.FAILED)
+        report["backing_off"] = [
+            {"destination": name, "pending": int(count), "next_attempt_at": _iso(next_at),
+             "last_status": _last_status(session, name)}
+            for name, count, next_at in session.execute(
+                select(Export.destination, func.count(), func.min(Export.next_attempt_at))
+                .where(Export.state == ExportState.PENDING, Export.attempts > 0)
+                .group_by(Export.destination).order_by(Export.destination)
+            ).all()
+        ]
+    report["needs_attention"] = needs_attention(report)
+    return report
+
+
+def _stuck(session, now: datetime, quiet_seconds: float) -> dict[str, list[dict[str, Any]]]:
+    expired_jobs = session.execute(
+        select(Job, Study.study_instance_uid).join(Study)
+        .where(Job.state == JobState.RUNNING, Job.lease_expires_at < now).limit(LIST_LIMIT)
+    ).all()
+    expired_exports = session.execute(
+        select(Export.id, Export.destination, Export.lease_owner, Export.lease_expires_at)
+        .where(Export.state == ExportState.SENDING, Export.lease_expires_at < now).limit(LIST_LIMIT)
+    ).all()
+    # Twice the quiet period and a minute of slack: assembly should have acted long before.
+    overdue = now - timedelta(seconds=2 * quiet_seconds + 60)
+    waiting = session.execute(
+        select(Study.study_instance_uid, Study.last_instance_at)
+        .where(Study.state == StudyState.RECEIVING, Study.last_instance_at < overdue).limit(LIST_LIMIT)
+    ).all()
+    jobless = session.execute(
+        select(Study.study_instance_uid, Study.version)
+        .outerjoin(Job, and_(Job.study_id == Study.id, Job.study_version == Study.version))
+        .where(Study.state == StudyState.READY, Job.id.is_(None)).limit(LIST_LIMIT)
+    ).all()
+    return {
+        "jobs_with_expired_lease": [
+            {"job": job.id, "study_uid": uid, "owner": job.lease_owner, "attempts": job.attempts,
+             "lease_expired_at": _iso(job.lease_expires_at)} for job, uid in expired_jobs
+        ],
+        "exports_with_expired_lease": [
+            {"export": row.id, "destination": row.destination, "owner": row.lease_owner,
+             "lease_expired_at": _iso(row.lease_expires_at)} for row in expired_exports
+        ],
+        "studies_not_assembled": [
+            {"study_uid": uid, "last_instance_at": _iso(last)} for uid, last in waiting
+        ],
+        "ready_studies_without_job": [{"study_uid": uid, "version": version} for uid, version in jobless],
+    }
+
+
+def _exports(session, state: ExportState) -> list[dict[str, Any]]:
+    rows = session.execute(
+        select(Export, ResultObject.kind, ResultObject.sop_instance_uid, Study.study_instance_uid)
+        .join(ResultObject, Export.result_id == ResultObject.id).join(Job, ResultObject.job_id == Job.id)
+        .join(Study, Job.study_id == Study.id)
+        .where(Export.state == state).order_by(Export.id.desc()).limit(LIST_LIMIT)
+    ).all()
+    return [
+        {"export": export.id, "destination": export.destination, "kind": kind.value,
+         "sop_instance_uid": sop_uid, "study_uid": study_uid, "attempts": export.attempts,
+         "last_status": export.last_status, "last_error": export.last_error}
+        for export, kind, sop_uid, study_uid in rows
+    ]
+
+
+def _last_status(session, destination: str) -> str | None:
+    return session.scalar(
+        select(Export.last_status).where(Export.destination == destination, Export.attempts > 0,
+                                         Export.state == ExportState.PENDING)
+        .order_by(Export.next_attempt_at.desc()).limit(1)
+    )
+
+
+def needs_attention(report: dict[str, Any]) -> bool:
+    """Whether anything in ``report`` needs a person (stuck, failed or refused items)."""
+    return bool(any(report["stuck"].values()) or report["failed_jobs"] or report["refused_exports"]
+                or report["failed_exports"])
+
+
+def render(report: dict[str, Any]) -> str:
+    """The report as text for a terminal."""
+    lines = [f"dicomnode status at {report['generated_at']}"]
+    for section in ("studies", "jobs", "exports"):
+        counts = "  ".join(f"{state} {count}" for state, count in report[section].items())
+        lines.append(f"{section:<9} {counts}")
+    for name, counts in sorted(report["destinations"].items()):
+        lines.append(f"  to {name}: " + "  ".join(f"{s} {n}" for s, n in counts.items() if n))
+    for item in report["backing_off"]:
+        lines.append(f"backing off: {item['destination']}: {item['pending']} pending, next attempt "
+                     f"{item['next_attempt_at']}, last answer {item['last_status']}")
+    stuck = report["stuck"]
+    for item in stuck["jobs_with_expired_lease"]:
+        lines.append(f"stuck job {item['job']} (study {item['study_uid']}): lease of {item['owner']} "
+                     f"expired {item['lease_expired_at']}; it will be reclaimed")
+    for item in stuck["exports_with_expired_lease"]:
+        lines.append(f"stuck export {item['export']} to {item['destination']}: lease expired "
+                     f"{item['lease_expired_at']}; it will be reclaimed")
+    for item in stuck["studies_not_assembled"]:
+        lines.append(f"study {item['study_uid']} still receiving since {item['last_instance_at']} "
+                     "(is the node's assembly running?)")
+    for item in stuck["ready_studies_without_job"]:
+        lines.append(f"study {item['study_uid']} ready without a job for version {item['version']}")
+    for item in report["failed_jobs"]:
+        lines.append(f"failed job {item['job']} (study {item['study_uid']} v{item['version']}, "
+                     f"{item['attempts']} attempt(s)): {item['error']}")
+    for title, key in (("refused", "refused_exports"), ("failed", "failed_exports")):
+        for item in report[key]:
+            lines.append(f"{title} export {item['export']} ({item['kind']} {item['sop_instance_uid']}) to "
+                         f"{item['destination']}: {item['last_status']} {item['last_error'] or ''}".rstrip())
+    if not needs_attention(report):
+        lines.append("nothing needs attention")
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class RetryCounts:
+    jobs: int
+    exports: int
+
+
+def retry(database: Database, *, jobs: bool = True, export_states: Iterable[ExportState] = (
+          ExportState.REFUSED, ExportState.FAILED), waiting: bool = False, destination: str | None = None,
+          study_uid: str | None = None, now: datetime | None = None) -> RetryCounts:
+    """Put failed work back in line (``dicomnode retry``) through the state machines' own transitions:
+    :func:`dicomnode.pipeline.queue.requeue_failed` for jobs, :func:`dicomnode.pipeline.export.reopen`
+    for exports (see those for what is touched and what never is).
+
+    ``export_states``: which terminal export states to re-open; ``waiting`` also makes pending
+    exports in back-off due now. ``destination`` narrows the exports, ``study_uid`` both.
+    """
+    job_count = requeue_failed(database, study_uid=study_uid) if jobs else 0
+    export_count = reopen(database, states=export_states, waiting=waiting, destination=destination,
+                          study_uid=study_uid, now=now)
+    return RetryCounts(jobs=job_count, exports=export_count)

@@ -1,0 +1,92 @@
+"""Study assembly: decide when a study that is still receiving is ready to process.
+
+Step "assemble" of docs/architecture.md, "The journey of a study".
+
+A whole-body bone scan is ready the moment both views are present among its current (non-superseded)
+NM instances — one two-frame instance, or one instance per view; the views of each instance are
+recorded by the receiver in ``Instance.views``. A study that lacks a view is processed after a quiet
+period (no new instance for ``quiet_seconds``, default 10 s) with what arrived; the results say which
+view is missing. Either way the study goes READY and a job for its current version is queued in the
+same transaction (:func:`dicomnode.pipeline.queue.enqueue`).
+
+A study that changes after processing is processed again: the receiver (:mod:`dicomnode.store.ingest`)
+bumps ``Study.version`` and puts the study back to RECEIVING when new content arrives; assembly then
+treats it like any receiving study and queues a job for the new version (one job per version,
+``uq_job_study_version``), whose results go into new series.
+
+Only NM Image Storage instances count: a SEG sent back by a viewer (a physician's correction) is
+kept as a label, not as something to segment.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from pydicom.uid import NuclearMedicineImageStorage
+from sqlalchemy import select
+
+from dicomnode.pipeline.queue import as_utc, enqueue
+from dicomnode.store.db import Database
+from dicomnode.store.models import Instance, Study, StudyState, utcnow
+
+log = logging.getLogger(__name__)
+
+BOTH_VIEWS = frozenset({"anterior", "posterior"})
+
+
+@dataclass(frozen=True)
+class AssemblyPolicy:
+    """Config ``[assembly]``."""
+
+    quiet_seconds: float = 10.0
+
+
+def views_present(session, study_id: int) -> frozenset[str]:
+    """The views covered by the study's current NM instances (``Instance.views`` as received)."""
+    recorded = session.scalars(
+        select(Instance.views).where(Instance.study_id == study_id, Instance.superseded.is_(False),
+                                     Instance.sop_class_uid == NuclearMedicineImageStorage)
+    ).all()
+    return frozenset(view for value in recorded for view in value.split(",") if view)
+
+
+def ready_reason(views: frozenset[str], last_instance_at: datetime, now: datetime,
+                 policy: AssemblyPolicy) -> str | None:
+    """Why a receiving study is ready now, or ``None`` if it should wait for more instances."""
+    if BOTH_VIEWS <= views:
+        return "both views present"
+    quiet = now - last_instance_at
+    if quiet >= timedelta(seconds=policy.quiet_seconds):
+        missing = ", ".join(sorted(BOTH_VIEWS - views)) or "none"
+        return f"quiet for {quiet.total_seconds():.0f} s; missing view(s): {missing}"
+    return None
+
+
+def assemble(database: Database, policy: AssemblyPolicy, now: datetime | None = None) -> list[int]:
+    """One pass over the receiving studies: mark the ready ones READY and queue their jobs.
+
+    Each study is decided in its own write transaction, re-reading its state there (the receiver may
+    have touched it since the candidates were listed). Returns the ids of the studies queued.
+    """
+    now = now or utcnow()
+    with database.session() as session:
+        candidates = session.scalars(
+            select(Study.id).where(Study.state == StudyState.RECEIVING).order_by(Study.id)
+        ).all()
+    queued = []
+    for study_id in candidates:
+        with database.session(write=True) as session:
+            study = session.get(Study, study_id, with_for_update=True)  # the receiver may be bumping it
+            if study is None or study.state is not StudyState.RECEIVING:
+                continue
+            reason = ready_reason(views_present(session, study_id), as_utc(study.last_instance_at), now, policy)
+            if reason is None:
+                continue
+            job = enqueue(session, study, now)
+            log.info("study ready", extra={"study_uid": study.study_instance_uid,
+                                           "study_version": study.version, "reason": reason,
+                                           "job": job.id if job else None})
+            queued.append(study_id)
+    return queued

@@ -1,0 +1,314 @@
+"""The job queue: one row per (study, version) in the node's own database.
+
+Step "queue" of docs/architecture.md, "The journey of a study"; the rows in "Data model".
+
+Life of a job::
+
+    QUEUED ──claim──▶ RUNNING (lease: owner + expiry, extended by heartbeats)
+       ▲                 │ complete ─▶ DONE   (results + outbox rows in the same transaction)
+       │   retry later   │ fail     ─▶ QUEUED (attempts left; held back by an exponential delay)
+       └─────────────────┤          ─▶ FAILED (attempts used up, or a permanent error; error kept)
+                         │ lease expires (worker killed) ─▶ claimable again by any worker
+    FAILED ──requeue_failed (dicomnode retry)──▶ QUEUED (attempts reset, last error kept)
+
+Claiming is one ``UPDATE … WHERE id = (SELECT … LIMIT 1) RETURNING`` statement. On PostgreSQL the
+sub-select carries ``FOR UPDATE SKIP LOCKED``, so any number of workers on any number of hosts claim
+concurrently and each job is handed to one of them; on SQLite it runs in a ``BEGIN IMMEDIATE``
+transaction (``Database.session(write=True)``): SQLite has one writer at a time, and taking the write
+lock up front serialises claimers. Every transition here is one such write transaction. A claim counts an attempt, so a
+job whose worker was killed (its lease ran out) is counted when it is reclaimed; a job whose lease ran
+out on its last attempt is not run again but ends FAILED ("worker lost").
+
+A queued job that failed and waits for its retry is held back by ``lease_expires_at`` (with no
+``lease_owner``): for a QUEUED row that column reads "not to be claimed before", so the one index
+``(state, lease_expires_at)`` serves both kinds of waiting.
+
+This module is the only writer of job states (``dicomnode retry`` included: :func:`requeue_failed`).
+Only the lease holder can finish a job: :func:`complete`, :func:`fail` and :func:`heartbeat` update
+the row ``WHERE lease_owner = <me> AND state = 'running'`` and raise :class:`LeaseLost` (or return
+False) when another worker took the job over. :func:`complete` records the result objects and one
+:class:`~dicomnode.store.models.Export` row per configured destination in the same transaction that marks
+the job DONE, so a job is never done without its outbox. The result files are written durably before
+that transaction; a crash in between leaves orphan files in the results area and no rows, which is
+harmless (the job is reclaimed and writes new objects with new UIDs).
+
+Times are computed by the caller's clock in UTC (``now`` parameters exist for tests); hosts that share
+a database must keep their clocks in sync (NTP), as for any lease.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session
+
+from dicomnode.dicom.sop import ResultKind
+from dicomnode.store.models import Export, Job, JobState, ResultObject, Study, StudyState, utcnow
+
+log = logging.getLogger(__name__)
+
+
+class Database(Protocol):
+    """What the queue needs of :class:`dicomnode.store.db.Database`."""
+
+    def session(self, *, write: bool = False): ...  # one transaction, committed when the block ends
+
+
+class LeaseLost(RuntimeError):
+    """The job (or export) is no longer leased to this owner: another worker reclaimed it."""
+
+
+def capped_backoff(initial_seconds: float, max_seconds: float, attempts: int) -> timedelta:
+    """``initial * 2**(attempts-1)``, capped at ``max_seconds``: the wait after ``attempts`` failures.
+
+    Shared by job retries and the export outbox's back-off.
+    """
+    seconds = initial_seconds * 2 ** max(attempts - 1, 0)
+    return timedelta(seconds=min(seconds, max_seconds))
+
+
+@dataclass(frozen=True)
+class QueuePolicy:
+    """Lease length, attempt limit and retry delay (config ``[queue]``)."""
+
+    lease_seconds: float = 600.0
+    max_attempts: int = 3
+    retry_delay_seconds: float = 10.0  # delay before attempt n+1 is retry_delay * 2**(n-1) ...
+    retry_delay_max_seconds: float = 600.0  # ... capped here
+
+    def retry_delay(self, attempts: int) -> timedelta:
+        """Exponential delay after ``attempts`` failed attempts, capped."""
+        return capped_backoff(self.retry_delay_seconds, self.retry_delay_max_seconds, attempts)
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    """A job leased to ``owner`` (a plain value: it outlives the session that claimed it)."""
+
+    id: int
+    study_id: int
+    study_instance_uid: str
+    study_version: int
+    attempts: int
+    owner: str
+    lease_expires_at: datetime
+
+
+@dataclass(frozen=True)
+class StoredResult:
+    """A result object already written durably under the spool (path relative to the spool root)."""
+
+    kind: ResultKind
+    sop_instance_uid: str
+    sop_class_uid: str
+    series_instance_uid: str
+    path: str
+
+
+def worker_name(role: str = "worker") -> str:
+    """A lease owner name unique to this process: ``host:pid:role:random``."""
+    return f"{socket.gethostname()}:{os.getpid()}:{role}:{uuid.uuid4().hex[:8]}"
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """A datetime read back from the database as aware UTC (SQLite returns naive UTC values)."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+def enqueue(session: Session, study: Study, now: datetime | None = None) -> Job | None:
+    """Mark ``study`` READY and queue a job for its current version, in the caller's transaction.
+
+    Returns the new job, or ``None`` when a job for this version already exists (the unique
+    constraint ``uq_job_study_version``: one job per version). The caller commits.
+    """
+    now = now or utcnow()
+    study.state = StudyState.READY
+    study.ready_at = now
+    existing = session.scalar(
+        select(Job.id).where(Job.study_id == study.id, Job.study_version == study.version)
+    )
+    if existing is not None:
+        return None
+    job = Job(study_id=study.id, study_version=study.version, state=JobState.QUEUED, created_at=now)
+    session.add(job)
+    session.flush()
+    log.info("job queued", extra={"job": job.id, "study_uid": study.study_instance_uid,
+                                  "study_version": study.version})
+    return job
+
+
+def claim(database: Database, owner: str, policy: QueuePolicy, now: datetime | None = None) -> ClaimedJob | None:
+    """Lease the oldest claimable job to ``owner``; ``None`` when there is nothing to do.
+
+    Claimable: QUEUED and not held back, or RUNNING with an expired lease and attempts left.
+    """
+    now = now or utcnow()
+    expire_exhausted(database, policy, now)
+    claimable = or_(
+        and_(Job.state == JobState.QUEUED,
+             or_(Job.lease_expires_at.is_(None), Job.lease_expires_at <= now)),
+        and_(Job.state == JobState.RUNNING, Job.lease_expires_at < now,
+             Job.attempts < policy.max_attempts),
+    )
+    pick = (
+        select(Job.id).where(claimable).order_by(Job.id).limit(1)
+        .with_for_update(skip_locked=True).scalar_subquery()
+    )
+    lease_expires_at = now + timedelta(seconds=policy.lease_seconds)
+    with database.session(write=True) as session:
+        row = session.execute(
+            update(Job).where(Job.id == pick)
+            .values(state=JobState.RUNNING, lease_owner=owner, lease_expires_at=lease_expires_at,
+                    attempts=Job.attempts + 1, started_at=now)
+            .returning(Job.id, Job.study_id, Job.study_version, Job.attempts)
+            .execution_options(synchronize_session=False)
+        ).one_or_none()
+        if row is None:
+            return None
+        study_uid = session.scalar(select(Study.study_instance_uid).where(Study.id == row.study_id))
+    job = ClaimedJob(id=row.id, study_id=row.study_id, study_instance_uid=study_uid,
+                     study_version=row.study_version, attempts=row.attempts, owner=owner,
+                     lease_expires_at=lease_expires_at)
+    log.info("job claimed", extra={"job": job.id, "study_uid": study_uid, "attempt": job.attempts,
+                                   "owner": owner})
+    return job
+
+
+def heartbeat(database: Database, job: ClaimedJob, policy: QueuePolicy, now: datetime | None = None) -> bool:
+    """Extend ``job``'s lease; False when the lease was lost (the work must not be completed)."""
+    now = now or utcnow()
+    with database.session(write=True) as session:
+        changed = session.execute(
+            update(Job).where(Job.id == job.id, Job.lease_owner == job.owner, Job.state == JobState.RUNNING)
+            .values(lease_expires_at=now + timedelta(seconds=policy.lease_seconds))
+            .execution_options(synchronize_session=False)
+        ).rowcount
+    if changed != 1:
+        log.warning("job lease lost", extra={"job": job.id, "owner": job.owner})
+    return changed == 1
+
+
+def complete(database: Database, job: ClaimedJob, results: Sequence[StoredResult],
+             destinations: Sequence[str], now: datetime | None = None) -> None:
+    """Mark ``job`` DONE with its result objects and their outbox rows, in one transaction.
+
+    One :class:`Export` row per (result, destination). The study becomes PROCESSED when the job is
+    for its current version. Raises :class:`LeaseLost` (and records nothing) when the job is no
+    longer leased to ``job.owner``.
+    """
+    now = now or utcnow()
+    with database.session(write=True) as session:
+        _take_over(session, job, state=JobState.DONE, finished_at=now, error=None,
+                   lease_owner=None, lease_expires_at=None)
+        for stored in results:
+            result = ResultObject(job_id=job.id, kind=stored.kind, sop_instance_uid=stored.sop_instance_uid,
+                                  sop_class_uid=stored.sop_class_uid,
+                                  series_instance_uid=stored.series_instance_uid, path=stored.path,
+                                  created_at=now)
+            session.add(result)
+            session.flush()
+            for destination in destinations:
+                session.add(Export(result_id=result.id, destination=destination, next_attempt_at=now))
+        _settle_study(session, job, StudyState.PROCESSED, now)
+    log.info("job done", extra={"job": job.id, "study_uid": job.study_instance_uid,
+                                "results": len(results), "destinations": len(destinations)})
+
+
+def fail(database: Database, job: ClaimedJob, error: str, policy: QueuePolicy, *,
+         permanent: bool = False, now: datetime | None = None) -> JobState:
+    """Record a failed attempt: back to QUEUED after a delay, or FAILED (error kept) when permanent
+    or out of attempts. Returns the new state; raises :class:`LeaseLost` when not the lease holder.
+    """
+    now = now or utcnow()
+    terminal = permanent or job.attempts >= policy.max_attempts
+    with database.session(write=True) as session:
+        if terminal:
+            _take_over(session, job, state=JobState.FAILED, error=error, finished_at=now,
+                       lease_owner=None, lease_expires_at=None)
+            _settle_study(session, job, StudyState.FAILED, now)
+        else:
+            _take_over(session, job, state=JobState.QUEUED, error=error, lease_owner=None,
+                       lease_expires_at=now + policy.retry_delay(job.attempts))
+    state = JobState.FAILED if terminal else JobState.QUEUED
+    log.warning("job failed", extra={"job": job.id, "study_uid": job.study_instance_uid,
+                                     "attempt": job.attempts, "state": state.value, "error": error})
+    return state
+
+
+def expire_exhausted(database: Database, policy: QueuePolicy, now: datetime | None = None) -> int:
+    """End as FAILED every job whose lease expired on its last allowed attempt (its worker was lost
+    each time: killed, out of memory). Returns how many."""
+    now = now or utcnow()
+    with database.session(write=True) as session:
+        rows = session.execute(
+            update(Job).where(Job.state == JobState.RUNNING, Job.lease_expires_at < now,
+                              Job.attempts >= policy.max_attempts)
+            .values(state=JobState.FAILED, finished_at=now, lease_owner=None, lease_expires_at=None,
+                    error=f"lease expired on attempt {policy.max_attempts} of {policy.max_attempts}: "
+                          "the worker was lost (killed or crashed) every time")
+            .returning(Job.id, Job.study_id, Job.study_version)
+            .execution_options(synchronize_session=False)
+        ).all()
+        for row in rows:
+            _settle_study(session, row, StudyState.FAILED, now)
+            log.warning("job failed: lease expired on the last attempt", extra={"job": row.id})
+    return len(rows)
+
+
+def requeue_failed(database: Database, *, study_uid: str | None = None) -> int:
+    """``dicomnode retry`` for jobs: every FAILED job (of the study ``study_uid`` only, when given)
+    back to QUEUED with its attempts reset and its last error kept; its study goes back from FAILED to
+    READY when the job is for the study's current version. A FAILED job holds no lease, so nothing a
+    worker is doing is touched. One transaction; returns how many jobs were queued again."""
+    condition = [Job.state == JobState.FAILED, Job.lease_owner.is_(None)]
+    if study_uid is not None:
+        condition.append(Job.study_id.in_(select(Study.id).where(Study.study_instance_uid == study_uid)))
+    with database.session(write=True) as session:
+        rows = session.execute(
+            update(Job).where(*condition)
+            .values(state=JobState.QUEUED, attempts=0, lease_expires_at=None, finished_at=None)
+            .returning(Job.id, Job.study_id, Job.study_version)
+            .execution_options(synchronize_session=False)
+        ).all()
+        for row in rows:
+            _settle_study(session, row, StudyState.READY, utcnow(), current=StudyState.FAILED)
+    for row in rows:
+        log.info("job queued again", extra={"job": row.id})
+    return len(rows)
+
+
+def _take_over(session: Session, job: ClaimedJob, **values) -> None:
+    """Update ``job`` only if it is still leased to its owner; :class:`LeaseLost` otherwise."""
+    changed = session.execute(
+        update(Job).where(Job.id == job.id, Job.lease_owner == job.owner, Job.state == JobState.RUNNING)
+        .values(**values).execution_options(synchronize_session=False)
+    ).rowcount
+    if changed != 1:
+        raise LeaseLost(f"job {job.id} is no longer leased to {job.owner}")
+
+
+def _settle_study(session: Session, job, state: StudyState, now: datetime, *,
+                  current: StudyState = StudyState.READY) -> None:
+    """Move the study to ``state`` if ``job`` was for its current version and it is still ``current``.
+
+    A study whose version was bumped meanwhile (new content, state RECEIVING) is left alone: its
+    new version gets its own job.
+    """
+    values: dict = {"state": state}
+    if state is StudyState.PROCESSED:
+        values["processed_at"] = now
+    session.execute(
+        update(Study).where(Study.id == job.study_id, Study.version == job.study_version,
+                            Study.state == current)
+        .values(**values).execution_options(synchronize_session=False)
+    )

@@ -1,0 +1,237 @@
+"""The receiver: a pynetdicom AE answering C-ECHO and C-STORE (PS3.4 Annex A and B).
+
+Step "receive" of docs/architecture.md, "The journey of a study".
+
+API (stable; ``dicomnode serve`` uses it)::
+
+    receiver = Receiver(config, database, spool)     # or start_receiver(config, database, spool)
+    receiver.start()                                  # non-blocking: listens in background threads
+    receiver.port                                     # the port actually bound
+    receiver.stop()
+
+Association level (PS3.8 §9.3.4): callers must address our AE title; when ``node.allowed_callers`` is
+not empty, any other calling AE title gets A-ASSOCIATE-RJ (rejected-permanent, "calling AE title not
+recognised"); more than ``node.max_associations`` at once are rejected (transient, "local limit
+exceeded"). Presentation contexts: Verification and the SOP classes of
+:data:`dicomnode.dicom.sop.RECEIVED` (NM Image Storage, Segmentation Storage), each with the transfer
+syntaxes of docs/dicom.md (implicit/explicit VR little endian, deflate, RLE, JPEG lossless, JPEG-LS,
+JPEG 2000); other SOP classes are not negotiated (PS3.4 B.2.3). Optional TLS (PS3.15 Annex B.1),
+with client certificates required when ``node.tls.require_client_cert``.
+
+C-STORE, in this order (each refusal logged with the SOP Instance UID, the calling AE and the reason;
+refused bytes go to the spool's quarantine with the reason, and a ``quarantine`` row is written):
+
+1. free space: fewer than ``storage.min_free_bytes`` left after this instance → 0xA700, nothing
+   written (the sender retries later);
+2. :func:`dicomnode.dicom.validate.inspect_instance` → 0xA900 / 0xC000 / 0x0122 with an Error Comment
+   (0000,0902) carrying the reason (PS3.7 C.4.2.1.4);
+3. :func:`dicomnode.store.ingest.ingest`: durable spool write + one index transaction; only after
+   the commit 0x0000. A duplicate (same bytes) is also 0x0000. The durable write of the temporary
+   file starts in a background thread before step 2 and overlaps it
+   (:meth:`dicomnode.store.spool.Spool.stage`); a refused instance's temporary file is removed;
+4. spool or database trouble (``OSError``, database unavailable or locked) → 0xA700 (retry later);
+   anything unexpected → 0xC000 and quarantine. Nothing is raised out of the handler (pynetdicom would
+   answer 0xC211 without our reason).
+
+Transport: every accepted connection gets ``TCP_NODELAY`` (a C-STORE response is one small PDU that
+would otherwise wait on the sender's delayed ACK), and the receiver offers ``node.max_pdu_size``
+(default 1 MiB) as its maximum PDU length so senders use few, large PDUs (``benchmarks/receive.py``).
+
+The data set is taken from ``event.encoded_dataset()`` (the bytes as sent, no decode/re-encode; see
+docs/dicom.md, "Receiving and sending"), so one instance is held in memory per association while it
+is checked: at most ``max_associations`` × the largest instance. pynetdicom's
+``_config.STORE_RECV_CHUNKED_DATASET`` (the data set streamed to a file as it arrives) would not save
+a copy: the file lands in the system temporary folder (not necessarily the spool's filesystem, so it
+cannot simply be renamed in), with a flush per PDU fragment, and validation would read it back.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000,
+    JPEG2000Lossless,
+    JPEGLosslessSV1,
+    JPEGLossless,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import Verification
+from sqlalchemy.exc import OperationalError
+
+from dicomnode.config import NodeConfig
+from dicomnode.dicom.sop import RECEIVED
+from dicomnode.dicom.status import Status
+from dicomnode.dicom.validate import Refusal, inspect_instance
+from dicomnode.store.db import Database
+from dicomnode.store.ingest import ingest, record_refusal
+from dicomnode.store.spool import Spool
+
+log = logging.getLogger(__name__)
+
+TRANSFER_SYNTAXES = [
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    RLELossless,
+    JPEGLosslessSV1,
+    JPEGLossless,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    JPEG2000Lossless,
+    JPEG2000,
+]
+ERROR_COMMENT_LENGTH = 64  # Error Comment (0000,0902) is LO (PS3.7 E.1)
+
+
+class Receiver:
+    """The node's Storage SCP and Verification SCP; see the module docstring."""
+
+    def __init__(self, config: NodeConfig, database: Database, spool: Spool) -> None:
+        self.config = config
+        self.database = database
+        self.spool = spool
+        self._server: Any = None
+        node = config.node
+        ae = AE(ae_title=node.ae_title)
+        ae.maximum_associations = node.max_associations
+        ae.acse_timeout = node.acse_timeout
+        ae.dimse_timeout = node.dimse_timeout
+        ae.network_timeout = node.network_timeout
+        ae.maximum_pdu_size = node.max_pdu_size
+        ae.require_called_aet = True
+        ae.require_calling_aet = list(node.allowed_callers)
+        ae.add_supported_context(Verification)
+        for sop_class in RECEIVED:
+            ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
+        self.ae = ae
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("the receiver is not running")
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        """Listen in background threads (returns at once)."""
+        node = self.config.node
+        ssl_context = node.tls.context() if node.tls is not None else None
+        self._server = self.ae.start_server(
+            (node.host, node.port), block=False, ssl_context=ssl_context,
+            evt_handlers=[(evt.EVT_CONN_OPEN, _no_delay), (evt.EVT_C_STORE, self.handle_store),
+                          (evt.EVT_C_ECHO, self.handle_echo), (evt.EVT_REJECTED, _log_rejected)],
+        )
+        log.info("receiver %s listening on %s:%d%s", node.ae_title, node.host, self.port,
+                 " (TLS)" if ssl_context else "")
+
+    def stop(self) -> None:
+        """Stop listening and close open associations."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+
+    def __enter__(self) -> Receiver:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- handlers ---------------------------------------------------------------------------------
+
+    def handle_echo(self, event: Any) -> int:
+        """C-ECHO (PS3.7 9.1.5): always success."""
+        log.debug("C-ECHO from %s", event.assoc.requestor.ae_title)
+        return Status.SUCCESS
+
+    def handle_store(self, event: Any) -> int | Dataset:
+        """C-STORE: see the module docstring for the order of checks. Never raises."""
+        calling_ae = str(event.assoc.requestor.ae_title)
+        claimed_uid = str(event.request.AffectedSOPInstanceUID or "")[:128]
+        data: bytes | None = None
+        try:
+            data = event.encoded_dataset()  # Part 10: preamble, File Meta, the data set as sent
+            if not self.spool.has_room(len(data)):
+                raise _Unavailable(f"free space under the floor of {self.spool.min_free_bytes} bytes")
+            with self.spool.stage(data) as staged:  # written durably in the background meanwhile
+                instance = inspect_instance(event.encoded_dataset(include_meta=False),
+                                            transfer_syntax=str(event.context.transfer_syntax),
+                                            sop_class_uid=str(event.request.AffectedSOPClassUID),
+                                            sop_instance_uid=str(event.request.AffectedSOPInstanceUID))
+                result = ingest(self.database, self.spool, instance, staged, calling_ae)
+        except Refusal as refusal:
+            return self._refuse(refusal.status, refusal.reason, data, calling_ae, claimed_uid, keep=True)
+        except _Unavailable as exc:
+            return self._refuse(Status.OUT_OF_RESOURCES, str(exc), None, calling_ae, claimed_uid, keep=False)
+        except OSError as exc:
+            return self._refuse(Status.OUT_OF_RESOURCES, f"spool write failed: {exc.strerror or exc}", None,
+                                calling_ae, claimed_uid, keep=False)
+        except OperationalError as exc:
+            return self._refuse(Status.OUT_OF_RESOURCES, f"database unavailable: {str(exc.orig)[:120]}", None,
+                                calling_ae, claimed_uid, keep=False)
+        except Exception as exc:  # the promise: no input crashes the receiver
+            log.exception("C-STORE %s from %s: unexpected error", claimed_uid, calling_ae)
+            return self._refuse(Status.CANNOT_UNDERSTAND, f"unexpected error: {type(exc).__name__}: {exc}"[:300],
+                                data, calling_ae, claimed_uid, keep=True)
+        for warning in instance.warnings:
+            log.warning("C-STORE %s from %s: accepted with warning: %s", claimed_uid, calling_ae, warning)
+        log.info("C-STORE %s from %s: 0x0000 %s (study version %d)", claimed_uid, calling_ae,
+                 result.outcome.value, result.study_version,
+                 extra={"study_uid": instance.study_instance_uid, **instance.patient_fields})
+        return Status.SUCCESS
+
+    def _refuse(self, status: Status, reason: str, data: bytes | None, calling_ae: str, claimed_uid: str,
+                *, keep: bool) -> Dataset:
+        """Log, quarantine (``keep``: the bytes are the problem), index the refusal, build the response."""
+        log.warning("C-STORE %s from %s: %s %s", claimed_uid, calling_ae, status, reason)
+        try:
+            path = self.spool.quarantine(data if keep else None, reason=reason, status=str(status),
+                                         calling_ae=calling_ae, claimed_sop_instance_uid=claimed_uid)
+            record_refusal(self.database, path=path, reason=reason, status=str(status), calling_ae=calling_ae,
+                           claimed_sop_instance_uid=claimed_uid)
+        except Exception:  # quarantine is best effort; the status below is what matters
+            log.exception("C-STORE %s from %s: the refusal could not be recorded", claimed_uid, calling_ae)
+        response = Dataset()
+        response.Status = int(status)
+        response.ErrorComment = _error_comment(reason)
+        return response
+
+
+def _no_delay(event: Any) -> None:
+    """TCP_NODELAY on each accepted connection (``EVT_CONN_OPEN``, before the first PDU is answered).
+
+    A C-STORE response is one small PDU; with Nagle's algorithm it waits for the sender's delayed
+    ACK (~40 ms on Linux loopback), which would cap a single association at ~25 instances/s.
+    """
+    event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class _Unavailable(Exception):
+    """Not enough room to accept the instance now (answered 0xA700)."""
+
+
+def _error_comment(reason: str) -> str:
+    """Reason as an LO value: printable ASCII without backslash, at most 64 characters."""
+    text = "".join(ch if " " <= ch <= "~" and ch != "\\" else "?" for ch in reason)
+    return text[:ERROR_COMMENT_LENGTH]
+
+
+def _log_rejected(event: Any) -> None:
+    log.warning("association from %s (%s) rejected", event.assoc.requestor.ae_title,
+                event.assoc.requestor.address)
+
+
+def start_receiver(config: NodeConfig, database: Database, spool: Spool) -> Receiver:
+    """Create and start a :class:`Receiver` (non-blocking)."""
+    receiver = Receiver(config, database, spool)
+    receiver.start()
+    return receiver

@@ -1,0 +1,154 @@
+"""Secondary Capture (PS3.3 A.8.1): a picture of the views with lesion contours and a legend.
+
+For viewers that show neither SEG nor GSPS. The views are drawn side by side as stored (anterior
+as seen from the front, posterior as seen from behind, the way they are read), gray-scale inverted
+(high counts dark) through the window of :func:`~dicomnode.pipeline.results.common.display_window`, each
+lesion's outline in red, the view name and the patient's side letters above each view, and a
+legend below with the findings, the approximate BSI and "NOT FOR DIAGNOSTIC USE". Views narrower
+than 400 columns are enlarged twice (nearest neighbour) so that the text stays readable.
+
+The picture carries Burned In Annotation YES (PS3.3 C.7.6.1.1.11) and, because the posterior
+panel is mirrored relative to the anterior one, Patient Orientation only when one view is shown
+(it is Type 2C and left empty otherwise).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import highdicom as hd
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from pydicom.dataset import Dataset
+
+from dicomnode.pipeline.results.burden import BoneBurden
+from dicomnode.pipeline.results.common import (
+    NOT_FOR_DIAGNOSTIC_USE,
+    VIEW_ABBREVIATIONS,
+    Provenance,
+    ResultKind,
+    SourceFrame,
+    check_writable,
+    display_window,
+)
+from dicomnode.pipeline.results.contours import lesion_outlines
+from dicomnode.pipeline.results.text import bsi_summary, view_summary
+from segmentation.scan import View
+
+logger = logging.getLogger(__name__)
+
+CONTOUR_COLOR = (230, 0, 0)
+TEXT_COLOR = (255, 255, 255)
+WARNING_COLOR = (255, 80, 80)
+BACKGROUND = (0, 0, 0)
+
+
+def build_picture(
+    frames: dict[View, SourceFrame], provenance: Provenance, burden: BoneBurden
+) -> list[Dataset]:
+    """The study's Secondary Capture picture (one instance)."""
+    series = provenance.series(ResultKind.SC)
+    picture = render(frames, provenance, burden).pixels
+    first = next(iter(frames.values()))
+    orientation = first.patient_orientation if len(frames) == 1 else ["L", "F"]
+    sc = hd.sc.SCImage.from_ref_dataset(
+        ref_dataset=first.dataset,
+        pixel_array=picture,
+        photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
+        bits_allocated=8,
+        coordinate_system=hd.CoordinateSystemNames.PATIENT,
+        series_instance_uid=series.uid,
+        series_number=series.number,
+        sop_instance_uid=provenance.uid(ResultKind.SC.value),
+        instance_number=1,
+        manufacturer=provenance.options.manufacturer,
+        patient_orientation=tuple(orientation),
+        series_description=series.description,
+    )
+    if len(frames) > 1:
+        sc.PatientOrientation = ""  # two panels, two orientations: said in the picture
+    sc.BurnedInAnnotation = "YES"
+    sc.ConversionType = "WSD"  # made on a workstation (PS3.3 C.8.6.1); highdicom writes DI
+    sc.ImageComments = f"AI bone metastasis contours and findings; {NOT_FOR_DIAGNOSTIC_USE}"
+    sc.ManufacturerModelName = provenance.model_name
+    sc.DeviceSerialNumber = provenance.options.serial_number()
+    sc.DateOfSecondaryCapture = provenance.created.strftime("%Y%m%d")
+    sc.TimeOfSecondaryCapture = provenance.created.strftime("%H%M%S.%f")
+    provenance.finish(sc, first.dataset, series)
+    logger.info("SC: %d x %d picture", picture.shape[1], picture.shape[0])
+    return [check_writable(sc)]
+
+
+@dataclass(frozen=True)
+class Picture:
+    """The rendered picture and where each view's stored frame lies in it."""
+
+    pixels: np.ndarray  # RGB uint8, (rows, columns, 3)
+    origins: dict[View, tuple[int, int]]  # (x, y) of each panel's top-left corner
+    scale: int  # picture pixels per source pixel
+
+    def to_picture(self, view: View, x: float, y: float) -> tuple[float, float]:
+        """Picture (x, y) of a point given in DICOM pixel coordinates of ``view``'s frame."""
+        left, top = self.origins[view]
+        return left + x * self.scale, top + y * self.scale
+
+
+def render(frames: dict[View, SourceFrame], provenance: Provenance, burden: BoneBurden) -> Picture:
+    """Draw the picture (module docstring)."""
+    scale = 2 if max(frame.source.columns for frame in frames.values()) < 400 else 1
+    rows = max(frame.source.rows for frame in frames.values()) * scale
+    gap = 8 * scale
+    widths = [frame.source.columns * scale for frame in frames.values()]
+    width = sum(widths) + gap * (len(widths) + 1)
+    font = ImageFont.load_default(size=max(12, min(widths) // 18))
+    line = int(font.size * 1.35)
+    header = 2 * line
+    legend_lines = _legend(frames, provenance, burden)
+    height = header + rows + gap + line * len(legend_lines) + gap
+    canvas = Image.new("RGB", (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    center, window, _ = display_window(frames)
+    x = gap
+    origins: dict[View, tuple[int, int]] = {}
+    for frame, panel_width in zip(frames.values(), widths, strict=True):
+        origins[frame.view] = (x, header)
+        gray = _gray(frame.stored_counts, center, window)
+        panel = Image.fromarray(gray).resize((panel_width, frame.source.rows * scale), Image.NEAREST)
+        canvas.paste(panel.convert("RGB"), (x, header))
+        for outline in lesion_outlines(frame.result):
+            points = [(x + px * scale, header + py * scale) for px, py in outline]
+            draw.line(points, fill=CONTOUR_COLOR, width=max(1, scale))
+        # Columns running to the patient's left put the patient's right on the panel's left.
+        left, right = ("R", "L") if frame.patient_orientation[0] == "L" else ("L", "R")
+        draw.text((x, 0), VIEW_ABBREVIATIONS[frame.view], fill=TEXT_COLOR, font=font)
+        draw.text((x, line), left, fill=TEXT_COLOR, font=font)
+        draw.text((x + panel_width, line), right, fill=TEXT_COLOR, font=font, anchor="ra")
+        x += panel_width + gap
+    y = header + rows + gap
+    for text, color in legend_lines:
+        draw.text((gap, y), text, fill=color, font=font)
+        y += line
+    return Picture(pixels=np.asarray(canvas, dtype=np.uint8), origins=origins, scale=scale)
+
+
+def _gray(counts: np.ndarray, center: float, width: float) -> np.ndarray:
+    """Inverted linear window (PS3.3 C.11.2.1.2 without the 0.5 offsets): high counts dark."""
+    low = center - width / 2
+    scaled = np.clip((counts - low) / width, 0.0, 1.0)
+    return (255 - np.round(scaled * 255)).astype(np.uint8)
+
+
+def _legend(
+    frames: dict[View, SourceFrame], provenance: Provenance, burden: BoneBurden
+) -> list[tuple[str, tuple[int, int, int]]]:
+    """The legend's lines and their colours."""
+    algorithm = provenance.result.algorithm
+    lines = [(f"Red: AI lesion contours ({algorithm.name} {algorithm.version})", CONTOUR_COLOR)]
+    lines += [(view_summary(burden.views[view]), TEXT_COLOR) for view in frames]
+    missing = provenance.result.missing
+    lines += [(f"{VIEW_ABBREVIATIONS[view]}: view missing", WARNING_COLOR) for view in missing]
+    lines.append((bsi_summary(burden), TEXT_COLOR))
+    lines.append(("BSI from planar counts, no skeletal segmentation", TEXT_COLOR))
+    lines.append((NOT_FOR_DIAGNOSTIC_USE, WARNING_COLOR))
+    return lines

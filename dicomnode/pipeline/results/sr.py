@@ -1,0 +1,272 @@
+"""Comprehensive SR (PS3.3 A.35.3) with a TID 1500 Measurement Report of the bone-scan result.
+
+Content (PS3.16 TID 1500, built with highdicom):
+
+- per lesion, a TID 1410 Planar ROI group: the outline as a 2-D SCOORD POLYLINE on its source
+  frame (no SCOORD3D: the source has no frame of reference; docs/dicom.md,
+  "Result objects"), finding "Neoplasm, Secondary" (SCT 14799000) in category "Morphologically abnormal
+  structure", finding site where known (a region name of :mod:`segmentation.regions`, coded by
+  :data:`SITE_CODES`; another name given by a segmenter is logged and left out), Image View
+  (DCM 111031) anterior or posterior projection,
+  and three TID 300 measurements: Area (SCT 42798000, mm2), Nuclear Medicine Projection Activity
+  (DCM 110820, UCUM ``{counts}``) with derivation Mean (SCT 373098007) and Maximum (SCT 56851009);
+- per view, a TID 1501 group with the Number of lesions (SCT 246206008) and their total Area;
+- for the study, a TID 1501 group with the number of lesions and total area over both views and
+  the approximate Bone Scan Index (percent; a local code, there is no standard concept for it);
+- a Qualitative Evaluations container (TID 1500 row 12, not built by highdicom) with TEXT
+  comments: the summary, how the index is approximated, missing views and other notes, and
+  "NOT FOR DIAGNOSTIC USE".
+
+The numbers are the :class:`SegmentationResult`'s own: highdicom writes each value as a decimal
+string and, where that rounds, also as Floating Point Value (PS3.3 C.18.1.1), so they read back
+exactly. The lesion's tracking identifier and UID are those of its GSPS contour.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import highdicom as hd
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+
+from dicomnode.pipeline.results.burden import BSI_EXPLANATION, BoneBurden, SitedLesion
+from dicomnode.pipeline.results.common import (
+    NOT_FOR_DIAGNOSTIC_USE,
+    VIEW_ABBREVIATIONS,
+    Provenance,
+    ResultKind,
+    SourceFrame,
+    check_writable,
+    source_datasets,
+)
+from dicomnode.pipeline.results.contours import lesion_outlines
+from dicomnode.pipeline.results.text import bsi_summary, study_summary
+from segmentation.scan import View
+
+logger = logging.getLogger(__name__)
+
+#: Local coding scheme for the concept no standard names (PS3.16 8.2: "99" prefix is private).
+LOCAL_SCHEME = "99DICOMNODE"
+APPROXIMATE_BSI = Code("APPROX-BSI", LOCAL_SCHEME, "Approximate Bone Scan Index")
+LESIONS_UNIT = Code("{lesions}", "UCUM", "lesions")
+PERCENT = codes.UCUM.Percent
+NM_PROJECTION_ACTIVITY = codes.DCM.NuclearMedicineProjectionActivity  # DCM 110820
+QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
+#: Procedure reported (TID 1500 row 4).
+PROCEDURE = Code("42175-0", "LN", "Radionuclide scan of whole body")
+VIEW_CODES = {View.ANTERIOR: codes.SCT.AnteriorProjection, View.POSTERIOR: codes.SCT.PosteriorProjection}
+#: Finding site codes of the regions of :mod:`segmentation.regions` (SNOMED CT body structures).
+SITE_CODES: dict[str, Code] = {
+    "skull": codes.SCT.Skull,
+    "cervical spine": codes.SCT.CervicalSpine,
+    "thoracic spine": codes.SCT.ThoracicSpine,
+    "thoracic cage": Code("272710004", "SCT", "Bone structure of thorax"),
+    "lumbar spine": codes.SCT.LumbarSpine,
+    "sacrum": codes.SCT.Sacrum,
+    "pelvis": codes.SCT.BoneStructureOfPelvis,
+    "upper limbs": codes.SCT.BoneOfUpperLimb,
+    "femora": codes.SCT.Femur,
+    "lower legs": codes.SCT.BoneOfLowerLimb,
+    "feet": codes.SCT.Foot,
+}
+
+
+def build_report(
+    frames: dict[View, SourceFrame], provenance: Provenance, burden: BoneBurden
+) -> list[Dataset]:
+    """The study's TID 1500 SR (one instance)."""
+    series = provenance.series(ResultKind.SR)
+    algorithm = _algorithm(provenance)
+    groups: list = []
+    for view, frame in frames.items():
+        sited = burden.views[view].lesions
+        outlines = lesion_outlines(frame.result)
+        groups.extend(
+            _lesion_group(item, outline, frame, provenance, algorithm)
+            for item, outline in zip(sited, outlines, strict=True)
+        )
+    groups.extend(_view_group(frame, burden, provenance, algorithm) for frame in frames.values())
+    groups.append(_study_group(burden, provenance, algorithm))
+    report = hd.sr.MeasurementReport(
+        observation_context=_observation_context(provenance),
+        procedure_reported=PROCEDURE,
+        imaging_measurements=groups,
+    )
+    report[0].ContentSequence.append(_comments(burden, provenance))
+    first = next(iter(frames.values())).dataset
+    sr = hd.sr.ComprehensiveSR(
+        evidence=source_datasets(frames),
+        content=report[0],
+        series_instance_uid=series.uid,
+        series_number=series.number,
+        sop_instance_uid=provenance.uid(ResultKind.SR.value),
+        instance_number=1,
+        manufacturer=provenance.options.manufacturer,
+        institution_name=provenance.options.institution_name,
+        is_complete=True,
+        is_final=False,  # an algorithm's proposal; nobody verified it
+        is_verified=False,
+        series_description=series.description,
+    )
+    sr.CodingSchemeIdentificationSequence = [_local_scheme(provenance)]
+    sr.ManufacturerModelName = provenance.model_name
+    sr.DeviceSerialNumber = provenance.options.serial_number()
+    provenance.finish(sr, first, series)
+    logger.info("SR: %d planar ROI(s), BSI %s", burden.lesion_count, burden.bsi_percent)
+    return [check_writable(sr)]
+
+
+def _algorithm(provenance: Provenance) -> hd.sr.AlgorithmIdentification:
+    algorithm = provenance.result.algorithm
+    return hd.sr.AlgorithmIdentification(
+        name=algorithm.name, version=algorithm.version,
+        parameters=[f"network={algorithm.network}", f"threshold={provenance.result.threshold:g}"],
+        family=codes.cid7162.ArtificialIntelligence, manufacturer=provenance.options.manufacturer,
+    )
+
+
+def _observation_context(provenance: Provenance) -> hd.sr.ObservationContext:
+    """The algorithm as device observer (TID 1004)."""
+    algorithm = provenance.result.algorithm
+    device = hd.sr.DeviceObserverIdentifyingAttributes(
+        uid=provenance.uid("device observer"),
+        name=algorithm.name,
+        manufacturer_name=provenance.options.manufacturer,
+        model_name=f"{algorithm.network} {algorithm.version}"[:64],
+        serial_number=provenance.options.serial_number(),
+    )
+    return hd.sr.ObservationContext(
+        observer_device_context=hd.sr.ObserverContext(
+            observer_type=codes.DCM.Device, observer_identifying_attributes=device
+        )
+    )
+
+
+def _lesion_group(
+    item: SitedLesion, outline, frame: SourceFrame, provenance: Provenance,
+    algorithm: hd.sr.AlgorithmIdentification,
+) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    lesion = item.lesion
+    identifier, uid = provenance.lesion_tracking(lesion)
+    site = SITE_CODES.get(item.site or "")
+    if item.site and site is None:
+        logger.warning("%s: site %r has no code; the SR names no finding site", identifier, item.site)
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=uid, identifier=identifier),
+        referenced_region=hd.sr.ImageRegion(
+            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+            graphic_data=outline,
+            source_image=_region_source(frame),
+        ),
+        finding_type=codes.SCT.NeoplasmSecondary,
+        finding_category=codes.SCT.MorphologicallyAbnormalStructure,
+        finding_sites=[hd.sr.FindingSite(site)] if site is not None else None,
+        algorithm_id=algorithm,
+        measurements=[
+            hd.sr.Measurement(name=codes.SCT.Area, value=lesion.area_mm2,
+                              unit=codes.UCUM.SquareMillimeter),
+            hd.sr.Measurement(name=NM_PROJECTION_ACTIVITY, value=lesion.mean_counts,
+                              unit=codes.UCUM.Counts, derivation=codes.SCT.Mean),
+            hd.sr.Measurement(name=NM_PROJECTION_ACTIVITY, value=lesion.peak_counts,
+                              unit=codes.UCUM.Counts, derivation=codes.SCT.Maximum),
+        ],
+        qualitative_evaluations=[
+            hd.sr.QualitativeEvaluation(name=codes.DCM.ImageView, value=VIEW_CODES[lesion.view])
+        ],
+    )
+
+
+def _view_group(
+    frame: SourceFrame, burden: BoneBurden, provenance: Provenance,
+    algorithm: hd.sr.AlgorithmIdentification,
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    view = burden.views[frame.view]
+    name = VIEW_ABBREVIATIONS[frame.view]
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=provenance.uid("view summary", frame.view.value), identifier=f"{name} view lesions"
+        ),
+        finding_type=codes.SCT.NeoplasmSecondary,
+        finding_sites=[hd.sr.FindingSite(codes.SCT.Bone)],
+        algorithm_id=algorithm,
+        measurements=[
+            hd.sr.Measurement(name=codes.SCT.NumberOfLesions, value=view.lesion_count, unit=LESIONS_UNIT),
+            hd.sr.Measurement(name=codes.SCT.Area, value=view.total_area_mm2,
+                              unit=codes.UCUM.SquareMillimeter),
+        ],
+        qualitative_evaluations=[
+            hd.sr.QualitativeEvaluation(name=codes.DCM.ImageView, value=VIEW_CODES[frame.view])
+        ],
+        source_images=[
+            hd.sr.SourceImageForMeasurementGroup(
+                frame.source.sop_class_uid, frame.source.sop_instance_uid,
+                referenced_frame_numbers=frame.referenced_frame_numbers,
+            )
+        ],
+    )
+
+
+def _study_group(
+    burden: BoneBurden, provenance: Provenance, algorithm: hd.sr.AlgorithmIdentification
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    measurements = [
+        hd.sr.Measurement(name=codes.SCT.NumberOfLesions, value=burden.lesion_count, unit=LESIONS_UNIT),
+        hd.sr.Measurement(name=codes.SCT.Area, value=burden.total_area_mm2,
+                          unit=codes.UCUM.SquareMillimeter),
+    ]
+    if burden.bsi_percent is not None:
+        measurements.append(
+            hd.sr.Measurement(name=APPROXIMATE_BSI, value=burden.bsi_percent, unit=PERCENT)
+        )
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=provenance.uid("study summary"), identifier="Study bone burden"
+        ),
+        finding_type=codes.SCT.NeoplasmSecondary,
+        finding_sites=[hd.sr.FindingSite(codes.SCT.Bone)],
+        algorithm_id=algorithm,
+        measurements=measurements,
+    )
+
+
+def _comments(burden: BoneBurden, provenance: Provenance) -> hd.sr.ContainerContentItem:
+    """TID 1500 row 12: Qualitative Evaluations, here free-text comments (DCM 121106)."""
+    algorithm = provenance.result.algorithm
+    lines = [
+        study_summary(burden),
+        bsi_summary(burden) + ".",
+        BSI_EXPLANATION,
+        *(f"Note: {note}." for note in (
+            *provenance.result.scan.notes, *provenance.result.notes, *burden.notes)),
+        f"Produced automatically by {algorithm.name} {algorithm.version} ({algorithm.network}) "
+        f"with {provenance.options.manufacturer} {provenance.options.software_version}; "
+        f"{NOT_FOR_DIAGNOSTIC_USE}.",
+    ]
+    container = hd.sr.ContainerContentItem(
+        name=QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    )
+    container.ContentSequence = hd.sr.ContentSequence([
+        hd.sr.TextContentItem(
+            name=codes.DCM.Comment, value=line, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+        )
+        for line in lines
+    ])
+    return container
+
+
+def _region_source(frame: SourceFrame) -> hd.sr.SourceImageForRegion:
+    return hd.sr.SourceImageForRegion(
+        frame.source.sop_class_uid, frame.source.sop_instance_uid,
+        referenced_frame_numbers=frame.referenced_frame_numbers,
+    )
+
+
+def _local_scheme(provenance: Provenance) -> Dataset:
+    """Coding Scheme Identification (PS3.3 C.12.1.1.3) of the local scheme."""
+    item = Dataset()
+    item.CodingSchemeDesignator = LOCAL_SCHEME
+    item.CodingSchemeName = "dicomnode local concepts"
+    item.CodingSchemeResponsibleOrganization = provenance.options.manufacturer
+    return item

@@ -1,0 +1,37 @@
+"""The short sentences that the GSPS, the SR and the picture share, worded once.
+
+Plain ASCII ("mm2", not "mm²") so that they are valid in the default character repertoire too.
+"""
+
+from __future__ import annotations
+
+from dicomnode.pipeline.results.burden import BoneBurden, ViewBurden
+from dicomnode.pipeline.results.common import VIEW_ABBREVIATIONS
+
+
+def view_summary(view: ViewBurden) -> str:
+    """E.g. ``ANT: 2 lesions, 500.6 mm2`` or ``POST: no lesion detected``."""
+    name = VIEW_ABBREVIATIONS[view.view]
+    if view.lesion_count == 0:
+        return f"{name}: no lesion detected"
+    noun = "lesion" if view.lesion_count == 1 else "lesions"
+    return f"{name}: {view.lesion_count} {noun}, {view.total_area_mm2:.1f} mm2"
+
+
+def bsi_summary(burden: BoneBurden) -> str:
+    """E.g. ``Approx. BSI 0.24 % (planar estimate)``."""
+    if burden.bsi_percent is None:
+        return "Approx. BSI not available (skeletal regions not found)"
+    return f"Approx. BSI {burden.bsi_percent:.2f} % (planar estimate)"
+
+
+def study_summary(burden: BoneBurden) -> str:
+    """One sentence for the whole study, e.g. ``3 lesions in 2 views, 750.9 mm2 in total``."""
+    if burden.lesion_count == 0:
+        return "No lesion detected."
+    noun = "lesion" if burden.lesion_count == 1 else "lesions"
+    views = len(burden.views)
+    return (
+        f"{burden.lesion_count} {noun} in {views} view{'s' if views > 1 else ''}, "
+        f"{burden.total_area_mm2:.1f} mm2 in total (a lesion seen in both views counts in each)."
+    )

@@ -1,0 +1,173 @@
+"""``dicomnode segment FILES… --out DIR``: the node's pipeline on files, offline (no network, no database).
+
+The same steps as the worker (:func:`dicomnode.pipeline.processing.segment_study`: views →
+segmentation → DICOM results) for every study found among the input files (folders are searched
+recursively; files that are not DICOM are listed as skipped). Output, for each study::
+
+    DIR/<StudyInstanceUID>/<KIND>-<SOPInstanceUID>.dcm     the result objects (SEG, GSPS, SR, SC)
+    DIR/summary.json                                       per study: views, lesions, burden, files
+    DIR/summary.md                                         the same for a person
+
+Folder names come only from validated UIDs (PS3.5 §9.1); a study whose UID is not valid, or whose
+views cannot be read, is reported in the summary with the reason and no objects, and the command
+exits non-zero. Lesion sites and the approximate Bone Scan Index are those of
+:mod:`dicomnode.pipeline.results.burden` (the same numbers the SR carries).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from dicomnode.dicom.uids import UIDError, check_uid
+from dicomnode.pipeline.processing import UnreadableStudy, encode, segment_study
+from dicomnode.pipeline.results import ResultOptions
+from dicomnode.pipeline.results.burden import BSI_EXPLANATION, assess_burden
+from segmentation.inference import Segmenter
+from segmentation.result import SegmentationResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StudySummary:
+    study_uid: str
+    sources: list[str]
+    error: str | None = None
+    views: list[str] = field(default_factory=list)
+    missing_views: list[str] = field(default_factory=list)
+    lesions: list[dict[str, Any]] = field(default_factory=list)
+    total_area_mm2: float = 0.0
+    bsi_percent: float | None = None
+    notes: list[str] = field(default_factory=list)
+    objects: list[dict[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class Summary:
+    algorithm: dict[str, str]
+    studies: list[StudySummary] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(study.error is None for study in self.studies) and bool(self.studies)
+
+
+def find_datasets(paths: Iterable[str | os.PathLike[str]]) -> tuple[dict[str, list[tuple[Path, Dataset]]],
+                                                                    list[dict[str, str]]]:
+    """Read every file (folders recursively); group DICOM datasets by Study Instance UID."""
+    studies: dict[str, list[tuple[Path, Dataset]]] = {}
+    skipped = []
+    for item in paths:
+        root = Path(item)
+        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+        for path in files:
+            try:
+                ds = pydicom.dcmread(path)
+            except InvalidDicomError:
+                skipped.append({"file": str(path), "reason": "not a DICOM file"})
+                continue
+            except (OSError, EOFError, ValueError) as exc:
+                skipped.append({"file": str(path), "reason": f"cannot be read ({exc})"})
+                continue
+            studies.setdefault(str(ds.get("StudyInstanceUID", "")), []).append((path, ds))
+    return studies, skipped
+
+
+def segment_files(paths: Sequence[str | os.PathLike[str]], out: Path, segmenter: Segmenter,
+                  options: ResultOptions) -> Summary:
+    """Run the pipeline on ``paths`` and write results and summaries under ``out``."""
+    studies, skipped = find_datasets(paths)
+    algorithm = segmenter.algorithm
+    summary = Summary(algorithm={"name": algorithm.name, "version": algorithm.version,
+                                 "network": algorithm.network}, skipped=skipped)
+    out.mkdir(parents=True, exist_ok=True)
+    for study_uid, found in studies.items():
+        study = StudySummary(study_uid=study_uid, sources=[str(path) for path, _ in found])
+        summary.studies.append(study)
+        try:
+            check_uid(study_uid, "Study Instance UID")
+            result, objects = segment_study([ds for _, ds in found], segmenter, options)
+        except (UIDError, UnreadableStudy, ValueError) as exc:
+            study.error = str(exc)
+            log.warning("study not segmented: %s", exc)
+            continue
+        _describe(study, result)
+        folder = out / study_uid
+        folder.mkdir(exist_ok=True)
+        for kind, dataset in objects:
+            sop_uid = check_uid(str(dataset.SOPInstanceUID), "SOP Instance UID")
+            path = folder / f"{kind.value}-{sop_uid}.dcm"
+            path.write_bytes(encode(dataset))
+            study.objects.append({"kind": kind.value, "file": str(path.relative_to(out)), "sop_instance_uid": sop_uid})
+    (out / "summary.json").write_text(json.dumps(_as_dict(summary), indent=2))
+    (out / "summary.md").write_text(render_markdown(summary))
+    return summary
+
+
+def _describe(study: StudySummary, result: SegmentationResult) -> None:
+    burden = assess_burden(result)
+    study.views = [view.value for view in result.views]
+    study.missing_views = [view.value for view in result.missing]
+    study.total_area_mm2 = round(burden.total_area_mm2, 1)
+    study.bsi_percent = None if burden.bsi_percent is None else round(burden.bsi_percent, 2)
+    study.notes = list(result.notes) + list(burden.notes)
+    for view, view_burden in burden.views.items():
+        for sited in view_burden.lesions:
+            lesion = sited.lesion
+            study.lesions.append({
+                "view": view.value, "label": lesion.label, "site": sited.site,
+                "area_mm2": round(lesion.area_mm2, 1), "pixels": lesion.pixel_count,
+                "centroid_row_column": [round(c, 1) for c in lesion.centroid],
+                "peak_counts": round(lesion.peak_counts, 1), "mean_counts": round(lesion.mean_counts, 1),
+            })
+
+
+def _as_dict(summary: Summary) -> dict[str, Any]:
+    return {
+        "algorithm": summary.algorithm,
+        "bsi_explanation": BSI_EXPLANATION,
+        "studies": [vars(study) for study in summary.studies],
+        "skipped": summary.skipped,
+    }
+
+
+def render_markdown(summary: Summary) -> str:
+    """The summary for a person (not for diagnostic use)."""
+    algorithm = summary.algorithm
+    lines = ["# dicomnode segment: summary", "",
+             f"Algorithm: {algorithm['name']} {algorithm['version']} ({algorithm['network']}). "
+             "Research use only, not for diagnostic use.", ""]
+    for study in summary.studies:
+        lines.append(f"## Study {study.study_uid}")
+        lines.append("")
+        if study.error is not None:
+            lines += [f"**Not segmented:** {study.error}", ""]
+            continue
+        missing = f"; missing: {', '.join(study.missing_views)}" if study.missing_views else ""
+        bsi = "n/a" if study.bsi_percent is None else f"{study.bsi_percent:.2f} %"
+        lines += [f"Views: {', '.join(study.views)}{missing}. Lesions: {len(study.lesions)}, "
+                  f"total area {study.total_area_mm2:.1f} mm², approximate BSI {bsi}.", ""]
+        if study.lesions:
+            lines += ["| view | # | site | area (mm²) | peak counts | mean counts |",
+                      "|---|---|---|---|---|---|"]
+            lines += [f"| {lesion['view']} | {lesion['label']} | {lesion['site'] or '-'} | {lesion['area_mm2']} | "
+                      f"{lesion['peak_counts']} | {lesion['mean_counts']} |" for lesion in study.lesions]
+            lines.append("")
+        lines += [f"- {obj['kind']}: `{obj['file']}`" for obj in study.objects]
+        lines += [f"- note: {note}" for note in study.notes]
+        lines.append("")
+    for item in summary.skipped:
+        lines.append(f"Skipped `{item['file']}`: {item['reason']}")
+    lines += ["", BSI_EXPLANATION, ""]
+    return "\n".join(lines)

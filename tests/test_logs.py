@@ -1,0 +1,62 @@
+"""The node's log (dicomnode.ops.logs): its own handler beside any other, patient identifiers only
+when ``[logging] include_patient_data`` says so."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from dicomnode.config import LoggingSection
+from dicomnode.ops.logs import NodeLogHandler, configure_logging
+
+PATIENT = {"patient_id": "PID-Q7Z3X9", "accession_number": "ACC-42"}
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers = list(root.handlers)
+    levels = {name: logging.getLogger(name).level for name in ("dicomnode", "segmentation")}
+    yield
+    for handler in root.handlers:
+        if handler not in handlers:
+            root.removeHandler(handler)
+            handler.close()
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+
+
+def record(**extra: object) -> logging.LogRecord:
+    entry = logging.LogRecord("dicomnode.pipeline.receiver", logging.INFO, __file__, 1, "C-STORE %s", ("1.2.3",),
+                              None)
+    entry.__dict__.update(extra)
+    return entry
+
+
+@pytest.mark.parametrize("json_lines", [True, False])
+def test_patient_identifiers_appear_only_when_included(json_lines: bool) -> None:
+    hidden = NodeLogHandler(LoggingSection(json=json_lines)).format(record(study_uid="1.2", **PATIENT))
+    shown = NodeLogHandler(LoggingSection(json=json_lines, include_patient_data=True)).format(
+        record(study_uid="1.2", **PATIENT))
+    assert "1.2" in hidden and not any(value in hidden for value in PATIENT.values())
+    assert all(value in shown for value in PATIENT.values())
+    if json_lines:
+        assert json.loads(shown)["patient_id"] == "PID-Q7Z3X9" and "patient_id" not in json.loads(hidden)
+
+
+def test_configuring_adds_one_handler_and_leaves_the_others(restore_logging: None,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    root = logging.getLogger()
+    others = [h for h in root.handlers if not isinstance(h, NodeLogHandler)]
+    root_level = root.level
+    configure_logging(LoggingSection(level="DEBUG"))
+    handler = configure_logging(LoggingSection(level="INFO", json=True))  # again: replaces only its own
+    assert [h for h in root.handlers if isinstance(h, NodeLogHandler)] == [handler]
+    assert [h for h in root.handlers if not isinstance(h, NodeLogHandler)] == others
+    assert root.level == root_level and logging.getLogger("dicomnode").level == logging.INFO
+    with caplog.at_level(logging.INFO, logger="dicomnode"):
+        logging.getLogger("dicomnode.test").info("still captured")
+    assert "still captured" in caplog.text  # pytest's own handler still gets the node's records
