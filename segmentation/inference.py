@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from segmentation.cardsection import from_card_section
 from segmentation.device import resolve_device
 from segmentation.modelcard import (
     THRESHOLD_NETWORK,
@@ -219,11 +220,7 @@ class ThresholdParameters:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ThresholdParameters:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown threshold parameter(s) {unknown}; known: {sorted(known)}")
-        return cls(**data)
+        return from_card_section(cls, data, "threshold parameter")
 
 
 class ThresholdSegmenter(Segmenter):

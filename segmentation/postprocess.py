@@ -16,9 +16,10 @@ import numpy as np
 from scipy import ndimage
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
+from segmentation.cardsection import from_card_section
 from segmentation.result import Lesion, ViewResult
 from segmentation.scan import ViewImage
 
@@ -44,11 +45,7 @@ class OperatingPoint:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> OperatingPoint:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown operating point key(s) {unknown}; known: {sorted(known)}")
-        return cls(**data)
+        return from_card_section(cls, data, "operating point")
 
 
 def lesion_mask(

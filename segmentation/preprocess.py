@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -56,6 +56,7 @@ from scipy import ndimage
 from skimage.filters import apply_hysteresis_threshold, threshold_otsu
 from skimage.registration import phase_cross_correlation
 
+from segmentation.cardsection import from_card_section
 from segmentation.resample import ViewGeometry
 from segmentation.scan import BoneScan, View, ViewImage
 from segmentation.tiling import Tiling
@@ -123,13 +124,7 @@ class Preprocessing:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Preprocessing:
         """Build from a model card's ``preprocessing``; unknown keys are refused, not ignored."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown preprocessing key(s) {unknown}; this code knows {sorted(known)}"
-            )
-        return cls(**data)
+        return from_card_section(cls, data, "preprocessing")
 
 
 @dataclass(frozen=True)

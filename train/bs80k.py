@@ -25,6 +25,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pydicom
@@ -34,6 +35,9 @@ from pydicom.uid import NuclearMedicineImageStorage
 from segmentation.scan import BoneScan, View, ViewImage, ViewRule, ViewSource
 
 from .weak import ABNORMAL, NORMAL, Box, WeakLabelRules, weak_labels
+
+if TYPE_CHECKING:  # datasets imports this module; the study type is only needed for annotations
+    from .datasets import LabelledStudy
 
 log = logging.getLogger(__name__)
 

@@ -42,7 +42,7 @@ from segmentation.modelcard import load_card, update_card
 from segmentation.postprocess import OperatingPoint, lesion_mask
 from segmentation.scan import View
 
-from .boxscore import choose_operating_point, study_candidates, crop_summary, threshold_for_sensitivity, view_candidates, wholebody_scores
+from .boxscore import choose_operating_point, crop_summary, study_candidates, threshold_for_sensitivity, wholebody_scores
 from .config import TrainConfig, load_config
 from .crops import crop_scores
 from .datasets import LabelledStudy, TrainingData, describe_sources, load_studies, load_training_data

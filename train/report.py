@@ -40,15 +40,20 @@ def best_and_worst(outcomes: Sequence[StudyOutcome], count: int = 2) -> tuple[li
     return ranked[:count], worst
 
 
+def _show_stored(axis: Any, study: LabelledStudy, view: View) -> None:
+    """A view as stored (what a viewer shows), counts windowed to the 99th percentile of the body."""
+    image = study.scan.views[view]
+    stored = image.source.to_stored(image.counts)
+    top = float(np.percentile(stored[stored > 0], 99)) if np.any(stored > 0) else 1.0
+    axis.imshow(stored, cmap="gray_r", vmin=0, vmax=max(top, 1.0), interpolation="nearest")
+
+
 def write_overlay(study: LabelledStudy, outcome: StudyOutcome, path: Path) -> None:
     """Anterior and posterior side by side with truth (green) and prediction (red) outlines."""
     views = [v for v in View if v in outcome.views]
     figure, axes = plt.subplots(1, len(views), figsize=(3.2 * len(views), 9), squeeze=False)
     for axis, view in zip(axes[0], views):
-        image = study.scan.views[view]
-        stored = image.source.to_stored(image.counts)
-        top = float(np.percentile(stored[stored > 0], 99)) if np.any(stored > 0) else 1.0
-        axis.imshow(stored, cmap="gray_r", vmin=0, vmax=max(top, 1.0), interpolation="nearest")
+        _show_stored(axis, study, view)
         for mask, colour in ((study.labels[view], "lime"), (outcome.views[view].prediction, "red")):
             if mask.any():
                 axis.contour(mask.astype(float), levels=[0.5], colors=colour, linewidths=0.8)
@@ -75,10 +80,7 @@ def write_box_overlay(study: LabelledStudy, masks: dict[View, np.ndarray], path:
     views = [v for v in View if v in study.scan.views]
     figure, axes = plt.subplots(1, len(views), figsize=(3.2 * len(views), 9), squeeze=False)
     for axis, view in zip(axes[0], views):
-        image = study.scan.views[view]
-        stored = image.source.to_stored(image.counts)
-        top = float(np.percentile(stored[stored > 0], 99)) if np.any(stored > 0) else 1.0
-        axis.imshow(stored, cmap="gray_r", vmin=0, vmax=max(top, 1.0), interpolation="nearest")
+        _show_stored(axis, study, view)
         boxes = study.boxes.get(view, ())
         for box in boxes:
             colour = "gold" if box.kind == ABNORMAL else "deepskyblue"
