@@ -60,3 +60,27 @@ def test_configuring_adds_one_handler_and_leaves_the_others(restore_logging: Non
     with caplog.at_level(logging.INFO, logger="dicomnode"):
         logging.getLogger("dicomnode.test").info("still captured")
     assert "still captured" in caplog.text  # pytest's own handler still gets the node's records
+
+
+def test_a_forged_uid_cannot_make_a_second_line_or_a_terminal_escape() -> None:
+    forged = "1.2.3\n2026-11-30 00:00:00,000 INFO dicomnode.pipeline.receiver: FORGED\x1b[31m\x00"
+    entry = logging.LogRecord("dicomnode.pipeline.receiver", logging.WARNING, __file__, 1,
+                              "C-STORE %s from %s: refused", (forged, "CAM\r\nX"), None)
+    entry.__dict__["calling_ae"] = "AE\nINFO"
+    text = NodeLogHandler(LoggingSection()).format(entry)
+    assert "\n" not in text and "\r" not in text and "\x1b" not in text and "\x00" not in text
+    assert "1.2.3\\n2026-11-30" in text and "\\x1b[31m" in text and "calling_ae=AE\\nINFO" in text
+    as_json = NodeLogHandler(LoggingSection(json=True)).format(entry)
+    assert "\n" not in as_json and json.loads(as_json)["message"].startswith("C-STORE " + forged)
+
+
+def test_a_traceback_keeps_its_lines_but_cannot_start_one() -> None:
+    try:
+        raise ValueError("bad value\nINFO forged line")
+    except ValueError:
+        import sys
+
+        entry = logging.LogRecord("dicomnode", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
+    lines = NodeLogHandler(LoggingSection()).format(entry).splitlines()
+    assert lines[0].endswith("failed") and all(line.startswith("  | ") for line in lines[1:])
+    assert any("ValueError" in line for line in lines[1:])

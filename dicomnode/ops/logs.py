@@ -11,12 +11,19 @@ UID, states, statuses). Patient identifiers are only ever passed as such fields,
 :data:`dicomnode.dicom.validate.PATIENT_FIELDS` (Patient ID, Accession Number), never written into a
 message; the handler drops them unless ``[logging] include_patient_data = true``. Patient names are
 never logged. See docs/architecture.md, "Operations".
+
+Values from the network (UIDs, AE titles, a peer's error text) reach messages and fields, so a text
+line cannot be trusted to be one line: :class:`KeyValues` escapes every control character in the
+message and the fields (a newline becomes ``\\n``, ESC ``\\x1b``, NUL ``\\x00``), and a traceback's
+continuation lines are indented with ``|``, so no value can forge a line or send a terminal escape.
+JSON lines are escaped by the JSON encoder.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -57,13 +64,28 @@ class JsonLines(_Structured):
         return json.dumps(entry, default=str)
 
 
+def escape_controls(text: str) -> str:
+    """``text`` with every C0/C1 control character and DEL written as a visible escape."""
+    return _CONTROLS.sub(lambda match: match.group().encode("unicode_escape").decode("ascii"), text)
+
+
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
 class KeyValues(_Structured):
-    """Text lines with the structured fields appended as ``key=value``."""
+    """Text lines with the structured fields appended as ``key=value``; control characters escaped."""
 
     def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
-        fields = " ".join(f"{key}={value}" for key, value in self.fields(record).items())
-        return f"{line} {fields}" if fields else line
+        safe = logging.makeLogRecord({**vars(record), "msg": escape_controls(record.getMessage()), "args": None,
+                                      "exc_info": None, "exc_text": None, "stack_info": None})
+        line = super().format(safe)
+        fields = " ".join(f"{key}={escape_controls(str(value))}" for key, value in self.fields(record).items())
+        if fields:
+            line = f"{line} {fields}"
+        if record.exc_info:
+            trace = self.formatException(record.exc_info)
+            line += "".join(f"\n  | {escape_controls(part)}" for part in trace.splitlines())
+        return line
 
 
 class NodeLogHandler(logging.StreamHandler):
