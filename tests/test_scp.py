@@ -254,3 +254,15 @@ def test_pixels_survive_the_round_trip(tmp_path: Path) -> None:
             assert np.array_equal(stored.pixel_array, ds.pixel_array)
             assert stored.PixelRepresentation == 1
         assert {row.views for row in node.instances()} == {View.ANTERIOR.value, View.POSTERIOR.value}
+
+
+def test_the_error_comment_leads_with_the_reason_and_ends_at_a_word() -> None:
+    from dicomnode.pipeline.receiver import ERROR_COMMENT_LENGTH, error_comment
+
+    uid = "1.2.826.0.1.3680043.8.498.95013500403007476651160269675803131170"
+    comment = error_comment(f"instance {uid} frame 2: Pixel Spacing (0028,0030) is missing or zero")
+    assert comment == "Pixel Spacing (0028,0030) is missing or zero"
+    long = error_comment("Affected SOP Instance UID '1.2.x' is not a UID (digits and dots, no leading zeros, at most 64)")
+    assert len(long) <= ERROR_COMMENT_LENGTH and long.endswith("...") and long.startswith("Affected SOP")
+    assert long[:-3].split()[-1] in "Affected SOP Instance UID '1.2.x' is not a UID (digits and dots".split()
+    assert error_comment("bad \\ value\n\x1b") == "bad ? value??"

@@ -48,6 +48,7 @@ cannot simply be renamed in), with a flush per PDU fragment, and validation woul
 from __future__ import annotations
 
 import logging
+import re
 import socket
 from typing import Any
 
@@ -202,7 +203,7 @@ class Receiver:
             log.exception("C-STORE %s from %s: the refusal could not be recorded", claimed_uid, calling_ae)
         response = Dataset()
         response.Status = int(status)
-        response.ErrorComment = _error_comment(reason)
+        response.ErrorComment = error_comment(reason)
         return response
 
 
@@ -219,10 +220,21 @@ class _Unavailable(Exception):
     """Not enough room to accept the instance now (answered 0xA700)."""
 
 
-def _error_comment(reason: str) -> str:
-    """Reason as an LO value: printable ASCII without backslash, at most 64 characters."""
-    text = "".join(ch if " " <= ch <= "~" and ch != "\\" else "?" for ch in reason)
-    return text[:ERROR_COMMENT_LENGTH]
+_WHERE = re.compile(r"^instance [^:]*: ")  # "instance <UID>[ frame n]: " that view errors lead with
+
+
+def error_comment(reason: str) -> str:
+    """The reason as the sender sees it in Error Comment (0000,0902), an LO value (PS3.7 C.4, PS3.5
+    Table 6.2-1): the reason first (the instance's UID, which the sender knows, is dropped: it stays
+    in the log and the quarantine record with the whole reason), printable ASCII without backslash,
+    at most 64 characters, cut at a word with ``...`` when longer."""
+    text = "".join(ch if " " <= ch <= "~" and ch != "\\" else "?" for ch in _WHERE.sub("", reason))
+    if len(text) <= ERROR_COMMENT_LENGTH:
+        return text
+    cut = text[: ERROR_COMMENT_LENGTH - 3]
+    if " " in cut[ERROR_COMMENT_LENGTH // 2 :]:
+        cut = cut[: cut.rindex(" ")]
+    return cut.rstrip(" ,;:(") + "..."
 
 
 def _log_rejected(event: Any) -> None:
