@@ -198,7 +198,7 @@ def stated_views(ds: Dataset) -> list[tuple[View, ViewRule] | None]:
     :class:`ViewError` for contradictory view attributes (Detector Vector vs frames or items,
     an unreadable Patient Orientation). Used by the receiver to record ``Instance.views``.
     """
-    n_frames = _frame_count(ds)
+    n_frames = frame_count(ds)
     detector_views = _detector_views(ds, n_frames)
     instance_view = _instance_view(ds) if n_frames == 1 else None
     return [
@@ -224,7 +224,7 @@ def _pixels(ds: Dataset) -> np.ndarray:
             f"(0028,0004) {ds.get('PhotometricInterpretation')}: a planar NM view must be one "
             "grey-level sample per pixel"
         )
-    n_frames = _frame_count(ds)
+    n_frames = frame_count(ds)
     if not ds.file_meta.get("TransferSyntaxUID", pydicom.uid.ExplicitVRLittleEndian).is_compressed:
         expected = ds.Rows * ds.Columns * n_frames * ((int(ds.BitsAllocated) + 7) // 8)
         actual = len(ds.PixelData)
@@ -246,8 +246,20 @@ def _pixels(ds: Dataset) -> np.ndarray:
     return np.ascontiguousarray(stack, dtype=np.float32)
 
 
-def _frame_count(ds: Dataset) -> int:
-    return int(ds.get("NumberOfFrames", 1) or 1)
+def frame_count(ds: Dataset) -> int:
+    """Number of Frames (0028,0008); one when absent or empty (a single-frame object). A value that is
+    not a positive integer is a :class:`ViewError`: a multi-frame image has at least one frame
+    (PS3.3 C.7.6.6)."""
+    value = ds.get("NumberOfFrames")
+    if value is None or value == "":
+        return 1
+    try:
+        frames = int(value)
+    except (TypeError, ValueError):
+        raise ViewError(f"Number of Frames (0028,0008) {str(value)[:16]!r} is not a number") from None
+    if frames <= 0:
+        raise ViewError(f"Number of Frames (0028,0008) {frames} is not positive")
+    return frames
 
 
 def _detector_views(ds: Dataset, n_frames: int) -> list[View | None]:
@@ -395,7 +407,7 @@ def _view_image(frame: _Frame, notes: list[str]) -> ViewImage:
     assert frame.view is not None and frame.rule is not None
     orientation = patient_orientation(ds)
     from_behind = frame.view is View.POSTERIOR
-    if orientation is not None and (orientation.from_behind == from_behind or _frame_count(ds) == 1):
+    if orientation is not None and (orientation.from_behind == from_behind or frame_count(ds) == 1):
         flip_lr, flip_ud = orientation.flip_lr, orientation.flip_ud
         if orientation.from_behind != from_behind:
             notes.append(

@@ -41,6 +41,7 @@ seg_of_unknown_instance             0xC000   a SEG whose source this node does n
 seg_without_references              0xC000   a SEG that references nothing at all
 rows_columns_mismatch               0xA900   Rows x Columns disagree with the Pixel Data length
 frames_mismatch                     0xA900   Number of Frames 3, data for 2
+zero_number_of_frames               0xA900   Number of Frames 0
 bits_allocated_32                   0xA900   NM allows 8 or 16 (C.8.4.7)
 high_bit_mismatch                   0xA900   High Bit must be Bits Stored - 1
 missing_pixel_data                  0xA900   Type 1 attribute missing
@@ -294,6 +295,7 @@ KINDS: list[Kind] = [
     # -- data set does not match SOP class ------------------------------------------------------------
     Kind("rows_columns_mismatch", DOES_NOT_MATCH, "Pixel Data", changed(Rows=65)),
     Kind("frames_mismatch", DOES_NOT_MATCH, "Pixel Data", changed(NumberOfFrames=3, DetectorVector=[1, 2, 1])),
+    Kind("zero_number_of_frames", DOES_NOT_MATCH, "Number of Frames", changed(NumberOfFrames=0)),
     Kind("bits_allocated_32", DOES_NOT_MATCH, "Bits Allocated", changed(BitsAllocated=32, BitsStored=32, HighBit=31)),
     Kind("high_bit_mismatch", DOES_NOT_MATCH, "High Bit", changed(HighBit=7)),
     Kind("missing_pixel_data", DOES_NOT_MATCH, "PixelData", changed(PixelData=None)),

@@ -57,7 +57,7 @@ from dicomnode.dicom.sop import RECEIVED
 from dicomnode.dicom.status import Status
 from dicomnode.dicom.uids import UIDError, check_uid
 from segmentation.scan import View
-from segmentation.views import UndecodablePixels, ViewError, load_scan, stated_views
+from segmentation.views import UndecodablePixels, ViewError, frame_count, load_scan, stated_views
 
 log = logging.getLogger(__name__)
 
@@ -288,9 +288,10 @@ def _check_pixel_module(ds: Dataset, warnings: list[str]) -> None:
         raise Refusal(mismatch, f"Pixel Representation (0028,0103) {ds.PixelRepresentation} is not 0 or 1")
     if "NumberOfFrames" not in ds:
         warnings.append("Number of Frames (0028,0008) is missing; one frame assumed")
-    frames = int(ds.get("NumberOfFrames") or 1)
-    if frames <= 0:
-        raise Refusal(mismatch, f"Number of Frames (0028,0008) {frames} is not positive")
+    try:
+        frames = frame_count(ds)
+    except ViewError as exc:
+        raise Refusal(mismatch, str(exc)) from None
     if ds.file_meta.TransferSyntaxUID.is_encapsulated:
         return  # decoded (and so checked) with the views below for NM; kept as sent for SEG
     samples = int(ds.SamplesPerPixel)
@@ -331,7 +332,7 @@ def _nm_views(ds: Dataset, warnings: list[str]) -> tuple[str, ...]:
     probe = Dataset(dict(ds.items()))  # its own element table (a dict copy), the same element objects
     probe.file_meta = ds.file_meta
     if not ds.file_meta.TransferSyntaxUID.is_encapsulated:
-        samples = int(ds.get("NumberOfFrames") or 1) * int(ds.SamplesPerPixel) * (int(ds.BitsAllocated) // 8)
+        samples = frame_count(ds) * int(ds.SamplesPerPixel) * (int(ds.BitsAllocated) // 8)
         _replace(probe, Rows=1, Columns=1, PixelData=bytes(samples + samples % 2))
     if undecided_single_frame:
         code = Dataset()
