@@ -70,6 +70,7 @@ def test_crossvalidation_scores_every_fold_on_patients_it_did_not_train_on(folde
     assert final.threshold == point["threshold"] and final.operating_point.peak_threshold == point["peak_threshold"]
     assert final.operating_point.test_time_flip and "cross_validated_real" in final.metrics
     assert [s["format"] for s in final.training["data_sources"]] == ["bs80k-wholebody", "bs80k-crops"]
+    assert (out / "fold1" / "oof.npz").is_file()
     assert table["pictures"]["files"] and all((out / "pictures" / f).is_file() for f in table["pictures"]["files"])
     # a second run reuses every trained fold
     before = (out / "fold1" / "tiny.safetensors").stat().st_mtime_ns

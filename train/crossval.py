@@ -7,8 +7,8 @@ Folders are read by format (:func:`train.datasets.detect_format`). Whole-body st
 (BS-80K) and crops are dealt into ``--folds`` folds **by patient** (:func:`train.split.kfold_patients`;
 crop patients and whole-body patients separately); every other study (the simulator's) is always
 in training, never judged. For each fold ``k`` a model is trained on everything outside fold ``k``
-(``OUT/fold<k>/``), then predicts fold ``k``: probability maps of its whole-body views
-(``oof.npz``) and its crops' scores.
+(``OUT/fold<k>/``), then predicts fold ``k``: probability maps of its whole-body views and its
+crops' scores, kept in ``OUT/fold<k>/oof.npz``.
 
 Scoring is nested so no fold's numbers see that fold: fold ``k``'s **operating point** (pixel
 threshold, peak threshold, minimum area; :func:`train.boxscore.choose_operating_point`, at most
@@ -100,6 +100,17 @@ def _predict(model: Path, studies: Sequence[LabelledStudy], crops: TrainingData,
     return maps, scores
 
 
+def _save_out_of_fold(path: Path, maps: dict[str, dict[View, np.ndarray]], crops: TrainingData,
+                      scores: np.ndarray) -> None:
+    """The fold's predictions, for a later look at other operating points without predicting again:
+    each held-out view's probability map (float16, stored frame) as ``<study>/<view>``, and the crops'
+    keys, labels and scores."""
+    arrays = {f"{key}/{view.value}": probability.astype(np.float16)
+              for key, views in maps.items() for view, probability in views.items()}
+    np.savez_compressed(path, **arrays, crop_keys=np.array([c.key for c in crops.crops]),
+                        crop_labels=np.array([c.abnormal for c in crops.crops]), crop_scores=scores)
+
+
 def _choose(folds: Sequence[Fold], args: argparse.Namespace) -> tuple[float, OperatingPoint, float]:
     """Operating point and crop threshold chosen on the out-of-fold predictions of ``folds``."""
     studies = [s for f in folds for s in f.studies]
@@ -177,6 +188,7 @@ def crossvalidate(args: argparse.Namespace) -> dict[str, Any]:
         studies = [s for s in judged if s.patient_id in held]
         test_crops = TrainingData([], [c for c in data.crops if c.patient_id in held_crops], {})
         maps, scores = _predict(model, studies, test_crops, args.device)
+        _save_out_of_fold(fold_dir / "oof.npz", maps, test_crops, scores)
         folds.append(Fold(k + 1, studies, [c.key for c in test_crops.crops],
                           np.array([c.abnormal for c in test_crops.crops], bool), model, maps, scores))
         log.info("fold %d/%d: %d studies, %d crops predicted", k + 1, args.folds, len(studies), len(scores))
