@@ -77,3 +77,14 @@ def test_kfold_deals_each_patient_into_exactly_one_fold() -> None:
     assert folds != kfold_patients(ids, 5, seed=43)
     with pytest.raises(ValueError, match="folds"):
         kfold_patients(["a", "b"], 3)
+
+
+def test_stratified_folds_spread_the_positive_patients() -> None:
+    from train.split import kfold_patients
+
+    ids = [f"p{i:02d}" for i in range(35)]
+    positive = set(ids[:13])  # 13 of 35 with a finding, as in the development half
+    folds = kfold_patients(ids, 5, seed=42, positive=positive)
+    assert sorted(len(f) for f in folds) == [7, 7, 7, 7, 7]
+    assert sorted(len(f & positive) for f in folds) == [2, 2, 3, 3, 3]
+    assert set().union(*folds) == set(ids)

@@ -5,7 +5,8 @@
 
 Folders are read by format (:func:`train.datasets.detect_format`). Whole-body studies with boxes
 (BS-80K) and crops are dealt into ``--folds`` folds **by patient** (:func:`train.split.kfold_patients`;
-crop patients and whole-body patients separately); every other study (the simulator's) is always
+crop patients and whole-body patients separately; stratified by whether the patient has a finding
+unless ``--no-stratify``); every other study (the simulator's) is always
 in training, never judged. For each fold ``k`` a model is trained on everything outside fold ``k``
 (``OUT/fold<k>/``), then predicts fold ``k``: probability maps of its whole-body views and its
 crops' scores, kept in ``OUT/fold<k>/oof.npz``.
@@ -50,6 +51,7 @@ from .evaluate import evaluate_studies, summary
 from .loop import run_training
 from .report import write_box_overlay
 from .split import kfold_patients
+from .weak import ABNORMAL
 
 log = logging.getLogger(__name__)
 
@@ -174,8 +176,12 @@ def crossvalidate(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError("no whole-body studies with boxes to cross-validate on")
     config = load_config(args.config, **{"data.train_fraction": 1.0, "data.val_fraction": 0.0, "data.test_fraction": 0.0,
                                          **({"optim.epochs": args.epochs} if args.epochs else {})})
-    study_folds = kfold_patients((s.patient_id for s in judged), args.folds, seed=args.seed)
-    crop_folds = kfold_patients((c.patient_id for c in data.crops), args.folds, seed=args.seed) if data.crops else None
+    abnormal_studies = {s.patient_id for s in judged if any(b.kind == ABNORMAL for v in s.boxes.values() for b in v)}
+    abnormal_crops = {c.patient_id for c in data.crops if c.abnormal}
+    study_folds = kfold_patients((s.patient_id for s in judged), args.folds, seed=args.seed,
+                                 positive=abnormal_studies if args.stratify else None)
+    crop_folds = kfold_patients((c.patient_id for c in data.crops), args.folds, seed=args.seed,
+                                positive=abnormal_crops if args.stratify else None) if data.crops else None
     sim = load_studies(args.sim_test)[: args.sim_studies] if args.sim_test else []
     folds = []
     for k in range(args.folds):
@@ -224,7 +230,7 @@ def crossvalidate(args: argparse.Namespace) -> dict[str, Any]:
         update_card(result.card, threshold=threshold, operating_point=point,
                     training={**load_card(result.card).training, "data_sources": describe_sources(data)},
                     metrics={**load_card(result.card).metrics, "cross_validated_real": table["cross_validated"],
-                             "cross_validation": {"folds": args.folds, "seed": args.seed, "max_false_positives": args.max_fp,
+                             "cross_validation": {"folds": args.folds, "seed": args.seed, "stratified": args.stratify, "max_false_positives": args.max_fp,
                                                   "crop_threshold": crop_threshold, "data": data.formats}})
         table["final"] = str(result.card)
     (out / "crossval.json").write_text(json.dumps(table, indent=2, default=float) + "\n")
@@ -256,6 +262,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=42, help="seed of the fold assignment")
+    parser.add_argument("--stratify", action=argparse.BooleanOptionalAction, default=True,
+                        help="deal patients with and without Abnormal boxes (abnormal crops) separately into the folds")
     parser.add_argument("--epochs", type=int, default=None, help="override the preset's optim.epochs")
     parser.add_argument("--max-fp", type=float, default=1.0, help="false positives per study allowed at the operating point")
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.3, 0.5], help="pixel thresholds searched")

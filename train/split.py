@@ -97,11 +97,25 @@ def split_patients(
     )
 
 
-def kfold_patients(patient_ids: Iterable[str], folds: int, *, seed: int = 42) -> list[frozenset[str]]:
+def kfold_patients(
+    patient_ids: Iterable[str], folds: int, *, seed: int = 42, positive: Iterable[str] | None = None
+) -> list[frozenset[str]]:
     """Distinct patient IDs dealt into ``folds`` disjoint folds of near-equal size (shuffled with
-    ``random.Random(seed)``), for patient-level cross-validation."""
+    ``random.Random(seed)``), for patient-level cross-validation.
+
+    With ``positive`` (the patients with a finding), the folds are stratified: positive and negative
+    patients are shuffled and dealt separately, so every fold holds positives wherever there are at
+    least ``folds`` of them (a fold without one has no sensitivity and no AUC)."""
     ids = sorted(set(patient_ids))
     if folds < 2 or folds > len(ids):
         raise ValueError(f"{folds} folds need between 2 and {len(ids)} (the number of patients)")
-    random.Random(seed).shuffle(ids)
-    return [frozenset(ids[k::folds]) for k in range(folds)]
+    rng = random.Random(seed)
+    marked = set(positive or ())
+    dealt: list[set[str]] = [set() for _ in range(folds)]
+    offset = 0
+    for group in ([i for i in ids if i in marked], [i for i in ids if i not in marked]):
+        rng.shuffle(group)
+        for k, patient in enumerate(group):
+            dealt[(offset + k) % folds].add(patient)
+        offset += len(group)  # the next group starts where this one stopped, so sizes stay even
+    return [frozenset(fold) for fold in dealt]
