@@ -16,6 +16,7 @@ app = typer.Typer(
     help="A DICOM-native AI node for whole-body bone scintigraphy.",
     no_args_is_help=True,
     add_completion=False,
+    rich_markup_mode=None,  # help texts name TOML sections like "[model] weights": print them as written
 )
 
 
@@ -48,7 +49,8 @@ def synth(
         out, studies=studies, seed=seed, layout=layout.value, png=png,
         rows=rows, columns=columns, spacing_mm=spacing,
     )
-    typer.echo(f"wrote {len(manifest['studies'])} studies to {out}")
+    count = len(manifest["studies"])
+    typer.echo(f"wrote {count} {'study' if count == 1 else 'studies'} to {out}")
 
 
 @app.command()
