@@ -306,7 +306,7 @@ def _database(node):
     from dicomnode.store.db import DatabaseError, connect
 
     try:
-        database = connect(node.database_url)
+        database = connect(node.database_url, create=False)
         revision = database.current_revision()
     except (DatabaseError, SQLAlchemyError) as exc:
         typer.echo(f"error: database {node.database_url}: {exc}", err=True)

@@ -127,6 +127,17 @@ def test_status_of_a_database_never_started_is_a_clear_error(tmp_path):
     config.write_text(f'[storage]\nvar_dir = "{tmp_path / "empty"}"\n')
     result = run("status", "--config", str(config))
     assert result.exit_code == 2
+    assert "does not exist" in result.output and "dicomnode serve" in result.output
+    assert not (tmp_path / "empty").exists()  # a read-only command creates no state
+
+
+def test_status_of_an_empty_database_is_a_clear_error(tmp_path):
+    config = tmp_path / "node.toml"
+    config.write_text(f'[storage]\nvar_dir = "{tmp_path / "var"}"\n')
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var" / "dicomnode.db").touch()
+    result = run("status", "--config", str(config))
+    assert result.exit_code == 2
     assert "is empty" in result.output and "dicomnode serve" in result.output
 
 

@@ -185,11 +185,13 @@ def _configure_sqlite(engine: Engine) -> None:
         connection.exec_driver_sql(f"BEGIN {mode}" if mode else "BEGIN")
 
 
-def connect(url: str, **engine_options: Any) -> Database:
+def connect(url: str, *, create: bool = True, **engine_options: Any) -> Database:
     """Open the database at ``url`` (``sqlite:///PATH`` or ``postgresql+psycopg://…``).
 
-    The schema is not touched; call :meth:`Database.migrate` at start. Raises :class:`DatabaseError`
-    with a clear message for an unusable URL.
+    The schema is not touched; call :meth:`Database.migrate` at start. With ``create`` false (the
+    read-only commands: ``status``, ``retry``) a SQLite file that does not exist is an error, not a
+    new empty database in a new folder. Raises :class:`DatabaseError` with a clear message for an
+    unusable URL.
     """
     try:
         parsed = make_url(url)
@@ -200,6 +202,8 @@ def connect(url: str, **engine_options: Any) -> Database:
         database = parsed.database
         if not database or database == ":memory:":
             raise DatabaseError("an in-memory SQLite database cannot be shared by the node's processes; give a file path")
+        if not create and not Path(database).is_file():
+            raise DatabaseError(f"{database} does not exist (start the node with `dicomnode serve` first)")
         Path(database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(parsed, **engine_options)
         _configure_sqlite(engine)
