@@ -248,14 +248,34 @@ def _resolve_relative(data: dict[str, Any], base: Path) -> None:
         fix(model, "weights")
 
 
-def _format(error: ValidationError, origin: str) -> str:
-    lines = [f"invalid configuration ({origin}):"]
+def _source(location: tuple[Any, ...], file: Path | None, data: dict[str, Any]) -> str:
+    """Where a key's value came from: the environment variable that set it, else the file, else the
+    built-in default (an environment variable wins over the file, as pydantic-settings applies them)."""
+    keys = [str(part) for part in location if not isinstance(part, int)]
+    for depth in range(len(keys), 0, -1):
+        variable = ENV_PREFIX + "__".join(keys[:depth]).upper()
+        if any(name.upper() == variable for name in os.environ):
+            return f"environment variable {variable}"
+    if file is not None:
+        table: Any = data
+        for part in location:
+            try:
+                table = table[part]
+            except (KeyError, IndexError, TypeError):
+                break
+        else:
+            return f"file {file}"
+    return "built-in default" if file is None else f"file {file} or built-in default"
+
+
+def _format(error: ValidationError, file: Path | None, data: dict[str, Any]) -> str:
+    lines = ["invalid configuration:"]
     for item in error.errors():
         where = ".".join(str(part) for part in item["loc"]) or "(top level)"
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "unknown key (check the spelling against config/node.toml)"
-        lines.append(f"  {where}: {message}")
+        lines.append(f"  {where}: {message} (from {_source(tuple(item['loc']), file, data)})")
     return "\n".join(lines)
 
 
@@ -268,10 +288,9 @@ def load_config(path: str | Path | None = None) -> NodeConfig:
     if path is None and os.environ.get(CONFIG_ENV):
         path = os.environ[CONFIG_ENV]
     data: dict[str, Any] = {}
-    origin = "defaults and environment"
+    file: Path | None = None
     if path is not None:
         file = Path(path)
-        origin = str(file)
         try:
             with file.open("rb") as handle:
                 data = tomllib.load(handle)
@@ -285,4 +304,4 @@ def load_config(path: str | Path | None = None) -> NodeConfig:
     try:
         return NodeConfig(**data)
     except ValidationError as exc:
-        raise ConfigError(_format(exc, origin)) from None
+        raise ConfigError(_format(exc, file, data)) from None

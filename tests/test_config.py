@@ -139,8 +139,18 @@ def test_invalid_values_are_named(tmp_path: Path, text: str, expected: str) -> N
 
 def test_bad_environment_value_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DICOMNODE_NODE__MAX_ASSOCIATIONS", "zero")
-    with pytest.raises(ConfigError, match=r"node\.max_associations"):
+    with pytest.raises(ConfigError, match=r"node\.max_associations.*environment variable DICOMNODE_NODE__MAX_ASSOCIATIONS"):
         load_config()
+
+
+def test_an_environment_value_is_blamed_on_the_variable_not_the_file(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _write(tmp_path, "[node]\nport = 11112\n")
+    monkeypatch.setenv("DICOMNODE_NODE__PORT", "abc")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert re.search(r"node\.port: .*\(from environment variable DICOMNODE_NODE__PORT\)", str(info.value))
+    assert f"file {path}" not in str(info.value)
 
 
 def test_unreadable_files(tmp_path: Path) -> None:
