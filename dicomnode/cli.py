@@ -269,12 +269,15 @@ def _run_parts(config: Path | None, parts) -> None:
     from sqlalchemy.exc import SQLAlchemyError
 
     from dicomnode.ops.logs import configure_logging
-    from dicomnode.ops.service import run_until_signalled
+    from dicomnode.ops.service import ListenError, run_until_signalled
 
     node = _node_config(config)
     configure_logging(node.logging)
     try:
         run_until_signalled(node, parts)
+    except ListenError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     except (OSError, ValueError, RuntimeError, SQLAlchemyError) as exc:
         typer.echo(f"error: {type(exc).__name__}: {exc}", err=True)
         raise typer.Exit(2) from None

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -61,6 +62,27 @@ def export_policy(config: NodeConfig) -> ExportPolicy:
                         lease_seconds=2 * config.node.dimse_timeout + 5)
 
 
+class ListenError(OSError):
+    """A listener's address cannot be bound; the message names the listener, the address and the port."""
+
+
+def check_listenable(listener: str, host: str, port: int) -> None:
+    """Bind ``host:port`` once and release it, so a port in use is reported as such (naming the
+    listener and where to change it) before anything slow starts. The listener itself binds again
+    right after, with the same ``SO_REUSEADDR`` pynetdicom and ``http.server`` use."""
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ListenError(f"{listener}: cannot resolve {host!r}: {exc.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise ListenError(f"{listener}: cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
 class Node:
     """The chosen parts of the node, started as threads of this process."""
 
@@ -75,8 +97,13 @@ class Node:
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
-        """Open the database (migrating it), load the model, start the parts. Raises on bad setup."""
+        """Check the listening ports, open the database (migrating it), load the model, start the
+        parts. Raises on bad setup; a port that cannot be bound is found before the model loads."""
         config = self.config
+        if self.parts.receive:
+            check_listenable("DICOM receiver ([node] host, port)", config.node.host, config.node.port)
+        if config.http.port is not None:
+            check_listenable("HTTP monitoring ([http] host, port)", config.http.host, config.http.port)
         self.database = database = connect(config.database_url)
         database.migrate()
         self.spool = spool = Spool(config.storage.spool_path, min_free_bytes=config.storage.min_free_bytes)
