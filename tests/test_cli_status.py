@@ -149,3 +149,31 @@ def test_a_healthy_node_needs_nothing(tmp_path):
     report = json.loads(result.output)
     assert report["needs_attention"] is False and report["studies"]["receiving"] == 0
     assert "nothing needs attention" in run("status", "--config", str(config)).output
+
+
+@pytest.mark.parametrize("minutes, attention", [(5, False), (45, True)])
+def test_a_destination_backing_off_needs_attention_after_the_threshold(tmp_path, minutes, attention):
+    from dicomnode.ops.status import ATTENTION_AFTER_SECONDS, collect, render
+    from dicomnode.store.models import ExportAttempt
+
+    database = sqlite_database(tmp_path / "var", name="dicomnode.db")
+    add_study(database)
+    assemble(database, AssemblyPolicy(quiet_seconds=0))
+    job = claim(database, "w", POLICY)
+    complete(database, job, [StoredResult(kind=ResultKind.SEG, sop_instance_uid=generate_uid(),
+                                          sop_class_uid=SegmentationStorage, series_instance_uid=generate_uid(),
+                                          path="results/x.dcm")], ["PACS"])
+    first_failure = utcnow() - timedelta(minutes=minutes)
+    with database.session(write=True) as session:
+        export = session.scalars(select(Export)).one()
+        export.attempts, export.last_status = 3, "no association"
+        export.next_attempt_at = utcnow() + timedelta(minutes=1)
+        session.add(ExportAttempt(export_id=export.id, at=first_failure, status="no association"))
+    report = collect(database)
+    database.dispose()
+    (item,) = report["backing_off"]
+    assert item["needs_attention"] is attention and report["needs_attention"] is attention
+    assert ATTENTION_AFTER_SECONDS == 30 * 60
+    text = render(report)
+    assert ("needs attention: is the destination down?" in text) is attention
+    assert ("nothing needs attention yet (retrying for under 30 min)" in text) is not attention

@@ -10,8 +10,9 @@ and as text by :func:`render`. "Needs attention" means:
   the next one to look will reclaim it), a study still RECEIVING well after its last instance
   (assembly is not running), a READY study with no job for its current version;
 - *failed jobs* with their error; *refused* and *failed exports* with the destination's last answer;
-- destinations in back-off (pending exports whose next attempt is in the future), with the last
-  status they gave.
+- destinations in back-off (pending exports that failed at least once), with the last status they
+  gave and since when; shown always, and needing attention once the first failed attempt is older
+  than :data:`ATTENTION_AFTER_SECONDS`.
 
 No patient names or IDs are shown: studies are named by Study Instance UID.
 
@@ -33,10 +34,24 @@ from sqlalchemy import and_, func, select
 from dicomnode.pipeline.export import reopen
 from dicomnode.pipeline.queue import as_utc, requeue_failed
 from dicomnode.store.db import Database
-from dicomnode.store.models import Export, ExportState, Job, JobState, ResultObject, Study, StudyState, utcnow
+from dicomnode.store.models import (
+    Export,
+    ExportAttempt,
+    ExportState,
+    Job,
+    JobState,
+    ResultObject,
+    Study,
+    StudyState,
+    utcnow,
+)
 
 LIST_LIMIT = 50  # items listed per "needs attention" section; counts are always complete
 
+
+#: A destination that has refused or not answered for this long needs a person (30 min: longer than
+#: a PACS restart, shorter than a maintenance window nobody announced).
+ATTENTION_AFTER_SECONDS = 30 * 60
 
 def _iso(value: datetime | None) -> str | None:
     value = as_utc(value)
@@ -48,8 +63,11 @@ def _counts(session, column, states: Iterable) -> dict[str, int]:
     return {state.value: int(found.get(state, 0)) for state in states}
 
 
-def collect(database: Database, *, quiet_seconds: float = 10.0, now: datetime | None = None) -> dict[str, Any]:
-    """The status report as a JSON-ready dict (see the module docstring)."""
+def collect(database: Database, *, quiet_seconds: float = 10.0, now: datetime | None = None,
+            attention_after_seconds: float = ATTENTION_AFTER_SECONDS) -> dict[str, Any]:
+    """The status report as a JSON-ready dict (see the module docstring). A destination whose
+    exports have been failing and backing off for ``attention_after_seconds`` (since the first
+    failed attempt of a still-pending export) needs attention."""
     now = now or utcnow()
     with database.session() as session:
         report: dict[str, Any] = {
@@ -78,13 +96,17 @@ def collect(database: Database, *, quiet_seconds: float = 10.0, now: datetime | 
         report["failed_exports"] = _exports(session, ExportState.FAILED)
         report["backing_off"] = [
             {"destination": name, "pending": int(count), "next_attempt_at": _iso(next_at),
-             "last_status": _last_status(session, name)}
-            for name, count, next_at in session.execute(
-                select(Export.destination, func.count(), func.min(Export.next_attempt_at))
+             "last_status": _last_status(session, name), "since": _iso(since),
+             "needs_attention": as_utc(since) is not None and now - as_utc(since) >= timedelta(seconds=attention_after_seconds)}
+            for name, count, next_at, since in session.execute(
+                select(Export.destination, func.count(func.distinct(Export.id)), func.min(Export.next_attempt_at),
+                       func.min(ExportAttempt.at))
+                .outerjoin(ExportAttempt, ExportAttempt.export_id == Export.id)
                 .where(Export.state == ExportState.PENDING, Export.attempts > 0)
                 .group_by(Export.destination).order_by(Export.destination)
             ).all()
         ]
+    report["attention_after_seconds"] = attention_after_seconds
     report["needs_attention"] = needs_attention(report)
     return report
 
@@ -149,9 +171,10 @@ def _last_status(session, destination: str) -> str | None:
 
 
 def needs_attention(report: dict[str, Any]) -> bool:
-    """Whether anything in ``report`` needs a person (stuck, failed or refused items)."""
+    """Whether anything in ``report`` needs a person (stuck, failed or refused items, or a destination
+    backing off for longer than the report's threshold)."""
     return bool(any(report["stuck"].values()) or report["failed_jobs"] or report["refused_exports"]
-                or report["failed_exports"])
+                or report["failed_exports"] or any(item["needs_attention"] for item in report["backing_off"]))
 
 
 def render(report: dict[str, Any]) -> str:
@@ -163,8 +186,9 @@ def render(report: dict[str, Any]) -> str:
     for name, counts in sorted(report["destinations"].items()):
         lines.append(f"  to {name}: " + "  ".join(f"{s} {n}" for s, n in counts.items() if n))
     for item in report["backing_off"]:
-        lines.append(f"backing off: {item['destination']}: {item['pending']} pending, next attempt "
-                     f"{item['next_attempt_at']}, last answer {item['last_status']}")
+        lines.append(f"backing off: {item['destination']}: {item['pending']} pending since {item['since']}, next "
+                     f"attempt {item['next_attempt_at']}, last answer {item['last_status']}"
+                     + (" (needs attention: is the destination down?)" if item["needs_attention"] else ""))
     stuck = report["stuck"]
     for item in stuck["jobs_with_expired_lease"]:
         lines.append(f"stuck job {item['job']} (study {item['study_uid']}): lease of {item['owner']} "
@@ -185,7 +209,9 @@ def render(report: dict[str, Any]) -> str:
             lines.append(f"{title} export {item['export']} ({item['kind']} {item['sop_instance_uid']}) to "
                          f"{item['destination']}: {item['last_status']} {item['last_error'] or ''}".rstrip())
     if not needs_attention(report):
-        lines.append("nothing needs attention")
+        minutes = report["attention_after_seconds"] / 60
+        lines.append(f"nothing needs attention yet (retrying for under {minutes:g} min)" if report["backing_off"]
+                     else "nothing needs attention")
     return "\n".join(lines)
 
 
