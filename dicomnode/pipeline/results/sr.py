@@ -114,7 +114,8 @@ def build_report(
     sr.ManufacturerModelName = provenance.model_name
     sr.DeviceSerialNumber = provenance.options.serial_number()
     provenance.finish(sr, first, series)
-    logger.info("SR: %d planar ROI(s), BSI %s", burden.lesion_count, burden.bsi_percent)
+    logger.info("SR: %d planar ROI(s), BSI %s", burden.lesion_count,
+                "n/a" if burden.bsi_percent is None else f"{burden.bsi_percent:.2f} %")
     return [check_writable(sr)]
 
 
