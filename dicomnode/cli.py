@@ -434,7 +434,7 @@ def demo(
     configure_logging(LoggingSection(level="INFO" if verbose else "WARNING"))
     try:
         report = run_demo(out, studies=studies, seed=seed, weights=weights, device=device.value,
-                          pacs_kind=pacs.value)
+                          pacs_kind=pacs.value, progress=lambda line: typer.echo(line, err=True))
     except (HarnessError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

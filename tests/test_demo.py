@@ -72,8 +72,13 @@ def test_demo_command_end_to_end(tmp_path):
 
 @pytest.mark.network
 def test_demo_with_the_pynetdicom_pacs_scores_each_view(tmp_path):
-    report = run_demo(tmp_path / "run", studies=1, seed=3, weights="threshold", device="cpu", pacs_kind="pynetdicom")
+    lines: list[str] = []
+    report = run_demo(tmp_path / "run", studies=1, seed=3, weights="threshold", device="cpu", pacs_kind="pynetdicom",
+                      progress=lines.append)
     assert report.ok, [study.error for study in report.studies]
+    # one line per step, whatever the output is (a run without a terminal is not silent)
+    assert lines[0].startswith("simulated 1 study") and lines[1].startswith("PACS started")
+    assert lines[2].startswith("node started on port") and lines[-1].startswith("study 1/1: results at the PACS after")
     assert report.pacs.startswith("pynetdicom Storage SCP")
     (study,) = report.studies
     assert sorted(study.objects) == ["GSPS", "SC", "SEG", "SEG", "SR"]

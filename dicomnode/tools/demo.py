@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -209,8 +209,10 @@ def node_config(out: Path, port: int, pacs: Pacs, weights: str, device: str) -> 
 
 
 def run_demo(out: Path | None = None, *, studies: int = 3, seed: int = 2025, weights: str = "default",
-             device: str = "auto", pacs_kind: str = "auto", timeout: float = 120.0) -> DemoReport:
-    """Run the demo (module docstring) into ``out`` (default: a new temporary folder, kept)."""
+             device: str = "auto", pacs_kind: str = "auto", timeout: float = 120.0,
+             progress: Callable[[str], None] = lambda line: None) -> DemoReport:
+    """Run the demo (module docstring) into ``out`` (default: a new temporary folder, kept);
+    ``progress`` gets one line per step, so a run without a terminal is not silent for minutes."""
     from dicomnode.ops.service import Node
     from dicomnode.synth import write_studies
 
@@ -223,7 +225,9 @@ def run_demo(out: Path | None = None, *, studies: int = 3, seed: int = 2025, wei
     if any((out / name).exists() for name in ("var", "pacs")):
         raise HarnessError(f"{out} holds a previous demo run (var/, pacs/): choose an empty folder")
     manifest = write_studies(out / "studies", studies=studies, seed=seed, layout="mixed", png=False)
+    progress(f"simulated {studies} {'study' if studies == 1 else 'studies'} in {out / 'studies'}")
     pacs = start_pacs(out / "pacs" / "received", pacs_kind)
+    progress(f"PACS started: {pacs.description}")
     try:
         port = free_port()
         node = Node(node_config(out, port, pacs, weights, device))
@@ -232,9 +236,16 @@ def run_demo(out: Path | None = None, *, studies: int = 3, seed: int = 2025, wei
                 node.start()
             except Exception as exc:  # e.g. --device cuda without a GPU: torch raises AssertionError
                 raise HarnessError(f"the node did not start: {type(exc).__name__}: {exc}") from None
+            progress(f"node started on port {port} with {model}")
             peer = Destination(name="node", host="127.0.0.1", port=port, ae_title=node.config.node.ae_title)
-            outcomes = [_send_and_wait(study, out / "studies" / study["folder"], node, pacs, peer, timeout,
-                                       out / "pictures") for study in manifest["studies"]]
+            outcomes = []
+            for number, study in enumerate(manifest["studies"], start=1):
+                progress(f"study {number}/{studies}: sending {study['folder']}, waiting for its results at the PACS")
+                outcomes.append(_send_and_wait(study, out / "studies" / study["folder"], node, pacs, peer, timeout,
+                                               out / "pictures"))
+                last = outcomes[-1]
+                progress(f"study {number}/{studies}: " + (f"failed: {last.error}" if last.error else
+                                                          f"results at the PACS after {last.seconds:.1f} s"))
         finally:
             node.stop()
     finally:
