@@ -130,6 +130,32 @@ def markdown(rows: list[dict[str, object]]) -> str:
     return "\n".join(lines)
 
 
+def shipped_default(repeats: int, warmup: int) -> dict[str, object]:
+    """The shipped default model through the node's own path: ``Segmenter.default().segment`` on a
+    simulated 1024 × 256 study (preprocessing, the network with the card's test-time flip, mapping
+    back, the operating point), median wall-clock ms per study."""
+    from dicomnode.synth.dicom import StudyIdentity, nm_dataset
+    from dicomnode.synth.simulate import simulate_study
+    from segmentation.inference import Segmenter
+    from segmentation.scan import View
+    from segmentation.views import load_scan
+
+    study = simulate_study(7)
+    scan = load_scan([nm_dataset(study, StudyIdentity(seed=7, index=1), (View.ANTERIOR, View.POSTERIOR), 1)])
+    segmenter = Segmenter.default()
+    for _ in range(warmup):
+        segmenter.segment(scan)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        segmenter.segment(scan)
+        times.append((time.perf_counter() - started) * 1000)
+    card = segmenter.card
+    return {"network": f"default ({card.version})", "width": card.width,
+            "in channels": card.in_channels, "test-time flip": card.operating_point.test_time_flip,
+            "CPU ms / study (Segmenter)": statistics.median(times)}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--networks", nargs="+", default=available(), choices=available())
@@ -137,6 +163,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per network (median)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs before timing")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op CPU threads")
+    parser.add_argument("--default-only", action="store_true",
+                        help="only the shipped default through the node's Segmenter path")
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.warmup < 0 or args.threads < 1:
         parser.error("--repeats and --threads must be ≥ 1, --warmup ≥ 0")
@@ -148,12 +176,14 @@ def main(argv: list[str] | None = None) -> None:
         f"{VIEW_ROWS}×{VIEW_COLUMNS}; median of {args.repeats} after {args.warmup} warm-up\n"
     )
     start = time.perf_counter()
-    rows = [
+    rows = [] if args.default_only else [
         measure(name, width, args.repeats, args.warmup)
         for width in args.widths
         for name in args.networks
     ]
-    print(markdown(rows))
+    if rows:
+        print(markdown(rows) + "\n")
+    print(markdown([shipped_default(args.repeats, args.warmup)]))
     print(f"\n(measured in {time.perf_counter() - start:.0f} s)")
 
 
