@@ -333,7 +333,8 @@ def status(
     node = _node_config(config)
     database = _database(node)
     try:
-        report = collect(database, quiet_seconds=node.assembly.quiet_seconds)
+        report = collect(database, quiet_seconds=node.assembly.quiet_seconds,
+                         attention_after_seconds=node.export.attention_after_seconds)
     finally:
         database.dispose()
     typer.echo(json.dumps(report, indent=2) if as_json else render(report))

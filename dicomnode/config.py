@@ -134,7 +134,8 @@ class ResultsSection(_Section):
 class ExportSection(_Section):
     backoff_initial_seconds: float = Field(default=5.0, gt=0)
     backoff_max_seconds: float = Field(default=600.0, gt=0)
-    max_attempts: int = Field(default=10, ge=1)
+    # transient failures retry forever (capped back-off); status flags a destination failing this long
+    attention_after_seconds: float = Field(default=1800.0, gt=0)
 
     @model_validator(mode="after")
     def _order(self) -> ExportSection:

@@ -98,7 +98,6 @@ def write_node_config(path: Path, *, var_dir: Path, port: int, destinations: lis
         "[queue]", f"lease_seconds = {lease_seconds}", f"max_attempts = {max_attempts}", "poll_seconds = 0.2",
         "[model]", 'weights = "threshold"', 'device = "cpu"',
         "[export]", f"backoff_initial_seconds = {backoff[0]}", f"backoff_max_seconds = {backoff[1]}",
-        "max_attempts = 1000",
     ]
     for name, dest_port, aet in destinations:
         lines += ["[[destinations]]", f'name = "{name}"', 'host = "127.0.0.1"', f"port = {dest_port}",

@@ -26,7 +26,7 @@ from tests.peers import StoreSCP, free_port
 from tests.processing_helpers import sqlite_database, store_study
 from tests.processing_helpers import threshold_segmenter  # noqa: F401 (the "segmenter" fixture)
 
-POLICY = ExportPolicy(backoff_initial_seconds=30, backoff_max_seconds=120, max_attempts=3, batch_size=10)
+POLICY = ExportPolicy(backoff_initial_seconds=30, backoff_max_seconds=120, batch_size=10)
 OPTIONS = ResultOptions(kinds=(ResultKind.SEG,))
 
 pytestmark = pytest.mark.network
@@ -99,7 +99,7 @@ def test_pacs_down_backs_off_the_destination_then_delivers_when_it_is_up(node, t
     pacs = StoreSCP(port=free_port(), workdir=tmp_path / "pacs")  # not started: the PACS is down
     sent = process(["PACS"])
     export = Exporter(database, spool, [destination(pacs)], "DICOMNODE",
-                      ExportPolicy(backoff_initial_seconds=30, backoff_max_seconds=120, max_attempts=10,
+                      ExportPolicy(backoff_initial_seconds=30, backoff_max_seconds=120,
                                    batch_size=2), timeout=5)
     start = utcnow()
     assert export.run_once(now=start)  # one batch of two tried, then the destination waits
@@ -264,3 +264,36 @@ def test_a_transient_failure_status_is_retried_for_that_object_only(node):
 ])
 def test_status_table(status, verdict):
     assert classify_status(status).verdict is verdict
+
+
+def test_a_transient_failure_never_ends_an_export_and_its_back_off_is_capped(tmp_path):
+    """A PACS down for hours: fifty failed attempts later the object is still pending, retried every
+    backoff_max_seconds (issue: the old retry budget of ~30 min failed everything)."""
+    from pydicom.uid import generate_uid
+
+    from dicomnode.pipeline.export import Outcome, claim_batch, record
+    from dicomnode.pipeline.queue import StoredResult, as_utc, claim, complete
+    from tests.processing_helpers import add_study
+
+    database = sqlite_database(tmp_path / "var")
+    add_study(database)
+    assemble(database, AssemblyPolicy(quiet_seconds=0))
+    job = claim(database, "w", QueuePolicy())
+    complete(database, job, [StoredResult(kind=ResultKind.SEG, sop_instance_uid=generate_uid(),
+                                          sop_class_uid=SegmentationStorage, series_instance_uid=generate_uid(),
+                                          path="results/x.dcm")], ["PACS"])
+    policy = ExportPolicy(backoff_initial_seconds=5, backoff_max_seconds=600)
+    now = utcnow()
+    for _ in range(50):
+        destination, items = claim_batch(database, "exporter", ["PACS"], policy, now=now)
+        assert destination == "PACS" and len(items) == 1
+        state = record(database, "exporter", items[0], Outcome(Verdict.RETRY, "0xA700", "out of resources"), policy,
+                       now=now)
+        assert state is ExportState.PENDING
+        with database.session() as session:
+            export = session.scalars(select(Export)).one()
+            wait = (as_utc(export.next_attempt_at) - now).total_seconds()
+        assert wait <= 600
+        now = as_utc(export.next_attempt_at)
+    assert export.attempts == 50 and wait == 600
+    database.dispose()

@@ -58,7 +58,6 @@ def export_policy(config: NodeConfig) -> ExportPolicy:
     bounded by ``[node] dimse_timeout``) and is renewed after every object."""
     return ExportPolicy(backoff_initial_seconds=config.export.backoff_initial_seconds,
                         backoff_max_seconds=config.export.backoff_max_seconds,
-                        max_attempts=config.export.max_attempts,
                         lease_seconds=2 * config.node.dimse_timeout + 5)
 
 

@@ -34,11 +34,14 @@ refused or timed out, association lost mid-batch           batch gets an attempt
 0xA700–0xA7FF out of resources, 0x0110 processing failure, that object is retried after its own
 0x0213 resource limitation, 0xC000–0xCFFF cannot           back-off (pynetdicom answers 0xC211 when
 understand, any other failure                              an SCP's handler raises: not the data's
-                                                           fault), up to ``max_attempts``
+                                                           fault), for as long as it takes
 =========================================================  =========================================
 
 Back-off is exponential, ``backoff_initial_seconds · 2^(attempts−1)``, capped at
-``backoff_max_seconds``; after ``max_attempts`` failed tries a row ends FAILED. ``dicomnode retry``
+``backoff_max_seconds``. A transient failure never ends a row: a PACS down for hours (maintenance)
+gets everything once it is back, and ``dicomnode status`` flags the destination as needing
+attention once it has failed for ``[export] attention_after_seconds`` (:mod:`dicomnode.ops.status`).
+FAILED rows exist only in databases written by earlier versions. ``dicomnode retry``
 puts REFUSED and FAILED rows back to PENDING (:func:`reopen`; a SENDING row, leased to an exporter,
 is never touched); ``dicomnode status`` lists them with the last answer.
 Only destinations present in the configuration are served; rows for a removed destination wait.
@@ -101,7 +104,6 @@ class ExportPolicy:
 
     backoff_initial_seconds: float = 5.0
     backoff_max_seconds: float = 600.0
-    max_attempts: int = 10
     lease_seconds: float = 120.0
     batch_size: int = 50
 
@@ -181,11 +183,8 @@ def record(database: Database, owner: str, item: Item, outcome: Outcome, policy:
             export.state = ExportState.REFUSED
         else:
             export.attempts += 1
-            if export.attempts >= policy.max_attempts:
-                export.state = ExportState.FAILED
-            else:
-                export.state = ExportState.PENDING
-                export.next_attempt_at = now + policy.backoff(export.attempts)
+            export.state = ExportState.PENDING
+            export.next_attempt_at = now + policy.backoff(export.attempts)
         state = export.state
     level = logging.INFO if state is ExportState.DELIVERED else logging.WARNING
     log.log(level, "export %s", state.value, extra={"export": item.export_id, "sop_uid": item.sop_instance_uid,
