@@ -84,3 +84,18 @@ def test_a_traceback_keeps_its_lines_but_cannot_start_one() -> None:
     lines = NodeLogHandler(LoggingSection()).format(entry).splitlines()
     assert lines[0].endswith("failed") and all(line.startswith("  | ") for line in lines[1:])
     assert any("ValueError" in line for line in lines[1:])
+
+
+def test_the_handler_follows_stderr_and_never_writes_to_a_closed_stream(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    handler = NodeLogHandler(LoggingSection())
+    borrowed = io.StringIO()
+    monkeypatch.setattr("sys.stderr", borrowed)
+    handler.emit(record())
+    assert "C-STORE 1.2.3" in borrowed.getvalue()
+    borrowed.close()  # what a CLI test runner does with the stream it lent
+    current = io.StringIO()
+    monkeypatch.setattr("sys.stderr", current)
+    handler.emit(record())
+    assert "C-STORE 1.2.3" in current.getvalue()

@@ -24,8 +24,9 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sys
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TextIO
 
 from dicomnode.config import LoggingSection
 from dicomnode.dicom.validate import PATIENT_FIELDS
@@ -89,7 +90,10 @@ class KeyValues(_Structured):
 
 
 class NodeLogHandler(logging.StreamHandler):
-    """The node's handler: stderr, at ``[logging] level``, formatted as ``[logging]`` says."""
+    """The node's handler: the process's current stderr, at ``[logging] level``, formatted as
+    ``[logging]`` says. It looks ``sys.stderr`` up at every record (as :data:`logging.lastResort`
+    does), so a stream swapped in and closed by whoever embedded the node (a test runner, a CLI
+    harness) is never written to after it is gone."""
 
     def __init__(self, settings: LoggingSection) -> None:
         super().__init__()
@@ -97,6 +101,14 @@ class NodeLogHandler(logging.StreamHandler):
         include = settings.include_patient_data
         self.setFormatter(JsonLines(include_patient_data=include) if settings.json_lines
                           else KeyValues(TEXT_FORMAT, include_patient_data=include))
+
+    @property  # type: ignore[override]
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: TextIO) -> None:
+        """StreamHandler assigns the stream it was given; this handler always follows sys.stderr."""
 
 
 def configure_logging(settings: LoggingSection) -> NodeLogHandler:
