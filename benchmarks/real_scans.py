@@ -24,6 +24,7 @@ import argparse
 import statistics
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ import torch
 from segmentation.inference import DEFAULT_CARD, Segmenter
 from segmentation.preprocess import Preprocessing, body_mask, prepare, reference_level
 from segmentation.scan import View
-from train.datasets import DataFormat, detect_format, load_studies
+from train.datasets import DataFormat, LabelledStudy, detect_format, load_studies
 from train.realeval import evaluate_bs80k
 
 SHOWN = ("studies", "lesion_sensitivity", "false_positives_per_study", "normal_marked_fraction", "study_auc",
@@ -40,9 +41,8 @@ SHOWN = ("studies", "lesion_sensitivity", "false_positives_per_study", "normal_m
          "crop_specificity_at_sensitivity_0.90")
 
 
-def data_facts(folder: Path) -> dict[str, str]:
-    """The reference levels, the chest-to-body ratio and the registration failures of a whole-body folder."""
-    studies = load_studies(folder)
+def data_facts(studies: Sequence[LabelledStudy]) -> dict[str, str]:
+    """The reference levels, the chest-to-body ratio and the registration failures of whole-body studies."""
     references, ratios, far = [], [], 0
     for study in studies:
         for view, image in study.scan.views.items():
@@ -50,9 +50,9 @@ def data_facts(folder: Path) -> dict[str, str]:
             level = reference_level(image.counts, body, 95.0)
             references.append(level)
             if view is View.ANTERIOR and body.any():
-                rows = np.flatnonzero(body.any(1))
-                top = rows[0]
-                centre = int(np.median(np.flatnonzero(body[min(top + 150, body.shape[0] - 1)]) if body[min(top + 150, body.shape[0] - 1)].any() else [body.shape[1] // 2]))
+                top = int(np.flatnonzero(body.any(1))[0])
+                chest_row = body[min(top + 150, body.shape[0] - 1)]  # the body's midline, at the chest
+                centre = int(np.median(np.flatnonzero(chest_row))) if chest_row.any() else body.shape[1] // 2
                 # canonical orientation: the patient's right is on the low columns
                 chest = image.counts[top + 70 : top + 245, max(centre - 70, 0) : centre]
                 if chest.size:
@@ -66,10 +66,9 @@ def data_facts(folder: Path) -> dict[str, str]:
     }
 
 
-def milliseconds_per_study(model: Path, folder: Path) -> float:
+def milliseconds_per_study(model: Path, studies: Sequence[LabelledStudy]) -> float:
     """Median wall-clock ms per study of ``Segmenter.segment`` (after one warm-up study)."""
     segmenter = Segmenter.from_weights(model)
-    studies = load_studies(folder)
     segmenter.segment(studies[0].scan)
     times = []
     for study in studies:
@@ -97,8 +96,9 @@ def main() -> None:
         cells = [f"{scores[n]:.3f}" if isinstance(scores.get(n), float) else str(scores.get(n, "–")) for n in SHOWN]
         print(f"| {folder.name} | " + " | ".join(cells) + " |")
         if detect_format(folder) is DataFormat.BS80K_WHOLEBODY:
-            facts.update(data_facts(folder))
-            facts[f"CPU ms per study ({folder.name}, median)"] = f"{milliseconds_per_study(args.weights, folder):.0f}"
+            studies = load_studies(folder)
+            facts.update(data_facts(studies))
+            facts[f"CPU ms per study ({folder.name}, median)"] = f"{milliseconds_per_study(args.weights, studies):.0f}"
     if facts:
         print("\n| measurement | value |\n|---|---|")
         for name, value in facts.items():

@@ -95,27 +95,28 @@ class Segmenter(ABC):
 
     def segment_many(self, scans: Sequence[BoneScan]) -> list[SegmentationResult]:
         """Segment several studies, batching their views through the model together."""
-        prepared = [prepare(scan, self.card.preprocessing) for scan in scans]
-        maps = self.model_maps(prepared)
-        return [self._result(p, m) for p, m in zip(prepared, maps)]
+        return [self._result(prepared, source) for prepared, source in self._source_maps(scans)]
 
     def probabilities(self, scans: Sequence[BoneScan]) -> list[dict[View, np.ndarray]]:
         """Lesion probability per view on the stored source frame, before any threshold (for
         choosing an operating point, :mod:`train.boxscore`)."""
+        return [source for _, source in self._source_maps(scans)]
+
+    def _source_maps(self, scans: Sequence[BoneScan]) -> list[tuple[PreparedScan, dict[View, np.ndarray]]]:
+        """Each study prepared, and its views' probability maps taken back to the stored source frame."""
         prepared = [prepare(scan, self.card.preprocessing) for scan in scans]
         maps = self.model_maps(prepared)
-        return [{view: pv.to_source(m[view]) for view, pv in p.views.items()} for p, m in zip(prepared, maps)]
+        return [(p, {view: pv.to_source(m[view]) for view, pv in p.views.items()}) for p, m in zip(prepared, maps)]
 
     @abstractmethod
     def model_maps(self, prepared: Sequence[PreparedScan]) -> list[ModelMaps]:
         """Lesion probability per view on the model grid (H, W), for each prepared study."""
 
-    def _result(self, prepared: PreparedScan, maps: ModelMaps) -> SegmentationResult:
-        views: dict[View, ViewResult] = {}
-        for view, prepared_view in prepared.views.items():
-            probability = prepared_view.to_source(maps[view])
-            views[view] = view_result(prepared.scan.views[view], probability, self.card.threshold,
-                                      self.card.operating_point)
+    def _result(self, prepared: PreparedScan, source: dict[View, np.ndarray]) -> SegmentationResult:
+        views: dict[View, ViewResult] = {
+            view: view_result(prepared.scan.views[view], source[view], self.card.threshold, self.card.operating_point)
+            for view in prepared.views
+        }
         notes = prepared.scan.notes + prepared.notes
         return SegmentationResult(
             scan=prepared.scan,

@@ -52,18 +52,25 @@ def lesion_mask(
     probability: np.ndarray, threshold: float, point: OperatingPoint, pixel_area_mm2: float
 ) -> np.ndarray:
     """``probability >= threshold``, keeping only the components the operating point accepts."""
-    mask = probability >= threshold
     peak = point.peak_threshold if point.peak_threshold is not None else threshold
     if peak <= threshold and point.min_area_mm2 <= 0:
-        return mask.astype(np.uint8)
-    labels, count = ndimage.label(mask, structure=EIGHT_CONNECTED)
-    if count == 0:
-        return mask.astype(np.uint8)
-    index = np.arange(1, count + 1)
-    peaks = ndimage.maximum(probability, labels, index)
-    areas = ndimage.sum_labels(np.ones_like(probability), labels, index) * pixel_area_mm2
+        return (probability >= threshold).astype(np.uint8)
+    labels, peaks, areas = components(probability, threshold, pixel_area_mm2)
     keep = np.concatenate([[False], (peaks >= peak) & (areas >= point.min_area_mm2)])
     return keep[labels].astype(np.uint8)
+
+
+def components(probability: np.ndarray, threshold: float, pixel_area_mm2: float
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The candidate lesions of a map: 8-connected components of ``probability ≥ threshold`` as a
+    label image (0 background, 1…n), and each component's peak probability and area in mm²."""
+    labels, count = ndimage.label(probability >= threshold, structure=EIGHT_CONNECTED)
+    index = np.arange(1, count + 1)
+    if count == 0:
+        return labels, np.zeros(0), np.zeros(0)
+    peaks = np.asarray(ndimage.maximum(probability, labels, index), dtype=float)
+    areas = np.asarray(ndimage.sum_labels(np.ones_like(probability), labels, index), dtype=float) * pixel_area_mm2
+    return labels, peaks, areas
 
 
 def view_result(

@@ -29,9 +29,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
+from scipy.stats import rankdata
 
-from segmentation.postprocess import EIGHT_CONNECTED, OperatingPoint
+from segmentation.postprocess import OperatingPoint, components
 from segmentation.scan import View
 
 from .datasets import LabelledStudy
@@ -39,28 +39,14 @@ from .weak import ABNORMAL, NORMAL, Box
 
 
 def roc_auc(scores: Sequence[float], labels: Sequence[bool]) -> float:
-    """Area under the ROC curve (Mann–Whitney U / (n⁺ n⁻)); NaN without both classes."""
+    """Area under the ROC curve (Mann–Whitney U / (n⁺ n⁻), ties ranked by their average); NaN
+    without both classes."""
     scores, labels = np.asarray(scores, float), np.asarray(labels, bool)
-    positives, negatives = scores[labels], scores[~labels]
-    if not len(positives) or not len(negatives):
+    positives, negatives = int(labels.sum()), int((~labels).sum())
+    if not positives or not negatives:
         return float("nan")
-    order = np.argsort(np.concatenate([positives, negatives]), kind="mergesort")
-    combined = np.concatenate([positives, negatives])[order]
-    rank = np.empty(len(combined))
-    rank[order] = _average_ranks(combined)
-    u = rank[: len(positives)].sum() - len(positives) * (len(positives) + 1) / 2
-    return float(u / (len(positives) * len(negatives)))
-
-
-def _average_ranks(sorted_values: np.ndarray) -> np.ndarray:
-    """1-based ranks of sorted values, ties sharing their average rank."""
-    ranks = np.arange(1, len(sorted_values) + 1, dtype=float)
-    start = 0
-    for end in range(1, len(sorted_values) + 1):
-        if end == len(sorted_values) or sorted_values[end] != sorted_values[start]:
-            ranks[start:end] = ranks[start:end].mean()
-            start = end
-    return ranks
+    u = rankdata(scores)[labels].sum() - positives * (positives + 1) / 2
+    return float(u / (positives * negatives))
 
 
 def sensitivity_specificity(scores: Sequence[float], labels: Sequence[bool], threshold: float) -> tuple[float, float]:
@@ -113,23 +99,18 @@ def view_candidates(
     view: View, probability: np.ndarray, boxes: Sequence[Box], threshold: float, pixel_area_mm2: float
 ) -> ViewCandidates:
     """Components of ``probability ≥ threshold`` on a stored frame and the boxes each touches."""
-    labels, count = ndimage.label(probability >= threshold, structure=EIGHT_CONNECTED)
-    index = np.arange(1, count + 1)
-    peaks = ndimage.maximum(probability, labels, index) if count else []
-    areas = ndimage.sum_labels(np.ones_like(probability), labels, index) * pixel_area_mm2 if count else []
-    touching: dict[int, dict[str, set[int]]] = {i: {ABNORMAL: set(), NORMAL: set()} for i in index}
-    abnormal = [b for b in boxes if b.kind == ABNORMAL]
-    normal = [b for b in boxes if b.kind == NORMAL]
-    for kind, kind_boxes in ((ABNORMAL, abnormal), (NORMAL, normal)):
-        for number, box in enumerate(kind_boxes):
+    labels, peaks, areas = components(probability, threshold, pixel_area_mm2)
+    touching: list[dict[str, set[int]]] = [{ABNORMAL: set(), NORMAL: set()} for _ in peaks]
+    for kind in (ABNORMAL, NORMAL):
+        for number, box in enumerate(b for b in boxes if b.kind == kind):
             for label in np.unique(labels[box.clipped(labels.shape)]):
                 if label:
-                    touching[int(label)][kind].add(number)
-    components = tuple(
-        Component(float(peaks[i]), float(areas[i]), frozenset(touching[i + 1][ABNORMAL]), frozenset(touching[i + 1][NORMAL]))
-        for i in range(count)
+                    touching[int(label) - 1][kind].add(number)
+    found = tuple(
+        Component(float(peak), float(area), frozenset(touched[ABNORMAL]), frozenset(touched[NORMAL]))
+        for peak, area, touched in zip(peaks, areas, touching)
     )
-    return ViewCandidates(view, components, len(abnormal), len(normal))
+    return ViewCandidates(view, found, sum(b.kind == ABNORMAL for b in boxes), sum(b.kind == NORMAL for b in boxes))
 
 
 def study_candidates(
@@ -170,8 +151,7 @@ def wholebody_scores(studies: Sequence[StudyCandidates], point: OperatingPoint, 
         study_scores.append(best)
         study_labels.append(study.abnormal)
         study_called.append(called)
-    labels = np.array(study_labels, bool)
-    called = np.array(study_called, bool)
+    study_sensitivity, study_specificity = sensitivity_specificity(np.array(study_called, float), study_labels, 1.0)
     return {
         "studies": len(studies),
         "abnormal_boxes": boxes,
@@ -179,9 +159,9 @@ def wholebody_scores(studies: Sequence[StudyCandidates], point: OperatingPoint, 
         "false_positives_per_study": false_positives / max(len(studies), 1),
         "normal_boxes": normal_boxes,
         "normal_marked_fraction": normal_marked / normal_boxes if normal_boxes else float("nan"),
-        "study_auc": roc_auc(study_scores, labels),
-        "study_sensitivity": float(called[labels].mean()) if labels.any() else float("nan"),
-        "study_specificity": float((~called[~labels]).mean()) if (~labels).any() else float("nan"),
+        "study_auc": roc_auc(study_scores, study_labels),
+        "study_sensitivity": study_sensitivity,
+        "study_specificity": study_specificity,
     }
 
 

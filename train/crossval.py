@@ -44,6 +44,7 @@ from segmentation.postprocess import OperatingPoint, lesion_mask
 from segmentation.scan import View
 
 from .boxscore import choose_operating_point, crop_summary, study_candidates, threshold_for_sensitivity, wholebody_scores
+from .bs80k import Crop
 from .config import TrainConfig, load_config
 from .crops import crop_scores
 from .datasets import LabelledStudy, TrainingData, describe_sources, load_studies, load_training_data
@@ -65,7 +66,6 @@ SIM_METRICS = ("sim_lesion_sensitivity", "sim_false_positives_per_study", "sim_d
 class Fold:
     number: int
     studies: list[LabelledStudy]
-    crop_keys: list[str]
     crop_labels: np.ndarray
     model: Path
     maps: dict[str, dict[View, np.ndarray]]
@@ -91,33 +91,34 @@ def _set_flip(model: Path, flip: bool) -> Path:
     return model
 
 
-def _predict(model: Path, studies: Sequence[LabelledStudy], crops: TrainingData, device: str) -> tuple[dict, np.ndarray]:
+def _predict(model: Path, studies: Sequence[LabelledStudy], crops: Sequence[Crop], device: str) -> tuple[dict, np.ndarray]:
     segmenter = Segmenter.from_weights(model, device=device)
     assert isinstance(segmenter, NetworkSegmenter)
     maps = {s.key: m for s, m in zip(studies, segmenter.probabilities([s.scan for s in studies]))}
     scores = np.zeros(0, np.float32)
-    if crops.crops:
-        scores = crop_scores(segmenter.net, crops.crops, segmenter.card.preprocessing, segmenter.device,
+    if crops:
+        scores = crop_scores(segmenter.net, crops, segmenter.card.preprocessing, segmenter.device,
                              flip=segmenter.card.operating_point.test_time_flip)
     return maps, scores
 
 
-def _save_out_of_fold(path: Path, maps: dict[str, dict[View, np.ndarray]], crops: TrainingData,
+def _save_out_of_fold(path: Path, maps: dict[str, dict[View, np.ndarray]], crops: Sequence[Crop],
                       scores: np.ndarray) -> None:
     """The fold's predictions, for a later look at other operating points without predicting again:
     each held-out view's probability map (float16, stored frame) as ``<study>/<view>``, and the crops'
     keys, labels and scores."""
     arrays = {f"{key}/{view.value}": probability.astype(np.float16)
               for key, views in maps.items() for view, probability in views.items()}
-    np.savez_compressed(path, **arrays, crop_keys=np.array([c.key for c in crops.crops]),
-                        crop_labels=np.array([c.abnormal for c in crops.crops]), crop_scores=scores)
+    np.savez_compressed(path, **arrays, crop_keys=np.array([c.key for c in crops]),
+                        crop_labels=np.array([c.abnormal for c in crops]), crop_scores=scores)
 
 
 def _choose(folds: Sequence[Fold], args: argparse.Namespace) -> tuple[float, OperatingPoint, float]:
     """Operating point and crop threshold chosen on the out-of-fold predictions of ``folds``."""
     studies = [s for f in folds for s in f.studies]
     maps = {k: v for f in folds for k, v in f.maps.items()}
-    candidates = {(t, a): study_candidates(studies, maps, t) for t in args.thresholds for a in args.min_areas}
+    at_threshold = {t: study_candidates(studies, maps, t) for t in args.thresholds}  # the area filter needs no relabelling
+    candidates = {(t, a): at_threshold[t] for t in args.thresholds for a in args.min_areas}
     threshold, point, _ = choose_operating_point(candidates, max_false_positives=args.max_fp, test_time_flip=args.flip)
     scores = np.concatenate([f.crop_scores for f in folds])
     labels = np.concatenate([f.crop_labels for f in folds])
@@ -192,11 +193,10 @@ def crossvalidate(args: argparse.Namespace) -> dict[str, Any]:
         fold_dir = out / f"fold{k + 1}"
         model = _set_flip(_trained(config, train, fold_dir, sorted(held), args), args.flip)
         studies = [s for s in judged if s.patient_id in held]
-        test_crops = TrainingData([], [c for c in data.crops if c.patient_id in held_crops], {})
+        test_crops = [c for c in data.crops if c.patient_id in held_crops]
         maps, scores = _predict(model, studies, test_crops, args.device)
         _save_out_of_fold(fold_dir / "oof.npz", maps, test_crops, scores)
-        folds.append(Fold(k + 1, studies, [c.key for c in test_crops.crops],
-                          np.array([c.abnormal for c in test_crops.crops], bool), model, maps, scores))
+        folds.append(Fold(k + 1, studies, np.array([c.abnormal for c in test_crops], bool), model, maps, scores))
         log.info("fold %d/%d: %d studies, %d crops predicted", k + 1, args.folds, len(studies), len(scores))
 
     rows = []
