@@ -9,7 +9,7 @@
   such as BS-80K went through 8-bit PNG (values 0–255, some studies saturated at 255), while cameras
   send 16-bit counts (real Siemens whole-body views: hottest pixel 185–18,767 counts). Rescaling a
   study so that its body reference level lands at a drawn 8-bit value (the development BS-80K views
-  sit at 28–60; docs/training.md), rounding and clipping at 255 lets one model see both.
+  have median 40, range 28–159; docs/training.md), rounding and clipping at 255 lets one model see both.
 - Geometry, on a model-grid sample (all channels and the label together, so the view being segmented
   and the registered other view stay aligned): a left–right flip (patients are near left–right
   symmetric, and paper 004 §3.2.1 flips), and a small rotation / scaling / translation
