@@ -97,15 +97,23 @@ def segment_files(paths: Sequence[str | os.PathLike[str]], out: Path, segmenter:
         summary.studies.append(study)
         try:
             check_uid(study_uid, "Study Instance UID")
-            result, objects = segment_study([ds for _, ds in found], segmenter, options)
+            runs = segment_study([ds for _, ds in found], segmenter, options)
         except (UIDError, UnreadableStudy, ValueError) as exc:
             study.error = str(exc)
             log.warning("study not segmented: %s", exc)
             continue
-        _describe(study, result)
+        processed = [run for run in runs if run.result is not None and run.processed]
+        refused = [f"{run.acquisition.label}: not processable: {run.reason}" for run in runs if not run.processed]
+        if not processed:
+            study.error = "; ".join(refused)
+            log.warning("study not segmented: %s", study.error)
+            continue
+        assert processed[0].result is not None
+        _describe(study, processed[0].result)
+        study.notes.extend(refused)
         folder = out / study_uid
         folder.mkdir(exist_ok=True)
-        for kind, dataset in objects:
+        for kind, dataset in (obj for run in processed for obj in run.objects):
             sop_uid = check_uid(str(dataset.SOPInstanceUID), "SOP Instance UID")
             path = folder / f"{kind.value}-{sop_uid}.dcm"
             path.write_bytes(encode(dataset))
