@@ -99,3 +99,22 @@ def test_the_handler_follows_stderr_and_never_writes_to_a_closed_stream(monkeypa
     monkeypatch.setattr("sys.stderr", current)
     handler.emit(record())
     assert "C-STORE 1.2.3" in current.getvalue()
+
+
+def test_library_warnings_reach_the_log_without_the_values_they_quote(capsys):
+    import warnings
+
+    from pydicom.dataset import Dataset
+
+    logging.captureWarnings(False)  # undo an earlier test's capture, made under pytest's own recorder
+    handler = configure_logging(LoggingSection())
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            Dataset().PatientBirthDate = "DOE^JOHN^SECRET"  # pydicom logs and warns, quoting the value
+    finally:
+        logging.getLogger().removeHandler(handler)
+        logging.captureWarnings(False)
+    err = capsys.readouterr().err
+    assert "Invalid value for VR DA: '…'" in err and "py.warnings" in err  # both routes reach the log
+    assert "SECRET" not in err
