@@ -76,10 +76,11 @@ def write_studies(out: Path, *, studies: int, seed: int, layout: str, png: bool,
     """Simulate ``studies`` studies into ``out``; return (and write) the manifest dict.
 
     With ``vendor`` each study is a whole exam as that vendor sends it (``layout`` is then the
-    vendor's; ``phases`` 2 adds a second whole-body scan), see :mod:`dicomnode.synth.vendors`.
+    vendor's; ``phases`` 2 adds a second whole-body scan), see :mod:`dicomnode.synth.vendors`;
+    ``"mixed"`` takes the vendors in turn (study *i* gets ``VENDORS[(i - 1) % 5]``).
     """
-    if vendor is not None and vendor not in VENDORS:
-        raise ValueError(f"vendor must be one of {VENDORS}, got {vendor!r}")
+    if vendor is not None and vendor not in (*VENDORS, "mixed"):
+        raise ValueError(f"vendor must be one of {VENDORS} or 'mixed', got {vendor!r}")
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     if not isinstance(studies, int) or studies < 1:
@@ -107,8 +108,9 @@ def write_studies(out: Path, *, studies: int, seed: int, layout: str, png: bool,
             this_layout = study_layout(layout, seed, index)
             files = write_nm_files(study, ident, folder, this_layout)
         else:
-            this_layout = f"vendor:{vendor}"
-            files = write_vendor_exam(study, ident, folder, vendor, phases=phases)
+            this_vendor = VENDORS[(index - 1) % len(VENDORS)] if vendor == "mixed" else vendor
+            this_layout = f"vendor:{this_vendor}"
+            files = write_vendor_exam(study, ident, folder, this_vendor, phases=phases)
         np.savez_compressed(folder / "truth.npz", **{v.value: study.truth[v] for v in View})
         if png:
             write_overlay(study, folder / "overlay.png")
