@@ -71,6 +71,7 @@ class AcquisitionRun:
     acquisition: Acquisition
     result: SegmentationResult | None = None
     objects: tuple[tuple[ResultKind, Dataset], ...] = ()
+    encoded: tuple[bytes, ...] = ()  # each object as a Part 10 file (:func:`encode`), in order
     reason: str | None = None  # "not processable" reason; None when processed
 
     @property
@@ -112,6 +113,7 @@ def segment_acquisition(acquisition: Acquisition, segmenter: Segmenter, options:
         warnings.simplefilter("always")
         try:
             objects = build_results(result, sources, options, study_version=result_set)
+            encoded = tuple(encode(dataset) for _, dataset in objects)
         except DATA_ERRORS as exc:
             log.warning("result building failed", extra={"study_uid": scan.study_instance_uid,
                                                          "error": type(exc).__name__})
@@ -122,7 +124,7 @@ def segment_acquisition(acquisition: Acquisition, segmenter: Segmenter, options:
                 log.info("library warnings while building results withheld (they may quote patient data)",
                          extra={"count": len(caught),
                                 "categories": sorted({w.category.__name__ for w in caught})})
-    return AcquisitionRun(acquisition, result=result, objects=tuple(objects))
+    return AcquisitionRun(acquisition, result=result, objects=tuple(objects), encoded=encoded)
 
 
 def segment_study(datasets: Sequence[Dataset], segmenter: Segmenter, options: ResultOptions,

@@ -42,7 +42,12 @@ from pydicom.errors import InvalidDicomError
 from sqlalchemy import select
 
 from dicomnode.dicom.sop import SEGMENTED_KIND, ResultKind
-from dicomnode.pipeline.processing import UnreadableStudy, encode, no_whole_body_reason, segment_acquisition
+from dicomnode.pipeline.processing import (
+    AcquisitionRun,
+    UnreadableStudy,
+    no_whole_body_reason,
+    segment_acquisition,
+)
 from dicomnode.pipeline.queue import (
     ClaimedJob,
     LeaseLost,
@@ -65,13 +70,13 @@ from segmentation.inference import Segmenter
 log = logging.getLogger(__name__)
 
 
-def store_results(spool: Spool, objects: Sequence[tuple[ResultKind, Dataset]]) -> list[StoredResult]:
-    """Write each object durably under ``results/`` and describe it for :func:`queue.complete`."""
+def store_results(spool: Spool, run: AcquisitionRun) -> list[StoredResult]:
+    """Write each object of ``run`` durably under ``results/`` and describe it for :func:`queue.complete`."""
     stored = []
-    for kind, dataset in objects:
+    for (kind, dataset), data in zip(run.objects, run.encoded, strict=True):
         study, series, sop = (str(dataset.StudyInstanceUID), str(dataset.SeriesInstanceUID),
                               str(dataset.SOPInstanceUID))
-        written = spool.write(spool.result_path(study, series, sop), encode(dataset))
+        written = spool.write(spool.result_path(study, series, sop), data)
         stored.append(StoredResult(kind=kind, sop_instance_uid=sop, sop_class_uid=str(dataset.SOPClassUID),
                                    series_instance_uid=series, path=written.path))
     return stored
@@ -177,7 +182,7 @@ class Worker:
             run = segment_acquisition(acquisition, self.segmenter, self.options, result_sets + 1)
             if run.processed:
                 result_sets += 1
-                stored.extend(store_results(self.spool, run.objects))
+                stored.extend(store_results(self.spool, run))
                 assert run.result is not None
                 log.info("acquisition segmented", extra={
                     "job": job.id, "study_uid": job.study_instance_uid, "result_set": result_sets,

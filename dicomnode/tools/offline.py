@@ -29,7 +29,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from dicomnode.dicom.uids import UIDError, check_uid
-from dicomnode.pipeline.processing import UnreadableStudy, encode, segment_study
+from dicomnode.pipeline.processing import UnreadableStudy, segment_study
 from dicomnode.pipeline.results import ResultOptions
 from dicomnode.pipeline.results.burden import BSI_EXPLANATION, assess_burden
 from segmentation.inference import Segmenter
@@ -113,10 +113,11 @@ def segment_files(paths: Sequence[str | os.PathLike[str]], out: Path, segmenter:
         study.notes.extend(refused)
         folder = out / study_uid
         folder.mkdir(exist_ok=True)
-        for kind, dataset in (obj for run in processed for obj in run.objects):
+        for (kind, dataset), data in ((obj, data) for run in processed
+                                      for obj, data in zip(run.objects, run.encoded, strict=True)):
             sop_uid = check_uid(str(dataset.SOPInstanceUID), "SOP Instance UID")
             path = folder / f"{kind.value}-{sop_uid}.dcm"
-            path.write_bytes(encode(dataset))
+            path.write_bytes(data)
             study.objects.append({"kind": kind.value, "file": str(path.relative_to(out)), "sop_instance_uid": sop_uid})
     (out / "summary.json").write_text(json.dumps(_as_dict(summary), indent=2))
     (out / "summary.md").write_text(render_markdown(summary))

@@ -67,31 +67,48 @@ def _repair(ds: Dataset) -> list[str]:
         ds.SpecificCharacterSet = UTF8
         notes.append("Specific Character Set (0008,0005) not supported here; replaced by ISO_IR 192 (UTF-8)")
     for keyword in _DATES:
-        value = str(ds.get(keyword, "") or "")
+        value = _text(ds, keyword)
         if value and not _valid_date(value):
-            setattr(ds, keyword, "")
+            _replace(ds, keyword, "")
             notes.append(f"{_name(keyword)} was not a valid date (PS3.5 DA); left empty")
     for keyword in _TIMES:
-        value = str(ds.get(keyword, "") or "")
+        value = _text(ds, keyword)
         if value and not _valid_time(value):
-            setattr(ds, keyword, "")
+            _replace(ds, keyword, "")
             notes.append(f"{_name(keyword)} was not a valid time (PS3.5 TM); left empty")
     for keyword, limit in MAX_LENGTH.items():
         if keyword not in ds:
             continue
-        value = str(ds.get(keyword) or "")
+        value = _text(ds, keyword)
         groups = value.split("=") if keyword.endswith("Name") else [value]
         if any(len(group) > limit for group in groups):
-            setattr(ds, keyword, "=".join(group[:limit] for group in groups))
+            _replace(ds, keyword, "=".join(group[:limit] for group in groups))
             notes.append(f"{_name(keyword)} was longer than {limit} characters (PS3.5); truncated")
-    if str(ds.get("PatientSex", "") or "").upper() not in _SEXES:
-        ds.PatientSex = ""
+        elif ds[keyword].VR == "UN":  # e.g. written as UN because it was too long for its VR's length field
+            _replace(ds, keyword, value)
+    if _text(ds, "PatientSex").upper() not in _SEXES:
+        _replace(ds, "PatientSex", "")
         notes.append("Patient's Sex was not M, F or O (PS3.3 C.7.1.1); left empty")
     for keyword in TYPE_2:
         if keyword not in ds:
-            setattr(ds, keyword, "")
+            _replace(ds, keyword, "")
             notes.append(f"{_name(keyword)} (Type 2) was missing; written empty")
     return notes
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    """An element's value as text, also when it arrived as UN (bytes, decoded as Latin-1)."""
+    value = ds.get(keyword)
+    if isinstance(value, bytes):
+        return value.decode("latin-1").rstrip("\x00 ")
+    return str(value or "")
+
+
+def _replace(ds: Dataset, keyword: str, value: str) -> None:
+    """A new element with the dictionary VR (an existing element would keep its VR, perhaps UN)."""
+    if keyword in ds:
+        delattr(ds, keyword)
+    setattr(ds, keyword, value)
 
 
 def _charset_terms(ds: Dataset) -> list[str]:
