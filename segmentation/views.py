@@ -32,10 +32,15 @@ order of evidence (docs/dicom.md, "Views"):
 7. ``ASSUMED``: nothing said and the study has exactly two frames: frame/instance order, anterior first
    (instances ordered by Instance Number); always recorded in ``BoneScan.notes``.
 
-GE and Mediso whole-body instances seen so far state their views with rule 1 (legacy SRT codes) or only
-by order (the NEMA WG04 "NM1" GE Millennium file: one view per instance, no Detector Information
-Sequence, no Patient Orientation); their private tags (GE ``GEMS_GENIE_1``) name the detector, not the
-view, and are not read. No vendor convention is guessed beyond what is listed here.
+Other vendors. The conformance statements looked up (GE Healthcare Xeleris 3.x, DIR 5357330-1EN; GE NM
+General Purpose 600 Series, DOC0660253; GE NM Applications, DIR 5503462-1EN; Philips JETStream
+Acquisition, 9206-0002) list NM Image Storage with the standard NM modules; the copies available to
+us did not reach their attribute tables, so no GE or Philips private view code is known here, and
+rule 3 reads any private scheme only by ANT/POST words. GE whole-body files seen so far (the NEMA
+WG04 "NM1" GE Millennium file: one view per instance, no Detector Information Sequence, no Patient
+Orientation) state no view and rely on rule 7; their private ``GEMS_GENIE_1`` tags name the detector
+(Detector Number), not the view, and are not read. Mediso files seen in the field use the legacy SRT
+codes of rule 1. No vendor convention is guessed beyond what is listed here.
 
 A single-frame instance whose View Code (rule 1 or 4) names one view while its descriptions name only
 the other is contradictory and refused (:class:`ViewError`); a posterior code with Patient Orientation
