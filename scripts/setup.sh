@@ -4,6 +4,7 @@
 #
 #   scripts/setup.sh system demo|test   Debian packages (and, for test, npm packages); only the
 #                                       missing ones are installed (root, or sudo)
+#   scripts/setup.sh missing demo|test  print the Debian packages of that list not installed here
 #   scripts/setup.sh postgres           start the machine's PostgreSQL cluster and give the current
 #                                       user a role that connects over the local socket
 #   scripts/setup.sh python demo|test   the virtualenv $VENV (or $PYTHON itself when VENV is empty),
@@ -20,7 +21,7 @@ cd "$(dirname "$0")/.."
 # --- the parts, by name: add a package to the list of the command that needs it -----------------
 # Debian packages the demo needs: a Python (>= 3.11) that makes virtualenvs, and dcmtk's storescp
 # as the demo's PACS (without dcmtk the demo falls back to a pynetdicom Storage SCP).
-DEMO_APT_PACKAGES=(python3 python3-venv python3-pip dcmtk)
+DEMO_APT_PACKAGES=(python3 python3-venv dcmtk)
 # Debian packages the tests need: the demo's, plus the real peers the tests talk to: Orthanc (a
 # PACS with a REST API) and PostgreSQL (started by `scripts/setup.sh postgres`).
 TEST_APT_PACKAGES=("${DEMO_APT_PACKAGES[@]}" orthanc postgresql)
@@ -57,11 +58,17 @@ as_postgres() {
   fi
 }
 
-apt_install() {
-  local missing=() package
+# The packages among "$@" that dpkg does not list as installed, one a line.
+apt_missing() {
+  local package
   for package in "$@"; do
-    [ "$(dpkg-query -W -f='${db:Status-Status}' "$package" 2>/dev/null)" = installed ] || missing+=("$package")
+    [ "$(dpkg-query -W -f='${db:Status-Status}' "$package" 2>/dev/null)" = installed ] || echo "$package"
   done
+}
+
+apt_install() {
+  local missing
+  mapfile -t missing < <(apt_missing "$@")
   if [ ${#missing[@]} -eq 0 ]; then
     echo "already installed: $*"
     return
@@ -93,6 +100,14 @@ cmd_system() {
       step "npm packages for the tests"
       npm_install ;;
     *) die "usage: scripts/setup.sh system demo|test" ;;
+  esac
+}
+
+cmd_missing() {
+  case "${1:-}" in
+    demo) apt_missing "${DEMO_APT_PACKAGES[@]}" ;;
+    test) apt_missing "${TEST_APT_PACKAGES[@]}" ;;
+    *) die "usage: scripts/setup.sh missing demo|test" ;;
   esac
 }
 
@@ -175,7 +190,7 @@ cmd_python() {
     step "Python: the virtualenv $VENV (it also sees $PYTHON's installed packages)"
     # --system-site-packages: what the machine's Python already has (a CPU torch, say) is reused.
     [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv --system-site-packages "$VENV"
-    py="$VENV/bin/python"
+    py="$(cd "$VENV" && pwd)/bin/python"
   fi
   "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
     || die "$("$py" -V) is too old: dicomnode needs Python 3.11 or newer (PYTHON=python3.12 make ...)"
@@ -189,12 +204,14 @@ cmd_python() {
   mapfile -t requires <<<"$requires"
   "$py" -m pip install -q "${requires[@]}"
   "$py" -m pip install -q --no-build-isolation -e ".$extras"
-  "$py" -c "import dicomnode, segmentation, torch; print('dicomnode from', dicomnode.__path__[0], '- torch', torch.__version__)"
+  # From / so that the current folder cannot stand in for the installed package.
+  (cd / && "$py" -c "import dicomnode, torch; print('dicomnode from', dicomnode.__path__[0], '- torch', torch.__version__)")
 }
 
 case "${1:-}" in
   system) shift; cmd_system "$@" ;;
+  missing) shift; cmd_missing "$@" ;;
   postgres) shift; cmd_postgres "$@" ;;
   python) shift; cmd_python "$@" ;;
-  *) die "usage: scripts/setup.sh system demo|test | postgres | python demo|test" ;;
+  *) die "usage: scripts/setup.sh system demo|test | missing demo|test | postgres | python demo|test" ;;
 esac
