@@ -104,8 +104,11 @@ def test_a_missing_peer_skips_outside_ci_and_fails_in_ci(monkeypatch: pytest.Mon
 def _offline_virtualenv(venv: Path) -> None:
     """A fresh virtualenv that sees this Python's installed packages: ``--system-site-packages``,
     and, when the tests themselves run in a virtualenv (`make test` makes one), that virtualenv's
-    site-packages too, after the new virtualenv's own (so the clone's editable install wins)."""
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=300)
+    site-packages too, after the new virtualenv's own (so the clone's editable install wins).
+    ``--without-pip``: the pip and the setuptools a virtualenv would get are older than
+    ``pyproject.toml`` asks for (setuptools>=68), so this Python's own are used."""
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)],
+                   check=True, timeout=300)
     if sys.prefix != sys.base_prefix:
         purelib = Path(subprocess.run(
             [str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
