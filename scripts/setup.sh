@@ -123,8 +123,15 @@ cmd_postgres() {
   pg_isready
   local me
   me=$(id -un)
-  as_postgres psql -tAc "SELECT 1 FROM pg_roles WHERE rolname = '$me'" | grep -q 1 \
-    || as_postgres createuser --superuser "$me"
+  # A user who already connects and may create databases (each test makes its own) needs nothing,
+  # and no root; else the role of that name becomes a superuser, or is created as one.
+  if ! psql -d postgres -tAc "SELECT rolsuper OR rolcreatedb FROM pg_roles WHERE rolname = current_user" 2>/dev/null | grep -q t; then
+    if as_postgres psql -tAc "SELECT 1 FROM pg_roles WHERE rolname = '$me'" | grep -q 1; then
+      as_postgres psql -qc "ALTER ROLE \"$me\" SUPERUSER"
+    else
+      as_postgres createuser --superuser "$me"
+    fi
+  fi
   echo "role $me: ready"
 }
 
@@ -187,9 +194,12 @@ cmd_python() {
   esac
   local py="$PYTHON"
   if [ -n "$VENV" ]; then
-    step "Python: the virtualenv $VENV (it also sees $PYTHON's installed packages)"
+    step "Python: the virtualenv $VENV"
     # --system-site-packages: what the machine's Python already has (a CPU torch, say) is reused.
-    [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv --system-site-packages "$VENV"
+    if [ ! -x "$VENV/bin/python" ]; then
+      "$PYTHON" -m venv --system-site-packages "$VENV"
+      echo "made with $PYTHON -m venv --system-site-packages"
+    fi
     py="$(cd "$VENV" && pwd)/bin/python"
   fi
   "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
