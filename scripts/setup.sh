@@ -75,9 +75,8 @@ apt_install() {
   fi
   command -v apt-get >/dev/null || die "not a Debian/Ubuntu machine (no apt-get): install ${missing[*]} yourself"
   echo "installing: ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
   as_root apt-get update -qq
-  as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
 npm_install() {
