@@ -101,6 +101,11 @@ def test_a_missing_peer_skips_outside_ci_and_fails_in_ci(monkeypatch: pytest.Mon
         require(False, "Orthanc", "apt-get install orthanc")
 
 
+_NOT_A_NEW_USERS = {"VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES",
+                    "PYTHON", "VENV", "TORCH", "TORCH_BUILD", "TORCH_INDEX", "SETUP_STARTED", "DEMO_ARGS",
+                    "PYTEST_ARGS"}
+
+
 def _offline_virtualenv(venv: Path) -> None:
     """A fresh virtualenv that sees this Python's installed packages: ``--system-site-packages``,
     and, when the tests themselves run in a virtualenv (`make test` makes one), that virtualenv's
@@ -133,8 +138,10 @@ def test_the_readme_demo_command_runs_from_a_fresh_clone(tmp_path: Path):
     # The Makefile's virtualenv, made here beforehand so that it can see this Python's packages.
     _offline_virtualenv(clone / ".venv")
 
+    # A new user's environment: none of the variables that `make test` (which runs this test) passes
+    # on, its command-line overrides (MAKEFLAGS) included, nor an activated virtualenv.
     env = {key: value for key, value in os.environ.items()
-           if key not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "SETUP_STARTED") and not key.startswith("PYTEST_")}
+           if key not in _NOT_A_NEW_USERS and not key.startswith("PYTEST_")}
     outer_bin = str(Path(sys.prefix) / "bin")
     env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if p != outer_bin)
     env["PIP_NO_INDEX"] = "1"  # offline: what is not installed here fails, nothing is downloaded
