@@ -26,23 +26,18 @@ import pytest
 from dicomnode.tools.harness import dcmtk_binary, free_port, wait_for_port
 
 
-def in_ci() -> bool:
-    """Whether this run is CI: the environment variable ``CI`` is set to anything but ``""``, ``0``,
-    ``false`` or ``no`` (.ci/run sets ``CI=true``; CI services set it too)."""
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-
-
 def require(available: bool, what: str, install: str) -> None:
     """Go on only if ``what`` is there. In a test, a missing peer skips the test with a message on a
-    developer's machine and fails it in CI (:func:`in_ci`; there `make test` has installed and
-    started every peer: README.md, "The external parts"); outside pytest (the benchmarks) it raises
-    ``RuntimeError``."""
+    developer's machine and fails it in CI, where the environment variable ``CI`` is set to anything
+    but ``""``, ``0``, ``false`` or ``no`` (.ci/run sets ``CI=true``) and `make test` has installed
+    and started every peer (README.md, "The external parts"); outside pytest (the benchmarks) it
+    raises ``RuntimeError``."""
     if available:
         return
     message = f"{what} is not available here ({install})"
     if "PYTEST_CURRENT_TEST" not in os.environ:
         raise RuntimeError(message)
-    if in_ci():
+    if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
         pytest.fail(f"{message}; CI requires it (make test installs and starts it)")
     pytest.skip(message)
 
