@@ -41,8 +41,21 @@ def synth(
     rows: int = typer.Option(1024, help="Matrix rows (head to feet)."),
     columns: int = typer.Option(256, help="Matrix columns."),
     spacing: float = typer.Option(2.26, help="Pixel spacing in mm."),
+    spect_ct: bool = typer.Option(False, "--spect-ct", help="Simulate hybrid bone SPECT/CT exams instead (CT series + NM RECON TOMO, masks of metastatic and benign lesions)."),
+    size: str = typer.Option("standard", help="With --spect-ct: grid size, standard, small or tiny."),
+    workers: int = typer.Option(1, min=1, help="With --spect-ct: worker processes."),
 ) -> None:
-    """Simulate whole-body 99mTc-MDP bone scans as NM Image Storage files with lesion truth."""
+    """Simulate whole-body 99mTc-MDP bone scans as NM Image Storage files with lesion truth
+    (or, with --spect-ct, bone SPECT/CT exams: docs/simulation.md)."""
+    if spect_ct:
+        from dicomnode.synth.spectct import write_exams
+
+        try:
+            exams = write_exams(out, exams=studies, seed=seed, size=size, workers=workers)["exams"]
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+        typer.echo(f"wrote {len(exams)} SPECT/CT {'exam' if len(exams) == 1 else 'exams'} to {out}")
+        return
     from dicomnode.synth import write_studies
 
     manifest = write_studies(
