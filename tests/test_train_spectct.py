@@ -13,7 +13,7 @@ import torch
 from dicomnode.synth.spectct import write_exams
 from segmentation.networks import build
 from segmentation.spectct import load_spectct_model, predict_volume, stack_inputs
-from train.spectct import Exam, Preset, load_exam, load_preset, main, score, train_model, transfer_weights
+from train.spectct import Exam, load_exam, load_preset, main, score, train_model, transfer_weights
 
 torch.set_num_threads(1)
 PRESETS = Path(__file__).resolve().parents[1] / "config" / "train"

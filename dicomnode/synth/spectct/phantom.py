@@ -273,7 +273,7 @@ def _add_lesion(rng: np.random.Generator, ph: Phantom, part: np.ndarray, coords,
             uptake = rng.uniform(2, 4) if kind == "lytic" else rng.uniform(3, 8)
         else:
             kind = BENIGN_KINDS[rng.integers(len(BENIGN_KINDS))]
-            inside = [v for v in vertebrae if Z_RANGE[0] < v.z < Z_RANGE[1] and _in_field(ph.geometry, coords, v.z)]
+            inside = [v for v in vertebrae if Z_RANGE[0] < v.z < Z_RANGE[1] and _in_field(coords, v.z)]
             if kind != "fracture" and not inside:
                 continue
             v = inside[rng.integers(len(inside))] if inside else None
@@ -316,7 +316,8 @@ def _add_lesion(rng: np.random.Generator, ph: Phantom, part: np.ndarray, coords,
         return
 
 
-def _in_field(geometry: VolumeGeometry, coords, z_mm: float) -> bool:
+def _in_field(coords, z_mm: float) -> bool:
+    """A vertebra at ``z_mm`` lies inside the field, 10 mm clear of its ends."""
     z = coords[2]
     return float(z.min()) + 10 < z_mm < float(z.max()) - 10
 
