@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from datetime import datetime
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from dicomnode.pipeline.results.hybrid_results import build_hybrid_results, find
 from dicomnode.synth.spectct import write_exams
 from segmentation.result import Algorithm
 from segmentation.volume import ct_geometry
+from tests.test_results_inputs import dcentvfy_errors, dciodvfy_errors
 
 ALGORITHM = Algorithm("dicomnode-mtunet", "test", "mtunet")
 
@@ -101,3 +103,27 @@ def test_kinds_switch_objects_off_and_a_missing_ct_is_refused(exam):
         build_hybrid_results([], nm, _onehot(labels), algorithm=ALGORITHM)
     with pytest.raises(ValueError, match="do not match"):
         build_hybrid_results(cts, nm, _onehot(labels)[:, 1:], algorithm=ALGORITHM)
+
+
+def test_objects_pass_dicom3tools_and_dcmqi_reads_the_seg(exam, tmp_path):
+    cts, nm, labels = exam
+    objects = build_hybrid_results(cts, nm, _onehot(labels), algorithm=ALGORITHM)
+    paths = []
+    for ds in objects:
+        paths.append(tmp_path / f"{ds.Modality}.dcm")
+        ds.save_as(paths[-1], enforce_file_format=True)
+        assert dciodvfy_errors(paths[-1]) == []
+    sources = []
+    for n, ds in enumerate([*cts, nm]):
+        sources.append(tmp_path / f"source_{n}.dcm")
+        ds.save_as(sources[-1], enforce_file_format=True)
+    assert dcentvfy_errors(paths + sources) == []
+    out = tmp_path / "dcmqi"
+    out.mkdir()
+    run = subprocess.run(["segimage2itkimage", "--inputDICOM", str(paths[0]), "--outputDirectory", str(out), "-t", "nrrd"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    for segment in (1, 2):  # one volume per segment, on the CT's rows and columns
+        header = (out / f"{segment}.nrrd").read_bytes().split(b"\n\n", 1)[0].decode("latin-1")
+        assert f"sizes: {labels.shape[2]} {labels.shape[1]} " in header
+

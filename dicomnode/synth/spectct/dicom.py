@@ -36,6 +36,8 @@ from dicomnode.synth.dicom import ENERGY_WINDOW_KEV, MANUFACTURER, StudyIdentity
 from segmentation.volume import SLICE_VECTOR_TAG, VolumeGeometry
 
 HU_OFFSET = 1024
+BODY_PART = "CHESTABDPELVIS"
+"""Body Part Examined, a PS3.16 Annex L defined term covering lower thorax to pelvis."""
 
 
 def _base(ident: StudyIdentity, sop_class: str, sop_uid: str, modality: str, series_uid: str, series_number: int,
@@ -62,7 +64,7 @@ def _base(ident: StudyIdentity, sop_class: str, sop_uid: str, modality: str, ser
     ds.SeriesInstanceUID = series_uid
     ds.SeriesNumber = series_number
     ds.SeriesDescription = description
-    ds.BodyPartExamined = "TRUNK"
+    ds.BodyPartExamined = BODY_PART
     ds.FrameOfReferenceUID = frame_of_reference
     ds.PositionReferenceIndicator = ""
     ds.Manufacturer = MANUFACTURER
@@ -130,6 +132,8 @@ def nm_recon_dataset(ident: StudyIdentity, counts: np.ndarray, geometry: VolumeG
     ds.FrameIncrementPointer = SLICE_VECTOR_TAG
     ds.SliceVector = list(range(1, slices + 1))
     ds.NumberOfSlices = slices
+    ds.NumberOfEnergyWindows = 1
+    ds.CountsAccumulated = int(counts.sum())
     ds.SpacingBetweenSlices = f"{geometry.slice_spacing:.6g}"
     ds.SliceThickness = f"{geometry.slice_spacing:.6g}"
     ds.ReconstructionDiameter = f"{geometry.shape[2] * geometry.pixel_spacing[1]:.1f}"
