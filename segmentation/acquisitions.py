@@ -20,6 +20,8 @@ re-acquired view. This module decides, from the headers alone:
     Birth Date) is not merged but marked not processable.
 * :func:`bone_scan_refusal`: why an acquisition is not a bone scan to segment (a matrix that is not
   whole-body, a stated radiopharmaceutical that is not a bone agent, a flood or phantom), or ``None``.
+* :func:`split_hybrid`: each RECON TOMO volume with the CT series of its Frame of Reference, a bone
+  SPECT/CT acquisition (paper 003; docs/segmentation.md).
 
 Views themselves are decided by :mod:`segmentation.views`; a view rule error makes the acquisition
 not processable with that reason. Nothing here reads pixel data.
@@ -260,3 +262,45 @@ def _radiopharmaceutical(ds: Dataset) -> tuple[str, bool] | None:
 
 def _printable(text: str) -> str:
     return re.sub(r"[^ -~]", "?", text)[:48]
+
+
+@dataclass(frozen=True)
+class HybridAcquisition:
+    """A reconstructed SPECT volume and the CT series that shares its Frame of Reference (paper 003).
+
+    ``ct`` is empty for a SPECT-only study; ``refusal`` says why it cannot be segmented, or ``None``.
+    """
+
+    key: str
+    label: str
+    spect: Dataset
+    ct: tuple[Dataset, ...] = ()
+    refusal: str | None = None
+
+    @property
+    def sop_instance_uids(self) -> tuple[str, ...]:
+        return tuple(sorted(str(ds.SOPInstanceUID) for ds in (self.spect, *self.ct)))
+
+
+def split_hybrid(recon_tomo: Sequence[Dataset], ct: Sequence[Dataset]) -> list[HybridAcquisition]:
+    """One hybrid acquisition per RECON TOMO instance, with the CT series of its Frame of Reference.
+
+    The Frame of Reference UID (0020,0052) is what says that two series share patient coordinates
+    (PS3.3 C.7.4.1.1.1); where several CT series share it, the one with the most slices is taken
+    (the diagnostic-extent series rather than a scout or a single slice). A volume without a Frame of
+    Reference, or without a CT series in it, is SPECT-only, which this node does not segment yet.
+    """
+    series: dict[tuple[str, str], list[Dataset]] = defaultdict(list)
+    for ds in ct:
+        series[(str(ds.get("FrameOfReferenceUID", "") or ""), str(ds.SeriesInstanceUID))].append(ds)
+    acquisitions = []
+    for spect in sorted(recon_tomo, key=_order):
+        frame = str(spect.get("FrameOfReferenceUID", "") or "")
+        candidates = [slices for (reference, _), slices in series.items() if frame and reference == frame]
+        chosen = tuple(max(candidates, key=len)) if candidates else ()
+        label = f"{str(spect.get('SeriesDescription', '') or 'SPECT')[:48]} {acquired_at(spect)[:8]}".strip()
+        refusal = None if chosen else (
+            "SPECT without a CT series in its Frame of Reference: SPECT-only segmentation is not written yet")
+        acquisitions.append(HybridAcquisition(key=f"spect {spect.SOPInstanceUID}", label=label, spect=spect,
+                                              ct=chosen, refusal=refusal))
+    return acquisitions

@@ -229,6 +229,7 @@ class ThresholdSegmenter(Segmenter):
 
     def __init__(self, card: ModelCard) -> None:
         super().__init__(card)
+        self.device = torch.device("cpu")  # no network: numpy on the CPU
         if card.preprocessing.aggregation != "none":
             raise ModelCardError(
                 f"card {card.path}: the threshold segmenter reads one view; preprocessing "

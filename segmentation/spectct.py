@@ -27,9 +27,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydicom.dataset import Dataset
 
 from segmentation.networks import SegmentationNetwork, build
 from segmentation.networks.mtunet import CLASSES
+from segmentation.result import Algorithm
+from segmentation.volume import ct_volume, nm_volume, resample, scaled
 
 CHANNELS = ("spect", "ct")
 BODY_HU = -500.0
@@ -129,3 +132,36 @@ def load_spectct_model(card_path: Path, device: torch.device | str = "cpu") -> t
     net = build(card.network, in_channels=len(card.channels), width=card.width)
     net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     return net.to(device).eval(), card
+
+
+#: The shipped SPECT/CT model (two channels, transfer from the SPECT model; docs/training.md).
+DEFAULT_SPECTCT_CARD = Path(__file__).parent / "weights" / "spectct-spectct-mtunet-slim.json"
+
+
+class HybridSegmenter:
+    """A loaded SPECT/CT model (once per process) and the one path from DICOM to class probabilities."""
+
+    def __init__(self, card_path: Path = DEFAULT_SPECTCT_CARD, device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
+        self.net, self.card = load_spectct_model(card_path, self.device)
+
+    @property
+    def algorithm(self) -> Algorithm:
+        """Algorithm Identification of the results (PS3.3 C.8.20.2)."""
+        return Algorithm(name=self.card.name[:64], version=self.card.sha256[:16] or "unversioned",
+                         network=self.card.network)
+
+    def probabilities(self, ct: Sequence[Dataset], spect: Dataset) -> np.ndarray:
+        """Class probabilities ``(3, slices, rows, columns)`` on the CT grid (slice order of
+        :func:`segmentation.volume.ct_geometry`): SPECT resampled onto the CT through patient
+        coordinates, the card's channels stacked, each axial slice segmented."""
+        hu, ct_grid, _ = ct_volume(ct)
+        counts, spect_grid = nm_volume(spect)
+        grid = ct_grid if self.card.in_plane_mm is None else scaled(ct_grid, self.card.in_plane_mm / ct_grid.pixel_spacing[1])
+        if grid is not ct_grid:
+            hu = resample(hu, ct_grid, grid, fill=-1000.0)
+        inputs = stack_inputs(self.card.channels, resample(counts, spect_grid, grid), hu)
+        probabilities = predict_volume(self.net, inputs, device=self.device)
+        if grid is ct_grid:
+            return probabilities
+        return np.stack([resample(channel, grid, ct_grid) for channel in probabilities])

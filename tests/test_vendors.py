@@ -59,7 +59,10 @@ def test_every_vendor_exam_is_stored_whole_and_only_its_whole_body_scans_are_pro
         report = json.loads(CliRunner().invoke(app, ["status", "--config", str(config), "--json"]).stdout)
         assert report["instances"] == {"whole-body": 2 + 1 + 2 + 2 + 1, "static": 10, "tomo": 5,
                                        "recon-tomo": 5, "secondary-capture": 5}
-        assert report["acquisitions"] == {"processed": 6}
+        # Each exam's SPECT reconstruction has no CT: explicitly not processable (SPECT-only), never lost.
+        assert report["acquisitions"] == {"processed": 6, "not-processable": 5}
+        assert {item["reason"] for item in report["not_processable"]} == {
+            "SPECT without a CT series in its Frame of Reference: SPECT-only segmentation is not written yet"}
     assert "Traceback" not in node.log()
 
 

@@ -57,8 +57,11 @@ RECEIVED: dict[UID, tuple[str | None, ObjectKind | None]] = {
     Comprehensive3DSRStorage: ("SR", ObjectKind.SR),
 }
 
-#: The one kind that is segmented (docs/architecture.md): whole-body NM acquisitions.
+#: The kind segmented as a planar bone scan (docs/architecture.md): whole-body NM acquisitions.
 SEGMENTED_KIND = NMImageKind.WHOLE_BODY.value
+#: Every kind a job reads: whole-body planar scans, and RECON TOMO volumes with the CT of their Frame
+#: of Reference (bone SPECT/CT, paper 003). New content of these kinds re-opens a processed study.
+SEGMENTED_KINDS = frozenset({SEGMENTED_KIND, NMImageKind.RECON_TOMO.value, ObjectKind.CT.value})
 
 
 def instance_kind(ds: Dataset, sop_class_uid: str) -> tuple[str, str | None]:

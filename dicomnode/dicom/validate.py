@@ -60,7 +60,7 @@ from pydicom.sequence import Sequence
 from pydicom.tag import Tag
 from pydicom.uid import UID, NuclearMedicineImageStorage
 
-from dicomnode.dicom.sop import RECEIVED, SEGMENTED_KIND, ObjectKind, instance_kind
+from dicomnode.dicom.sop import RECEIVED, SEGMENTED_KIND, SEGMENTED_KINDS, ObjectKind, instance_kind
 from dicomnode.dicom.status import Status
 from dicomnode.dicom.uids import UIDError, check_uid, uid_remark
 from segmentation.scan import View
@@ -108,8 +108,8 @@ class ReceivedInstance:
 
     @property
     def segmented(self) -> bool:
-        """A whole-body NM image: content that the node segments (a new one re-opens its study)."""
-        return self.kind == SEGMENTED_KIND
+        """Content that the node segments (whole body, RECON TOMO, CT): a new one re-opens its study."""
+        return self.kind in SEGMENTED_KINDS
 
     @property
     def is_seg(self) -> bool:

@@ -26,15 +26,28 @@ from pathlib import Path
 from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
-from pydicom.uid import NuclearMedicineImageStorage
+from pydicom.uid import (
+    GrayscaleSoftcopyPresentationStateStorage,
+    NuclearMedicineImageStorage,
+    SegmentationStorage,
+)
 
 from dicomnode.dicom.sop import RECEIVED, ResultKind, instance_kind
 from dicomnode.pipeline.results import ResultOptions, build_results
+from dicomnode.pipeline.results.hybrid_results import build_hybrid_results
 from dicomnode.pipeline.results.identity import repair_sources
-from segmentation.acquisitions import Acquisition, NMImageKind, nm_image_kind, split_acquisitions
+from segmentation.acquisitions import (
+    Acquisition,
+    HybridAcquisition,
+    NMImageKind,
+    nm_image_kind,
+    split_acquisitions,
+)
 from segmentation.device import resolve_device
 from segmentation.inference import WEIGHTS_DIR, Segmenter
 from segmentation.result import SegmentationResult
+from segmentation.spectct import HybridSegmenter
+from segmentation.volume import GeometryError
 from segmentation.views import ViewError, load_scan
 
 log = logging.getLogger(__name__)
@@ -68,8 +81,8 @@ def load_segmenter(weights: str, device: str = "auto", threshold: float | None =
 class AcquisitionRun:
     """What became of one whole-body acquisition: its result and objects, or why it was not processed."""
 
-    acquisition: Acquisition
-    result: SegmentationResult | None = None
+    acquisition: Acquisition | HybridAcquisition
+    result: SegmentationResult | None = None  # planar acquisitions only
     objects: tuple[tuple[ResultKind, Dataset], ...] = ()
     encoded: tuple[bytes, ...] = ()  # each object as a Part 10 file (:func:`encode`), in order
     reason: str | None = None  # "not processable" reason; None when processed
@@ -125,6 +138,46 @@ def segment_acquisition(acquisition: Acquisition, segmenter: Segmenter, options:
                          extra={"count": len(caught),
                                 "categories": sorted({w.category.__name__ for w in caught})})
     return AcquisitionRun(acquisition, result=result, objects=tuple(objects), encoded=encoded)
+
+
+def segment_hybrid(acquisition: HybridAcquisition, segmenter: HybridSegmenter, options: ResultOptions,
+                   result_set: int = 1) -> AcquisitionRun:
+    """Segment one SPECT/CT acquisition (paper 003) and build its SEG, SR and SC on the CT series.
+
+    As :func:`segment_acquisition`: data that cannot be used gives a run with its ``reason``.
+    """
+    if acquisition.refusal is not None:
+        return AcquisitionRun(acquisition, reason=acquisition.refusal)
+    try:
+        probabilities = segmenter.probabilities(acquisition.ct, acquisition.spect)
+    except GeometryError as exc:
+        return AcquisitionRun(acquisition, reason=f"SPECT/CT geometry cannot be read: {exc}")
+    ct, repairs = repair_sources(acquisition.ct)
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")  # library warnings quote attribute values (patient data)
+        try:
+            datasets = build_hybrid_results(ct, acquisition.spect, probabilities, algorithm=segmenter.algorithm,
+                                            options=options, study_version=result_set)
+            encoded = tuple(encode(dataset) for dataset in datasets)
+        except DATA_ERRORS as exc:
+            log.warning("SPECT/CT result building failed", extra={"error": type(exc).__name__})
+            return AcquisitionRun(acquisition, reason=f"results cannot be built from these headers ({type(exc).__name__})")
+    if repairs:
+        log.info("SPECT/CT sources repaired before result building", extra={"repairs": len(repairs)})
+    objects = tuple((result_kind(dataset), dataset) for dataset in datasets)
+    return AcquisitionRun(acquisition, objects=objects, encoded=encoded)
+
+
+def result_kind(dataset: Dataset) -> ResultKind:
+    """The result family of an object the node wrote, by its SOP class (PS3.4 B.5)."""
+    sop_class = str(dataset.SOPClassUID)
+    if sop_class == SegmentationStorage:
+        return ResultKind.SEG
+    if sop_class == GrayscaleSoftcopyPresentationStateStorage:
+        return ResultKind.GSPS
+    if dataset.Modality == "SR":
+        return ResultKind.SR
+    return ResultKind.SC
 
 
 def segment_study(datasets: Sequence[Dataset], segmenter: Segmenter, options: ResultOptions,

@@ -41,12 +41,13 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from sqlalchemy import select
 
-from dicomnode.dicom.sop import SEGMENTED_KIND, ResultKind
+from dicomnode.dicom.sop import SEGMENTED_KIND, SEGMENTED_KINDS, ObjectKind, ResultKind
 from dicomnode.pipeline.processing import (
     AcquisitionRun,
     UnreadableStudy,
     no_whole_body_reason,
     segment_acquisition,
+    segment_hybrid,
 )
 from dicomnode.pipeline.queue import (
     ClaimedJob,
@@ -64,8 +65,9 @@ from dicomnode.pipeline.results import ResultOptions
 from dicomnode.store.db import Database
 from dicomnode.store.models import AcquisitionOutcome, AcquisitionState, Instance
 from dicomnode.store.spool import Spool
-from segmentation.acquisitions import split_acquisitions
+from segmentation.acquisitions import HybridAcquisition, NMImageKind, split_acquisitions, split_hybrid
 from segmentation.inference import Segmenter
+from segmentation.spectct import HybridSegmenter
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +121,7 @@ class Worker:
         self.destinations = tuple(destinations)
         self.policy = policy
         self.owner = owner or worker_name("worker")
+        self._hybrid: HybridSegmenter | None = None
 
     def run_once(self) -> bool:
         """Claim and process one job; False when there was nothing to do."""
@@ -163,30 +166,39 @@ class Worker:
         complete(self.database, job, stored, self.destinations, outcomes=outcomes)
 
     def _segment(self, job: ClaimedJob) -> tuple[list[StoredResult], list[Outcome]]:
-        """Each whole-body acquisition of the study not processed before with the same content."""
+        """Each acquisition of the study (whole-body planar, then SPECT/CT) not processed before with
+        the same content."""
         instances, kinds, processed_before, result_sets = self._study_contents(job)
-        acquisitions = split_acquisitions([dataset for dataset, _ in instances.values()])
-        if not acquisitions:
+        by_kind: dict[str, list[Dataset]] = {}
+        for dataset, _, kind in instances.values():
+            by_kind.setdefault(kind, []).append(dataset)
+        planar = split_acquisitions(by_kind.get(SEGMENTED_KIND, []))
+        hybrid = split_hybrid(by_kind.get(NMImageKind.RECON_TOMO.value, []), by_kind.get(ObjectKind.CT.value, []))
+        if not planar and not hybrid:
             reason = no_whole_body_reason(kinds)
             log.info("study not processable", extra={"job": job.id, "study_uid": job.study_instance_uid,
                                                      "reason": reason})
             return [], [Outcome("study", "study", _fingerprint([]), AcquisitionState.NOT_PROCESSABLE, reason)]
         stored: list[StoredResult] = []
         outcomes: list[Outcome] = []
-        for acquisition in acquisitions:
+        for acquisition in (*planar, *hybrid):
             fingerprint = _fingerprint(instances[uid][1] for uid in acquisition.sop_instance_uids)
             if fingerprint in processed_before:
                 log.info("acquisition unchanged since an earlier job; not processed again",
                          extra={"job": job.id, "study_uid": job.study_instance_uid})
                 continue
-            run = segment_acquisition(acquisition, self.segmenter, self.options, result_sets + 1)
+            if isinstance(acquisition, HybridAcquisition):
+                run = segment_hybrid(acquisition, self.hybrid_segmenter(acquisition), self.options, result_sets + 1)
+            else:
+                run = segment_acquisition(acquisition, self.segmenter, self.options, result_sets + 1)
             if run.processed:
                 result_sets += 1
                 stored.extend(store_results(self.spool, run))
-                assert run.result is not None
                 log.info("acquisition segmented", extra={
                     "job": job.id, "study_uid": job.study_instance_uid, "result_set": result_sets,
-                    "lesions": len(run.result.lesions), "missing": [v.value for v in run.result.missing]})
+                    "objects": len(run.objects),
+                    **({"lesions": len(run.result.lesions), "missing": [v.value for v in run.result.missing]}
+                       if run.result is not None else {})})
                 outcomes.append(Outcome(acquisition.key, acquisition.label, fingerprint, AcquisitionState.PROCESSED))
             else:
                 log.info("acquisition not processable", extra={
@@ -195,10 +207,18 @@ class Worker:
                                         AcquisitionState.NOT_PROCESSABLE, run.reason))
         return stored, outcomes
 
-    def _study_contents(self, job: ClaimedJob) -> tuple[dict[str, tuple[Dataset, str]], dict[str, int], set[str], int]:
-        """The study's current whole-body instances (SOP Instance UID → (data set, SHA-256)), the count
-        of its current instances per kind, the fingerprints of acquisitions processed by earlier
-        jobs, and how many result sets those wrote."""
+    def hybrid_segmenter(self, acquisition: HybridAcquisition) -> HybridSegmenter:
+        """The SPECT/CT model, loaded on the first SPECT/CT acquisition this process sees (on the
+        planar segmenter's device); none is loaded for an acquisition that will not be segmented."""
+        if self._hybrid is None and acquisition.refusal is None:
+            self._hybrid = HybridSegmenter(device=self.segmenter.device)
+        return self._hybrid  # type: ignore[return-value]  # unused when the acquisition is refused
+
+    def _study_contents(self, job: ClaimedJob) -> tuple[dict[str, tuple[Dataset, str, str]], dict[str, int],
+                                                        set[str], int]:
+        """The study's current instances that the node segments (SOP Instance UID → (data set, SHA-256,
+        kind)), the count of its current instances per kind, the fingerprints of acquisitions
+        processed by earlier jobs, and how many result sets those wrote."""
         with self.database.session() as session:
             rows = session.execute(
                 select(Instance.sop_instance_uid, Instance.path, Instance.sha256, Instance.kind)
@@ -210,13 +230,13 @@ class Worker:
                        AcquisitionOutcome.state == AcquisitionState.PROCESSED)
             ).all()
         kinds: dict[str, int] = {}
-        instances: dict[str, tuple[Dataset, str]] = {}
+        instances: dict[str, tuple[Dataset, str, str]] = {}
         for row in rows:
             kinds[row.kind] = kinds.get(row.kind, 0) + 1
-            if row.kind != SEGMENTED_KIND:
+            if row.kind not in SEGMENTED_KINDS:
                 continue
             try:
-                instances[row.sop_instance_uid] = (pydicom.dcmread(self.spool.absolute(row.path)), row.sha256)
+                instances[row.sop_instance_uid] = (pydicom.dcmread(self.spool.absolute(row.path)), row.sha256, row.kind)
             except InvalidDicomError as exc:
                 raise UnreadableStudy(f"instance {row.path} cannot be read: {exc}") from exc
         return instances, kinds, set(earlier), len(earlier)
