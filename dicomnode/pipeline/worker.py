@@ -6,8 +6,9 @@ For each claimed job (:mod:`dicomnode.pipeline.queue`):
 
 1. read the study's current whole-body NM instances (not superseded) from the spool and split them
    into acquisitions (:func:`segmentation.acquisitions.split_acquisitions`);
-2. for each acquisition not processed before with the same content (its fingerprint: a hash of its
-   instances' SHA-256), :func:`dicomnode.pipeline.processing.segment_acquisition` (views →
+2. for each acquisition (whole-body planar, then SPECT/CT: a RECON TOMO volume with the CT series of
+   its Frame of Reference) that no earlier job handled with the same content (its fingerprint: a
+   hash of its instances' SHA-256), :func:`dicomnode.pipeline.processing.segment_acquisition` (views →
    segmentation → DICOM results, in result set *n*: the study's n-th processed acquisition, which
    sets its series numbers), or its "not processable" reason;
 3. write every result object durably under the spool's results area
@@ -184,7 +185,7 @@ class Worker:
         for acquisition in (*planar, *hybrid):
             fingerprint = _fingerprint(instances[uid][1] for uid in acquisition.sop_instance_uids)
             if fingerprint in processed_before:
-                log.info("acquisition unchanged since an earlier job; not processed again",
+                log.info("acquisition unchanged since an earlier job's outcome; not processed again",
                          extra={"job": job.id, "study_uid": job.study_instance_uid})
                 continue
             if isinstance(acquisition, HybridAcquisition):
@@ -217,17 +218,17 @@ class Worker:
     def _study_contents(self, job: ClaimedJob) -> tuple[dict[str, tuple[Dataset, str, str]], dict[str, int],
                                                         set[str], int]:
         """The study's current instances that the node segments (SOP Instance UID → (data set, SHA-256,
-        kind)), the count of its current instances per kind, the fingerprints of acquisitions
-        processed by earlier jobs, and how many result sets those wrote."""
+        kind)), the count of its current instances per kind, the fingerprints of acquisitions an
+        earlier job processed or found not processable (the same content gives the same outcome), and
+        how many result sets earlier jobs wrote."""
         with self.database.session() as session:
             rows = session.execute(
                 select(Instance.sop_instance_uid, Instance.path, Instance.sha256, Instance.kind)
                 .where(Instance.study_id == job.study_id, Instance.superseded.is_(False)).order_by(Instance.id)
             ).all()
-            earlier = session.scalars(
-                select(AcquisitionOutcome.fingerprint)
-                .where(AcquisitionOutcome.study_id == job.study_id, AcquisitionOutcome.job_id != job.id,
-                       AcquisitionOutcome.state == AcquisitionState.PROCESSED)
+            earlier = session.execute(
+                select(AcquisitionOutcome.fingerprint, AcquisitionOutcome.state)
+                .where(AcquisitionOutcome.study_id == job.study_id, AcquisitionOutcome.job_id != job.id)
             ).all()
         kinds: dict[str, int] = {}
         instances: dict[str, tuple[Dataset, str, str]] = {}
@@ -239,7 +240,8 @@ class Worker:
                 instances[row.sop_instance_uid] = (pydicom.dcmread(self.spool.absolute(row.path)), row.sha256, row.kind)
             except InvalidDicomError as exc:
                 raise UnreadableStudy(f"instance {row.path} cannot be read: {exc}") from exc
-        return instances, kinds, set(earlier), len(earlier)
+        processed = sum(state is AcquisitionState.PROCESSED for _, state in earlier)
+        return instances, kinds, {fingerprint for fingerprint, _ in earlier}, processed
 
 
 def _fingerprint(digests: Iterable[str]) -> str:
