@@ -50,7 +50,11 @@ class Parts:
 
 
 def queue_policy(config: NodeConfig) -> QueuePolicy:
-    return QueuePolicy(lease_seconds=config.queue.lease_seconds, max_attempts=config.queue.max_attempts)
+    queue = config.queue
+    return QueuePolicy(lease_seconds=queue.lease_seconds, max_attempts=queue.max_attempts,
+                       max_worker_losses=queue.max_worker_losses,
+                       worker_loss_window_seconds=queue.worker_loss_window_seconds,
+                       environment_retry_seconds=queue.environment_retry_seconds)
 
 
 def export_policy(config: NodeConfig) -> ExportPolicy:

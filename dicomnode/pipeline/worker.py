@@ -12,16 +12,26 @@ For each claimed job (:mod:`dicomnode.pipeline.queue`):
 4. :func:`dicomnode.pipeline.queue.complete`: the result rows and their outbox rows, one transaction.
 
 While it works, a heartbeat thread extends the lease every third of its length; a worker that dies
-stops renewing it and any worker reclaims the job when it expires. A study with only one view is
-processed (the results say which view is missing). Unreadable input (views that cannot be read, a file that
-is not DICOM, a study without NM instances) fails the job at once with the reason kept — retrying
-cannot help; any other error is retried up to ``[queue] max_attempts`` with a growing delay.
+stops renewing it and any worker reclaims the job when it expires (not counted as an attempt:
+:mod:`dicomnode.pipeline.queue`). A study with only one view is processed (the results say which
+view is missing). Unreadable input (views that cannot be read, a file that is not DICOM, a study
+without NM instances) fails the job at once with the reason kept — retrying cannot help.
+
+The environment failing is not the study's fault (:func:`environment_problem`): "no space left on
+device" (``ENOSPC``, ``EDQUOT``, SQLite's "database or disk is full") and an unavailable database
+(SQLAlchemy's ``OperationalError`` / ``InterfaceError``, a lost connection) give the job back
+(:func:`dicomnode.pipeline.queue.release`: QUEUED, no attempt used, tried again after
+``[queue] environment_retry_seconds``), and the worker pauses: it claims nothing while the spool's
+filesystem is below ``[storage] min_free_bytes`` (the floor under which the receiver answers
+0xA700) and, after a database error, until the database answers again. It resumes by itself. Any
+other error is retried up to ``[queue] max_attempts`` with a growing delay.
 
 The segmenter is loaded once per process (:func:`dicomnode.pipeline.processing.load_segmenter`).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 from collections.abc import Sequence
@@ -30,6 +40,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import NuclearMedicineImageStorage
+from sqlalchemy import exc as sqlalchemy_errors
 from sqlalchemy import select
 
 from dicomnode.dicom.sop import ResultKind
@@ -43,15 +54,43 @@ from dicomnode.pipeline.queue import (
     complete,
     fail,
     heartbeat,
+    release,
     worker_name,
 )
 from dicomnode.pipeline.results import ResultOptions
-from dicomnode.store.db import Database
+from dicomnode.store.db import Database, DatabaseError
 from dicomnode.store.models import Instance
 from dicomnode.store.spool import Spool
 from segmentation.inference import Segmenter
 
 log = logging.getLogger(__name__)
+
+
+DISK_SPACE = "disk space"
+DATABASE = "database"
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def environment_problem(error: BaseException) -> str | None:
+    """:data:`DISK_SPACE` or :data:`DATABASE` when ``error`` (or an error it was raised from) is the
+    environment failing rather than the job: no space left on the device, or a database that cannot
+    be reached or used right now. None for anything else."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _NO_SPACE:
+            return DISK_SPACE
+        if isinstance(current, sqlalchemy_errors.OperationalError) and "disk is full" in str(current.orig):
+            return DISK_SPACE  # SQLite: SQLITE_FULL
+        if isinstance(current, (sqlalchemy_errors.OperationalError, sqlalchemy_errors.InterfaceError,
+                                sqlalchemy_errors.DisconnectionError, sqlalchemy_errors.TimeoutError,
+                                DatabaseError)):
+            return DATABASE
+        if isinstance(current, sqlalchemy_errors.DBAPIError) and current.connection_invalidated:
+            return DATABASE
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def store_results(spool: Spool, objects: Sequence[tuple[ResultKind, Dataset]]) -> list[StoredResult]:
@@ -103,27 +142,49 @@ class Worker:
         self.destinations = tuple(destinations)
         self.policy = policy
         self.owner = owner or worker_name("worker")
+        self.waiting_for: str | None = None  # the condition this worker is paused for, if any
+        self._stop = threading.Event()
 
     def run_once(self) -> bool:
-        """Claim and process one job; False when there was nothing to do."""
+        """Claim and process one job; False when there was nothing to do (or the spool is below its
+        free-space floor: nothing is claimed then)."""
+        if not self.spool.has_room():
+            self._pause(DISK_SPACE, f"free space under the floor of {self.spool.min_free_bytes} bytes")
+            return False
         job = claim(self.database, self.owner, self.policy)
+        self._resume()
         if job is None:
             return False
         self.process(job)
         return True
 
     def run(self, stop: threading.Event, poll_seconds: float = 1.0) -> None:
-        """Process jobs until ``stop`` is set, polling every ``poll_seconds`` when idle."""
+        """Process jobs until ``stop`` is set, polling every ``poll_seconds`` when idle or paused."""
+        self._stop = stop
         log.info("worker started", extra={"owner": self.owner})
         while not stop.is_set():
             try:
                 busy = self.run_once()
-            except Exception:  # database down, ...: keep the loop alive, try again later
-                log.exception("worker loop error")
+            except Exception as exc:  # database down, ...: keep the loop alive, try again later
+                problem = environment_problem(exc)
+                if problem is None:
+                    log.exception("worker loop error")
+                else:
+                    self._pause(problem, f"{type(exc).__name__}: {exc}")
                 busy = False
             if not busy:
                 stop.wait(poll_seconds)
         log.info("worker stopped", extra={"owner": self.owner})
+
+    def _pause(self, problem: str, detail: str) -> None:
+        if self.waiting_for != problem:
+            log.warning("worker paused: waiting for %s", problem, extra={"owner": self.owner, "error": detail})
+        self.waiting_for = problem
+
+    def _resume(self) -> None:
+        if self.waiting_for is not None:
+            log.info("worker resumed: %s is back", self.waiting_for, extra={"owner": self.owner})
+        self.waiting_for = None
 
     def process(self, job: ClaimedJob) -> None:
         """Segment the job's study and complete or fail the job (see the module docstring)."""
@@ -143,13 +204,46 @@ class Worker:
                 fail(self.database, job, str(exc), self.policy, permanent=True)
                 return
             except Exception as exc:
+                detail = f"{type(exc).__name__}: {exc}"
+                problem = environment_problem(exc)
+                if problem is not None:
+                    self._give_back(job, problem, detail)
+                    return
                 log.exception("job error", extra={"job": job.id})
-                fail(self.database, job, f"{type(exc).__name__}: {exc}", self.policy)
+                fail(self.database, job, detail, self.policy)
                 return
-        complete(self.database, job, stored, self.destinations)
+        try:
+            complete(self.database, job, stored, self.destinations)
+        except LeaseLost:
+            raise
+        except Exception as exc:
+            problem = environment_problem(exc)
+            if problem is None:
+                raise
+            self._give_back(job, problem, f"{type(exc).__name__}: {exc}")
+            return
         log.info("study segmented", extra={"job": job.id, "study_uid": job.study_instance_uid,
                                            "lesions": len(result.lesions),
                                            "missing": [view.value for view in result.missing]})
+
+    def _give_back(self, job: ClaimedJob, problem: str, detail: str) -> None:
+        """:func:`release` the job, pausing this worker; while the database itself is unavailable,
+        keep trying every ``environment_retry_seconds`` (the lease is kept by the heartbeat when it
+        can be; if it runs out meanwhile, :func:`release` raises LeaseLost and the job is another
+        worker's)."""
+        self._pause(problem, detail)
+        while True:
+            try:
+                release(self.database, job, problem, detail, self.policy)
+                return
+            except LeaseLost:
+                raise
+            except Exception as exc:
+                if environment_problem(exc) is None:
+                    raise
+                log.warning("job cannot be given back yet", extra={"job": job.id, "error": f"{type(exc).__name__}"})
+                if self._stop.wait(self.policy.environment_retry_seconds):
+                    return  # shutting down: the lease runs out and the job is recovered
 
     def _read_instances(self, job: ClaimedJob) -> list[Dataset]:
         with self.database.session() as session:
