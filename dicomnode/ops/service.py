@@ -142,7 +142,7 @@ class Node:
         if config.http.port is not None:
             from dicomnode.ops.http import start_monitoring
 
-            self.monitoring = start_monitoring(database, config.http.host, config.http.port, self.parts_alive)
+            self.monitoring = start_monitoring(database, config.http.host, config.http.port, self.parts_alive, spool)
         # -- end [http] --
         log.info("node started", extra={"parts": [name for name, _ in loops] + (["receiver"] if self.receiver else []),
                                         "database": database.url})

@@ -82,6 +82,12 @@ class Database(Protocol):
     def session(self, *, write: bool = False): ...  # one transaction, committed when the block ends
 
 
+#: What a job given back by :func:`release` waits for (``job.waiting_for``).
+DISK_SPACE = "disk space"
+DATABASE = "database"
+WAITING_REASONS = (DISK_SPACE, DATABASE)
+
+
 class LeaseLost(RuntimeError):
     """The job (or export) is no longer leased to this owner: another worker reclaimed it."""
 

@@ -46,6 +46,8 @@ from sqlalchemy import select
 from dicomnode.dicom.sop import ResultKind
 from dicomnode.pipeline.processing import UnreadableStudy, encode, segment_study
 from dicomnode.pipeline.queue import (
+    DATABASE,
+    DISK_SPACE,
     ClaimedJob,
     LeaseLost,
     QueuePolicy,
@@ -66,8 +68,6 @@ from segmentation.inference import Segmenter
 log = logging.getLogger(__name__)
 
 
-DISK_SPACE = "disk space"
-DATABASE = "database"
 _NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
