@@ -58,7 +58,7 @@ from dicomnode.store.db import connect  # noqa: E402
 from dicomnode.store.models import Job, JobState  # noqa: E402
 from dicomnode.synth import write_studies  # noqa: E402
 from dicomnode.tools.harness import HarnessError, dcmtk_binary, delivered_results, free_port, wait_for_port  # noqa: E402
-from tests.processing_helpers import NodeProcess, storescu  # noqa: E402
+from tests.processing_helpers import NodeProcess, fill, mount_tmpfs, storescu, unmount  # noqa: E402
 
 SCENARIOS = ("kills", "outage", "disk")
 BACKOFF = (0.5, 4.0)  # [export] backoff_initial_seconds, backoff_max_seconds for every scenario
@@ -293,17 +293,10 @@ def scenario_disk(stage: Stage, rng: random.Random) -> Row:
     row = Row("disk", f"disk full {args.full_for:.0f} s (tmpfs {args.tmpfs_mb} MiB)")
     stage.pacs.start()
     stage.node.start()
-    ballast = stage.var_dir / "ballast"
     camera = stage.camera(rng.randrange(1 << 30)).start()
     while len(camera.acknowledged) < len(stage.studies) // 2 and camera.thread.is_alive():
         time.sleep(0.2)
-    with ballast.open("wb", buffering=0) as handle:  # every free byte, until ENOSPC
-        chunk = b"\0" * (1 << 20)
-        try:
-            while handle.write(chunk):
-                pass
-        except OSError:
-            pass
+    ballast = fill(stage.var_dir)  # every free byte, until ENOSPC
     refusals_before = camera.refusals
     time.sleep(args.full_for)
     ballast.unlink()
@@ -315,14 +308,6 @@ def scenario_disk(stage: Stage, rng: random.Random) -> Row:
     return stage.tally(row, camera, freed, args.timeout)
 
 
-def tmpfs(path: Path, megabytes: int) -> bool:
-    """Mount a tmpfs of ``megabytes`` at ``path``; False when this machine does not allow it."""
-    path.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(path)],
-                            capture_output=True, text=True)
-    return result.returncode == 0
-
-
 def run_scenario(name: str, args: argparse.Namespace, work: Path, studies: dict[str, list[Path]],
                  rng: random.Random) -> Row:
     """One scenario in ``work/<name>``; a row with a note instead of numbers when it cannot run here."""
@@ -330,7 +315,7 @@ def run_scenario(name: str, args: argparse.Namespace, work: Path, studies: dict[
     var_dir = folder / "var"
     mounted = False
     if name == "disk":
-        if not tmpfs(var_dir, args.tmpfs_mb):
+        if not mount_tmpfs(var_dir, args.tmpfs_mb):
             return Row("disk", "skipped", note="mount -t tmpfs is not allowed here (needs root)")
         mounted = True
     stage = Stage(folder, studies, args, var_dir, min_free_bytes=(args.tmpfs_mb << 20) // 8 if mounted else 0)
@@ -339,7 +324,7 @@ def run_scenario(name: str, args: argparse.Namespace, work: Path, studies: dict[
     finally:
         stage.close()
         if mounted:
-            subprocess.run(["umount", "-l", str(var_dir)], check=False)
+            unmount(var_dir)
 
 
 def render(rows: list[Row]) -> str:
