@@ -15,6 +15,7 @@ import pytest
 import torch
 from sqlalchemy import select
 
+from dicomnode.ops.status import collect, render
 from dicomnode.pipeline.assembly import AssemblyPolicy, assemble
 from dicomnode.pipeline.processing import load_segmenter
 from dicomnode.pipeline.queue import QueuePolicy, claim
@@ -259,6 +260,10 @@ def test_a_full_disk_gives_the_job_back_and_the_worker_resumes_when_space_return
             assert (job.state, job.attempts, job.waiting_for) == (JobState.QUEUED, 0, "disk space")
             assert "No space left on device" in job.error
             time.sleep(0.1)
+        report = collect(database, spool_root=spool.root, min_free_bytes=1 << 20)  # dicomnode status
+        assert report["disk"]["below_floor"] and report["needs_attention"]
+        (waiting,) = report["waiting_jobs"]
+        assert waiting["waiting_for"] == "disk space" and "waits for disk space" in render(report)
         ballast.unlink()
         spool.min_free_bytes = 1 << 20
         assert worker.run_once() and worker.waiting_for is None
