@@ -303,3 +303,26 @@ def test_concurrent_workers_run_each_job_exactly_once(backend, tmp_path, request
         attempts = session.scalars(select(Job.attempts)).all()
     assert states == [JobState.DONE] * 40 and set(attempts) == {1}
     setup.dispose()
+
+
+def test_what_counts_as_the_environment_failing():
+    """ENOSPC / EDQUOT (also as the cause of another error) and SQLite's "database or disk is full"
+    are disk space; other operational database errors are the database; anything else is the job's."""
+    import errno
+    import sqlite3
+
+    def raised_from(cause: BaseException) -> BaseException:
+        try:
+            raise RuntimeError("writing the SEG failed") from cause
+        except RuntimeError as error:
+            return error
+
+    assert queue.environment_problem(OSError(errno.ENOSPC, "No space left on device")) == queue.DISK_SPACE
+    assert queue.environment_problem(raised_from(OSError(errno.EDQUOT, "Disk quota exceeded"))) == queue.DISK_SPACE
+    full = sqlalchemy.exc.OperationalError("COMMIT", {}, sqlite3.OperationalError("database or disk is full"))
+    assert queue.environment_problem(full) == queue.DISK_SPACE
+    locked = sqlalchemy.exc.OperationalError("COMMIT", {}, sqlite3.OperationalError("database is locked"))
+    assert queue.environment_problem(locked) == queue.DATABASE
+    assert queue.environment_problem(OSError(errno.EACCES, "Permission denied")) is None
+    assert queue.environment_problem(ValueError("no anterior view")) is None
+    assert queue.environment_problem(sqlalchemy.exc.IntegrityError("INSERT", {}, Exception("unique"))) is None

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from dicomnode.config import NodeConfig
 from dicomnode.pipeline.assembly import AssemblyPolicy, assemble
 from dicomnode.pipeline.export import Exporter, ExportPolicy
-from dicomnode.pipeline.queue import QueuePolicy
+from dicomnode.pipeline.queue import QueuePolicy, environment_problem
 from dicomnode.store.db import Database, connect
 from dicomnode.store.spool import Spool
 
@@ -158,8 +158,12 @@ class Node:
         while not self.stop_event.is_set():
             try:
                 step()
-            except Exception:
-                log.exception("assembly pass failed")
+            except Exception as exc:
+                problem = environment_problem(exc)  # a full disk, no database: one line, not a traceback
+                if problem is None:
+                    log.exception("assembly pass failed")
+                else:
+                    log.warning("assembly pass waits for %s", problem, extra={"error": type(exc).__name__})
             self.stop_event.wait(interval)
 
     def stop(self, grace_seconds: float = 30.0) -> None:

@@ -64,7 +64,7 @@ from sqlalchemy import and_, or_, select, update
 from dicomnode.dicom.peers import Destination
 from dicomnode.dicom.scu import AssociationFailed, associate
 from dicomnode.dicom.status import Status, as_text, describe, permanent, stored
-from dicomnode.pipeline.queue import capped_backoff, worker_name
+from dicomnode.pipeline.queue import capped_backoff, environment_problem, worker_name
 from dicomnode.store.db import Database
 from dicomnode.store.models import Export, ExportAttempt, ExportState, Job, ResultObject, Study, utcnow
 from dicomnode.store.spool import Spool
@@ -315,8 +315,12 @@ class Exporter:
         while not stop.is_set():
             try:
                 busy = self.run_once()
-            except Exception:
-                log.exception("exporter loop error")
+            except Exception as exc:
+                problem = environment_problem(exc)  # a full disk, no database: wait, one line each time
+                if problem is None:
+                    log.exception("exporter loop error")
+                else:
+                    log.warning("exporter waits for %s", problem, extra={"error": type(exc).__name__})
                 busy = False
             if not busy:
                 stop.wait(poll_seconds)

@@ -58,6 +58,7 @@ a database must keep their clocks in sync (NTP), as for any lease.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
@@ -68,9 +69,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from sqlalchemy import and_, or_, select, update
+from sqlalchemy import exc as sqlalchemy_errors
 from sqlalchemy.orm import Session
 
 from dicomnode.dicom.sop import ResultKind
+from dicomnode.store.db import DatabaseError
 from dicomnode.store.models import Export, Job, JobState, ResultObject, Study, StudyState, utcnow
 
 log = logging.getLogger(__name__)
@@ -86,6 +89,29 @@ class Database(Protocol):
 DISK_SPACE = "disk space"
 DATABASE = "database"
 WAITING_REASONS = (DISK_SPACE, DATABASE)
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def environment_problem(error: BaseException) -> str | None:
+    """:data:`DISK_SPACE` or :data:`DATABASE` when ``error`` (or an error it was raised from) is the
+    environment failing rather than the job: no space left on the device, or a database that cannot
+    be reached or used right now. None for anything else."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _NO_SPACE:
+            return DISK_SPACE
+        if isinstance(current, sqlalchemy_errors.OperationalError) and "disk is full" in str(current.orig):
+            return DISK_SPACE  # SQLite: SQLITE_FULL
+        if isinstance(current, (sqlalchemy_errors.OperationalError, sqlalchemy_errors.InterfaceError,
+                                sqlalchemy_errors.DisconnectionError, sqlalchemy_errors.TimeoutError,
+                                DatabaseError)):
+            return DATABASE
+        if isinstance(current, sqlalchemy_errors.DBAPIError) and current.connection_invalidated:
+            return DATABASE
+        current = current.__cause__ or current.__context__
+    return None
 
 
 class LeaseLost(RuntimeError):

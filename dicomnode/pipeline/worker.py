@@ -17,9 +17,10 @@ stops renewing it and any worker reclaims the job when it expires (not counted a
 view is missing). Unreadable input (views that cannot be read, a file that is not DICOM, a study
 without NM instances) fails the job at once with the reason kept — retrying cannot help.
 
-The environment failing is not the study's fault (:func:`environment_problem`): "no space left on
-device" (``ENOSPC``, ``EDQUOT``, SQLite's "database or disk is full") and an unavailable database
-(SQLAlchemy's ``OperationalError`` / ``InterfaceError``, a lost connection) give the job back
+The environment failing is not the study's fault
+(:func:`~dicomnode.pipeline.queue.environment_problem`): "no space left on device" (``ENOSPC``,
+``EDQUOT``, SQLite's "database or disk is full") and an unavailable database (SQLAlchemy's
+``OperationalError`` / ``InterfaceError``, a lost connection) give the job back
 (:func:`dicomnode.pipeline.queue.release`: QUEUED, no attempt used, tried again after
 ``[queue] environment_retry_seconds``), and the worker pauses: it claims nothing while the spool's
 filesystem is below ``[storage] min_free_bytes`` (the floor under which the receiver answers
@@ -31,7 +32,6 @@ The segmenter is loaded once per process (:func:`dicomnode.pipeline.processing.l
 
 from __future__ import annotations
 
-import errno
 import logging
 import threading
 from collections.abc import Sequence
@@ -40,7 +40,6 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import NuclearMedicineImageStorage
-from sqlalchemy import exc as sqlalchemy_errors
 from sqlalchemy import select
 
 from dicomnode.dicom.sop import ResultKind
@@ -54,43 +53,19 @@ from dicomnode.pipeline.queue import (
     StoredResult,
     claim,
     complete,
+    environment_problem,
     fail,
     heartbeat,
     release,
     worker_name,
 )
 from dicomnode.pipeline.results import ResultOptions
-from dicomnode.store.db import Database, DatabaseError
+from dicomnode.store.db import Database
 from dicomnode.store.models import Instance
 from dicomnode.store.spool import Spool
 from segmentation.inference import Segmenter
 
 log = logging.getLogger(__name__)
-
-
-_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
-
-
-def environment_problem(error: BaseException) -> str | None:
-    """:data:`DISK_SPACE` or :data:`DATABASE` when ``error`` (or an error it was raised from) is the
-    environment failing rather than the job: no space left on the device, or a database that cannot
-    be reached or used right now. None for anything else."""
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, OSError) and current.errno in _NO_SPACE:
-            return DISK_SPACE
-        if isinstance(current, sqlalchemy_errors.OperationalError) and "disk is full" in str(current.orig):
-            return DISK_SPACE  # SQLite: SQLITE_FULL
-        if isinstance(current, (sqlalchemy_errors.OperationalError, sqlalchemy_errors.InterfaceError,
-                                sqlalchemy_errors.DisconnectionError, sqlalchemy_errors.TimeoutError,
-                                DatabaseError)):
-            return DATABASE
-        if isinstance(current, sqlalchemy_errors.DBAPIError) and current.connection_invalidated:
-            return DATABASE
-        current = current.__cause__ or current.__context__
-    return None
 
 
 def store_results(spool: Spool, objects: Sequence[tuple[ResultKind, Dataset]]) -> list[StoredResult]:
