@@ -31,6 +31,10 @@ class Layout(str, Enum):
     mixed = "mixed"
 
 
+# dicomnode.synth.vendors.VENDORS and "mixed" (each study the next vendor); test_cli_help checks they agree.
+Vendor = Enum("Vendor", {name: name for name in ("generic", "siemens", "ge", "philips", "mediso", "mixed")}, type=str)
+
+
 @app.command()
 def synth(
     out: Path = typer.Argument(..., help="Folder to write OUT/<study>/ and OUT/manifest.json into."),
@@ -41,6 +45,8 @@ def synth(
     rows: int = typer.Option(1024, help="Matrix rows (head to feet)."),
     columns: int = typer.Option(256, help="Matrix columns."),
     spacing: float = typer.Option(2.26, help="Pixel spacing in mm."),
+    vendor: Vendor | None = typer.Option(None, help="Write whole exams as this vendor sends them: whole body (vendor headers), statics, TOMO, RECON TOMO, screen capture; mixed: the vendors in turn."),
+    phases: int = typer.Option(1, min=1, max=2, help="With --vendor: 2 adds a second whole-body scan (two-phase protocol)."),
 ) -> None:
     """Simulate whole-body 99mTc-MDP bone scans as NM Image Storage files with lesion truth."""
     from dicomnode.synth import write_studies
@@ -48,6 +54,7 @@ def synth(
     manifest = write_studies(
         out, studies=studies, seed=seed, layout=layout.value, png=png,
         rows=rows, columns=columns, spacing_mm=spacing,
+        vendor=vendor.value if vendor else None, phases=phases,
     )
     count = len(manifest["studies"])
     typer.echo(f"wrote {count} {'study' if count == 1 else 'studies'} to {out}")

@@ -33,6 +33,8 @@ class ViewRule(str, Enum):
     """Which rule identified a view, in the order of docs/dicom.md (first match wins)."""
 
     VIEW_CODE = "view-code"  # Detector Information Sequence > View Code Sequence (SCT or SRT code)
+    DETECTOR_ORIENTATION = "detector-orientation"  # the detector item's Image Orientation (Patient)
+    VENDOR_CODE = "vendor-code"  # a private-scheme View Code (e.g. Siemens 99NMG "RT ANT")
     ROOT_VIEW_CODE = "root-view-code"  # a View Code Sequence at the dataset root (non-standard)
     PATIENT_ORIENTATION = "patient-orientation"  # (0020,0020) L\F anterior, R\F posterior
     DESCRIPTION = "description"  # ANT / POST in Image ID, Series or Image Description

@@ -6,25 +6,51 @@ handled (docs/dicom.md, PS3.3 C.8.4.8.1.1): one instance whose frames are the tw
 Increment Pointer → Detector Vector, one Detector Information Sequence item per detector), or one
 instance per view.
 
-Which view a frame shows is decided by the first rule that says something (:class:`ViewRule`):
+Which view a frame shows is decided by the first rule that says something (:class:`ViewRule`), in
+order of evidence (docs/dicom.md, "Views"):
 
 1. ``VIEW_CODE``: View Code Sequence (0054,0220) inside the Detector Information Sequence (0054,0022)
    item that Detector Vector (0054,0020) selects for the frame (PS3.3 C.8.4.11, C.8.4.10.1; CID 26:
    SCT 399321004 anterior, SCT 399001007 posterior, legacy SRT/SNM3 G-5215 / G-5216).
-2. ``ROOT_VIEW_CODE``: a View Code Sequence at the dataset root (non-standard placement).
-3. ``PATIENT_ORIENTATION``: Patient Orientation (0020,0020) read by its handedness: ``L\\F`` (or
+2. ``DETECTOR_ORIENTATION``: that item's Image Orientation (Patient) (0020,0037) (Type 2 in the
+   Detector Information Sequence, PS3.3 C.8.4.11; direction cosines in the patient's LPS axes,
+   C.7.6.2.1.1): a row direction along +x (towards the patient's left) with the column along −z is
+   the body seen from the front, along −x seen from behind; a row direction that is oblique
+   (e.g. ±0.7071, ±0.7071) or along y is an oblique or lateral detector, which is not a whole-body
+   projection (:class:`NotWholeBodyView`). Siemens Symbia writes anterior ``1,0,0,0,0,-1`` and
+   posterior ``-1,0,0,0,0,-1`` per detector and no Patient Orientation.
+3. ``VENDOR_CODE``: a View Code in a private coding scheme (designator ``99...``, PS3.16 §8.2), read by
+   its words: Siemens ``99NMG`` ``RT      ANT`` / ``LT     POST`` (meanings ``RT ANT LT`` /
+   ``LT POST RT``); LAO/RAO/LPO/RPO/LAT words are obliques or laterals (:class:`NotWholeBodyView`).
+4. ``ROOT_VIEW_CODE``: a View Code Sequence at the dataset root (non-standard placement).
+5. ``PATIENT_ORIENTATION``: Patient Orientation (0020,0020) read by its handedness: ``L\\F`` (or
    ``R\\H``) is the body seen from the front, ``R\\F`` (or ``L\\H``) seen from behind (PS3.3
    C.7.6.1.1.1).
-4. ``DESCRIPTION``: the words ANT/ANTERIOR or POST/POSTERIOR in Image ID (0054,0400), Series
+6. ``DESCRIPTION``: the words ANT/ANTERIOR or POST/POSTERIOR in Image ID (0054,0400), Series
    Description (0008,103E), Image Comments (0020,4000), Derivation Description (0008,2111),
    Acquisition Device Processing Description (0018,1400), Protocol Name (0018,1030).
-5. ``ASSUMED``: nothing said and the study has exactly two frames: frame/instance order, anterior first
+7. ``ASSUMED``: nothing said and the study has exactly two frames: frame/instance order, anterior first
    (instances ordered by Instance Number); always recorded in ``BoneScan.notes``.
 
-Rules 2–4 describe a whole instance, so they decide only single-frame instances.
+Other vendors. The conformance statements looked up (GE Healthcare Xeleris 3.x, DIR 5357330-1EN; GE NM
+General Purpose 600 Series, DOC0660253; GE NM Applications, DIR 5503462-1EN; Philips JETStream
+Acquisition, 9206-0002) list NM Image Storage with the standard NM modules; the copies available to
+us did not reach their attribute tables, so no GE or Philips private view code is known here, and
+rule 3 reads any private scheme only by ANT/POST words. GE whole-body files seen so far (the NEMA
+WG04 "NM1" GE Millennium file: one view per instance, no Detector Information Sequence, no Patient
+Orientation) state no view and rely on rule 7; their private ``GEMS_GENIE_1`` tags name the detector
+(Detector Number), not the view, and are not read. Mediso files seen in the field use the legacy SRT
+codes of rule 1. No vendor convention is guessed beyond what is listed here.
+
+A single-frame instance whose View Code (rule 1 or 4) names one view while its descriptions name only
+the other is contradictory and refused (:class:`ViewError`); a posterior code with Patient Orientation
+``L\\F`` is not a contradiction (an un-mirrored posterior, see below).
+
+Rules 4–6 describe a whole instance, so they decide only single-frame instances.
 
 Geometry: every view is returned in the canonical orientation of :mod:`segmentation.scan`. Patient
-Orientation says how the stored pixels run (first value the direction of increasing column, second
+Orientation (or a detector's Image Orientation, rule 2, which then wins for
+its frame) says how the stored pixels run (first value the direction of increasing column, second
 of increasing row): a first value starting ``R`` means the columns run towards the patient's right,
 so the frame is flipped left-right; a second value starting ``H`` means the rows run towards the
 head, so it is flipped up-down. A single-frame instance's Patient Orientation is always followed (a
@@ -83,6 +109,11 @@ class ViewError(ValueError):
     """A DICOM input that cannot be turned into bone-scan views; the message names the attribute."""
 
 
+class NotWholeBodyView(ViewError):
+    """A frame whose detector looks obliquely or laterally (a static LAO/RPO pair, a lateral skull):
+    not an anterior or posterior whole-body projection, so not a bone-scan view."""
+
+
 class UndecodablePixels(ViewError):
     """Pixel Data (7FE0,0010) that cannot be decoded, as opposed to attributes that do not fit together."""
 
@@ -96,6 +127,7 @@ class _Frame:
     pixels: np.ndarray  # stored layout, float32 counts
     view: View | None
     rule: ViewRule | None
+    orientation: PatientOrientation | None = None  # from the frame's detector item (rule 2)
 
     @property
     def label(self) -> str:
@@ -185,25 +217,61 @@ def _frames_of(ds: Dataset, notes: list[str]) -> list[_Frame]:
         )
     stack = _pixels(ds)
     stated = stated_views(ds)
+    orientations = [
+        detector_orientation(item, f"instance {uid}") if item is not None else None
+        for item in _detector_items(ds, stack.shape[0])
+    ]
     return [
-        _Frame(ds, index, stack[index], *(stated[index] or (None, None)))
+        _Frame(ds, index, stack[index], *(stated[index] or (None, None)), orientations[index])
         for index in range(stack.shape[0])
     ]
 
 
 def stated_views(ds: Dataset) -> list[tuple[View, ViewRule] | None]:
-    """The view each frame of one instance states by rules 1–4, without reading pixels.
+    """The view each frame of one instance states by rules 1–6, without reading pixels.
 
-    ``None`` for a frame that states no view (rule 5 can only decide with the whole study). Raises
-    :class:`ViewError` for contradictory view attributes (Detector Vector vs frames or items,
-    an unreadable Patient Orientation). Used by the receiver to record ``Instance.views``.
+    ``None`` for a frame that states no view (rule 7 can only decide with the whole study). Raises
+    :class:`ViewError` for contradictory view attributes (Detector Vector vs frames or items, an
+    unreadable Patient Orientation, a code contradicted by the descriptions) and
+    :class:`NotWholeBodyView` for oblique or lateral detectors. Used by the receiver to record
+    ``Instance.views``.
     """
     n_frames = frame_count(ds)
-    detector_views = _detector_views(ds, n_frames)
-    instance_view = _instance_view(ds) if n_frames == 1 else None
-    return [
-        (view, ViewRule.VIEW_CODE) if view is not None else instance_view for view in detector_views
-    ]
+    uid = ds.SOPInstanceUID
+    views: list[tuple[View, ViewRule] | None] = []
+    for detector, item in enumerate(_detector_items(ds, n_frames), start=1):
+        views.append(None if item is None else _detector_view(item, f"instance {uid} detector {detector}"))
+    if n_frames == 1:
+        if views[0] is None:
+            views[0] = _instance_view(ds)
+        _check_description_agrees(ds, views[0])
+    return views
+
+
+def _detector_view(item: Dataset, where: str) -> tuple[View, ViewRule] | None:
+    """Rules 1–3 for one Detector Information item."""
+    view = _coded_view(item, where)
+    if view is not None:
+        return view, ViewRule.VIEW_CODE
+    orientation = detector_orientation(item, where)
+    if orientation is not None:
+        return (View.POSTERIOR if orientation.from_behind else View.ANTERIOR), ViewRule.DETECTOR_ORIENTATION
+    view = _vendor_view(item, where)
+    if view is not None:
+        return view, ViewRule.VENDOR_CODE
+    return None
+
+
+def _check_description_agrees(ds: Dataset, stated: tuple[View, ViewRule] | None) -> None:
+    """A coded view (rules 1, 3, 4) that the instance's descriptions contradict is refused."""
+    if stated is None or stated[1] not in (ViewRule.VIEW_CODE, ViewRule.VENDOR_CODE, ViewRule.ROOT_VIEW_CODE):
+        return
+    described = _described_view(ds)
+    if described is not None and described is not stated[0]:
+        raise ViewError(
+            f"instance {ds.SOPInstanceUID}: contradictory view information: View Code Sequence "
+            f"(0054,0220) says {stated[0].value}, the descriptions say {described.value}"
+        )
 
 
 def _pixels(ds: Dataset) -> np.ndarray:
@@ -262,8 +330,8 @@ def frame_count(ds: Dataset) -> int:
     return frames
 
 
-def _detector_views(ds: Dataset, n_frames: int) -> list[View | None]:
-    """Rule 1: the View Code Sequence of the detector item each frame's Detector Vector selects."""
+def _detector_items(ds: Dataset, n_frames: int) -> list[Dataset | None]:
+    """The Detector Information item each frame's Detector Vector selects (``None``: no items)."""
     uid = ds.SOPInstanceUID
     items = list(ds.get("DetectorInformationSequence", []))
     vector = ds.get("DetectorVector")
@@ -281,24 +349,54 @@ def _detector_views(ds: Dataset, n_frames: int) -> list[View | None]:
                 f"instance {uid}: Detector Vector (0054,0020) has {len(detectors)} values but "
                 f"Number of Frames (0028,0008) is {n_frames}"
             )
-    views: list[View | None] = []
+    selected: list[Dataset | None] = []
     for frame, detector in enumerate(detectors, start=1):
         if not items:
-            views.append(None)
+            selected.append(None)
             continue
         if not 1 <= detector <= len(items):
             raise ViewError(
                 f"instance {uid} frame {frame}: Detector Vector (0054,0020) value {detector} has no "
                 f"item in the Detector Information Sequence (0054,0022) of {len(items)} item(s)"
             )
-        views.append(_coded_view(items[detector - 1], f"instance {uid} detector {detector}"))
-    return views
+        selected.append(items[detector - 1])
+    return selected
+
+
+#: Within this of ±1, a direction cosine is taken as along that axis (a detector is never tilted
+#: by more than a few degrees for a whole-body pass; Siemens obliques are 0.7071).
+_AXIS_COSINE = 0.9
+
+
+def detector_orientation(item: Dataset, where: str) -> PatientOrientation | None:
+    """Rule 2: a Detector Information item's Image Orientation (Patient) as a planar orientation.
+
+    ``None`` when absent or when it does not describe a coronal plane (e.g. the ``1,0,0,0,1,0``
+    default some software writes for any planar image); :class:`NotWholeBodyView` when the row
+    direction is oblique or lateral while the columns run head–feet (an oblique or lateral static).
+    """
+    value = item.get("ImageOrientationPatient")
+    if value is None or len(value) != 6:
+        return None
+    try:
+        row_x, row_y, _, _, _, column_z = (float(v) for v in (*value[:3], *value[3:]))
+    except (TypeError, ValueError):
+        raise ViewError(f"{where}: Image Orientation (Patient) (0020,0037) is not six numbers") from None
+    if abs(column_z) < _AXIS_COSINE:
+        return None
+    if abs(row_x) >= _AXIS_COSINE:
+        return PatientOrientation("L" if row_x > 0 else "R", "H" if column_z > 0 else "F")
+    shown = "\\".join(f"{float(v):g}" for v in value)
+    raise NotWholeBodyView(
+        f"{where}: Image Orientation (Patient) (0020,0037) {shown} is an oblique or lateral "
+        "detector, not an anterior or posterior whole-body view"
+    )
 
 
 def _instance_view(ds: Dataset) -> tuple[View, ViewRule] | None:
-    """Rules 2–4 for a single-frame instance: root view code, Patient Orientation, descriptions."""
+    """Rules 4–6 for a single-frame instance: root view code, Patient Orientation, descriptions."""
     uid = ds.SOPInstanceUID
-    view = _coded_view(ds, f"instance {uid} (root)")
+    view = _coded_view(ds, f"instance {uid} (root)") or _vendor_view(ds, f"instance {uid} (root)")
     if view is not None:
         return view, ViewRule.ROOT_VIEW_CODE
     orientation = patient_orientation(ds)
@@ -313,15 +411,46 @@ def _instance_view(ds: Dataset) -> tuple[View, ViewRule] | None:
 
 
 def _coded_view(item: Dataset, where: str) -> View | None:
+    """Rule 1: a CID 26 code (private schemes are rule 3's)."""
     codes = list(item.get("ViewCodeSequence", []))
     if not codes:
         return None
     code = codes[0]
     key = (str(code.get("CodingSchemeDesignator", "")).upper(), str(code.get("CodeValue", "")))
-    if key not in VIEW_CODES:
-        log.warning("%s: View Code Sequence (0054,0220) code %s is not a CID 26 projection", where, key)
+    if key in VIEW_CODES:
+        return VIEW_CODES[key]
+    if not key[0].startswith(_PRIVATE_SCHEME_PREFIX):
+        log.warning("%s: View Code Sequence (0054,0220) code %s is not a CID 26 projection", where,
+                    (key[0][:16], key[1][:16]))
+    return None
+
+
+#: Private coding schemes start with "99" (PS3.16 §8.2, "Private Coding Schemes").
+_PRIVATE_SCHEME_PREFIX = "99"
+_ANTERIOR_WORDS = frozenset({"ANT", "ANTERIOR"})
+_POSTERIOR_WORDS = frozenset({"POST", "POSTERIOR"})
+_OBLIQUE_WORDS = frozenset({"LAO", "RAO", "LPO", "RPO", "OBL", "OBLIQUE", "LAT", "LATERAL", "LLAT", "RLAT"})
+
+
+def _vendor_view(item: Dataset, where: str) -> View | None:
+    """Rule 3: a private-scheme View Code read by its words (module docstring)."""
+    codes = list(item.get("ViewCodeSequence", []))
+    if not codes:
         return None
-    return VIEW_CODES[key]
+    code = codes[0]
+    if not str(code.get("CodingSchemeDesignator", "")).upper().startswith(_PRIVATE_SCHEME_PREFIX):
+        return None
+    text = f"{code.get('CodeValue', '')} {code.get('CodeMeaning', '')}".upper()
+    words = set(re.findall(r"[A-Z]+", text))
+    if words & _OBLIQUE_WORDS:
+        raise NotWholeBodyView(
+            f"{where}: View Code {sorted(words & _OBLIQUE_WORDS)[0]} is an oblique or lateral view, "
+            "not an anterior or posterior whole-body view"
+        )
+    anterior, posterior = bool(words & _ANTERIOR_WORDS), bool(words & _POSTERIOR_WORDS)
+    if anterior != posterior:
+        return View.ANTERIOR if anterior else View.POSTERIOR
+    return None
 
 
 def _described_view(ds: Dataset) -> View | None:
@@ -397,7 +526,8 @@ def _assume_undecided(frames: list[_Frame], notes: list[str]) -> list[_Frame]:
         if frame.view is None:
             view = remaining.pop(0)
             notes.append(f"{frame.label}: view not stated; assumed {view.value} (order, anterior first)")
-            frame = _Frame(frame.dataset, frame.index, frame.pixels, view, ViewRule.ASSUMED)
+            frame = _Frame(frame.dataset, frame.index, frame.pixels, view, ViewRule.ASSUMED,
+                           frame.orientation)
         decided.append(frame)
     return decided
 
@@ -405,9 +535,12 @@ def _assume_undecided(frames: list[_Frame], notes: list[str]) -> list[_Frame]:
 def _view_image(frame: _Frame, notes: list[str]) -> ViewImage:
     ds = frame.dataset
     assert frame.view is not None and frame.rule is not None
-    orientation = patient_orientation(ds)
+    orientation = frame.orientation or patient_orientation(ds)
     from_behind = frame.view is View.POSTERIOR
-    if orientation is not None and (orientation.from_behind == from_behind or frame_count(ds) == 1):
+    if frame.orientation is not None or (
+        orientation is not None and (orientation.from_behind == from_behind or frame_count(ds) == 1)
+    ):
+        assert orientation is not None
         flip_lr, flip_ud = orientation.flip_lr, orientation.flip_ud
         if orientation.from_behind != from_behind:
             notes.append(

@@ -19,7 +19,7 @@ unsigned_8bit                       0x0000   legal and consistent (Bits Allocate
 odd_length_padded                   0x0000   8-bit odd pixel count + one pad byte (PS3.5 §7.1.1): accept
 single_frame_no_view                0x0000   View Code Sequence is Type 3; the study may decide by order
 two_frames_views_assumed            0x0000   no view information: frame order (anterior first), noted
-image_type_static                   0x0000   legal NM, not WHOLE BODY: accepted, warning logged
+image_type_static                   0x0000   legal NM static: stored as a static (never segmented), no views
 legacy_srt_view_codes               0x0000   SRT G-5215 / G-5216 (CID 26 legacy): accept
 missing_number_of_frames            0x0000   one frame assumed, warning logged
 seg_of_held_instance                0x0000   a viewer's SEG on an instance we hold: a training label
@@ -36,7 +36,7 @@ corrupt_rle                         0xC000   RLE segment offset past the frame: 
 sop_instance_uid_path_traversal     0xC000   ``../../x`` as SOP Instance UID: no path is ever built
 study_uid_path_traversal            0xC000   ``1.2/../../../etc`` as Study Instance UID
 uid_too_long                        0xC000   a 65-character Study Instance UID (PS3.5 §9.1)
-uid_leading_zero                    0xC000   ``1.02.3`` (components have no leading zeros)
+uid_empty_component                 0xC000   ``1..3`` (a UID has no empty component)
 seg_of_unknown_instance             0xC000   a SEG whose source this node does not hold
 seg_without_references              0xC000   a SEG that references nothing at all
 rows_columns_mismatch               0xA900   Rows x Columns disagree with the Pixel Data length
@@ -288,7 +288,7 @@ KINDS: list[Kind] = [
     Kind("study_uid_path_traversal", CANNOT_UNDERSTAND, "Study Instance UID",
          _uid_in_dataset("StudyInstanceUID", "1.2/../../../etc")),
     Kind("uid_too_long", CANNOT_UNDERSTAND, "65 characters", _uid_in_dataset("StudyInstanceUID", "1." + "2" * 63)),
-    Kind("uid_leading_zero", CANNOT_UNDERSTAND, "not a UID", _uid_in_dataset("SeriesInstanceUID", "1.02.3")),
+    Kind("uid_empty_component", CANNOT_UNDERSTAND, "not a UID", _uid_in_dataset("SeriesInstanceUID", "1..3")),
     Kind("seg_of_unknown_instance", CANNOT_UNDERSTAND, "references no instance",
          lambda h: sample(seg_for(one("split", seed=99)))),
     Kind("seg_without_references", CANNOT_UNDERSTAND, "references no source", _seg_without_references),
@@ -345,7 +345,8 @@ def views_of(kind: str) -> tuple[str, ...]:
     """The views the index must record for the accepted kinds that hold NM images."""
     both = (View.ANTERIOR.value, View.POSTERIOR.value)
     return {"single_frame_no_view": (), "odd_length_padded": (View.ANTERIOR.value,),
-            "missing_number_of_frames": (View.ANTERIOR.value,), "seg_of_held_instance": ()}.get(kind, both)
+            "missing_number_of_frames": (View.ANTERIOR.value,), "seg_of_held_instance": (),
+            "image_type_static": ()}.get(kind, both)
 
 
 # -- sending ------------------------------------------------------------------------------------------

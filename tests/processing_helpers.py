@@ -59,6 +59,7 @@ def add_study(database: Database, views: tuple[str, ...] = ("anterior", "posteri
 
 def store_study(database: Database, spool, datasets, *, state: StudyState = StudyState.RECEIVING) -> int:
     """Put NM datasets into the spool and the index the way the receiver does; return the study id."""
+    from dicomnode.dicom.sop import SEGMENTED_KIND, instance_kind
     from dicomnode.pipeline.processing import encode
     from segmentation.views import stated_views
 
@@ -73,10 +74,12 @@ def store_study(database: Database, spool, datasets, *, state: StudyState = Stud
             data = encode(ds)
             written = spool.write(spool.instance_path(uid, str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID),
                                                       sha256(data).hexdigest()), data)
-            views = ",".join(sorted({item[0].value for item in stated_views(ds) if item is not None}))
+            kind = instance_kind(ds, str(ds.SOPClassUID))[0]
+            views = ",".join(sorted({item[0].value for item in stated_views(ds) if item is not None})
+                             if kind == SEGMENTED_KIND else [])
             session.add(Instance(study_id=study.id, sop_instance_uid=str(ds.SOPInstanceUID),
                                  sop_class_uid=str(ds.SOPClassUID), series_instance_uid=str(ds.SeriesInstanceUID),
-                                 views=views, path=written.path, sha256=written.sha256, size=written.size))
+                                 kind=kind, views=views, path=written.path, sha256=written.sha256, size=written.size))
         study.last_instance_at = utcnow()
         return study.id
 

@@ -56,7 +56,7 @@ def test_superseded_and_non_nm_instances_do_not_make_a_study_ready(database):
         anterior = session.scalars(select(Instance).where(Instance.views == "anterior")).one()
         session.add(Instance(study_id=study_id, sop_instance_uid="1.2.3.4", series_instance_uid="1.2.3",
                              sop_class_uid="1.2.840.10008.5.1.4.1.1.66.4",  # a SEG sent back
-                             views="posterior", path="x", sha256="1" * 64, size=1))
+                             kind="seg", views="posterior", path="x", sha256="1" * 64, size=1))
         assert anterior.views == "anterior"
     assert assemble(database, POLICY, now=start + timedelta(seconds=1)) == []
 

@@ -31,3 +31,10 @@ def test_synth_counts_in_words(tmp_path: Path) -> None:
                                       "--columns", "64", "--spacing", "9.04"])
     assert result.exit_code == 0, result.output
     assert f"wrote 1 study to {tmp_path / 'one'}" in result.output
+
+
+def test_synth_offers_every_vendor_profile():
+    from dicomnode.cli import Vendor
+    from dicomnode.synth.vendors import VENDORS
+
+    assert [member.value for member in Vendor] == [*VENDORS, "mixed"]

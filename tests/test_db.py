@@ -188,7 +188,7 @@ def test_unusable_urls_are_refused(url: str, message: str) -> None:
 
 
 def test_a_database_of_the_first_schema_upgrades_with_its_jobs(tmp_path: Path) -> None:
-    """0001 → head keeps existing jobs: no worker losses yet, waiting for nothing (0002)."""
+    """0001 → head keeps existing jobs: no worker losses yet, waiting for nothing (0003)."""
     from alembic import command
     from sqlalchemy import text
 

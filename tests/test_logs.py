@@ -133,3 +133,22 @@ def test_json_lines_stay_valid_json_with_hostile_values() -> None:
     assert (parsed["bsi"], parsed["ratio"], parsed["count"]) == ("nan", "inf", 3)
     assert parsed["states"] == ["ok", "-inf", {"k": "nan"}] and parsed["raw"] == str(b"\x00\xff")
     assert parsed["odd"].startswith("<unprintable _Unprintable")
+
+
+def test_library_warnings_reach_the_log_without_the_values_they_quote(capsys):
+    import warnings
+
+    from pydicom.dataset import Dataset
+
+    logging.captureWarnings(False)  # undo an earlier test's capture, made under pytest's own recorder
+    handler = configure_logging(LoggingSection())
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            Dataset().PatientBirthDate = "DOE^JOHN^SECRET"  # pydicom logs and warns, quoting the value
+    finally:
+        logging.getLogger().removeHandler(handler)
+        logging.captureWarnings(False)
+    err = capsys.readouterr().err
+    assert "Invalid value for VR DA: '…'" in err and "py.warnings" in err  # both routes reach the log
+    assert "SECRET" not in err

@@ -191,14 +191,14 @@ def test_accepted_connections_send_without_nagle_delay(tmp_path: Path) -> None:
             assert accepted.dul.socket.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
 
 
-def test_non_nm_sop_class_is_not_negotiated(tmp_path: Path) -> None:
+def test_a_sop_class_not_received_is_not_negotiated(tmp_path: Path) -> None:
     (ds,) = small_study("multiframe", seed=6)
-    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"  # CT Image Storage
-    ds.Modality = "CT"
-    files = write_files([ds], tmp_path / "ct")
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"  # MR Image Storage
+    ds.Modality = "MR"
+    files = write_files([ds], tmp_path / "mr")
     with running_node(tmp_path) as node:
         run = storescu(node.port, files)
-        assert "No presentation context for: (CT)" in run.output  # PS3.4 B.2.3: not negotiated
+        assert "No presentation context for: (MR)" in run.output  # PS3.4 B.2.3: not negotiated
         assert run.statuses == []  # never sent
         assert node.instances() == []
 

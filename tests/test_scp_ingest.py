@@ -111,6 +111,7 @@ def test_a_seg_is_stored_without_touching_the_study(database: Database, spool: S
     with database.session(write=True) as session:
         session.execute(update(Study).values(state=StudyState.PROCESSED))
     seg = ReceivedInstance(sop_class_uid=SegmentationStorage, sop_instance_uid="1.2.3.9", study_instance_uid=STUDY,
+                           kind="seg",
                            series_instance_uid="1.2.3.8", referenced_sop_instance_uids=frozenset({"1.2.3.1"}))
     label = ingest(database, spool, seg, b"seg", "VIEWER", now=T0 + timedelta(hours=1))
     assert label.outcome is Outcome.STORED and label.study_version == 1

@@ -65,12 +65,14 @@ def test_segment_writes_results_and_a_summary_that_matches_the_segmenter(studies
 
 def test_an_unreadable_study_is_reported_and_fails_the_command(tmp_path):
     datasets = nm_study(phantom_counts(rows=256, columns=64), layout="split")
-    datasets[1].DetectorInformationSequence[0].ViewCodeSequence = datasets[0].DetectorInformationSequence[0].ViewCodeSequence
+    for dataset in datasets:
+        del dataset.PixelSpacing
     paths = write_study(datasets, tmp_path / "bad")
     result = segment(*map(str, paths), "--out", str(tmp_path / "out"))
     assert result.exit_code == 1
     (study,) = json.loads((tmp_path / "out" / "summary.json").read_text())["studies"]
-    assert "two anterior views" in study["error"] and study["objects"] == []
+    assert "not processable" in study["error"] and "Pixel Spacing" in study["error"]
+    assert study["objects"] == []
     assert not (tmp_path / "out" / study["study_uid"]).exists()
     assert "FAIL" in result.output
 

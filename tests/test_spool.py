@@ -26,7 +26,7 @@ def test_valid_uids(uid: str) -> None:
     [
         ("../../x", "not a UID"),
         ("1.2/3", "not a UID"),
-        ("1.02", "not a UID"),  # leading zero in a component
+        ("1..2", "not a UID"),  # an empty component
         ("1..2", "not a UID"),
         ("1.2.", "not a UID"),
         (" 1.2", "not a UID"),

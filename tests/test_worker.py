@@ -21,7 +21,19 @@ from dicomnode.pipeline.processing import load_segmenter
 from dicomnode.pipeline.queue import QueuePolicy, claim
 from dicomnode.pipeline.results import ResultOptions
 from dicomnode.pipeline.worker import Worker
-from dicomnode.store.models import Export, Instance, Job, JobState, ResultKind, ResultObject, Study, StudyState, utcnow
+from dicomnode.store.models import (
+    AcquisitionOutcome,
+    AcquisitionState,
+    Export,
+    Instance,
+    Job,
+    JobState,
+    ResultKind,
+    ResultObject,
+    Study,
+    StudyState,
+    utcnow,
+)
 from dicomnode.store.spool import Spool
 from segmentation.scan import View
 from tests.nm_factory import nm_study, phantom_counts
@@ -92,18 +104,20 @@ def test_a_study_with_one_view_is_processed_with_what_arrived(node):
         datasets[0].SOPInstanceUID
 
 
-def test_unreadable_input_fails_at_once_with_the_reason(node):
+def test_unreadable_views_end_the_acquisition_not_processable_at_once(node):
     database, spool, worker = node
-    study = nm_study(counts(), layout="split")
-    # Both instances claim to be the anterior view: views cannot be decided; retrying cannot help.
-    study[1].DetectorInformationSequence[0].ViewCodeSequence = study[0].DetectorInformationSequence[0].ViewCodeSequence
+    study = nm_study(counts(), layout="multiframe")
+    # Both detectors claim to be the anterior view: views cannot be decided; retrying cannot help.
+    items = study[0].DetectorInformationSequence
+    items[1].ViewCodeSequence = items[0].ViewCodeSequence
     study_id = store_study(database, spool, study)
     job = process(database, worker)
-    assert job.state is JobState.FAILED and job.attempts == 1
-    assert "two anterior views" in job.error
+    assert job.state is JobState.DONE and job.attempts == 1 and job.error is None
     with database.session() as session:
-        assert session.get(Study, study_id).state is StudyState.FAILED
+        assert session.get(Study, study_id).state is StudyState.PROCESSED
         assert session.scalars(select(ResultObject)).all() == []
+        (outcome,) = session.scalars(select(AcquisitionOutcome)).all()
+    assert outcome.state is AcquisitionState.NOT_PROCESSABLE and "two anterior views" in outcome.reason
 
 
 def test_an_unexpected_error_is_retried_then_fails(node):
@@ -123,14 +137,17 @@ def test_an_unexpected_error_is_retried_then_fails(node):
     assert job.state is JobState.FAILED and job.error.startswith("FileNotFoundError")
 
 
-def test_a_new_version_gets_results_in_new_series(node):
+def test_a_second_acquisition_gets_results_in_new_series_and_the_first_is_not_redone(node):
     database, spool, worker = node
     datasets = nm_study(counts())
     study_id = store_study(database, spool, datasets)
     first = process(database, worker)
+    # A second whole-body scan of the same study (a later phase) arrives after processing.
+    later = nm_study(phantom_counts(rows=256, columns=64, seed=4), study_uid=str(datasets[0].StudyInstanceUID))
     with database.session(write=True) as session:  # new content arrived (what ingest does)
         study = session.get(Study, study_id)
         study.version, study.state = 2, StudyState.RECEIVING
+    store_study(database, spool, later)
     second = process(database, worker)
     assert (first.study_version, second.study_version) == (1, 2) and second.state is JobState.DONE
     with database.session() as session:
@@ -138,7 +155,17 @@ def test_a_new_version_gets_results_in_new_series(node):
                                               .where(ResultObject.job_id == job_id)).all())
                   for job_id in (first.id, second.id)}
         assert session.get(Study, study_id).state is StudyState.PROCESSED
+        outcomes = {job_id: session.scalars(select(AcquisitionOutcome.key)
+                                            .where(AcquisitionOutcome.job_id == job_id)).all()
+                    for job_id in (first.id, second.id)}
+        sources = [session.scalars(select(ResultObject.path).where(ResultObject.job_id == second.id)).first()]
     assert series[first.id] and series[second.id] and not series[first.id] & series[second.id]
+    assert len(outcomes[first.id]) == 1 and len(outcomes[second.id]) == 1  # the first is not redone
+    assert outcomes[first.id] != outcomes[second.id]
+    seg = pydicom.dcmread(spool.absolute(sources[0]))
+    assert seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == \
+        later[0].SOPInstanceUID
+    assert int(seg.SeriesNumber) == OPTIONS.series_number_base + 10 + 1  # result set 2
 
 
 def test_a_worker_that_lost_its_lease_records_nothing(node):

@@ -7,23 +7,30 @@ transfer syntax and the command's Affected SOP Class / Instance UIDs. It returns
 :class:`ReceivedInstance` (what the index needs) or raises :class:`Refusal` with the status to
 answer (C-STORE statuses, PS3.4 Table B.2-1 and PS3.7 Annex C):
 
-- **0x0122** Refused: SOP Class not supported — the command names a SOP class other than NM or SEG
-  (a conforming SCU cannot: only those contexts are negotiated).
+- **0x0122** Refused: SOP Class not supported — the command names a SOP class not in
+  :data:`~dicomnode.dicom.sop.RECEIVED` (a conforming SCU cannot: only those contexts are negotiated).
 - **0xA700** Refused: Out of Resources — free space under the floor, disk full, database unavailable
   (answered by :mod:`dicomnode.pipeline.receiver`, not here).
 - **0xA900** Error: Data Set does not match SOP Class — SOP Class / Instance UID differ from the
-  command's; Modality not NM (or SEG); a required attribute missing; Rows × Columns × Frames × Bits
+  command's; Modality not the class's (NM, CT, SEG, SR); a required attribute missing; Rows × Columns × Frames × Bits
   Allocated disagrees with the Pixel Data length; bits outside the NM Image Pixel Module (PS3.3
-  C.8.4.7); contradictory view information; missing or non-numeric Pixel Spacing; colour pixels.
+  C.8.4.7); for whole-body NM images only: contradictory view information, missing or non-numeric
+  Pixel Spacing, colour pixels.
 - **0xC000** Error: Cannot understand — not readable as DICOM in the negotiated transfer syntax
   (truncated, lengths beyond the data, VR encoding not the negotiated one, undecodable values or
   pixels, a deflate stream over the ceiling); an invalid UID (PS3.5 §9.1); a SEG that references no
   instance this node holds (raised by :mod:`dicomnode.store.ingest`).
 
 dcmtk's ``storescp`` also answers 0xA900 when the data set's SOP Instance UID differs from the
-command's; we do the same. Accepted with a warning (status 0x0000, warning logged and kept in
-:attr:`ReceivedInstance.warnings`): 8-bit or signed NM pixels (legal in C.8.4.7), Image Type value 3
-other than WHOLE BODY, a missing Number of Frames (one frame assumed), a single-frame instance that
+command's; we do the same.
+
+Every instance of an accepted class that is readable is stored; :attr:`ReceivedInstance.kind` says
+what it is (:func:`dicomnode.dicom.sop.instance_kind`: an NM image's Image Type value 3, CT,
+Secondary Capture, SEG, SR). Only whole-body NM images get the view checks below, because only they
+are segmented; statics, TOMO, reconstructions, CT and screen captures are kept with their study.
+Accepted with a warning (status 0x0000, warning logged and kept in
+:attr:`ReceivedInstance.warnings`): 8-bit or signed NM pixels (legal in C.8.4.7), an NM image without
+Image Type value 3 (whole body when its matrix is one), a missing Number of Frames (one frame assumed), a single-frame instance that
 states no view (the study may still decide it by order, see :mod:`segmentation.views` rule 5), a
 two-frame instance whose views are assumed from frame order.
 
@@ -53,9 +60,9 @@ from pydicom.sequence import Sequence
 from pydicom.tag import Tag
 from pydicom.uid import UID, NuclearMedicineImageStorage
 
-from dicomnode.dicom.sop import RECEIVED
+from dicomnode.dicom.sop import RECEIVED, SEGMENTED_KIND, ObjectKind, instance_kind
 from dicomnode.dicom.status import Status
-from dicomnode.dicom.uids import UIDError, check_uid
+from dicomnode.dicom.uids import UIDError, check_uid, uid_remark
 from segmentation.scan import View
 from segmentation.views import UndecodablePixels, ViewError, frame_count, load_scan, stated_views
 
@@ -89,7 +96,8 @@ class ReceivedInstance:
     series_instance_uid: str
     patient_id: str | None = None
     accession_number: str | None = None
-    views: tuple[str, ...] = ()  # "anterior" / "posterior" as the instance states them (NM only)
+    kind: str = SEGMENTED_KIND  # Instance.kind: dicomnode.dicom.sop.instance_kind
+    views: tuple[str, ...] = ()  # "anterior" / "posterior" as the instance states them (whole-body NM only)
     referenced_sop_instance_uids: frozenset[str] = frozenset()  # SEG: the sources it segments
     warnings: tuple[str, ...] = field(default=())
 
@@ -99,9 +107,14 @@ class ReceivedInstance:
         return {name: getattr(self, name) for name in PATIENT_FIELDS}
 
     @property
-    def is_image(self) -> bool:
-        """An NM image (to be segmented) rather than a SEG sent back by a viewer."""
-        return self.sop_class_uid == NuclearMedicineImageStorage
+    def segmented(self) -> bool:
+        """A whole-body NM image: content that the node segments (a new one re-opens its study)."""
+        return self.kind == SEGMENTED_KIND
+
+    @property
+    def is_seg(self) -> bool:
+        """A SEG sent back by a viewer: accepted only with a source this node holds."""
+        return self.kind == ObjectKind.SEG.value
 
 
 def inspect_instance(dataset: bytes, *, transfer_syntax: str, sop_class_uid: str,
@@ -118,18 +131,24 @@ def inspect_instance(dataset: bytes, *, transfer_syntax: str, sop_class_uid: str
     _check_identity(ds, sop_class_uid, sop_instance_uid)
     study_uid = _uid(ds, "StudyInstanceUID", "Study Instance UID (0020,000D)")
     series_uid = _uid(ds, "SeriesInstanceUID", "Series Instance UID (0020,000E)")
-    _check_pixel_module(ds, warnings)
-    if sop_class_uid == NuclearMedicineImageStorage:
-        views = _nm_views(ds, warnings)
-        references: frozenset[str] = frozenset()
-    else:
-        views = ()
-        references = _seg_references(ds)
+    for uid, what in ((sop_instance_uid, "SOP Instance UID"), (study_uid, "Study Instance UID"),
+                      (series_uid, "Series Instance UID")):
+        remark = uid_remark(uid, what)
+        if remark:
+            warnings.append(remark)
+    kind, note = instance_kind(ds, sop_class_uid)
+    if note:
+        warnings.append(note)
+    if kind != ObjectKind.SR.value:
+        _check_pixel_module(ds, warnings)
+    views: tuple[str, ...] = _nm_views(ds, warnings) if kind == SEGMENTED_KIND else ()
+    references = _seg_references(ds) if kind == ObjectKind.SEG.value else frozenset()
     return ReceivedInstance(
         sop_class_uid=sop_class_uid,
         sop_instance_uid=sop_instance_uid,
         study_instance_uid=study_uid,
         series_instance_uid=series_uid,
+        kind=kind,
         patient_id=_text(ds, "PatientID", 64),
         accession_number=_text(ds, "AccessionNumber", 16),
         views=views,
@@ -248,8 +267,8 @@ def _check_identity(ds: Dataset, sop_class_uid: str, sop_instance_uid: str) -> N
     if dataset_instance != sop_instance_uid:
         raise Refusal(Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
                       f"SOP Instance UID (0008,0018) {dataset_instance} is not the command's {sop_instance_uid}")
-    modality = RECEIVED[sop_class_uid]
-    if str(ds.get("Modality", "")) != modality:
+    modality = RECEIVED[UID(sop_class_uid)][0]
+    if modality is not None and str(ds.get("Modality", "")) != modality:
         raise Refusal(Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
                       f"Modality (0008,0060) {str(ds.get('Modality', ''))[:16]!r} is not {modality}")
 
@@ -269,8 +288,15 @@ _PIXEL_ATTRIBUTES = {
 }
 
 
+#: Bits Allocated per kind of object: NM 8/16 (C.8.4.7), CT 16 (C.8.2.1.1.4), SEG 1/8 (C.8.20.2),
+#: Secondary Capture 8/16 (C.8.6.2, C.8.6.3).
+_ALLOWED_BITS: dict[ObjectKind | None, tuple[int, ...]] = {
+    None: (8, 16), ObjectKind.CT: (16,), ObjectKind.SEG: (1, 8), ObjectKind.SECONDARY_CAPTURE: (8, 16),
+}
+
+
 def _check_pixel_module(ds: Dataset, warnings: list[str]) -> None:
-    """Image Pixel Module (PS3.3 C.7.6.3) consistency; NM limits from C.8.4.7, SEG from C.8.20.2."""
+    """Image Pixel Module (PS3.3 C.7.6.3) consistency, with each class's Bits Allocated."""
     mismatch = Status.DATASET_DOES_NOT_MATCH_SOP_CLASS
     for keyword, tag in _PIXEL_ATTRIBUTES.items():
         if ds.get(keyword) in (None, ""):
@@ -279,7 +305,7 @@ def _check_pixel_module(ds: Dataset, warnings: list[str]) -> None:
     bits, stored, high = int(ds.BitsAllocated), int(ds.BitsStored), int(ds.HighBit)
     if rows <= 0 or columns <= 0:
         raise Refusal(mismatch, f"Rows {rows} x Columns {columns} is not an image")
-    allowed_bits = (8, 16) if ds.SOPClassUID == NuclearMedicineImageStorage else (1, 8)
+    allowed_bits = _ALLOWED_BITS.get(RECEIVED[UID(ds.SOPClassUID)][1], (8, 16))
     if bits not in allowed_bits:
         raise Refusal(mismatch, f"Bits Allocated (0028,0100) {bits} is not one of {allowed_bits}")
     if not 1 <= stored <= bits or high != stored - 1:

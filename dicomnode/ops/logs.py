@@ -17,6 +17,12 @@ line cannot be trusted to be one line: :class:`KeyValues` escapes every control 
 message and the fields (a newline becomes ``\\n``, ESC ``\\x1b``, NUL ``\\x00``), and a traceback's
 continuation lines are indented with ``|``, so no value can forge a line or send a terminal escape.
 JSON lines are escaped by the JSON encoder and stay strict JSON for any value (:class:`JsonLines`).
+
+Libraries quote the values they complain about (pydicom: ``Invalid value for VR DA: '19700101'``,
+highdicom likewise), and those values can be patient names or birth dates. Python warnings are routed
+into the log (``logging.captureWarnings``), never printed raw to stderr, and in records of loggers
+other than the node's every quoted value is replaced by ``'…'`` unless ``include_patient_data``
+(:class:`LibraryRedaction`).
 """
 
 from __future__ import annotations
@@ -144,6 +150,22 @@ class NodeLogHandler(logging.StreamHandler):
         """StreamHandler assigns the stream it was given; this handler always follows sys.stderr."""
 
 
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+
+
+class LibraryRedaction(logging.Filter):
+    """Replace quoted values in library records (pydicom, highdicom, Python warnings) by ``'…'``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.split(".")[0] in NODE_LOGGERS:
+            return True
+        message = record.getMessage()
+        redacted = _QUOTED.sub("'…'", message)
+        if redacted != message:
+            record.msg, record.args = redacted, ()
+        return True
+
+
 def configure_logging(settings: LoggingSection) -> NodeLogHandler:
     """Route the node's log to stderr as ``[logging]`` says (see the module docstring); return the handler."""
     root = logging.getLogger()
@@ -151,7 +173,10 @@ def configure_logging(settings: LoggingSection) -> NodeLogHandler:
         root.removeHandler(previous)
         previous.close()
     handler = NodeLogHandler(settings)
+    if not settings.include_patient_data:
+        handler.addFilter(LibraryRedaction())
     root.addHandler(handler)
+    logging.captureWarnings(True)
     for name in NODE_LOGGERS:
         logging.getLogger(name).setLevel(settings.level)
     quieter = max(logging.WARNING, logging.getLevelName(settings.level))

@@ -10,6 +10,9 @@ and as text by :func:`render`. "Needs attention" means:
   the next one to look will reclaim it), a study still RECEIVING well after its last instance
   (assembly is not running), a READY study with no job for its current version;
 - *failed jobs* with their error; *refused* and *failed exports* with the destination's last answer;
+- (shown, not needing attention) what was received by kind (whole-body, static, tomo, recon-tomo, ct,
+  secondary-capture, seg, sr: only whole-body acquisitions are segmented), acquisitions processed and
+  not processable, and the latest "not processable" reasons;
 - destinations in back-off (pending exports that failed at least once), with the last status they
   gave and since when; shown always, and needing attention once the first failed attempt is older
   than :data:`ATTENTION_AFTER_SECONDS`;
@@ -42,9 +45,12 @@ from dicomnode.pipeline.queue import as_utc, requeue_failed
 from dicomnode.store.db import Database
 from dicomnode.store.spool import free_bytes
 from dicomnode.store.models import (
+    AcquisitionOutcome,
+    AcquisitionState,
     Export,
     ExportAttempt,
     ExportState,
+    Instance,
     Job,
     JobState,
     ResultObject,
@@ -96,7 +102,20 @@ def collect(database: Database, *, quiet_seconds: float = 10.0, now: datetime | 
             "studies": _counts(session, Study.state, StudyState),
             "jobs": _counts(session, Job.state, JobState),
             "exports": _counts(session, Export.state, ExportState),
+            "instances": {kind: int(count) for kind, count in session.execute(
+                select(Instance.kind, func.count()).where(Instance.superseded.is_(False))
+                .group_by(Instance.kind).order_by(Instance.kind)).all()},
+            "acquisitions": {state.value: int(count) for state, count in session.execute(
+                select(AcquisitionOutcome.state, func.count()).group_by(AcquisitionOutcome.state)).all()},
         }
+        report["not_processable"] = [
+            {"study_uid": uid, "job": outcome.job_id, "acquisition": outcome.label, "reason": outcome.reason}
+            for outcome, uid in session.execute(
+                select(AcquisitionOutcome, Study.study_instance_uid).join(Study)
+                .where(AcquisitionOutcome.state == AcquisitionState.NOT_PROCESSABLE)
+                .order_by(AcquisitionOutcome.id.desc()).limit(LIST_LIMIT)
+            ).all()
+        ]
         per_destination = session.execute(
             select(Export.destination, Export.state, func.count()).group_by(Export.destination, Export.state)
         ).all()
@@ -214,6 +233,13 @@ def render(report: dict[str, Any]) -> str:
     for section in ("studies", "jobs", "exports"):
         counts = "  ".join(f"{state} {count}" for state, count in report[section].items())
         lines.append(f"{section:<9} {counts}")
+    if report["instances"]:
+        lines.append("instances " + "  ".join(f"{kind} {count}" for kind, count in report["instances"].items())
+                     + "  (only whole-body acquisitions are segmented)")
+    if report["acquisitions"]:
+        lines.append("acquisitions " + "  ".join(f"{state} {count}" for state, count in report["acquisitions"].items()))
+    for item in report["not_processable"]:
+        lines.append(f"not processable: study {item['study_uid']}, {item['acquisition']}: {item['reason']}")
     for name, counts in sorted(report["destinations"].items()):
         lines.append(f"  to {name}: " + "  ".join(f"{s} {n}" for s, n in counts.items() if n))
     space = report.get("disk")

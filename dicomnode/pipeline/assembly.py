@@ -3,7 +3,7 @@
 Step "assemble" of docs/architecture.md, "The journey of a study".
 
 A whole-body bone scan is ready the moment both views are present among its current (non-superseded)
-NM instances — one two-frame instance, or one instance per view; the views of each instance are
+whole-body NM instances — one two-frame instance, or one instance per view; the views of each instance are
 recorded by the receiver in ``Instance.views``. A study that lacks a view is processed after a quiet
 period (no new instance for ``quiet_seconds``, default 10 s) with what arrived; the results say which
 view is missing. Either way the study goes READY and a job for its current version is queued in the
@@ -14,8 +14,10 @@ bumps ``Study.version`` and puts the study back to RECEIVING when new content ar
 treats it like any receiving study and queues a job for the new version (one job per version,
 ``uq_job_study_version``), whose results go into new series.
 
-Only NM Image Storage instances count: a SEG sent back by a viewer (a physician's correction) is
-kept as a label, not as something to segment.
+Only whole-body NM instances count (``Instance.kind``): statics, TOMO, reconstructions, CT, screen
+captures and a SEG or SR sent back by a viewer are kept with the study, not segmented. A study that
+holds none of them still becomes ready after the quiet period, so that its job can record why
+nothing in it is processable (:mod:`dicomnode.pipeline.worker`).
 """
 
 from __future__ import annotations
@@ -24,9 +26,9 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from pydicom.uid import NuclearMedicineImageStorage
 from sqlalchemy import select
 
+from dicomnode.dicom.sop import SEGMENTED_KIND
 from dicomnode.pipeline.queue import as_utc, enqueue
 from dicomnode.store.db import Database
 from dicomnode.store.models import Instance, Study, StudyState, utcnow
@@ -44,10 +46,10 @@ class AssemblyPolicy:
 
 
 def views_present(session, study_id: int) -> frozenset[str]:
-    """The views covered by the study's current NM instances (``Instance.views`` as received)."""
+    """The views covered by the study's current whole-body instances (``Instance.views`` as received)."""
     recorded = session.scalars(
         select(Instance.views).where(Instance.study_id == study_id, Instance.superseded.is_(False),
-                                     Instance.sop_class_uid == NuclearMedicineImageStorage)
+                                     Instance.kind == SEGMENTED_KIND)
     ).all()
     return frozenset(view for value in recorded for view in value.split(",") if view)
 

@@ -1,8 +1,12 @@
-"""The processing of one study: views → segmentation → DICOM result objects.
+"""The processing of one study: whole-body acquisitions → views → segmentation → DICOM result objects.
 
 Step "worker" of docs/architecture.md, "The journey of a study", without the queue: the worker
 (:mod:`dicomnode.pipeline.worker`) runs it for each job, ``dicomnode segment``
 (:mod:`dicomnode.tools.offline`) on files.
+
+Each whole-body acquisition (:mod:`segmentation.acquisitions`) is processed on its own
+(:func:`segment_acquisition`) and gives its own result set, or a "not processable" reason; statics,
+TOMO, reconstructions, CT and screen captures are not segmented.
 
 The segmenter is loaded once per process (:func:`load_segmenter`, config ``[model]``): ``weights`` is
 ``"default"`` (the shipped model), ``"threshold"`` (the network-free baseline) or a path to a
@@ -15,14 +19,19 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
+
+from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
 from pydicom.uid import NuclearMedicineImageStorage
 
-from dicomnode.dicom.sop import ResultKind
+from dicomnode.dicom.sop import RECEIVED, ResultKind, instance_kind
 from dicomnode.pipeline.results import ResultOptions, build_results
+from dicomnode.pipeline.results.identity import repair_sources
+from segmentation.acquisitions import Acquisition, NMImageKind, nm_image_kind, split_acquisitions
 from segmentation.device import resolve_device
 from segmentation.inference import WEIGHTS_DIR, Segmenter
 from segmentation.result import SegmentationResult
@@ -55,21 +64,101 @@ def load_segmenter(weights: str, device: str = "auto", threshold: float | None =
     return segmenter
 
 
-def segment_study(datasets: Sequence[Dataset], segmenter: Segmenter, options: ResultOptions,
-                  study_version: int = 1) -> tuple[SegmentationResult, list[tuple[ResultKind, Dataset]]]:
-    """The pipeline of one study, shared by the worker and ``dicomnode segment``.
+@dataclass(frozen=True)
+class AcquisitionRun:
+    """What became of one whole-body acquisition: its result and objects, or why it was not processed."""
 
-    Raises :class:`UnreadableStudy` for input that cannot be turned into views.
+    acquisition: Acquisition
+    result: SegmentationResult | None = None
+    objects: tuple[tuple[ResultKind, Dataset], ...] = ()
+    encoded: tuple[bytes, ...] = ()  # each object as a Part 10 file (:func:`encode`), in order
+    reason: str | None = None  # "not processable" reason; None when processed
+
+    @property
+    def processed(self) -> bool:
+        return self.reason is None
+
+
+#: Errors of result building that come from the input data, not from this machine: retrying the
+#: same input cannot help, so the acquisition ends "not processable" with the error as its reason.
+DATA_ERRORS = (ValueError, TypeError, KeyError, AttributeError, IndexError)
+
+
+def whole_body_instances(datasets: Sequence[Dataset]) -> list[Dataset]:
+    """The whole-body NM images among ``datasets`` (Image Type value 3, :mod:`segmentation.acquisitions`)."""
+    return [ds for ds in datasets if ds.get("SOPClassUID") == NuclearMedicineImageStorage
+            and nm_image_kind(ds)[0] is NMImageKind.WHOLE_BODY]
+
+
+def segment_acquisition(acquisition: Acquisition, segmenter: Segmenter, options: ResultOptions,
+                        result_set: int = 1) -> AcquisitionRun:
+    """Segment one acquisition and build its result objects (series numbers from ``result_set``).
+
+    Input that cannot be segmented (views that cannot be read, patient identity that disagrees, not a
+    bone scan, headers that result building cannot use even after repair) gives a run with its
+    ``reason``; errors of this machine (memory, disk, a crashed library) propagate, so the job is retried.
     """
-    nm = [ds for ds in datasets if ds.get("SOPClassUID") == NuclearMedicineImageStorage]
-    if not nm:
-        raise UnreadableStudy("the study has no NM Image Storage instance to segment")
+    name = f"acquisition {acquisition.label!r}"
+    if acquisition.refusal is not None:
+        return AcquisitionRun(acquisition, reason=acquisition.refusal)
     try:
-        scan = load_scan(nm)
+        scan = load_scan(acquisition.datasets)
     except ViewError as exc:
-        raise UnreadableStudy(f"views cannot be read: {exc}") from exc
+        return AcquisitionRun(acquisition, reason=f"views cannot be read: {exc}")
+    sources, repairs = repair_sources(acquisition.datasets)
+    notes = (f"{name}", *acquisition.notes, *scan.notes, *repairs)
+    scan = dataclasses.replace(scan, notes=tuple(dict.fromkeys(notes)))
     result = segmenter.segment(scan)
-    return result, build_results(result, nm, options, study_version=study_version)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            objects = build_results(result, sources, options, study_version=result_set)
+            encoded = tuple(encode(dataset) for _, dataset in objects)
+        except DATA_ERRORS as exc:
+            log.warning("result building failed", extra={"study_uid": scan.study_instance_uid,
+                                                         "error": type(exc).__name__})
+            return AcquisitionRun(acquisition, result=result,
+                                  reason=f"results cannot be built from these headers ({type(exc).__name__})")
+        finally:
+            if caught:  # highdicom / pydicom warnings quote attribute values (patient names): not shown
+                log.info("library warnings while building results withheld (they may quote patient data)",
+                         extra={"count": len(caught),
+                                "categories": sorted({w.category.__name__ for w in caught})})
+    return AcquisitionRun(acquisition, result=result, objects=tuple(objects), encoded=encoded)
+
+
+def segment_study(datasets: Sequence[Dataset], segmenter: Segmenter, options: ResultOptions,
+                  first_result_set: int = 1) -> list[AcquisitionRun]:
+    """Every whole-body acquisition of one study, segmented on its own (``dicomnode segment``).
+
+    The k-th processed acquisition gets result set ``first_result_set + k``. Raises
+    :class:`UnreadableStudy` when the study holds no whole-body NM image at all.
+    """
+    acquisitions = split_acquisitions(whole_body_instances(datasets))
+    if not acquisitions:
+        raise UnreadableStudy(no_whole_body_reason(held_kinds(datasets)))
+    runs = []
+    for acquisition in acquisitions:
+        run = segment_acquisition(acquisition, segmenter, options, first_result_set)
+        first_result_set += run.processed
+        runs.append(run)
+    return runs
+
+
+def held_kinds(datasets: Sequence[Dataset]) -> dict[str, int]:
+    """How many data sets of each kind (``Instance.kind`` names) ``datasets`` holds."""
+    kinds: dict[str, int] = {}
+    for ds in datasets:
+        sop_class = str(ds.get("SOPClassUID", ""))
+        kind = instance_kind(ds, sop_class)[0] if sop_class in RECEIVED else "other"
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return kinds
+
+
+def no_whole_body_reason(kinds: dict[str, int]) -> str:
+    """The "not processable" reason of a study without a whole-body acquisition, naming what it holds."""
+    held = ", ".join(f"{count} {kind}" for kind, count in sorted(kinds.items())) or "nothing"
+    return f"no whole-body NM acquisition to segment (the study holds {held})"
 
 
 def encode(dataset: Dataset) -> bytes:

@@ -74,7 +74,17 @@ from sqlalchemy.orm import Session
 
 from dicomnode.dicom.sop import ResultKind
 from dicomnode.store.db import DatabaseError
-from dicomnode.store.models import Export, Job, JobState, ResultObject, Study, StudyState, utcnow
+from dicomnode.store.models import (
+    AcquisitionOutcome,
+    AcquisitionState,
+    Export,
+    Job,
+    JobState,
+    ResultObject,
+    Study,
+    StudyState,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +165,17 @@ class ClaimedJob:
     attempts: int
     owner: str
     lease_expires_at: datetime
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a job did with one acquisition of its study (an :class:`AcquisitionOutcome` row)."""
+
+    key: str
+    label: str
+    fingerprint: str
+    state: AcquisitionState
+    reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -251,8 +272,10 @@ def heartbeat(database: Database, job: ClaimedJob, policy: QueuePolicy, now: dat
 
 
 def complete(database: Database, job: ClaimedJob, results: Sequence[StoredResult],
-             destinations: Sequence[str], now: datetime | None = None) -> None:
-    """Mark ``job`` DONE with its result objects and their outbox rows, in one transaction.
+             destinations: Sequence[str], now: datetime | None = None,
+             outcomes: Sequence[Outcome] = ()) -> None:
+    """Mark ``job`` DONE with its result objects, their outbox rows and what became of each of the
+    study's acquisitions (``outcomes``), in one transaction.
 
     One :class:`Export` row per (result, destination). The study becomes PROCESSED when the job is
     for its current version. Raises :class:`LeaseLost` (and records nothing) when the job is no
@@ -271,6 +294,10 @@ def complete(database: Database, job: ClaimedJob, results: Sequence[StoredResult
             session.flush()
             for destination in destinations:
                 session.add(Export(result_id=result.id, destination=destination, next_attempt_at=now))
+        for outcome in outcomes:
+            session.add(AcquisitionOutcome(job_id=job.id, study_id=job.study_id, key=outcome.key[:160],
+                                           label=outcome.label[:128], fingerprint=outcome.fingerprint,
+                                           state=outcome.state, reason=outcome.reason, created_at=now))
         _settle_study(session, job, StudyState.PROCESSED, now)
     log.info("job done", extra={"job": job.id, "study_uid": job.study_instance_uid,
                                 "results": len(results), "destinations": len(destinations)})

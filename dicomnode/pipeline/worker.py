@@ -4,18 +4,27 @@ Step "worker" of docs/architecture.md, "The journey of a study".
 
 For each claimed job (:mod:`dicomnode.pipeline.queue`):
 
-1. read the study's current NM instances (not superseded) from the spool;
-2. :func:`dicomnode.pipeline.processing.segment_study` (views → segmentation → DICOM results) with
-   the job's study version (a re-processed study gets new series);
+1. read the study's current whole-body NM instances (not superseded) from the spool and split them
+   into acquisitions (:func:`segmentation.acquisitions.split_acquisitions`);
+2. for each acquisition not processed before with the same content (its fingerprint: a hash of its
+   instances' SHA-256), :func:`dicomnode.pipeline.processing.segment_acquisition` (views →
+   segmentation → DICOM results, in result set *n*: the study's n-th processed acquisition, which
+   sets its series numbers), or its "not processable" reason;
 3. write every result object durably under the spool's results area
    (``results/<study>/<series>/<sop>.dcm``, paths from validated UIDs only);
-4. :func:`dicomnode.pipeline.queue.complete`: the result rows and their outbox rows, one transaction.
+4. :func:`dicomnode.pipeline.queue.complete`: the result rows, their outbox rows and one
+   :class:`~dicomnode.store.models.AcquisitionOutcome` per acquisition, one transaction.
+
+A study without any whole-body acquisition (statics, TOMO, CT and screen captures only) ends DONE with
+one "not processable" outcome that names what it holds. Statics and the rest are never segmented.
 
 While it works, a heartbeat thread extends the lease every third of its length; a worker that dies
 stops renewing it and any worker reclaims the job when it expires (not counted as an attempt:
 :mod:`dicomnode.pipeline.queue`). A study with only one view is processed (the results say which
-view is missing). Unreadable input (views that cannot be read, a file that is not DICOM, a study
-without NM instances) fails the job at once with the reason kept — retrying cannot help.
+view is missing). Input that cannot be segmented (views that cannot be read, identity that
+disagrees, not a bone scan) is an acquisition's "not processable" outcome, never a failed job; a
+stored file that is no longer DICOM fails the job at once with the reason kept — retrying cannot
+help.
 
 The environment failing is not the study's fault
 (:func:`~dicomnode.pipeline.queue.environment_problem`): "no space left on device" (``ENOSPC``,
@@ -32,23 +41,28 @@ The segmenter is loaded once per process (:func:`dicomnode.pipeline.processing.l
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import NuclearMedicineImageStorage
 from sqlalchemy import select
 
-from dicomnode.dicom.sop import ResultKind
-from dicomnode.pipeline.processing import UnreadableStudy, encode, segment_study
+from dicomnode.dicom.sop import SEGMENTED_KIND, ResultKind
+from dicomnode.pipeline.processing import (
+    AcquisitionRun,
+    UnreadableStudy,
+    no_whole_body_reason,
+    segment_acquisition,
+)
 from dicomnode.pipeline.queue import (
-    DATABASE,
     DISK_SPACE,
     ClaimedJob,
     LeaseLost,
+    Outcome,
     QueuePolicy,
     StoredResult,
     claim,
@@ -61,20 +75,21 @@ from dicomnode.pipeline.queue import (
 )
 from dicomnode.pipeline.results import ResultOptions
 from dicomnode.store.db import Database
-from dicomnode.store.models import Instance
+from dicomnode.store.models import AcquisitionOutcome, AcquisitionState, Instance
 from dicomnode.store.spool import Spool
+from segmentation.acquisitions import split_acquisitions
 from segmentation.inference import Segmenter
 
 log = logging.getLogger(__name__)
 
 
-def store_results(spool: Spool, objects: Sequence[tuple[ResultKind, Dataset]]) -> list[StoredResult]:
-    """Write each object durably under ``results/`` and describe it for :func:`queue.complete`."""
+def store_results(spool: Spool, run: AcquisitionRun) -> list[StoredResult]:
+    """Write each object of ``run`` durably under ``results/`` and describe it for :func:`queue.complete`."""
     stored = []
-    for kind, dataset in objects:
+    for (kind, dataset), data in zip(run.objects, run.encoded, strict=True):
         study, series, sop = (str(dataset.StudyInstanceUID), str(dataset.SeriesInstanceUID),
                               str(dataset.SOPInstanceUID))
-        written = spool.write(spool.result_path(study, series, sop), encode(dataset))
+        written = spool.write(spool.result_path(study, series, sop), data)
         stored.append(StoredResult(kind=kind, sop_instance_uid=sop, sop_class_uid=str(dataset.SOPClassUID),
                                    series_instance_uid=series, path=written.path))
     return stored
@@ -172,9 +187,7 @@ class Worker:
     def _process(self, job: ClaimedJob) -> None:
         with _Heartbeat(self.database, job, self.policy):
             try:
-                datasets = self._read_instances(job)
-                result, objects = segment_study(datasets, self.segmenter, self.options, job.study_version)
-                stored = store_results(self.spool, objects)
+                stored, outcomes = self._segment(job)
             except UnreadableStudy as exc:
                 fail(self.database, job, str(exc), self.policy, permanent=True)
                 return
@@ -188,7 +201,7 @@ class Worker:
                 fail(self.database, job, detail, self.policy)
                 return
         try:
-            complete(self.database, job, stored, self.destinations)
+            complete(self.database, job, stored, self.destinations, outcomes=outcomes)
         except LeaseLost:
             raise
         except Exception as exc:
@@ -196,10 +209,6 @@ class Worker:
             if problem is None:
                 raise
             self._give_back(job, problem, f"{type(exc).__name__}: {exc}")
-            return
-        log.info("study segmented", extra={"job": job.id, "study_uid": job.study_instance_uid,
-                                           "lesions": len(result.lesions),
-                                           "missing": [view.value for view in result.missing]})
 
     def _give_back(self, job: ClaimedJob, problem: str, detail: str) -> None:
         """:func:`release` the job, pausing this worker; while the database itself is unavailable,
@@ -220,17 +229,66 @@ class Worker:
                 if self._stop.wait(self.policy.environment_retry_seconds):
                     return  # shutting down: the lease runs out and the job is recovered
 
-    def _read_instances(self, job: ClaimedJob) -> list[Dataset]:
+    def _segment(self, job: ClaimedJob) -> tuple[list[StoredResult], list[Outcome]]:
+        """Each whole-body acquisition of the study not processed before with the same content."""
+        instances, kinds, processed_before, result_sets = self._study_contents(job)
+        acquisitions = split_acquisitions([dataset for dataset, _ in instances.values()])
+        if not acquisitions:
+            reason = no_whole_body_reason(kinds)
+            log.info("study not processable", extra={"job": job.id, "study_uid": job.study_instance_uid,
+                                                     "reason": reason})
+            return [], [Outcome("study", "study", _fingerprint([]), AcquisitionState.NOT_PROCESSABLE, reason)]
+        stored: list[StoredResult] = []
+        outcomes: list[Outcome] = []
+        for acquisition in acquisitions:
+            fingerprint = _fingerprint(instances[uid][1] for uid in acquisition.sop_instance_uids)
+            if fingerprint in processed_before:
+                log.info("acquisition unchanged since an earlier job; not processed again",
+                         extra={"job": job.id, "study_uid": job.study_instance_uid})
+                continue
+            run = segment_acquisition(acquisition, self.segmenter, self.options, result_sets + 1)
+            if run.processed:
+                result_sets += 1
+                stored.extend(store_results(self.spool, run))
+                assert run.result is not None
+                log.info("acquisition segmented", extra={
+                    "job": job.id, "study_uid": job.study_instance_uid, "result_set": result_sets,
+                    "lesions": len(run.result.lesions), "missing": [v.value for v in run.result.missing]})
+                outcomes.append(Outcome(acquisition.key, acquisition.label, fingerprint, AcquisitionState.PROCESSED))
+            else:
+                log.info("acquisition not processable", extra={
+                    "job": job.id, "study_uid": job.study_instance_uid, "reason": run.reason})
+                outcomes.append(Outcome(acquisition.key, acquisition.label, fingerprint,
+                                        AcquisitionState.NOT_PROCESSABLE, run.reason))
+        return stored, outcomes
+
+    def _study_contents(self, job: ClaimedJob) -> tuple[dict[str, tuple[Dataset, str]], dict[str, int], set[str], int]:
+        """The study's current whole-body instances (SOP Instance UID → (data set, SHA-256)), the count
+        of its current instances per kind, the fingerprints of acquisitions processed by earlier
+        jobs, and how many result sets those wrote."""
         with self.database.session() as session:
-            paths = session.scalars(
-                select(Instance.path).where(Instance.study_id == job.study_id, Instance.superseded.is_(False),
-                                            Instance.sop_class_uid == NuclearMedicineImageStorage)
-                .order_by(Instance.id)
+            rows = session.execute(
+                select(Instance.sop_instance_uid, Instance.path, Instance.sha256, Instance.kind)
+                .where(Instance.study_id == job.study_id, Instance.superseded.is_(False)).order_by(Instance.id)
             ).all()
-        datasets = []
-        for path in paths:
+            earlier = session.scalars(
+                select(AcquisitionOutcome.fingerprint)
+                .where(AcquisitionOutcome.study_id == job.study_id, AcquisitionOutcome.job_id != job.id,
+                       AcquisitionOutcome.state == AcquisitionState.PROCESSED)
+            ).all()
+        kinds: dict[str, int] = {}
+        instances: dict[str, tuple[Dataset, str]] = {}
+        for row in rows:
+            kinds[row.kind] = kinds.get(row.kind, 0) + 1
+            if row.kind != SEGMENTED_KIND:
+                continue
             try:
-                datasets.append(pydicom.dcmread(self.spool.absolute(path)))
+                instances[row.sop_instance_uid] = (pydicom.dcmread(self.spool.absolute(row.path)), row.sha256)
             except InvalidDicomError as exc:
-                raise UnreadableStudy(f"instance {path} cannot be read: {exc}") from exc
-        return datasets
+                raise UnreadableStudy(f"instance {row.path} cannot be read: {exc}") from exc
+        return instances, kinds, set(earlier), len(earlier)
+
+
+def _fingerprint(digests: Iterable[str]) -> str:
+    """One hash over the content hashes of an acquisition's instances (order-independent)."""
+    return hashlib.sha256("\n".join(sorted(digests)).encode()).hexdigest()

@@ -17,10 +17,12 @@ Duplicates (PS3.4 B.4.1 leaves it to the SCP): the same SOP Instance UID with th
 different bytes is a new version: a new row, the previous ones ``superseded``. Note that "the same
 bytes" is literal: a re-send in another transfer syntax is a new version.
 
-Contract with assembly (:mod:`dicomnode.pipeline.assembly`), for NM images (a SEG sent back by a viewer is a
-label for training, stored and indexed but never a reason to process again):
+Every instance is indexed with its kind (``Instance.kind``, :func:`dicomnode.dicom.sop.instance_kind`).
+Contract with assembly (:mod:`dicomnode.pipeline.assembly`), for whole-body NM images only (statics,
+TOMO, reconstructions, CT, screen captures, a SEG or SR sent back by a viewer are stored with the
+study but are never a reason to process it again):
 
-* every new NM instance sets ``Study.last_instance_at`` (the quiet period restarts);
+* every new whole-body instance sets ``Study.last_instance_at`` (the quiet period restarts);
 * if the study is not RECEIVING (READY with a job queued or running, PROCESSED or FAILED), the new
   content bumps ``Study.version`` and puts the study back to RECEIVING with ``ready_at`` cleared;
   assembly then queues a job for the new version (one job per version), and a job still running
@@ -85,7 +87,7 @@ def ingest(database: Database, spool: Spool, instance: ReceivedInstance, staged:
     digest = staged.sha256
     path = spool.instance_path(instance.study_instance_uid, instance.series_instance_uid,
                                instance.sop_instance_uid, digest)
-    if not instance.is_image:
+    if instance.is_seg:
         _check_seg_sources(database, instance)
     staged.place(path)  # same bytes again: the file is there already, the staged copy is dropped
     now = now or utcnow()
@@ -96,7 +98,8 @@ def ingest(database: Database, spool: Spool, instance: ReceivedInstance, staged:
             "accession_number": instance.accession_number, "now": now}).one()
         inserted = connection.execute(statements.insert_instance, {
             "study_id": study.id, "sop_uid": instance.sop_instance_uid, "sop_class_uid": instance.sop_class_uid,
-            "series_uid": instance.series_instance_uid, "views": ",".join(instance.views), "path": path,
+            "series_uid": instance.series_instance_uid, "kind": instance.kind,
+            "views": ",".join(instance.views), "path": path,
             "sha256": digest, "size": staged.size, "calling_ae": calling_ae, "now": now}).scalar()
         if inserted is None:  # these bytes are indexed already (earlier, or by a concurrent association)
             duplicate = connection.execute(statements.existing, {"sop_uid": instance.sop_instance_uid,
@@ -106,7 +109,7 @@ def ingest(database: Database, spool: Spool, instance: ReceivedInstance, staged:
         previous = connection.execute(statements.supersede, {"sop_uid": instance.sop_instance_uid,
                                                              "row_id": inserted}).rowcount
         version = study.version
-        if instance.is_image:
+        if instance.segmented:
             version = _touch_study(connection, statements, study, instance.study_instance_uid, now)
         outcome = Outcome.NEW_VERSION if previous else Outcome.STORED
     return Ingested(outcome, inserted, study.id, version, path, digest)
@@ -114,7 +117,7 @@ def ingest(database: Database, spool: Spool, instance: ReceivedInstance, staged:
 
 def _touch_study(connection: Connection, statements: _Statements, study: Row, study_uid: str,
                  now: datetime) -> int:
-    """New NM content: restart the quiet period; re-open a study that was already past RECEIVING.
+    """New whole-body content: restart the quiet period; re-open a study that was already past RECEIVING.
 
     Returns the study's version after the change.
     """
@@ -160,7 +163,7 @@ def _statements(dialect: str) -> _Statements:
         insert_instance=insert(instance).values(
             study_id=bindparam("study_id"), sop_instance_uid=bindparam("sop_uid"),
             sop_class_uid=bindparam("sop_class_uid"), series_instance_uid=bindparam("series_uid"),
-            views=bindparam("views"), path=bindparam("path"), sha256=bindparam("sha256"), size=bindparam("size"),
+            kind=bindparam("kind"), views=bindparam("views"), path=bindparam("path"), sha256=bindparam("sha256"), size=bindparam("size"),
             calling_ae=bindparam("calling_ae"), superseded=False, received_at=bindparam("now"),
         ).on_conflict_do_nothing(index_elements=[instance.c.sop_instance_uid, instance.c.sha256])
         .returning(instance.c.id),

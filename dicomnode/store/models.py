@@ -99,6 +99,7 @@ class Instance(Base):
     sop_instance_uid: Mapped[str] = mapped_column(UID)
     sop_class_uid: Mapped[str] = mapped_column(UID)
     series_instance_uid: Mapped[str] = mapped_column(UID)
+    kind: Mapped[str] = mapped_column(String(24), default="whole-body")  # dicomnode.dicom.sop.instance_kind
     views: Mapped[str] = mapped_column(String(32), default="")  # "anterior,posterior" as seen at receive
     path: Mapped[str] = mapped_column(String(512))  # relative to the spool root
     sha256: Mapped[str] = mapped_column(String(64))
@@ -150,6 +151,34 @@ class Job(Base):
         UniqueConstraint("study_id", "study_version", name="uq_job_study_version"),
         Index("ix_job_state_lease", "state", "lease_expires_at"),
     )
+
+
+class AcquisitionState(str, enum.Enum):
+    PROCESSED = "processed"  # segmented; its result objects belong to the same job
+    NOT_PROCESSABLE = "not-processable"  # explicitly not segmented, with the reason
+
+
+class AcquisitionOutcome(Base):
+    """What a job did with one whole-body acquisition of its study (docs/architecture.md).
+
+    ``key`` names the acquisition (series and matrix, or the instance holding both views, and a
+    phase); ``fingerprint`` is a hash of its instances' contents, so that a later job of the same
+    study skips an acquisition already processed unchanged. Written by the job's completion only.
+    """
+
+    __tablename__ = "acquisition"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("job.id"))
+    study_id: Mapped[int] = mapped_column(ForeignKey("study.id"))
+    key: Mapped[str] = mapped_column(String(160))
+    label: Mapped[str] = mapped_column(String(128))
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    state: Mapped[AcquisitionState] = mapped_column(_enum(AcquisitionState))
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    __table_args__ = (Index("ix_acquisition_study", "study_id", "fingerprint"),)
 
 
 class ResultObject(Base):

@@ -7,6 +7,7 @@ Layout on disk::
     OUT/study_0002/anterior.dcm, posterior.dcm   (layout "split": one instance per view)
     OUT/study_000N/truth.npz                (uint8 masks "anterior", "posterior", stored layout)
     OUT/study_000N/overlay.png              (with --png)
+    OUT/study_000N/*.dcm                    (with --vendor: a whole exam, see dicomnode.synth.vendors)
 
 Study *i* (1-based) of seed *s* is simulated from ``numpy.random.default_rng([s, i])``, so a run is
 deterministic and the first studies of a longer run are the same as those of a shorter one.  In
@@ -25,6 +26,7 @@ import numpy as np
 from dicomnode.synth.dicom import StudyIdentity, write_nm_files
 from dicomnode.synth.overlay import write_overlay
 from dicomnode.synth.simulate import SimulatedStudy, check_matrix, simulate_study
+from dicomnode.synth.vendors import VENDORS, write_vendor_exam
 from segmentation.scan import View
 
 log = logging.getLogger(__name__)
@@ -69,8 +71,16 @@ def study_entry(study: SimulatedStudy, ident: StudyIdentity, folder: str, layout
 
 
 def write_studies(out: Path, *, studies: int, seed: int, layout: str, png: bool, rows: int = 1024,
-                  columns: int = 256, spacing_mm: float = 2.26) -> dict:
-    """Simulate ``studies`` studies into ``out``; return (and write) the manifest dict."""
+                  columns: int = 256, spacing_mm: float = 2.26, vendor: str | None = None,
+                  phases: int = 1) -> dict:
+    """Simulate ``studies`` studies into ``out``; return (and write) the manifest dict.
+
+    With ``vendor`` each study is a whole exam as that vendor sends it (``layout`` is then the
+    vendor's; ``phases`` 2 adds a second whole-body scan), see :mod:`dicomnode.synth.vendors`;
+    ``"mixed"`` takes the vendors in turn (study *i* gets ``VENDORS[(i - 1) % 5]``).
+    """
+    if vendor is not None and vendor not in (*VENDORS, "mixed"):
+        raise ValueError(f"vendor must be one of {VENDORS} or 'mixed', got {vendor!r}")
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     if not isinstance(studies, int) or studies < 1:
@@ -82,7 +92,7 @@ def write_studies(out: Path, *, studies: int, seed: int, layout: str, png: bool,
     out.mkdir(parents=True, exist_ok=True)
     manifest = {
         "generator": "dicomnode-synth", "manifest_version": MANIFEST_VERSION, "seed": seed,
-        "layout": layout, "rows": rows, "columns": columns, "spacing_mm": spacing_mm,
+        "layout": layout, "vendor": vendor, "rows": rows, "columns": columns, "spacing_mm": spacing_mm,
         "studies": [],
     }
     for index in range(1, studies + 1):
@@ -92,10 +102,15 @@ def write_studies(out: Path, *, studies: int, seed: int, layout: str, png: bool,
         folder_name = f"study_{index:04d}"
         folder = out / folder_name
         folder.mkdir(exist_ok=True)
-        for name in STUDY_FILES:  # a rerun with another layout must not leave the old files behind
-            (folder / name).unlink(missing_ok=True)
-        this_layout = study_layout(layout, seed, index)
-        files = write_nm_files(study, ident, folder, this_layout)
+        for name in (*STUDY_FILES, *(path.name for path in folder.glob("*.dcm"))):
+            (folder / name).unlink(missing_ok=True)  # a rerun with another layout leaves no old files
+        if vendor is None:
+            this_layout = study_layout(layout, seed, index)
+            files = write_nm_files(study, ident, folder, this_layout)
+        else:
+            this_vendor = VENDORS[(index - 1) % len(VENDORS)] if vendor == "mixed" else vendor
+            this_layout = f"vendor:{this_vendor}"
+            files = write_vendor_exam(study, ident, folder, this_vendor, phases=phases)
         np.savez_compressed(folder / "truth.npz", **{v.value: study.truth[v] for v in View})
         if png:
             write_overlay(study, folder / "overlay.png")

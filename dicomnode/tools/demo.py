@@ -8,9 +8,10 @@ benchmarks are :mod:`dicomnode.tools.harness`.
 2. the node starts in this process on a free port with the built-in defaults (:mod:`dicomnode.config`)
    except a var directory in the output folder (SQLite + spool), the PACS as its only destination and
    a 0.2 s poll (the default 1 s poll is for a site, where a second does not matter);
-3. ``dicomnode.synth`` simulates the studies (the mixed layout: one two-frame instance or two
-   single-frame ones) with their lesion truth;
-4. each study is sent by C-STORE as a camera would (:func:`dicomnode.dicom.scu.send_files`, calling AE
+3. ``dicomnode.synth`` simulates the studies as whole exams of the vendors in turn (``--vendor
+   mixed``: whole body with each vendor's headers, statics, TOMO, RECON TOMO, a screen capture;
+   :mod:`dicomnode.synth.vendors`) with their lesion truth;
+4. each whole exam is sent by C-STORE as a camera would (:func:`dicomnode.dicom.scu.send_files`, calling AE
    ``CAMERA``), one after the other; the demo waits until the node's database says every result
    object of the study was delivered, then finds them at the PACS;
 5. per study: lesions found per view and how many truth lesions they hit, the pixel DSC of the SEG
@@ -190,7 +191,8 @@ def _send_and_wait(study: dict, folder: Path, node, pacs: Pacs, peer: Destinatio
     outcome.objects = sorted(kind.value for kind, _ in objects)
     with np.load(folder / study["truth"]) as archive:
         truth = {name: archive[name] for name in archive.files}
-    _evaluate(outcome, [pydicom.dcmread(path) for path in files], truth, objects, pictures)
+    whole_body = [folder / item["file"] for item in study["files"] if item.get("kind", "whole-body") == "whole-body"]
+    _evaluate(outcome, [pydicom.dcmread(path) for path in whole_body], truth, objects, pictures)
     return outcome
 
 
@@ -224,7 +226,7 @@ def run_demo(out: Path | None = None, *, studies: int = 3, seed: int = 2025, wei
     out.mkdir(parents=True, exist_ok=True)
     if any((out / name).exists() for name in ("var", "pacs")):
         raise HarnessError(f"{out} holds a previous demo run (var/, pacs/): choose an empty folder")
-    manifest = write_studies(out / "studies", studies=studies, seed=seed, layout="mixed", png=False)
+    manifest = write_studies(out / "studies", studies=studies, seed=seed, layout="mixed", png=False, vendor="mixed")
     progress(f"simulated {studies} {'study' if studies == 1 else 'studies'} in {out / 'studies'}")
     pacs = start_pacs(out / "pacs" / "received", pacs_kind)
     progress(f"PACS started: {pacs.description}")

@@ -29,7 +29,7 @@ from sqlalchemy import select
 
 from dicomnode.dicom.sop import ResultKind
 from dicomnode.store.db import Database
-from dicomnode.store.models import ExportState, JobState, Study
+from dicomnode.store.models import AcquisitionOutcome, AcquisitionState, ExportState, JobState, Study
 
 PACS_AE = "PACS"
 
@@ -212,6 +212,10 @@ def delivered_results(database: Database, study_uid: str) -> tuple[bool, str | N
         if job.state is not JobState.DONE:
             return False, None, {}
         exports = [(result, export) for result in job.results for export in result.exports]
+        if not job.results:
+            reasons = session.scalars(select(AcquisitionOutcome.reason).where(
+                AcquisitionOutcome.job_id == job.id, AcquisitionOutcome.state == AcquisitionState.NOT_PROCESSABLE)).all()
+            return True, "not processable: " + ("; ".join(r or "" for r in reasons) or "no result objects"), {}
         refused = [e for _, e in exports if e.state in (ExportState.REFUSED, ExportState.FAILED)]
         if refused:
             return True, f"export {refused[0].state.value}: {refused[0].last_status} {refused[0].last_error}", {}

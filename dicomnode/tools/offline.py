@@ -29,7 +29,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from dicomnode.dicom.uids import UIDError, check_uid
-from dicomnode.pipeline.processing import UnreadableStudy, encode, segment_study
+from dicomnode.pipeline.processing import UnreadableStudy, segment_study
 from dicomnode.pipeline.results import ResultOptions
 from dicomnode.pipeline.results.burden import BSI_EXPLANATION, assess_burden
 from segmentation.inference import Segmenter
@@ -97,18 +97,27 @@ def segment_files(paths: Sequence[str | os.PathLike[str]], out: Path, segmenter:
         summary.studies.append(study)
         try:
             check_uid(study_uid, "Study Instance UID")
-            result, objects = segment_study([ds for _, ds in found], segmenter, options)
+            runs = segment_study([ds for _, ds in found], segmenter, options)
         except (UIDError, UnreadableStudy, ValueError) as exc:
             study.error = str(exc)
             log.warning("study not segmented: %s", exc)
             continue
-        _describe(study, result)
+        processed = [run for run in runs if run.result is not None and run.processed]
+        refused = [f"{run.acquisition.label}: not processable: {run.reason}" for run in runs if not run.processed]
+        if not processed:
+            study.error = "; ".join(refused)
+            log.warning("study not segmented: %s", study.error)
+            continue
+        assert processed[0].result is not None
+        _describe(study, processed[0].result)
+        study.notes.extend(refused)
         folder = out / study_uid
         folder.mkdir(exist_ok=True)
-        for kind, dataset in objects:
+        for (kind, dataset), data in ((obj, data) for run in processed
+                                      for obj, data in zip(run.objects, run.encoded, strict=True)):
             sop_uid = check_uid(str(dataset.SOPInstanceUID), "SOP Instance UID")
             path = folder / f"{kind.value}-{sop_uid}.dcm"
-            path.write_bytes(encode(dataset))
+            path.write_bytes(data)
             study.objects.append({"kind": kind.value, "file": str(path.relative_to(out)), "sop_instance_uid": sop_uid})
     (out / "summary.json").write_text(json.dumps(_as_dict(summary), indent=2))
     (out / "summary.md").write_text(render_markdown(summary))

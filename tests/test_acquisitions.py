@@ -1,0 +1,157 @@
+"""Whole-body acquisitions of a real exam: phases, re-acquired views, identity that disagrees, what is
+not a bone scan; views from a detector's Image Orientation and Siemens 99NMG codes; contradictory
+view information; header repairs before result building (issue "Real cameras")."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+
+from dicomnode.pipeline.processing import segment_acquisition
+from dicomnode.pipeline.results import ResultOptions
+from dicomnode.pipeline.results.identity import repair_sources
+from segmentation.acquisitions import NMImageKind, nm_image_kind, split_acquisitions
+from segmentation.scan import View, ViewRule
+from segmentation.views import NotWholeBodyView, ViewError, load_scan, stated_views
+from tests.nm_factory import nm_study, phantom_counts
+from tests.processing_helpers import threshold_segmenter  # noqa: F401 (the "segmenter" fixture)
+
+
+def split_pair(seed: int = 1, time: str = "100000") -> list[Dataset]:
+    pair = nm_study(phantom_counts(rows=256, columns=64, seed=seed), layout="split")
+    for ds in pair:
+        ds.AcquisitionDate, ds.AcquisitionTime = "20261130", time
+    return pair
+
+
+def renamed(ds: Dataset, suffix: str) -> Dataset:
+    copied = copy.deepcopy(ds)
+    copied.SOPInstanceUID = f"{ds.SOPInstanceUID[:50]}.{suffix}"
+    return copied
+
+
+def siemens_detector(item: Dataset, value: str, meaning: str, orientation: list[float] | None) -> None:
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = value, "99NMG", meaning
+    item.ViewCodeSequence = Sequence([code])
+    item.ImageOrientationPatient = orientation
+
+
+def pharmaceutical(name: str) -> Dataset:
+    item = Dataset()
+    item.Radiopharmaceutical = name
+    return item
+
+
+def test_image_type_value_3_decides_the_kind_and_a_missing_one_falls_back_to_the_matrix():
+    (ds,) = nm_study(phantom_counts(rows=256, columns=64))
+    assert nm_image_kind(ds) == (NMImageKind.WHOLE_BODY, None)
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "STATIC", "EMISSION"]
+    assert nm_image_kind(ds)[0] is NMImageKind.STATIC
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    kind, note = nm_image_kind(ds)
+    assert kind is NMImageKind.WHOLE_BODY and "256 x 64 matrix" in note
+    ds.Rows = ds.Columns = 64
+    assert nm_image_kind(ds)[0] is NMImageKind.OTHER
+
+
+def test_two_phases_in_one_series_are_two_acquisitions_paired_by_time():
+    early, late = split_pair(1, "090000"), split_pair(2, "120000")
+    for ds in late:
+        ds.SeriesInstanceUID = early[0].SeriesInstanceUID
+    acquisitions = split_acquisitions([*late, *early])
+    assert [a.key.endswith(f"phase {n}") for n, a in enumerate(acquisitions, start=1)] == [True, True]
+    assert {ds.SOPInstanceUID for ds in acquisitions[0].datasets} == {ds.SOPInstanceUID for ds in early}
+    assert all(a.refusal is None for a in acquisitions)
+
+
+def test_a_reacquired_view_supersedes_the_earlier_one_with_a_note():
+    anterior, posterior = split_pair(1, "100000")
+    again = renamed(anterior, "2")
+    again.AcquisitionTime = "102000"
+    (acquisition,) = split_acquisitions([anterior, posterior, again])
+    assert acquisition.refusal is None
+    assert {ds.SOPInstanceUID for ds in acquisition.datasets} == {again.SOPInstanceUID, posterior.SOPInstanceUID}
+    assert any("re-acquired" in note and anterior.SOPInstanceUID in note for note in acquisition.notes)
+    assert set(load_scan(acquisition.datasets).views) == {View.ANTERIOR, View.POSTERIOR}
+
+
+def test_views_of_different_patients_are_not_merged():
+    anterior, posterior = split_pair()
+    posterior.PatientID = "SOMEONE-ELSE"
+    (acquisition,) = split_acquisitions([anterior, posterior])
+    assert acquisition.refusal == "the views disagree on patient identity (Patient ID); not merged"
+    assert "SOMEONE-ELSE" not in acquisition.refusal
+
+
+@pytest.mark.parametrize("change, reason", [
+    (lambda ds: setattr(ds, "SeriesDescription", "FLOOD 57Co"), "flood acquisition"),
+    (lambda ds: setattr(ds, "RadiopharmaceuticalInformationSequence", Sequence([pharmaceutical("Tc99m MIBI")])),
+     "is not a 99mTc bone agent"),
+])
+def test_what_is_not_a_bone_scan_is_not_processable(change, reason):
+    (ds,) = nm_study(phantom_counts(rows=256, columns=64))
+    change(ds)
+    (acquisition,) = split_acquisitions([ds])
+    assert reason in acquisition.refusal
+
+
+def test_a_small_matrix_is_not_a_whole_body_scan():
+    (ds,) = nm_study(phantom_counts(rows=64, columns=16))
+    (acquisition,) = split_acquisitions([ds])
+    assert "is not a whole-body scan" in acquisition.refusal
+
+
+def test_siemens_views_come_from_the_detector_orientation_and_its_geometry_is_followed():
+    (ds,) = nm_study(phantom_counts(rows=256, columns=64), layout="multiframe")
+    ds.PatientOrientation = None
+    items = ds.DetectorInformationSequence
+    siemens_detector(items[0], "RT      ANT", "RT      ANT      LT", [1, 0, 0, 0, 0, -1])
+    siemens_detector(items[1], "LT     POST", "LT     POST     RT", [-1, 0, 0, 0, 0, -1])
+    assert stated_views(ds) == [(View.ANTERIOR, ViewRule.DETECTOR_ORIENTATION),
+                                (View.POSTERIOR, ViewRule.DETECTOR_ORIENTATION)]
+    scan = load_scan([ds])
+    assert (scan.posterior.source.flip_lr, scan.anterior.source.flip_lr) == (True, False)
+    for item in items:  # without orientation the private code still says it
+        item.ImageOrientationPatient = None
+    assert [view for view, _ in stated_views(ds)] == [View.ANTERIOR, View.POSTERIOR]
+    assert {rule for _, rule in stated_views(ds)} == {ViewRule.VENDOR_CODE}
+
+
+@pytest.mark.parametrize("orientation, code", [([0.7071, 0.7071, 0, 0, 0, -1], None), (None, "LAO")])
+def test_an_oblique_detector_is_not_a_whole_body_view(orientation, code):
+    (ds,) = nm_study(phantom_counts(rows=256, columns=64), layout="multiframe")
+    siemens_detector(ds.DetectorInformationSequence[0], code or "RT      ANT", code or "RT ANT LT", orientation)
+    with pytest.raises(NotWholeBodyView):
+        stated_views(ds)
+
+
+def test_a_code_contradicted_by_the_description_is_refused_but_an_unmirrored_posterior_is_not():
+    anterior, posterior = split_pair()
+    posterior.SeriesDescription = "WB ANT"
+    with pytest.raises(ViewError, match="contradictory view information"):
+        stated_views(posterior)
+    posterior.SeriesDescription, posterior.ImageID, posterior.PatientOrientation = "Bone", "", ["L", "F"]
+    assert stated_views(posterior) == [(View.POSTERIOR, ViewRule.VIEW_CODE)]
+
+
+def test_broken_patient_headers_are_repaired_and_the_repairs_are_noted(segmenter):
+    (ds,) = nm_study(phantom_counts(rows=256, columns=64))
+    ds.PatientBirthDate = "00000000"
+    del ds.StudyID
+    ds.PatientName = "X" * 100_000
+    ds.SpecificCharacterSet = "ISO_IR 999"
+    ds.PatientSex = "UNKNOWN"
+    repaired, notes = repair_sources([ds])
+    assert repaired[0].PatientBirthDate == "" and repaired[0].StudyID == ""
+    assert len(str(repaired[0].PatientName)) == 64 and repaired[0].SpecificCharacterSet == "ISO_IR 192"
+    assert ds.PatientBirthDate == "00000000"  # the received data set is untouched
+    assert len(notes) == 5 and not any("X" * 10 in note for note in notes)
+    (acquisition,) = split_acquisitions([ds])
+    run = segment_acquisition(acquisition, segmenter, ResultOptions())
+    assert run.processed and len(run.objects) == 5
+    report = next(obj for kind, obj in run.objects if kind.value == "SR")
+    assert report.PatientBirthDate == "" and report.StudyID == ""
