@@ -55,7 +55,7 @@ import pydicom  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
 
 from dicomnode.store.db import connect  # noqa: E402
-from dicomnode.store.models import Job, JobState  # noqa: E402
+from dicomnode.store.models import Export, ExportState, Job, JobState, Study, StudyState  # noqa: E402
 from dicomnode.synth import write_studies  # noqa: E402
 from dicomnode.tools.harness import HarnessError, dcmtk_binary, delivered_results, free_port, wait_for_port  # noqa: E402
 from tests.processing_helpers import NodeProcess, fill, mount_tmpfs, storescu, unmount  # noqa: E402
@@ -218,6 +218,24 @@ class Stage:
     def database(self):
         return connect(f"sqlite:///{self.var_dir / 'dicomnode.db'}")
 
+    def busy(self) -> set[str]:
+        """What the node was doing when it was killed, read from its database afterwards: studies
+        still receiving, jobs running (segmenting), exports being sent."""
+        database = self.database()
+        try:
+            with database.session() as session:
+                doing = {
+                    "receiving": session.scalar(select(func.count()).select_from(Study)
+                                                .where(Study.state == StudyState.RECEIVING)),
+                    "segmenting": session.scalar(select(func.count()).select_from(Job)
+                                                 .where(Job.state == JobState.RUNNING)),
+                    "exporting": session.scalar(select(func.count()).select_from(Export)
+                                                .where(Export.state == ExportState.SENDING)),
+                }
+        finally:
+            database.dispose()
+        return {what for what, count in doing.items() if count} or {"idle"}
+
     def tally(self, row: Row, camera: Camera, calm_since: float, timeout: float) -> Row:
         """Wait until every acknowledged study is delivered (or ``timeout``); fill in ``row``."""
         acknowledged = set(camera.acknowledged)
@@ -259,16 +277,16 @@ def scenario_kills(stage: Stage, rng: random.Random) -> Row:
     stage.node.start()
     camera = stage.camera(rng.randrange(1 << 30)).start()
     calm_since = time.time()
-    moments = []
+    hit: Counter[str] = Counter()
     for _ in range(args.kills):
         time.sleep(rng.uniform(0.5, args.kill_every))
-        moments.append(f"{len(camera.acknowledged)} acked")
         stage.node.kill()
+        hit.update(stage.busy())
         stage.node.start()  # at once, as systemd or a container runtime would
         calm_since = time.time()
     camera.wait(args.timeout)
     camera.stop()
-    row.note = f"kills at {', '.join(moments[:4])}{' …' if len(moments) > 4 else ''}"
+    row.note = "killed while " + ", ".join(f"{what} {count}×" for what, count in sorted(hit.items()))
     return stage.tally(row, camera, calm_since, args.timeout)
 
 
@@ -290,7 +308,7 @@ def scenario_outage(stage: Stage, rng: random.Random) -> Row:
 
 def scenario_disk(stage: Stage, rng: random.Random) -> Row:
     args = stage.args
-    row = Row("disk", f"disk full {args.full_for:.0f} s (tmpfs {args.tmpfs_mb} MiB)")
+    row = Row("disk", f"disk full {args.full_for:.0f} s (tmpfs {tmpfs_megabytes(args)} MiB)")
     stage.pacs.start()
     stage.node.start()
     camera = stage.camera(rng.randrange(1 << 30)).start()
@@ -308,6 +326,12 @@ def scenario_disk(stage: Stage, rng: random.Random) -> Row:
     return stage.tally(row, camera, freed, args.timeout)
 
 
+def tmpfs_megabytes(args: argparse.Namespace) -> int:
+    """The disk scenario's tmpfs: ``--tmpfs-mb``, or room for its studies and their results (about
+    8 MiB a study with the Secondary Capture) three times over, with the floor at an eighth."""
+    return args.tmpfs_mb if args.tmpfs_mb is not None else 64 + 24 * args.other_studies
+
+
 def run_scenario(name: str, args: argparse.Namespace, work: Path, studies: dict[str, list[Path]],
                  rng: random.Random) -> Row:
     """One scenario in ``work/<name>``; a row with a note instead of numbers when it cannot run here."""
@@ -315,10 +339,10 @@ def run_scenario(name: str, args: argparse.Namespace, work: Path, studies: dict[
     var_dir = folder / "var"
     mounted = False
     if name == "disk":
-        if not mount_tmpfs(var_dir, args.tmpfs_mb):
+        if not mount_tmpfs(var_dir, tmpfs_megabytes(args)):
             return Row("disk", "skipped", note="mount -t tmpfs is not allowed here (needs root)")
         mounted = True
-    stage = Stage(folder, studies, args, var_dir, min_free_bytes=(args.tmpfs_mb << 20) // 8 if mounted else 0)
+    stage = Stage(folder, studies, args, var_dir, min_free_bytes=(tmpfs_megabytes(args) << 20) // 8 if mounted else 0)
     try:
         return {"kills": scenario_kills, "outage": scenario_outage, "disk": scenario_disk}[name](stage, rng)
     finally:
@@ -369,7 +393,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--other-studies", type=int, default=20, help="studies in the outage and disk scenarios")
     p.add_argument("--outage", type=float, default=None, help="seconds the PACS is down (default: twice the old budget)")
     p.add_argument("--full-for", type=float, default=20.0, help="seconds the disk stays full")
-    p.add_argument("--tmpfs-mb", type=int, default=160, help="size of the disk scenario's tmpfs")
+    p.add_argument("--tmpfs-mb", type=int, default=None, help="size of the disk scenario's tmpfs "
+                   "(default: 64 + 24 per study; the floor is an eighth of it)")
     p.add_argument("--lease", type=float, default=10.0, help="[queue] lease_seconds (a killed worker's job waits this)")
     p.add_argument("--weights", default="default", help='"default" (shipped), "threshold" or a model path')
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])

@@ -32,7 +32,7 @@ def studies(tmp_path_factory) -> dict[str, list[Path]]:
 
 def arguments(*extra: str):
     return chaos.parser().parse_args(["--weights", "threshold", "--kill-every", "5", "--gap", "0.8",
-                                      "--full-for", "6", "--tmpfs-mb", "64", "--timeout", "240", *extra])
+                                      "--full-for", "6", "--other-studies", "5", "--timeout", "240", *extra])
 
 
 @pytest.mark.parametrize("scenario", ["kills", "outage", "disk"])
