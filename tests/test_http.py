@@ -87,8 +87,9 @@ def check_metrics_from_rows(database) -> None:
     add_finished_job(database, 40.0, waited=100.0, state=JobState.FAILED)
     add_study(database)
     with database.session(write=True) as session:
-        queued_study = add_study(database)
-        session.add(Job(study_id=queued_study, study_version=1, state=JobState.QUEUED))
+        queued_study = add_study(database)  # given back for want of disk space, its worker lost twice
+        session.add(Job(study_id=queued_study, study_version=1, state=JobState.QUEUED, waiting_for="disk space",
+                        worker_losses=2))
     # PACS: one export delivered at its first attempt, one still failing after 2 attempts.
     add_export(database, first, "PACS", ExportState.DELIVERED, attempts=1)
     add_export(database, first, "PACS", ExportState.PENDING, attempts=2)
@@ -103,6 +104,9 @@ def check_metrics_from_rows(database) -> None:
     values = samples(body)
     assert metric(values, "dicomnode_database_up") == 1
     assert metric(values, "dicomnode_queue_depth") == 1
+    assert metric(values, "dicomnode_jobs_waiting", reason="disk space") == 1
+    assert metric(values, "dicomnode_jobs_waiting", reason="database") == 0
+    assert metric(values, "dicomnode_job_worker_losses_total") == 2
     assert metric(values, "dicomnode_jobs", state="done") == 2
     assert metric(values, "dicomnode_jobs", state="failed") == 1
     assert metric(values, "dicomnode_instances_received_total") == 5  # one two-view instance per study
