@@ -344,3 +344,52 @@ def test_an_unavailable_database_pauses_the_worker_until_it_answers(postgres_url
         job = session.scalars(select(Job)).one()
     assert (job.state, job.attempts) == (JobState.DONE, 1)
     database.dispose()
+
+
+@pytest.mark.postgres
+def test_a_database_lost_during_a_job_gets_the_job_back_once_it_answers(postgres_url, tmp_path, segmenter):
+    """The database goes away while the study is being segmented: the results cannot be recorded,
+    the worker keeps trying to give the job back until the database answers, and the job, never
+    failed and not counted as an attempt, is done on its next claim."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    from tests.processing_helpers import postgres_database
+
+    name = make_url(postgres_url).database
+    database = postgres_database(postgres_url)
+    policy = QueuePolicy(lease_seconds=60, max_attempts=1, environment_retry_seconds=0.2)
+
+    def connections(allowed: bool) -> None:
+        with psycopg.connect(dbname="postgres", autocommit=True) as admin:
+            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {str(allowed).lower()}')
+            if not allowed:
+                admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+
+    class LosingTheDatabase(SlowSegmenter):
+        def segment(self, scan):
+            connections(False)  # gone while the network runs; back 2 s later
+            threading.Timer(2.0, connections, (True,)).start()
+            return super().segment(scan)
+
+    try:
+        with Spool(tmp_path / "spool") as spool:
+            worker = Worker(database, spool, LosingTheDatabase(segmenter, 0.2), OPTIONS, ["PACS"], policy, owner="w")
+            store_study(database, spool, nm_study(counts()))
+            assemble(database, AssemblyPolicy(quiet_seconds=0))
+            job = claim(database, "w", policy)
+            started = time.monotonic()
+            worker.process(job)  # returns once the job is given back
+            assert time.monotonic() - started >= 1.5 and worker.waiting_for == "database"
+            with database.session() as session:
+                row = session.get(Job, job.id)
+                assert (row.state, row.attempts, row.waiting_for) == (JobState.QUEUED, 0, "database")
+            time.sleep(0.3)
+            worker.segmenter = segmenter
+            assert worker.run_once() and worker.waiting_for is None
+        with database.session() as session:
+            row = session.get(Job, job.id)
+        assert (row.state, row.attempts, row.waiting_for) == (JobState.DONE, 1, None)
+    finally:
+        connections(True)
+        database.dispose()
