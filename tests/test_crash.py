@@ -7,6 +7,9 @@ per study; a study counts as acknowledged when storescu exits 0 having seen a su
 every file); the PACS is dcmtk ``storescp``. Kill times are drawn from a seeded generator. A study
 that was not acknowledged is sent again in a later round, as a camera would.
 
+A ``dicomnode worker`` process killed again and again during one job: the job is not failed for it
+(a lost worker is not an attempt), unless it kills its worker too often too fast (poison pill).
+
 "Has its results" is checked at the PACS itself: for an acknowledged study, the SEGs there must
 reference every source instance of the study, and a GSPS, an SR and a Secondary Capture must be
 there too.

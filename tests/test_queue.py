@@ -1,5 +1,6 @@
 """The job queue on a real database: leases, reclaim, attempts, terminal failure, outbox atomicity,
-and concurrent claimers on SQLite and PostgreSQL (each job runs exactly once)."""
+and concurrent claimers on SQLite and PostgreSQL (each job runs exactly once); a lost worker and an
+environment that failed do not count as attempts, a poison pill does end the job."""
 
 from __future__ import annotations
 
