@@ -47,8 +47,21 @@ def synth(
     spacing: float = typer.Option(2.26, help="Pixel spacing in mm."),
     vendor: Vendor | None = typer.Option(None, help="Write whole exams as this vendor sends them: whole body (vendor headers), statics, TOMO, RECON TOMO, screen capture; mixed: the vendors in turn."),
     phases: int = typer.Option(1, min=1, max=2, help="With --vendor: 2 adds a second whole-body scan (two-phase protocol)."),
+    spect_ct: bool = typer.Option(False, "--spect-ct", help="Simulate hybrid bone SPECT/CT exams instead (CT series + NM RECON TOMO, masks of metastatic and benign lesions)."),
+    size: str = typer.Option("standard", help="With --spect-ct: grid size, standard, small or tiny."),
+    workers: int = typer.Option(1, min=1, help="With --spect-ct: worker processes."),
 ) -> None:
-    """Simulate whole-body 99mTc-MDP bone scans as NM Image Storage files with lesion truth."""
+    """Simulate whole-body 99mTc-MDP bone scans as NM Image Storage files with lesion truth
+    (or, with --spect-ct, bone SPECT/CT exams: docs/simulation.md)."""
+    if spect_ct:
+        from dicomnode.synth.spectct import write_exams
+
+        try:
+            exams = write_exams(out, exams=studies, seed=seed, size=size, workers=workers)["exams"]
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+        typer.echo(f"wrote {len(exams)} SPECT/CT {'exam' if len(exams) == 1 else 'exams'} to {out}")
+        return
     from dicomnode.synth import write_studies
 
     manifest = write_studies(

@@ -272,8 +272,50 @@ def _source(location: tuple[Any, ...], file: Path | None, data: dict[str, Any]) 
             except (KeyError, IndexError, TypeError):
                 break
         else:
-            return f"file {file}"
+            line = _line_of(file, location)
+            return f"file {file}" + (f", line {line}" if line else "")
     return "built-in default" if file is None else f"file {file} or built-in default"
+
+
+def _line_of(file: Path, location: tuple[Any, ...]) -> int | None:
+    """The line of ``file`` that sets ``location`` (a pydantic error location such as
+    ``("destinations", 1, "port")``), or of the nearest table or key above it; None if not found.
+
+    A reading of the TOML lines good enough to point a person at one: ``[table]`` and
+    ``[[array.of.tables]]`` headers and ``key = value`` lines with bare or quoted, possibly dotted,
+    keys (tomllib, which read the file, keeps no positions).
+    """
+    wanted = [part if isinstance(part, int) else str(part) for part in location]
+    table: list[Any] = []
+    path: list[Any]
+    counts: dict[tuple[Any, ...], int] = {}
+    best: tuple[int, int] | None = None  # (parts matched, line)
+
+    def keys(text: str) -> list[str]:
+        return [part.strip().strip("\"'") for part in text.split(".")]
+
+    try:
+        lines = file.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    for number, raw in enumerate(lines, start=1):
+        line = raw.strip()
+        if line.startswith("[[") and "]]" in line:
+            name = tuple(keys(line[2:line.index("]]")]))
+            counts[name] = counts.get(name, -1) + 1
+            table = path = [*name, counts[name]]
+        elif line.startswith("[") and "]" in line:
+            table = path = keys(line[1:line.index("]")])
+        elif "=" in line and not line.startswith("#"):
+            path = [*table, *keys(line.split("=", 1)[0])]
+        else:
+            continue
+        matched = 0
+        while matched < min(len(path), len(wanted)) and path[matched] == wanted[matched]:
+            matched += 1
+        if matched == len(path) and matched and (best is None or matched > best[0]):
+            best = (matched, number)
+    return best[1] if best else None
 
 
 def _format(error: ValidationError, file: Path | None, data: dict[str, Any]) -> str:

@@ -2,7 +2,8 @@
 
 Pixel level (paper 001 "Evaluation metrics", Eqs. 7–9; paper 002 Eqs. 24–26), for a predicted mask
 P and truth T:
-DSC = 2|P∩T| / (|P| + |T|), precision = |P∩T| / |P|, recall = |P∩T| / |T|.
+DSC = 2|P∩T| / (|P| + |T|), precision = |P∩T| / |P|, recall = |P∩T| / |T|; and for paper 003's
+table IoU = |P∩T| / |P∪T|, specificity = TN / (TN + FP), accuracy = (TP + TN) / all pixels.
 
 - **Empty masks**: a ratio whose denominator is 0 is 1.0 when prediction and truth are both empty
   (nothing to find, nothing found) and 0.0 otherwise. So both empty ⇒ DSC = precision = recall = 1;
@@ -41,9 +42,11 @@ class PixelCounts:
     tp: int
     fp: int
     fn: int
+    tn: int = 0
+    """True negatives; counted by :func:`pixel_counts`, needed only for accuracy and specificity."""
 
     def __add__(self, other: PixelCounts) -> PixelCounts:
-        return PixelCounts(self.tp + other.tp, self.fp + other.fp, self.fn + other.fn)
+        return PixelCounts(self.tp + other.tp, self.fp + other.fp, self.fn + other.fn, self.tn + other.tn)
 
     @property
     def empty(self) -> bool:
@@ -67,6 +70,22 @@ class PixelCounts:
     def recall(self) -> float:
         return self._ratio(self.tp, self.tp + self.fn)
 
+    @property
+    def iou(self) -> float:
+        """Intersection over union (Jaccard), |P∩T| / |P∪T| (paper 003 "IoU")."""
+        return self._ratio(self.tp, self.tp + self.fp + self.fn)
+
+    @property
+    def specificity(self) -> float:
+        """TN / (TN + FP); 1.0 with no negative pixel and no false positive."""
+        return self.tn / (self.tn + self.fp) if self.tn + self.fp else 1.0
+
+    @property
+    def accuracy(self) -> float:
+        """(TP + TN) / all pixels."""
+        total = self.tp + self.fp + self.fn + self.tn
+        return (self.tp + self.tn) / total if total else 1.0
+
 
 def pixel_counts(truth: np.ndarray, prediction: np.ndarray) -> PixelCounts:
     """TP / FP / FN of two masks of the same shape (any non-zero value is lesion)."""
@@ -75,6 +94,7 @@ def pixel_counts(truth: np.ndarray, prediction: np.ndarray) -> PixelCounts:
         tp=int(np.count_nonzero(t & p)),
         fp=int(np.count_nonzero(p & ~t)),
         fn=int(np.count_nonzero(t & ~p)),
+        tn=int(np.count_nonzero(~t & ~p)),
     )
 
 

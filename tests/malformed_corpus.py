@@ -23,6 +23,9 @@ image_type_static                   0x0000   legal NM static: stored as a static
 legacy_srt_view_codes               0x0000   SRT G-5215 / G-5216 (CID 26 legacy): accept
 missing_number_of_frames            0x0000   one frame assumed, warning logged
 seg_of_held_instance                0x0000   a viewer's SEG on an instance we hold: a training label
+uid_leading_zero                    0x0000   ``….091120.…`` component (field practice; warning logged)
+ct_image                            0x0000   CT Image Storage (a SPECT/CT exam's CT): stored, never segmented
+screen_capture                      0x0000   Secondary Capture, 8-bit RGB (a camera's screen save): stored
 not_dicom                           0xC000   random bytes
 truncated_header                    0xC000   cut inside an element header: bytes left after the last one
 truncated_pixel_data                0xC000   Pixel Data declares more bytes than arrived
@@ -32,6 +35,8 @@ undecodable_value                   0xC000   Rows (US) with a 3-byte value
 explicit_bytes_on_implicit_context  0xC000   encoding does not match the negotiated transfer syntax
 implicit_bytes_on_explicit_context  0xC000   idem, the other way round
 plain_bytes_on_deflate_context      0xC000   "deflated" data that does not inflate
+deflate_bomb                        0xC000   520 kB of deflate that inflates beyond 512 MiB
+bytes_after_last_element            0xC000   eight bytes that are no element after the data set
 corrupt_rle                         0xC000   RLE segment offset past the frame: pixels cannot be decoded
 sop_instance_uid_path_traversal     0xC000   ``../../x`` as SOP Instance UID: no path is ever built
 study_uid_path_traversal            0xC000   ``1.2/../../../etc`` as Study Instance UID
@@ -58,10 +63,12 @@ unreadable_patient_orientation      0xA900   Patient Orientation ``A\\P`` on a p
 missing_pixel_spacing               0xA900   cannot measure lesions without it
 pixel_spacing_not_numeric           0xA900   Pixel Spacing ``abcd\\efghi``
 rgb_pixels                          0xA900   3 samples per pixel: not a grey-level NM view
+code_contradicted_by_description    0xA900   View Code posterior, Series Description "WB ANT"
+oblique_detector                    0xA900   a WHOLE BODY instance with a detector at 0.7071, 0.7071
 ==================================  =======  ==========================================================
 
-Not in this table because it never reaches the handler: a SOP class other than NM or SEG (e.g. CT
-Image Storage) is not negotiated at all — its presentation context is rejected (PS3.4 B.2.3) and the
+Not in this table because it never reaches the handler: a SOP class the node does not receive (e.g.
+MR Image Storage) is not negotiated at all — its presentation context is rejected (PS3.4 B.2.3) and the
 sender reports "no presentation context" (``tests/test_scp.py``).
 """
 
@@ -69,6 +76,7 @@ from __future__ import annotations
 
 import copy
 import struct
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +91,7 @@ from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
+    SecondaryCaptureImageStorage,
     RLELossless,
     generate_uid,
 )
@@ -267,6 +276,10 @@ KINDS: list[Kind] = [
     Kind("legacy_srt_view_codes", SUCCESS, "", lambda h: sample(one(scheme="SRT"))),
     Kind("missing_number_of_frames", SUCCESS, "", lambda h: sample(_without(one("split"), "NumberOfFrames"))),
     Kind("seg_of_held_instance", SUCCESS, "", lambda h: sample(seg_for(h[0]))),
+    Kind("uid_leading_zero", SUCCESS, "", lambda h: sample(_with(one(), SOPInstanceUID="1.2.826.0.1.3680043.8.498.20140305.091120.7"))),
+    Kind("ct_image", SUCCESS, "", lambda h: sample(_with(one("split"), SOPClassUID=CT, Modality="CT",
+                                                            ImageType=["ORIGINAL", "PRIMARY", "AXIAL"]))),
+    Kind("screen_capture", SUCCESS, "", lambda h: sample(_screen_capture())),
     # -- cannot understand ----------------------------------------------------------------------------
     Kind("not_dicom", CANNOT_UNDERSTAND, "", mangled(lambda body: np.random.default_rng(0).bytes(4096))),
     Kind("truncated_header", CANNOT_UNDERSTAND, "truncated", mangled(lambda body: body[:203])),
@@ -283,6 +296,8 @@ KINDS: list[Kind] = [
          mangled(syntax=ExplicitVRLittleEndian, encoded_as=ImplicitVRLittleEndian)),
     Kind("plain_bytes_on_deflate_context", CANNOT_UNDERSTAND, "inflate",
          mangled(syntax=DeflatedExplicitVRLittleEndian, encoded_as=ExplicitVRLittleEndian)),
+    Kind("deflate_bomb", CANNOT_UNDERSTAND, "inflates to more than", lambda h: _deflate_bomb()),
+    Kind("bytes_after_last_element", CANNOT_UNDERSTAND, "", mangled(lambda body: body + b"\xff" * 8)),
     Kind("corrupt_rle", CANNOT_UNDERSTAND, "decoded", lambda h: sample(_corrupt_rle(), RLELossless)),
     Kind("sop_instance_uid_path_traversal", CANNOT_UNDERSTAND, "UID", _uid_in_dataset("SOPInstanceUID", "../../x")),
     Kind("study_uid_path_traversal", CANNOT_UNDERSTAND, "Study Instance UID",
@@ -316,7 +331,35 @@ KINDS: list[Kind] = [
     Kind("pixel_spacing_not_numeric", DOES_NOT_MATCH, "Pixel Spacing", lambda h: _replace_value(
         one(), b"\x28\x00\x30\x00DS", b"abcd\\efghi")),
     Kind("rgb_pixels", DOES_NOT_MATCH, "Samples per Pixel", _rgb),
+    Kind("code_contradicted_by_description", DOES_NOT_MATCH, "contradictory view information",
+         lambda h: sample(_with(study("split")[1], SeriesDescription="WB ANT"))),
+    Kind("oblique_detector", DOES_NOT_MATCH, "oblique", lambda h: sample(_oblique())),
 ]
+
+
+def _deflate_bomb() -> Sample:
+    """Raw deflate (PS3.5 A.5) of 520 MiB of zeros, made in 1 MiB steps (never held whole)."""
+    ds = one()
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    zeros = bytes(1 << 20)
+    body = b"".join(deflater.compress(zeros) for _ in range(520)) + deflater.flush()
+    return sample(ds, DeflatedExplicitVRLittleEndian, body=body)
+
+
+def _screen_capture() -> Dataset:
+    ds = one("split")
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelData = bytes(int(ds.Rows) * int(ds.Columns) * 3)
+    return ds
+
+
+def _oblique() -> Dataset:
+    ds = one()
+    ds.DetectorInformationSequence[0].ImageOrientationPatient = [0.7071, 0.7071, 0, 0, 0, -1]
+    return ds
 
 
 def _without(ds: Dataset, keyword: str) -> Dataset:
@@ -346,7 +389,7 @@ def views_of(kind: str) -> tuple[str, ...]:
     both = (View.ANTERIOR.value, View.POSTERIOR.value)
     return {"single_frame_no_view": (), "odd_length_padded": (View.ANTERIOR.value,),
             "missing_number_of_frames": (View.ANTERIOR.value,), "seg_of_held_instance": (),
-            "image_type_static": ()}.get(kind, both)
+            "image_type_static": (), "ct_image": (), "screen_capture": ()}.get(kind, both)
 
 
 # -- sending ------------------------------------------------------------------------------------------

@@ -28,15 +28,17 @@ from dicomnode.tools.harness import dcmtk_binary, free_port, wait_for_port
 
 def require(available: bool, what: str, install: str) -> None:
     """Go on only if ``what`` is there. In a test, a missing peer skips the test with a message on a
-    developer's machine and fails it in CI (where ``CI`` is set and .ci/run installs and starts every
-    peer); outside pytest (the benchmarks) it raises ``RuntimeError``."""
+    developer's machine and fails it in CI, where the environment variable ``CI`` is set to anything
+    but ``""``, ``0``, ``false`` or ``no`` (.ci/run sets ``CI=true``) and `make test` has installed
+    and started every peer (README.md, "The external parts"); outside pytest (the benchmarks) it
+    raises ``RuntimeError``."""
     if available:
         return
     message = f"{what} is not available here ({install})"
     if "PYTEST_CURRENT_TEST" not in os.environ:
         raise RuntimeError(message)
-    if os.environ.get("CI"):
-        pytest.fail(f"{message}; CI requires it (.ci/run installs and starts it)")
+    if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
+        pytest.fail(f"{message}; CI requires it (make test installs and starts it)")
     pytest.skip(message)
 
 

@@ -153,6 +153,25 @@ def test_an_environment_value_is_blamed_on_the_variable_not_the_file(tmp_path: P
     assert f"file {path}" not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('# the node\n[node]\nae_title = "X"\nport = "abc"\n', r"node\.port: .* line 4\)"),
+        ('[node] # ours\n\nallowed_callers = ["OK", ""]\n', r"node\.allowed_callers\.1: .*line 3\)"),
+        ('[[destinations]]\nname = "a"\nhost = "h"\nport = 1\nae_title = "X"\n\n'
+         '[[destinations]]\nname = "b"\nhost = "h"\nport = 99999\nae_title = "Y"\n', r"destinations\.1\.port: .*line 10\)"),
+        ('[storage]\nmin_free_bytes = 1\n[node.tls]\ncert = "a"\nkey = "b"\nrequire_client_cert = true\n',
+         r"node\.tls: .*line 3\)"),
+        ('title = "x"\nnode.port = "x"\n', r"node\.port: .*line 2\)"),
+    ],
+)
+def test_a_bad_value_in_the_file_names_its_line(tmp_path: Path, text: str, expected: str) -> None:
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert re.search(expected.replace("line", rf"\(from file {re.escape(str(path))}, line"), str(info.value)), str(info.value)
+
+
 def test_unreadable_files(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.toml")

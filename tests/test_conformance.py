@@ -32,7 +32,7 @@ def uids(text: str) -> list[str]:
 
 def test_receiver_presentation_contexts_are_those_negotiated():
     table = section("Accepted presentation contexts")
-    storage_row = next(line for line in table.splitlines() if line.startswith("| NM Image Storage"))
+    storage_row = next(line for line in table.splitlines() if line.startswith("| Every Storage SOP class"))
     assert uids(storage_row) == [str(uid) for uid in TRANSFER_SYNTAXES]  # same syntaxes, same preference
     sop_classes = section("SOP classes")  # the receiver's table comes first
     assert set(uids(sop_classes)) == {str(Verification), *map(str, RECEIVED)}
@@ -64,3 +64,70 @@ def test_defaults_and_implementation_identity():
     policies = section("Association policies")
     assert pynetdicom.PYNETDICOM_IMPLEMENTATION_UID in policies
     assert pynetdicom.PYNETDICOM_IMPLEMENTATION_VERSION in policies
+
+
+#: Every clause of the Storage SCP status table's refusal rows (0xA900, 0xC000), each with the cases
+#: of tests/malformed_corpus.py that exercise it. test_malformed sends every case to a real receiver
+#: and checks the status it gets, so a clause of the statement without a case, or a case whose status
+#: is not its row's, fails here.
+CLAUSES: dict[int, dict[str, list[str]]] = {
+    0xA900: {
+        "SOP Class / Instance UID of the data set differ": ["dataset_sop_class_differs", "dataset_sop_instance_differs"],
+        "Modality not that of the class": ["modality_not_nm"],
+        "Study / Series Instance UID or an Image Pixel Module attribute missing": [
+            "missing_study_uid", "missing_rows", "missing_pixel_data"],
+        "Bits Allocated not 8/16 (NM, SC), 16 (CT) or 1/8 (SEG)": ["bits_allocated_32"],
+        "Bits Stored / High Bit inconsistent": ["high_bit_mismatch"],
+        "Number of Frames not a positive integer": ["zero_number_of_frames"],
+        "Pixel Data length ≠ Rows × Columns × Frames × Samples × Bits Allocated": [
+            "rows_columns_mismatch", "frames_mismatch", "zero_rows"],
+        "contradictory view information": ["code_contradicted_by_description", "two_anterior_views",
+                                           "detector_vector_frames_mismatch", "detector_vector_without_item",
+                                           "unreadable_patient_orientation"],
+        "an oblique or lateral detector in a WHOLE BODY instance": ["oblique_detector"],
+        "Pixel Spacing missing or not numeric": ["missing_pixel_spacing", "pixel_spacing_not_numeric"],
+        "colour pixels": ["rgb_pixels"],
+    },
+    0xC000: {
+        "truncated data": ["truncated_header"],
+        "bytes after the last element": ["bytes_after_last_element"],
+        "a declared length beyond the received bytes": ["truncated_pixel_data", "enormous_pixel_data_length",
+                                                        "enormous_element_length"],
+        "VR encoding other than the negotiated one": ["explicit_bytes_on_implicit_context",
+                                                      "implicit_bytes_on_explicit_context"],
+        "undecodable values or compressed pixels": ["undecodable_value", "corrupt_rle"],
+        "a deflated stream that does not inflate": ["plain_bytes_on_deflate_context"],
+        "inflates beyond 512 MiB": ["deflate_bomb"],
+        "an invalid UID": ["sop_instance_uid_path_traversal", "study_uid_path_traversal", "uid_too_long",
+                           "uid_empty_component"],
+        "a SEG that references no current instance of the same study held by this node": [
+            "seg_of_unknown_instance", "seg_without_references"],
+    },
+}
+
+
+#: Parts of those rows that introduce clauses rather than state one.
+HEADINGS = {"Not readable in the negotiated transfer syntax", "For whole-body NM images only",
+            "any unexpected error (never an unanswered request)"}
+
+
+def _row(status: int) -> str:
+    table = section("SOP specific conformance — Storage SCP")
+    (row,) = [line for line in table.splitlines() if line.startswith(f"| 0x{status:04X} |")]
+    return row.split("|")[3]
+
+
+def test_every_refusal_the_statement_lists_is_a_case_the_receiver_answers_so():
+    from tests.malformed_corpus import KINDS
+
+    statuses = {kind.name: kind.status for kind in KINDS}
+    for status, clauses in CLAUSES.items():
+        cell = _row(status)
+        for clause, cases in clauses.items():
+            assert clause in cell, f"0x{status:04X}: the statement no longer says {clause!r}"
+            assert cases and all(statuses[case] == status for case in cases), (status, clause)
+        # Every part of the row (split at ';', ',', ':' and '. ' outside parentheses) is a clause above.
+        parts = [part.strip(" .") for part in re.split(r"(?:[;,:]|\. | or (?=inflates))(?![^()]*\))", cell)]
+        uncovered = [part for part in parts if part and part not in HEADINGS
+                     and not any(part in clause or clause in part for clause in clauses)]
+        assert uncovered == [], f"0x{status:04X}: clauses without a test case: {uncovered}"

@@ -27,7 +27,9 @@ def test_pixel_scores_of_overlapping_squares():
     truth = mask((10, 10), (0, 0, 4, 4))
     prediction = mask((10, 10), (0, 2, 4, 6))
     counts = pixel_counts(truth, prediction)
-    assert counts == PixelCounts(tp=8, fp=8, fn=8)
+    assert counts == PixelCounts(tp=8, fp=8, fn=8, tn=76)
+    assert counts.iou == 8 / 24
+    assert counts.specificity == 76 / 84 and counts.accuracy == 84 / 100
     assert counts.dsc == pytest.approx(2 * 8 / (16 + 16))
     assert counts.precision == pytest.approx(0.5) and counts.recall == pytest.approx(0.5)
 

@@ -10,6 +10,7 @@ import torch
 from segmentation.networks import NETWORKS, SegmentationNetwork, available, build
 from segmentation.networks.blocks import upsample_to
 from segmentation.networks.msanet import Critic, multiscale_l1
+from train.losses import multiclass_segmentation_loss
 
 torch.set_num_threads(1)
 
@@ -39,7 +40,7 @@ def test_declared_logit_heads_produce_the_returned_logits(name):
     torch.manual_seed(0)
     net = build(name, in_channels=2, width=4).train()
     heads = net.logit_heads()
-    assert list(heads)[0] == "head" and all(h.out_channels == 1 and h.bias is not None for h in heads.values())
+    assert list(heads)[0] == "head" and all(h.out_channels == net.classes and h.bias is not None for h in heads.values())
     outputs: dict[str, torch.Tensor] = {}
     hooks = [head.register_forward_hook(lambda _m, _i, out, name=n: outputs.__setitem__(name, out))
              for n, head in heads.items()]
@@ -60,7 +61,7 @@ def test_bad_width_is_refused(width):
 
 
 @pytest.mark.parametrize("name", available())
-def test_eval_output_is_one_logit_map_per_pixel(name):
+def test_eval_output_is_one_logit_map_per_pixel_and_class(name):
     net = build(name, in_channels=2, width="slim").eval()
     assert isinstance(net, SegmentationNetwork)
     assert (net.in_channels, net.width) == (2, "slim")
@@ -68,7 +69,7 @@ def test_eval_output_is_one_logit_map_per_pixel(name):
     with torch.inference_mode():
         out = net(torch.randn(1, 2, size, size))
     assert isinstance(out, torch.Tensor)
-    assert out.shape == (1, 1, size, size)
+    assert out.shape == (1, net.classes, size, size)
     assert torch.isfinite(out).all()
 
 
@@ -83,7 +84,7 @@ def test_whole_view_or_stated_window(name):
     view = torch.randn(1, 2, 1024, 256)
     with torch.inference_mode():
         if net.window is None:
-            assert net(view).shape == (1, 1, 1024, 256)
+            assert net(view).shape == (1, net.classes, 1024, 256)
         else:
             with pytest.raises(ValueError, match="window"):
                 net(view)
@@ -110,16 +111,19 @@ def test_bad_inputs_get_clear_errors(name):
 
 DEEP_SUPERVISION_OUTPUTS = {"msanet": 4}  # paper 001 § "Deep supervision": four predictions
 """Outputs in training mode per network; a network with no deep supervision returns one."""
+TRAINING_SIZE = {"mtunet": 256}
+"""Input size at which every parameter is reached: MT-UNet's Gaussian row/column attention sees a
+grid of one token per 4×4 window, which at 1/32 of the input needs ≥ 256 pixels to have two."""
 
 
 @pytest.mark.parametrize("name", available())
 def test_training_mode_returns_main_and_deep_supervision_outputs_and_uses_every_parameter(name):
     net = build(name, width="slim").train()
-    size = net.window or 64
+    size = net.window or TRAINING_SIZE.get(name, 64)
     outputs = net(torch.randn(2, 2, size, size))
     assert isinstance(outputs, list)
     assert len(outputs) == DEEP_SUPERVISION_OUTPUTS.get(name, 1)
-    assert all(o.shape == (2, 1, size, size) for o in outputs)
+    assert all(o.shape == (2, net.classes, size, size) for o in outputs)
     sum(o.square().mean() for o in outputs).backward()
     unused = [n for n, p in net.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert unused == []
@@ -280,7 +284,11 @@ def test_each_network_drives_its_loss_down_on_a_tiny_batch(name):
     losses = []
     for _ in range(10):
         optimiser.zero_grad()
-        loss = bce_dice(net(image), target)
+        outputs = net(image)
+        if net.classes > 1:  # one logit per class (MT-UNet): the discs are class 1
+            loss = multiclass_segmentation_loss(outputs[0], target[:, 0].long())
+        else:
+            loss = bce_dice(outputs, target)
         loss.backward()
         optimiser.step()
         losses.append(loss.item())

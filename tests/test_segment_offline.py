@@ -61,6 +61,7 @@ def test_segment_writes_results_and_a_summary_that_matches_the_segmenter(studies
         assert sorted(kinds) == ["GSPS", "SC", "SEG", "SEG", "SR"]
     markdown = (tmp_path / "out" / "summary.md").read_text()
     assert all(uid in markdown for uid in folders) and "NOT FOR DIAGNOSTIC USE" in markdown
+    assert " mm2" in markdown and "mm²" not in markdown  # the unit as the SC and the SR text write it
 
 
 def test_an_unreadable_study_is_reported_and_fails_the_command(tmp_path):

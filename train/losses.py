@@ -3,6 +3,10 @@
 - :func:`segmentation_loss`: soft Dice (+ BCE) averaged over the decoder outputs, paper 001 Eq. 4
   ("the segmentation loss is averaged over four decoding layers"). BCE is optional (weight 0 turns
   it off); paper 001 uses Dice alone, the U-Net/nnU-Net baselines Dice + cross-entropy.
+- :func:`multiclass_segmentation_loss`: cross-entropy + soft Dice of every foreground class, for a
+  network with one logit per class (paper 003's MT-UNet: background, metastatic, benign); the
+  reference MT-UNet trains with 0.5 × CE + 0.5 × Dice (``train_mtunet_Synapse.py``), so those are the
+  default weights.
 - :func:`multiple_instance_loss`: image-level labels (crops) on a pixel network, top-k pooled.
 - :func:`adversarial_loss`: MSA-Net's multi-scale L1 between the critic's features of
   ``image × prediction`` and ``image × truth`` (paper 001 Eq. 5, SegAN, Xue et al. 2018), averaged
@@ -97,6 +101,33 @@ def segmentation_loss(
             else:
                 total = total + bce_weight * (bce * pixel_weight).sum() / pixel_weight.sum().clamp_min(1.0)
     return total / len(outputs)
+
+
+def multiclass_segmentation_loss(
+    logits: Tensor, target: Tensor, *, ce_weight: float = 0.5, dice_weight: float = 0.5,
+    class_weight: Tensor | None = None, smooth: float = 1.0,
+) -> Tensor:
+    """``ce_weight`` × cross-entropy + ``dice_weight`` × mean over the foreground classes of
+    ``1 − Dice`` (batch Dice, as :func:`soft_dice_loss`) of the softmax.
+
+    ``logits`` ``(N, K, H, W)`` with K ≥ 2, ``target`` ``(N, H, W)`` integer class indices in
+    ``[0, K)``; ``class_weight`` (K values) weighs the cross-entropy of rare classes.
+    """
+    if logits.dim() != 4 or logits.shape[1] < 2:
+        raise ValueError(f"logits must be (N, K, H, W) with K ≥ 2, got {tuple(logits.shape)}")
+    if target.shape != (logits.shape[0], *logits.shape[2:]):
+        raise ValueError(f"target {tuple(target.shape)} does not match logits {tuple(logits.shape)}")
+    logits = logits.float()
+    target = target.long()
+    loss = ce_weight * F.cross_entropy(logits, target, weight=class_weight)
+    if dice_weight:
+        prob = torch.softmax(logits, dim=1)
+        onehot = F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2).float()
+        dims = (0, 2, 3)
+        intersection = (prob * onehot).sum(dims)[1:]
+        dice = (2 * intersection + smooth) / (prob.sum(dims)[1:] + onehot.sum(dims)[1:] + smooth)
+        loss = loss + dice_weight * (1 - dice).mean()
+    return loss
 
 
 def multiple_instance_loss(logits: Tensor, valid: Tensor, abnormal: Tensor, *, top_k: int = 4) -> Tensor:

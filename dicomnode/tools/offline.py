@@ -166,9 +166,9 @@ def render_markdown(summary: Summary) -> str:
         missing = f"; missing: {', '.join(study.missing_views)}" if study.missing_views else ""
         bsi = "n/a" if study.bsi_percent is None else f"{study.bsi_percent:.2f} %"
         lines += [f"Views: {', '.join(study.views)}{missing}. Lesions: {len(study.lesions)}, "
-                  f"total area {study.total_area_mm2:.1f} mm², approximate BSI {bsi}.", ""]
+                  f"total area {study.total_area_mm2:.1f} mm2, approximate BSI {bsi}.", ""]
         if study.lesions:
-            lines += ["| view | # | site | area (mm²) | peak counts | mean counts |",
+            lines += ["| view | # | site | area (mm2) | peak counts | mean counts |",
                       "|---|---|---|---|---|---|"]
             lines += [f"| {lesion['view']} | {lesion['label']} | {lesion['site'] or '-'} | {lesion['area_mm2']} | "
                       f"{lesion['peak_counts']} | {lesion['mean_counts']} |" for lesion in study.lesions]

@@ -2,7 +2,8 @@
 
 ``build(name, in_channels=2, width="slim")`` returns a :class:`SegmentationNetwork`; ``available()``
 lists the names. One module per paper: :mod:`.unet` (plain baseline), :mod:`.msanet` (papers 000/001,
-generator + SegAN critic), :mod:`.mams` (paper 002), :mod:`.semisup` (paper 004). :data:`NETWORKS`
+generator + SegAN critic), :mod:`.mams` (paper 002), :mod:`.mtunet` (paper 003, SPECT/CT slices, three classes),
+:mod:`.semisup` (paper 004). :data:`NETWORKS`
 is the whole registry: a network is known because it is listed here, not because a module was imported.
 """
 
@@ -13,6 +14,7 @@ from collections.abc import Callable
 from .base import SegmentationNetwork, Width
 from .mams import build_mams
 from .msanet import build_msanet
+from .mtunet import build_mtunet
 from .semisup import build_semisup
 from .unet import build_unet
 
@@ -22,6 +24,7 @@ Factory = Callable[..., SegmentationNetwork]
 NETWORKS: dict[str, Factory] = {
     "mams": build_mams,
     "msanet": build_msanet,
+    "mtunet": build_mtunet,
     "semisup": build_semisup,
     "unet": build_unet,
 }

@@ -32,6 +32,9 @@ class SegmentationNetwork(nn.Module):
     otherwise the fixed square input size the network needs (inference must tile into windows)."""
     size_divisor: int = 1
     """H and W must be multiples of this (the product of the down-sampling strides)."""
+    classes: int = 1
+    """Logit channels: 1 (one lesion logit, sigmoid) for the planar networks; more for a network that
+    returns one logit per class (softmax over channels, e.g. :mod:`.mtunet`'s three)."""
 
     def __init__(self, in_channels: int, width: Width) -> None:
         super().__init__()

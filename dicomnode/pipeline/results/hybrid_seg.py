@@ -1,0 +1,76 @@
+"""DICOM Segmentation (PS3.3 A.51) of a SPECT/CT result on the CT series: two BINARY segments.
+
+Segment 1 "Bone metastasis" (category Morphologically abnormal structure SCT 49755003, type Neoplasm,
+Secondary SCT 14799000, as the planar SEG); segment 2 "Benign bone lesion" (same category, type
+Lesion SCT 52988006: CID 7159 has no concept for the degenerative and traumatic lesions paper 003
+calls benign). Both carry the algorithm (Algorithm Identification, PS3.3 C.8.20.2) and the site
+Bone (SCT 272673000).
+
+The CT slices are the source images, one SEG frame per slice and segment, so the SEG has the CT's
+Frame of Reference, Plane Position / Orientation per frame and Pixel Measures: OHIF, 3D Slicer and
+highdicom read it as a volume on the CT grid. Frames without lesion are omitted
+(``omit_empty_frames``), except when the whole result is empty, where every frame is written so
+that "no lesion" is stated.
+"""
+
+from __future__ import annotations
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+
+from dicomnode.pipeline.results.common import NOT_FOR_DIAGNOSTIC_USE, Provenance, ResultKind, check_writable
+from dicomnode.pipeline.results.hybrid_results import BENIGN, METASTATIC, SEGMENT_OF_CLASS, HybridVolume
+
+SEGMENT_LABELS = {METASTATIC: "Bone metastasis", BENIGN: "Benign bone lesion"}
+SEGMENT_TYPES = {METASTATIC: codes.SCT.NeoplasmSecondary, BENIGN: codes.SCT.Lesion}
+
+
+def segment_descriptions(provenance: Provenance) -> list[hd.seg.SegmentDescription]:
+    algorithm = provenance.result.algorithm
+    identification = hd.AlgorithmIdentificationSequence(
+        name=algorithm.name, version=algorithm.version, family=codes.cid7162.ArtificialIntelligence,
+        source=provenance.options.manufacturer, parameters={"network": algorithm.network, "decision": "argmax"},
+    )
+    return [
+        hd.seg.SegmentDescription(
+            segment_number=SEGMENT_OF_CLASS[label],
+            segment_label=SEGMENT_LABELS[label],
+            segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+            segmented_property_type=SEGMENT_TYPES[label],
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=identification,
+            anatomic_regions=[codes.SCT.Bone],
+        )
+        for label in (METASTATIC, BENIGN)
+    ]
+
+
+def build_hybrid_segmentation(volume: HybridVolume, provenance: Provenance) -> Dataset:
+    """The SEG instance (one), in this run's SEG series."""
+    series = provenance.series(ResultKind.SEG)
+    labels = np.zeros(volume.labels.shape, np.uint8)
+    for label, segment in SEGMENT_OF_CLASS.items():
+        labels[volume.labels == label] = segment
+    seg = hd.seg.Segmentation(
+        source_images=volume.ct,
+        pixel_array=labels,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=segment_descriptions(provenance),
+        series_instance_uid=series.uid,
+        series_number=series.number,
+        sop_instance_uid=provenance.uid(ResultKind.SEG.value, "spect-ct"),
+        instance_number=1,
+        manufacturer=provenance.options.manufacturer,
+        manufacturer_model_name=provenance.model_name,
+        software_versions=provenance.options.software_version,
+        device_serial_number=provenance.options.serial_number(),
+        content_label="BONE_LESIONS",
+        content_description=(f"AI bone lesions on SPECT/CT, {len(volume.lesions)} lesion(s); "
+                             f"{NOT_FOR_DIAGNOSTIC_USE}")[:64],
+        omit_empty_frames=bool(labels.any()),
+        series_description=series.description,
+    )
+    provenance.finish(seg, volume.ct[0], series)
+    return check_writable(seg)

@@ -1,0 +1,129 @@
+"""Tests of the SPECT/CT result objects: SEG read back by highdicom as a volume, TID 1500 SR, fused SC."""
+
+from __future__ import annotations
+
+import subprocess
+from datetime import datetime
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+
+from dicomnode.dicom.sop import ResultKind
+from dicomnode.pipeline.results.common import ResultOptions
+from dicomnode.pipeline.results.hybrid_results import build_hybrid_results, find_lesions
+from dicomnode.synth.spectct import write_exams
+from segmentation.result import Algorithm
+from segmentation.volume import ct_geometry
+from tests.test_results_inputs import dcentvfy_errors, dciodvfy_errors
+
+ALGORITHM = Algorithm("dicomnode-mtunet", "test", "mtunet")
+
+
+@pytest.fixture(scope="module")
+def exam(tmp_path_factory) -> tuple[list[pydicom.Dataset], pydicom.Dataset, np.ndarray]:
+    out = tmp_path_factory.mktemp("hybrid")
+    write_exams(out, exams=1, seed=21, size="tiny")
+    folder = out / "exam_0001"
+    cts = [pydicom.dcmread(p) for p in sorted((folder / "ct").glob("*.dcm"))]
+    labels = np.load(folder / "truth.npz")["labels_ct"]
+    return cts, pydicom.dcmread(folder / "spect.dcm"), labels
+
+
+def _onehot(labels: np.ndarray) -> np.ndarray:
+    return np.stack([(labels == k).astype(np.float32) for k in range(3)])
+
+
+def _objects(exam, tmp_path: Path) -> dict[str, pydicom.Dataset]:
+    cts, nm, labels = exam
+    objects = build_hybrid_results(cts, nm, _onehot(labels), algorithm=ALGORITHM, created=datetime(2025, 1, 2, 3, 4, 5))
+    out = {}
+    for ds in objects:
+        path = tmp_path / f"{ds.Modality}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        out[ds.Modality] = pydicom.dcmread(path)
+    return out
+
+
+def test_seg_reads_back_as_a_volume_on_the_ct_grid_with_two_segments(exam, tmp_path):
+    cts, _, labels = exam
+    assert labels.max() == 2 and (labels == 1).any()  # the fixture holds both classes
+    seg = hd.seg.Segmentation.from_dataset(_objects(exam, tmp_path)["SEG"])
+    assert [d.SegmentLabel for d in seg.SegmentSequence] == ["Bone metastasis", "Benign bone lesion"]
+    assert seg.FrameOfReferenceUID == cts[0].FrameOfReferenceUID
+    volume = seg.get_volume(combine_segments=True, allow_missing_positions=True)
+    geometry, _ = ct_geometry(cts)
+    # the SEG volume covers the lesion slices; place it on the CT grid through patient coordinates
+    got = np.zeros(labels.shape, np.uint8)
+    for index in np.argwhere(volume.array > 0):
+        point = volume.affine[:3, :3] @ index + volume.affine[:3, 3]
+        k, i, j = np.rint(geometry.to_index(point)).astype(int)
+        got[k, i, j] = volume.array[tuple(index)]
+    np.testing.assert_array_equal(got, labels)
+
+
+def test_sr_has_one_volumetric_group_per_lesion_and_counts_per_class(exam, tmp_path):
+    _, _, labels = exam
+    objects = _objects(exam, tmp_path)
+    _, lesions = find_lesions(_onehot(labels), np.zeros(labels.shape), None, ct_geometry(exam[0])[0])
+    report = hd.sr.Comprehensive3DSR.from_dataset(objects["SR"])
+    content = report.content
+    groups = content.get_volumetric_roi_measurement_groups()
+    assert len(groups) == len(lesions) > 0
+    names = {m.name.meaning for m in groups[0].get_measurements()}
+    assert {"Volume", "SPECT reconstructed counts", "Attenuation Coefficient", "Probability"} <= names
+    referenced = groups[0].reference_type
+    assert referenced.meaning == "Referenced Segment"
+    counts = {}
+    for group in content.get_image_measurement_groups():
+        number = [m for m in group.get_measurements() if m.name.meaning.startswith("Number of lesions")]
+        counts[group.finding_type.meaning] = int(number[0].value)
+    expected = {"Neoplasm, Secondary": sum(les.label == 1 for les in lesions), "Lesion": sum(les.label == 2 for les in lesions)}
+    assert counts == expected
+    assert objects["SR"].Modality == "SR" and objects["SEG"].SOPInstanceUID in str(objects["SR"].CurrentRequestedProcedureEvidenceSequence)
+
+
+def test_sc_is_a_burned_in_rgb_picture(exam, tmp_path):
+    sc = _objects(exam, tmp_path)["OT"]
+    assert sc.PhotometricInterpretation == "RGB" and sc.BurnedInAnnotation == "YES"
+    pixels = sc.pixel_array
+    assert pixels.shape[2] == 3 and pixels.shape[1] == 768
+    red = (pixels[..., 0] > 200) & (pixels[..., 1] < 80) & (pixels[..., 2] < 80)
+    assert red.any()  # metastasis contour drawn
+
+
+def test_kinds_switch_objects_off_and_a_missing_ct_is_refused(exam):
+    cts, nm, labels = exam
+    only = build_hybrid_results(cts, None, _onehot(labels), algorithm=ALGORITHM,
+                                options=ResultOptions(kinds=(ResultKind.SEG,)))
+    assert [ds.Modality for ds in only] == ["SEG"]
+    with pytest.raises(ValueError, match="CT series"):
+        build_hybrid_results([], nm, _onehot(labels), algorithm=ALGORITHM)
+    with pytest.raises(ValueError, match="do not match"):
+        build_hybrid_results(cts, nm, _onehot(labels)[:, 1:], algorithm=ALGORITHM)
+
+
+def test_objects_pass_dicom3tools_and_dcmqi_reads_the_seg(exam, tmp_path):
+    cts, nm, labels = exam
+    objects = build_hybrid_results(cts, nm, _onehot(labels), algorithm=ALGORITHM)
+    paths = []
+    for ds in objects:
+        paths.append(tmp_path / f"{ds.Modality}.dcm")
+        ds.save_as(paths[-1], enforce_file_format=True)
+        assert dciodvfy_errors(paths[-1]) == []
+    sources = []
+    for n, ds in enumerate([*cts, nm]):
+        sources.append(tmp_path / f"source_{n}.dcm")
+        ds.save_as(sources[-1], enforce_file_format=True)
+    assert dcentvfy_errors(paths + sources) == []
+    out = tmp_path / "dcmqi"
+    out.mkdir()
+    run = subprocess.run(["segimage2itkimage", "--inputDICOM", str(paths[0]), "--outputDirectory", str(out), "-t", "nrrd"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    for segment in (1, 2):  # one volume per segment, on the CT's rows and columns
+        header = (out / f"{segment}.nrrd").read_bytes().split(b"\n\n", 1)[0].decode("latin-1")
+        assert f"sizes: {labels.shape[2]} {labels.shape[1]} " in header
+

@@ -1,0 +1,118 @@
+"""Tests of paper 003's training and evaluation (train/spectct.py) and the shipped SPECT/CT model."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dicomnode.synth.spectct import write_exams
+from segmentation.networks import build
+from segmentation.spectct import load_spectct_model, predict_volume, stack_inputs
+from train.spectct import Exam, load_exam, load_preset, main, score, train_model, transfer_weights
+
+torch.set_num_threads(1)
+PRESETS = Path(__file__).resolve().parents[1] / "config" / "train"
+WEIGHTS = Path(__file__).resolve().parents[1] / "segmentation" / "weights" / "spectct-spectct-mtunet-slim.json"
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("spectct-cohort")
+    write_exams(out, exams=4, seed=11, size="tiny")
+    return out
+
+
+def test_presets_name_the_three_inputs_of_paper_003():
+    channels = {load_preset(PRESETS / f"spectct-{v}.toml").channels for v in ("spect", "ct", "spectct")}
+    assert channels == {("spect",), ("ct",), ("spect", "ct")}
+
+
+def test_a_preset_with_an_unknown_key_is_refused(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "x"\n[model]\nchannels = ["ct"]\nlayers = 3\n')
+    with pytest.raises(ValueError, match="layers"):
+        load_preset(bad)
+
+
+def test_an_exam_is_read_from_its_dicom_files_onto_the_ct_grid(cohort):
+    exam = load_exam(cohort / "exam_0001")
+    truth = np.load(cohort / "exam_0001" / "truth.npz")["labels_ct"]
+    assert exam.hu.shape == exam.spect.shape == exam.labels.shape == truth.shape
+    np.testing.assert_array_equal(exam.labels, truth)
+    body = exam.hu > -500
+    assert exam.spect[body].mean() > 5 * max(exam.spect[~body].mean(), 1e-3)  # SPECT lands inside the body
+    coarse = load_exam(cohort / "exam_0001", in_plane_mm=2 * 500 / 64)
+    assert coarse.hu.shape == (exam.hu.shape[0], 32, 32)
+
+
+def test_transfer_copies_every_weight_and_the_spect_channel_of_the_first_convolution():
+    torch.manual_seed(0)
+    source = build("mtunet", in_channels=1, width=4)
+    target = build("mtunet", in_channels=2, width=4)
+    before = target.state_dict()["stem.0.conv.0.0.weight"].clone()
+    partial = transfer_weights(source.state_dict(), target)
+    assert partial == ["stem.0.conv.0.0.weight"]
+    got, want = target.state_dict(), source.state_dict()
+    torch.testing.assert_close(got["stem.0.conv.0.0.weight"][:, :1], want["stem.0.conv.0.0.weight"])
+    torch.testing.assert_close(got["stem.0.conv.0.0.weight"][:, 1:], before[:, 1:])
+    torch.testing.assert_close(got["head.weight"], want["head.weight"])
+    with pytest.raises(ValueError, match="lacks"):
+        transfer_weights({"nonsense": torch.zeros(1)}, target)
+
+
+def _exam(labels: np.ndarray) -> Exam:
+    hu = np.zeros(labels.shape, np.float32)
+    return Exam("P", "e", hu, hu.copy(), labels)
+
+
+def test_scores_per_class_and_folds_without_a_class_say_nothing_about_it():
+    labels = np.zeros((2, 8, 8), np.uint8)
+    labels[0, 2:4, 2:4] = 1
+    perfect = np.stack([(labels == k).astype(np.float32) for k in range(3)])
+    result = score([_exam(labels)], [perfect])
+    assert result["metastatic"]["dsc"] == result["metastatic"]["auc"] == result["lesion"]["iou"] == 1.0
+    assert np.isnan(result["benign"]["dsc"]) and np.isnan(result["benign"]["sensitivity"])
+    assert result["benign"]["specificity"] == 1.0
+    missed = np.stack([np.ones(labels.shape, np.float32), np.zeros(labels.shape), np.zeros(labels.shape)])
+    result = score([_exam(labels)], [missed])
+    assert result["metastatic"]["dsc"] == 0.0 and result["metastatic"]["sensitivity"] == 0.0
+
+
+@pytest.mark.slow
+def test_training_drives_the_loss_down_on_tiny_exams(cohort):
+    exams = [load_exam(cohort / f"exam_{i:04d}") for i in (1, 2)]
+    preset = dataclasses.replace(load_preset(PRESETS / "spectct-spectct.toml"), width=4, epochs=3, batch_size=4,
+                                 lr=3e-3, lesion_slice_weight=20.0)
+    trained = train_model(preset, exams, torch.device("cpu"))
+    assert trained.info["loss_last_epoch"] < trained.info["loss_first_epoch"]
+    prob = predict_volume(trained.net, stack_inputs(preset.channels, exams[0].spect, exams[0].hu))
+    assert prob.shape == (3, *exams[0].hu.shape)
+    np.testing.assert_allclose(prob.sum(axis=0), 1.0, atol=1e-4)
+
+
+def test_shipped_spectct_weights_load_and_segment_a_volume(cohort):
+    net, card = load_spectct_model(WEIGHTS)
+    assert card.channels == ("spect", "ct") and card.classes == ("background", "metastatic", "benign")
+    assert "H200" in card.training["device"] and card.training["transfer_from"] == "spectct-spect"
+    exam = load_exam(cohort / "exam_0001")
+    prob = predict_volume(net, stack_inputs(card.channels, exam.spect, exam.hu)[:, :8])
+    assert prob.shape == (3, 8, *exam.hu.shape[1:]) and np.isfinite(prob).all()
+
+
+@pytest.mark.slow
+def test_the_study_writes_the_table_and_a_final_model(cohort, tmp_path, capsys):
+    main(["--data", str(cohort), "--out", str(tmp_path), "--folds", "2", "--epochs", "1", "--batch-size", "2",
+          "--max-seconds", "1", "--device", "cpu", "--final", "spectct-spectct",
+          "--preset", str(PRESETS / "spectct-spect.toml"), "--preset", str(PRESETS / "spectct-spectct.toml"),
+          "--transfer", "spectct-spectct:spectct-spect"])
+    table = (tmp_path / "crossval.md").read_text()
+    assert "spectct-spectct (transfer from spectct-spect) | benign" in table
+    result = json.loads((tmp_path / "crossval.json").read_text())
+    assert {len(v["folds"]) for v in result["variants"].values()} == {2}
+    net, card = load_spectct_model(tmp_path / result["final"]["card"])
+    assert card.training["transfer_from"] == "spectct-spect" and net.in_channels == 2
