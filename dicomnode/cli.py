@@ -345,7 +345,7 @@ def status(
     config: Path | None = _CONFIG,
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """Studies, jobs and exports by state; stuck, failed and refused items."""
+    """Studies, jobs and exports by state; stuck, failed and refused items; the spool's free space."""
     import json
 
     from dicomnode.ops.status import collect, render
@@ -354,7 +354,8 @@ def status(
     database = _database(node)
     try:
         report = collect(database, quiet_seconds=node.assembly.quiet_seconds,
-                         attention_after_seconds=node.export.attention_after_seconds)
+                         attention_after_seconds=node.export.attention_after_seconds,
+                         spool_root=node.storage.spool_path, min_free_bytes=node.storage.min_free_bytes)
     finally:
         database.dispose()
     typer.echo(json.dumps(report, indent=2) if as_json else render(report))

@@ -101,9 +101,16 @@ class AssemblySection(_Section):
 
 
 class QueueSection(_Section):
+    """Jobs and workers (:class:`dicomnode.pipeline.queue.QueuePolicy` has the rules)."""
+
     lease_seconds: float = Field(default=600.0, gt=0)
-    max_attempts: int = Field(default=3, ge=1)
+    max_attempts: int = Field(default=3, ge=1)  # attempts ending in an error; a lost worker is not one
     poll_seconds: float = Field(default=1.0, gt=0)
+    # poison pill: a job that lost its worker this many times within the window ends failed
+    max_worker_losses: int = Field(default=5, ge=1)
+    worker_loss_window_seconds: float = Field(default=3600.0, gt=0)
+    # a job given back for want of disk space or database waits this long before it is tried again
+    environment_retry_seconds: float = Field(default=15.0, gt=0)
 
 
 class ModelSection(_Section):

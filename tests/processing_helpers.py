@@ -188,3 +188,37 @@ def threshold_segmenter():
 
     torch.set_num_threads(1)
     return load_segmenter("threshold", "cpu")
+
+
+# -- a small filesystem that can be filled ------------------------------------------------------------
+
+
+def mount_tmpfs(path: Path, megabytes: int) -> bool:
+    """Mount a tmpfs of ``megabytes`` at ``path`` (created); False where this machine does not allow
+    it (not root, no mount permission in the container). Unmount with :func:`unmount`."""
+    path.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(path)],
+                          capture_output=True).returncode == 0
+
+
+def unmount(path: Path) -> None:
+    subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
+
+
+def fill(path: Path, leave_bytes: int = 0) -> Path:
+    """Write a ballast file in ``path`` until at most ``leave_bytes`` remain free (0: until ENOSPC);
+    delete it to give the space back."""
+    ballast = path / "ballast"
+    stats = os.statvfs(path)
+    room = stats.f_bavail * stats.f_frsize - leave_bytes
+    with ballast.open("wb", buffering=0) as handle:
+        chunk = b"\0" * (1 << 20)
+        try:
+            while room > 0 or leave_bytes == 0:
+                written = handle.write(chunk[:room] if leave_bytes else chunk)
+                if not written:
+                    break
+                room -= written
+        except OSError:  # ENOSPC: full
+            pass
+    return ballast

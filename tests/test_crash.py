@@ -7,6 +7,9 @@ per study; a study counts as acknowledged when storescu exits 0 having seen a su
 every file); the PACS is dcmtk ``storescp``. Kill times are drawn from a seeded generator. A study
 that was not acknowledged is sent again in a later round, as a camera would.
 
+A ``dicomnode worker`` process killed again and again during one job: the job is not failed for it
+(a lost worker is not an attempt), unless it kills its worker too often too fast (poison pill).
+
 "Has its results" is checked at the PACS itself: for an acknowledged study, the SEGs there must
 reference every source instance of the study, and a GSPS, an SR and a Secondary Capture must be
 there too.
@@ -159,3 +162,66 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_study(tmp_path, capsys)
             print(f"  kill {number}: {moment}")
     assert len(acknowledged) == len(studies)  # the final round, with the node alive, acknowledges all
     assert not lost
+
+
+def _kill_while_running(tmp_path, kills: int, queue_extra: str = "") -> tuple:
+    """A ``dicomnode worker`` process SIGKILLed ``kills`` times while it runs the same job (each
+    time once the job is RUNNING under its lease), then left to run; returns the job row and the log."""
+    from sqlalchemy import select
+
+    from dicomnode.pipeline.assembly import AssemblyPolicy, assemble
+    from dicomnode.store.models import Job, JobState
+    from dicomnode.store.spool import Spool
+    from tests.processing_helpers import sqlite_database, store_study
+
+    var = tmp_path / "var"
+    config = write_node_config(tmp_path / "node.toml", var_dir=var, port=free_port(), destinations=[],
+                               lease_seconds=2)
+    config.write_text(config.read_text().replace("[queue]\n", f"[queue]\n{queue_extra}"))
+    database = sqlite_database(var, name="dicomnode.db")
+    manifest = write_studies(tmp_path / "studies", studies=1, seed=5, layout="multiframe", png=False)
+    study = manifest["studies"][0]
+    with Spool(var / "spool") as spool:
+        store_study(database, spool, [pydicom.dcmread(tmp_path / "studies" / study["folder"] / f["file"])
+                                      for f in study["files"]])
+    assemble(database, AssemblyPolicy(quiet_seconds=0))
+    worker = NodeProcess(config, tmp_path / "worker.log", command="worker")
+
+    def job() -> Job:
+        with database.session() as session:
+            return session.scalars(select(Job)).one()
+
+    try:
+        for _ in range(kills):
+            worker.start()
+            deadline = time.monotonic() + 120
+            while job().state is not JobState.RUNNING or f":{worker.process.pid}:" not in (job().lease_owner or ""):
+                assert job().state is not JobState.DONE, "the job finished before it could be killed"
+                assert time.monotonic() < deadline, "the worker never claimed the job"
+                time.sleep(0.01)
+            worker.kill()
+        worker.start()
+        wait_until(lambda: job().state in (JobState.DONE, JobState.FAILED), 120, "the job to end")
+    finally:
+        worker.kill()
+        database.dispose()
+    return job(), worker.log()
+
+
+def test_a_worker_killed_three_times_during_one_job_does_not_fail_it(tmp_path):
+    """Issue 17: three crashes during one job used to end it FAILED ("lease expired on attempt 3 of
+    3"). A dead worker is not the job's fault: it is done at its first attempt, the losses counted."""
+    from dicomnode.store.models import JobState
+
+    job, log = _kill_while_running(tmp_path, kills=3)
+    assert job.state is JobState.DONE, (job.error, log[-3000:])
+    assert (job.attempts, job.worker_losses) == (1, 3)
+
+
+def test_a_job_that_kills_its_worker_again_and_again_is_stopped(tmp_path):
+    """Poison pill: with ``[queue] max_worker_losses = 2`` the second loss within the window ends it."""
+    from dicomnode.store.models import JobState
+
+    job, log = _kill_while_running(tmp_path, kills=2, queue_extra="max_worker_losses = 2\n")
+    assert job.state is JobState.FAILED and job.worker_losses == 2, log[-3000:]
+    assert "poison pill" in job.error and "lost 2 times" in job.error

@@ -185,3 +185,27 @@ def test_concurrent_starts_migrate_once(any_url: str) -> None:
 def test_unusable_urls_are_refused(url: str, message: str) -> None:
     with pytest.raises(DatabaseError, match=message):
         connect(url)
+
+
+def test_a_database_of_the_first_schema_upgrades_with_its_jobs(tmp_path: Path) -> None:
+    """0001 → head keeps existing jobs: no worker losses yet, waiting for nothing (0003)."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from dicomnode.store.db import alembic_config
+    from dicomnode.store.models import Job
+
+    database = connect(f"sqlite:///{tmp_path / 'old.db'}")
+    try:
+        with database.engine.begin() as connection:
+            command.upgrade(alembic_config(connection), "0001")
+            connection.execute(text("INSERT INTO study (id, study_instance_uid, state, version, received_at, "
+                                    "last_instance_at) VALUES (1, '1.2.3', 'ready', 1, '2026-11-01', '2026-11-01')"))
+            connection.execute(text("INSERT INTO job (study_id, study_version, state, attempts, created_at) "
+                                    "VALUES (1, 1, 'queued', 2, '2026-11-01')"))
+        assert database.migrate() == Database.head_revision()
+        with database.session() as session:
+            job = session.scalars(select(Job)).one()
+        assert (job.attempts, job.worker_losses, job.recent_losses, job.waiting_for) == (2, 0, 0, None)
+    finally:
+        database.dispose()

@@ -261,11 +261,117 @@ def test_a_transient_failure_status_is_retried_for_that_object_only(node):
     (0xA700, Verdict.RETRY),  # out of resources
     (0xA7FF, Verdict.RETRY),
     (0x0110, Verdict.RETRY),  # processing failure
-    (0xC000, Verdict.RETRY),  # cannot understand
-    (0xC211, Verdict.RETRY),  # pynetdicom: the SCP's handler raised
+    (0xC000, Verdict.REFUSED),  # cannot understand: the same bytes are not understood next time either
+    (0xC123, Verdict.REFUSED),
+    (0xC211, Verdict.REFUSED),  # pynetdicom: the SCP's handler raised (in the cannot-understand range)
+    (0x0116, Verdict.DELIVERED),  # attribute value out of range (warning)
+    (0xBFFF, Verdict.DELIVERED),
 ])
 def test_status_table(status, verdict):
     assert classify_status(status).verdict is verdict
+
+
+class AnsweringSCP:
+    """A pynetdicom Storage SCP for SEG that answers each C-STORE with the next status of ``answers``
+    (0x0000 once they run out), after ``delay`` seconds: the peer for statuses no PACS can be told to
+    give. ``require_calling_aet`` and ``maximum_associations`` as pynetdicom's AE."""
+
+    def __init__(self, answers=(), delay: float = 0.0, require_calling_aet=(), maximum_associations: int = 10):
+        import time
+
+        self.answers, self.received = list(answers), []
+        ae = AE(ae_title="ANSWERING")
+        ae.add_supported_context(SegmentationStorage, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+        ae.require_calling_aet = list(require_calling_aet)
+        ae.maximum_associations = maximum_associations
+
+        def handle_store(event):
+            time.sleep(delay)
+            self.received.append(str(event.request.AffectedSOPInstanceUID))
+            return self.answers.pop(0) if self.answers else 0x0000
+
+        self.port = free_port()
+        self.server = ae.start_server(("127.0.0.1", self.port), block=False,
+                                      evt_handlers=[(evt.EVT_C_STORE, handle_store)])
+        self.destination = Destination(name="PACS", host="127.0.0.1", port=self.port, ae_title="ANSWERING")
+
+    def __enter__(self) -> AnsweringSCP:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+
+
+def outcomes(database) -> dict[str, tuple[ExportState, str]]:
+    with database.session() as session:
+        return {row.result.sop_instance_uid: (row.state, row.last_status) for row in session.scalars(select(Export))}
+
+
+def test_warnings_are_delivered_cannot_understand_refused_out_of_resources_retried(node):
+    """A real peer answering each status of the policy (issue 17): every warning is a delivery,
+    0xCxxx / 0xA9xx / 0x0122 refuse that object for good, 0xA7xx comes again after its back-off."""
+    database, spool, process = node
+    sent = process(["PACS"], studies=5)  # ten SEGs
+    answers = [0x0001, 0x0107, 0x0116, 0xB123, 0xC123, 0xC211, 0xA9FF, 0x0122, 0xA701, 0x0000]
+    with AnsweringSCP(answers) as pacs:
+        export = exporter(database, spool, pacs.destination)
+        start = utcnow()
+        assert export.run_once(now=start)
+        assert len(pacs.received) == 10 and set(pacs.received) == set(sent)
+        first = outcomes(database)
+        by_answer = {answer: first[uid] for answer, uid in zip(answers, pacs.received)}
+        for warning in (0x0001, 0x0107, 0x0116, 0xB123):
+            assert by_answer[warning] == (ExportState.DELIVERED, f"0x{warning:04X}")
+        for refusal in (0xC123, 0xC211, 0xA9FF, 0x0122):
+            assert by_answer[refusal] == (ExportState.REFUSED, f"0x{refusal:04X}")
+        assert by_answer[0xA701] == (ExportState.PENDING, "0xA701")
+        assert export.run_once(now=start + timedelta(seconds=31))  # the 0xA701 object only, once more
+        assert not export.run_once(now=start + timedelta(days=1))  # the refused ones never again
+    assert len(pacs.received) == 11 and pacs.received[10] == pacs.received[8]
+    assert export_states(database) == {"delivered": 6, "refused": 4}
+
+
+def test_an_unknown_calling_ae_is_refused_and_not_retried(node):
+    """A-ASSOCIATE-RJ rejected-permanent, calling AE title not recognised (PS3.8 9.3.4), from a
+    pynetdicom peer that knows only another caller: the batch is refused and never sent again."""
+    database, spool, process = node
+    process(["PACS"], studies=1)
+    with AnsweringSCP(require_calling_aet=["SOMEONE_ELSE"]) as pacs:
+        export = exporter(database, spool, pacs.destination)
+        assert export.run_once()
+        assert not export.run_once(now=utcnow() + timedelta(days=1))
+    assert pacs.received == []
+    assert export_states(database) == {"refused": 2}
+    with database.session() as session:
+        assert set(session.scalars(select(Export.last_status)).all()) == {"association rejected (permanent)"}
+
+
+def test_a_transient_rejection_and_a_timeout_back_off_and_deliver_later(node):
+    """A peer at its association limit rejects transiently (PS3.8 9.3.4, "local limit exceeded"), a
+    peer that answers after the DIMSE timeout is no answer: both back off, neither ends an export."""
+    from dicomnode.dicom.scu import associate
+
+    database, spool, process = node
+    process(["PACS"], studies=1)
+    with AnsweringSCP(maximum_associations=1) as pacs:
+        export = exporter(database, spool, pacs.destination)
+        start = utcnow()
+        with associate(pacs.destination, "OTHER", [(SegmentationStorage, ["1.2.840.10008.1.2.1"])], 5):
+            assert export.run_once(now=start)  # the only association slot is taken
+        with database.session() as session:
+            assert set(session.scalars(select(Export.last_status)).all()) == {"association rejected (transient)"}
+        assert export_states(database) == {"pending": 2}
+    slow = Exporter(database, spool, [], calling_ae="DICOMNODE", policy=POLICY, timeout=1)
+    with AnsweringSCP(delay=3) as pacs:
+        slow.destinations = {"PACS": pacs.destination}
+        assert slow.run_once(now=start + timedelta(minutes=5))
+    assert export_states(database) == {"pending": 2}
+    with database.session() as session:
+        assert "association lost" in set(session.scalars(select(Export.last_status)).all())
+    with AnsweringSCP() as pacs:
+        export = exporter(database, spool, pacs.destination)
+        assert export.run_once(now=start + timedelta(hours=1))
+    assert export_states(database) == {"delivered": 2}
 
 
 def test_a_transient_failure_never_ends_an_export_and_its_back_off_is_capped(tmp_path):

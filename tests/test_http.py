@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 import urllib.error
 import urllib.request
 from datetime import timedelta
@@ -86,8 +87,9 @@ def check_metrics_from_rows(database) -> None:
     add_finished_job(database, 40.0, waited=100.0, state=JobState.FAILED)
     add_study(database)
     with database.session(write=True) as session:
-        queued_study = add_study(database)
-        session.add(Job(study_id=queued_study, study_version=1, state=JobState.QUEUED))
+        queued_study = add_study(database)  # given back for want of disk space, its worker lost twice
+        session.add(Job(study_id=queued_study, study_version=1, state=JobState.QUEUED, waiting_for="disk space",
+                        worker_losses=2))
     # PACS: one export delivered at its first attempt, one still failing after 2 attempts.
     add_export(database, first, "PACS", ExportState.DELIVERED, attempts=1)
     add_export(database, first, "PACS", ExportState.PENDING, attempts=2)
@@ -102,6 +104,9 @@ def check_metrics_from_rows(database) -> None:
     values = samples(body)
     assert metric(values, "dicomnode_database_up") == 1
     assert metric(values, "dicomnode_queue_depth") == 1
+    assert metric(values, "dicomnode_jobs_waiting", reason="disk space") == 1
+    assert metric(values, "dicomnode_jobs_waiting", reason="database") == 0
+    assert metric(values, "dicomnode_job_worker_losses_total") == 2
     assert metric(values, "dicomnode_jobs", state="done") == 2
     assert metric(values, "dicomnode_jobs", state="failed") == 1
     assert metric(values, "dicomnode_instances_received_total") == 5  # one two-view instance per study
@@ -232,3 +237,68 @@ def test_serve_health_metrics_and_json_log_without_patient_data(tmp_path, stores
     assert study["study_instance_uid"] in text  # the log does speak of the study ...
     for secret in (patient_name, "Quintessa", "Zzyzx", patient_id):  # ... but not of the patient
         assert secret not in text
+
+
+@pytest.mark.network
+@pytest.mark.slow
+def test_disk_pressure_end_to_end(tmp_path, storescp):
+    """Issue 17: the node's var folder on its own 48 MiB tmpfs with a 12 MiB floor. A study is
+    acknowledged, then the disk fills (a ballast leaves 4 MiB) before it is processed: the receiver
+    answers 0xA700, the worker pauses and the job waits (not failed), ``dicomnode status`` and
+    ``/metrics`` show the condition; the ballast deleted, everything resumes by itself."""
+    from typer.testing import CliRunner
+
+    from dicomnode.cli import app
+    from tests.processing_helpers import fill, mount_tmpfs, unmount
+
+    var = tmp_path / "var"
+    if not mount_tmpfs(var, 48):
+        pytest.skip("mount -t tmpfs is not allowed here (needs root)")
+    try:
+        manifest = write_studies(tmp_path / "s", studies=2, seed=12, layout="split", png=False)
+        first, second = ([tmp_path / "s" / s["folder"] / f["file"] for f in s["files"]] for s in manifest["studies"])
+        port, http_port = free_port(), free_port()
+        config = write_node_config(tmp_path / "node.toml", var_dir=var, port=port, quiet_seconds=3,
+                                   destinations=[("PACS", storescp.port, storescp.aet)])
+        config.write_text(config.read_text().replace("min_free_bytes = 0", f"min_free_bytes = {12 << 20}")
+                          + f'[http]\nhost = "127.0.0.1"\nport = {http_port}\n')
+        base = f"http://127.0.0.1:{http_port}"
+
+        def status() -> dict:
+            result = CliRunner().invoke(app, ["status", "--config", str(config), "--json"])
+            assert result.exit_code == 0, result.output
+            return json.loads(result.output)
+
+        node = NodeProcess(config, tmp_path / "node.log", port=port)
+        with node:
+            wait_for_port(http_port)
+            assert storescu(first[:1], port).returncode == 0  # one view: assembled after the quiet period
+            ballast = fill(var, leave_bytes=4 << 20)
+            refused = storescu(second, port)
+            assert "Refused: OutOfResources" in refused.stdout + refused.stderr  # dcmtk's name for 0xA700
+            report = wait_until(lambda: (lambda r: r if r["jobs"]["queued"] == 1 else None)(status()), 30,
+                                "the acknowledged study's job to be queued")
+            assert report["disk"]["below_floor"] and report["needs_attention"]
+            time.sleep(3)  # the worker polls every 0.2 s: it would have run the job by now
+            report = status()
+            assert report["jobs"] == {"queued": 1, "running": 0, "done": 0, "failed": 0}
+            values = samples(get(f"{base}/metrics")[2])
+            assert metric(values, "dicomnode_disk_below_floor") == 1
+            assert metric(values, "dicomnode_spool_free_bytes") < metric(values, "dicomnode_spool_min_free_bytes")
+            assert pacs_objects(storescp) == []
+            assert "below the floor" in CliRunner().invoke(app, ["status", "--config", str(config)]).output.lower()
+
+            ballast.unlink()  # space returns: nobody runs `dicomnode retry`
+            wait_until(lambda: status()["jobs"]["done"] == 1, 60, "the waiting job to be done")
+            assert storescu(second, port).returncode == 0  # and the camera's retry is taken
+            wait_until(lambda: status()["jobs"]["done"] == 2 and status()["exports"]["pending"] == 0
+                       and status()["exports"]["sending"] == 0, 120, "both studies' results delivered")
+            report = status()
+            assert not report["disk"]["below_floor"] and not report["needs_attention"]
+            assert report["jobs"]["failed"] == 0
+            assert metric(samples(get(f"{base}/metrics")[2]), "dicomnode_disk_below_floor") == 0
+            assert node.terminate() == 0
+        log = node.log()
+        assert "worker paused: waiting for disk space" in log and "worker resumed: disk space is back" in log
+    finally:
+        unmount(var)

@@ -101,6 +101,40 @@ def test_the_handler_follows_stderr_and_never_writes_to_a_closed_stream(monkeypa
     assert "C-STORE 1.2.3" in current.getvalue()
 
 
+class _Unprintable:
+    def __str__(self) -> str:
+        raise RuntimeError("no text for you")
+
+    __repr__ = __str__
+
+
+def test_json_lines_stay_valid_json_with_hostile_values() -> None:
+    """Whatever a value holds (control characters, quotes, lone surrogates, line separators, NaN,
+    bytes, an object that cannot be printed), each record is one line that strict JSON parsing reads
+    back, with the message intact."""
+    import math
+
+    import numpy as np
+
+    hostile = 'UID"}\n{"level": "CRITICAL", "x": "\\\x00\x1b[2J\u2028\u2029\udcff\ud800\ufeff'
+    entry = logging.LogRecord("dicomnode.pipeline.receiver", logging.WARNING, __file__, 1, "C-STORE %s: %s",
+                              (hostile, b"\xff\x00"), None)
+    entry.__dict__.update(sop_uid=hostile, bsi=float("nan"), ratio=np.float64("inf"), count=np.int64(3),
+                          raw=b"\x00\xff", states=["ok", float("-inf"), {"k": math.nan}], odd=_Unprintable())
+    line = NodeLogHandler(LoggingSection(json=True)).format(entry)
+    assert "\n" not in line and "\r" not in line and "\u2028" not in line and line.isascii()
+
+    def strict(constant: str) -> None:
+        raise AssertionError(f"{constant} is not JSON")
+
+    parsed = json.loads(line, parse_constant=strict)
+    assert parsed["message"] == "C-STORE " + hostile + ": " + str(b"\xff\x00") and parsed["sop_uid"] == hostile
+    assert parsed["level"] == "WARNING"  # the forged '"level": "CRITICAL"' stayed inside a string
+    assert (parsed["bsi"], parsed["ratio"], parsed["count"]) == ("nan", "inf", 3)
+    assert parsed["states"] == ["ok", "-inf", {"k": "nan"}] and parsed["raw"] == str(b"\x00\xff")
+    assert parsed["odd"].startswith("<unprintable _Unprintable")
+
+
 def test_library_warnings_reach_the_log_without_the_values_they_quote(capsys):
     import warnings
 

@@ -1,8 +1,10 @@
 """The job queue on a real database: leases, reclaim, attempts, terminal failure, outbox atomicity,
-and concurrent claimers on SQLite and PostgreSQL (each job runs exactly once)."""
+and concurrent claimers on SQLite and PostgreSQL (each job runs exactly once); a lost worker and an
+environment that failed do not count as attempts, a poison pill does end the job."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections import Counter
 from datetime import timedelta
@@ -94,7 +96,8 @@ def test_expired_lease_is_reclaimed_and_the_old_owner_cannot_finish(database):
     assert queue.claim(database, "other", POLICY, now=utcnow() + timedelta(seconds=30)) is None
     later = utcnow() + timedelta(seconds=61)
     taken = queue.claim(database, "other", POLICY, now=later)
-    assert taken.id == lost.id and taken.attempts == 2
+    assert taken.id == lost.id and taken.attempts == 1  # the lost worker's attempt is not counted
+    assert job_row(database, taken.id).worker_losses == 1
     assert not queue.heartbeat(database, lost, POLICY)
     with pytest.raises(queue.LeaseLost):
         queue.complete(database, lost, [result()], ["PACS"])
@@ -175,18 +178,79 @@ def test_permanent_failure_is_not_retried(database):
     assert study_state(database, study_id) is StudyState.FAILED
 
 
-def test_a_job_whose_worker_dies_every_time_ends_failed(database):
+def test_a_lost_worker_does_not_use_up_the_failure_budget(database):
+    """Three crashes during one job (issue 17) and then two errors: the job is still tried a third
+    time, and the crashes are counted apart."""
     study_id = queued_study(database)
     now = utcnow()
-    for attempt in range(1, POLICY.max_attempts + 1):
-        now += timedelta(seconds=61)
-        job = queue.claim(database, f"doomed-{attempt}", POLICY, now=now)
-        assert job.attempts == attempt
-    now += timedelta(seconds=61)
-    assert queue.claim(database, "next", POLICY, now=now) is None
+    for crash in range(1, 4):
+        job = queue.claim(database, f"crashing-{crash}", POLICY, now=now)
+        assert job.attempts == 1
+        now += timedelta(seconds=61)  # in quick succession, yet fewer than max_worker_losses (5)
+    job = queue.claim(database, "w", POLICY, now=now)
+    assert job.attempts == 1
     row = job_row(database, job.id)
-    assert row.state is JobState.FAILED and "worker was lost" in row.error
+    assert (row.worker_losses, row.recent_losses) == (3, 3) and "worker lost" in row.error
+    assert queue.fail(database, job, "first", POLICY, now=now) is JobState.QUEUED
+    now += timedelta(seconds=11)
+    job = queue.claim(database, "w", POLICY, now=now)
+    assert job.attempts == 2 and queue.fail(database, job, "second", POLICY, now=now) is JobState.QUEUED
+    now += timedelta(seconds=21)
+    job = queue.claim(database, "w", POLICY, now=now)
+    assert job.attempts == 3
+    queue.complete(database, job, [result()], ["PACS"], now=now)
+    assert study_state(database, study_id) is StudyState.PROCESSED
+
+
+def test_a_job_that_kills_its_worker_repeatedly_in_a_short_time_ends_failed(database):
+    """Poison pill: ``max_worker_losses`` lost workers within ``worker_loss_window_seconds``."""
+    policy = queue.QueuePolicy(lease_seconds=60, max_worker_losses=3, worker_loss_window_seconds=600)
+    study_id = queued_study(database)
+    now = utcnow()
+    for crash in range(1, 4):
+        job = queue.claim(database, f"doomed-{crash}", policy, now=now)
+        assert job is not None and job.attempts == 1
+        now += timedelta(seconds=61)  # the lease has run out: the worker is found lost
+    assert queue.claim(database, "next", policy, now=now) is None
+    row = job_row(database, job.id)
+    assert row.state is JobState.FAILED and row.worker_losses == 3
+    assert "lost 3 times within 122 s" in row.error and "poison pill" in row.error
     assert study_state(database, study_id) is StudyState.FAILED
+    assert queue.requeue_failed(database) == 1  # dicomnode retry: a fresh count
+    assert queue.claim(database, "again", policy, now=now) is not None
+    assert job_row(database, job.id).recent_losses == 0
+
+
+def test_losses_further_apart_than_the_window_start_a_new_count(database):
+    policy = queue.QueuePolicy(lease_seconds=60, max_worker_losses=2, worker_loss_window_seconds=100)
+    queued_study(database)
+    now = utcnow()
+    for crash in range(1, 6):
+        job = queue.claim(database, f"unlucky-{crash}", policy, now=now)
+        assert job is not None, f"failed after {crash - 1} losses spread over time"
+        now += timedelta(seconds=200)
+    row = job_row(database, job.id)
+    assert row.state is JobState.RUNNING and row.worker_losses == 4 and row.recent_losses == 1
+
+
+def test_a_job_given_back_for_the_environment_waits_without_using_an_attempt(database):
+    """``release`` (no disk space, no database): QUEUED, held back, attempt given back, reason kept."""
+    policy = queue.QueuePolicy(lease_seconds=60, max_attempts=1, environment_retry_seconds=15)
+    queued_study(database)
+    now = utcnow()
+    for _ in range(4):
+        job = queue.claim(database, "w", policy, now=now)
+        assert job.attempts == 1
+        queue.release(database, job, "disk space", "OSError: [Errno 28] No space left on device", policy, now=now)
+        row = job_row(database, job.id)
+        assert row.state is JobState.QUEUED and row.waiting_for == "disk space" and row.attempts == 0
+        assert "No space left" in row.error
+        assert queue.claim(database, "w", policy, now=now + timedelta(seconds=14)) is None
+        now += timedelta(seconds=16)
+    job = queue.claim(database, "w", policy, now=now)
+    assert job_row(database, job.id).waiting_for is None
+    with pytest.raises(queue.LeaseLost):
+        queue.release(database, dataclasses.replace(job, owner="someone else"), "database", "gone", policy)
 
 
 def test_a_new_version_is_not_settled_by_the_old_job(database):
@@ -240,3 +304,26 @@ def test_concurrent_workers_run_each_job_exactly_once(backend, tmp_path, request
         attempts = session.scalars(select(Job.attempts)).all()
     assert states == [JobState.DONE] * 40 and set(attempts) == {1}
     setup.dispose()
+
+
+def test_what_counts_as_the_environment_failing():
+    """ENOSPC / EDQUOT (also as the cause of another error) and SQLite's "database or disk is full"
+    are disk space; other operational database errors are the database; anything else is the job's."""
+    import errno
+    import sqlite3
+
+    def raised_from(cause: BaseException) -> BaseException:
+        try:
+            raise RuntimeError("writing the SEG failed") from cause
+        except RuntimeError as error:
+            return error
+
+    assert queue.environment_problem(OSError(errno.ENOSPC, "No space left on device")) == queue.DISK_SPACE
+    assert queue.environment_problem(raised_from(OSError(errno.EDQUOT, "Disk quota exceeded"))) == queue.DISK_SPACE
+    full = sqlalchemy.exc.OperationalError("COMMIT", {}, sqlite3.OperationalError("database or disk is full"))
+    assert queue.environment_problem(full) == queue.DISK_SPACE
+    locked = sqlalchemy.exc.OperationalError("COMMIT", {}, sqlite3.OperationalError("database is locked"))
+    assert queue.environment_problem(locked) == queue.DATABASE
+    assert queue.environment_problem(OSError(errno.EACCES, "Permission denied")) is None
+    assert queue.environment_problem(ValueError("no anterior view")) is None
+    assert queue.environment_problem(sqlalchemy.exc.IntegrityError("INSERT", {}, Exception("unique"))) is None

@@ -15,6 +15,7 @@ import pytest
 import torch
 from sqlalchemy import select
 
+from dicomnode.ops.status import collect, render
 from dicomnode.pipeline.assembly import AssemblyPolicy, assemble
 from dicomnode.pipeline.processing import load_segmenter
 from dicomnode.pipeline.queue import QueuePolicy, claim
@@ -248,3 +249,147 @@ def test_a_cuda_device_without_a_gpu_is_a_clear_error():
         pytest.skip("this machine has a GPU")
     with pytest.raises(RuntimeError, match="sees no CUDA GPU"):
         load_segmenter("threshold", device="cuda")
+
+
+# -- the environment failing is not the job's fault (issue 17) ------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 16 MiB tmpfs that the test may fill (root only; skipped elsewhere)."""
+    from tests.processing_helpers import mount_tmpfs, unmount
+
+    disk = tmp_path / "disk"
+    if not mount_tmpfs(disk, 16):
+        pytest.skip("mount -t tmpfs is not allowed here (needs root)")
+    yield disk
+    unmount(disk)
+
+
+def test_a_full_disk_gives_the_job_back_and_the_worker_resumes_when_space_returns(tmp_path, small_disk, segmenter):
+    """Below the floor the worker claims nothing; a real ENOSPC while writing results gives the job
+    back (no attempt used, however often); when space returns the job is done at its first attempt."""
+    from tests.processing_helpers import fill
+
+    database = sqlite_database(tmp_path)  # on the big disk: only the spool fills up
+    policy = QueuePolicy(lease_seconds=60, max_attempts=1, environment_retry_seconds=0.05)
+    with Spool(small_disk / "spool", min_free_bytes=1 << 20) as spool:
+        worker = Worker(database, spool, segmenter, OPTIONS, ["PACS"], policy, owner="w")
+        store_study(database, spool, nm_study(counts()))
+        assemble(database, AssemblyPolicy(quiet_seconds=0))
+        ballast = fill(small_disk)  # the disk is full after acknowledgement, before processing
+        assert not worker.run_once() and worker.waiting_for == "disk space"  # paused below the floor
+        spool.min_free_bytes = 0  # no floor: the worker claims and meets ENOSPC itself
+        for _ in range(3):  # more often than max_attempts
+            assert worker.run_once()
+            with database.session() as session:
+                job = session.scalars(select(Job)).one()
+            assert (job.state, job.attempts, job.waiting_for) == (JobState.QUEUED, 0, "disk space")
+            assert "No space left on device" in job.error
+            time.sleep(0.1)
+        report = collect(database, spool_root=spool.root, min_free_bytes=1 << 20)  # dicomnode status
+        assert report["disk"]["below_floor"] and report["needs_attention"]
+        (waiting,) = report["waiting_jobs"]
+        assert waiting["waiting_for"] == "disk space" and "waits for disk space" in render(report)
+        ballast.unlink()
+        spool.min_free_bytes = 1 << 20
+        assert worker.run_once() and worker.waiting_for is None
+    with database.session() as session:
+        job = session.scalars(select(Job)).one()
+        assert (job.state, job.attempts, job.waiting_for) == (JobState.DONE, 1, None)
+        assert session.scalars(select(Study.state)).one() is StudyState.PROCESSED
+    database.dispose()
+
+
+@pytest.mark.postgres
+def test_an_unavailable_database_pauses_the_worker_until_it_answers(postgres_url, tmp_path, segmenter):
+    """The database refuses connections (``ALLOW_CONNECTIONS false`` and its sessions ended, as in a
+    failover): the worker waits for it instead of dying or failing the job, then does the job."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    from tests.processing_helpers import postgres_database
+
+    name = make_url(postgres_url).database
+    database = postgres_database(postgres_url)
+    with Spool(tmp_path / "spool") as spool:
+        worker = Worker(database, spool, segmenter, OPTIONS, ["PACS"], POLICY, owner="w")
+        store_study(database, spool, nm_study(counts()))
+        assemble(database, AssemblyPolicy(quiet_seconds=0))
+        stop = threading.Event()
+        with psycopg.connect(dbname="postgres", autocommit=True) as admin:
+            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+            thread = threading.Thread(target=worker.run, args=(stop, 0.05))
+            thread.start()
+            try:
+                deadline = time.monotonic() + 30
+                while worker.waiting_for != "database" and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                assert worker.waiting_for == "database" and thread.is_alive()
+                admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+                deadline = time.monotonic() + 30
+                while worker.waiting_for is not None and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                while time.monotonic() < deadline:
+                    with database.session() as session:
+                        if session.scalars(select(Job.state)).one() is JobState.DONE:
+                            break
+                    time.sleep(0.1)
+            finally:
+                admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+                stop.set()
+                thread.join(30)
+    with database.session() as session:
+        job = session.scalars(select(Job)).one()
+    assert (job.state, job.attempts) == (JobState.DONE, 1)
+    database.dispose()
+
+
+@pytest.mark.postgres
+def test_a_database_lost_during_a_job_gets_the_job_back_once_it_answers(postgres_url, tmp_path, segmenter):
+    """The database goes away while the study is being segmented: the results cannot be recorded,
+    the worker keeps trying to give the job back until the database answers, and the job, never
+    failed and not counted as an attempt, is done on its next claim."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    from tests.processing_helpers import postgres_database
+
+    name = make_url(postgres_url).database
+    database = postgres_database(postgres_url)
+    policy = QueuePolicy(lease_seconds=60, max_attempts=1, environment_retry_seconds=0.2)
+
+    def connections(allowed: bool) -> None:
+        with psycopg.connect(dbname="postgres", autocommit=True) as admin:
+            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {str(allowed).lower()}')
+            if not allowed:
+                admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+
+    class LosingTheDatabase(SlowSegmenter):
+        def segment(self, scan):
+            connections(False)  # gone while the network runs; back 2 s later
+            threading.Timer(2.0, connections, (True,)).start()
+            return super().segment(scan)
+
+    try:
+        with Spool(tmp_path / "spool") as spool:
+            worker = Worker(database, spool, LosingTheDatabase(segmenter, 0.2), OPTIONS, ["PACS"], policy, owner="w")
+            store_study(database, spool, nm_study(counts()))
+            assemble(database, AssemblyPolicy(quiet_seconds=0))
+            job = claim(database, "w", policy)
+            started = time.monotonic()
+            worker.process(job)  # returns once the job is given back
+            assert time.monotonic() - started >= 1.5 and worker.waiting_for == "database"
+            with database.session() as session:
+                row = session.get(Job, job.id)
+                assert (row.state, row.attempts, row.waiting_for) == (JobState.QUEUED, 0, "database")
+            time.sleep(0.3)
+            worker.segmenter = segmenter
+            assert worker.run_once() and worker.waiting_for is None
+        with database.session() as session:
+            row = session.get(Job, job.id)
+        assert (row.state, row.attempts, row.waiting_for) == (JobState.DONE, 1, None)
+    finally:
+        connections(True)
+        database.dispose()

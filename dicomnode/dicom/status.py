@@ -11,9 +11,12 @@ One policy for both directions, built on pynetdicom's status categories
   the exporter marks it delivered.
 - :func:`permanent`: a *Failure* that sending the same object again will meet again —
   :data:`PERMANENT_FAILURES` (invalid SOP instance, SOP class not supported, not authorised,
-  unrecognised operation, mistyped argument; PS3.7 C.4) and 0xA900–0xA9FF (data set does not match
-  SOP class, PS3.4 Table B.2-1). Every other failure (out of resources, processing failure,
-  cannot understand, pynetdicom's 0xC211 for an SCP whose handler raised) may pass later.
+  unrecognised operation, mistyped argument; PS3.7 C.4), 0xA900–0xA9FF (data set does not match
+  SOP class) and 0xC000–0xCFFF (cannot understand; PS3.4 Table B.2-1: the peer could not parse
+  this object, and it will parse the same bytes the same way next time; pynetdicom's 0xC211, an
+  SCP whose handler raised, is in that range and is treated alike). Every other failure (0xA700–
+  0xA7FF out of resources, 0x0110 processing failure, 0x0213 resource limitation, anything unknown)
+  may pass later.
 
 The exporter's verdicts built on these are in :mod:`dicomnode.pipeline.export`; the rules with their
 sections in docs/dicom.md.
@@ -36,6 +39,8 @@ from pynetdicom.status import (
 PERMANENT_FAILURES = frozenset({0x0117, 0x0122, 0x0124, 0x0211, 0x0212})
 #: Error: Data Set does not match SOP Class (PS3.4 Table B.2-1): the object itself is at fault.
 DATASET_MISMATCH = range(0xA900, 0xAA00)
+#: Error: Cannot understand (PS3.4 Table B.2-1): the peer cannot parse the object.
+CANNOT_UNDERSTAND = range(0xC000, 0xD000)
 
 
 class Status(IntEnum):
@@ -64,7 +69,8 @@ def stored(status: int) -> bool:
 def permanent(status: int) -> bool:
     """Whether a failure will recur when the same object is sent again (see the module docstring)."""
     return code_to_category(status) == STATUS_FAILURE and (status in PERMANENT_FAILURES
-                                                           or status in DATASET_MISMATCH)
+                                                           or status in DATASET_MISMATCH
+                                                           or status in CANNOT_UNDERSTAND)
 
 
 def describe(status: int) -> str:

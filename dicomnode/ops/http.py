@@ -20,7 +20,16 @@ Metric                                   Type        Source
 ``dicomnode_export_attempts_total``      counter     ``export_attempt`` rows per destination
 ``dicomnode_export_failed_attempts_total`` counter   attempts that did not deliver (attempts minus
                                                      delivered exports; a delivery is one attempt)
+``dicomnode_jobs_waiting{reason}``       gauge       jobs given back for want of ``disk space`` or
+                                                     the ``database`` (``job.waiting_for``)
+``dicomnode_job_worker_losses_total``    counter     leases that ran out because the worker died
+                                                     (``job.worker_losses``; not attempts)
 ``dicomnode_database_up``                gauge       1 when the queries above succeeded
+``dicomnode_spool_free_bytes``           gauge       ``statvfs`` of the spool (this host), also when
+                                                     the database is down
+``dicomnode_spool_min_free_bytes``       gauge       ``[storage] min_free_bytes``
+``dicomnode_disk_below_floor``           gauge       1 while free < floor: C-STORE answers 0xA700
+                                                     and workers pause until space returns
 =======================================  ==========  ==============================================
 
 The histograms' sums and bucket counts are aggregated in SQL (one query each), so a scrape costs
@@ -47,7 +56,9 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import ColumnElement, FunctionElement
 
 from dicomnode import __version__
+from dicomnode.pipeline.queue import WAITING_REASONS
 from dicomnode.store.db import Database
+from dicomnode.store.spool import Spool
 from dicomnode.store.models import (
     Export,
     ExportAttempt,
@@ -88,15 +99,19 @@ def _seconds_postgresql(element: seconds_between, compiler: Any, **kw: Any) -> s
 
 
 class NodeMetrics:
-    """A prometheus_client collector whose every value is read from the database at scrape time."""
+    """A prometheus_client collector whose every value is read from the database (and the spool's
+    filesystem, when given) at scrape time."""
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, spool: Spool | None = None) -> None:
         self.database = database
+        self.spool = spool
 
     def describe(self) -> list[Metric]:
         return []  # no fixed description: collect() queries, so registering must not
 
     def collect(self) -> Iterator[Metric]:
+        if self.spool is not None:
+            yield from self._disk(self.spool)
         up = GaugeMetricFamily("dicomnode_database_up", "1 when the node's database answered this scrape.")
         try:
             metrics = self._from_database()
@@ -109,12 +124,28 @@ class NodeMetrics:
         yield up
         yield from metrics
 
+    @staticmethod
+    def _disk(spool: Spool) -> list[Metric]:
+        free = spool.free_bytes()
+        free_metric = GaugeMetricFamily("dicomnode_spool_free_bytes", "Bytes free on the spool's filesystem.")
+        free_metric.add_metric([], free)
+        floor = GaugeMetricFamily("dicomnode_spool_min_free_bytes", "The free-space floor ([storage] min_free_bytes).")
+        floor.add_metric([], spool.min_free_bytes)
+        below = GaugeMetricFamily("dicomnode_disk_below_floor", "1 while the spool is below its free-space "
+                                  "floor: C-STORE answers 0xA700 and workers pause.")
+        below.add_metric([], 0 if spool.has_room() else 1)
+        return [free_metric, floor, below]
+
     def _from_database(self) -> list[Metric]:
         with self.database.session() as session:
             instances = session.scalar(select(func.count()).select_from(Instance))
             refused = session.scalar(select(func.count()).select_from(Quarantine))
             studies = dict(session.execute(select(Study.state, func.count()).group_by(Study.state)).all())
             jobs = dict(session.execute(select(Job.state, func.count()).group_by(Job.state)).all())
+            waiting = dict(session.execute(
+                select(Job.waiting_for, func.count()).where(Job.state == JobState.QUEUED, Job.waiting_for.is_not(None))
+                .group_by(Job.waiting_for)).all())
+            losses = session.scalar(select(func.coalesce(func.sum(Job.worker_losses), 0)))
             exports = session.execute(
                 select(Export.destination, Export.state, func.count()).group_by(Export.destination, Export.state)
             ).all()
@@ -139,6 +170,13 @@ class NodeMetrics:
             job_metric.add_metric([state.value], jobs.get(state, 0))
         depth = GaugeMetricFamily("dicomnode_queue_depth", "Jobs queued and not yet claimed by a worker.")
         depth.add_metric([], jobs.get(JobState.QUEUED, 0))
+        waiting_metric = GaugeMetricFamily("dicomnode_jobs_waiting", "Jobs given back until the disk or the "
+                                           "database is available again.", labels=["reason"])
+        for reason in WAITING_REASONS:
+            waiting_metric.add_metric([reason], waiting.get(reason, 0))
+        losses_metric = CounterMetricFamily("dicomnode_job_worker_losses", "Job leases that ran out because the "
+                                            "worker died (not counted as attempts).")
+        losses_metric.add_metric([], int(losses or 0))
 
         export_metric = GaugeMetricFamily("dicomnode_exports", "Result exports (outbox rows) by destination "
                                           "and state.", labels=["destination", "state"])
@@ -165,8 +203,8 @@ class NodeMetrics:
         wait_metric = HistogramMetricFamily("dicomnode_job_wait_seconds",
                                             "Seconds a job waited in the queue before a worker claimed it.")
         wait_metric.add_metric([], *wait)
-        return [received, refused_metric, study_metric, job_metric, depth, export_metric, attempt_metric,
-                failed_metric, duration_metric, wait_metric]
+        return [received, refused_metric, study_metric, job_metric, depth, waiting_metric, losses_metric,
+                export_metric, attempt_metric, failed_metric, duration_metric, wait_metric]
 
 
 def _histogram(session: Any, seconds: ColumnElement, where: ColumnElement) -> tuple[list[tuple[str, float]], float]:
@@ -181,11 +219,12 @@ def _histogram(session: Any, seconds: ColumnElement, where: ColumnElement) -> tu
 class MonitoringServer:
     """``/healthz`` and ``/metrics`` on ``host:port`` (port 0: any free port), in a background thread."""
 
-    def __init__(self, database: Database, host: str, port: int, parts: Parts = dict) -> None:
+    def __init__(self, database: Database, host: str, port: int, parts: Parts = dict,
+                 spool: Spool | None = None) -> None:
         self.database = database
         self.parts = parts
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(NodeMetrics(database))
+        self.registry.register(NodeMetrics(database, spool))
         self._server = ThreadingHTTPServer((host, port), _handler(self))
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
@@ -250,7 +289,8 @@ def _handler(server: MonitoringServer) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def start_monitoring(database: Database, host: str, port: int, parts: Parts = dict) -> MonitoringServer:
+def start_monitoring(database: Database, host: str, port: int, parts: Parts = dict,
+                     spool: Spool | None = None) -> MonitoringServer:
     """Create and start a :class:`MonitoringServer` (raises ``OSError`` if the port is taken)."""
-    return MonitoringServer(database, host, port, parts).start()
+    return MonitoringServer(database, host, port, parts, spool).start()
 

@@ -16,7 +16,7 @@ Values from the network (UIDs, AE titles, a peer's error text) reach messages an
 line cannot be trusted to be one line: :class:`KeyValues` escapes every control character in the
 message and the fields (a newline becomes ``\\n``, ESC ``\\x1b``, NUL ``\\x00``), and a traceback's
 continuation lines are indented with ``|``, so no value can forge a line or send a terminal escape.
-JSON lines are escaped by the JSON encoder.
+JSON lines are escaped by the JSON encoder and stay strict JSON for any value (:class:`JsonLines`).
 
 Libraries quote the values they complain about (pydicom: ``Invalid value for VR DA: '19700101'``,
 highdicom likewise), and those values can be patient names or birth dates. Python warnings are routed
@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import numbers
 import re
 import sys
 from datetime import UTC, datetime
@@ -59,16 +61,47 @@ class _Structured(logging.Formatter):
         return {key: value for key, value in vars(record).items() if key not in self._hidden}
 
 
+def _printable(value: object) -> str:
+    """``str(value)``, or a placeholder naming its type when even that fails."""
+    try:
+        return str(value)
+    except Exception:
+        return f"<unprintable {type(value).__name__}>"
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with what strict JSON (RFC 8259) cannot hold turned into text: NaN and ±infinity
+    (numpy's too) become ``"nan"``, ``"inf"``, ``"-inf"``; anything not a JSON type becomes its
+    text (numpy integers stay numbers)."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value) if math.isfinite(value) else str(float(value))
+    if isinstance(value, dict):
+        return {_printable(key): _json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_json_safe(item) for item in value]
+    return _printable(value)
+
+
 class JsonLines(_Structured):
-    """One JSON object per line: time, level, logger, message, structured fields."""
+    """One JSON object per line: time, level, logger, message, structured fields. Every line is
+    strict JSON whatever the values hold: non-ASCII and control characters are escaped by the encoder
+    (``ensure_ascii``), non-finite numbers and foreign objects become text (:func:`_json_safe`)."""
 
     def format(self, record: logging.LogRecord) -> str:
+        try:
+            message = record.getMessage()
+        except Exception:  # an argument that cannot be printed: the template and the failure
+            message = f"{record.msg} <arguments unprintable>"
         entry = {"time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-                 "level": record.levelname, "logger": record.name, "message": record.getMessage(),
-                 **self.fields(record)}
+                 "level": record.levelname, "logger": record.name, "message": message,
+                 **_json_safe(self.fields(record))}
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return json.dumps(entry, ensure_ascii=True, allow_nan=False)
 
 
 def escape_controls(text: str) -> str:

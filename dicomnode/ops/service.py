@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from dicomnode.config import NodeConfig
 from dicomnode.pipeline.assembly import AssemblyPolicy, assemble
 from dicomnode.pipeline.export import Exporter, ExportPolicy
-from dicomnode.pipeline.queue import QueuePolicy
+from dicomnode.pipeline.queue import QueuePolicy, environment_problem
 from dicomnode.store.db import Database, connect
 from dicomnode.store.spool import Spool
 
@@ -50,7 +50,11 @@ class Parts:
 
 
 def queue_policy(config: NodeConfig) -> QueuePolicy:
-    return QueuePolicy(lease_seconds=config.queue.lease_seconds, max_attempts=config.queue.max_attempts)
+    queue = config.queue
+    return QueuePolicy(lease_seconds=queue.lease_seconds, max_attempts=queue.max_attempts,
+                       max_worker_losses=queue.max_worker_losses,
+                       worker_loss_window_seconds=queue.worker_loss_window_seconds,
+                       environment_retry_seconds=queue.environment_retry_seconds)
 
 
 def export_policy(config: NodeConfig) -> ExportPolicy:
@@ -138,7 +142,7 @@ class Node:
         if config.http.port is not None:
             from dicomnode.ops.http import start_monitoring
 
-            self.monitoring = start_monitoring(database, config.http.host, config.http.port, self.parts_alive)
+            self.monitoring = start_monitoring(database, config.http.host, config.http.port, self.parts_alive, spool)
         # -- end [http] --
         log.info("node started", extra={"parts": [name for name, _ in loops] + (["receiver"] if self.receiver else []),
                                         "database": database.url})
@@ -154,8 +158,12 @@ class Node:
         while not self.stop_event.is_set():
             try:
                 step()
-            except Exception:
-                log.exception("assembly pass failed")
+            except Exception as exc:
+                problem = environment_problem(exc)  # a full disk, no database: one line, not a traceback
+                if problem is None:
+                    log.exception("assembly pass failed")
+                else:
+                    log.warning("assembly pass waits for %s", problem, extra={"error": type(exc).__name__})
             self.stop_event.wait(interval)
 
     def stop(self, grace_seconds: float = 30.0) -> None:

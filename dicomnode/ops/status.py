@@ -15,7 +15,12 @@ and as text by :func:`render`. "Needs attention" means:
   not processable, and the latest "not processable" reasons;
 - destinations in back-off (pending exports that failed at least once), with the last status they
   gave and since when; shown always, and needing attention once the first failed attempt is older
-  than :data:`ATTENTION_AFTER_SECONDS`.
+  than :data:`ATTENTION_AFTER_SECONDS`;
+- *disk pressure*: the spool's filesystem below ``[storage] min_free_bytes`` (read with ``statvfs``
+  on the configured spool folder, so on the host that runs the command): the receiver answers
+  0xA700 and workers pause until space returns. Jobs given back for want of disk space or database
+  (``job.waiting_for``) are listed always, and need attention only with the disk below its floor
+  (a database that is down cannot be read here at all).
 
 No patient names or IDs are shown: studies are named by Study Instance UID.
 
@@ -30,6 +35,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import and_, func, select
@@ -37,6 +43,7 @@ from sqlalchemy import and_, func, select
 from dicomnode.pipeline.export import reopen
 from dicomnode.pipeline.queue import as_utc, requeue_failed
 from dicomnode.store.db import Database
+from dicomnode.store.spool import free_bytes
 from dicomnode.store.models import (
     AcquisitionOutcome,
     AcquisitionState,
@@ -69,11 +76,25 @@ def _counts(session, column, states: Iterable) -> dict[str, int]:
     return {state.value: int(found.get(state, 0)) for state in states}
 
 
+def disk(spool_root: Path, min_free_bytes: int) -> dict[str, Any]:
+    """The spool's filesystem against its floor: ``below_floor`` is what makes the receiver answer
+    0xA700 and workers pause (:meth:`dicomnode.store.spool.Spool.has_room`). A spool folder that does
+    not exist (yet) is reported with ``free_bytes`` None."""
+    try:
+        free: int | None = free_bytes(spool_root)
+    except OSError:
+        free = None
+    return {"spool": str(spool_root), "free_bytes": free, "min_free_bytes": min_free_bytes,
+            "below_floor": free is not None and free < min_free_bytes}
+
+
 def collect(database: Database, *, quiet_seconds: float = 10.0, now: datetime | None = None,
-            attention_after_seconds: float = ATTENTION_AFTER_SECONDS) -> dict[str, Any]:
+            attention_after_seconds: float = ATTENTION_AFTER_SECONDS, spool_root: Path | None = None,
+            min_free_bytes: int = 0) -> dict[str, Any]:
     """The status report as a JSON-ready dict (see the module docstring). A destination whose
     exports have been failing and backing off for ``attention_after_seconds`` (since the first
-    failed attempt of a still-pending export) needs attention."""
+    failed attempt of a still-pending export) needs attention. With ``spool_root`` the report has
+    the disk against ``min_free_bytes`` (:func:`disk`)."""
     now = now or utcnow()
     with database.session() as session:
         report: dict[str, Any] = {
@@ -111,6 +132,14 @@ def collect(database: Database, *, quiet_seconds: float = 10.0, now: datetime | 
                 .where(Job.state == JobState.FAILED).order_by(Job.id.desc()).limit(LIST_LIMIT)
             ).all()
         ]
+        report["waiting_jobs"] = [
+            {"job": job.id, "study_uid": uid, "waiting_for": job.waiting_for, "error": job.error,
+             "next_try_at": _iso(job.lease_expires_at), "worker_losses": job.worker_losses}
+            for job, uid in session.execute(
+                select(Job, Study.study_instance_uid).join(Study)
+                .where(Job.state == JobState.QUEUED, Job.waiting_for.is_not(None)).order_by(Job.id).limit(LIST_LIMIT)
+            ).all()
+        ]
         report["refused_exports"] = _exports(session, ExportState.REFUSED)
         report["failed_exports"] = _exports(session, ExportState.FAILED)
         report["backing_off"] = [
@@ -126,6 +155,7 @@ def collect(database: Database, *, quiet_seconds: float = 10.0, now: datetime | 
             ).all()
         ]
     report["attention_after_seconds"] = attention_after_seconds
+    report["disk"] = disk(spool_root, min_free_bytes) if spool_root is not None else None
     report["needs_attention"] = needs_attention(report)
     return report
 
@@ -190,10 +220,11 @@ def _last_status(session, destination: str) -> str | None:
 
 
 def needs_attention(report: dict[str, Any]) -> bool:
-    """Whether anything in ``report`` needs a person (stuck, failed or refused items, or a destination
-    backing off for longer than the report's threshold)."""
+    """Whether anything in ``report`` needs a person (stuck, failed or refused items, a destination
+    backing off for longer than the report's threshold, the disk below its floor)."""
     return bool(any(report["stuck"].values()) or report["failed_jobs"] or report["refused_exports"]
-                or report["failed_exports"] or any(item["needs_attention"] for item in report["backing_off"]))
+                or report["failed_exports"] or any(item["needs_attention"] for item in report["backing_off"])
+                or (report.get("disk") or {}).get("below_floor"))
 
 
 def render(report: dict[str, Any]) -> str:
@@ -211,6 +242,15 @@ def render(report: dict[str, Any]) -> str:
         lines.append(f"not processable: study {item['study_uid']}, {item['acquisition']}: {item['reason']}")
     for name, counts in sorted(report["destinations"].items()):
         lines.append(f"  to {name}: " + "  ".join(f"{s} {n}" for s, n in counts.items() if n))
+    space = report.get("disk")
+    if space is not None and space["free_bytes"] is not None:
+        lines.append(f"disk      {_size(space['free_bytes'])} free for the spool {space['spool']} "
+                     f"(floor {_size(space['min_free_bytes'])})"
+                     + (": BELOW THE FLOOR: C-STORE answers 0xA700 and workers pause until space returns"
+                        if space["below_floor"] else ""))
+    for item in report["waiting_jobs"]:
+        lines.append(f"job {item['job']} (study {item['study_uid']}) waits for {item['waiting_for']} "
+                     f"(next try {item['next_try_at']}): {item['error']}")
     for item in report["backing_off"]:
         lines.append(f"backing off: {item['destination']}: {item['pending']} pending since {item['since']}, next "
                      f"attempt {item['next_attempt_at']}, last answer {item['last_status']}"
@@ -239,6 +279,18 @@ def render(report: dict[str, Any]) -> str:
         lines.append(f"nothing needs attention yet (retrying for under {minutes:g} min)" if report["backing_off"]
                      else "nothing needs attention")
     return "\n".join(lines)
+
+
+def _size(count: int) -> str:
+    """``1.5 GiB`` and the like."""
+    if count < 1024:
+        return f"{count} bytes"
+    value, unit = count / 1024, "KiB"
+    for larger in ("MiB", "GiB", "TiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, larger
+    return f"{value:.1f} {unit}"
 
 
 @dataclass(frozen=True)

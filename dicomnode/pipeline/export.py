@@ -26,15 +26,15 @@ no accepted presentation context for the SOP class         REFUSED for that obje
 (PS3.8 9.3.2.2) or 0x0122 SOP class not supported          supported")
 0x0124 not authorised, 0x0117 invalid SOP instance,        REFUSED for that object: sending the same
 0x0211 / 0x0212 (unrecognised operation, mistyped           object again gets the same answer
-argument), 0xA900–0xA9FF data set does not match SOP class
+argument), 0xA900–0xA9FF data set does not match SOP
+class, 0xC000–0xCFFF cannot understand (pynetdicom's
+0xC211, an SCP whose handler raised, included)
 A-ASSOCIATE-RJ *rejected-transient*, A-ABORT, connection   the whole destination backs off: the
-refused or timed out, association lost mid-batch           batch gets an attempt, every pending row
-                                                           of that destination waits, and so do rows
+refused or timed out, no C-STORE response within           batch gets an attempt, every pending row
+``[node] dimse_timeout``, association lost mid-batch       of that destination waits, and so do rows
                                                            queued meanwhile (no hammering)
 0xA700–0xA7FF out of resources, 0x0110 processing failure, that object is retried after its own
-0x0213 resource limitation, 0xC000–0xCFFF cannot           back-off (pynetdicom answers 0xC211 when
-understand, any other failure                              an SCP's handler raises: not the data's
-                                                           fault), for as long as it takes
+0x0213 resource limitation, any other failure              back-off, for as long as it takes
 =========================================================  =========================================
 
 Back-off is exponential, ``backoff_initial_seconds · 2^(attempts−1)``, capped at
@@ -63,8 +63,8 @@ from sqlalchemy import and_, or_, select, update
 
 from dicomnode.dicom.peers import Destination
 from dicomnode.dicom.scu import AssociationFailed, associate
-from dicomnode.dicom.status import Status, as_text, permanent, stored
-from dicomnode.pipeline.queue import capped_backoff, worker_name
+from dicomnode.dicom.status import Status, as_text, describe, permanent, stored
+from dicomnode.pipeline.queue import capped_backoff, environment_problem, worker_name
 from dicomnode.store.db import Database
 from dicomnode.store.models import Export, ExportAttempt, ExportState, Job, ResultObject, Study, utcnow
 from dicomnode.store.spool import Spool
@@ -90,12 +90,10 @@ def classify_status(status: int) -> Outcome:
     """The outcome of a C-STORE response status (see the table in the module docstring)."""
     text = as_text(status)
     if stored(status):
-        return Outcome(Verdict.DELIVERED, text, None if status == Status.SUCCESS else "warning")
+        return Outcome(Verdict.DELIVERED, text, None if status == Status.SUCCESS else describe(status))
     if permanent(status):
-        unsupported = status == Status.SOP_CLASS_NOT_SUPPORTED
-        detail = "SOP class not supported" if unsupported else "refused by the destination"
-        return Outcome(Verdict.REFUSED, text, detail)
-    return Outcome(Verdict.RETRY, text, "failure status; will retry")
+        return Outcome(Verdict.REFUSED, text, f"refused for good: {describe(status)}")
+    return Outcome(Verdict.RETRY, text, f"{describe(status)}; will retry")
 
 
 @dataclass(frozen=True)
@@ -317,8 +315,12 @@ class Exporter:
         while not stop.is_set():
             try:
                 busy = self.run_once()
-            except Exception:
-                log.exception("exporter loop error")
+            except Exception as exc:
+                problem = environment_problem(exc)  # a full disk, no database: wait, one line each time
+                if problem is None:
+                    log.exception("exporter loop error")
+                else:
+                    log.warning("exporter waits for %s", problem, extra={"error": type(exc).__name__})
                 busy = False
             if not busy:
                 stop.wait(poll_seconds)

@@ -7,17 +7,37 @@ Life of a job::
     QUEUED ──claim──▶ RUNNING (lease: owner + expiry, extended by heartbeats)
        ▲                 │ complete ─▶ DONE   (results + outbox rows in the same transaction)
        │   retry later   │ fail     ─▶ QUEUED (attempts left; held back by an exponential delay)
-       └─────────────────┤          ─▶ FAILED (attempts used up, or a permanent error; error kept)
-                         │ lease expires (worker killed) ─▶ claimable again by any worker
+       ├─────────────────┤          ─▶ FAILED (attempts used up, or a permanent error; error kept)
+       │   wait          │ release  ─▶ QUEUED (the environment failed: no disk space, no database;
+       │                 │             not an attempt; held back ``environment_retry_seconds``)
+       └─────────────────┤ lease expires (worker killed) ─▶ QUEUED again, not an attempt
+                         │   (the same job lost its worker too often, too fast) ─▶ FAILED
     FAILED ──requeue_failed (dicomnode retry)──▶ QUEUED (attempts reset, last error kept)
 
 Claiming is one ``UPDATE … WHERE id = (SELECT … LIMIT 1) RETURNING`` statement. On PostgreSQL the
 sub-select carries ``FOR UPDATE SKIP LOCKED``, so any number of workers on any number of hosts claim
 concurrently and each job is handed to one of them; on SQLite it runs in a ``BEGIN IMMEDIATE``
 transaction (``Database.session(write=True)``): SQLite has one writer at a time, and taking the write
-lock up front serialises claimers. Every transition here is one such write transaction. A claim counts an attempt, so a
-job whose worker was killed (its lease ran out) is counted when it is reclaimed; a job whose lease ran
-out on its last attempt is not run again but ends FAILED ("worker lost").
+lock up front serialises claimers. Every transition here is one such write transaction.
+
+What counts against a job (``[queue]`` settings, :class:`QueuePolicy`):
+
+- ``attempts``: a claim counts one; ``max_attempts`` attempts that end in an error (:func:`fail`)
+  end the job FAILED with the last error.
+- A lost worker is not the job's fault. Before each claim, :func:`recover_lost` puts every RUNNING
+  job whose lease ran out back to QUEUED (claimable at once) and gives back the attempt it had
+  taken; the loss is counted in ``worker_losses``. Power loss, the OOM killer killing a worker for
+  its neighbour's memory, a restart loop: the job is simply run again.
+- Poison pill: a job that is itself what kills its worker (a study that makes the process run out
+  of memory or crash in native code) would otherwise take every worker down forever. When the same
+  job has lost its worker ``max_worker_losses`` times (default 5) within
+  ``worker_loss_window_seconds`` (default 1 h, counted from the first loss of the run of losses,
+  each loss dated by its lease's expiry), it ends FAILED saying so. Losses further apart start a
+  new count.
+- The environment failing is not the job's fault either: a worker that meets "no space left on
+  device" or an unavailable database calls :func:`release` (QUEUED, the attempt given back,
+  ``waiting_for`` set, held back ``environment_retry_seconds``); workers pause while the spool is
+  below its free-space floor (:mod:`dicomnode.pipeline.worker`).
 
 A queued job that failed and waits for its retry is held back by ``lease_expires_at`` (with no
 ``lease_owner``): for a QUEUED row that column reads "not to be claimed before", so the one index
@@ -38,6 +58,7 @@ a database must keep their clocks in sync (NTP), as for any lease.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
@@ -48,9 +69,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from sqlalchemy import and_, or_, select, update
+from sqlalchemy import exc as sqlalchemy_errors
 from sqlalchemy.orm import Session
 
 from dicomnode.dicom.sop import ResultKind
+from dicomnode.store.db import DatabaseError
 from dicomnode.store.models import (
     AcquisitionOutcome,
     AcquisitionState,
@@ -72,6 +95,35 @@ class Database(Protocol):
     def session(self, *, write: bool = False): ...  # one transaction, committed when the block ends
 
 
+#: What a job given back by :func:`release` waits for (``job.waiting_for``).
+DISK_SPACE = "disk space"
+DATABASE = "database"
+WAITING_REASONS = (DISK_SPACE, DATABASE)
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def environment_problem(error: BaseException) -> str | None:
+    """:data:`DISK_SPACE` or :data:`DATABASE` when ``error`` (or an error it was raised from) is the
+    environment failing rather than the job: no space left on the device, or a database that cannot
+    be reached or used right now. None for anything else."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _NO_SPACE:
+            return DISK_SPACE
+        if isinstance(current, sqlalchemy_errors.OperationalError) and "disk is full" in str(current.orig):
+            return DISK_SPACE  # SQLite: SQLITE_FULL
+        if isinstance(current, (sqlalchemy_errors.OperationalError, sqlalchemy_errors.InterfaceError,
+                                sqlalchemy_errors.DisconnectionError, sqlalchemy_errors.TimeoutError,
+                                DatabaseError)):
+            return DATABASE
+        if isinstance(current, sqlalchemy_errors.DBAPIError) and current.connection_invalidated:
+            return DATABASE
+        current = current.__cause__ or current.__context__
+    return None
+
+
 class LeaseLost(RuntimeError):
     """The job (or export) is no longer leased to this owner: another worker reclaimed it."""
 
@@ -90,9 +142,12 @@ class QueuePolicy:
     """Lease length, attempt limit and retry delay (config ``[queue]``)."""
 
     lease_seconds: float = 600.0
-    max_attempts: int = 3
+    max_attempts: int = 3  # attempts ending in an error; a lost worker is not one
     retry_delay_seconds: float = 10.0  # delay before attempt n+1 is retry_delay * 2**(n-1) ...
     retry_delay_max_seconds: float = 600.0  # ... capped here
+    max_worker_losses: int = 5  # poison pill: this many lost workers ...
+    worker_loss_window_seconds: float = 3600.0  # ... within this long fail the job
+    environment_retry_seconds: float = 15.0  # a job released for want of disk or database waits this long
 
     def retry_delay(self, attempts: int) -> timedelta:
         """Exponential delay after ``attempts`` failed attempts, capped."""
@@ -171,16 +226,13 @@ def enqueue(session: Session, study: Study, now: datetime | None = None) -> Job 
 def claim(database: Database, owner: str, policy: QueuePolicy, now: datetime | None = None) -> ClaimedJob | None:
     """Lease the oldest claimable job to ``owner``; ``None`` when there is nothing to do.
 
-    Claimable: QUEUED and not held back, or RUNNING with an expired lease and attempts left.
+    Claimable: QUEUED and not held back; jobs whose worker was lost are QUEUED again first
+    (:func:`recover_lost`).
     """
     now = now or utcnow()
-    expire_exhausted(database, policy, now)
-    claimable = or_(
-        and_(Job.state == JobState.QUEUED,
-             or_(Job.lease_expires_at.is_(None), Job.lease_expires_at <= now)),
-        and_(Job.state == JobState.RUNNING, Job.lease_expires_at < now,
-             Job.attempts < policy.max_attempts),
-    )
+    recover_lost(database, policy, now)
+    claimable = and_(Job.state == JobState.QUEUED,
+                     or_(Job.lease_expires_at.is_(None), Job.lease_expires_at <= now))
     pick = (
         select(Job.id).where(claimable).order_by(Job.id).limit(1)
         .with_for_update(skip_locked=True).scalar_subquery()
@@ -190,7 +242,7 @@ def claim(database: Database, owner: str, policy: QueuePolicy, now: datetime | N
         row = session.execute(
             update(Job).where(Job.id == pick)
             .values(state=JobState.RUNNING, lease_owner=owner, lease_expires_at=lease_expires_at,
-                    attempts=Job.attempts + 1, started_at=now)
+                    attempts=Job.attempts + 1, started_at=now, waiting_for=None)
             .returning(Job.id, Job.study_id, Job.study_version, Job.attempts)
             .execution_options(synchronize_session=False)
         ).one_or_none()
@@ -272,29 +324,71 @@ def fail(database: Database, job: ClaimedJob, error: str, policy: QueuePolicy, *
     return state
 
 
-def expire_exhausted(database: Database, policy: QueuePolicy, now: datetime | None = None) -> int:
-    """End as FAILED every job whose lease expired on its last allowed attempt (its worker was lost
-    each time: killed, out of memory). Returns how many."""
+def recover_lost(database: Database, policy: QueuePolicy, now: datetime | None = None) -> int:
+    """Every RUNNING job whose lease expired (its worker was lost: killed, out of memory, power cut)
+    back to QUEUED, claimable now, without using up an attempt; or FAILED when it is a poison pill
+    (see the module docstring). Returns how many jobs were recovered or failed.
+
+    One write transaction; on PostgreSQL the rows are locked ``FOR UPDATE SKIP LOCKED``, so two
+    workers recovering at once each take different rows.
+    """
     now = now or utcnow()
+    window = timedelta(seconds=policy.worker_loss_window_seconds)
     with database.session(write=True) as session:
         rows = session.execute(
-            update(Job).where(Job.state == JobState.RUNNING, Job.lease_expires_at < now,
-                              Job.attempts >= policy.max_attempts)
-            .values(state=JobState.FAILED, finished_at=now, lease_owner=None, lease_expires_at=None,
-                    error=f"lease expired on attempt {policy.max_attempts} of {policy.max_attempts}: "
-                          "the worker was lost (killed or crashed) every time")
-            .returning(Job.id, Job.study_id, Job.study_version)
-            .execution_options(synchronize_session=False)
+            select(Job.id, Job.study_id, Job.study_version, Job.lease_owner, Job.lease_expires_at,
+                   Job.recent_losses, Job.recent_losses_since)
+            .where(Job.state == JobState.RUNNING, Job.lease_expires_at < now)
+            .order_by(Job.id).with_for_update(skip_locked=True)
         ).all()
         for row in rows:
-            _settle_study(session, row, StudyState.FAILED, now)
-            log.warning("job failed: lease expired on the last attempt", extra={"job": row.id})
+            lost_at = as_utc(row.lease_expires_at)
+            since = as_utc(row.recent_losses_since)
+            if since is None or lost_at - since > window:
+                recent, since = 1, lost_at
+            else:
+                recent = row.recent_losses + 1
+            values: dict = {"worker_losses": Job.worker_losses + 1, "recent_losses": recent,
+                            "recent_losses_since": since, "lease_owner": None, "lease_expires_at": None}
+            if recent >= policy.max_worker_losses:
+                values.update(state=JobState.FAILED, finished_at=now,
+                              error=f"the worker was lost {recent} times within "
+                                    f"{(lost_at - since).total_seconds():.0f} s while processing this job "
+                                    f"(poison pill: [queue] max_worker_losses = {policy.max_worker_losses} "
+                                    f"within worker_loss_window_seconds = {policy.worker_loss_window_seconds:g})")
+            else:
+                values.update(state=JobState.QUEUED, attempts=Job.attempts - 1,
+                              error=f"worker lost (lease of {row.lease_owner} expired "
+                                    f"{lost_at.isoformat(timespec='seconds')}); not counted as an attempt")
+            session.execute(update(Job).where(Job.id == row.id).values(**values)
+                            .execution_options(synchronize_session=False))
+            if recent >= policy.max_worker_losses:
+                _settle_study(session, row, StudyState.FAILED, now)
+                log.error("job failed: it lost its worker %d times", recent,
+                          extra={"job": row.id, "owner": row.lease_owner})
+            else:
+                log.warning("job's worker was lost; queued again", extra={
+                    "job": row.id, "owner": row.lease_owner, "recent_losses": recent})
     return len(rows)
+
+
+def release(database: Database, job: ClaimedJob, waiting_for: str, detail: str, policy: QueuePolicy,
+            now: datetime | None = None) -> None:
+    """Give ``job`` back because the environment failed (``waiting_for``: "disk space", "database"):
+    QUEUED, the attempt not counted, held back ``environment_retry_seconds``, the reason kept in
+    ``waiting_for`` and ``error``. Raises :class:`LeaseLost` when not the lease holder."""
+    now = now or utcnow()
+    with database.session(write=True) as session:
+        _take_over(session, job, state=JobState.QUEUED, attempts=Job.attempts - 1, waiting_for=waiting_for,
+                   error=f"waiting for {waiting_for}: {detail}", lease_owner=None,
+                   lease_expires_at=now + timedelta(seconds=policy.environment_retry_seconds))
+    log.warning("job waits for %s", waiting_for, extra={"job": job.id, "study_uid": job.study_instance_uid,
+                                                        "error": detail})
 
 
 def requeue_failed(database: Database, *, study_uid: str | None = None) -> int:
     """``dicomnode retry`` for jobs: every FAILED job (of the study ``study_uid`` only, when given)
-    back to QUEUED with its attempts reset and its last error kept; its study goes back from FAILED to
+    back to QUEUED with its attempts and recent worker losses reset and its last error kept; its study goes back from FAILED to
     READY when the job is for the study's current version. A FAILED job holds no lease, so nothing a
     worker is doing is touched. One transaction; returns how many jobs were queued again."""
     condition = [Job.state == JobState.FAILED, Job.lease_owner.is_(None)]
@@ -303,7 +397,8 @@ def requeue_failed(database: Database, *, study_uid: str | None = None) -> int:
     with database.session(write=True) as session:
         rows = session.execute(
             update(Job).where(*condition)
-            .values(state=JobState.QUEUED, attempts=0, lease_expires_at=None, finished_at=None)
+            .values(state=JobState.QUEUED, attempts=0, recent_losses=0, recent_losses_since=None,
+                    lease_expires_at=None, finished_at=None)
             .returning(Job.id, Job.study_id, Job.study_version)
             .execution_options(synchronize_session=False)
         ).all()

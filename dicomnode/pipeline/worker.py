@@ -20,12 +20,22 @@ A study without any whole-body acquisition (statics, TOMO, CT and screen capture
 one "not processable" outcome that names what it holds. Statics and the rest are never segmented.
 
 While it works, a heartbeat thread extends the lease every third of its length; a worker that dies
-stops renewing it and any worker reclaims the job when it expires. A study with only one view is
-processed (the results say which view is missing). Input that cannot be segmented (views that
-cannot be read, identity that disagrees, not a bone scan) is an acquisition's "not processable"
-outcome, never a failed job; a stored file that is no longer DICOM fails the job at once with the
-reason kept — retrying cannot help; any other error is retried up to ``[queue] max_attempts`` with a
-growing delay.
+stops renewing it and any worker reclaims the job when it expires (not counted as an attempt:
+:mod:`dicomnode.pipeline.queue`). A study with only one view is processed (the results say which
+view is missing). Input that cannot be segmented (views that cannot be read, identity that
+disagrees, not a bone scan) is an acquisition's "not processable" outcome, never a failed job; a
+stored file that is no longer DICOM fails the job at once with the reason kept — retrying cannot
+help.
+
+The environment failing is not the study's fault
+(:func:`~dicomnode.pipeline.queue.environment_problem`): "no space left on device" (``ENOSPC``,
+``EDQUOT``, SQLite's "database or disk is full") and an unavailable database (SQLAlchemy's
+``OperationalError`` / ``InterfaceError``, a lost connection) give the job back
+(:func:`dicomnode.pipeline.queue.release`: QUEUED, no attempt used, tried again after
+``[queue] environment_retry_seconds``), and the worker pauses: it claims nothing while the spool's
+filesystem is below ``[storage] min_free_bytes`` (the floor under which the receiver answers
+0xA700) and, after a database error, until the database answers again. It resumes by itself. Any
+other error is retried up to ``[queue] max_attempts`` with a growing delay.
 
 The segmenter is loaded once per process (:func:`dicomnode.pipeline.processing.load_segmenter`).
 """
@@ -51,6 +61,7 @@ from dicomnode.pipeline.processing import (
     segment_hybrid,
 )
 from dicomnode.pipeline.queue import (
+    DISK_SPACE,
     ClaimedJob,
     LeaseLost,
     Outcome,
@@ -58,8 +69,10 @@ from dicomnode.pipeline.queue import (
     StoredResult,
     claim,
     complete,
+    environment_problem,
     fail,
     heartbeat,
+    release,
     worker_name,
 )
 from dicomnode.pipeline.results import ResultOptions
@@ -123,27 +136,49 @@ class Worker:
         self.policy = policy
         self.owner = owner or worker_name("worker")
         self._hybrid: HybridSegmenter | None = None
+        self.waiting_for: str | None = None  # the condition this worker is paused for, if any
+        self._stop = threading.Event()
 
     def run_once(self) -> bool:
-        """Claim and process one job; False when there was nothing to do."""
+        """Claim and process one job; False when there was nothing to do (or the spool is below its
+        free-space floor: nothing is claimed then)."""
+        if not self.spool.has_room():
+            self._pause(DISK_SPACE, f"free space under the floor of {self.spool.min_free_bytes} bytes")
+            return False
         job = claim(self.database, self.owner, self.policy)
+        self._resume()
         if job is None:
             return False
         self.process(job)
         return True
 
     def run(self, stop: threading.Event, poll_seconds: float = 1.0) -> None:
-        """Process jobs until ``stop`` is set, polling every ``poll_seconds`` when idle."""
+        """Process jobs until ``stop`` is set, polling every ``poll_seconds`` when idle or paused."""
+        self._stop = stop
         log.info("worker started", extra={"owner": self.owner})
         while not stop.is_set():
             try:
                 busy = self.run_once()
-            except Exception:  # database down, ...: keep the loop alive, try again later
-                log.exception("worker loop error")
+            except Exception as exc:  # database down, ...: keep the loop alive, try again later
+                problem = environment_problem(exc)
+                if problem is None:
+                    log.exception("worker loop error")
+                else:
+                    self._pause(problem, f"{type(exc).__name__}: {exc}")
                 busy = False
             if not busy:
                 stop.wait(poll_seconds)
         log.info("worker stopped", extra={"owner": self.owner})
+
+    def _pause(self, problem: str, detail: str) -> None:
+        if self.waiting_for != problem:
+            log.warning("worker paused: waiting for %s", problem, extra={"owner": self.owner, "error": detail})
+        self.waiting_for = problem
+
+    def _resume(self) -> None:
+        if self.waiting_for is not None:
+            log.info("worker resumed: %s is back", self.waiting_for, extra={"owner": self.owner})
+        self.waiting_for = None
 
     def process(self, job: ClaimedJob) -> None:
         """Segment the job's study and complete or fail the job (see the module docstring)."""
@@ -161,10 +196,42 @@ class Worker:
                 fail(self.database, job, str(exc), self.policy, permanent=True)
                 return
             except Exception as exc:
+                detail = f"{type(exc).__name__}: {exc}"
+                problem = environment_problem(exc)
+                if problem is not None:
+                    self._give_back(job, problem, detail)
+                    return
                 log.exception("job error", extra={"job": job.id})
-                fail(self.database, job, f"{type(exc).__name__}: {exc}", self.policy)
+                fail(self.database, job, detail, self.policy)
                 return
-        complete(self.database, job, stored, self.destinations, outcomes=outcomes)
+        try:
+            complete(self.database, job, stored, self.destinations, outcomes=outcomes)
+        except LeaseLost:
+            raise
+        except Exception as exc:
+            problem = environment_problem(exc)
+            if problem is None:
+                raise
+            self._give_back(job, problem, f"{type(exc).__name__}: {exc}")
+
+    def _give_back(self, job: ClaimedJob, problem: str, detail: str) -> None:
+        """:func:`release` the job, pausing this worker; while the database itself is unavailable,
+        keep trying every ``environment_retry_seconds`` (the lease is kept by the heartbeat when it
+        can be; if it runs out meanwhile, :func:`release` raises LeaseLost and the job is another
+        worker's)."""
+        self._pause(problem, detail)
+        while True:
+            try:
+                release(self.database, job, problem, detail, self.policy)
+                return
+            except LeaseLost:
+                raise
+            except Exception as exc:
+                if environment_problem(exc) is None:
+                    raise
+                log.warning("job cannot be given back yet", extra={"job": job.id, "error": f"{type(exc).__name__}"})
+                if self._stop.wait(self.policy.environment_retry_seconds):
+                    return  # shutting down: the lease runs out and the job is recovered
 
     def _segment(self, job: ClaimedJob) -> tuple[list[StoredResult], list[Outcome]]:
         """Each acquisition of the study (whole-body planar, then SPECT/CT) not processed before with

@@ -58,7 +58,7 @@ class JobState(str, enum.Enum):
     QUEUED = "queued"
     RUNNING = "running"  # claimed under a lease
     DONE = "done"
-    FAILED = "failed"  # attempts exhausted or permanent error; error kept
+    FAILED = "failed"  # attempts exhausted, permanent error or a poison pill; error kept
 
 
 class ExportState(str, enum.Enum):
@@ -117,7 +117,14 @@ class Instance(Base):
 
 
 class Job(Base):
-    """Processing of one version of a study. Claimed under a lease; an expired lease is reclaimed."""
+    """Processing of one version of a study. Claimed under a lease; an expired lease is reclaimed.
+
+    ``attempts`` counts the job's own attempts (the one running and those that ended in an error);
+    a lease that ran out because the worker died is not the job's fault and is counted in
+    ``worker_losses`` instead, with ``recent_losses`` since ``recent_losses_since`` for the
+    poison-pill rule (:mod:`dicomnode.pipeline.queue`). ``waiting_for`` names the condition of the
+    environment a QUEUED job waits for ("disk space", "database"), None otherwise.
+    """
 
     __tablename__ = "job"
 
@@ -126,6 +133,10 @@ class Job(Base):
     study_version: Mapped[int] = mapped_column(Integer)
     state: Mapped[JobState] = mapped_column(_enum(JobState), default=JobState.QUEUED)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker_losses: Mapped[int] = mapped_column(Integer, default=0)
+    recent_losses: Mapped[int] = mapped_column(Integer, default=0)
+    recent_losses_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    waiting_for: Mapped[str | None] = mapped_column(String(32))
     lease_owner: Mapped[str | None] = mapped_column(String(128))
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     error: Mapped[str | None] = mapped_column(Text)

@@ -232,8 +232,7 @@ class Spool:
 
     def free_bytes(self) -> int:
         """Bytes available to this (unprivileged) process on the spool's filesystem."""
-        stats = os.statvfs(self.root)
-        return stats.f_bavail * stats.f_frsize
+        return free_bytes(self.root)
 
     def has_room(self, incoming: int = 0) -> bool:
         """Whether ``incoming`` more bytes still leave ``min_free_bytes`` free."""
@@ -349,6 +348,13 @@ class Spool:
         kept = self.write(f"{name}.dcm", data).path
         self.write(f"{name}.json", json.dumps(note, indent=2).encode())
         return kept
+
+
+def free_bytes(path: Path) -> int:
+    """Bytes available to an unprivileged process on the filesystem holding ``path`` (``statvfs``);
+    also what ``dicomnode status`` reads, without opening a spool."""
+    stats = os.statvfs(path)
+    return stats.f_bavail * stats.f_frsize
 
 
 def _file_sha256(path: Path) -> str:
