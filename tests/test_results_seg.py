@@ -152,8 +152,9 @@ def segimage2itkimage(seg: Path, out: Path) -> tuple[dict[str, str], np.ndarray,
 def test_seg_geometry_per_source_layout_reads_in_dcmqi_and_highdicom(
     layout: str, geometry: bool, tmp_path: Path
 ) -> None:
-    """Two-frame source with detector geometry: the detector's plane; otherwise the identity
-    orientation at the origin (seg.py docstring, "Geometry"). Always a Frame of Reference."""
+    """Two-frame source with detector geometry: the first detector's orientation (as OHIF orients
+    every frame) at the frame's detector position; otherwise the identity orientation at the origin
+    (seg.py docstring, "Geometry"). Always a Frame of Reference."""
     study = make_study(layout, geometry=geometry)
     objects = build_results(study.result, study.sources, SEG_ONLY)
     sources = write(tmp_path, study.sources, "nm")
@@ -171,7 +172,8 @@ def test_seg_geometry_per_source_layout_reads_in_dcmqi_and_highdicom(
         detector = source.DetectorInformationSequence[index if layout == "multiframe" else 0]
         if layout == "multiframe" and geometry:
             expected_position = [float(v) for v in detector.ImagePositionPatient]
-            expected_orientation = [float(v) for v in detector.ImageOrientationPatient]
+            first = source.DetectorInformationSequence[0]
+            expected_orientation = [float(v) for v in first.ImageOrientationPatient]
         else:
             expected_position, expected_orientation = [0.0, 0.0, 0.0], list(IDENTITY_ORIENTATION)
         position = seg.PerFrameFunctionalGroupsSequence[0].PlanePositionSequence[0].ImagePositionPatient

@@ -1,4 +1,4 @@
-"""DICOM Segmentation (PS3.3 A.51): one BINARY segment "Bone metastasis" per view, one series per view.
+r"""DICOM Segmentation (PS3.3 A.51): one BINARY segment "Bone metastasis" per view, one series per view.
 
 highdicom 0.28 cannot take an NM image as a SEG source as it stands (it expects an enhanced
 multi-frame object, or a Frame of Reference with a root-level plane position). The verified way
@@ -24,13 +24,21 @@ Sequence (PS3.3 C.8.4.11, selected by the frame's Detector Vector value, C.8.4.8
 states the orientation that a viewer derives for the source frame, so that the mask lies in the
 plane of the image it is drawn on:
 
-- a *multi-frame* source (both views in one instance): the view's detector Image Orientation and
-  Position (Patient); where the detector item leaves them empty (they are Type 2), the identity
+- a *multi-frame* source (both views in one instance): the Image Orientation (Patient) of the
+  *first* Detector Information item, the one OHIF 3.13 applies to every frame of an NM multi-frame
+  image (seen in the browser test, tests/test_viewer_ohif.py: with the posterior detector's own
+  orientation ``-1\0\0\0\0\-1`` OHIF paints the posterior mask mirrored, on the wrong side of
+  the patient), and the Image Position (Patient) of the frame's own detector item (selected by
+  the frame's Detector Vector value); where the items leave them empty (Type 2), the identity
   orientation ``1\0\0\0\1\0`` and the origin;
 - a *single-frame* source (one instance per view): ``1\0\0\0\1\0`` at the origin, the orientation
   viewers assume for a frame without an Image Plane module (OHIF ignores the Detector Information
   Sequence of a single-frame NM image; with the detector's orientation it rejects the SEG as
   "orthogonal to the acquisition plane").
+
+The mask's pixels are always those of the stored source frame; the orientation only tells a viewer
+how the two relate, so it must be the one the viewer gives the source, even where that
+simplifies the standard (a posterior detector looking from behind has rows along -x).
 
 The Frame of Reference UID is the source's; a source without one gets a UID derived from its study
 and instances, so that the SEG frames of one study share it. Pixel Measures carries Pixel Spacing
@@ -181,21 +189,22 @@ def plane_geometry(frame: SourceFrame, provenance: Provenance) -> PlaneGeometry:
     frame_of_reference = str(source.get("FrameOfReferenceUID") or "") or provenance.uid(
         "frame of reference"
     )
-    detector = _detector_geometry(frame) if int(source.get("NumberOfFrames", 1) or 1) > 1 else None
-    if detector is None:
+    if int(source.get("NumberOfFrames", 1) or 1) == 1:
         return PlaneGeometry(frame_of_reference, _ORIGIN, IDENTITY_ORIENTATION, from_detector=False)
-    position, orientation = detector
-    return PlaneGeometry(frame_of_reference, position, orientation, from_detector=True)
+    detectors = list(source.get("DetectorInformationSequence") or [])
+    orientation = _values(detectors[0], "ImageOrientationPatient", 6) if detectors else None
+    item = _frame_detector(frame)
+    position = _values(item, "ImagePositionPatient", 3) if item is not None else None
+    if orientation is None:
+        return PlaneGeometry(frame_of_reference, _ORIGIN, IDENTITY_ORIENTATION, from_detector=False)
+    return PlaneGeometry(
+        frame_of_reference, position or _ORIGIN, orientation, from_detector=True  # type: ignore[arg-type]
+    )
 
 
-def _detector_geometry(
-    frame: SourceFrame,
-) -> tuple[tuple[float, float, float], tuple[float, float, float, float, float, float]] | None:
-    """(Image Position, Image Orientation) of the view's detector item, or None where absent.
-
-    The frame's Detector Vector value (0054,0020) selects the Detector Information Sequence item
-    (PS3.3 C.8.4.8.1.1 and C.8.4.11); both attributes are Type 2 there, so often empty.
-    """
+def _frame_detector(frame: SourceFrame) -> Dataset | None:
+    """The Detector Information item of ``frame``: its Detector Vector value (0054,0020) selects it
+    (PS3.3 C.8.4.8.1.1 and C.8.4.11); None where the source does not say."""
     ds = frame.dataset
     detectors = ds.get("DetectorInformationSequence") or []
     vector = ds.get("DetectorVector")
@@ -204,17 +213,15 @@ def _detector_geometry(
         index = int(values[frame.frame_number - 1]) - 1 if len(values) >= frame.frame_number else -1
     else:
         index = 0 if len(detectors) == 1 else -1
-    if not 0 <= index < len(detectors):
+    return detectors[index] if 0 <= index < len(detectors) else None
+
+
+def _values(item: Dataset, keyword: str, count: int) -> tuple[float, ...] | None:
+    """The ``count`` numbers of a Type 2 attribute of a detector item, None where empty."""
+    value = item.get(keyword)
+    if not value or len(value) != count:
         return None
-    item = detectors[index]
-    position = item.get("ImagePositionPatient")
-    orientation = item.get("ImageOrientationPatient")
-    if not position or not orientation or len(position) != 3 or len(orientation) != 6:
-        return None
-    return (
-        tuple(float(v) for v in position),  # type: ignore[return-value]
-        tuple(float(v) for v in orientation),
-    )
+    return tuple(float(v) for v in value)
 
 
 def _single_frame_proxy(frame: SourceFrame, geometry: PlaneGeometry) -> Dataset:
