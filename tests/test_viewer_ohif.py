@@ -1,7 +1,8 @@
 """The result objects in a real web viewer: OHIF 3.13 over Orthanc DICOMweb, in headless Chromium.
 
 For a two-frame study and a study with one instance per view (tests/test_results_inputs.py,
-detector geometry as cameras write it), all result objects are stored in Orthanc with their
+detector geometry as cameras write it), and a two-frame study whose detector items leave Image
+Position / Orientation (Patient) empty, all result objects are stored in Orthanc with their
 sources, then opened as a physician would, one series at a time (``initialSeriesInstanceUID``):
 
 - each view's SEG: OHIF asks "Do you want to open this Segmentation?", the test answers Yes; the
@@ -14,7 +15,7 @@ sources, then opened as a physician would, one series at a time (``initialSeries
 - the SC: the picture is displayed (its instance is the viewport's image and the viewport is not
   blank).
 
-Screenshots of every step are kept under ``build/viewer-screenshots/<layout>/`` (printed; CI keeps
+Screenshots of every step are kept under ``build/viewer-screenshots/<case>/`` (printed; CI keeps
 the folder as an artefact). Peers: tests/browser.py.
 """
 
@@ -115,11 +116,15 @@ def _open(browser: Chromium, server: ViewerServer, study: Study, series: Dataset
     browser.evaluate(_SKIP_TOUR)
 
 
-@pytest.mark.parametrize("layout", ["multiframe", "split"])
-def test_ohif_shows_seg_sr_and_sc(layout: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    study = make_study(layout, geometry=True)
+@pytest.mark.parametrize(("layout", "geometry"), [
+    ("multiframe", True), ("split", True), ("multiframe", False),
+], ids=["two-frame", "two-instance", "two-frame-without-detector-geometry"])
+def test_ohif_shows_seg_sr_and_sc(
+    layout: str, geometry: bool, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    study = make_study(layout, geometry=geometry)
     objects = build_results(study.result, study.sources)
-    shots = SCREENSHOTS / layout
+    shots = SCREENSHOTS / (layout if geometry else f"{layout}-without-geometry")
     shots.mkdir(parents=True, exist_ok=True)
     for old in shots.glob("*.png"):
         old.unlink()
