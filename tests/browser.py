@@ -19,15 +19,15 @@ from __future__ import annotations
 
 import base64
 import http.client
+import importlib.util
 import json
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -190,10 +190,8 @@ class Chromium:
     def __init__(self, workdir: Path, width: int = 1600, height: int = 1000) -> None:
         binary = shutil.which("chromium") or shutil.which("chromium-browser")
         require(binary is not None, "Chromium", "apt-get install chromium")
-        try:
-            import websocket  # noqa: F401 (websocket-client)
-        except ImportError:
-            require(False, "websocket-client", "pip install websocket-client")
+        require(importlib.util.find_spec("websocket") is not None, "websocket-client",
+                "pip install websocket-client")
         self.binary = str(binary)
         self.workdir = workdir
         self.size = (width, height)
@@ -203,11 +201,13 @@ class Chromium:
         self._next_id = 0
         self._process: subprocess.Popen[bytes] | None = None
         self._socket: Any = None
+        self._log: Any = None
 
     def __enter__(self) -> Chromium:
         import websocket
 
         profile = Path(tempfile.mkdtemp(prefix="chromium-", dir=self.workdir))
+        self._log = (self.workdir / "chromium.log").open("wb")
         self._process = subprocess.Popen(
             [self.binary, "--headless=new", "--no-sandbox", "--disable-gpu-sandbox",
              "--use-gl=angle", "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
@@ -215,13 +215,11 @@ class Chromium:
              "--disable-extensions", "--disable-dev-shm-usage", "--hide-scrollbars",
              f"--remote-debugging-port={self.port}", f"--user-data-dir={profile}",
              f"--window-size={self.size[0]},{self.size[1]}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=(self.workdir / "chromium.log").open("wb"),
+            stdout=subprocess.DEVNULL, stderr=self._log,
         )
         wait_for_port(self.port, process=self._process)
         deadline = time.monotonic() + 30
         while True:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=5):
-                pass
             targets = json.loads(_http_get(f"http://127.0.0.1:{self.port}/json/list"))
             pages = [t for t in targets if t.get("type") == "page"]
             if pages or time.monotonic() > deadline:
@@ -246,6 +244,8 @@ class Chromium:
             except subprocess.TimeoutExpired:
                 self._process.kill()
                 self._process.wait(timeout=10)
+        if self._log is not None:
+            self._log.close()
 
     def send(self, method: str, **params: Any) -> dict[str, Any]:
         """Call a DevTools method and return its result; events read meanwhile are recorded."""
@@ -311,10 +311,6 @@ class Chromium:
         path.write_bytes(base64.b64decode(data))
         return path
 
-    def click(self, x: float, y: float, count: int = 1) -> None:
-        for kind in ("mousePressed", "mouseReleased"):
-            self.send("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left", clickCount=count)
-
 
 def _remote_text(arg: dict[str, Any]) -> str:
     if "value" in arg:
@@ -323,16 +319,5 @@ def _remote_text(arg: dict[str, Any]) -> str:
 
 
 def _http_get(url: str) -> str:
-    import urllib.request
-
     with urllib.request.urlopen(url, timeout=10) as reply:
         return reply.read().decode()
-
-
-def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.5)
-    return False

@@ -2,19 +2,20 @@
 
 Content (PS3.16 TID 1500, built with highdicom):
 
-- per lesion, a TID 1410 Planar ROI group: the outline as a 2-D SCOORD POLYLINE on its source
-  frame (no SCOORD3D: the source has no frame of reference; docs/dicom.md,
-  "Result objects"), finding "Neoplasm, Secondary" (SCT 14799000) in category "Morphologically abnormal
+- per lesion, a TID 1501 measurement group (tracking identifier and UID those of its GSPS
+  contour), finding "Neoplasm, Secondary" (SCT 14799000) in category "Morphologically abnormal
   structure", finding site where known (a region name of :mod:`segmentation.regions`, coded by
   :data:`SITE_CODES`; another name given by a segmenter is logged and left out), Image View
-  (DCM 111031) anterior or posterior projection,
-  and three TID 300 measurements: Area (SCT 42798000, mm2), Nuclear Medicine Projection Activity
-  (DCM 110820, UCUM ``{counts}``) with derivation Mean (SCT 373098007) and Maximum (SCT 56851009);
-  the Area measurement is INFERRED FROM (TID 300) the outline again as a SCOORD and from
-  the view's SEG frame and segment ("Source of Measurement", DCM 121112, with Referenced Segment
-  Number) where the SEG is written: OHIF's SR reader takes the group-level SCOORD to draw the
-  outline, its measurement-tracking adapter (cornerstone adapters, TID 1500) looks for the SCOORD
-  under the first NUM, and the SEG reference ties each lesion to its segment (IHE AI Results);
+  (DCM 111031) anterior or posterior projection, the source image (instance and frame), and three
+  TID 300 measurements: Area (SCT 42798000, mm2), Nuclear Medicine Projection Activity
+  (DCM 110820, UCUM ``{counts}``) with derivation Mean (SCT 373098007) and Maximum (SCT 56851009).
+  The Area is INFERRED FROM (TID 300) the outline, a 2-D SCOORD POLYLINE on the source frame (no
+  SCOORD3D: a planar projection has no 3-D position), and from the view's SEG segment ("Source of
+  Measurement", DCM 121112, Referenced Segment Number 1) where SEGs are written. The SCOORD is a
+  child of the first NUM because that is where OHIF 3.13's SR reader and its measurement-tracking
+  adapter (cornerstone adapters, TID 1500) look ("No spatial coordinates group" otherwise); a
+  TID 1410 group-level SCOORD is drawn by OHIF but not tracked, and highdicom allows no SCOORD
+  under a TID 1410 measurement. The SEG reference ties each lesion to its segment (IHE AI Results);
 - the per-view and study numbers (number of lesions, SCT 246206008; total area; the approximate
   Bone Scan Index, a local code: no standard concept names it) go into the "Derived Imaging
   Measurements" container (DCM 126011, TID 1500 row 8, TID 1420), *not* into measurement groups of
@@ -42,8 +43,8 @@ import logging
 import highdicom as hd
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
-from pydicom.uid import SegmentationStorage
 from pydicom.sr.coding import Code
+from pydicom.uid import SegmentationStorage
 
 from dicomnode.pipeline.results.burden import BSI_EXPLANATION, BoneBurden, SitedLesion
 from dicomnode.pipeline.results.common import (
