@@ -24,9 +24,12 @@ cd "$(dirname "$0")/.."
 DEMO_APT_PACKAGES=(python3 python3-venv dcmtk)
 # Debian packages the tests need: the demo's, plus the real peers the tests talk to: Orthanc (a
 # PACS with a REST API) and PostgreSQL (started by `scripts/setup.sh postgres`).
-TEST_APT_PACKAGES=("${DEMO_APT_PACKAGES[@]}" orthanc postgresql)
-# npm packages the tests need, installed under $NPM_PREFIX (npm itself comes from Debian).
-TEST_NPM_PACKAGES=()
+# The browser test (tests/test_viewer_ohif.py) adds Orthanc's DICOMweb plugin and headless Chromium.
+TEST_APT_PACKAGES=("${DEMO_APT_PACKAGES[@]}" orthanc postgresql orthanc-dicomweb chromium)
+# npm packages the tests need, as their published tarballs unpacked under $NPM_PREFIX/<name>/ (no
+# dependency install: OHIF's @ohif/app ships its prebuilt viewer in dist/, which is all the browser
+# test serves; tests/browser.py looks for it there). npm itself comes from Debian.
+TEST_NPM_PACKAGES=("@ohif/app@3.13.2")
 NPM_PREFIX="${NPM_PREFIX:-build/npm}"
 # The PyTorch build indexes (https://pytorch.org/get-started/locally/). PyPI's own Linux wheels
 # are CUDA builds (about 3 GB with their nvidia packages); the CPU index has CPU-only wheels.
@@ -79,13 +82,30 @@ apt_install() {
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
+# The folder a package spec unpacks into: "@ohif/app@3.13.2" -> $NPM_PREFIX/ohif-app-3.13.2.
+npm_folder() {
+  local name="${1#@}"
+  echo "$NPM_PREFIX/${name//[\/@]/-}"
+}
+
 npm_install() {
+  local spec folder tarball
   if [ ${#TEST_NPM_PACKAGES[@]} -eq 0 ]; then
     echo "no npm packages to install"
     return
   fi
-  apt_install npm
-  npm install --no-audit --no-fund --prefix "$NPM_PREFIX" "${TEST_NPM_PACKAGES[@]}"
+  command -v npm >/dev/null || apt_install npm  # a Node.js from elsewhere brings its own npm
+  for spec in "${TEST_NPM_PACKAGES[@]}"; do
+    folder=$(npm_folder "$spec")
+    if [ -f "$folder/package/package.json" ]; then
+      echo "already unpacked: $spec ($folder)"
+      continue
+    fi
+    mkdir -p "$folder"
+    tarball=$(cd "$folder" && npm pack --silent "$spec")
+    tar -xzf "$folder/$tarball" -C "$folder" && rm "$folder/$tarball"
+    echo "unpacked: $spec ($folder)"
+  done
 }
 
 cmd_system() {
@@ -94,7 +114,7 @@ cmd_system() {
       step "Debian packages for the demo: Python with venv, dcmtk (the demo's PACS)"
       apt_install "${DEMO_APT_PACKAGES[@]}" ;;
     test)
-      step "Debian packages for the tests: dcmtk (storescu/storescp), Orthanc (a real PACS), PostgreSQL"
+      step "Debian packages for the tests: dcmtk (storescu/storescp), Orthanc (a real PACS) and its DICOMweb plugin, PostgreSQL, Chromium"
       apt_install "${TEST_APT_PACKAGES[@]}"
       step "npm packages for the tests"
       npm_install ;;

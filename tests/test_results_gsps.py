@@ -9,8 +9,9 @@ import pydicom
 import pytest
 
 from dicomnode.pipeline.results import ResultKind, ResultOptions, build_results
-from dicomnode.pipeline.results.common import WINDOW_PERCENTILE
+from dicomnode.pipeline.results.common import BONE_WINDOW_MULTIPLE
 from dicomnode.pipeline.results.contours import lesion_outlines
+from segmentation.preprocess import body_mask, reference_level
 from segmentation.regions import skeletal_regions
 from tests.test_results_inputs import dcentvfy_errors, dciodvfy_errors, make_study, write
 
@@ -55,30 +56,38 @@ def test_gsps_draws_each_lesion_outline_on_its_source_frame(layout: str, tmp_pat
         assert "NOT FOR DIAGNOSTIC USE" in summary
 
 
-def test_gsps_keeps_the_source_window_and_rescale() -> None:
+def test_gsps_keeps_the_source_rescale_and_sets_a_bone_window() -> None:
     study = make_study("split")
     for ds in study.sources:
         ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = 2, 0, "US"
     (_, gsps), = build_results(study.result, study.sources, GSPS_ONLY)
     (voi,) = gsps.SoftcopyVOILUTSequence
-    assert (float(voi.WindowCenter), float(voi.WindowWidth)) == (40.0, 80.0)  # the source's
+    assert (float(voi.WindowCenter), float(voi.WindowWidth)) != (40.0, 80.0)  # not the camera's
+    assert "bone" in voi.WindowCenterWidthExplanation
     assert float(gsps.RescaleSlope) == 2.0 and float(gsps.RescaleIntercept) == 0.0
 
 
-def test_gsps_computes_a_window_when_the_source_has_none(tmp_path: Path) -> None:
-    study = make_study("multiframe")
-    for ds in study.sources:
-        del ds.WindowCenter, ds.WindowWidth
+@pytest.mark.parametrize("layout", ["multiframe", "split"])
+def test_gsps_bone_window_shows_the_skeleton_and_lets_the_bladder_saturate(
+    layout: str, tmp_path: Path
+) -> None:
+    study = make_study(layout)
     (_, gsps), = build_results(study.result, study.sources, GSPS_ONLY)
     (path,) = write(tmp_path, [gsps], "gsps")
     assert dciodvfy_errors(path) == []
-    counts = np.concatenate([image.counts.ravel() for image in study.result.scan.views.values()])
-    upper = np.percentile(counts[counts > 0], WINDOW_PERCENTILE)
     (voi,) = gsps.SoftcopyVOILUTSequence
-    assert float(voi.WindowWidth) == pytest.approx(upper)
-    assert float(voi.WindowCenter) == pytest.approx(upper / 2)
-    # Bone is shown unsaturated (its median well inside the window); the bladder saturates.
-    image = study.result.scan.anterior
-    bone = skeletal_regions(image.counts, image.pixel_spacing).bone
-    assert np.median(image.counts[bone]) < 0.8 * float(voi.WindowWidth) < counts.max()
-    assert float(gsps.RescaleSlope) == 1.0 and float(gsps.RescaleIntercept) == 0.0
+    center, width = float(voi.WindowCenter), float(voi.WindowWidth)
+    assert center == pytest.approx(width / 2)
+    levels = [reference_level(image.counts, body_mask(image.counts), 95.0)
+              for image in study.result.scan.views.values()]
+    assert width == pytest.approx(BONE_WINDOW_MULTIPLE * max(levels))
+    for image in study.result.scan.views.values():
+        bone = skeletal_regions(image.counts, image.pixel_spacing).bone
+        grey = np.clip(image.counts / width, 0, 1) * 255  # the displayed grey, 0 to 255
+        # The skeleton is clearly visible (the 0-to-99.5th-percentile window showed it at 4-18),
+        # the bladder (the hottest region) saturates.
+        assert 60 < np.median(grey[bone]) < 160
+        assert image.counts.max() > width
+    layers = {layer.GraphicLayer: layer for layer in pydicom.dcmread(path).GraphicLayerSequence}
+    assert layers["LESIONS"].GraphicLayerRecommendedDisplayGrayscaleValue == 0xFFFF
+    assert len(layers["LESIONS"].GraphicLayerRecommendedDisplayCIELabValue) == 3

@@ -184,6 +184,7 @@ def study_header(patient_name: str = "Phantom^Bone") -> Dataset:
     header.PatientSex = "M"
     header.StudyDate, header.StudyTime = "20240102", "101500"
     header.AccessionNumber = "ACC0001"
+    header.StudyDescription = "NM whole body bone scan"
     header.ReferringPhysicianName = ""
     header.StudyID = "1"
     return header

@@ -39,14 +39,14 @@ def test_orthanc_files_every_result_series_in_the_source_study(layout: str, orth
     assert [s["MainDicomTags"]["StudyInstanceUID"] for s in studies] == [study.result.scan.study_instance_uid]
     listed = orthanc.rest(f"/studies/{studies[0]['ID']}/series")
     series = {entry["MainDicomTags"]["SeriesInstanceUID"]: entry for entry in listed}
-    for kind in ResultKind:
-        datasets = [ds for k, ds in objects if k is kind]
-        (uid,) = {ds.SeriesInstanceUID for ds in datasets}
-        entry = series[uid]
+    for kind, dataset in objects:
+        datasets = [ds for k, ds in objects if ds.SeriesInstanceUID == dataset.SeriesInstanceUID]
+        assert len(datasets) == 1  # one instance per series, a SEG per view included
+        entry = series[dataset.SeriesInstanceUID]
         assert entry["MainDicomTags"]["Modality"] == MODALITIES[kind]
         assert entry["MainDicomTags"]["SeriesDescription"] == datasets[0].SeriesDescription
         assert int(entry["MainDicomTags"]["SeriesNumber"]) == datasets[0].SeriesNumber
         stored = {orthanc.rest(f"/instances/{instance}")["MainDicomTags"]["SOPInstanceUID"]
                   for instance in entry["Instances"]}
         assert stored == {ds.SOPInstanceUID for ds in datasets}
-    assert len(series) == 1 + len(ResultKind)  # the NM series and one per result kind
+    assert len(series) == 1 + len(objects)  # the NM series and one per result object

@@ -55,4 +55,4 @@ def test_simulated_study_gives_valid_results_that_carry_its_truth(layout: str, t
     report = hd.sr.MeasurementReport.from_sequence([sr])
     components = sum(ndimage.label(simulated.truth[v], structure=np.ones((3, 3)))[1] for v in View)
     assert components > 0
-    assert len(report.get_planar_roi_measurement_groups()) == components
+    assert len(report.get_image_measurement_groups()) == components

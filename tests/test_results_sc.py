@@ -15,6 +15,7 @@ from dicomnode.pipeline.results.burden import assess_burden
 from dicomnode.pipeline.results.common import Provenance, match_sources
 from dicomnode.pipeline.results.contours import lesion_outlines
 from dicomnode.pipeline.results.sc import CONTOUR_COLOR, render
+from segmentation.regions import skeletal_regions
 from tests.test_results_inputs import dciodvfy_errors, make_study, write
 
 SC_ONLY = ResultOptions(kinds=(ResultKind.SC,))
@@ -48,7 +49,8 @@ def test_sc_is_a_valid_rgb_picture_with_burned_in_annotation(
     assert back.ConversionType == "WSD"
     assert back.PatientOrientation == ""  # two panels with opposite column directions
     pixels = back.pixel_array
-    assert pixels.shape[0] > rows and pixels.shape[1] > 2 * columns  # both views and a legend
+    assert pixels.shape[1] > 2 * columns  # both views side by side
+    assert back.StudyDescription == study.sources[0].StudyDescription
     Image.fromarray(pixels).save(tmp_path / "sc.png")
     np.testing.assert_array_equal(pixels, _picture(study).pixels)
 
@@ -65,11 +67,43 @@ def test_sc_contours_surround_each_lesion_and_only_lesions() -> None:
                 assert contour[max(r - 1, 0) : r + 2, max(c - 1, 0) : c + 2].any()
     empty = _picture(make_study("multiframe", with_lesions=False))
     panels = _is_contour(empty.pixels)
+    first_row, last_row = empty.rows_shown
     for view, image in study.result.scan.views.items():
-        left, top = empty.origins[view]
-        rows, columns = image.source.rows * empty.scale, image.source.columns * empty.scale
-        assert not panels[top : top + rows, left : left + columns].any()
+        left, top = empty.to_picture(view, 0, first_row)
+        rows, columns = (last_row - first_row) * empty.scale, image.source.columns * empty.scale
+        assert not panels[int(top) : int(top) + rows, int(left) : int(left) + columns].any()
     # The panels show the counts: the bladder (hottest) is darker than the background.
     left, top = picture.origins[next(iter(study.result.views))]
     gray = picture.pixels[top:, left:, 0]
     assert gray.min() < 30 and np.median(gray) > 200
+
+
+@pytest.mark.parametrize(("rows", "columns", "spacing"), [(1024, 256, 2.26), (2048, 512, 1.13), (512, 128, 4.52)])
+def test_sc_layout_bone_window_crop_spacing_and_lesion_numbers(rows: int, columns: int, spacing: float) -> None:
+    study = make_study("multiframe", rows=rows, columns=columns, spacing=spacing)
+    picture = _picture(study)
+    (first, second) = sorted(left for left, _ in picture.origins.values())
+    panel = columns * picture.scale
+    assert second - first - panel >= max(16, panel // 16)  # sensible gap at every matrix
+    # The empty rows below the feet are left out (the phantom's soles are at 81 % of the rows).
+    first_row, last_row = picture.rows_shown
+    assert last_row <= 0.86 * rows and first_row < 0.05 * rows
+    # Bone window: the skeleton is grey (inverted: high counts dark), not pale: the displayed
+    # intensity 255 - grey of bone is at least 40 (the 0-to-99.5th-percentile window gave 4-18).
+    image = study.result.scan.anterior
+    bone = skeletal_regions(image.counts, image.pixel_spacing).bone
+    left, top = picture.to_picture(image.view, 0, 0)
+    rr, cc = np.nonzero(bone[first_row:last_row])
+    grey = picture.pixels[int(top) + (rr + first_row) * picture.scale, int(left) + cc * picture.scale, 0]
+    assert 90 < np.median(grey) <= 215
+    # Each lesion carries its number (as in the SR's "ANT lesion n") beside its contour: red text
+    # pixels to the right of the lesion's box.
+    rgb = picture.pixels.astype(int)
+    red = (rgb[:, :, 0] > 150) & (rgb[:, :, 1] < 100) & (rgb[:, :, 2] < 100)  # anti-aliased text
+    for view, view_result in study.result.views.items():
+        for lesion in view_result.lesions:
+            row0, _, row1, col1 = lesion.bbox
+            x, y = picture.to_picture(view, col1, row0)
+            x += 3  # beyond the contour line (half its width)
+            size = 14
+            assert red[int(y) - 2 * size : int(y) + size, int(x) : int(x) + 2 * size].any(), lesion.label

@@ -1,8 +1,11 @@
-"""DICOM SEG from a bone-scan result: valid (dciodvfy, dcentvfy), pixel-exact through highdicom."""
+"""DICOM SEG from a bone-scan result: valid (dciodvfy, dcentvfy), pixel-exact through highdicom
+(frames and ``get_volume()``) and dcmqi's ``segimage2itkimage`` (the 3D Slicer reader)."""
 
 from __future__ import annotations
 
 import copy
+import gzip
+import json
 import subprocess
 from pathlib import Path
 
@@ -13,6 +16,7 @@ import pytest
 from pydicom.sr.codedict import codes
 
 from dicomnode.pipeline.results import ResultKind, ResultOptions, build_results
+from dicomnode.pipeline.results.seg import IDENTITY_ORIENTATION
 from segmentation.scan import View
 from tests.test_results_inputs import (
     ALGORITHM,
@@ -58,6 +62,9 @@ def test_seg_is_valid_and_reads_back_pixel_exact(
         assert (uid, frame) == expected_refs[view]
         pixels = seg.get_pixels_by_source_frame(uid, source_frame_numbers=[frame], segment_numbers=[1])
         np.testing.assert_array_equal(pixels[0, :, :, 0], study.result.views[view].mask)
+        volume = seg.get_volume()
+        assert volume.spatial_shape == (1, rows, columns)
+        np.testing.assert_array_equal(volume.array[0, :, :, 0], study.result.views[view].mask)
         assert seg.NumberOfFrames == 1
         assert (seg.Rows, seg.Columns) == (rows, columns)
 
@@ -77,6 +84,7 @@ def test_seg_segment_codes_algorithm_and_identity(tmp_path: Path) -> None:
         assert segment.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "49755003"
         assert segment.SegmentedPropertyTypeCodeSequence[0].CodeValue == "14799000"
         assert segment.AnatomicRegionSequence[0].CodeValue == "272673000"
+        assert len(segment.RecommendedDisplayCIELabValue) == 3
         (algorithm,) = segment.SegmentationAlgorithmIdentificationSequence
         assert algorithm.AlgorithmName == ALGORITHM.name
         assert algorithm.AlgorithmVersion == ALGORITHM.version
@@ -88,46 +96,101 @@ def test_seg_segment_codes_algorithm_and_identity(tmp_path: Path) -> None:
         for keyword in ("PatientID", "PatientBirthDate", "StudyInstanceUID", "AccessionNumber", "StudyDate"):
             assert back.get(keyword) == source.get(keyword), keyword
         assert back.SeriesInstanceUID != source.SeriesInstanceUID
-        assert back.SeriesNumber == 9001
-        assert back.SeriesDescription == "AI bone metastases SEG"
-        assert back.InstanceNumber == number
+        name = "ANT" if number == 1 else "POST"
+        # One series per view, told apart by number and description (OHIF: one display set per series).
+        assert back.SeriesNumber == (9001 if number == 1 else 9005)
+        assert back.SeriesDescription == f"AI bone metastases SEG {name}"
+        assert back.InstanceNumber == 1
+        lesions = len(study.result.views[View.ANTERIOR if number == 1 else View.POSTERIOR].lesions)
+        noun = "lesion" if lesions == 1 else "lesions"
+        assert back.ContentDescription == f"AI bone metastases {name}, {lesions} {noun}; NOT FOR DIAGNOSTIC USE"
+        assert str(back.ContentCreatorName) == f"{ALGORITHM.name}^"
         assert back.Manufacturer == "dicomnode"
         assert back.InstanceCreationDate and back.InstanceCreationTime
         series_uids.add(back.SeriesInstanceUID)
-        # No geometry in the source: the stored frame's orientation is stated instead.
-        assert "FrameOfReferenceUID" not in back
-        assert list(back.PatientOrientation) == (["L", "F"] if number == 1 else ["R", "F"])
-    assert len(series_uids) == 1
+    assert len(series_uids) == 2
 
 
+def test_long_descriptions_are_cut_at_a_word() -> None:
+    study = make_study("split")
+    long = "Bone metastases segmentation by the research node of the nuclear medicine dept"[:64]
+    options = ResultOptions(kinds=(ResultKind.SEG,), series_descriptions={ResultKind.SEG: long})
+    descriptions = [ds.SeriesDescription for _, ds in build_results(study.result, study.sources, options)]
+    assert descriptions == [
+        "Bone metastases segmentation by the research node of the ANT",
+        "Bone metastases segmentation by the research node of the POST",
+    ]
+
+
+def _nrrd(path: Path) -> tuple[dict[str, str], np.ndarray]:
+    """Header fields and voxels (x fastest) of the gzip-encoded NRRD that dcmqi writes."""
+    raw = path.read_bytes()
+    head, data = raw.split(b"\n\n", 1)
+    fields = dict(
+        line.split(": ", 1) for line in head.decode("latin-1").splitlines()[1:] if ": " in line
+    )
+    assert fields["encoding"] == "gzip" and fields["type"] == "short" and fields["endian"] == "little"
+    sizes = [int(v) for v in fields["sizes"].split()]
+    voxels = np.frombuffer(gzip.decompress(data), dtype="<i2").reshape(sizes[::-1])
+    return fields, voxels
+
+
+def segimage2itkimage(seg: Path, out: Path) -> tuple[dict[str, str], np.ndarray, dict]:
+    """Run dcmqi's SEG reader (3D Slicer's): the NRRD header, voxels and metadata JSON."""
+    out.mkdir(parents=True)
+    run = subprocess.run(
+        ["segimage2itkimage", "--inputDICOM", str(seg), "--outputDirectory", str(out), "-t", "nrrd"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    fields, voxels = _nrrd(out / "1.nrrd")
+    return fields, voxels, json.loads((out / "meta.json").read_text())
+
+
+@pytest.mark.parametrize("geometry", [True, False], ids=["detector-geometry", "no-geometry"])
 @pytest.mark.parametrize("layout", ["multiframe", "split"])
-def test_seg_keeps_source_geometry_so_dcmqi_reads_it(layout: str, tmp_path: Path) -> None:
-    study = make_study(layout, geometry=True)
+def test_seg_geometry_per_source_layout_reads_in_dcmqi_and_highdicom(
+    layout: str, geometry: bool, tmp_path: Path
+) -> None:
+    """Two-frame source with detector geometry: the first detector's orientation (as OHIF orients
+    every frame) at the frame's detector position; otherwise the identity orientation at the origin
+    (seg.py docstring, "Geometry"). Always a Frame of Reference."""
+    study = make_study(layout, geometry=geometry)
     objects = build_results(study.result, study.sources, SEG_ONLY)
     sources = write(tmp_path, study.sources, "nm")
     segs = write(tmp_path, [ds for _, ds in objects], "seg")
     for path in segs:
         assert dciodvfy_errors(path) == []
     assert dcentvfy_errors(sources + segs) == []
-    for index, (_, seg) in enumerate(objects):
+    frames = [study.result.scan.views[v] for v in (View.ANTERIOR, View.POSTERIOR)]
+    for index, ((_, seg), path, image) in enumerate(zip(objects, segs, frames, strict=True)):
         source = study.sources[index if layout == "split" else 0]
+        if geometry:
+            assert seg.FrameOfReferenceUID == source.FrameOfReferenceUID
+        else:
+            assert "FrameOfReferenceUID" not in source and seg.FrameOfReferenceUID
         detector = source.DetectorInformationSequence[index if layout == "multiframe" else 0]
-        assert seg.FrameOfReferenceUID == source.FrameOfReferenceUID
-        frame_groups = seg.PerFrameFunctionalGroupsSequence[0]
-        position = frame_groups.PlanePositionSequence[0].ImagePositionPatient
-        assert [float(v) for v in position] == [float(v) for v in detector.ImagePositionPatient]
+        if layout == "multiframe" and geometry:
+            expected_position = [float(v) for v in detector.ImagePositionPatient]
+            first = source.DetectorInformationSequence[0]
+            expected_orientation = [float(v) for v in first.ImageOrientationPatient]
+        else:
+            expected_position, expected_orientation = [0.0, 0.0, 0.0], list(IDENTITY_ORIENTATION)
+        position = seg.PerFrameFunctionalGroupsSequence[0].PlanePositionSequence[0].ImagePositionPatient
         orientation = seg.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0]
-        assert [float(v) for v in orientation.ImageOrientationPatient] == [
-            float(v) for v in detector.ImageOrientationPatient]
-    out = tmp_path / "dcmqi"
-    out.mkdir()
-    run = subprocess.run(
-        ["segimage2itkimage", "--inputDICOM", str(segs[0]), "--outputDirectory", str(out), "-t", "nrrd"],
-        capture_output=True, text=True, timeout=120,
-    )
-    assert run.returncode == 0, run.stdout + run.stderr
-    header = (out / "1.nrrd").read_bytes().split(b"\n\n", 1)[0].decode("latin-1")
-    assert "sizes: 256 1024 1" in header
+        assert [float(v) for v in position] == expected_position
+        assert [float(v) for v in orientation.ImageOrientationPatient] == expected_orientation
+
+        mask = study.result.views[image.view].mask
+        volume = hd.seg.segread(path).get_volume()
+        np.testing.assert_array_equal(volume.array[0, :, :, 0], mask)
+        np.testing.assert_allclose(volume.position, expected_position)
+
+        fields, voxels, meta = segimage2itkimage(path, tmp_path / f"dcmqi{index}")
+        assert fields["sizes"] == f"{mask.shape[1]} {mask.shape[0]} 1"
+        np.testing.assert_array_equal(voxels[0] != 0, mask.astype(bool))
+        assert meta["SeriesDescription"].startswith("AI bone metastases SEG ")
+        assert meta["segmentAttributes"][0][0]["SegmentLabel"] == "Bone metastasis"
 
 
 def test_seg_without_lesions_keeps_the_empty_frame(tmp_path: Path) -> None:
@@ -163,7 +226,7 @@ def test_reprocessing_gives_new_series_and_a_retry_the_same_uids() -> None:
     custom = ResultOptions(kinds=(ResultKind.SEG,), series_number_base=500,
                            series_descriptions={ResultKind.SEG: "Bone mets (research)"})
     (_, seg), _ = build_results(study.result, study.sources, custom, study_version=3)
-    assert (seg.SeriesNumber, seg.SeriesDescription) == (521, "Bone mets (research)")
+    assert (seg.SeriesNumber, seg.SeriesDescription) == (521, "Bone mets (research) ANT")
 
 
 def test_seg_rejects_sources_that_do_not_fit() -> None:

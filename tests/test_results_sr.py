@@ -1,4 +1,5 @@
-"""TID 1500 SR: the numbers read back (highdicom, dcmqi) equal the SegmentationResult's."""
+"""TID 1500 SR: the numbers read back (highdicom, dcmqi) equal the SegmentationResult's, and the
+structure is the one OHIF's and dcmqi's readers take (sr.py docstring)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import subprocess
 from pathlib import Path
 
 import highdicom as hd
+import numpy as np
 import pytest
 from pydicom.sr.codedict import codes
+from pydicom.uid import SegmentationStorage
 
 from dicomnode.pipeline.results import ResultKind, ResultOptions, build_results
 from dicomnode.pipeline.results.burden import assess_burden
@@ -17,6 +20,7 @@ from segmentation.scan import View
 from tests.test_results_inputs import LESIONS, dciodvfy_errors, make_study, write
 
 SR_AND_GSPS = ResultOptions(kinds=(ResultKind.SR, ResultKind.GSPS))
+ALL = ResultOptions()
 VIEW_CODE = {View.ANTERIOR: "399321004", View.POSTERIOR: "399001007"}
 
 
@@ -43,11 +47,14 @@ def test_sr_lesion_measurements_equal_the_result(
     layout: str, rows: int, columns: int, spacing: float, tmp_path: Path
 ) -> None:
     study = make_study(layout, rows=rows, columns=columns, spacing=spacing)
-    objects = dict(build_results(study.result, study.sources, SR_AND_GSPS))
+    built = build_results(study.result, study.sources, ALL)
+    objects = {kind: ds for kind, ds in built if kind is not ResultKind.SEG}
+    seg_by_view = {View.ANTERIOR if ds.SeriesDescription.endswith("ANT") else View.POSTERIOR: ds.SOPInstanceUID
+                   for kind, ds in built if kind is ResultKind.SEG}
     (path,) = write(tmp_path, [objects[ResultKind.SR]], "sr")
     assert dciodvfy_errors(path) == []
     report = _read(path)
-    groups = report.get_planar_roi_measurement_groups()
+    groups = report.get_image_measurement_groups()
     lesions = study.result.lesions
     assert len(groups) == len(lesions) == sum(len(v) for v in LESIONS.values())
     burden = assess_burden(study.result)
@@ -62,44 +69,80 @@ def test_sr_lesion_measurements_equal_the_result(
         (site,) = group.finding_sites
         assert site.value.value == SITE_CODES[sites[(lesion.view, lesion.label)]].value
         assert group.finding_type.value == codes.SCT.NeoplasmSecondary.value
-        # The region is drawn on the lesion's own source instance and frame.
+        # No SCOORD at group level; the first NUM (Area) is INFERRED FROM the outline on the
+        # lesion's own source instance and frame (where OHIF's adapter looks), and from the SEG.
+        assert not [item for item in group[0].ContentSequence if item.ValueType == "SCOORD"]
+        first_num = next(item for item in group[0].ContentSequence if item.ValueType == "NUM")
+        assert first_num.ConceptNameCodeSequence[0].CodeValue == codes.SCT.Area.value
+        (scoord,) = [item for item in first_num.ContentSequence if item.ValueType == "SCOORD"]
+        assert scoord.RelationshipType == "INFERRED FROM" and scoord.GraphicType == "POLYLINE"
         source = study.result.scan.views[lesion.view].source
-        region = group.roi
-        assert region.graphic_type == hd.sr.GraphicTypeValues.POLYLINE
-        (image_ref,) = [item for item in region.ContentSequence]
+        (image_ref,) = scoord.ContentSequence
+        assert image_ref.RelationshipType == "SELECTED FROM"
         assert image_ref.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.sop_instance_uid
         frames = image_ref.ReferencedSOPSequence[0].get("ReferencedFrameNumber")
         assert (frames is not None) == (layout == "multiframe")
         if frames is not None:
             assert int(frames) == source.frame_number
+        points = np.asarray(scoord.GraphicData, dtype=float).reshape(-1, 2)
         r0, c0, r1, c1 = lesion.bbox
-        columns_, rows_ = region.value[:, 0], region.value[:, 1]
-        assert c0 <= columns_.min() and columns_.max() <= c1 and r0 <= rows_.min() and rows_.max() <= r1
+        assert c0 <= points[:, 0].min() and points[:, 0].max() <= c1
+        assert r0 <= points[:, 1].min() and points[:, 1].max() <= r1
+        (seg_ref,) = [item for item in first_num.ContentSequence if item.ValueType == "IMAGE"]
+        assert seg_ref.ConceptNameCodeSequence[0].CodeValue == codes.DCM.SourceOfMeasurement.value
+        referenced = seg_ref.ReferencedSOPSequence[0]
+        assert referenced.ReferencedSOPClassUID == SegmentationStorage
+        assert referenced.ReferencedSOPInstanceUID == seg_by_view[lesion.view]
+        assert int(referenced.ReferencedSegmentNumber) == 1
+    # The SEGs are listed as evidence of the report (SR Document General, PS3.3 C.17.2).
+    evidence = {item.ReferencedSOPInstanceUID for study_item in objects[ResultKind.SR].CurrentRequestedProcedureEvidenceSequence
+                for series in study_item.ReferencedSeriesSequence for item in series.ReferencedSOPSequence}
+    assert set(seg_by_view.values()) <= evidence
     # The same tracking UIDs mark the lesion's contour in the GSPS.
     gsps_uids = {obj.TrackingUID for annotation in objects[ResultKind.GSPS].GraphicAnnotationSequence
                  for obj in annotation.get("GraphicObjectSequence", [])}
     assert gsps_uids == {group.tracking_uid for group in groups}
 
 
+def _derived(sr) -> list:
+    """The NUM items of the Derived Imaging Measurements container (DCM 126011)."""
+    (container,) = [item for item in sr.ContentSequence
+                    if item.ConceptNameCodeSequence[0].CodeValue == codes.DCM.DerivedImagingMeasurements.value]
+    return list(container.ContentSequence)
+
+
+def _number(items, name, view=None) -> float:
+    matches = []
+    for item in items:
+        if item.ConceptNameCodeSequence[0].CodeValue != name.value:
+            continue
+        modifiers = [m.ConceptCodeSequence[0].CodeValue for m in item.get("ContentSequence", [])]
+        if (view is None and not modifiers) or (view is not None and modifiers == [VIEW_CODE[view]]):
+            matches.append(item)
+    (item,) = matches
+    value = item.MeasuredValueSequence[0]
+    return float(value.get("FloatingPointValue", value.NumericValue))
+
+
 def test_sr_study_and_view_numbers_equal_the_result(tmp_path: Path) -> None:
+    """Per view and study numbers are in "Derived Imaging Measurements", not in measurement
+    groups (OHIF stops on a measurement group without spatial coordinates)."""
     study = make_study("multiframe")
     (_, sr), = build_results(study.result, study.sources, ResultOptions(kinds=(ResultKind.SR,)))
     (path,) = write(tmp_path, [sr], "sr")
     report = _read(path)
-    groups = {group.tracking_identifier: group for group in report.get_image_measurement_groups()}
+    assert len(report.get_image_measurement_groups()) == len(study.result.lesions)
+    items = _derived(hd.sr.srread(path))
     for view in (View.ANTERIOR, View.POSTERIOR):
-        group = groups[f"{'ANT' if view is View.ANTERIOR else 'POST'} view lesions"]
         lesions = study.result.views[view].lesions
-        assert _measurement(group, codes.SCT.NumberOfLesions) == len(lesions)
-        assert _measurement(group, codes.SCT.Area) == sum(lesion.area_mm2 for lesion in lesions)
-        assert _code_of(group, codes.DCM.ImageView) == VIEW_CODE[view]
-    total = groups["Study bone burden"]
-    assert _measurement(total, codes.SCT.NumberOfLesions) == len(study.result.lesions)
-    assert _measurement(total, codes.SCT.Area) == sum(lesion.area_mm2 for lesion in study.result.lesions)
-    bsi = [m for m in total.get_measurements() if m.name.meaning == "Approximate Bone Scan Index"]
-    assert len(bsi) == 1 and bsi[0].unit.value == "%"
-    assert bsi[0].value == assess_burden(study.result).bsi_percent
-    assert bsi[0].value > 0
+        assert _number(items, codes.SCT.NumberOfLesions, view) == len(lesions)
+        assert _number(items, codes.SCT.Area, view) == sum(lesion.area_mm2 for lesion in lesions)
+    assert _number(items, codes.SCT.NumberOfLesions) == len(study.result.lesions)
+    assert _number(items, codes.SCT.Area) == sum(lesion.area_mm2 for lesion in study.result.lesions)
+    bsi = [item for item in items if item.ConceptNameCodeSequence[0].CodeMeaning == "Approximate Bone Scan Index"]
+    assert len(bsi) == 1 and bsi[0].MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue == "%"
+    assert _number(items, bsi[0].ConceptNameCodeSequence[0]) == assess_burden(study.result).bsi_percent
+    assert _number(items, bsi[0].ConceptNameCodeSequence[0]) > 0
 
     comments = [item.TextValue for item in sr.ContentSequence[-1].ContentSequence]
     assert sr.ContentSequence[-1].ConceptNameCodeSequence[0].CodeMeaning == "Qualitative Evaluations"
@@ -109,8 +152,9 @@ def test_sr_study_and_view_numbers_equal_the_result(tmp_path: Path) -> None:
     assert sr.CompletionFlag == "COMPLETE" and sr.VerificationFlag == "UNVERIFIED"
 
 
-def test_dcmqi_reads_the_measurement_groups(tmp_path: Path) -> None:
-    study = make_study("split")
+@pytest.mark.parametrize("layout", ["multiframe", "split"])
+def test_dcmqi_reads_the_measurement_groups(layout: str, tmp_path: Path) -> None:
+    study = make_study(layout)
     (_, sr), = build_results(study.result, study.sources, ResultOptions(kinds=(ResultKind.SR,)))
     (path,) = write(tmp_path, [sr], "sr")
     out = tmp_path / "sr.json"
@@ -118,7 +162,7 @@ def test_dcmqi_reads_the_measurement_groups(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     groups = json.loads(out.read_text())["Measurements"]
-    assert len(groups) == len(study.result.lesions) + 2 + 1  # lesions, views, study
+    assert len(groups) == len(study.result.lesions)  # one group per lesion
     first = groups[0]
     lesion = study.result.lesions[0]
     assert first["TrackingIdentifier"] == "ANT lesion 1"

@@ -28,12 +28,12 @@ from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.multival import MultiValue
 from pydicom.uid import NuclearMedicineImageStorage, generate_uid
 
 import dicomnode
 from dicomnode.config import ResultsSection
 from dicomnode.dicom.sop import ResultKind
+from segmentation.preprocess import Preprocessing, body_mask, reference_level
 from segmentation.result import Lesion, SegmentationResult, ViewResult
 from segmentation.scan import View, ViewImage, ViewSource
 
@@ -341,27 +341,26 @@ def check_writable(dataset: Dataset) -> Dataset:
 
 
 
-#: Percentile of the views' positive counts that sets the upper end of a computed window.
-WINDOW_PERCENTILE = 99.5
+#: Upper end of the bone window in multiples of the bone reference level (bone_window).
+BONE_WINDOW_MULTIPLE = 2.5
 
 
-def display_window(frames: dict[View, SourceFrame]) -> tuple[float, float, str]:
+def bone_window(frames: dict[View, SourceFrame]) -> tuple[float, float, str]:
     """(center, width, explanation) of the VOI window for showing the views (PS3.3 C.11.2).
 
-    The source's first Window Center / Width where it has them; otherwise zero to the 99.5th
-    percentile of the views' positive counts, so that bone is readable and only the hottest
-    spots (bladder, injection site) saturate.
+    A bone-scan window: 0 to :data:`BONE_WINDOW_MULTIPLE` times the bone reference level ``R``,
+    the percentile of body counts that the segmenter normalises by (segmentation/preprocess.py,
+    step 3: it sits on normal bone), taken as the larger of the views' levels. Normal bone shows
+    at about 40 % of the range, lesions of 2.5 x bone and more, the bladder and the injection site
+    saturate. The source's own window is not used: set by the camera for the whole count range,
+    it leaves the skeleton dim.
     """
-    dataset = next(iter(frames.values())).dataset
-    center, width = _first(dataset.get("WindowCenter")), _first(dataset.get("WindowWidth"))
-    if center is not None and width is not None and float(width) >= 1:
-        return float(center), float(width), "source window"
-    counts = np.concatenate([frame.image.counts.ravel() for frame in frames.values()])
-    positive = counts[counts > 0]
-    upper = max(float(np.percentile(positive, WINDOW_PERCENTILE)) if positive.size else 1.0, 1.0)
-    return upper / 2, upper, f"0 to the {WINDOW_PERCENTILE} percentile of counts"
-
-
-def _first(value: object) -> object:
-    """The first value of a possibly multi-valued element (Window Center may hold several)."""
-    return value[0] if isinstance(value, MultiValue) else value
+    percentile = Preprocessing().percentile
+    levels = [
+        reference_level(frame.image.counts, body_mask(frame.image.counts), percentile)
+        for frame in frames.values()
+    ]
+    upper = max(BONE_WINDOW_MULTIPLE * max(levels), 1.0)
+    return upper / 2, upper, (
+        f"bone: 0 to {BONE_WINDOW_MULTIPLE:g} x the {percentile:g}th percentile of body counts"
+    )

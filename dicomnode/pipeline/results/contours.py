@@ -10,6 +10,7 @@ point is repeated at the end (a closed POLYLINE, PS3.3 C.10.5.1.2 and C.18.6.1.2
 
 from __future__ import annotations
 
+import highdicom as hd
 import numpy as np
 from scipy import ndimage
 from skimage import measure
@@ -17,6 +18,11 @@ from skimage import measure
 from segmentation.result import Lesion, ViewResult
 
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=int)
+
+#: The one colour of lesions in every result object: SC outlines (RGB), GSPS layer and SEG segment
+#: (as CIELab, PS3.3 C.10.7.1.1 and C.8.20.2: Recommended Display CIELab Value).
+LESION_RGB = (230, 0, 0)
+LESION_CIELAB = hd.color.CIELabColor.from_rgb(*LESION_RGB)
 
 
 def lesion_outlines(view_result: ViewResult) -> list[np.ndarray]:

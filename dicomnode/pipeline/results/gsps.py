@@ -7,9 +7,13 @@ short text summary on the layer ``SUMMARY``.
 
 highdicom reads the modality and VOI LUTs of an NM source from functional groups it does not
 have (docs/dicom.md, "Result objects"), so both are passed explicitly: the source's Rescale
-Slope / Intercept (identity when absent, PS3.3 C.11.1), and the window of
-:func:`~dicomnode.pipeline.results.common.display_window` (the source's own, or one computed from
-counts).
+Slope / Intercept (identity when absent, PS3.3 C.11.1), and the bone window of
+:func:`~dicomnode.pipeline.results.common.bone_window` (derived from the bone reference level, so
+that the skeleton is visible and the bladder saturates).
+
+Each graphic layer carries a Recommended Display Grayscale Value beside its CIELab colour (PS3.3
+C.10.7.1.1), for grayscale-only displays: both layers white, which stands out on the dark
+background and on normal bone (about 40 % of the window).
 """
 
 from __future__ import annotations
@@ -25,11 +29,11 @@ from dicomnode.pipeline.results.common import (
     Provenance,
     ResultKind,
     SourceFrame,
+    bone_window,
     check_writable,
-    display_window,
     source_datasets,
 )
-from dicomnode.pipeline.results.contours import lesion_outlines
+from dicomnode.pipeline.results.contours import LESION_CIELAB, lesion_outlines
 from dicomnode.pipeline.results.text import bsi_summary, view_summary
 from segmentation.scan import View
 
@@ -37,12 +41,14 @@ logger = logging.getLogger(__name__)
 
 LESION_LAYER = hd.pr.GraphicLayer(
     layer_name="LESIONS", order=1, description="AI bone metastasis contours",
-    display_color=hd.color.CIELabColor(53.2, 80.1, 67.2),  # red
+    display_color=LESION_CIELAB,  # red, as in the SEG and the SC
 )
 SUMMARY_LAYER = hd.pr.GraphicLayer(
     layer_name="SUMMARY", order=2, description="AI result summary",
     display_color=hd.color.CIELabColor(97.1, -21.6, 94.5),  # yellow
 )
+#: Recommended Display Grayscale Value (0070,0066) of each layer (module docstring).
+LAYER_GRAYSCALE = {"LESIONS": 0xFFFF, "SUMMARY": 0xFFFF}
 
 
 def build_presentation_state(
@@ -56,7 +62,7 @@ def build_presentation_state(
         annotation for frame in frames.values() for annotation in _annotations(frame, provenance, burden)
     ]
     slope, intercept = _rescale(first.dataset)
-    center, width, explanation = display_window(frames)
+    center, width, explanation = bone_window(frames)
     gsps = hd.pr.GrayscaleSoftcopyPresentationState(
         referenced_images=references,
         series_instance_uid=series.uid,
@@ -82,6 +88,8 @@ def build_presentation_state(
         ],
         series_description=series.description,
     )
+    for layer in gsps.GraphicLayerSequence:
+        layer.GraphicLayerRecommendedDisplayGrayscaleValue = LAYER_GRAYSCALE[layer.GraphicLayer]
     provenance.finish(gsps, first.dataset, series)
     logger.info("GSPS: %d contour(s) on %d view(s)", burden.lesion_count, len(frames))
     return [check_writable(gsps)]

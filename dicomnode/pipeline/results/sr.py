@@ -2,20 +2,34 @@
 
 Content (PS3.16 TID 1500, built with highdicom):
 
-- per lesion, a TID 1410 Planar ROI group: the outline as a 2-D SCOORD POLYLINE on its source
-  frame (no SCOORD3D: the source has no frame of reference; docs/dicom.md,
-  "Result objects"), finding "Neoplasm, Secondary" (SCT 14799000) in category "Morphologically abnormal
+- per lesion, a TID 1501 measurement group (tracking identifier and UID those of its GSPS
+  contour), finding "Neoplasm, Secondary" (SCT 14799000) in category "Morphologically abnormal
   structure", finding site where known (a region name of :mod:`segmentation.regions`, coded by
   :data:`SITE_CODES`; another name given by a segmenter is logged and left out), Image View
-  (DCM 111031) anterior or posterior projection,
-  and three TID 300 measurements: Area (SCT 42798000, mm2), Nuclear Medicine Projection Activity
-  (DCM 110820, UCUM ``{counts}``) with derivation Mean (SCT 373098007) and Maximum (SCT 56851009);
-- per view, a TID 1501 group with the Number of lesions (SCT 246206008) and their total Area;
-- for the study, a TID 1501 group with the number of lesions and total area over both views and
-  the approximate Bone Scan Index (percent; a local code, there is no standard concept for it);
+  (DCM 111031) anterior or posterior projection, the source image (instance and frame), and three
+  TID 300 measurements: Area (SCT 42798000, mm2), Nuclear Medicine Projection Activity
+  (DCM 110820, UCUM ``{counts}``) with derivation Mean (SCT 373098007) and Maximum (SCT 56851009).
+  The Area is INFERRED FROM (TID 300) the outline, a 2-D SCOORD POLYLINE on the source frame (no
+  SCOORD3D: a planar projection has no 3-D position), and from the view's SEG segment ("Source of
+  Measurement", DCM 121112, Referenced Segment Number 1) where SEGs are written. The SCOORD is a
+  child of the first NUM because that is where OHIF 3.13's SR reader and its measurement-tracking
+  adapter (cornerstone adapters, TID 1500) look ("No spatial coordinates group" otherwise); a
+  TID 1410 group-level SCOORD is drawn by OHIF but not tracked, and highdicom allows no SCOORD
+  under a TID 1410 measurement. The SEG reference ties each lesion to its segment (IHE AI Results);
+- the per-view and study numbers (number of lesions, SCT 246206008; total area; the approximate
+  Bone Scan Index, a local code: no standard concept names it) go into the "Derived Imaging
+  Measurements" container (DCM 126011, TID 1500 row 8, TID 1420), *not* into measurement groups of
+  "Imaging Measurements": OHIF 3.13 turns every measurement group into an annotation and stops
+  with ``Cannot read properties of undefined (reading 'ReferencedSOPSequence')`` on a group
+  without spatial coordinates. Per-view numbers carry the Image View (DCM 111031) as a concept
+  modifier;
 - a Qualitative Evaluations container (TID 1500 row 12, not built by highdicom) with TEXT
   comments: the summary, how the index is approximated, missing views and other notes, and
   "NOT FOR DIAGNOSTIC USE".
+
+Mean and maximum counts are the TID 300 pattern (one concept, Derivation modifier Mean /
+Maximum, as for SUV in PS3.16 TID 1419); OHIF labels a NUM by its concept name only, so there both
+read "Nuclear Medicine Projection Activity" (docs/conformance.md 8.1.4).
 
 The numbers are the :class:`SegmentationResult`'s own: highdicom writes each value as a decimal
 string and, where that rounds, also as Floating Point Value (PS3.3 C.18.1.1), so they read back
@@ -30,11 +44,11 @@ import highdicom as hd
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
+from pydicom.uid import SegmentationStorage
 
 from dicomnode.pipeline.results.burden import BSI_EXPLANATION, BoneBurden, SitedLesion
 from dicomnode.pipeline.results.common import (
     NOT_FOR_DIAGNOSTIC_USE,
-    VIEW_ABBREVIATIONS,
     Provenance,
     ResultKind,
     SourceFrame,
@@ -42,6 +56,7 @@ from dicomnode.pipeline.results.common import (
     source_datasets,
 )
 from dicomnode.pipeline.results.contours import lesion_outlines
+from dicomnode.pipeline.results.seg import view_series
 from dicomnode.pipeline.results.text import bsi_summary, study_summary
 from segmentation.scan import View
 
@@ -87,17 +102,21 @@ def build_report(
             _lesion_group(item, outline, frame, provenance, algorithm)
             for item, outline in zip(sited, outlines, strict=True)
         )
-    groups.extend(_view_group(frame, burden, provenance, algorithm) for frame in frames.values())
-    groups.append(_study_group(burden, provenance, algorithm))
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(provenance),
         procedure_reported=PROCEDURE,
-        imaging_measurements=groups,
+        imaging_measurements=groups or [_placeholder_group(provenance)],
     )
+    if not groups:  # no lesion: no Imaging Measurements container (TID 1500 rows 6, 8, 12: MC)
+        content = report[0].ContentSequence
+        for index in reversed(range(len(content))):
+            if content[index].ConceptNameCodeSequence[0].CodeValue == codes.DCM.ImagingMeasurements.value:
+                del content[index]
+    report[0].ContentSequence.append(_derived_measurements(frames, burden))
     report[0].ContentSequence.append(_comments(burden, provenance))
     first = next(iter(frames.values())).dataset
     sr = hd.sr.ComprehensiveSR(
-        evidence=source_datasets(frames),
+        evidence=[*source_datasets(frames), *_segmentation_evidence(frames, provenance)],
         content=report[0],
         series_instance_uid=series.uid,
         series_number=series.number,
@@ -148,26 +167,20 @@ def _observation_context(provenance: Provenance) -> hd.sr.ObservationContext:
 def _lesion_group(
     item: SitedLesion, outline, frame: SourceFrame, provenance: Provenance,
     algorithm: hd.sr.AlgorithmIdentification,
-) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     lesion = item.lesion
     identifier, uid = provenance.lesion_tracking(lesion)
     site = SITE_CODES.get(item.site or "")
     if item.site and site is None:
         logger.warning("%s: site %r has no code; the SR names no finding site", identifier, item.site)
-    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=uid, identifier=identifier),
-        referenced_region=hd.sr.ImageRegion(
-            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-            graphic_data=outline,
-            source_image=_region_source(frame),
-        ),
         finding_type=codes.SCT.NeoplasmSecondary,
         finding_category=codes.SCT.MorphologicallyAbnormalStructure,
         finding_sites=[hd.sr.FindingSite(site)] if site is not None else None,
         algorithm_id=algorithm,
         measurements=[
-            hd.sr.Measurement(name=codes.SCT.Area, value=lesion.area_mm2,
-                              unit=codes.UCUM.SquareMillimeter),
+            _area_from_outline(lesion.area_mm2, outline, frame, provenance),
             hd.sr.Measurement(name=NM_PROJECTION_ACTIVITY, value=lesion.mean_counts,
                               unit=codes.UCUM.Counts, derivation=codes.SCT.Mean),
             hd.sr.Measurement(name=NM_PROJECTION_ACTIVITY, value=lesion.peak_counts,
@@ -175,30 +188,6 @@ def _lesion_group(
         ],
         qualitative_evaluations=[
             hd.sr.QualitativeEvaluation(name=codes.DCM.ImageView, value=VIEW_CODES[lesion.view])
-        ],
-    )
-
-
-def _view_group(
-    frame: SourceFrame, burden: BoneBurden, provenance: Provenance,
-    algorithm: hd.sr.AlgorithmIdentification,
-) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    view = burden.views[frame.view]
-    name = VIEW_ABBREVIATIONS[frame.view]
-    return hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=provenance.uid("view summary", frame.view.value), identifier=f"{name} view lesions"
-        ),
-        finding_type=codes.SCT.NeoplasmSecondary,
-        finding_sites=[hd.sr.FindingSite(codes.SCT.Bone)],
-        algorithm_id=algorithm,
-        measurements=[
-            hd.sr.Measurement(name=codes.SCT.NumberOfLesions, value=view.lesion_count, unit=LESIONS_UNIT),
-            hd.sr.Measurement(name=codes.SCT.Area, value=view.total_area_mm2,
-                              unit=codes.UCUM.SquareMillimeter),
-        ],
-        qualitative_evaluations=[
-            hd.sr.QualitativeEvaluation(name=codes.DCM.ImageView, value=VIEW_CODES[frame.view])
         ],
         source_images=[
             hd.sr.SourceImageForMeasurementGroup(
@@ -209,26 +198,88 @@ def _view_group(
     )
 
 
-def _study_group(
-    burden: BoneBurden, provenance: Provenance, algorithm: hd.sr.AlgorithmIdentification
-) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    measurements = [
-        hd.sr.Measurement(name=codes.SCT.NumberOfLesions, value=burden.lesion_count, unit=LESIONS_UNIT),
-        hd.sr.Measurement(name=codes.SCT.Area, value=burden.total_area_mm2,
-                          unit=codes.UCUM.SquareMillimeter),
-    ]
-    if burden.bsi_percent is not None:
-        measurements.append(
-            hd.sr.Measurement(name=APPROXIMATE_BSI, value=burden.bsi_percent, unit=PERCENT)
-        )
+def _placeholder_group(provenance: Provenance) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """What highdicom needs to build a report without lesions; removed again by the caller."""
     return hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=provenance.uid("study summary"), identifier="Study bone burden"
-        ),
-        finding_type=codes.SCT.NeoplasmSecondary,
-        finding_sites=[hd.sr.FindingSite(codes.SCT.Bone)],
-        algorithm_id=algorithm,
-        measurements=measurements,
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=provenance.uid("no lesion"), identifier="none"),
+    )
+
+
+def _area_from_outline(
+    area_mm2: float, outline, frame: SourceFrame, provenance: Provenance
+) -> hd.sr.Measurement:
+    """The lesion's Area, INFERRED FROM its outline and, where written, its SEG segment."""
+    area = hd.sr.Measurement(
+        name=codes.SCT.Area, value=area_mm2, unit=codes.UCUM.SquareMillimeter,
+        referenced_coordinates=[hd.sr.CoordinatesForMeasurement(
+            graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=outline,
+            source_image=_region_source(frame),
+        )],
+    )
+    seg = _segmentation_reference(frame, provenance)
+    if seg is not None:
+        area[0].ContentSequence.append(hd.sr.ImageContentItem(
+            name=codes.DCM.SourceOfMeasurement,
+            referenced_sop_class_uid=SegmentationStorage,
+            referenced_sop_instance_uid=seg.SOPInstanceUID,
+            referenced_segment_numbers=[1],
+            relationship_type=hd.sr.RelationshipTypeValues.INFERRED_FROM,
+        ))
+    return area
+
+
+def _segmentation_reference(frame: SourceFrame, provenance: Provenance) -> Dataset | None:
+    """SOP class, instance, series and study of the view's SEG, when this run writes SEGs.
+
+    The SEG's UIDs are derived from the same inputs as the SR's (common.Provenance.uid), so
+    they are known without building the SEG."""
+    if ResultKind.SEG not in provenance.options.kinds:
+        return None
+    reference = Dataset()
+    reference.SOPClassUID = SegmentationStorage
+    reference.SOPInstanceUID = provenance.uid(ResultKind.SEG.value, frame.view.value)
+    reference.SeriesInstanceUID = view_series(provenance, frame.view).uid
+    reference.StudyInstanceUID = frame.dataset.StudyInstanceUID
+    return reference
+
+
+def _segmentation_evidence(frames: dict[View, SourceFrame], provenance: Provenance) -> list[Dataset]:
+    references = (_segmentation_reference(frame, provenance) for frame in frames.values())
+    return [reference for reference in references if reference is not None]
+
+
+def _derived_measurements(
+    frames: dict[View, SourceFrame], burden: BoneBurden
+) -> hd.sr.ContainerContentItem:
+    """TID 1500 row 8, "Derived Imaging Measurements" (TID 1420): per view and study numbers."""
+    items: list = []
+    for frame in frames.values():
+        view = burden.views[frame.view]
+        for name, value, unit in (
+            (codes.SCT.NumberOfLesions, view.lesion_count, LESIONS_UNIT),
+            (codes.SCT.Area, view.total_area_mm2, codes.UCUM.SquareMillimeter),
+        ):
+            item = _number(name, value, unit)
+            item.ContentSequence = hd.sr.ContentSequence([hd.sr.CodeContentItem(
+                name=codes.DCM.ImageView, value=VIEW_CODES[frame.view],
+                relationship_type=hd.sr.RelationshipTypeValues.HAS_CONCEPT_MOD,
+            )])
+            items.append(item)
+    items.append(_number(codes.SCT.NumberOfLesions, burden.lesion_count, LESIONS_UNIT))
+    items.append(_number(codes.SCT.Area, burden.total_area_mm2, codes.UCUM.SquareMillimeter))
+    if burden.bsi_percent is not None:
+        items.append(_number(APPROXIMATE_BSI, burden.bsi_percent, PERCENT))
+    container = hd.sr.ContainerContentItem(
+        name=codes.DCM.DerivedImagingMeasurements,
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+    )
+    container.ContentSequence = hd.sr.ContentSequence(items)
+    return container
+
+
+def _number(name: Code, value: float, unit: Code) -> hd.sr.NumContentItem:
+    return hd.sr.NumContentItem(
+        name=name, value=value, unit=unit, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
     )
 
 

@@ -35,3 +35,15 @@ def study_summary(burden: BoneBurden) -> str:
         f"{burden.lesion_count} {noun} in {views} view{'s' if views > 1 else ''}, "
         f"{burden.total_area_mm2:.1f} mm2 in total (a lesion seen in both views counts in each)."
     )
+
+
+def clip_words(text: str, limit: int) -> str:
+    """``text`` if it fits in ``limit`` characters, else its longest prefix of whole words.
+
+    For length-limited DICOM strings (LO: 64 characters, PS3.5 Table 6.2-1) that a person reads:
+    a value is never cut in the middle of a word. Trailing separators are dropped.
+    """
+    if len(text) <= limit:
+        return text
+    cut = text[: limit + 1].rsplit(" ", 1)[0] if " " in text[: limit + 1] else text[:limit]
+    return cut[:limit].rstrip(" ,;:")
