@@ -101,6 +101,7 @@ DCMTK_STATUS_TEXT = {
     "Refused: OutOfResources": 0xA700,
     "Error: DataSetDoesNotMatchSOPClass": 0xA900,
     "Error: CannotUnderstand": 0xC000,
+    "Unknown Status: 0x110": 0x0110,  # dcmtk has no name for the general Processing failure
 }
 
 

@@ -107,8 +107,7 @@ CLAUSES: dict[int, dict[str, list[str]]] = {
 
 
 #: Parts of those rows that introduce clauses rather than state one.
-HEADINGS = {"Not readable in the negotiated transfer syntax", "For whole-body NM images only",
-            "any unexpected error (never an unanswered request)"}
+HEADINGS = {"Not readable in the negotiated transfer syntax", "For whole-body NM images only"}
 
 
 def _row(status: int) -> str:

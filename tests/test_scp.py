@@ -266,3 +266,21 @@ def test_the_error_comment_leads_with_the_reason_and_ends_at_a_word() -> None:
     assert len(long) <= ERROR_COMMENT_LENGTH and long.endswith("...") and long.startswith("Affected SOP")
     assert long[:-3].split()[-1] in "Affected SOP Instance UID '1.2.x' is not a UID (digits and dots".split()
     assert error_comment("bad \\ value\n\x1b") == "bad ? value??"
+
+
+def test_an_unexpected_error_is_a_processing_failure_with_the_bytes_kept(tmp_path: Path, monkeypatch) -> None:
+    """A fault of the node (here an index that raises what nothing expects) is 0x0110, which a sender
+    may retry, not 0xC000 'cannot understand', which blames the data; the bytes go to quarantine."""
+    import dicomnode.pipeline.receiver as receiver
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug, not the data")
+
+    monkeypatch.setattr(receiver, "ingest", broken)
+    files = write_files(small_study("multiframe", seed=8), tmp_path / "study")
+    with running_node(tmp_path) as node:
+        run = storescu(node.port, files)
+        (refused,) = node.quarantined()
+    assert run.statuses == [0x0110]
+    assert refused.status == "0x0110" and refused.path is not None
+    assert refused.reason.startswith("unexpected error: RuntimeError")

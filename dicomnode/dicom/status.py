@@ -47,6 +47,7 @@ class Status(IntEnum):
     """C-STORE response statuses the receiver answers (PS3.4 Table B.2-1, PS3.7 Annex C)."""
 
     SUCCESS = 0x0000
+    PROCESSING_FAILURE = 0x0110  # PS3.7 C.4: our own fault, not the data's; the sender may retry
     SOP_CLASS_NOT_SUPPORTED = 0x0122
     OUT_OF_RESOURCES = 0xA700
     DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900

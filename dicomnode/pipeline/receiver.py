@@ -30,8 +30,9 @@ refused bytes go to the spool's quarantine with the reason, and a ``quarantine``
    file starts in a background thread before step 2 and overlaps it
    (:meth:`dicomnode.store.spool.Spool.stage`); a refused instance's temporary file is removed;
 4. spool or database trouble (``OSError``, database unavailable or locked) → 0xA700 (retry later);
-   anything unexpected → 0xC000 and quarantine. Nothing is raised out of the handler (pynetdicom would
-   answer 0xC211 without our reason).
+   anything unexpected (a fault of this node, not of the data) → 0x0110 Processing failure, which a
+   sender may retry (our own exporter does, :mod:`dicomnode.dicom.status`), and the bytes are kept in
+   quarantine. Nothing is raised out of the handler (pynetdicom would answer 0xC211 without our reason).
 
 Transport: every accepted connection gets ``TCP_NODELAY`` (a C-STORE response is one small PDU that
 would otherwise wait on the sender's delayed ACK), and the receiver offers ``node.max_pdu_size``
@@ -181,7 +182,7 @@ class Receiver:
                                 calling_ae, claimed_uid, keep=False)
         except Exception as exc:  # the promise: no input crashes the receiver
             log.exception("C-STORE %s from %s: unexpected error", claimed_uid, calling_ae)
-            return self._refuse(Status.CANNOT_UNDERSTAND, f"unexpected error: {type(exc).__name__}: {exc}"[:300],
+            return self._refuse(Status.PROCESSING_FAILURE, f"unexpected error: {type(exc).__name__}: {exc}"[:300],
                                 data, calling_ae, claimed_uid, keep=True)
         for warning in instance.warnings:
             log.warning("C-STORE %s from %s: accepted with warning: %s", claimed_uid, calling_ae, warning)
