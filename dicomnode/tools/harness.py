@@ -201,7 +201,13 @@ def start_pacs(directory: Path, kind: str = "auto") -> Pacs:
 
 
 def delivered_results(database: Database, study_uid: str) -> tuple[bool, str | None, dict[str, ResultKind]]:
-    """(finished, error, the delivered result objects by SOP Instance UID) of the study's latest job."""
+    """(finished, error, the delivered result objects by SOP Instance UID) of the study.
+
+    Finished when the job of the study's latest version is done and every result object of its done
+    jobs is delivered (a later job handles only what changed: its acquisitions' results may come
+    from an earlier job); an error when the latest job failed, an export was refused or failed, or
+    no job wrote any result (then the "not processable" reasons).
+    """
     with database.session() as session:
         study = session.scalars(select(Study).where(Study.study_instance_uid == study_uid)).one_or_none()
         if study is None or not study.jobs:
@@ -211,11 +217,13 @@ def delivered_results(database: Database, study_uid: str) -> tuple[bool, str | N
             return True, f"processing failed: {job.error}", {}
         if job.state is not JobState.DONE:
             return False, None, {}
-        exports = [(result, export) for result in job.results for export in result.exports]
-        if not job.results:
+        results = [result for done in study.jobs if done.state is JobState.DONE for result in done.results]
+        if not results:
             reasons = session.scalars(select(AcquisitionOutcome.reason).where(
-                AcquisitionOutcome.job_id == job.id, AcquisitionOutcome.state == AcquisitionState.NOT_PROCESSABLE)).all()
+                AcquisitionOutcome.study_id == study.id,
+                AcquisitionOutcome.state == AcquisitionState.NOT_PROCESSABLE)).all()
             return True, "not processable: " + ("; ".join(r or "" for r in reasons) or "no result objects"), {}
+        exports = [(result, export) for result in results for export in result.exports]
         refused = [e for _, e in exports if e.state in (ExportState.REFUSED, ExportState.FAILED)]
         if refused:
             return True, f"export {refused[0].state.value}: {refused[0].last_status} {refused[0].last_error}", {}
