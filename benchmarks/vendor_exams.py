@@ -26,11 +26,10 @@ import pydicom
 from dicomnode.dicom.peers import Destination
 from dicomnode.dicom.scu import send_files
 from dicomnode.ops.service import Node
-from dicomnode.store.models import Job, JobState
 from dicomnode.synth import write_studies
 from dicomnode.synth.vendors import VENDORS
 from dicomnode.tools.demo import node_config
-from dicomnode.tools.harness import free_port, start_pacs
+from dicomnode.tools.harness import delivered_results, free_port, start_pacs
 
 SEG = "1.2.840.10008.5.1.4.1.1.66.4"
 KINDS = {SEG: "SEG", "1.2.840.10008.5.1.4.1.1.11.1": "GSPS", "1.2.840.10008.5.1.4.1.1.88.33": "SR",
@@ -62,17 +61,18 @@ def main() -> int:
                 answers[Path(result.path)] = result.ok and result.status == 0x0000
         deadline = time.monotonic() + args.timeout
         while time.monotonic() < deadline:
-            with node.database.session() as session:
-                jobs = session.query(Job.state).all()
-            if len(jobs) == len(exams) and all(state is JobState.DONE for (state,) in jobs):
-                received = [pydicom.dcmread(item.path) for item in pacs.received().values()]
-                expected = 5 * (len(exams) + 1)  # a SEG per view, GSPS, SR, SC per acquisition
-                if len(received) >= expected:
-                    break
+            states = [delivered_results(node.database, uid) for uid, _ in exams.values()]
+            if all(finished for finished, _, _ in states):
+                break
             time.sleep(0.5)
         else:
             print("timed out waiting for the results", file=sys.stderr)
             return 1
+        errors = [error for _, error, _ in states if error]
+        if errors:
+            print(f"not every exam got results: {errors}", file=sys.stderr)
+            return 1
+        received = [pydicom.dcmread(item.path) for item in pacs.received().values()]
     finally:
         node.stop()
         pacs.stop()
