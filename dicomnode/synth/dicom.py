@@ -142,6 +142,36 @@ def _patient_orientation_codes(ds: Dataset) -> None:
     ds.PatientGantryRelationshipCodeSequence = Sequence([_code(codes.cid21.Headfirst)])
 
 
+def part10_meta(sop_class_uid: str, sop_instance_uid: str) -> FileMetaDataset:
+    """File Meta Information (PS3.10 §7.1) of a simulated instance, written explicit VR little endian."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class_uid
+    meta.MediaStorageSOPInstanceUID = sop_instance_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    return meta
+
+
+def new_instance(sop_class_uid: str, sop_instance_uid: str) -> Dataset:
+    """An empty simulated instance: file meta, Latin-1 character set, SOP Common (PS3.3 C.12.1)."""
+    ds = Dataset()
+    ds.file_meta = part10_meta(sop_class_uid, sop_instance_uid)
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class_uid, sop_instance_uid
+    return ds
+
+
+def set_general_study(ds: Dataset, ident: StudyIdentity, description: str) -> None:
+    """General Study (PS3.3 C.7.2.1), and every date/time of the instance at the acquisition."""
+    acquired = ident.acquired
+    ds.StudyInstanceUID = ident.study_uid
+    ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = _date(acquired)
+    ds.StudyTime = ds.SeriesTime = ds.AcquisitionTime = ds.ContentTime = _time(acquired)
+    ds.ReferringPhysicianName = ""
+    ds.StudyID = f"{ident.index:04d}"
+    ds.AccessionNumber = ident.accession
+    ds.StudyDescription = description
+
+
 def nm_dataset(study: SimulatedStudy, ident: StudyIdentity, views: tuple[View, ...],
                instance_number: int) -> Dataset:
     """An NM Image Storage instance holding ``views`` as its frames (in that order)."""
@@ -151,16 +181,7 @@ def nm_dataset(study: SimulatedStudy, ident: StudyIdentity, views: tuple[View, .
     acquired = ident.acquired
     p, acq = study.patient, study.acquisition
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = NuclearMedicineImageStorage
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.SOPClassUID = NuclearMedicineImageStorage
-    ds.SOPInstanceUID = sop_uid
+    ds = new_instance(NuclearMedicineImageStorage, sop_uid)
     # Patient (C.7.1.1)
     ds.PatientName = ident.patient_name
     ds.PatientID = ident.patient_id
@@ -169,14 +190,7 @@ def nm_dataset(study: SimulatedStudy, ident: StudyIdentity, views: tuple[View, .
     ds.PatientAge = f"{p.age_years:03d}Y"
     ds.PatientSize = f"{p.height_mm / 1000:.2f}"
     ds.PatientWeight = f"{22.0 * p.build ** 2 * (p.height_mm / 1000) ** 2:.1f}"  # BMI 22 × build²
-    # General Study (C.7.2.1)
-    ds.StudyInstanceUID = ident.study_uid
-    ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = _date(acquired)
-    ds.StudyTime = ds.SeriesTime = ds.AcquisitionTime = ds.ContentTime = _time(acquired)
-    ds.ReferringPhysicianName = ""
-    ds.StudyID = f"{ident.index:04d}"
-    ds.AccessionNumber = ident.accession
-    ds.StudyDescription = "NM Bone Scan Whole Body"
+    set_general_study(ds, ident, "NM Bone Scan Whole Body")
     # General Series (C.7.3.1)
     ds.Modality = "NM"
     ds.SeriesInstanceUID = ident.series_uid

@@ -38,16 +38,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import (
-    ExplicitVRLittleEndian,
     NuclearMedicineImageStorage,
     SecondaryCaptureImageStorage,
     generate_uid,
 )
 
-from dicomnode.synth.dicom import StudyIdentity, nm_dataset
+from dicomnode.synth.dicom import StudyIdentity, nm_dataset, part10_meta
 from dicomnode.synth.simulate import SimulatedStudy
 from segmentation.scan import View
 
@@ -96,8 +95,8 @@ def write_vendor_exam(study: SimulatedStudy, ident: StudyIdentity, folder: Path,
         ds = _identify(_static(template, views, vendor), uid, name, number)
         entries.append(_save(ds, folder, f"{name}.dcm", "static"))
         number += 1
-    for name, build, kind in (("tomo", _tomo, "tomo"), ("recon_tomo", _recon_tomo, "recon-tomo")):
-        ds = _identify(build(template, uid), uid, name, number)
+    for name, ds, kind in (("tomo", _tomo(template), "tomo"), ("recon_tomo", _recon_tomo(template, uid), "recon-tomo")):
+        ds = _identify(ds, uid, name, number)
         entries.append(_save(ds, folder, f"{name}.dcm", kind))
         number += 1
     ds = _identify(_screen_capture(template), uid, "screens", number)
@@ -207,7 +206,7 @@ def _projection_pixels(frames: int) -> bytes:
     return rng.poisson(20, size=(frames, TOMO_MATRIX, TOMO_MATRIX)).astype("<u2").tobytes()
 
 
-def _tomo(template: Dataset, uid: Callable[[str], str]) -> Dataset:
+def _tomo(template: Dataset) -> Dataset:
     """TOMO projections (PS3.3 C.8.4.8.1.1: Energy Window, Detector, Rotation, Angular View vectors)."""
     ds = _small_nm(template, ["ORIGINAL", "PRIMARY", "TOMO", "EMISSION"], "SPECT Bone")
     per_head = TOMO_FRAMES // 2
@@ -304,11 +303,7 @@ def _identify(ds: Dataset, uid: Callable[[str], str], name: str, number: int) ->
         ds.SeriesNumber = 10 + number
     ds.SOPInstanceUID = uid(f"instance-{name}-{number}")
     ds.InstanceNumber = number
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta = meta
+    ds.file_meta = part10_meta(ds.SOPClassUID, ds.SOPInstanceUID)
     return ds
 
 

@@ -26,13 +26,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.sr.codedict import codes
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, NuclearMedicineImageStorage
+from pydicom.uid import CTImageStorage, NuclearMedicineImageStorage
 
 import dicomnode
-from dicomnode.synth.dicom import ENERGY_WINDOW_KEV, MANUFACTURER, StudyIdentity, _code, _date, _patient_orientation_codes, _time
+from dicomnode.synth.dicom import (
+    ENERGY_WINDOW_KEV,
+    MANUFACTURER,
+    StudyIdentity,
+    _code,
+    _patient_orientation_codes,
+    _time,
+    new_instance,
+    set_general_study,
+)
 from segmentation.volume import SLICE_VECTOR_TAG, VolumeGeometry
 
 HU_OFFSET = 1024
@@ -42,24 +51,11 @@ BODY_PART = "CHESTABDPELVIS"
 
 def _base(ident: StudyIdentity, sop_class: str, sop_uid: str, modality: str, series_uid: str, series_number: int,
           description: str, frame_of_reference: str) -> Dataset:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, sop_uid
+    ds = new_instance(sop_class, sop_uid)
     acquired = ident.acquired
     ds.PatientName, ds.PatientID = ident.patient_name, ident.patient_id
     ds.PatientBirthDate, ds.PatientSex = f"{acquired.year - 60:04d}0101", "O"
-    ds.StudyInstanceUID = ident.study_uid
-    ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = _date(acquired)
-    ds.StudyTime = ds.SeriesTime = ds.AcquisitionTime = ds.ContentTime = _time(acquired)
-    ds.ReferringPhysicianName = ""
-    ds.StudyID = f"{ident.index:04d}"
-    ds.AccessionNumber = ident.accession
-    ds.StudyDescription = "NM Bone SPECT-CT"
+    set_general_study(ds, ident, "NM Bone SPECT-CT")
     ds.Modality = modality
     ds.SeriesInstanceUID = series_uid
     ds.SeriesNumber = series_number
