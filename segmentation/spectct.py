@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Sequence
@@ -139,11 +140,27 @@ DEFAULT_SPECTCT_CARD = Path(__file__).parent / "weights" / "spectct-spectct-mtun
 
 
 class HybridSegmenter:
-    """A loaded SPECT/CT model (once per process) and the one path from DICOM to class probabilities."""
+    """The SPECT/CT model and the one path from DICOM to class probabilities.
+
+    The model is read (and its weights' hash checked) on first use, so that a process that never meets
+    a SPECT/CT acquisition never loads it.
+    """
 
     def __init__(self, card_path: Path = DEFAULT_SPECTCT_CARD, device: torch.device | str = "cpu") -> None:
+        self.card_path = Path(card_path)
         self.device = torch.device(device)
-        self.net, self.card = load_spectct_model(card_path, self.device)
+
+    @functools.cached_property
+    def _model(self) -> tuple[SegmentationNetwork, SpectCTCard]:
+        return load_spectct_model(self.card_path, self.device)
+
+    @property
+    def net(self) -> SegmentationNetwork:
+        return self._model[0]
+
+    @property
+    def card(self) -> SpectCTCard:
+        return self._model[1]
 
     @property
     def algorithm(self) -> Algorithm:

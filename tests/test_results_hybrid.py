@@ -40,7 +40,7 @@ def _objects(exam, tmp_path: Path) -> dict[str, pydicom.Dataset]:
     cts, nm, labels = exam
     objects = build_hybrid_results(cts, nm, _onehot(labels), algorithm=ALGORITHM, created=datetime(2025, 1, 2, 3, 4, 5))
     out = {}
-    for ds in objects:
+    for _, ds in objects:
         path = tmp_path / f"{ds.Modality}.dcm"
         ds.save_as(path, enforce_file_format=True)
         out[ds.Modality] = pydicom.dcmread(path)
@@ -98,7 +98,7 @@ def test_kinds_switch_objects_off_and_a_missing_ct_is_refused(exam):
     cts, nm, labels = exam
     only = build_hybrid_results(cts, None, _onehot(labels), algorithm=ALGORITHM,
                                 options=ResultOptions(kinds=(ResultKind.SEG,)))
-    assert [ds.Modality for ds in only] == ["SEG"]
+    assert [ds.Modality for _, ds in only] == ["SEG"]
     with pytest.raises(ValueError, match="CT series"):
         build_hybrid_results([], nm, _onehot(labels), algorithm=ALGORITHM)
     with pytest.raises(ValueError, match="do not match"):
@@ -109,7 +109,7 @@ def test_objects_pass_dicom3tools_and_dcmqi_reads_the_seg(exam, tmp_path):
     cts, nm, labels = exam
     objects = build_hybrid_results(cts, nm, _onehot(labels), algorithm=ALGORITHM)
     paths = []
-    for ds in objects:
+    for _, ds in objects:
         paths.append(tmp_path / f"{ds.Modality}.dcm")
         ds.save_as(paths[-1], enforce_file_format=True)
         assert dciodvfy_errors(paths[-1]) == []

@@ -20,17 +20,13 @@ import dataclasses
 import io
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
-from pydicom.uid import (
-    GrayscaleSoftcopyPresentationStateStorage,
-    NuclearMedicineImageStorage,
-    SegmentationStorage,
-)
+from pydicom.uid import NuclearMedicineImageStorage
 
 from dicomnode.dicom.sop import RECEIVED, ResultKind, instance_kind
 from dicomnode.pipeline.results import ResultOptions, build_results
@@ -122,22 +118,8 @@ def segment_acquisition(acquisition: Acquisition, segmenter: Segmenter, options:
     notes = (f"{name}", *acquisition.notes, *scan.notes, *repairs)
     scan = dataclasses.replace(scan, notes=tuple(dict.fromkeys(notes)))
     result = segmenter.segment(scan)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            objects = build_results(result, sources, options, study_version=result_set)
-            encoded = tuple(encode(dataset) for _, dataset in objects)
-        except DATA_ERRORS as exc:
-            log.warning("result building failed", extra={"study_uid": scan.study_instance_uid,
-                                                         "error": type(exc).__name__})
-            return AcquisitionRun(acquisition, result=result,
-                                  reason=f"results cannot be built from these headers ({type(exc).__name__})")
-        finally:
-            if caught:  # highdicom / pydicom warnings quote attribute values (patient names): not shown
-                log.info("library warnings while building results withheld (they may quote patient data)",
-                         extra={"count": len(caught),
-                                "categories": sorted({w.category.__name__ for w in caught})})
-    return AcquisitionRun(acquisition, result=result, objects=tuple(objects), encoded=encoded)
+    return _built(acquisition, scan.study_instance_uid,
+                  lambda: build_results(result, sources, options, study_version=result_set), result)
 
 
 def segment_hybrid(acquisition: HybridAcquisition, segmenter: HybridSegmenter, options: ResultOptions,
@@ -153,31 +135,36 @@ def segment_hybrid(acquisition: HybridAcquisition, segmenter: HybridSegmenter, o
     except GeometryError as exc:
         return AcquisitionRun(acquisition, reason=f"SPECT/CT geometry cannot be read: {exc}")
     ct, repairs = repair_sources(acquisition.ct)
-    with warnings.catch_warnings(record=True):
-        warnings.simplefilter("always")  # library warnings quote attribute values (patient data)
-        try:
-            datasets = build_hybrid_results(ct, acquisition.spect, probabilities, algorithm=segmenter.algorithm,
-                                            options=options, study_version=result_set)
-            encoded = tuple(encode(dataset) for dataset in datasets)
-        except DATA_ERRORS as exc:
-            log.warning("SPECT/CT result building failed", extra={"error": type(exc).__name__})
-            return AcquisitionRun(acquisition, reason=f"results cannot be built from these headers ({type(exc).__name__})")
     if repairs:
         log.info("SPECT/CT sources repaired before result building", extra={"repairs": len(repairs)})
-    objects = tuple((result_kind(dataset), dataset) for dataset in datasets)
-    return AcquisitionRun(acquisition, objects=objects, encoded=encoded)
+    return _built(acquisition, str(acquisition.spect.StudyInstanceUID),
+                  lambda: build_hybrid_results(ct, acquisition.spect, probabilities, algorithm=segmenter.algorithm,
+                                               options=options, study_version=result_set))
 
 
-def result_kind(dataset: Dataset) -> ResultKind:
-    """The result family of an object the node wrote, by its SOP class (PS3.4 B.5)."""
-    sop_class = str(dataset.SOPClassUID)
-    if sop_class == SegmentationStorage:
-        return ResultKind.SEG
-    if sop_class == GrayscaleSoftcopyPresentationStateStorage:
-        return ResultKind.GSPS
-    if dataset.Modality == "SR":
-        return ResultKind.SR
-    return ResultKind.SC
+def _built(acquisition: Acquisition | HybridAcquisition, study_uid: str,
+           build: Callable[[], list[tuple[ResultKind, Dataset]]],
+           result: SegmentationResult | None = None) -> AcquisitionRun:
+    """The run of an acquisition whose result objects ``build`` makes, each encoded as a Part 10 file.
+
+    Building and encoding are one step, so a header that cannot be written is a "not processable"
+    reason (:data:`DATA_ERRORS`), never a retried crash. Library warnings raised meanwhile quote
+    attribute values (patient names) and are only counted in the log.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            objects = build()
+            encoded = tuple(encode(dataset) for _, dataset in objects)
+        except DATA_ERRORS as exc:
+            log.warning("result building failed", extra={"study_uid": study_uid, "error": type(exc).__name__})
+            return AcquisitionRun(acquisition, result=result,
+                                  reason=f"results cannot be built from these headers ({type(exc).__name__})")
+        finally:
+            if caught:
+                log.info("library warnings while building results withheld (they may quote patient data)",
+                         extra={"count": len(caught), "categories": sorted({w.category.__name__ for w in caught})})
+    return AcquisitionRun(acquisition, result=result, objects=tuple(objects), encoded=encoded)
 
 
 def segment_study(datasets: Sequence[Dataset], segmenter: Segmenter, options: ResultOptions,

@@ -42,6 +42,7 @@ The segmenter is loaded once per process (:func:`dicomnode.pipeline.processing.l
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import threading
@@ -52,7 +53,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from sqlalchemy import select
 
-from dicomnode.dicom.sop import SEGMENTED_KIND, SEGMENTED_KINDS, ObjectKind, ResultKind
+from dicomnode.dicom.sop import SEGMENTED_KIND, SEGMENTED_KINDS, ObjectKind
 from dicomnode.pipeline.processing import (
     AcquisitionRun,
     UnreadableStudy,
@@ -135,9 +136,13 @@ class Worker:
         self.destinations = tuple(destinations)
         self.policy = policy
         self.owner = owner or worker_name("worker")
-        self._hybrid: HybridSegmenter | None = None
         self.waiting_for: str | None = None  # the condition this worker is paused for, if any
         self._stop = threading.Event()
+
+    @functools.cached_property
+    def hybrid_segmenter(self) -> HybridSegmenter:
+        """The SPECT/CT model, on the planar segmenter's device; it reads its weights on first use."""
+        return HybridSegmenter(device=self.segmenter.device)
 
     def run_once(self) -> bool:
         """Claim and process one job; False when there was nothing to do (or the spool is below its
@@ -256,7 +261,7 @@ class Worker:
                          extra={"job": job.id, "study_uid": job.study_instance_uid})
                 continue
             if isinstance(acquisition, HybridAcquisition):
-                run = segment_hybrid(acquisition, self.hybrid_segmenter(acquisition), self.options, result_sets + 1)
+                run = segment_hybrid(acquisition, self.hybrid_segmenter, self.options, result_sets + 1)
             else:
                 run = segment_acquisition(acquisition, self.segmenter, self.options, result_sets + 1)
             if run.processed:
@@ -274,13 +279,6 @@ class Worker:
                 outcomes.append(Outcome(acquisition.key, acquisition.label, fingerprint,
                                         AcquisitionState.NOT_PROCESSABLE, run.reason))
         return stored, outcomes
-
-    def hybrid_segmenter(self, acquisition: HybridAcquisition) -> HybridSegmenter:
-        """The SPECT/CT model, loaded on the first SPECT/CT acquisition this process sees (on the
-        planar segmenter's device); none is loaded for an acquisition that will not be segmented."""
-        if self._hybrid is None and acquisition.refusal is None:
-            self._hybrid = HybridSegmenter(device=self.segmenter.device)
-        return self._hybrid  # type: ignore[return-value]  # unused when the acquisition is refused
 
     def _study_contents(self, job: ClaimedJob) -> tuple[dict[str, tuple[Dataset, str, str]], dict[str, int],
                                                         set[str], int]:

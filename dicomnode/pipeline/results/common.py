@@ -308,6 +308,14 @@ class Provenance:
         """Manufacturer's Model Name (0008,1090): the algorithm that produced the result."""
         return self.result.algorithm.name[:_MAX_LO]
 
+    @property
+    def equipment(self) -> dict[str, str]:
+        """General Equipment (PS3.3 C.7.5.1) as the keyword arguments of highdicom's constructors
+        that require it (SEG, GSPS); :meth:`finish` writes the same values on every object."""
+        return {"manufacturer": self.options.manufacturer, "manufacturer_model_name": self.model_name,
+                "software_versions": self.options.software_version,
+                "device_serial_number": self.options.serial_number()}
+
     def finish(self, dataset: Dataset, source: Dataset, series: SeriesIdentity) -> Dataset:
         """Add the attributes highdicom does not set, consistently on every result object."""
         if "SpecificCharacterSet" in source:
@@ -321,7 +329,9 @@ class Provenance:
                 setattr(dataset, date_keyword, date)
                 setattr(dataset, time_keyword, time)
         dataset.Manufacturer = self.options.manufacturer
+        dataset.ManufacturerModelName = self.model_name
         dataset.SoftwareVersions = self.options.software_version
+        dataset.DeviceSerialNumber = self.options.serial_number()
         if self.options.institution_name:
             dataset.InstitutionName = self.options.institution_name
         if dataset.Modality != "SR":  # SR Document Series has no Body Part Examined

@@ -141,8 +141,9 @@ def hybrid_volume(ct_datasets: Sequence[Dataset], nm_recon_dataset: Dataset | No
 def build_hybrid_results(ct_datasets: Sequence[Dataset], nm_recon_dataset: Dataset | None,
                          probabilities: np.ndarray, *, algorithm: Algorithm,
                          options: ResultOptions | None = None, study_version: int = 1,
-                         created: datetime | None = None) -> list[Dataset]:
-    """SEG, SR and SC (those of ``options.kinds``; GSPS has no SPECT/CT form) of one SPECT/CT result."""
+                         created: datetime | None = None) -> list[tuple[ResultKind, Dataset]]:
+    """SEG, SR and SC (those of ``options.kinds``; GSPS has no SPECT/CT form) of one SPECT/CT result,
+    each with its kind, as :func:`dicomnode.pipeline.results.build_results` returns them."""
     from dicomnode.pipeline.results.hybrid_sc import build_hybrid_picture
     from dicomnode.pipeline.results.hybrid_seg import build_hybrid_segmentation
     from dicomnode.pipeline.results.hybrid_sr import build_hybrid_report
@@ -157,17 +158,17 @@ def build_hybrid_results(ct_datasets: Sequence[Dataset], nm_recon_dataset: Datas
         created=created or datetime.now(),
         source_uids=tuple(sources),
     )
-    out: list[Dataset] = []
+    out: list[tuple[ResultKind, Dataset]] = []
     seg = build_hybrid_segmentation(volume, provenance)
     if ResultKind.SEG in options.kinds:
-        out.append(seg)
+        out.append((ResultKind.SEG, seg))
     if ResultKind.SR in options.kinds:
         if ResultKind.SEG in options.kinds:
-            out.append(build_hybrid_report(volume, provenance, seg))
+            out.append((ResultKind.SR, build_hybrid_report(volume, provenance, seg)))
         else:  # TID 1411 needs a region; the lesions' region is their SEG segment
             logger.warning("SPECT/CT SR left out: it refers to the SEG, which the configuration switches off")
     if ResultKind.SC in options.kinds:
-        out.append(build_hybrid_picture(volume, provenance))
+        out.append((ResultKind.SC, build_hybrid_picture(volume, provenance)))
     logger.info("SPECT/CT results: %d lesion(s) (%d metastatic, %d benign), %d object(s)",
                 len(volume.lesions), sum(les.label == METASTATIC for les in volume.lesions),
                 sum(les.label == BENIGN for les in volume.lesions), len(out))

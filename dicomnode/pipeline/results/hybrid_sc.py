@@ -103,8 +103,6 @@ def build_hybrid_picture(volume: HybridVolume, provenance: Provenance) -> Datase
     sc.BurnedInAnnotation = "YES"
     sc.ConversionType = "WSD"
     sc.ImageComments = f"AI bone lesions on fused SPECT/CT; {NOT_FOR_DIAGNOSTIC_USE}"
-    sc.ManufacturerModelName = provenance.model_name
-    sc.DeviceSerialNumber = provenance.options.serial_number()
     sc.DateOfSecondaryCapture = provenance.created.strftime("%Y%m%d")
     sc.TimeOfSecondaryCapture = provenance.created.strftime("%H%M%S.%f")
     provenance.finish(sc, first, series)

@@ -62,10 +62,7 @@ def build_hybrid_segmentation(volume: HybridVolume, provenance: Provenance) -> D
         series_number=series.number,
         sop_instance_uid=provenance.uid(ResultKind.SEG.value, "spect-ct"),
         instance_number=1,
-        manufacturer=provenance.options.manufacturer,
-        manufacturer_model_name=provenance.model_name,
-        software_versions=provenance.options.software_version,
-        device_serial_number=provenance.options.serial_number(),
+        **provenance.equipment,
         content_label="BONE_LESIONS",
         content_description=(f"AI bone lesions on SPECT/CT, {len(volume.lesions)} lesion(s); "
                              f"{NOT_FOR_DIAGNOSTIC_USE}")[:64],

@@ -55,8 +55,6 @@ def build_hybrid_report(volume: HybridVolume, provenance: Provenance, seg: Datas
         is_complete=True, is_final=False, is_verified=False, series_description=series.description,
     )
     sr.CodingSchemeIdentificationSequence = [_local_scheme(provenance)]
-    sr.ManufacturerModelName = provenance.model_name
-    sr.DeviceSerialNumber = provenance.options.serial_number()
     provenance.finish(sr, volume.ct[0], series)
     return check_writable(sr)
 

@@ -78,8 +78,6 @@ def build_picture(
     sc.ImageComments = f"AI bone metastasis contours and findings; {NOT_FOR_DIAGNOSTIC_USE}"
     if first.dataset.get("StudyDescription") and not sc.get("StudyDescription"):
         sc.StudyDescription = first.dataset.StudyDescription  # highdicom leaves it out
-    sc.ManufacturerModelName = provenance.model_name
-    sc.DeviceSerialNumber = provenance.options.serial_number()
     sc.DateOfSecondaryCapture = provenance.created.strftime("%Y%m%d")
     sc.TimeOfSecondaryCapture = provenance.created.strftime("%H%M%S.%f")
     provenance.finish(sc, first.dataset, series)

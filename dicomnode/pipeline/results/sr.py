@@ -130,8 +130,6 @@ def build_report(
         series_description=series.description,
     )
     sr.CodingSchemeIdentificationSequence = [_local_scheme(provenance)]
-    sr.ManufacturerModelName = provenance.model_name
-    sr.DeviceSerialNumber = provenance.options.serial_number()
     provenance.finish(sr, first, series)
     logger.info("SR: %d planar ROI(s), BSI %s", burden.lesion_count,
                 "n/a" if burden.bsi_percent is None else f"{burden.bsi_percent:.2f} %")
