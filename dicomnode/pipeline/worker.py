@@ -86,6 +86,10 @@ from segmentation.spectct import HybridSegmenter
 
 log = logging.getLogger(__name__)
 
+#: Values larger than this (pixel data) are read from the spool only when used: acquisitions that an
+#: earlier job already handled are grouped from their headers and skipped without reading their pixels.
+DEFER_BYTES = 64 * 1024
+
 
 def store_results(spool: Spool, run: AcquisitionRun) -> list[StoredResult]:
     """Write each object of ``run`` durably under ``results/`` and describe it for :func:`queue.complete`."""
@@ -302,7 +306,8 @@ class Worker:
             if row.kind not in SEGMENTED_KINDS:
                 continue
             try:
-                instances[row.sop_instance_uid] = (pydicom.dcmread(self.spool.absolute(row.path)), row.sha256, row.kind)
+                instances[row.sop_instance_uid] = (pydicom.dcmread(self.spool.absolute(row.path), defer_size=DEFER_BYTES),
+                                                   row.sha256, row.kind)
             except InvalidDicomError as exc:
                 raise UnreadableStudy(f"instance {row.path} cannot be read: {exc}") from exc
         processed = sum(state is AcquisitionState.PROCESSED for _, state in earlier)
