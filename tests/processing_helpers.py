@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -152,6 +153,17 @@ def storescu(files, port: int, aet: str = "DICOMNODE", timeout: float = 60.0) ->
     """dcmtk storescu (the camera) sending ``files`` in one association; verbose output kept."""
     return subprocess.run([dcmtk("storescu"), "-v", "-aec", aet, "127.0.0.1", str(port), *map(str, files)],
                           capture_output=True, text=True, timeout=timeout, env={**os.environ, "TCP_NODELAY": "1"})
+
+
+def status_report(config: Path) -> dict:
+    """``dicomnode status --config CONFIG --json``, as a dict (the command must succeed)."""
+    from typer.testing import CliRunner
+
+    from dicomnode.cli import app
+
+    result = CliRunner().invoke(app, ["status", "--config", str(config), "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
 
 
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.5):

@@ -26,6 +26,7 @@ from tests.processing_helpers import (
     pacs_objects,
     postgres_database,
     sqlite_database,
+    status_report,
     storescu,
     wait_until,
     write_node_config,
@@ -264,11 +265,6 @@ def test_disk_pressure_end_to_end(tmp_path, storescp):
                           + f'[http]\nhost = "127.0.0.1"\nport = {http_port}\n')
         base = f"http://127.0.0.1:{http_port}"
 
-        def status() -> dict:
-            result = CliRunner().invoke(app, ["status", "--config", str(config), "--json"])
-            assert result.exit_code == 0, result.output
-            return json.loads(result.output)
-
         node = NodeProcess(config, tmp_path / "node.log", port=port)
         with node:
             wait_for_port(http_port)
@@ -276,11 +272,11 @@ def test_disk_pressure_end_to_end(tmp_path, storescp):
             ballast = fill(var, leave_bytes=4 << 20)
             refused = storescu(second, port)
             assert "Refused: OutOfResources" in refused.stdout + refused.stderr  # dcmtk's name for 0xA700
-            report = wait_until(lambda: (lambda r: r if r["jobs"]["queued"] == 1 else None)(status()), 30,
+            report = wait_until(lambda: (lambda r: r if r["jobs"]["queued"] == 1 else None)(status_report(config)), 30,
                                 "the acknowledged study's job to be queued")
             assert report["disk"]["below_floor"] and report["needs_attention"]
             time.sleep(3)  # the worker polls every 0.2 s: it would have run the job by now
-            report = status()
+            report = status_report(config)
             assert report["jobs"] == {"queued": 1, "running": 0, "done": 0, "failed": 0}
             values = samples(get(f"{base}/metrics")[2])
             assert metric(values, "dicomnode_disk_below_floor") == 1
@@ -289,11 +285,11 @@ def test_disk_pressure_end_to_end(tmp_path, storescp):
             assert "below the floor" in CliRunner().invoke(app, ["status", "--config", str(config)]).output.lower()
 
             ballast.unlink()  # space returns: nobody runs `dicomnode retry`
-            wait_until(lambda: status()["jobs"]["done"] == 1, 60, "the waiting job to be done")
+            wait_until(lambda: status_report(config)["jobs"]["done"] == 1, 60, "the waiting job to be done")
             assert storescu(second, port).returncode == 0  # and the camera's retry is taken
-            wait_until(lambda: status()["jobs"]["done"] == 2 and status()["exports"]["pending"] == 0
-                       and status()["exports"]["sending"] == 0, 120, "both studies' results delivered")
-            report = status()
+            wait_until(lambda: status_report(config)["jobs"]["done"] == 2 and status_report(config)["exports"]["pending"] == 0
+                       and status_report(config)["exports"]["sending"] == 0, 120, "both studies' results delivered")
+            report = status_report(config)
             assert not report["disk"]["below_floor"] and not report["needs_attention"]
             assert report["jobs"]["failed"] == 0
             assert metric(samples(get(f"{base}/metrics")[2]), "dicomnode_disk_below_floor") == 0

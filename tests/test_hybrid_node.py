@@ -5,17 +5,14 @@ MT-UNet on the CPU, and the SEG on the CT series, the TID 1500 SR and the fused 
 
 from __future__ import annotations
 
-import json
 
 import highdicom as hd
 import pydicom
 import pytest
-from typer.testing import CliRunner
 
-from dicomnode.cli import app
 from dicomnode.synth.spectct import write_exams
 from tests.peers import free_port
-from tests.processing_helpers import NodeProcess, pacs_objects, storescu, wait_until, write_node_config
+from tests.processing_helpers import NodeProcess, pacs_objects, status_report, storescu, wait_until, write_node_config
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 
@@ -32,13 +29,9 @@ def test_a_hybrid_exam_gets_its_seg_sr_and_sc_at_the_pacs(tmp_path, storescp):
         for files in (hybrid_files, spect_only_files):
             sent = storescu(files, port)
             assert sent.returncode == 0, sent.stderr
-
-        def report() -> dict:
-            return json.loads(CliRunner().invoke(app, ["status", "--config", str(config), "--json"]).stdout)
-
-        wait_until(lambda: report()["jobs"]["done"] == 2 and len(pacs_objects(storescp)) >= 3, 180,
+        wait_until(lambda: status_report(config)["jobs"]["done"] == 2 and len(pacs_objects(storescp)) >= 3, 180,
                    "both jobs done and the SPECT/CT results at the PACS")
-        status = report()
+        status = status_report(config)
         assert status["acquisitions"] == {"processed": 1, "not-processable": 1}
         (refused,) = status["not_processable"]
         assert refused["study_uid"] == spect_only["study_instance_uid"]

@@ -4,17 +4,14 @@ that changes after processing is processed again into new series; SIGTERM stops 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pydicom
 import pytest
-from typer.testing import CliRunner
 
-from dicomnode.cli import app
 from dicomnode.synth import write_studies
 from tests.peers import free_port
-from tests.processing_helpers import NodeProcess, pacs_objects, storescu, wait_until, write_node_config
+from tests.processing_helpers import NodeProcess, pacs_objects, status_report, storescu, wait_until, write_node_config
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 
@@ -92,13 +89,10 @@ def test_serve_receives_processes_and_delivers(tmp_path, storescp):
         new_series = {str(ds.SeriesInstanceUID) for ds in again} - first_series
         assert len(again) == 2 * expected_count(2) and len(new_series) >= 4
 
-        def status_report() -> dict:
-            return json.loads(CliRunner().invoke(app, ["status", "--config", str(config), "--json"]).stdout)
-
         # The PACS writes its file before it answers; the node records the delivery on the answer.
-        wait_until(lambda: status_report()["exports"].get("delivered") == total + expected_count(2), 30,
+        wait_until(lambda: status_report(config)["exports"].get("delivered") == total + expected_count(2), 30,
                    "every delivery recorded")
-        report = status_report()
+        report = status_report(config)
         assert report["studies"]["processed"] == 3 and report["jobs"]["done"] == 4
         assert report["exports"]["delivered"] == total + expected_count(2)
         assert report["needs_attention"] is False

@@ -5,19 +5,15 @@ and are shown by ``status``."""
 
 from __future__ import annotations
 
-import json
 import re
-from pathlib import Path
 
 import pydicom
 import pytest
-from typer.testing import CliRunner
 
-from dicomnode.cli import app
 from dicomnode.synth import write_studies
 from dicomnode.synth.vendors import VENDORS
 from tests.peers import free_port
-from tests.processing_helpers import NodeProcess, pacs_objects, storescu, wait_until, write_node_config
+from tests.processing_helpers import NodeProcess, pacs_objects, status_report, storescu, wait_until, write_node_config
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 
@@ -56,7 +52,7 @@ def test_every_vendor_exam_is_stored_whole_and_only_its_whole_body_scans_are_pro
             referenced = {str(item.ReferencedSOPInstanceUID) for ds in objects if ds.SOPClassUID == SEG
                           for item in ds.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
             assert referenced == whole_body, vendor  # results for every whole-body scan, none for the rest
-        report = json.loads(CliRunner().invoke(app, ["status", "--config", str(config), "--json"]).stdout)
+        report = status_report(config)
         assert report["instances"] == {"whole-body": 2 + 1 + 2 + 2 + 1, "static": 10, "tomo": 5,
                                        "recon-tomo": 5, "secondary-capture": 5}
         # Each exam's SPECT reconstruction has no CT: explicitly not processable (SPECT-only), never lost.
@@ -112,13 +108,9 @@ def test_real_world_headers_never_end_in_a_crash(tmp_path, storescp):
         sent = storescu(files, port)
         statuses = re.findall(r"Received Store Response \((\w+)", sent.stdout + sent.stderr)
         assert statuses == ["Success"] * len(files)
-
-        def report() -> dict:
-            return json.loads(CliRunner().invoke(app, ["status", "--config", str(config), "--json"]).stdout)
-
-        wait_until(lambda: report()["jobs"]["done"] == 4 and len(pacs_objects(storescp)) >= 10, 120,
+        wait_until(lambda: status_report(config)["jobs"]["done"] == 4 and len(pacs_objects(storescp)) >= 10, 120,
                    "four jobs done and two result sets at the PACS")
-        status = report()
+        status = status_report(config)
         assert status["acquisitions"] == {"processed": 2, "not-processable": 2}
         reasons = {item["study_uid"]: item["reason"] for item in status["not_processable"]}
         assert reasons[str(mixed[0].StudyInstanceUID)] == \
