@@ -113,23 +113,24 @@ def _detector_item(view: View) -> Dataset:
     return item
 
 
-def _isotope(study: SimulatedStudy, ident: StudyIdentity) -> tuple[Sequence, Sequence]:
-    """Energy Window and Radiopharmaceutical Information Sequences (PS3.3 C.8.4.11)."""
+def isotope_sequences(ident: StudyIdentity, hours_post_injection: float,
+                      activity_mbq: float) -> tuple[Sequence, Sequence]:
+    """Energy Window and Radiopharmaceutical Information Sequences (PS3.3 C.8.4.11) of a 99mTc-MDP
+    acquisition ``hours_post_injection`` after an injection of ``activity_mbq``."""
     window = Dataset()
     window.EnergyWindowName = "Tc99m 20%"
     rng = Dataset()
     rng.EnergyWindowLowerLimit = f"{ENERGY_WINDOW_KEV[0]:.1f}"
     rng.EnergyWindowUpperLimit = f"{ENERGY_WINDOW_KEV[1]:.1f}"
     window.EnergyWindowRangeSequence = Sequence([rng])
-    acq = study.acquisition
-    injected = ident.acquired - dt.timedelta(hours=acq.hours_post_injection)
+    injected = ident.acquired - dt.timedelta(hours=hours_post_injection)
     pharm = Dataset()
     pharm.RadionuclideCodeSequence = Sequence([_code(codes.cid18._99mTechnetium)])
     pharm.Radiopharmaceutical = "Tc-99m MDP"
     pharm.RadiopharmaceuticalRoute = "Intravenous"
     pharm.AdministrationRouteCodeSequence = Sequence([_code(codes.cid11.IntravenousRoute)])
     pharm.RadiopharmaceuticalStartTime = _time(injected)
-    pharm.RadionuclideTotalDose = f"{acq.activity_mbq:.1f}"  # MBq
+    pharm.RadionuclideTotalDose = f"{activity_mbq:.1f}"  # MBq
     pharm.RadiopharmaceuticalCodeSequence = Sequence([_code(codes.cid25.TechnetiumTc99mMedronate)])
     return Sequence([window]), Sequence([pharm])
 
@@ -233,7 +234,8 @@ def nm_dataset(study: SimulatedStudy, ident: StudyIdentity, views: tuple[View, .
     ds.DetectorVector = list(range(1, len(views) + 1))
     ds.NumberOfDetectors = len(views)
     # NM Isotope (C.8.4.11) and NM Detector (C.8.4.10)
-    ds.EnergyWindowInformationSequence, ds.RadiopharmaceuticalInformationSequence = _isotope(study, ident)
+    ds.EnergyWindowInformationSequence, ds.RadiopharmaceuticalInformationSequence = isotope_sequences(
+        ident, acq.hours_post_injection, acq.activity_mbq)
     ds.DetectorInformationSequence = Sequence([_detector_item(v) for v in views])
     ds.PixelData = frames.tobytes()
     return ds

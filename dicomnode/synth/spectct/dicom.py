@@ -28,17 +28,14 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from pydicom.sr.codedict import codes
 from pydicom.uid import CTImageStorage, NuclearMedicineImageStorage
 
 import dicomnode
 from dicomnode.synth.dicom import (
-    ENERGY_WINDOW_KEV,
     MANUFACTURER,
     StudyIdentity,
-    _code,
     _patient_orientation_codes,
-    _time,
+    isotope_sequences,
     new_instance,
     set_general_study,
 )
@@ -111,8 +108,6 @@ def ct_datasets(ident: StudyIdentity, hu: np.ndarray, geometry: VolumeGeometry) 
 def nm_recon_dataset(ident: StudyIdentity, counts: np.ndarray, geometry: VolumeGeometry, *,
                      activity_mbq: float, hours_post_injection: float, fwhm_mm: float) -> Dataset:
     """The attenuation-corrected reconstruction as one NM Image Storage instance."""
-    import datetime as dt
-
     ds = _base(ident, NuclearMedicineImageStorage, ident.uid("nm-recon"), "NM", ident.uid("nm-series"), 3,
                "SPECT AC RECON", geometry.frame_of_reference or "")
     _patient_orientation_codes(ds)
@@ -134,22 +129,8 @@ def nm_recon_dataset(ident: StudyIdentity, counts: np.ndarray, geometry: VolumeG
     ds.SliceThickness = f"{geometry.slice_spacing:.6g}"
     ds.ReconstructionDiameter = f"{geometry.shape[2] * geometry.pixel_spacing[1]:.1f}"
     ds.ConvolutionKernel = f"OSEM8i4s G{fwhm_mm:.0f}"
-    window = Dataset()
-    window.EnergyWindowName = "Tc99m 20%"
-    limits = Dataset()
-    limits.EnergyWindowLowerLimit = f"{ENERGY_WINDOW_KEV[0]:.1f}"
-    limits.EnergyWindowUpperLimit = f"{ENERGY_WINDOW_KEV[1]:.1f}"
-    window.EnergyWindowRangeSequence = Sequence([limits])
-    ds.EnergyWindowInformationSequence = Sequence([window])
-    pharm = Dataset()
-    pharm.RadionuclideCodeSequence = Sequence([_code(codes.cid18._99mTechnetium)])
-    pharm.Radiopharmaceutical = "Tc-99m MDP"
-    pharm.RadiopharmaceuticalRoute = "Intravenous"
-    pharm.AdministrationRouteCodeSequence = Sequence([_code(codes.cid11.IntravenousRoute)])
-    pharm.RadiopharmaceuticalStartTime = _time(ident.acquired - dt.timedelta(hours=hours_post_injection))
-    pharm.RadionuclideTotalDose = f"{activity_mbq:.1f}"
-    pharm.RadiopharmaceuticalCodeSequence = Sequence([_code(codes.cid25.TechnetiumTc99mMedronate)])
-    ds.RadiopharmaceuticalInformationSequence = Sequence([pharm])
+    ds.EnergyWindowInformationSequence, ds.RadiopharmaceuticalInformationSequence = isotope_sequences(
+        ident, hours_post_injection, activity_mbq)
     detector = Dataset()
     detector.CollimatorGridName = "LEHR"
     detector.CollimatorType = "PARA"
