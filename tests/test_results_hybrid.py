@@ -72,8 +72,12 @@ def test_sr_has_one_volumetric_group_per_lesion_and_counts_per_class(exam, tmp_p
     content = report.content
     groups = content.get_volumetric_roi_measurement_groups()
     assert len(groups) == len(lesions) > 0
-    names = {m.name.meaning for m in groups[0].get_measurements()}
-    assert {"Volume", "SPECT reconstructed counts", "Attenuation Coefficient", "Probability"} <= names
+    names = {(m.name.value, m.name.meaning, m.derivation.meaning if m.derivation else None)
+             for m in groups[0].get_measurements()}
+    assert {("118565006", "Volume", None),
+            ("110821", "Mean Nuclear Medicine Tomographic Activity", "Mean"),
+            ("110821", "Maximum Nuclear Medicine Tomographic Activity", "Maximum"),
+            ("112031", "Mean Attenuation Coefficient", "Mean"), ("122157", "Probability", None)} <= names
     referenced = groups[0].reference_type
     assert referenced.meaning == "Referenced Segment"
     counts = {}

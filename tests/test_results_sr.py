@@ -69,25 +69,19 @@ def test_sr_lesion_measurements_equal_the_result(
         (site,) = group.finding_sites
         assert site.value.value == SITE_CODES[sites[(lesion.view, lesion.label)]].value
         assert group.finding_type.value == codes.SCT.NeoplasmSecondary.value
-        # No SCOORD at group level; the first NUM (Area) is INFERRED FROM the outline on the
-        # lesion's own source instance and frame (where OHIF's adapter looks), and from the SEG.
+        # No SCOORD at group level; every NUM is INFERRED FROM the outline on the lesion's own
+        # source instance and frame (where OHIF's reader and adapter look), and the Area also
+        # from the SEG. OHIF labels a NUM by its Code Meaning: the three must differ.
         assert not [item for item in group[0].ContentSequence if item.ValueType == "SCOORD"]
-        first_num = next(item for item in group[0].ContentSequence if item.ValueType == "NUM")
+        nums = [item for item in group[0].ContentSequence if item.ValueType == "NUM"]
+        first_num = nums[0]
         assert first_num.ConceptNameCodeSequence[0].CodeValue == codes.SCT.Area.value
-        (scoord,) = [item for item in first_num.ContentSequence if item.ValueType == "SCOORD"]
-        assert scoord.RelationshipType == "INFERRED FROM" and scoord.GraphicType == "POLYLINE"
-        source = study.result.scan.views[lesion.view].source
-        (image_ref,) = scoord.ContentSequence
-        assert image_ref.RelationshipType == "SELECTED FROM"
-        assert image_ref.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.sop_instance_uid
-        frames = image_ref.ReferencedSOPSequence[0].get("ReferencedFrameNumber")
-        assert (frames is not None) == (layout == "multiframe")
-        if frames is not None:
-            assert int(frames) == source.frame_number
-        points = np.asarray(scoord.GraphicData, dtype=float).reshape(-1, 2)
-        r0, c0, r1, c1 = lesion.bbox
-        assert c0 <= points[:, 0].min() and points[:, 0].max() <= c1
-        assert r0 <= points[:, 1].min() and points[:, 1].max() <= r1
+        meanings = [num.ConceptNameCodeSequence[0].CodeMeaning for num in nums]
+        assert len(set(meanings)) == 3 and meanings[1].startswith("Mean") and meanings[2].startswith("Maximum")
+        scoords = [[item for item in num.ContentSequence if item.ValueType == "SCOORD"] for num in nums]
+        assert [len(s) for s in scoords] == [1, 1, 1]
+        assert len({tuple(s[0].GraphicData) for s in scoords}) == 1
+        (scoord,) = scoords[0]
         (seg_ref,) = [item for item in first_num.ContentSequence if item.ValueType == "IMAGE"]
         assert seg_ref.ConceptNameCodeSequence[0].CodeValue == codes.DCM.SourceOfMeasurement.value
         referenced = seg_ref.ReferencedSOPSequence[0]
@@ -168,3 +162,6 @@ def test_dcmqi_reads_the_measurement_groups(layout: str, tmp_path: Path) -> None
     assert first["TrackingIdentifier"] == "ANT lesion 1"
     (area,) = [m for m in first["measurementItems"] if m["quantity"]["CodeValue"] == "42798000"]
     assert float(area["value"]) == pytest.approx(lesion.area_mm2, rel=1e-12)
+    counts = {m["derivationModifier"]["CodeMeaning"]: float(m["value"]) for m in first["measurementItems"]
+              if m["quantity"]["CodeValue"] == codes.DCM.NuclearMedicineProjectionActivity.value}
+    assert counts == pytest.approx({"Mean": lesion.mean_counts, "Maximum": lesion.peak_counts}, rel=1e-12)

@@ -11,7 +11,7 @@ sources, then opened as a physician would, one series at a time (``initialSeries
   cornerstone's own image-to-canvas mapping) has overlay pixels around it, and no overlay pixel is
   far from a lesion (a mirrored or shifted mask fails);
 - the SR: no error boundary, no console error, one outline annotation per lesion of the shown
-  frame, labelled with its area;
+  frame, labelled with its area and its mean and maximum counts;
 - the SC: the picture is displayed (its instance is the viewport's image and the viewport is not
   blank).
 
@@ -207,7 +207,10 @@ def _check_sr(browser: Chromium, server: ViewerServer, study: Study, sr: Dataset
     lesions = study.result.views[first.view].lesions
     assert count >= len(lesions), (count, png)
     for lesion in lesions:
-        assert any(f"Area: {lesion.area_mm2:.2f} mm2" in label for label in shown), (shown, png)
+        for label in (f"Area: {lesion.area_mm2:.2f} mm2",
+                      f"Mean Nuclear Medicine Projection Activity: {lesion.mean_counts:.2f} {{counts}}",
+                      f"Maximum Nuclear Medicine Projection Activity: {lesion.peak_counts:.2f} {{counts}}"):
+            assert any(label in text for text in shown), (label, shown, png)
 
 
 def _check_sc(browser: Chromium, server: ViewerServer, study: Study, sc: Dataset, png: Path) -> None:

@@ -4,10 +4,11 @@
   (:mod:`.hybrid_seg`; Referenced Segment with the CT series as source), tracking identifier
   "Lesion n", finding type Neoplasm, Secondary (SCT 14799000) or Lesion (SCT 52988006) as the SEG
   segment, finding site Bone, and TID 300 measurements: Volume (SCT 118565006, mL), SPECT counts
-  mean and maximum (a local concept, "SPECT reconstructed counts", UCUM ``{counts}``, derivation
-  Mean SCT 373098007 / Maximum SCT 56851009; absent without SPECT), CT mean (Attenuation
+  mean and maximum (Nuclear Medicine Tomographic Activity, DCM 110821, UCUM ``{counts}``,
+  derivation Mean SCT 373098007 / Maximum SCT 56851009; absent without SPECT), CT mean (Attenuation
   Coefficient DCM 112031 in Hounsfield units, derivation Mean), and the class probability
-  (Probability DCM 122157, unit 1);
+  (Probability DCM 122157, unit 1); a statistic is named in the Code Meaning too, as in the planar
+  SR (:func:`.sr.statistic`);
 - per class, a TID 1501 group with the Number of lesions (SCT 246206008) and their total Volume;
 - the algorithm as device observer and "NOT FOR DIAGNOSTIC USE" in a comment, as the planar SR.
 
@@ -26,10 +27,10 @@ from dicomnode.pipeline.results.common import NOT_FOR_DIAGNOSTIC_USE, Provenance
 from dicomnode.pipeline.results.hybrid_results import BENIGN, METASTATIC, SEGMENT_OF_CLASS, HybridLesion, HybridVolume
 from dicomnode.pipeline.results.hybrid_seg import SEGMENT_TYPES
 from dicomnode.pipeline.results.sr import (
-    LESIONS_UNIT, LOCAL_SCHEME, QUALITATIVE_EVALUATIONS, _algorithm, _local_scheme, _observation_context,
+    LESIONS_UNIT, QUALITATIVE_EVALUATIONS, _algorithm, _observation_context, statistic,
 )
 
-SPECT_COUNTS = Code("SPECT-COUNTS", LOCAL_SCHEME, "SPECT reconstructed counts")
+SPECT_COUNTS = codes.DCM.NuclearMedicineTomographicActivity  # DCM 110821
 MILLILITER = Code("mL", "UCUM", "milliliter")
 PROCEDURE = Code("127902", "DCM", "SPECT CT of whole body")
 """Procedure reported (TID 1500 row 4; CID 646 offers no bone-specific SPECT/CT concept)."""
@@ -54,7 +55,6 @@ def build_hybrid_report(volume: HybridVolume, provenance: Provenance, seg: Datas
         manufacturer=provenance.options.manufacturer, institution_name=provenance.options.institution_name,
         is_complete=True, is_final=False, is_verified=False, series_description=series.description,
     )
-    sr.CodingSchemeIdentificationSequence = [_local_scheme(provenance)]
     provenance.finish(sr, volume.ct[0], series)
     return check_writable(sr)
 
@@ -65,11 +65,12 @@ def _lesion_group(lesion: HybridLesion, volume: HybridVolume, provenance: Proven
     measurements = [hd.sr.Measurement(name=codes.SCT.Volume, value=lesion.volume_ml, unit=MILLILITER)]
     if lesion.spect_mean is not None and lesion.spect_max is not None:
         measurements += [
-            hd.sr.Measurement(name=SPECT_COUNTS, value=lesion.spect_mean, unit=codes.UCUM.Counts, derivation=codes.SCT.Mean),
-            hd.sr.Measurement(name=SPECT_COUNTS, value=lesion.spect_max, unit=codes.UCUM.Counts, derivation=codes.SCT.Maximum),
+            hd.sr.Measurement(name=statistic(SPECT_COUNTS, derivation), value=value, unit=codes.UCUM.Counts,
+                              derivation=derivation)
+            for value, derivation in ((lesion.spect_mean, codes.SCT.Mean), (lesion.spect_max, codes.SCT.Maximum))
         ]
     measurements += [
-        hd.sr.Measurement(name=codes.DCM.AttenuationCoefficient, value=lesion.ct_mean_hu,
+        hd.sr.Measurement(name=statistic(codes.DCM.AttenuationCoefficient, codes.SCT.Mean), value=lesion.ct_mean_hu,
                           unit=codes.UCUM.HounsfieldUnit, derivation=codes.SCT.Mean),
         hd.sr.Measurement(name=codes.DCM.Probability, value=lesion.probability, unit=codes.UCUM.NoUnits),
     ]

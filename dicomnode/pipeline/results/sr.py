@@ -7,15 +7,18 @@ Content (PS3.16 TID 1500, built with highdicom):
   structure", finding site where known (a region name of :mod:`segmentation.regions`, coded by
   :data:`SITE_CODES`; another name given by a segmenter is logged and left out), Image View
   (DCM 111031) anterior or posterior projection, the source image (instance and frame), and three
-  TID 300 measurements: Area (SCT 42798000, mm2), Nuclear Medicine Projection Activity
-  (DCM 110820, UCUM ``{counts}``) with derivation Mean (SCT 373098007) and Maximum (SCT 56851009).
-  The Area is INFERRED FROM (TID 300) the outline, a 2-D SCOORD POLYLINE on the source frame (no
-  SCOORD3D: a planar projection has no 3-D position), and from the view's SEG segment ("Source of
-  Measurement", DCM 121112, Referenced Segment Number 1) where SEGs are written. The SCOORD is a
-  child of the first NUM because that is where OHIF 3.13's SR reader and its measurement-tracking
-  adapter (cornerstone adapters, TID 1500) look ("No spatial coordinates group" otherwise); a
-  TID 1410 group-level SCOORD is drawn by OHIF but not tracked, and highdicom allows no SCOORD
-  under a TID 1410 measurement. The SEG reference ties each lesion to its segment (IHE AI Results);
+  TID 300 measurements: Area (SCT 42798000, mm2), and the Nuclear Medicine Projection Activity
+  (DCM 110820, UCUM ``{counts}``) twice, with Derivation Mean (SCT 373098007) and Maximum
+  (SCT 56851009) and the statistic also in each one's Code Meaning ("Mean / Maximum Nuclear
+  Medicine Projection Activity"): OHIF 3.13 labels a NUM by its Code Meaning only and would show
+  two identical labels. Each of the three is INFERRED FROM (TID 300) the outline, a 2-D SCOORD
+  POLYLINE on the source frame (no SCOORD3D: a planar projection has no 3-D position): OHIF's SR
+  reader and its measurement-tracking adapter (cornerstone adapters, TID 1500) find a NUM's
+  spatial coordinates only there, skip a NUM without them ("contains no SCOORD") and report "No
+  spatial coordinates group" for a group-level (TID 1410) SCOORD, which highdicom does not allow
+  under a TID 1410 measurement anyway. The Area is also INFERRED FROM the view's SEG segment
+  ("Source of Measurement", DCM 121112, Referenced Segment Number 1) where SEGs are written: the
+  reference ties each lesion to its segment (IHE AI Results);
 - the per-view and study numbers (number of lesions, SCT 246206008; total area; the approximate
   Bone Scan Index, a local code: no standard concept names it) go into the "Derived Imaging
   Measurements" container (DCM 126011, TID 1500 row 8, TID 1420), *not* into measurement groups of
@@ -26,10 +29,6 @@ Content (PS3.16 TID 1500, built with highdicom):
 - a Qualitative Evaluations container (TID 1500 row 12, not built by highdicom) with TEXT
   comments: the summary, how the index is approximated, missing views and other notes, and
   "NOT FOR DIAGNOSTIC USE".
-
-Mean and maximum counts are the TID 300 pattern (one concept, Derivation modifier Mean /
-Maximum, as for SUV in PS3.16 TID 1419); OHIF labels a NUM by its concept name only, so there both
-read "Nuclear Medicine Projection Activity" (docs/conformance.md 8.1.4).
 
 The numbers are the :class:`SegmentationResult`'s own: highdicom writes each value as a decimal
 string and, where that rounds, also as Floating Point Value (PS3.3 C.18.1.1), so they read back
@@ -67,7 +66,18 @@ LOCAL_SCHEME = "99DICOMNODE"
 APPROXIMATE_BSI = Code("APPROX-BSI", LOCAL_SCHEME, "Approximate Bone Scan Index")
 LESIONS_UNIT = Code("{lesions}", "UCUM", "lesions")
 PERCENT = codes.UCUM.Percent
-NM_PROJECTION_ACTIVITY = codes.DCM.NuclearMedicineProjectionActivity  # DCM 110820
+
+
+def statistic(concept: Code, derivation: Code) -> Code:
+    """``concept`` with the statistic its Derivation modifier (TID 300 row 5) names also in its
+    Code Meaning, e.g. "Mean Nuclear Medicine Projection Activity".
+
+    Readers that go by codes take the statistic from the modifier; OHIF 3.13 labels a NUM by its
+    Code Meaning only and would show the mean and the maximum under one label. Code Value and
+    Coding Scheme Designator, which identify the concept (PS3.3 8.1), are the standard's."""
+    return Code(concept.value, concept.scheme_designator, f"{derivation.meaning} {concept.meaning}")
+
+
 QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
 #: Procedure reported (TID 1500 row 4).
 PROCEDURE = Code("42175-0", "LN", "Radionuclide scan of whole body")
@@ -179,10 +189,14 @@ def _lesion_group(
         algorithm_id=algorithm,
         measurements=[
             _area_from_outline(lesion.area_mm2, outline, frame, provenance),
-            hd.sr.Measurement(name=NM_PROJECTION_ACTIVITY, value=lesion.mean_counts,
-                              unit=codes.UCUM.Counts, derivation=codes.SCT.Mean),
-            hd.sr.Measurement(name=NM_PROJECTION_ACTIVITY, value=lesion.peak_counts,
-                              unit=codes.UCUM.Counts, derivation=codes.SCT.Maximum),
+            *(
+                hd.sr.Measurement(
+                    name=statistic(codes.DCM.NuclearMedicineProjectionActivity, derivation), value=value,
+                    unit=codes.UCUM.Counts, derivation=derivation,
+                    referenced_coordinates=[_outline(outline, frame)],
+                )
+                for value, derivation in ((lesion.mean_counts, codes.SCT.Mean), (lesion.peak_counts, codes.SCT.Maximum))
+            ),
         ],
         qualitative_evaluations=[
             hd.sr.QualitativeEvaluation(name=codes.DCM.ImageView, value=VIEW_CODES[lesion.view])
@@ -209,10 +223,7 @@ def _area_from_outline(
     """The lesion's Area, INFERRED FROM its outline and, where written, its SEG segment."""
     area = hd.sr.Measurement(
         name=codes.SCT.Area, value=area_mm2, unit=codes.UCUM.SquareMillimeter,
-        referenced_coordinates=[hd.sr.CoordinatesForMeasurement(
-            graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=outline,
-            source_image=_region_source(frame),
-        )],
+        referenced_coordinates=[_outline(outline, frame)],
     )
     seg = _segmentation_reference(frame, provenance)
     if seg is not None:
@@ -224,6 +235,14 @@ def _area_from_outline(
             relationship_type=hd.sr.RelationshipTypeValues.INFERRED_FROM,
         ))
     return area
+
+
+def _outline(outline, frame: SourceFrame) -> hd.sr.CoordinatesForMeasurement:
+    """The lesion outline a measurement is INFERRED FROM: a 2-D POLYLINE on the source frame."""
+    return hd.sr.CoordinatesForMeasurement(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=outline,
+        source_image=_region_source(frame),
+    )
 
 
 def _segmentation_reference(frame: SourceFrame, provenance: Provenance) -> Dataset | None:
