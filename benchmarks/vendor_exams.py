@@ -6,7 +6,8 @@ AE ``CAMERA``) to a node running in this process with the built-in defaults (the
 ``dicomnode demo``), whose one destination is a PACS on this machine (dcmtk ``storescp``). When every
 job is done and every result is at the PACS, the table says per vendor and per instance kind: how many
 instances were sent, how many were answered 0x0000, how many were segmented (referenced by a SEG at the
-PACS), and the result objects the PACS holds for the exam.
+PACS: the whole-body scans and, SPECT-only, the RECON TOMO volumes), and the result objects the PACS
+holds for the exam (on the whole-body row).
 
     python benchmarks/vendor_exams.py                    # shipped model
     python benchmarks/vendor_exams.py --weights threshold
@@ -33,7 +34,7 @@ from dicomnode.tools.harness import delivered_results, free_port, start_pacs
 
 SEG = "1.2.840.10008.5.1.4.1.1.66.4"
 KINDS = {SEG: "SEG", "1.2.840.10008.5.1.4.1.1.11.1": "GSPS", "1.2.840.10008.5.1.4.1.1.88.33": "SR",
-         "1.2.840.10008.5.1.4.1.1.7": "SC"}
+         "1.2.840.10008.5.1.4.1.1.88.34": "3D SR", "1.2.840.10008.5.1.4.1.1.7": "SC"}
 
 
 def main() -> int:

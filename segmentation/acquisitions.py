@@ -21,7 +21,9 @@ re-acquired view. This module decides, from the headers alone:
 * :func:`bone_scan_refusal`: why an acquisition is not a bone scan to segment (a matrix that is not
   whole-body, a stated radiopharmaceutical that is not a bone agent, a flood or phantom), or ``None``.
 * :func:`split_hybrid`: each RECON TOMO volume with the CT series of its Frame of Reference, a bone
-  SPECT/CT acquisition (paper 003; docs/segmentation.md).
+  SPECT/CT acquisition (paper 003; docs/segmentation.md), or alone, a SPECT-only one; refused
+  (:func:`tracer_refusal`) when its radiopharmaceutical is not a bone agent (a myocardial perfusion
+  SPECT) or a description names a QC acquisition.
 
 Views themselves are decided by :mod:`segmentation.views`; a view rule error makes the acquisition
 not processable with that reason. Nothing here reads pixel data.
@@ -235,13 +237,22 @@ def bone_scan_refusal(datasets: Sequence[Dataset]) -> str | None:
         if not whole_body_matrix(ds):
             return (f"matrix {ds.get('Rows')} x {ds.get('Columns')} is not a whole-body scan "
                     f"(needs rows >= 2 x columns >= {2 * MIN_WHOLE_BODY_COLUMNS})")
-        agent = _radiopharmaceutical(ds)
-        if agent is not None and not agent[1]:
-            return f"radiopharmaceutical {agent[0]!r} is not a 99mTc bone agent"
-        for keyword in _DESCRIPTIONS:
-            found = _NOT_PATIENT_WORDS.search(str(ds.get(keyword, "") or "").upper())
-            if found:
-                return f"a {found.group(1).lower()} acquisition ({keyword}), not a patient bone scan"
+        refusal = tracer_refusal(ds)
+        if refusal is not None:
+            return refusal
+    return None
+
+
+def tracer_refusal(ds: Dataset) -> str | None:
+    """Why ``ds`` (a whole-body scan or a SPECT reconstruction) is not a patient's bone scan: a stated
+    radiopharmaceutical that is not a 99mTc bone agent, or a description naming a QC acquisition."""
+    agent = _radiopharmaceutical(ds)
+    if agent is not None and not agent[1]:
+        return f"radiopharmaceutical {agent[0]!r} is not a 99mTc bone agent"
+    for keyword in _DESCRIPTIONS:
+        found = _NOT_PATIENT_WORDS.search(str(ds.get(keyword, "") or "").upper())
+        if found:
+            return f"a {found.group(1).lower()} acquisition ({keyword}), not a patient bone scan"
     return None
 
 
@@ -268,7 +279,8 @@ def _printable(text: str) -> str:
 class HybridAcquisition:
     """A reconstructed SPECT volume and the CT series that shares its Frame of Reference (paper 003).
 
-    ``ct`` is empty for a SPECT-only study; ``refusal`` says why it cannot be segmented, or ``None``.
+    ``ct`` is empty for a SPECT-only acquisition (segmented on the NM volume's own grid by the
+    SPECT-only model); ``refusal`` says why it cannot be segmented, or ``None``.
     """
 
     key: str
@@ -288,7 +300,7 @@ def split_hybrid(recon_tomo: Sequence[Dataset], ct: Sequence[Dataset]) -> list[H
     The Frame of Reference UID (0020,0052) is what says that two series share patient coordinates
     (PS3.3 C.7.4.1.1.1); where several CT series share it, the one with the most slices is taken
     (the diagnostic-extent series rather than a scout or a single slice). A volume without a Frame of
-    Reference, or without a CT series in it, is SPECT-only, which this node does not segment yet.
+    Reference, or without a CT series in it, is SPECT-only.
     """
     series: dict[tuple[str, str], list[Dataset]] = defaultdict(list)
     for ds in ct:
@@ -299,8 +311,6 @@ def split_hybrid(recon_tomo: Sequence[Dataset], ct: Sequence[Dataset]) -> list[H
         candidates = [slices for (reference, _), slices in series.items() if frame and reference == frame]
         chosen = tuple(max(candidates, key=len)) if candidates else ()
         label = f"{str(spect.get('SeriesDescription', '') or 'SPECT')[:48]} {acquired_at(spect)[:8]}".strip()
-        refusal = None if chosen else (
-            "SPECT without a CT series in its Frame of Reference: SPECT-only segmentation is not written yet")
         acquisitions.append(HybridAcquisition(key=f"spect {spect.SOPInstanceUID}", label=label, spect=spect,
-                                              ct=chosen, refusal=refusal))
+                                              ct=chosen, refusal=tracer_refusal(spect)))
     return acquisitions

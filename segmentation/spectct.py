@@ -1,13 +1,18 @@
 """Bone SPECT/CT lesion segmentation with MT-UNet (paper 003): inputs, slice-wise inference, weights.
 
-- **Grid.** Everything runs on the CT grid: SPECT is resampled onto it through patient coordinates
-  (:mod:`segmentation.volume`), so a lesion lands on its bone and the result lies on the CT series a
-  SEG refers to. ``in_plane_mm`` optionally coarsens the grid in-plane (the same field of view,
-  :func:`segmentation.volume.scaled`) to keep a 512 × 512 CT affordable.
+- **Grid.** With a CT series everything runs on the CT grid: SPECT is resampled onto it through
+  patient coordinates (:mod:`segmentation.volume`), so a lesion lands on its bone and the result lies
+  on the CT series a SEG refers to. Without one (SPECT-only, a model whose only channel is
+  ``spect``) it runs on the NM volume's own grid. ``in_plane_mm`` optionally sets the in-plane
+  spacing the model works at (the same field of view, :func:`segmentation.volume.scaled`): it keeps
+  a 512 × 512 CT affordable, and puts a SPECT-only volume at the spacing its model was trained at.
 - **Inputs** (``channels``): ``("spect",)``, ``("ct",)`` or ``("spect", "ct")``, the three models of
-  paper 003. SPECT counts are divided by the 95th percentile of the counts inside the body (CT above
-  −500 HU): it maps normal bone to about 1 whatever the injected activity and acquisition time,
-  and a hot bladder does not set the scale. CT is ``clip(HU, −1000, 2000) / 1000``.
+  paper 003; a model's inputs depend on its own channels only. SPECT counts are divided by the 95th
+  percentile of the counts inside the body: it maps normal bone to about 1 whatever the injected
+  activity and acquisition time, and a hot bladder does not set the scale. The body is the CT above
+  −500 HU for a model with a CT channel, else the voxels above 5 % of the counts' 99.5th percentile
+  (on three simulated exams 86–92 % of this outline lies in the CT's body and the reference is 3–9 %
+  below the CT-based one). CT is ``clip(HU, −1000, 2000) / 1000``.
 - **2-D slices** (MT-UNet is 2-D, :mod:`segmentation.networks.mtunet`): each axial slice is padded at
   the bottom/right to a multiple of the network's stride, segmented, cropped back; the softmax
   gives per-voxel probabilities of background, metastatic and benign lesion.
@@ -17,7 +22,6 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 from collections.abc import Sequence
@@ -38,11 +42,19 @@ from segmentation.volume import ct_volume, nm_volume, resample, scaled
 CHANNELS = ("spect", "ct")
 BODY_HU = -500.0
 SPECT_PERCENTILE = 95.0
+SPECT_BODY_FRACTION = 0.05
 
 
-def normalise_spect(counts: np.ndarray, hu: np.ndarray) -> np.ndarray:
-    """SPECT counts on the CT grid over the 95th percentile of the counts inside the body."""
-    body = hu > BODY_HU
+def spect_body(counts: np.ndarray) -> np.ndarray:
+    """The body as SPECT alone outlines it: the voxels above 5 % of the counts' 99.5th percentile."""
+    return counts > SPECT_BODY_FRACTION * float(np.percentile(counts, 99.5))
+
+
+def normalise_spect(counts: np.ndarray, hu: np.ndarray | None = None) -> np.ndarray:
+    """SPECT counts over the 95th percentile of the counts inside the body (module docstring): the
+    body is the CT above −500 HU where ``hu`` is given, else the counts above 5 % of their 99.5th
+    percentile."""
+    body = hu > BODY_HU if hu is not None else spect_body(counts)
     reference = float(np.percentile(counts[body], SPECT_PERCENTILE)) if body.any() else float(counts.max())
     return (counts / max(reference, 1e-6)).astype(np.float32)
 
@@ -51,16 +63,20 @@ def normalise_ct(hu: np.ndarray) -> np.ndarray:
     return (np.clip(hu, -1000.0, 2000.0) / 1000.0).astype(np.float32)
 
 
-def stack_inputs(channels: Sequence[str], spect_on_ct: np.ndarray | None, hu: np.ndarray) -> np.ndarray:
-    """``(C, slices, rows, columns)`` float32 network input for the given channels."""
+def stack_inputs(channels: Sequence[str], spect: np.ndarray | None, hu: np.ndarray | None) -> np.ndarray:
+    """``(C, slices, rows, columns)`` float32 network input for the given channels, all on one grid;
+    the CT (``hu``) is read only by a model with a ``ct`` channel."""
     if not channels or any(c not in CHANNELS for c in channels) or len(set(channels)) != len(channels):
         raise ValueError(f"channels must be distinct names from {CHANNELS}, got {tuple(channels)}")
+    with_ct = "ct" in channels
+    if with_ct and hu is None:
+        raise ValueError("the CT channel was asked for but there is no CT volume")
     out = []
     for name in channels:
         if name == "spect":
-            if spect_on_ct is None:
+            if spect is None:
                 raise ValueError("the SPECT channel was asked for but there is no SPECT volume")
-            out.append(normalise_spect(spect_on_ct, hu))
+            out.append(normalise_spect(spect, hu if with_ct else None))
         else:
             out.append(normalise_ct(hu))
     return np.stack(out)
@@ -137,48 +153,64 @@ def load_spectct_model(card_path: Path, device: torch.device | str = "cpu") -> t
 
 #: The shipped SPECT/CT model (two channels, transfer from the SPECT model; docs/training.md).
 DEFAULT_SPECTCT_CARD = Path(__file__).parent / "weights" / "spectct-spectct-mtunet-slim.json"
+#: The shipped SPECT-only model, for a RECON TOMO volume without a CT (docs/training.md "SPECT-only").
+DEFAULT_SPECT_ONLY_CARD = Path(__file__).parent / "weights" / "spect-only-mtunet-slim.json"
+
+
+@dataclass(frozen=True)
+class VolumeSegmentation:
+    """Class probabilities ``(3, slices, rows, columns)`` (background, metastatic, benign) and the
+    model that gave them. On the CT grid (slice order of :func:`segmentation.volume.ct_geometry`)
+    when the acquisition has a CT, else on the NM volume's grid (frame order)."""
+
+    probabilities: np.ndarray
+    algorithm: Algorithm
 
 
 class HybridSegmenter:
-    """The SPECT/CT model and the one path from DICOM to class probabilities.
+    """The SPECT/CT and SPECT-only models and the one path from DICOM to class probabilities.
 
-    The model is read (and its weights' hash checked) on first use, so that a process that never meets
-    a SPECT/CT acquisition never loads it.
+    A model is read (and its weights' hash checked) on first use, so that a process that never meets
+    a SPECT acquisition never loads one. The SPECT/CT model segments an acquisition with a CT; the
+    SPECT-only model one without (``spect_only_card_path``).
     """
 
-    def __init__(self, card_path: Path = DEFAULT_SPECTCT_CARD, device: torch.device | str = "cpu") -> None:
-        self.card_path = Path(card_path)
+    def __init__(self, card_path: Path = DEFAULT_SPECTCT_CARD, device: torch.device | str = "cpu", *,
+                 spect_only_card_path: Path = DEFAULT_SPECT_ONLY_CARD) -> None:
+        self.card_paths = {True: Path(card_path), False: Path(spect_only_card_path)}
         self.device = torch.device(device)
+        self._models: dict[bool, tuple[SegmentationNetwork, SpectCTCard]] = {}
 
-    @functools.cached_property
-    def _model(self) -> tuple[SegmentationNetwork, SpectCTCard]:
-        return load_spectct_model(self.card_path, self.device)
+    def model(self, with_ct: bool) -> tuple[SegmentationNetwork, SpectCTCard]:
+        """The network and card for an acquisition with (or without) a CT, read on first use."""
+        if with_ct not in self._models:
+            net, card = load_spectct_model(self.card_paths[with_ct], self.device)
+            if not with_ct and "ct" in card.channels:
+                raise ValueError(f"{card.name} needs a CT channel; it cannot segment SPECT alone")
+            self._models[with_ct] = net, card
+        return self._models[with_ct]
 
-    @property
-    def net(self) -> SegmentationNetwork:
-        return self._model[0]
+    def segment(self, ct: Sequence[Dataset], spect: Dataset) -> VolumeSegmentation:
+        """Class probabilities of one acquisition (``ct`` empty: SPECT-only).
 
-    @property
-    def card(self) -> SpectCTCard:
-        return self._model[1]
-
-    @property
-    def algorithm(self) -> Algorithm:
-        """Algorithm Identification of the results (PS3.3 C.8.20.2)."""
-        return Algorithm(name=self.card.name[:64], version=self.card.sha256[:16] or "unversioned",
-                         network=self.card.network)
-
-    def probabilities(self, ct: Sequence[Dataset], spect: Dataset) -> np.ndarray:
-        """Class probabilities ``(3, slices, rows, columns)`` on the CT grid (slice order of
-        :func:`segmentation.volume.ct_geometry`): SPECT resampled onto the CT through patient
-        coordinates, the card's channels stacked, each axial slice segmented."""
-        hu, ct_grid, _ = ct_volume(ct)
+        With a CT: the SPECT resampled onto the CT grid through patient coordinates, the card's
+        channels stacked, each axial slice segmented. Without: the NM volume on its own grid, at
+        the card's ``in_plane_mm`` for the network and back. Either way the card's grid spacing
+        is applied as :func:`segmentation.volume.scaled` and undone on the probabilities."""
+        net, card = self.model(bool(ct))
         counts, spect_grid = nm_volume(spect)
-        grid = ct_grid if self.card.in_plane_mm is None else scaled(ct_grid, self.card.in_plane_mm / ct_grid.pixel_spacing[1])
-        if grid is not ct_grid:
-            hu = resample(hu, ct_grid, grid, fill=-1000.0)
-        inputs = stack_inputs(self.card.channels, resample(counts, spect_grid, grid), hu)
-        probabilities = predict_volume(self.net, inputs, device=self.device)
-        if grid is ct_grid:
-            return probabilities
-        return np.stack([resample(channel, grid, ct_grid) for channel in probabilities])
+        hu = None
+        if ct:
+            hu, grid, _ = ct_volume(ct)
+        else:
+            grid = spect_grid
+        work = grid if card.in_plane_mm is None else scaled(grid, card.in_plane_mm / grid.pixel_spacing[1])
+        if hu is not None and work is not grid:
+            hu = resample(hu, grid, work, fill=-1000.0)
+        spect_on_work = counts if work is spect_grid else resample(counts, spect_grid, work)
+        inputs = stack_inputs(card.channels, spect_on_work, hu)
+        probabilities = predict_volume(net, inputs, device=self.device)
+        if work is not grid:
+            probabilities = np.stack([resample(channel, work, grid, extend=True) for channel in probabilities])
+        algorithm = Algorithm(name=card.name[:64], version=card.sha256[:16] or "unversioned", network=card.network)
+        return VolumeSegmentation(probabilities, algorithm)

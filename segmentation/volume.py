@@ -227,11 +227,14 @@ def ct_volume(datasets: Sequence[Dataset]) -> tuple[np.ndarray, VolumeGeometry, 
 
 
 def resample(array: np.ndarray, source: VolumeGeometry, target: VolumeGeometry, *, order: int = 1,
-             fill: float = 0.0) -> np.ndarray:
+             fill: float = 0.0, extend: bool = False) -> np.ndarray:
     """``array`` on ``source``'s grid resampled onto ``target``'s (through patient coordinates).
 
     ``order=1`` trilinear, ``order=0`` nearest; voxels whose centre falls outside the source get
-    ``fill``. Slice by slice, so a 512 × 512 CT grid needs no more than one slice of coordinates.
+    ``fill``, or with ``extend`` the value of the nearest edge voxel (for two grids of one field of
+    view, as :func:`scaled` makes: the target's outer voxel centres lie up to half a coarse voxel
+    beyond the source's). Slice by slice, so a 512 × 512 CT grid needs no more than one slice of
+    coordinates.
     Refuses volumes in different Frames of Reference (their coordinates are not comparable).
     """
     if array.shape != source.shape:
@@ -247,7 +250,8 @@ def resample(array: np.ndarray, source: VolumeGeometry, target: VolumeGeometry, 
     for k in range(target.shape[0]):
         plane[0] = k
         coords = (to_source @ plane)[:3]
-        out[k] = ndimage.map_coordinates(data, coords, order=order, mode="constant", cval=fill).reshape(rows, cols)
+        out[k] = ndimage.map_coordinates(data, coords, order=order, mode="nearest" if extend else "constant",
+                                         cval=fill).reshape(rows, cols)
     return out
 
 

@@ -13,7 +13,7 @@ from pydicom.sequence import Sequence
 from dicomnode.pipeline.processing import segment_acquisition
 from dicomnode.pipeline.results import ResultOptions
 from dicomnode.pipeline.results.identity import repair_sources
-from segmentation.acquisitions import NMImageKind, nm_image_kind, split_acquisitions
+from segmentation.acquisitions import NMImageKind, nm_image_kind, split_acquisitions, split_hybrid
 from segmentation.scan import View, ViewRule
 from segmentation.views import NotWholeBodyView, ViewError, load_scan, stated_views
 from tests.nm_factory import nm_study, phantom_counts
@@ -97,6 +97,30 @@ def test_what_is_not_a_bone_scan_is_not_processable(change, reason):
     change(ds)
     (acquisition,) = split_acquisitions([ds])
     assert reason in acquisition.refusal
+
+
+def _recon(uid: str, frame_of_reference: str, agent: str = "Tc99m MDP") -> Dataset:
+    ds = Dataset()
+    ds.SOPInstanceUID, ds.StudyInstanceUID, ds.FrameOfReferenceUID = uid, "1.2.3", frame_of_reference
+    ds.SeriesDescription = "SPECT AC"
+    ds.RadiopharmaceuticalInformationSequence = Sequence([pharmaceutical(agent)])
+    return ds
+
+
+def _ct(uid: str, series: str, frame_of_reference: str) -> Dataset:
+    ds = Dataset()
+    ds.SOPInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = uid, series, frame_of_reference
+    return ds
+
+
+def test_spect_pairs_with_the_ct_of_its_frame_of_reference_runs_alone_without_and_a_perfusion_spect_is_refused():
+    cts = [_ct(f"2.{n}", "2", "9.1") for n in range(3)] + [_ct("3.1", "3", "9.1"), _ct("4.1", "4", "9.9")]
+    hybrid, alone, perfusion = split_hybrid(
+        [_recon("1.1", "9.1"), _recon("1.2", "9.7"), _recon("1.3", "9.9", "Tc99m sestamibi")], cts)
+    assert [ds.SOPInstanceUID for ds in hybrid.ct] == ["2.0", "2.1", "2.2"]  # the longest series of 9.1
+    assert hybrid.refusal is None
+    assert alone.ct == () and alone.refusal is None  # SPECT-only: segmented on its own grid
+    assert "is not a 99mTc bone agent" in perfusion.refusal
 
 
 def test_a_small_matrix_is_not_a_whole_body_scan():

@@ -29,7 +29,10 @@ from segmentation.views import load_scan
 from tests.peers import dcmtk
 
 KIND = {"1.2.840.10008.5.1.4.1.1.66.4": "SEG", "1.2.840.10008.5.1.4.1.1.11.1": "GSPS",
-        "1.2.840.10008.5.1.4.1.1.88.33": "SR", "1.2.840.10008.5.1.4.1.1.7": "SC"}
+        "1.2.840.10008.5.1.4.1.1.88.33": "SR", "1.2.840.10008.5.1.4.1.1.88.34": "SR3D", "1.2.840.10008.5.1.4.1.1.7": "SC"}
+#: What one vendor exam gets: the whole-body scan's SEG per view, GSPS, SR and SC, and its SPECT
+#: reconstruction (no CT in the exam) segmented SPECT-only: a SEG on the NM volume, a 3-D SR and an SC.
+PER_EXAM = Counter(SEG=3, GSPS=1, SR=1, SR3D=1, SC=2)
 
 
 def pacs_kinds(folder) -> dict[str, Counter]:
@@ -64,11 +67,13 @@ def test_demo_command_end_to_end(tmp_path):
     at_pacs = pacs_kinds(out / "pacs" / "received")
     assert set(at_pacs) == {study["study_instance_uid"] for study in manifest["studies"]}
     for study in manifest["studies"]:
-        assert at_pacs[study["study_instance_uid"]] == Counter(SEG=2, GSPS=1, SR=1, SC=1), study["folder"]
+        assert at_pacs[study["study_instance_uid"]] == PER_EXAM, study["folder"]
     for name, _, _ in rows:
         for suffix in ("vs_truth", "secondary_capture"):
             with Image.open(out / "pictures" / f"{name}_{suffix}.png") as picture:
                 assert picture.mode == "RGB" and picture.height > 1024
+        with Image.open(out / "pictures" / f"{name}_spect_secondary_capture.png") as picture:
+            assert picture.mode == "RGB"
 
 
 @pytest.mark.network
@@ -82,7 +87,7 @@ def test_demo_with_the_pynetdicom_pacs_scores_each_view(tmp_path):
     assert lines[2].startswith("node started on port") and lines[-1].startswith("study 1/1: results at the PACS after")
     assert report.pacs.startswith("pynetdicom Storage SCP")
     (study,) = report.studies
-    assert sorted(study.objects) == ["GSPS", "SC", "SEG", "SEG", "SR"]
+    assert sorted(study.objects) == ["GSPS", "SC", "SC", "SEG", "SEG", "SEG", "SR", "SR"]
     assert set(study.dsc) == set(study.lesions) == set(View)
     assert all(0.0 <= value <= 1.0 for value in study.dsc.values())
     assert 0 <= study.detected <= study.truth_lesions
@@ -98,7 +103,7 @@ def test_demo_with_the_pynetdicom_pacs_scores_each_view(tmp_path):
             assert study.dsc[view] == pytest.approx(pixel_counts(truth[view.value], result.mask).dsc)
             assert study.lesions[view] == len(result.lesions)
     received = sorted(p.name for p in (tmp_path / "run" / "pacs" / "received").iterdir())
-    assert received == [f"{n:06d}.dcm" for n in range(1, 6)]  # named by arrival, never by a UID
+    assert received == [f"{n:06d}.dcm" for n in range(1, 9)]  # named by arrival, never by a UID
     assert set(pacs_kinds(tmp_path / "run" / "pacs" / "received")) == {study.study_instance_uid}
 
 

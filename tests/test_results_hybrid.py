@@ -1,4 +1,5 @@
-"""Tests of the SPECT/CT result objects: SEG read back by highdicom as a volume, TID 1500 SR, fused SC."""
+"""Tests of the SPECT/CT and SPECT-only result objects: SEG read back by highdicom and dcmqi as a volume,
+TID 1500 SR, fused SC."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from dicomnode.pipeline.results.common import ResultOptions
 from dicomnode.pipeline.results.hybrid_results import build_hybrid_results, find_lesions
 from dicomnode.synth.spectct import write_exams
 from segmentation.result import Algorithm
-from segmentation.volume import ct_geometry
+from segmentation.volume import ct_geometry, nm_geometry, nm_volume, resample_labels
 from tests.test_results_inputs import dcentvfy_errors, dciodvfy_errors
 
 ALGORITHM = Algorithm("dicomnode-mtunet", "test", "mtunet")
@@ -98,15 +99,80 @@ def test_sc_is_a_burned_in_rgb_picture(exam, tmp_path):
     assert red.any()  # metastasis contour drawn
 
 
-def test_kinds_switch_objects_off_and_a_missing_ct_is_refused(exam):
+def test_kinds_switch_objects_off_and_a_wrong_grid_is_refused(exam):
     cts, nm, labels = exam
     only = build_hybrid_results(cts, None, _onehot(labels), algorithm=ALGORITHM,
                                 options=ResultOptions(kinds=(ResultKind.SEG,)))
     assert [ds.Modality for _, ds in only] == ["SEG"]
-    with pytest.raises(ValueError, match="CT series"):
-        build_hybrid_results([], nm, _onehot(labels), algorithm=ALGORITHM)
+    with pytest.raises(ValueError, match="a CT series or an NM"):
+        build_hybrid_results([], None, _onehot(labels), algorithm=ALGORITHM)
     with pytest.raises(ValueError, match="do not match"):
         build_hybrid_results(cts, nm, _onehot(labels)[:, 1:], algorithm=ALGORITHM)
+    with pytest.raises(ValueError, match="do not match"):  # SPECT-only: the NM grid, not the CT's
+        build_hybrid_results([], nm, _onehot(labels), algorithm=ALGORITHM)
+
+
+def _nm_labels(cts, nm, labels) -> np.ndarray:
+    """The truth on the NM volume's grid (the class covering most of each NM voxel)."""
+    counts, nm_grid = nm_volume(nm)
+    ct_grid, _ = ct_geometry(cts)
+    return resample_labels(labels, ct_grid, nm_grid, 3)
+
+
+def test_spect_only_seg_lies_on_the_nm_frames_and_the_sr_and_sc_follow(exam, tmp_path):
+    """Without CT the SEG's source is the NM volume: every SEG frame references its NM frame, sits
+    at that frame's position, and the mask read back per NM frame equals the labels; the SR names
+    no CT numbers; dciodvfy, dcentvfy and dcmqi accept the objects."""
+    cts, nm, labels = exam
+    nm_labels = _nm_labels(cts, nm, labels)
+    assert (nm_labels == 1).any()
+    objects = dict(build_hybrid_results([], nm, _onehot(nm_labels), algorithm=ALGORITHM))
+    assert set(objects) == {ResultKind.SEG, ResultKind.SR, ResultKind.SC}
+    paths = {}
+    for kind, ds in objects.items():
+        paths[kind] = tmp_path / f"{kind.value}.dcm"
+        ds.save_as(paths[kind], enforce_file_format=True)
+        assert dciodvfy_errors(paths[kind]) == [], kind
+    nm_path = tmp_path / "nm.dcm"
+    nm.save_as(nm_path, enforce_file_format=True)
+    assert dcentvfy_errors([*paths.values(), nm_path]) == []
+
+    seg = pydicom.dcmread(paths[ResultKind.SEG])
+    assert seg.FrameOfReferenceUID == nm.FrameOfReferenceUID
+    geometry, order = nm_geometry(nm)
+    slice_of_frame = np.argsort(order)
+    got = np.zeros(nm_labels.shape, np.uint8)
+    for index, item in enumerate(seg.PerFrameFunctionalGroupsSequence):
+        (source,) = item.DerivationImageSequence[0].SourceImageSequence
+        assert source.ReferencedSOPInstanceUID == nm.SOPInstanceUID
+        frame = int(source.ReferencedFrameNumber) - 1
+        k = slice_of_frame[frame]
+        position = np.array(item.PlanePositionSequence[0].ImagePositionPatient, float)
+        np.testing.assert_allclose(position, geometry.to_patient(np.array([k, 0.0, 0.0])), atol=1e-3)
+        segment = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        got[k][seg.pixel_array[index] > 0] = segment
+    np.testing.assert_array_equal(got, nm_labels)
+
+    report = hd.sr.Comprehensive3DSR.from_dataset(pydicom.dcmread(paths[ResultKind.SR]))
+    groups = report.content.get_volumetric_roi_measurement_groups()
+    assert groups
+    names = {m.name.value for m in groups[0].get_measurements()}
+    assert "110821" in names and "112031" not in names  # counts, no CT numbers
+    content = pydicom.dcmread(paths[ResultKind.SR]).ContentSequence
+    assert nm.SeriesInstanceUID in str(content)
+    (procedure,) = [item for item in content if item.ConceptNameCodeSequence[0].CodeValue == "121058"]
+    assert procedure.ConceptCodeSequence[0].CodeMeaning == "SPECT of whole body"
+    sc = pydicom.dcmread(paths[ResultKind.SC])
+    assert sc.StudyInstanceUID == nm.StudyInstanceUID and "SPECT" in sc.ImageComments
+    assert "fused" not in sc.ImageComments
+
+    out = tmp_path / "dcmqi"
+    out.mkdir()
+    run = subprocess.run(["segimage2itkimage", "--inputDICOM", str(paths[ResultKind.SEG]), "--outputDirectory",
+                          str(out), "-t", "nrrd"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    header = (out / "1.nrrd").read_bytes().split(b"\n\n", 1)[0].decode("latin-1")
+    assert f"sizes: {nm.Columns} {nm.Rows} " in header
 
 
 def test_objects_pass_dicom3tools_and_dcmqi_reads_the_seg(exam, tmp_path):

@@ -1,4 +1,5 @@
-"""Tests of paper 003's training and evaluation (train/spectct.py) and the shipped SPECT/CT model."""
+"""Tests of paper 003's training and evaluation (train/spectct.py), the segmenter of SPECT/CT and
+SPECT-only acquisitions (segmentation/spectct.py) and the shipped SPECT/CT model."""
 
 from __future__ import annotations
 
@@ -7,17 +8,26 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 import torch
 
 from dicomnode.synth.spectct import write_exams
 from segmentation.networks import build
-from segmentation.spectct import load_spectct_model, predict_volume, stack_inputs
+from segmentation.spectct import (
+    HybridSegmenter,
+    SpectCTCard,
+    load_spectct_model,
+    predict_volume,
+    save_spectct_model,
+    stack_inputs,
+)
 from train.spectct import Exam, load_exam, load_preset, main, score, train_model, transfer_weights
 
 torch.set_num_threads(1)
 PRESETS = Path(__file__).resolve().parents[1] / "config" / "train"
 WEIGHTS = Path(__file__).resolve().parents[1] / "segmentation" / "weights" / "spectct-spectct-mtunet-slim.json"
+SPECT_ONLY = WEIGHTS.with_name("spect-only-mtunet-slim.json")
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +112,59 @@ def test_shipped_spectct_weights_load_and_segment_a_volume(cohort):
     exam = load_exam(cohort / "exam_0001")
     prob = predict_volume(net, stack_inputs(card.channels, exam.spect, exam.hu)[:, :8])
     assert prob.shape == (3, 8, *exam.hu.shape[1:]) and np.isfinite(prob).all()
+
+
+def test_a_models_inputs_depend_on_its_own_channels_only(cohort):
+    exam = load_exam(cohort / "exam_0001")
+    alone = stack_inputs(("spect",), exam.spect, None)
+    np.testing.assert_array_equal(alone, stack_inputs(("spect",), exam.spect, exam.hu))  # the CT is not read
+    fused = stack_inputs(("spect", "ct"), exam.spect, exam.hu)
+    # SPECT alone outlines the body nearly as the CT does: the normalised counts agree within 15 %
+    body = exam.hu > -500
+    ratio = np.median(alone[0][body]) / np.median(fused[0][body])
+    assert 0.85 < ratio < 1.15, ratio
+    with pytest.raises(ValueError, match="no CT volume"):
+        stack_inputs(("spect", "ct"), exam.spect, None)
+
+
+def _cards(tmp_path: Path, in_plane_mm: float | None) -> tuple[Path, Path]:
+    """A SPECT-only and a SPECT/CT card of untrained slim networks (the shapes are what is tested)."""
+    paths = []
+    for name, channels in (("spect-only", ("spect",)), ("fused", ("spect", "ct"))):
+        torch.manual_seed(0)
+        net = build("mtunet", in_channels=len(channels), width=4)
+        card = SpectCTCard(name=name, network="mtunet", width=4, channels=channels,
+                           in_plane_mm=in_plane_mm if channels == ("spect",) else None)
+        save_spectct_model(net, tmp_path / name, card)
+        paths.append(tmp_path / f"{name}.json")
+    return paths[0], paths[1]
+
+
+def test_the_segmenter_takes_the_ct_grid_with_a_ct_and_the_nm_grid_without(cohort, tmp_path):
+    folder = cohort / "exam_0001"
+    cts = [pydicom.dcmread(p) for p in sorted((folder / "ct").glob("*.dcm"))]
+    nm = pydicom.dcmread(folder / "spect.dcm")
+    spect_only, fused = _cards(tmp_path, in_plane_mm=2 * float(nm.PixelSpacing[0]))
+    segmenter = HybridSegmenter(fused, spect_only_card_path=spect_only)
+    alone = segmenter.segment([], nm)
+    assert alone.probabilities.shape == (3, int(nm.NumberOfFrames), nm.Rows, nm.Columns)
+    np.testing.assert_allclose(alone.probabilities.sum(axis=0), 1.0, atol=1e-3)  # back on the NM grid
+    assert alone.algorithm.name == "spect-only"
+    with_ct = segmenter.segment(cts, nm)
+    assert with_ct.probabilities.shape == (3, len(cts), cts[0].Rows, cts[0].Columns)
+    assert with_ct.algorithm.name == "fused"
+    with pytest.raises(ValueError, match="needs a CT channel"):
+        HybridSegmenter(fused, spect_only_card_path=fused).segment([], nm)
+
+
+def test_shipped_spect_only_weights_segment_an_nm_volume_on_its_own_grid(cohort):
+    net, card = load_spectct_model(SPECT_ONLY)
+    assert card.channels == ("spect",) and card.in_plane_mm == 4.0 and card.training["device"].startswith("cpu")
+    assert card.metrics["folds"] == 5 and card.training["transfer_from"] is None
+    nm = pydicom.dcmread(cohort / "exam_0001" / "spect.dcm")
+    result = HybridSegmenter(WEIGHTS).segment([], nm)
+    assert result.probabilities.shape == (3, int(nm.NumberOfFrames), nm.Rows, nm.Columns)
+    assert np.isfinite(result.probabilities).all() and result.algorithm.name == "spect-only-mtunet-slim"
 
 
 @pytest.mark.slow

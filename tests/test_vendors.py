@@ -1,7 +1,7 @@
 """Whole exams as each vendor sends them (``dicomnode synth --vendor``), through a real node: dcmtk
 ``storescu`` is the camera, dcmtk ``storescp`` the PACS. Every instance is acknowledged with success;
-every whole-body acquisition gets its results; statics, TOMO, RECON TOMO and screen captures get none
-and are shown by ``status``."""
+every whole-body acquisition gets its results, and so does every RECON TOMO volume (SPECT-only: these
+exams have no CT); statics, raw TOMO and screen captures get none and are shown by ``status``."""
 
 from __future__ import annotations
 
@@ -19,9 +19,11 @@ pytestmark = [pytest.mark.network, pytest.mark.slow]
 
 SEG = "1.2.840.10008.5.1.4.1.1.66.4"
 RESULTS_PER_ACQUISITION = 5  # a SEG per view, one GSPS, SR and SC
+RESULTS_PER_SPECT = 3  # a SEG on the NM volume, a Comprehensive 3D SR, an SC
 
 
-def test_every_vendor_exam_is_stored_whole_and_only_its_whole_body_scans_are_processed(tmp_path, storescp):
+def test_every_vendor_exam_is_stored_whole_and_its_whole_body_and_spect_acquisitions_are_processed(
+        tmp_path, storescp):
     exams = {}
     for seed, vendor in enumerate(VENDORS, start=40):
         folder = tmp_path / vendor
@@ -40,25 +42,22 @@ def test_every_vendor_exam_is_stored_whole_and_only_its_whole_body_scans_are_pro
             statuses = re.findall(r"Received Store Response \((\w+)", sent.stdout + sent.stderr)
             assert statuses == ["Success"] * len(files), (vendor, statuses)
         acquisitions = {uid: (2 if vendor == "siemens" else 1) for vendor, (uid, _) in exams.items()}
-        total = RESULTS_PER_ACQUISITION * sum(acquisitions.values())
+        total = RESULTS_PER_ACQUISITION * sum(acquisitions.values()) + RESULTS_PER_SPECT * len(exams)
         wait_until(lambda: len(pacs_objects(storescp)) >= total, 180, f"{total} objects at the PACS")
         delivered = pacs_objects(storescp)
         assert len(delivered) == total
         for vendor, (uid, files) in exams.items():
             objects = [ds for ds in delivered if str(ds.StudyInstanceUID) == uid]
-            assert len(objects) == RESULTS_PER_ACQUISITION * acquisitions[uid], vendor
-            whole_body = {str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
-                          for path, entry in files if entry["kind"] == "whole-body"}
+            assert len(objects) == RESULTS_PER_ACQUISITION * acquisitions[uid] + RESULTS_PER_SPECT, vendor
+            segmented = {str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+                         for path, entry in files if entry["kind"] in ("whole-body", "recon-tomo")}
             referenced = {str(item.ReferencedSOPInstanceUID) for ds in objects if ds.SOPClassUID == SEG
                           for item in ds.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
-            assert referenced == whole_body, vendor  # results for every whole-body scan, none for the rest
+            assert referenced == segmented, vendor  # results for every whole-body scan and volume, none else
         report = status_report(config)
         assert report["instances"] == {"whole-body": 2 + 1 + 2 + 2 + 1, "static": 10, "tomo": 5,
                                        "recon-tomo": 5, "secondary-capture": 5}
-        # Each exam's SPECT reconstruction has no CT: explicitly not processable (SPECT-only), never lost.
-        assert report["acquisitions"] == {"processed": 6, "not-processable": 5}
-        assert {item["reason"] for item in report["not_processable"]} == {
-            "SPECT without a CT series in its Frame of Reference: SPECT-only segmentation is not written yet"}
+        assert report["acquisitions"] == {"processed": 6 + 5}
     assert "Traceback" not in node.log()
 
 

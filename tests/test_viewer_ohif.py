@@ -24,12 +24,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from PIL import Image
 from pydicom.dataset import Dataset
 
 from dicomnode.pipeline.results import ResultKind, build_results
+from dicomnode.pipeline.results.hybrid_results import build_hybrid_results
+from dicomnode.synth.spectct import write_exams
+from segmentation.result import Algorithm
 from segmentation.scan import View
+from segmentation.volume import ct_geometry, nm_volume, resample_labels
 from tests.browser import ROOT, Chromium, DicomWebOrthanc, ViewerServer, ohif_dist
 from tests.test_results_inputs import Study, make_study
 from tests.test_results_orthanc import c_store
@@ -104,10 +109,10 @@ def _errors(browser: Chromium, server: ViewerServer | None = None) -> list[str]:
     return errors
 
 
-def _open(browser: Chromium, server: ViewerServer, study: Study, series: Dataset) -> None:
+def _open(browser: Chromium, server: ViewerServer, study_uid: str, series: Dataset) -> None:
     browser.console.clear()
     browser.exceptions.clear()
-    browser.navigate(f"{server.url}/viewer?StudyInstanceUIDs={study.result.scan.study_instance_uid}"
+    browser.navigate(f"{server.url}/viewer?StudyInstanceUIDs={study_uid}"
                      f"&initialSeriesInstanceUID={series.SeriesInstanceUID}")
     browser.wait_for("document.readyState === 'complete' && !!window.cornerstone", LOAD_TIMEOUT,
                      "OHIF's start")
@@ -124,12 +129,7 @@ def test_ohif_shows_seg_sr_and_sc(
 ) -> None:
     study = make_study(layout, geometry=geometry)
     objects = build_results(study.result, study.sources)
-    shots = SCREENSHOTS / (layout if geometry else f"{layout}-without-geometry")
-    shots.mkdir(parents=True, exist_ok=True)
-    for old in shots.glob("*.png"):
-        old.unlink()
-    with capsys.disabled():
-        print(f"\nviewer screenshots ({layout}): {shots}")
+    shots = _screenshots(layout if geometry else f"{layout}-without-geometry", capsys)
     with (
         DicomWebOrthanc(workdir=tmp_path / "orthanc") as pacs,
         ViewerServer(ohif_dist(), pacs.http_port) as server,
@@ -145,10 +145,21 @@ def test_ohif_shows_seg_sr_and_sc(
         _check_sc(browser, server, study, dict(objects)[ResultKind.SC], shots / "sc.png")
 
 
-def _check_seg(browser: Chromium, server: ViewerServer, study: Study, view: View, seg: Dataset,
-               png: Path) -> None:
-    source = study.result.scan.views[view].source
-    _open(browser, server, study, seg)
+def _screenshots(case: str, capsys: pytest.CaptureFixture[str]) -> Path:
+    """The case's screenshot folder, emptied, and printed for the CI log."""
+    shots = SCREENSHOTS / case
+    shots.mkdir(parents=True, exist_ok=True)
+    for old in shots.glob("*.png"):
+        old.unlink()
+    with capsys.disabled():
+        print(f"\nviewer screenshots ({case}): {shots}")
+    return shots
+
+
+def _load_seg(browser: Chromium, server: ViewerServer, study_uid: str, seg: Dataset, png: Path) -> dict:
+    """Open the SEG's series, answer "Yes" to OHIF's prompt, wait until cornerstone holds it, take
+    the screenshot; no error on the way. Returns the viewport's box (:data:`_VIEWPORT`)."""
+    _open(browser, server, study_uid, seg)
     # Answer the prompt only once the source frame is shown: a click while OHIF is still
     # loading it races with the viewport's replacement (seen as an IMAGE_LOAD_ERROR and
     # "reading 'getViewUp'" in OHIF 3.13, independent of the SEG).
@@ -156,12 +167,12 @@ def _check_seg(browser: Chromium, server: ViewerServer, study: Study, view: View
         "document.body.innerText.includes('Do you want to open this Segmentation?')",
         LOAD_TIMEOUT, "the 'open this Segmentation?' prompt",
     )
-    browser.wait_for(_VIEWPORT, LOAD_TIMEOUT, "the SEG's source frame")
+    browser.wait_for(_VIEWPORT, LOAD_TIMEOUT, "the SEG's source image")
     browser.pump(3)
     assert browser.evaluate(_CLICK_YES) == 1
     browser.wait_for(
         "window.cornerstoneTools.segmentation.state.getSegmentations().length > 0", LOAD_TIMEOUT,
-        f"the {view.value} SEG loaded into cornerstone",
+        f"the SEG {seg.SeriesDescription} loaded into cornerstone",
     )
     browser.pump(4)
     browser.evaluate(_SKIP_TOUR)
@@ -172,7 +183,13 @@ def _check_seg(browser: Chromium, server: ViewerServer, study: Study, view: View
     assert "Something went wrong" not in text, png
     errors = _errors(browser, server)
     assert errors == [], "\n".join([str(png), *errors])
-    box = browser.evaluate(_VIEWPORT)
+    return browser.evaluate(_VIEWPORT)
+
+
+def _check_seg(browser: Chromium, server: ViewerServer, study: Study, view: View, seg: Dataset,
+               png: Path) -> None:
+    source = study.result.scan.views[view].source
+    box = _load_seg(browser, server, study.result.scan.study_instance_uid, seg, png)
     assert box is not None and source.sop_instance_uid in box["imageId"], (box, png)
     assert box["imageId"].endswith(f"/frames/{source.frame_number}"), (box, png)
     overlay = _overlay_pixels(png, box)
@@ -188,7 +205,7 @@ def _check_seg(browser: Chromium, server: ViewerServer, study: Study, view: View
 
 
 def _check_sr(browser: Chromium, server: ViewerServer, study: Study, sr: Dataset, png: Path) -> None:
-    _open(browser, server, study, sr)
+    _open(browser, server, study.result.scan.study_instance_uid, sr)
     count = browser.wait_for(
         "window.cornerstoneTools.annotation.state.getAllAnnotations().length", LOAD_TIMEOUT,
         "the SR's annotations",
@@ -214,7 +231,7 @@ def _check_sr(browser: Chromium, server: ViewerServer, study: Study, sr: Dataset
 
 
 def _check_sc(browser: Chromium, server: ViewerServer, study: Study, sc: Dataset, png: Path) -> None:
-    _open(browser, server, study, sc)
+    _open(browser, server, study.result.scan.study_instance_uid, sc)
     box = browser.wait_for(
         f"(() => {{ const v = {_VIEWPORT}; return v && v.imageId.includes('{sc.SOPInstanceUID}') && v; }})()",
         LOAD_TIMEOUT, "the SC in the viewport",
@@ -229,3 +246,47 @@ def _check_sc(browser: Chromium, server: ViewerServer, study: Study, sc: Dataset
     top, left = int(box["top"]), int(box["left"])
     viewport = rgb[top:top + int(box["height"]), left:left + int(box["width"])]
     assert viewport.std() > 20, f"the SC viewport looks blank ({png})"
+
+
+@pytest.mark.parametrize("with_ct", [True, False], ids=["spect-ct", "spect-only"])
+def test_ohif_opens_the_spect_results(with_ct: bool, tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """A SPECT/CT exam's results (SEG on the CT) and a SPECT-only exam's (SEG on the NM volume), with
+    the simulator's truth as the segmentation: OHIF loads the SEG into cornerstone without a console
+    error and paints it on its source (OHIF opens the SEG at a slice with a lesion), and opens the
+    Comprehensive 3D SR and the SC without an error. (OHIF draws an SR's content only as annotations
+    from spatial coordinates; the 3-D SR's lesions refer to their SEG segment instead, TID 1411, so
+    its viewport stays empty: docs/conformance.md 8.1.4.)"""
+    write_exams(tmp_path / "exam", exams=1, seed=21, size="tiny")
+    folder = tmp_path / "exam" / "exam_0001"
+    cts = [pydicom.dcmread(p) for p in sorted((folder / "ct").glob("*.dcm"))] if with_ct else []
+    nm = pydicom.dcmread(folder / "spect.dcm")
+    labels = np.load(folder / "truth.npz")["labels_ct"]
+    if not with_ct:
+        ct_grid, _ = ct_geometry([pydicom.dcmread(p) for p in sorted((folder / "ct").glob("*.dcm"))])
+        labels = resample_labels(labels, ct_grid, nm_volume(nm)[1], 3)
+    onehot = np.stack([(labels == k).astype(np.float32) for k in range(3)])
+    objects = dict(build_hybrid_results(cts, nm, onehot, algorithm=Algorithm("dicomnode-mtunet", "test", "mtunet")))
+    shots = _screenshots("spect-ct" if with_ct else "spect-only", capsys)
+    with (
+        DicomWebOrthanc(workdir=tmp_path / "orthanc") as pacs,
+        ViewerServer(ohif_dist(), pacs.http_port) as server,
+        Chromium(tmp_path) as browser,
+    ):
+        datasets = [*cts, nm, *objects.values()]
+        assert c_store(pacs, datasets) == [0] * len(datasets)
+        study_uid = str(nm.StudyInstanceUID)
+        png = shots / "seg.png"
+        box = _load_seg(browser, server, study_uid, objects[ResultKind.SEG], png)
+        segments = browser.evaluate(
+            "Object.keys(window.cornerstoneTools.segmentation.state.getSegmentations()[0].segments).length")
+        assert segments == 2, png
+        assert len(_overlay_pixels(png, box)) > 0, f"no overlay pixels in {png}"  # OHIF shows a lesion slice
+        for kind in (ResultKind.SR, ResultKind.SC):
+            _open(browser, server, study_uid, objects[kind])
+            browser.pump(8)
+            browser.evaluate(_SKIP_TOUR)
+            browser.pump(1)
+            png = browser.screenshot(shots / f"{kind.value.lower()}.png")
+            assert "Something went wrong" not in browser.evaluate("document.body.innerText"), png
+            assert _errors(browser, server) == [], png

@@ -124,22 +124,25 @@ def segment_acquisition(acquisition: Acquisition, segmenter: Segmenter, options:
 
 def segment_hybrid(acquisition: HybridAcquisition, segmenter: HybridSegmenter, options: ResultOptions,
                    result_set: int = 1) -> AcquisitionRun:
-    """Segment one SPECT/CT acquisition (paper 003) and build its SEG, SR and SC on the CT series.
+    """Segment one SPECT/CT acquisition (paper 003), or a SPECT volume without CT with the SPECT-only
+    model, and build its SEG, SR and SC on the CT series (on the NM volume without one).
 
     As :func:`segment_acquisition`: data that cannot be used gives a run with its ``reason``.
     """
     if acquisition.refusal is not None:
         return AcquisitionRun(acquisition, reason=acquisition.refusal)
     try:
-        probabilities = segmenter.probabilities(acquisition.ct, acquisition.spect)
+        segmentation = segmenter.segment(acquisition.ct, acquisition.spect)
     except GeometryError as exc:
-        return AcquisitionRun(acquisition, reason=f"SPECT/CT geometry cannot be read: {exc}")
-    ct, repairs = repair_sources(acquisition.ct)
+        kind = "SPECT/CT" if acquisition.ct else "SPECT"
+        return AcquisitionRun(acquisition, reason=f"{kind} geometry cannot be read: {exc}")
+    (spect, *ct), repairs = repair_sources([acquisition.spect, *acquisition.ct])
     if repairs:
-        log.info("SPECT/CT sources repaired before result building", extra={"repairs": len(repairs)})
+        log.info("SPECT sources repaired before result building", extra={"repairs": len(repairs)})
     return _built(acquisition, str(acquisition.spect.StudyInstanceUID),
-                  lambda: build_hybrid_results(ct, acquisition.spect, probabilities, algorithm=segmenter.algorithm,
-                                               options=options, study_version=result_set))
+                  lambda: build_hybrid_results(ct, spect, segmentation.probabilities,
+                                               algorithm=segmentation.algorithm, options=options,
+                                               study_version=result_set))
 
 
 def _built(acquisition: Acquisition | HybridAcquisition, study_uid: str,

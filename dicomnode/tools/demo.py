@@ -106,14 +106,20 @@ class DemoReport:
 
 def _evaluate(outcome: StudyOutcome, sources: list[Dataset], truth: dict[str, np.ndarray],
               objects: Sequence[tuple[ResultKind, Received]], pictures: Path) -> None:
-    """Score the SEGs at the PACS against the truth; write the pictures."""
+    """Score the whole-body SEGs at the PACS against the truth; write the pictures.
+
+    A SEG on another source (the exam's SPECT reconstruction, segmented SPECT-only) has no planar
+    truth and is not scored."""
     scan = load_scan(sources)
     by_frame = {(image.source.sop_instance_uid, image.source.frame_number): image for image in scan.views.values()}
+    whole_body = {str(ds.SOPInstanceUID) for ds in sources}
     masks: dict[View, np.ndarray] = {}
     for kind, item in objects:
         if kind is ResultKind.SEG:
             seg = pydicom.dcmread(item.path)
             reference = seg.PerFrameFunctionalGroupsSequence[0].DerivationImageSequence[0].SourceImageSequence[0]
+            if str(reference.ReferencedSOPInstanceUID) not in whole_body:
+                continue
             frame = (str(reference.ReferencedSOPInstanceUID), int(reference.get("ReferencedFrameNumber", 1)))
             image = by_frame.get(frame)
             if image is None:
@@ -132,8 +138,10 @@ def _evaluate(outcome: StudyOutcome, sources: list[Dataset], truth: dict[str, np
     outcome.pictures.append(comparison)
     for kind, item in objects:
         if kind is ResultKind.SC:
-            path = pictures / f"{outcome.name}_secondary_capture.png"
-            Image.fromarray(pydicom.dcmread(item.path).pixel_array).save(path)
+            sc = pydicom.dcmread(item.path)
+            planar = any(str(ref.ReferencedSOPInstanceUID) in whole_body for ref in sc.get("SourceImageSequence", []))
+            path = pictures / f"{outcome.name}_{'secondary_capture' if planar else 'spect_secondary_capture'}.png"
+            Image.fromarray(sc.pixel_array).save(path)
             outcome.pictures.append(path)
 
 

@@ -147,6 +147,7 @@ class PynetdicomPacs:
     def __init__(self, directory: Path, description: str = "pynetdicom Storage SCP") -> None:
         from pynetdicom import AE, evt
         from pynetdicom.sop_class import (
+            Comprehensive3DSRStorage,
             ComprehensiveSRStorage,
             GrayscaleSoftcopyPresentationStateStorage,
             MultiFrameTrueColorSecondaryCaptureImageStorage,
@@ -161,7 +162,8 @@ class PynetdicomPacs:
         self._lock = threading.Lock()
         ae = AE(ae_title=self.aet)
         for sop_class in (SegmentationStorage, GrayscaleSoftcopyPresentationStateStorage, ComprehensiveSRStorage,
-                          SecondaryCaptureImageStorage, MultiFrameTrueColorSecondaryCaptureImageStorage):
+                          Comprehensive3DSRStorage, SecondaryCaptureImageStorage,
+                          MultiFrameTrueColorSecondaryCaptureImageStorage):
             ae.add_supported_context(sop_class)
         self._server = ae.start_server(("127.0.0.1", self.port), block=False,
                                        evt_handlers=[(evt.EVT_C_STORE, self._store)])

@@ -243,6 +243,18 @@ def _check_source(view: View, dataset: Dataset, source: ViewSource, study_uid: s
         raise ValueError(f"{where} has {frames} frame(s); frame {source.frame_number} was referenced")
 
 
+def source_image_sequence(datasets: Sequence[Dataset]) -> list[Dataset]:
+    """Source Image Sequence (0008,2112) items naming the images a derived picture was made from
+    (General Image module, PS3.3 C.7.6.1, Type 3; Image SOP Instance Reference Macro, Table 10-3)."""
+    items = []
+    for ds in datasets:
+        item = Dataset()
+        item.ReferencedSOPClassUID = ds.SOPClassUID
+        item.ReferencedSOPInstanceUID = ds.SOPInstanceUID
+        items.append(item)
+    return items
+
+
 def source_datasets(frames: dict[View, SourceFrame]) -> list[Dataset]:
     """The distinct source datasets of the views (one for a two-frame instance), in view order."""
     seen: dict[str, Dataset] = {}

@@ -8,6 +8,8 @@ yellow, from 20 % to 100 % of four times the median counts of bone, CT above 150
 stays faint, a lesion with a few times its uptake saturates, and the bladder does not set the scale) and the lesions'
 outlines (metastatic red, benign green). The coronal panel is stretched to square voxels. A legend
 below names the lesions with class, volume and probability and says "NOT FOR DIAGNOSTIC USE".
+Without a CT (SPECT-only) the panels show the SPECT alone in gray, 0 to four times the median counts
+of the body (as :func:`segmentation.spectct.spect_body` outlines it), with the same contours.
 Burned In Annotation YES; Patient Orientation left empty (two panels, two orientations).
 """
 
@@ -19,8 +21,15 @@ from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 from scipy import ndimage
 
-from dicomnode.pipeline.results.common import NOT_FOR_DIAGNOSTIC_USE, Provenance, ResultKind, check_writable
+from dicomnode.pipeline.results.common import (
+    NOT_FOR_DIAGNOSTIC_USE,
+    Provenance,
+    ResultKind,
+    check_writable,
+    source_image_sequence,
+)
 from dicomnode.pipeline.results.hybrid_results import BENIGN, METASTATIC, HybridVolume
+from segmentation.spectct import spect_body
 
 CT_WINDOW = (-200.0, 1300.0)
 BONE_HU = 150.0
@@ -30,10 +39,14 @@ PANEL = 384
 LEGEND_LINES = 6
 
 
-def _fused(hu: np.ndarray, spect: np.ndarray | None, labels: np.ndarray, spect_top: float) -> np.ndarray:
-    gray = np.clip((hu - CT_WINDOW[0]) / (CT_WINDOW[1] - CT_WINDOW[0]), 0, 1)
+def _fused(hu: np.ndarray | None, spect: np.ndarray | None, labels: np.ndarray, spect_top: float) -> np.ndarray:
+    """One panel: CT in gray with the SPECT in hot colours over it, or the SPECT alone in gray."""
+    if hu is None:
+        gray = np.clip((spect if spect is not None else np.zeros(labels.shape)) / spect_top, 0, 1)
+    else:
+        gray = np.clip((hu - CT_WINDOW[0]) / (CT_WINDOW[1] - CT_WINDOW[0]), 0, 1)
     rgb = np.repeat(gray[..., None], 3, axis=-1)
-    if spect is not None:
+    if spect is not None and hu is not None:
         level = np.clip(spect / spect_top, 0, 1)
         alpha = np.clip((level - 0.2) / 0.8, 0, 1)[..., None] * 0.7
         hot = np.stack([np.ones_like(level), level, np.zeros_like(level)], axis=-1)
@@ -57,14 +70,15 @@ def render(volume: HybridVolume) -> np.ndarray:
         k, i, _ = (int(round(v)) for v in max(volume.lesions, key=lambda les: les.voxels).centroid)
     else:
         k, i = volume.labels.shape[0] // 2, volume.labels.shape[1] // 2
+    spect, hu = volume.spect, volume.hu
     spect_top = 1.0
-    if volume.spect is not None:
-        bone = volume.hu > BONE_HU
-        reference = volume.spect[bone] if bone.any() else volume.spect
+    if spect is not None:
+        inside = hu > BONE_HU if hu is not None else spect_body(spect)
+        reference = spect[inside] if inside.any() else spect
         spect_top = max(BONE_SCALE * float(np.median(reference)), 1e-6)
-    spect = volume.spect
-    axial = _fused(volume.hu[k], None if spect is None else spect[k], volume.labels[k], spect_top)
-    coronal = _fused(volume.hu[::-1, i], None if spect is None else spect[::-1, i], volume.labels[::-1, i], spect_top)
+    axial = _fused(None if hu is None else hu[k], None if spect is None else spect[k], volume.labels[k], spect_top)
+    coronal = _fused(None if hu is None else hu[::-1, i], None if spect is None else spect[::-1, i],
+                     volume.labels[::-1, i], spect_top)
     g = volume.geometry
     panels = [_panel(axial, g.pixel_spacing[0] / g.pixel_spacing[1]), _panel(coronal, g.slice_spacing / g.pixel_spacing[1])]
     legend_height = 16 * LEGEND_LINES + 8
@@ -90,7 +104,7 @@ def render(volume: HybridVolume) -> np.ndarray:
 def build_hybrid_picture(volume: HybridVolume, provenance: Provenance) -> Dataset:
     """The SC instance (one) in this run's SC series."""
     series = provenance.series(ResultKind.SC)
-    first = volume.ct[0]
+    first = volume.reference
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=first, pixel_array=render(volume),
         photometric_interpretation=hd.PhotometricInterpretationValues.RGB, bits_allocated=8,
@@ -102,7 +116,9 @@ def build_hybrid_picture(volume: HybridVolume, provenance: Provenance) -> Datase
     sc.PatientOrientation = ""
     sc.BurnedInAnnotation = "YES"
     sc.ConversionType = "WSD"
-    sc.ImageComments = f"AI bone lesions on fused SPECT/CT; {NOT_FOR_DIAGNOSTIC_USE}"
+    sc.ImageComments = (f"AI bone lesions on {'fused SPECT/CT' if volume.ct else 'SPECT'}; "
+                        f"{NOT_FOR_DIAGNOSTIC_USE}")
+    sc.SourceImageSequence = source_image_sequence([*volume.ct, *([volume.nm] if volume.nm is not None else [])])
     sc.DateOfSecondaryCapture = provenance.created.strftime("%Y%m%d")
     sc.TimeOfSecondaryCapture = provenance.created.strftime("%H%M%S.%f")
     provenance.finish(sc, first, series)

@@ -35,6 +35,8 @@ from dicomnode.pipeline.results.common import (
     SourceFrame,
     bone_window,
     check_writable,
+    source_datasets,
+    source_image_sequence,
 )
 from dicomnode.pipeline.results.contours import LESION_RGB, lesion_outlines
 from dicomnode.pipeline.results.text import bsi_summary, view_summary
@@ -76,6 +78,7 @@ def build_picture(
     sc.BurnedInAnnotation = "YES"
     sc.ConversionType = "WSD"  # made on a workstation (PS3.3 C.8.6.1); highdicom writes DI
     sc.ImageComments = f"AI bone metastasis contours and findings; {NOT_FOR_DIAGNOSTIC_USE}"
+    sc.SourceImageSequence = source_image_sequence(source_datasets(frames))
     if first.dataset.get("StudyDescription") and not sc.get("StudyDescription"):
         sc.StudyDescription = first.dataset.StudyDescription  # highdicom leaves it out
     sc.DateOfSecondaryCapture = provenance.created.strftime("%Y%m%d")

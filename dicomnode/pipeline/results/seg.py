@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import highdicom as hd
@@ -224,28 +225,46 @@ def _values(item: Dataset, keyword: str, count: int) -> tuple[float, ...] | None
 def _single_frame_proxy(frame: SourceFrame, geometry: PlaneGeometry) -> Dataset:
     """A one-frame stand-in for the source frame with the source's UIDs (see module docstring)."""
     source = frame.dataset
+    spacing = [float(v) for v in frame.image.pixel_spacing]
+    return functional_groups_proxy(
+        source, frame_of_reference_uid=geometry.frame_of_reference_uid, pixel_spacing=spacing,
+        slice_thickness=float(source.get("SliceThickness") or 0) or spacing[0],
+        orientation=geometry.orientation, positions=[geometry.position],
+    )
+
+
+def functional_groups_proxy(
+    source: Dataset, *, frame_of_reference_uid: str, pixel_spacing: Sequence[float], slice_thickness: float,
+    orientation: Sequence[float], positions: Sequence[Sequence[float]],
+) -> Dataset:
+    """A stand-in for an NM ``source`` that highdicom can take as a SEG source: the source's header
+    and UIDs without its pixel data, one frame per entry of ``positions``, and the geometry as the
+    functional groups of an enhanced multi-frame image (Pixel Measures, Plane Orientation, Plane
+    Position: PS3.3 C.7.6.16.2.1, .4, .3), where an NM image keeps it in its Detector Information
+    Sequence (PS3.3 C.8.4.11)."""
     proxy = Dataset()
     for element in source:
         if element.tag not in _PIXEL_DATA_TAGS:
             proxy.add(copy.copy(element))  # own top-level elements: the source stays untouched
-    proxy.NumberOfFrames = 1
-    proxy.FrameOfReferenceUID = geometry.frame_of_reference_uid
-    spacing = [float(v) for v in frame.image.pixel_spacing]
-    thickness = float(source.get("SliceThickness") or 0) or spacing[0]
+    proxy.NumberOfFrames = len(positions)
+    proxy.FrameOfReferenceUID = frame_of_reference_uid
     measures = Dataset()
-    measures.PixelSpacing = spacing
-    measures.SliceThickness = thickness
+    measures.PixelSpacing = [float(v) for v in pixel_spacing]
+    measures.SliceThickness = float(slice_thickness)
     plane_orientation = Dataset()
-    plane_orientation.ImageOrientationPatient = list(geometry.orientation)
+    plane_orientation.ImageOrientationPatient = [float(v) for v in orientation]
     shared = Dataset()
     shared.PixelMeasuresSequence = [measures]
     shared.PlaneOrientationSequence = [plane_orientation]
-    plane_position = Dataset()
-    plane_position.ImagePositionPatient = list(geometry.position)
-    per_frame = Dataset()
-    per_frame.PlanePositionSequence = [plane_position]
-    proxy.PerFrameFunctionalGroupsSequence = [per_frame]
     proxy.SharedFunctionalGroupsSequence = [shared]
+    per_frame = []
+    for position in positions:
+        plane_position = Dataset()
+        plane_position.ImagePositionPatient = [float(v) for v in position]
+        item = Dataset()
+        item.PlanePositionSequence = [plane_position]
+        per_frame.append(item)
+    proxy.PerFrameFunctionalGroupsSequence = per_frame
     return proxy
 
 
