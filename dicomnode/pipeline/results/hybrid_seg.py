@@ -29,6 +29,7 @@ from pydicom.sr.codedict import codes
 from dicomnode.pipeline.results.common import NOT_FOR_DIAGNOSTIC_USE, Provenance, ResultKind, check_writable
 from dicomnode.pipeline.results.hybrid_results import BENIGN, METASTATIC, SEGMENT_OF_CLASS, HybridVolume
 from dicomnode.pipeline.results.seg import functional_groups_proxy
+from dicomnode.pipeline.results.text import clip_words
 from segmentation.volume import nm_geometry
 
 SEGMENT_LABELS = {METASTATIC: "Bone metastasis", BENIGN: "Benign bone lesion"}
@@ -76,8 +77,8 @@ def build_hybrid_segmentation(volume: HybridVolume, provenance: Provenance) -> D
         instance_number=1,
         **provenance.equipment,
         content_label="BONE_LESIONS",
-        content_description=(f"AI bone lesions on {volume.modality_name}, {len(volume.lesions)} lesion(s); "
-                             f"{NOT_FOR_DIAGNOSTIC_USE}")[:64],
+        content_description=clip_words(f"AI bone lesions on {volume.modality_name}, {len(volume.lesions)} lesion(s); "
+                                       f"{NOT_FOR_DIAGNOSTIC_USE}", 64),
         omit_empty_frames=bool(labels.any()),
         series_description=series.description,
     )
