@@ -6,6 +6,7 @@ inside the command so that ``dicomnode status`` does not pay for importing torch
 
 from __future__ import annotations
 
+import logging
 from enum import Enum
 from pathlib import Path
 
@@ -443,23 +444,33 @@ def demo(
     device: Device = typer.Option(Device.auto, help="auto (CUDA when present), cpu or cuda."),
     pacs: DemoPacs = typer.Option(DemoPacs.auto, "--pacs", help="The PACS: dcmtk storescp (auto: when installed) "
                                   "or a pynetdicom Storage SCP."),
-    verbose: bool = typer.Option(False, "--verbose", help="Show the node's log."),
+    verbose: bool = typer.Option(False, "--verbose",
+                                 help="The node's log on stderr (default: node.log in the run's folder)."),
 ) -> None:
     """Simulate studies, send them to a node on this machine, and show the results that reach a PACS."""
     from rich.console import Console
 
     from dicomnode.config import LoggingSection
     from dicomnode.ops.logs import configure_logging
-    from dicomnode.tools.demo import render, run_demo
+    from dicomnode.tools.demo import LOG_FILE, demo_folder, render, run_demo
     from dicomnode.tools.harness import HarnessError
 
-    configure_logging(LoggingSection(level="INFO" if verbose else "WARNING"))
+    handler = None
     try:
-        report = run_demo(out, studies=studies, seed=seed, weights=weights, device=device.value,
+        folder = demo_folder(out)
+        log_file = None if verbose else folder / LOG_FILE
+        handler = configure_logging(LoggingSection(level="INFO"), file=log_file)
+        if log_file is not None:
+            typer.echo(f"the node's log: {log_file}", err=True)
+        report = run_demo(folder, studies=studies, seed=seed, weights=weights, device=device.value,
                           pacs_kind=pacs.value, progress=lambda line: typer.echo(line, err=True))
     except (HarnessError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    finally:
+        if handler is not None:  # the run's log file is the run's: closed with it
+            logging.getLogger().removeHandler(handler)
+            handler.close()
     console = Console()
     if not console.is_terminal:
         console = Console(width=160)

@@ -9,7 +9,8 @@
 #                                       user a role that connects over the local socket
 #   scripts/setup.sh python demo|test   the virtualenv $VENV (or $PYTHON itself when VENV is empty),
 #                                       PyTorch ($TORCH, build $TORCH_BUILD), then the project
-#                                       (editable; with the test extras for `test`)
+#                                       (editable; with the test extras for `test`, and the build
+#                                       backend's wheels in $WHEELHOUSE for the README test)
 #
 # Environment (the Makefile passes its variables): PYTHON (default python3), VENV (default .venv;
 # empty: install into $PYTHON's environment), TORCH (default torch==2.13.0), TORCH_BUILD
@@ -31,6 +32,9 @@ TEST_APT_PACKAGES=("${DEMO_APT_PACKAGES[@]}" orthanc postgresql orthanc-dicomweb
 # test serves; tests/browser.py looks for it there). npm itself comes from Debian.
 TEST_NPM_PACKAGES=("@ohif/app@3.13.2")
 NPM_PREFIX="${NPM_PREFIX:-build/npm}"
+# The build backend's wheels (pyproject.toml [build-system] requires), downloaded by `python test`
+# for the README test, whose fresh clone installs offline (tests/test_readme.py).
+WHEELHOUSE="${WHEELHOUSE:-build/wheelhouse}"
 # The PyTorch build indexes (https://pytorch.org/get-started/locally/). PyPI's own Linux wheels
 # are CUDA builds (about 3 GB with their nvidia packages); the CPU index has CPU-only wheels.
 TORCH_CPU_INDEX=https://download.pytorch.org/whl/cpu
@@ -233,6 +237,11 @@ cmd_python() {
   mapfile -t requires <<<"$requires"
   "$py" -m pip install -q "${requires[@]}"
   "$py" -m pip install -q --no-build-isolation -e ".$extras"
+  if [ "$1" = test ]; then
+    step "the build backend's wheels for the README test's offline install: $WHEELHOUSE"
+    "$py" -m pip download -q --no-deps --only-binary :all: --dest "$WHEELHOUSE" "${requires[@]}"
+    ls "$WHEELHOUSE"
+  fi
   # From / so that the current folder cannot stand in for the installed package.
   (cd / && "$py" -c "import dicomnode, torch; print('dicomnode from', dicomnode.__path__[0], '- torch', torch.__version__)")
 }

@@ -213,6 +213,13 @@ def mount_tmpfs(path: Path, megabytes: int) -> bool:
                           capture_output=True).returncode == 0
 
 
+def require_tmpfs(path: Path, megabytes: int) -> None:
+    """:func:`mount_tmpfs`, or :func:`tests.peers.require`'s skip (a failure in CI, which runs as root)."""
+    from tests.peers import require
+
+    require(mount_tmpfs(path, megabytes), "mount -t tmpfs (root)", "run the tests as root, as CI does")
+
+
 def unmount(path: Path) -> None:
     subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.peers import dcmtk
+from tests.peers import dcmtk, require
 
 _PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "chaos.py"
 _spec = importlib.util.spec_from_file_location("chaos", _PATH)
@@ -37,8 +37,8 @@ def arguments(*extra: str):
 
 @pytest.mark.parametrize("scenario", ["kills", "outage", "disk"])
 def test_nothing_acknowledged_is_lost(scenario, studies, tmp_path, capsys):
-    if scenario == "disk" and os.geteuid() != 0:
-        pytest.skip("the disk scenario mounts a tmpfs (root only)")
+    if scenario == "disk":
+        require(os.geteuid() == 0, "root (the disk scenario mounts a tmpfs)", "run the tests as root, as CI does")
     args = arguments("--kills", "3")
     row = chaos.run_scenario(scenario, args, tmp_path, studies, random.Random(17))
     with capsys.disabled():

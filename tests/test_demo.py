@@ -61,6 +61,12 @@ def test_demo_command_end_to_end(tmp_path):
         ("study_0001", "generic"), ("study_0002", "siemens"), ("study_0003", "ge")], run.stdout
     assert all(0 < float(seconds) < 120 for _, _, seconds in rows)
     assert "PACS: dcmtk storescp" in run.stdout
+    # The console holds the progress lines and the table; the node's log (library and receiver
+    # warnings included) is in node.log, which the demo names.
+    log = out / "node.log"
+    assert not re.search(r" (WARNING|ERROR) ", run.stderr), run.stderr
+    assert f"the node's log: {log}" in run.stderr
+    assert re.search(r"^\S+ \S+ INFO dicomnode\.", log.read_text(), re.MULTILINE), log.read_text()[:2000]
     assert ("(threshold)" not in run.stdout) == shipped  # the shipped model when present
 
     manifest = json.loads((out / "studies" / "manifest.json").read_text())

@@ -14,9 +14,8 @@ def test_auto_is_cuda_when_present_else_the_cpu():
     assert resolve_device("cpu") == torch.device("cpu")
 
 
+@pytest.mark.without_gpu
 def test_a_cuda_device_without_a_gpu_is_an_error_not_a_fallback():
-    if torch.cuda.is_available():
-        pytest.skip("this machine has a GPU")
     for name in ("cuda", "cuda:1", torch.device("cuda")):
         with pytest.raises(DeviceError, match="sees no CUDA GPU"):
             resolve_device(name)

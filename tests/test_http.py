@@ -250,11 +250,10 @@ def test_disk_pressure_end_to_end(tmp_path, storescp):
     from typer.testing import CliRunner
 
     from dicomnode.cli import app
-    from tests.processing_helpers import fill, mount_tmpfs, unmount
+    from tests.processing_helpers import fill, require_tmpfs, unmount
 
     var = tmp_path / "var"
-    if not mount_tmpfs(var, 48):
-        pytest.skip("mount -t tmpfs is not allowed here (needs root)")
+    require_tmpfs(var, 48)
     try:
         manifest = write_studies(tmp_path / "s", studies=2, seed=12, layout="split", png=False)
         first, second = ([tmp_path / "s" / s["folder"] / f["file"] for f in s["files"]] for s in manifest["studies"])

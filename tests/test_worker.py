@@ -12,7 +12,6 @@ import numpy as np
 import pydicom
 from pydicom.uid import SegmentationStorage
 import pytest
-import torch
 from sqlalchemy import select
 
 from dicomnode.ops.status import collect, render
@@ -244,9 +243,8 @@ def test_the_heartbeat_keeps_a_long_job_from_being_taken_over(tmp_path, segmente
     assert job.state is JobState.DONE and job.attempts == 1
 
 
+@pytest.mark.without_gpu
 def test_a_cuda_device_without_a_gpu_is_a_clear_error():
-    if torch.cuda.is_available():
-        pytest.skip("this machine has a GPU")
     with pytest.raises(RuntimeError, match="sees no CUDA GPU"):
         load_segmenter("threshold", device="cuda")
 
@@ -256,12 +254,11 @@ def test_a_cuda_device_without_a_gpu_is_a_clear_error():
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 16 MiB tmpfs that the test may fill (root only; skipped elsewhere)."""
-    from tests.processing_helpers import mount_tmpfs, unmount
+    """A 16 MiB tmpfs that the test may fill (root only: skipped elsewhere, failed in CI)."""
+    from tests.processing_helpers import require_tmpfs, unmount
 
     disk = tmp_path / "disk"
-    if not mount_tmpfs(disk, 16):
-        pytest.skip("mount -t tmpfs is not allowed here (needs root)")
+    require_tmpfs(disk, 16)
     yield disk
     unmount(disk)
 

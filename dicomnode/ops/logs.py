@@ -1,7 +1,7 @@
 """The node's log: one line per event, as text or JSON lines (``[logging]``), without patient data.
 
-:func:`configure_logging` adds the node's own handler (:class:`NodeLogHandler`, stderr) to the root
-logger, so that warnings of every library reach it too; it replaces only a handler that an earlier
+:func:`configure_logging` adds the node's own handler (:class:`NodeLogHandler`, stderr, or
+:class:`NodeLogFile`) to the root logger, so that warnings of every library reach it too; it replaces only a handler that an earlier
 call added. Other handlers (an embedding application's, pytest's) and the root logger's level are
 left alone: the node's loggers (``dicomnode``, ``segmentation``) get ``[logging] level``, and chatty
 libraries (pynetdicom, alembic, highdicom) warnings only.
@@ -34,6 +34,7 @@ import numbers
 import re
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TextIO
 
 from dicomnode.config import LoggingSection
@@ -137,9 +138,7 @@ class NodeLogHandler(logging.StreamHandler):
     def __init__(self, settings: LoggingSection) -> None:
         super().__init__()
         self.setLevel(settings.level)
-        include = settings.include_patient_data
-        self.setFormatter(JsonLines(include_patient_data=include) if settings.json_lines
-                          else KeyValues(TEXT_FORMAT, include_patient_data=include))
+        self.setFormatter(_formatter(settings))
 
     @property  # type: ignore[override]
     def stream(self) -> TextIO:
@@ -166,13 +165,30 @@ class LibraryRedaction(logging.Filter):
         return True
 
 
-def configure_logging(settings: LoggingSection) -> NodeLogHandler:
-    """Route the node's log to stderr as ``[logging]`` says (see the module docstring); return the handler."""
+class NodeLogFile(logging.FileHandler):
+    """The node's handler writing to a file instead of stderr (``dicomnode demo``'s ``node.log``,
+    so that the log does not interleave with a person's progress lines and table)."""
+
+    def __init__(self, settings: LoggingSection, path: Path) -> None:
+        super().__init__(path, encoding="utf-8")
+        self.setLevel(settings.level)
+        self.setFormatter(_formatter(settings))
+
+
+def _formatter(settings: LoggingSection) -> logging.Formatter:
+    include = settings.include_patient_data
+    return (JsonLines(include_patient_data=include) if settings.json_lines
+            else KeyValues(TEXT_FORMAT, include_patient_data=include))
+
+
+def configure_logging(settings: LoggingSection, file: Path | None = None) -> logging.Handler:
+    """Route the node's log to stderr, or to ``file``, as ``[logging]`` says (see the module
+    docstring); return the handler."""
     root = logging.getLogger()
-    for previous in [handler for handler in root.handlers if isinstance(handler, NodeLogHandler)]:
+    for previous in [handler for handler in root.handlers if isinstance(handler, (NodeLogHandler, NodeLogFile))]:
         root.removeHandler(previous)
         previous.close()
-    handler = NodeLogHandler(settings)
+    handler: logging.Handler = NodeLogHandler(settings) if file is None else NodeLogFile(settings, file)
     if not settings.include_patient_data:
         handler.addFilter(LibraryRedaction())
     root.addHandler(handler)

@@ -46,7 +46,7 @@ def overlay_image(study: SimulatedStudy) -> Image.Image:
     canvas.paste(image, (0, TITLE_HEIGHT))
     draw = ImageDraw.Draw(canvas)
     visible = sum(any(t.visible.values()) for t in study.lesions)
-    draw.text((4, 2), f"ANTERIOR (as stored) | POSTERIOR (as stored: seen from behind, mirrored)",
+    draw.text((4, 2), "ANTERIOR (as stored) | POSTERIOR (as stored: seen from behind, mirrored)",
               fill=(0, 0, 0))
     draw.text((4, 14), f"{len(study.lesions)} lesions, {visible} visible (red: truth); "
                        f"{study.count_level / 1e6:.2f} M counts/view", fill=(0, 0, 0))

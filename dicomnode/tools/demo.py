@@ -14,7 +14,9 @@ benchmarks are :mod:`dicomnode.tools.harness`.
 4. each whole exam is sent by C-STORE as a camera would (:func:`dicomnode.dicom.scu.send_files`, calling AE
    ``CAMERA``), one after the other; the demo waits until the node's database says every result
    object of the study was delivered, then finds them at the PACS;
-5. per study: lesions found per view and how many truth lesions they hit, the pixel DSC of the SEG
+5. the node's log goes to ``node.log`` in the run's folder (``--verbose``: to stderr), so that the
+   console holds only the progress lines and the table;
+6. per study: lesions found per view and how many truth lesions they hit, the pixel DSC of the SEG
    received at the PACS against the simulator's truth (paper 001 Eq. 7, :mod:`segmentation.metrics`),
    and the seconds from the start of the C-STORE to the last result object's arrival at the PACS;
    two pictures per study: the Secondary Capture the PACS received, and the source views with the
@@ -65,6 +67,8 @@ POLL_SECONDS = 0.2
 #: The spool's free-space floor for the demo: the default 1 GiB would refuse studies on a small /tmp.
 MIN_FREE_BYTES = 64 << 20
 TRUTH_RGB, PREDICTION_RGB = (220, 20, 20), (0, 170, 220)
+#: The node's log in the run's folder: the console keeps the progress lines and the table only.
+LOG_FILE = "node.log"
 
 
 # -- one study --------------------------------------------------------------------------------------
@@ -218,11 +222,21 @@ def node_config(out: Path, port: int, pacs: Pacs, weights: str, device: str) -> 
     )
 
 
+def demo_folder(out: Path | None = None) -> Path:
+    """The folder of a demo run: ``out`` (made if missing), or a new temporary folder (kept);
+    a folder that holds a previous run is refused."""
+    out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="dicomnode-demo-"))
+    out.mkdir(parents=True, exist_ok=True)
+    if any((out / name).exists() for name in ("var", "pacs")):
+        raise HarnessError(f"{out} holds a previous demo run (var/, pacs/): choose an empty folder")
+    return out
+
+
 def run_demo(out: Path | None = None, *, studies: int = 3, seed: int = 2025, weights: str = "default",
              device: str = "auto", pacs_kind: str = "auto", timeout: float = 120.0,
              progress: Callable[[str], None] = lambda line: None) -> DemoReport:
-    """Run the demo (module docstring) into ``out`` (default: a new temporary folder, kept);
-    ``progress`` gets one line per step, so a run without a terminal is not silent for minutes."""
+    """Run the demo (module docstring) into :func:`demo_folder` ``(out)``; ``progress`` gets one line
+    per step, so a run without a terminal is not silent for minutes."""
     from dicomnode.ops.service import Node
     from dicomnode.synth import write_studies
 
@@ -230,10 +244,7 @@ def run_demo(out: Path | None = None, *, studies: int = 3, seed: int = 2025, wei
     if studies < 1:
         raise HarnessError("the demo needs at least one study")
     model = describe_model(weights)
-    out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="dicomnode-demo-"))
-    out.mkdir(parents=True, exist_ok=True)
-    if any((out / name).exists() for name in ("var", "pacs")):
-        raise HarnessError(f"{out} holds a previous demo run (var/, pacs/): choose an empty folder")
+    out = demo_folder(out)
     manifest = write_studies(out / "studies", studies=studies, seed=seed, layout="mixed", png=False, vendor="mixed")
     progress(f"simulated {studies} {'study' if studies == 1 else 'studies'} in {out / 'studies'}")
     pacs = start_pacs(out / "pacs" / "received", pacs_kind)
@@ -287,4 +298,6 @@ def render(report: DemoReport) -> list:
              f"pictures (truth red, AI cyan; and each study's Secondary Capture): {report.out / 'pictures'}",
              f"node state (SQLite, spool): {report.out / 'var'}; results as the PACS stored them: "
              f"{report.out / 'pacs' / 'received'}"]
+    if (report.out / LOG_FILE).is_file():
+        lines.append(f"the node's log (warnings about the simulated exams' headers among them): {report.out / LOG_FILE}")
     return lines
