@@ -56,8 +56,10 @@ class UnreadableStudy(ValueError):
 def load_segmenter(weights: str, device: str = "auto", threshold: float | None = None) -> Segmenter:
     """The segmenter named by config ``[model]`` (see the module docstring).
 
-    ``threshold`` replaces the model card's probability threshold when given. Raises
-    :class:`segmentation.device.DeviceError` for a device this machine lacks.
+    The card's operating point (threshold, peak, minimum area, flip) is used as it stands, the
+    point cross-validated with the model (``dicomnode evaluate`` uses the same); ``threshold`` (config
+    ``[model] threshold``) replaces the card's probability threshold when given, and is logged as a
+    site override. Raises :class:`segmentation.device.DeviceError` for a device this machine lacks.
     """
     resolved = resolve_device(device)
     if weights == "default":
@@ -67,9 +69,15 @@ def load_segmenter(weights: str, device: str = "auto", threshold: float | None =
     else:
         segmenter = Segmenter.from_weights(Path(weights), device=resolved)
     if threshold is not None and threshold != segmenter.card.threshold:
+        log.warning("[model] threshold %g overrides the model card's %g (a site override: the card's "
+                    "operating point was cross-validated at its own threshold)", threshold, segmenter.card.threshold)
         segmenter.card = dataclasses.replace(segmenter.card, threshold=threshold)
-    log.info("segmenter %s %s (%s) on %s, threshold %.2f", segmenter.algorithm.name,
-             segmenter.algorithm.version, segmenter.algorithm.network, resolved, segmenter.card.threshold)
+    point = segmenter.card.operating_point
+    log.info("segmenter %s %s (%s) on %s, operating point: threshold %g, peak %s, minimum area %g mm2, "
+             "flip %s (%s)", segmenter.algorithm.name, segmenter.algorithm.version, segmenter.algorithm.network,
+             resolved, segmenter.card.threshold,
+             "-" if point.peak_threshold is None else f"{point.peak_threshold:.4g}", point.min_area_mm2,
+             "on" if point.test_time_flip else "off", "site override" if threshold is not None else "model card")
     return segmenter
 
 
