@@ -228,3 +228,17 @@ def test_a_later_reconstruction_of_the_same_acquisition_supersedes_the_earlier()
     assert kept.spect is later and afternoon.spect is other and afternoon.notes == ()
     (note,) = kept.notes
     assert "series 5.2" in note and "supersedes the earlier reconstruction" in note and "series 5.1" in note
+
+
+def test_the_planar_sr_names_its_acquisition_once_and_always_how_each_view_was_decided(segmenter):
+    """The real SRs said "acquisition '…'" twice, and named the view rule only when a view was
+    assumed; docs/conformance.md promises the rule always."""
+    (ds,) = nm_study(phantom_counts(rows=256, columns=64))
+    (acquisition,) = split_acquisitions([ds])
+    run = segment_acquisition(acquisition, segmenter, ResultOptions())
+    report = next(obj for kind, obj in run.objects if kind.value == "SR")
+    comments = [str(item.TextValue) for item in report.ContentSequence[-1].ContentSequence]
+    assert sum("acquisition '" in text for text in comments) == 1
+    assert len(comments) == len(set(comments))
+    (rules,) = [text for text in comments if text.startswith("Views decided: ")]
+    assert "anterior by " in rules and "posterior by " in rules and "(frame 1)" in rules and "(frame 2)" in rules
