@@ -17,7 +17,7 @@ from sqlalchemy import update
 from dicomnode.store.models import Study, StudyState
 from dicomnode.store.spool import sha256_hex
 from segmentation.scan import View
-from tests.nm_factory import nm_study, phantom_counts
+from tests.nm_factory import dose_report, nm_study, phantom_counts
 from tests.receiver_helpers import Node, running_node, storescu, write_files
 
 pytestmark = pytest.mark.network
@@ -206,7 +206,7 @@ def test_every_standard_storage_class_is_stored_and_a_refused_context_is_logged_
     (mr,) = small_study("multiframe", seed=6)
     mr.SOPClassUID = mr.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"  # MR Image Storage
     mr.Modality = "MR"
-    files = write_files([mr, _dose_report(mr)], tmp_path / "other")
+    files = write_files([mr, dose_report(mr)], tmp_path / "other")
     with caplog.at_level(logging.WARNING, logger="dicomnode.pipeline.receiver"), running_node(tmp_path) as node:
         run = storescu(node.port, files)
         assert run.statuses == [0x0000, 0x0000]
@@ -222,30 +222,6 @@ def test_every_standard_storage_class_is_stored_and_a_refused_context_is_logged_
     assert private_class in refused["reason"] and refused["calling_ae"] == "WORKSTATION"
     assert "presentation contexts 1" in render(report)
     assert any("presentation context refused" in r.getMessage() for r in caplog.records)
-
-
-def _dose_report(template: pydicom.Dataset) -> pydicom.Dataset:
-    """A minimal X-Ray Radiation Dose SR (PS3.3 A.35.8) of the same study, as a CT writes it."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    ds = Dataset()
-    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID",
-                    "StudyDate", "StudyTime", "AccessionNumber", "StudyID"):
-        if keyword in template:
-            setattr(ds, keyword, template.get(keyword))
-    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.67"
-    ds.SOPInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "SR", 997, 1
-    ds.ValueType, ds.CompletionFlag, ds.VerificationFlag = "CONTAINER", "COMPLETE", "UNVERIFIED"
-    concept = Dataset()
-    concept.CodeValue, concept.CodingSchemeDesignator, concept.CodeMeaning = "113701", "DCM", "X-Ray Radiation Dose Report"
-    ds.ConceptNameCodeSequence = [concept]
-    ds.ContinuityOfContent = "SEPARATE"
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    return ds
 
 
 def _certificates(directory: Path) -> dict[str, Path]:
