@@ -240,24 +240,3 @@ def _base(
     ds.ScanVelocity = 15.0
     ds.ScanLength = 2000
     return ds
-
-
-def dose_report(template: Dataset) -> Dataset:
-    """A minimal X-Ray Radiation Dose SR (PS3.3 A.35.8) of the same study, as a CT writes it."""
-    ds = Dataset()
-    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID",
-                    "StudyDate", "StudyTime", "AccessionNumber", "StudyID"):
-        if keyword in template:
-            setattr(ds, keyword, template.get(keyword))
-    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.67"
-    ds.SOPInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "SR", 997, 1
-    ds.ValueType, ds.CompletionFlag, ds.VerificationFlag = "CONTAINER", "COMPLETE", "UNVERIFIED"
-    concept = Dataset()
-    concept.CodeValue, concept.CodingSchemeDesignator, concept.CodeMeaning = "113701", "DCM", "X-Ray Radiation Dose Report"
-    ds.ConceptNameCodeSequence = [concept]
-    ds.ContinuityOfContent = "SEPARATE"
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    return ds

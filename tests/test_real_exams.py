@@ -26,7 +26,7 @@ from pydicom.uid import generate_uid
 
 from dicomnode.synth import write_studies
 from dicomnode.synth.spectct import write_exams
-from tests.nm_factory import dose_report
+from dicomnode.synth.spectct.dicom import dose_report
 from tests.peers import free_port
 from tests.processing_helpers import NodeProcess, pacs_objects, status_report, storescu, wait_until, write_node_config
 
