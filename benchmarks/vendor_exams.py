@@ -60,6 +60,9 @@ def sestamibi_exam(work: Path) -> Exam:
         path = work / "mibi" / study["folder"] / entry["file"]
         ds = pydicom.dcmread(path)
         ds.StudyDescription = "NM MIBI Parathyroid"
+        for keyword in ("SeriesDescription", "ImageID", "ProtocolName"):  # a MIBI exam names no bone
+            if keyword in ds:
+                setattr(ds, keyword, str(ds.get(keyword)).replace("Bone", "MIBI"))
         if entry["kind"] == "tomo":
             ds.RadiopharmaceuticalInformationSequence[0].Radiopharmaceutical = "Sestamibi"
             del ds.RadiopharmaceuticalInformationSequence[0].RadiopharmaceuticalCodeSequence
@@ -149,7 +152,8 @@ def main() -> int:
             uids = {str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID) for path in paths}
             shown = "-"
             if first_row:
-                shown = ", ".join(f"{n} {k}" for k, n in sorted(results.items())) or outcomes[vendor] or "none"
+                shown = (", ".join(f"{n} {k}" for k, n in sorted(results.items()))
+                         or _once(outcomes[vendor] or "none"))
                 notes = sr_notes.get(study_uid, [])
                 shown += "".join(f"; SR: {note}" for note in notes)
                 first_row = False
@@ -161,6 +165,13 @@ def main() -> int:
     return 0
 
 
+def _once(outcome: str) -> str:
+    """``not processable: A; A; B`` → ``not processable: A; B`` (one reason per acquisition)."""
+    prefix = "not processable: "
+    reasons = outcome.removeprefix(prefix).split("; ")
+    return (prefix if outcome.startswith(prefix) else "") + "; ".join(dict.fromkeys(reasons))
+
+
 def _sr_notes(paths: list) -> dict[str, list[str]]:
     """Per study, what the SRs say of a superseded reconstruction and of an unvalidated model (short)."""
     notes: dict[str, list[str]] = {}
@@ -168,7 +179,7 @@ def _sr_notes(paths: list) -> dict[str, list[str]]:
         ds = pydicom.dcmread(path)
         if ds.Modality != "SR":
             continue
-        text = str(ds.ContentSequence[-1].ContentSequence) if "ContentSequence" in ds else ""
+        text = " ".join(str(item.TextValue) for item in ds.ContentSequence[-1].ContentSequence if "TextValue" in item)
         for marker in ("supersedes the earlier reconstruction", "not validated on real scans"):
             if marker in text and marker not in notes.get(str(ds.StudyInstanceUID), []):
                 notes.setdefault(str(ds.StudyInstanceUID), []).append(marker)
