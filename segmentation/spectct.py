@@ -38,9 +38,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy import ndimage
 import torch.nn.functional as F
 from pydicom.dataset import Dataset
+from scipy import ndimage
 
 from segmentation.networks import SegmentationNetwork, build
 from segmentation.networks.mtunet import CLASSES

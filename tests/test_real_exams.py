@@ -29,7 +29,14 @@ from dicomnode.synth import write_studies
 from dicomnode.synth.spectct import write_exams
 from dicomnode.synth.spectct.dicom import dose_report
 from tests.peers import free_port
-from tests.processing_helpers import NodeProcess, pacs_objects, status_report, storescu, wait_until, write_node_config
+from tests.processing_helpers import (
+    NodeProcess,
+    pacs_objects,
+    status_report,
+    storescu,
+    wait_until,
+    write_node_config,
+)
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 
@@ -150,7 +157,8 @@ def test_a_spect_ct_exam_with_a_dose_report_and_late_ct_is_one_job_and_a_re_reco
             before = len(pacs_objects(storescp))
             sent = storescu(files, port)
             assert sent.returncode == 0, sent.stderr
-            wait_until(lambda: len(pacs_objects(storescp)) >= before + 3, 240, "the reconstruction's results")
+            wait_until(lambda before=before: len(pacs_objects(storescp)) >= before + 3, 240,
+                       "the reconstruction's results")
     objects = pacs_objects(storescp)
     assert len(objects) == 8 + 3 + 3
     by_series = {str(ds.SeriesInstanceUID): ds for ds in objects}

@@ -16,7 +16,6 @@ from __future__ import annotations
 from enum import Enum
 
 from pydicom.dataset import Dataset
-from pynetdicom.sop_class import _STORAGE_CLASSES
 from pydicom.uid import (
     UID,
     BasicTextSRStorage,
@@ -31,6 +30,7 @@ from pydicom.uid import (
     SecondaryCaptureImageStorage,
     SegmentationStorage,
 )
+from pynetdicom.sop_class import _STORAGE_CLASSES
 
 from segmentation.acquisitions import NMImageKind, nm_image_kind
 
