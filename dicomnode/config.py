@@ -116,7 +116,10 @@ class QueueSection(_Section):
 class ModelSection(_Section):
     weights: str = "default"  # a .safetensors path, "default" (shipped weights) or "threshold"
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threshold: float = Field(default=0.5, gt=0, lt=1)
+    # None: the model card's own operating point; a number is a site override, logged as one
+    threshold: float | None = Field(default=None, gt=0, lt=1)
+    # send results of models whose card records no validation on real scans (SPECT-only, SPECT/CT)
+    unvalidated_results: bool = False
 
 
 class ResultsSection(_Section):

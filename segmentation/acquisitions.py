@@ -20,10 +20,16 @@ re-acquired view. This module decides, from the headers alone:
     Birth Date) is not merged but marked not processable.
 * :func:`bone_scan_refusal`: why an acquisition is not a bone scan to segment (a matrix that is not
   whole-body, a stated radiopharmaceutical that is not a bone agent, a flood or phantom), or ``None``.
+* :func:`study_tracer_refusal`: why a whole study is not a bone scan, from all of its evidence (a
+  sestamibi study whose TOMO states "Sestamibi" while its whole-body instances state no agent):
+  any instance's stated radiopharmaceutical, then the study and series descriptions naming another
+  examination's tracer (MIBI, tetrofosmin, MAG3, DMSA, pertechnetate, MAA, HMPAO, gallium, ...).
 * :func:`split_hybrid`: each RECON TOMO volume with the CT series of its Frame of Reference, a bone
   SPECT/CT acquisition (paper 003; docs/segmentation.md), or alone, a SPECT-only one; refused
   (:func:`tracer_refusal`) when its radiopharmaceutical is not a bone agent (a myocardial perfusion
-  SPECT) or a description names a QC acquisition.
+  SPECT) or a description names a QC acquisition. A later reconstruction of the same acquisition
+  (the same Series Description and Acquisition Date/Time, reconstructed later: Content, else Series
+  Date/Time) supersedes the earlier, as a re-acquired whole-body view does, with a note.
 
 Views themselves are decided by :mod:`segmentation.views`; a view rule error makes the acquisition
 not processable with that reason. Nothing here reads pixel data.
@@ -256,6 +262,43 @@ def tracer_refusal(ds: Dataset) -> str | None:
     return None
 
 
+#: Words of a study or series description that name a tracer or examination other than a bone scan.
+_OTHER_TRACER_WORDS = re.compile(
+    r"(?<![A-Z0-9])(MIBI|SESTAMIBI|CARDIOLITE|TETROFOSMIN|MYOVIEW|MAG[ -]?3|MERTIATIDE|DMSA|SUCCIMER|DTPA|"
+    r"PENTETATE|PERTECHNETATE|TCO4|MAA|MACROAGGREGATED|HMPAO|EXAMETAZIME|ECD|BICISATE|MEBROFENIN|HIDA|"
+    r"DISIDA|GALLIUM|GA[ -]?67|GA[ -]?68|CITRATE|IODINE|I[ -]?123|I[ -]?131|MIBG|IOBENGUANE|IOFLUPANE|DATSCAN|"
+    r"OCTREO\w*|THALLIUM|TL[ -]?201|INDIUM|IN[ -]?111|SULFUR COLLOID|NANOCOLL|SENTINEL|LYMPHOSCINT\w*|"
+    r"PARATHYROID|THYROID|RENOGRA\w*|RENAL|MYOCARD\w*|PERFUSION|MUGA|HEPATOBILIARY|GASTRIC)(?![A-Z0-9])")
+_STUDY_DESCRIPTIONS = ("StudyDescription", "SeriesDescription", "ProtocolName", "RequestedProcedureDescription",
+                       "PerformedProcedureStepDescription")
+
+
+def study_tracer_refusal(datasets: Sequence[Dataset]) -> str | None:
+    """Why the study of these NM instances (every kind: whole body, statics, TOMO, reconstructions) is
+    not a bone scan, deciding from all of its evidence as a physician would, or ``None``:
+
+    1. a stated radiopharmaceutical (any instance) decides: a non-bone agent stated somewhere and a
+       bone agent nowhere refuses the whole study, also the instances that state none;
+    2. where no instance states one, a study or series description naming another examination's
+       tracer (:data:`_OTHER_TRACER_WORDS`) refuses it, unless a description names a bone agent.
+    """
+    agents = [agent for agent in map(_radiopharmaceutical, datasets) if agent is not None]
+    if agents:
+        other = [name for name, bone in agents if not bone]
+        if other and not any(bone for _, bone in agents):
+            return f"the study states radiopharmaceutical {other[0]!r}, not a 99mTc bone agent"
+        return None
+    descriptions = {str(ds.get(keyword, "") or "").upper() for ds in datasets for keyword in _STUDY_DESCRIPTIONS}
+    if any(_BONE_AGENT_WORDS.search(text) or "SKELET" in text for text in descriptions):
+        return None
+    for text in sorted(descriptions):
+        found = _OTHER_TRACER_WORDS.search(text)
+        if found:
+            return (f"the study's description names {found.group(1).lower()!r}, not a bone scan "
+                    "(no radiopharmaceutical stated)")
+    return None
+
+
 def _radiopharmaceutical(ds: Dataset) -> tuple[str, bool] | None:
     """(name as shown, is a bone agent) from the Radiopharmaceutical Information Sequence (C.8.4.10)."""
     for item in ds.get("RadiopharmaceuticalInformationSequence", []):
@@ -288,6 +331,7 @@ class HybridAcquisition:
     spect: Dataset
     ct: tuple[Dataset, ...] = ()
     refusal: str | None = None
+    notes: tuple[str, ...] = ()  # written into the SR (a reconstruction it supersedes)
 
     @property
     def sop_instance_uids(self) -> tuple[str, ...]:
@@ -306,11 +350,43 @@ def split_hybrid(recon_tomo: Sequence[Dataset], ct: Sequence[Dataset]) -> list[H
     for ds in ct:
         series[(str(ds.get("FrameOfReferenceUID", "") or ""), str(ds.SeriesInstanceUID))].append(ds)
     acquisitions = []
-    for spect in sorted(recon_tomo, key=_order):
+    for spect, superseded in _latest_reconstructions(recon_tomo):
         frame = str(spect.get("FrameOfReferenceUID", "") or "")
         candidates = [slices for (reference, _), slices in series.items() if frame and reference == frame]
         chosen = tuple(max(candidates, key=len)) if candidates else ()
         label = f"{str(spect.get('SeriesDescription', '') or 'SPECT')[:48]} {acquired_at(spect)[:8]}".strip()
+        notes = tuple(f"This reconstruction (series {spect.SeriesInstanceUID}, reconstructed "
+                      f"{_reconstructed_at(spect) or 'later'}) supersedes the earlier reconstruction of the same "
+                      f"acquisition (series {earlier.SeriesInstanceUID}, reconstructed "
+                      f"{_reconstructed_at(earlier) or 'earlier'}); results of the earlier one are replaced by these."
+                      for earlier in superseded)
         acquisitions.append(HybridAcquisition(key=f"spect {spect.SOPInstanceUID}", label=label, spect=spect,
-                                              ct=chosen, refusal=tracer_refusal(spect)))
+                                              ct=chosen, refusal=tracer_refusal(spect), notes=notes))
     return acquisitions
+
+
+def _reconstructed_at(ds: Dataset) -> str:
+    """When a reconstruction was made: Content Date + Time, else Series Date + Time (PS3.3 C.7.6.1,
+    C.7.3.1), digits only; '' when neither is stated."""
+    for date, time in (("ContentDate", "ContentTime"), ("SeriesDate", "SeriesTime")):
+        stamp = f"{ds.get(date, '') or ''}{ds.get(time, '') or ''}"
+        if stamp:
+            return re.sub(r"[^0-9.]", "", stamp)[:26]
+    return ""
+
+
+def _latest_reconstructions(recon_tomo: Sequence[Dataset]) -> list[tuple[Dataset, list[Dataset]]]:
+    """Each RECON TOMO volume to segment with the earlier reconstructions of the same acquisition it
+    supersedes (module docstring); volumes without a stated acquisition time supersede nothing."""
+    groups: dict[tuple[str, str], list[Dataset]] = defaultdict(list)
+    kept: list[tuple[Dataset, list[Dataset]]] = []
+    for spect in sorted(recon_tomo, key=_order):
+        when = acquired_at(spect)
+        if when:
+            groups[(str(spect.get("SeriesDescription", "") or "").strip().upper(), when)].append(spect)
+        else:
+            kept.append((spect, []))
+    for members in groups.values():
+        members.sort(key=lambda ds: (_reconstructed_at(ds), str(ds.SeriesInstanceUID)))
+        kept.append((members[-1], members[:-1]))
+    return sorted(kept, key=lambda item: _order(item[0]))

@@ -16,8 +16,15 @@
 - **2-D slices** (MT-UNet is 2-D, :mod:`segmentation.networks.mtunet`): each axial slice is padded at
   the bottom/right to a multiple of the network's stride, segmented, cropped back; the softmax
   gives per-voxel probabilities of background, metastatic and benign lesion.
+- **SPECT-only post-processing**: lesion probabilities are set to background on the first and last
+  :data:`EDGE_SLICES` slices of the volume (reconstruction edges, where a real reconstruction's
+  noise and truncation gave blobs) and outside the body (:func:`spect_body`, holes filled per
+  slice): on a real exam the model marked 21-22 blobs per volume, many there.
 - **Weights**: ``<name>.pt`` (a ``state_dict``) and a JSON card ``<name>.json`` (network, width,
-  channels, classes, grid, training and cross-validation metrics, the SHA-256 of the weights).
+  channels, classes, grid, training and cross-validation metrics, the SHA-256 of the weights, and
+  ``real_scan_validation``: what validation on real scans of its kind is recorded, ``null`` when
+  none; the node sends the results of a model without one only where the site allows it,
+  config ``[model] unvalidated_results``).
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pydicom.dataset import Dataset
+from scipy import ndimage
 
 from segmentation.networks import SegmentationNetwork, build
 from segmentation.networks.mtunet import CLASSES
@@ -43,6 +51,8 @@ CHANNELS = ("spect", "ct")
 BODY_HU = -500.0
 SPECT_PERCENTILE = 95.0
 SPECT_BODY_FRACTION = 0.05
+#: Slices at each end of a SPECT-only volume where no lesion is reported (reconstruction edges).
+EDGE_SLICES = 2
 
 
 def spect_body(counts: np.ndarray) -> np.ndarray:
@@ -120,6 +130,12 @@ class SpectCTCard:
     sha256: str = ""
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    #: the validation on real scans of this kind the card records (data, exams, figures); None: none
+    real_scan_validation: dict[str, Any] | None = None
+
+    @property
+    def validated_on_real_scans(self) -> bool:
+        return bool(self.real_scan_validation)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -165,6 +181,7 @@ class VolumeSegmentation:
 
     probabilities: np.ndarray
     algorithm: Algorithm
+    validated_on_real_scans: bool = False  # the model card records validation on real scans of its kind
 
 
 class HybridSegmenter:
@@ -212,5 +229,20 @@ class HybridSegmenter:
         probabilities = predict_volume(net, inputs, device=self.device)
         if work is not grid:
             probabilities = np.stack([resample(channel, work, grid, extend=True) for channel in probabilities])
+        if not ct:
+            probabilities = mask_edges_and_outside(probabilities, counts)
         algorithm = Algorithm(name=card.name[:64], version=card.sha256[:16] or "unversioned", network=card.network)
-        return VolumeSegmentation(probabilities, algorithm)
+        return VolumeSegmentation(probabilities, algorithm, card.validated_on_real_scans)
+
+
+def mask_edges_and_outside(probabilities: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """SPECT-only probabilities ``(K, slices, rows, columns)`` with every voxel of the first and last
+    :data:`EDGE_SLICES` slices and outside the body (:func:`spect_body`, holes filled slice by slice)
+    set to background (class 0) with certainty (module docstring)."""
+    keep = np.stack([ndimage.binary_fill_holes(plane) for plane in spect_body(counts)])
+    keep[:EDGE_SLICES] = False
+    keep[max(len(keep) - EDGE_SLICES, 0):] = False
+    masked = probabilities.copy()
+    masked[:, ~keep] = 0.0
+    masked[0, ~keep] = 1.0
+    return masked

@@ -91,8 +91,10 @@ def store_study(database: Database, spool, datasets, *, state: StudyState = Stud
 def write_node_config(path: Path, *, var_dir: Path, port: int, destinations: list[tuple[str, int, str]],
                       database_url: str | None = None, spool_dir: Path | None = None,
                       quiet_seconds: float = 2.0, lease_seconds: float = 10.0, max_attempts: int = 3,
-                      backoff: tuple[float, float] = (1.0, 4.0), dimse_timeout: float = 30.0) -> Path:
-    """A node.toml for tests: threshold model on the CPU, short quiet period, lease and back-off."""
+                      backoff: tuple[float, float] = (1.0, 4.0), dimse_timeout: float = 30.0,
+                      weights: str = "threshold", unvalidated_results: bool = False) -> Path:
+    """A node.toml for tests: threshold model on the CPU, short quiet period, lease and back-off;
+    ``unvalidated_results`` sends the SPECT models' results (their cards record no real-scan validation)."""
     lines = [
         "[node]", f"port = {port}", 'host = "127.0.0.1"', f"dimse_timeout = {dimse_timeout}",
         "[storage]", f'var_dir = "{var_dir}"', "min_free_bytes = 0",
@@ -100,7 +102,7 @@ def write_node_config(path: Path, *, var_dir: Path, port: int, destinations: lis
         *(["[database]", f'url = "{database_url}"'] if database_url else []),
         "[assembly]", f"quiet_seconds = {quiet_seconds}",
         "[queue]", f"lease_seconds = {lease_seconds}", f"max_attempts = {max_attempts}", "poll_seconds = 0.2",
-        "[model]", 'weights = "threshold"', 'device = "cpu"',
+        "[model]", f'weights = "{weights}"', 'device = "cpu"', f"unvalidated_results = {str(unvalidated_results).lower()}",
         "[export]", f"backoff_initial_seconds = {backoff[0]}", f"backoff_max_seconds = {backoff[1]}",
     ]
     for name, dest_port, aet in destinations:

@@ -13,7 +13,13 @@ from pydicom.sequence import Sequence
 from dicomnode.pipeline.processing import segment_acquisition
 from dicomnode.pipeline.results import ResultOptions
 from dicomnode.pipeline.results.identity import repair_sources
-from segmentation.acquisitions import NMImageKind, nm_image_kind, split_acquisitions, split_hybrid
+from segmentation.acquisitions import (
+    NMImageKind,
+    nm_image_kind,
+    split_acquisitions,
+    split_hybrid,
+    study_tracer_refusal,
+)
 from segmentation.scan import View, ViewRule
 from segmentation.views import NotWholeBodyView, ViewError, load_scan, stated_views
 from tests.nm_factory import nm_study, phantom_counts
@@ -179,3 +185,60 @@ def test_broken_patient_headers_are_repaired_and_the_repairs_are_noted(segmenter
     assert run.processed and len(run.objects) == 5
     report = next(obj for kind, obj in run.objects if kind.value == "SR")
     assert report.PatientBirthDate == "" and report.StudyID == ""
+
+
+def _described(ds: Dataset, study: str, series: str, agent: str | None = None) -> Dataset:
+    copied = copy.deepcopy(ds)
+    copied.StudyDescription, copied.SeriesDescription = study, series
+    if agent is None:
+        copied.pop("RadiopharmaceuticalInformationSequence", None)
+    else:
+        copied.RadiopharmaceuticalInformationSequence = Sequence([pharmaceutical(agent)])
+    return copied
+
+
+def test_a_sestamibi_study_is_not_a_bone_scan_from_any_of_its_evidence():
+    """As the real exam: the TOMO series states Sestamibi, the whole-body instances state no agent;
+    the study is decided as a whole. Without any stated agent the descriptions decide; a stated bone
+    agent outweighs a description."""
+    (whole_body,) = nm_study(phantom_counts(rows=256, columns=64))
+    unstated = _described(whole_body, "NM MIBI Parathyroid", "WB ANT/POST")
+    tomo = _described(whole_body, "NM MIBI Parathyroid", "TOMO", agent="Sestamibi")
+    assert split_acquisitions([unstated])[0].refusal is None  # each instance alone: nothing to refuse
+    assert study_tracer_refusal([unstated, tomo]) == \
+        "the study states radiopharmaceutical 'Sestamibi', not a 99mTc bone agent"
+    assert "names 'mibi'" in study_tracer_refusal([unstated])
+    assert "names 'mag3'" in study_tracer_refusal([_described(whole_body, "MAG3 Renogram", "WB")])
+    assert study_tracer_refusal([_described(whole_body, "NM MIBI", "WB", agent="Tc99m MDP")]) is None
+    assert study_tracer_refusal([_described(whole_body, "Skelettszintigraphie", "Ganzkoerper")]) is None
+    assert study_tracer_refusal([_described(whole_body, "NM Bone Whole Body", "WB ANT/POST")]) is None
+
+
+def test_a_later_reconstruction_of_the_same_acquisition_supersedes_the_earlier():
+    """Two reconstructions with the same description and acquisition time, made a day apart: the later
+    is segmented, with a note naming the earlier; another acquisition's volume is kept."""
+    first = _recon("1.1", "9.7")
+    first.SeriesInstanceUID, first.AcquisitionDate, first.AcquisitionTime = "5.1", "20261130", "101500"
+    first.ContentDate, first.ContentTime = "20261130", "110000"
+    later = copy.deepcopy(first)
+    later.SOPInstanceUID, later.SeriesInstanceUID, later.ContentDate = "1.2", "5.2", "20261201"
+    other = copy.deepcopy(first)
+    other.SOPInstanceUID, other.SeriesInstanceUID, other.AcquisitionTime = "1.3", "5.3", "143000"
+    kept, afternoon = split_hybrid([later, first, other], [])
+    assert kept.spect is later and afternoon.spect is other and afternoon.notes == ()
+    (note,) = kept.notes
+    assert "series 5.2" in note and "supersedes the earlier reconstruction" in note and "series 5.1" in note
+
+
+def test_the_planar_sr_names_its_acquisition_once_and_always_how_each_view_was_decided(segmenter):
+    """The real SRs said "acquisition '…'" twice, and named the view rule only when a view was
+    assumed; docs/conformance.md promises the rule always."""
+    (ds,) = nm_study(phantom_counts(rows=256, columns=64))
+    (acquisition,) = split_acquisitions([ds])
+    run = segment_acquisition(acquisition, segmenter, ResultOptions())
+    report = next(obj for kind, obj in run.objects if kind.value == "SR")
+    comments = [str(item.TextValue) for item in report.ContentSequence[-1].ContentSequence]
+    assert sum("acquisition '" in text for text in comments) == 1
+    assert len(comments) == len(set(comments))
+    (rules,) = [text for text in comments if text.startswith("Views decided: ")]
+    assert "anterior by " in rules and "posterior by " in rules and "(frame 1)" in rules and "(frame 2)" in rules

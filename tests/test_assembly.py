@@ -77,3 +77,19 @@ def test_a_study_without_any_view_information_is_still_processed_after_the_quiet
     start = utcnow()
     study_id = add_study(database, ("",), last_instance_at=start)
     assert assemble(database, POLICY, now=start + timedelta(seconds=11)) == [study_id]
+
+
+def test_a_study_with_ct_slices_waits_for_the_quiet_period_even_with_both_views(database):
+    """A SPECT/CT exam: the whole-body views are present, but the CT keeps arriving; the study is
+    ready only once the CT has been quiet for the window (it was re-opened 13 times by one real exam)."""
+    start = utcnow()
+    study_id = add_study(database, ("anterior", "posterior"), last_instance_at=start)
+    with database.session(write=True) as session:
+        for number in range(3):
+            session.add(Instance(study_id=study_id, sop_instance_uid=f"1.2.3.4.{number}", series_instance_uid="1.2.3.9",
+                                 sop_class_uid="1.2.840.10008.5.1.4.1.1.2", kind="ct", views="", path=f"ct{number}",
+                                 sha256=f"{number}" * 64, size=1))
+    assert assemble(database, POLICY, now=start + timedelta(seconds=9)) == []
+    assert state_and_jobs(database, study_id) == (StudyState.RECEIVING, [])
+    assert assemble(database, POLICY, now=start + timedelta(seconds=10)) == [study_id]
+    assert state_and_jobs(database, study_id) == (StudyState.READY, [(1, JobState.QUEUED)])

@@ -25,7 +25,8 @@ def test_a_hybrid_and_a_spect_only_exam_get_their_seg_sr_and_sc_at_the_pacs(tmp_
     spect_only_files = [tmp_path / "exams" / spect_only["folder"] / "spect.dcm"]
     port = free_port()
     config = write_node_config(tmp_path / "node.toml", var_dir=tmp_path / "var", port=port,
-                               destinations=[("PACS", storescp.port, storescp.aet)])
+                               destinations=[("PACS", storescp.port, storescp.aet)],
+                               unvalidated_results=True)
     with NodeProcess(config, tmp_path / "node.log", port=port) as node:
         for files in (hybrid_files, spect_only_files):
             sent = storescu(files, port)

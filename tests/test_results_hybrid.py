@@ -197,3 +197,31 @@ def test_objects_pass_dicom3tools_and_dcmqi_reads_the_seg(exam, tmp_path):
         header = (out / f"{segment}.nrrd").read_bytes().split(b"\n\n", 1)[0].decode("latin-1")
         assert f"sizes: {labels.shape[2]} {labels.shape[1]} " in header
 
+
+
+def test_spect_only_seg_with_a_real_camera_s_odd_geometry_passes_dciodvfy(exam, tmp_path):
+    """A real reconstruction's Image Position (Patient) has many decimals (e.g. -187.12345678901234)
+    and its slice spacing is not round: every DS the SEG writes stays within 16 characters (PS3.5
+    Table 6.2-1), so dciodvfy reports no error (the real SPECT-only SEGs had 3 errors each)."""
+    cts, nm, labels = exam
+    nm_labels = _nm_labels(cts, nm, labels)
+    odd = pydicom.dcmread(pydicom.filebase.DicomBytesIO(_encoded(nm)))
+    detector = odd.DetectorInformationSequence[0]
+    detector.ImagePositionPatient = [-187.12345678901, -201.9876543210, 1012.3456789012]
+    odd.SpacingBetweenSlices = odd.SliceThickness = 4.79520010948181
+    objects = dict(build_hybrid_results([], odd, _onehot(nm_labels), algorithm=ALGORITHM))
+    path = tmp_path / "seg.dcm"
+    objects[ResultKind.SEG].save_as(path, enforce_file_format=True)
+    assert dciodvfy_errors(path) == []
+    seg = pydicom.dcmread(path)
+    positions = [item.PlanePositionSequence[0].ImagePositionPatient for item in seg.PerFrameFunctionalGroupsSequence]
+    assert positions and all(len(str(value)) <= 16 for position in positions for value in position)
+    assert any(len(str(value)) > 10 for position in positions for value in position)  # not merely round
+
+
+def _encoded(ds: pydicom.Dataset) -> bytes:
+    from pydicom.filebase import DicomBytesIO
+
+    buffer = DicomBytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()

@@ -193,15 +193,24 @@ def test_seg_geometry_per_source_layout_reads_in_dcmqi_and_highdicom(
         assert meta["segmentAttributes"][0][0]["SegmentLabel"] == "Bone metastasis"
 
 
-def test_seg_without_lesions_keeps_the_empty_frame(tmp_path: Path) -> None:
+def test_seg_without_lesions_keeps_the_empty_frame_on_its_own_view(tmp_path: Path) -> None:
+    """An empty SEG (no lesion in a view) is sent, and its one frame references the frame of its own
+    view, never the anterior one (OHIF 3.13 opened the real posterior empty SEG over the anterior
+    frame: with no segment pixels it stays on the display set's first frame; docs/conformance.md)."""
     study = make_study("multiframe", with_lesions=False)
     objects = build_results(study.result, study.sources, SEG_ONLY)
     assert len(objects) == 2
-    for path in write(tmp_path, [ds for _, ds in objects], "seg"):
+    expected = {view: (image.source.sop_instance_uid, image.source.frame_number)
+                for view, image in study.result.scan.views.items()}
+    assert expected[View.POSTERIOR][1] == 2
+    for view, path in zip((View.ANTERIOR, View.POSTERIOR), write(tmp_path, [ds for _, ds in objects], "seg"),
+                          strict=True):
         assert dciodvfy_errors(path) == []
         seg = hd.seg.segread(path)
-        assert seg.NumberOfFrames == 1
+        assert seg.NumberOfFrames == 1 and seg.SeriesDescription.endswith(("ANT", "POST")[view is View.POSTERIOR])
         uid, frame = _source_reference(seg)
+        assert (uid, frame) == expected[view]
+        assert "0 lesions" in seg.ContentDescription
         pixels = seg.get_pixels_by_source_frame(uid, source_frame_numbers=[frame], segment_numbers=[1])
         assert pixels.shape == (1, 1024, 256, 1) and not pixels.any()
 

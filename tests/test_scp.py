@@ -16,6 +16,7 @@ from sqlalchemy import update
 
 from dicomnode.store.models import Study, StudyState
 from dicomnode.store.spool import sha256_hex
+from dicomnode.synth.spectct.dicom import dose_report
 from segmentation.scan import View
 from tests.nm_factory import nm_study, phantom_counts
 from tests.receiver_helpers import Node, running_node, storescu, write_files
@@ -191,16 +192,37 @@ def test_accepted_connections_send_without_nagle_delay(tmp_path: Path) -> None:
             assert accepted.dul.socket.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
 
 
-def test_a_sop_class_not_received_is_not_negotiated(tmp_path: Path) -> None:
-    (ds,) = small_study("multiframe", seed=6)
-    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"  # MR Image Storage
-    ds.Modality = "MR"
-    files = write_files([ds], tmp_path / "mr")
-    with running_node(tmp_path) as node:
+def test_every_standard_storage_class_is_stored_and_a_refused_context_is_logged_and_counted(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A workstation sends more than NM images with an exam: an MR image and an X-Ray Radiation Dose SR
+    (dcmtk storescu in one association, as the real CT exam) are stored with their kinds; a private
+    SOP class cannot be negotiated (PS3.4 B.2.3; dcmtk refuses to send it, so pynetdicom proposes it):
+    the receiver logs the refused context and records it, so ``dicomnode status`` counts it."""
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    from dicomnode.dicom.scu import associate, parse_peer
+    from dicomnode.ops.status import collect, render
+
+    private_class = "1.2.826.0.1.3680043.9.7433.99.1"
+    (mr,) = small_study("multiframe", seed=6)
+    mr.SOPClassUID = mr.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"  # MR Image Storage
+    mr.Modality = "MR"
+    files = write_files([mr, dose_report(mr)], tmp_path / "other")
+    with caplog.at_level(logging.WARNING, logger="dicomnode.pipeline.receiver"), running_node(tmp_path) as node:
         run = storescu(node.port, files)
-        assert "No presentation context for: (MR)" in run.output  # PS3.4 B.2.3: not negotiated
-        assert run.statuses == []  # never sent
-        assert node.instances() == []
+        assert run.statuses == [0x0000, 0x0000]
+        assert sorted(i.kind for i in node.instances()) == ["dose-report", "other-image"]
+        peer = parse_peer(f"127.0.0.1:{node.port}", default_ae_title="DICOMNODE")
+        with associate(peer, "WORKSTATION", [(private_class, [ExplicitVRLittleEndian]),
+                                             (mr.SOPClassUID, [ExplicitVRLittleEndian])]) as assoc:
+            assert [c.abstract_syntax for c in assoc.accepted_contexts] == [mr.SOPClassUID]
+        report = collect(node.database)
+    assert report["instances"] == {"dose-report": 1, "other-image": 1}
+    assert report["refused"]["presentation_contexts"] == 1
+    (refused,) = report["refused_contexts"]
+    assert private_class in refused["reason"] and refused["calling_ae"] == "WORKSTATION"
+    assert "presentation contexts 1" in render(report)
+    assert any("presentation context refused" in r.getMessage() for r in caplog.records)
 
 
 def _certificates(directory: Path) -> dict[str, Path]:

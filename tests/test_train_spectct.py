@@ -179,3 +179,22 @@ def test_the_study_writes_the_table_and_a_final_model(cohort, tmp_path, capsys):
     assert {len(v["folds"]) for v in result["variants"].values()} == {2}
     net, card = load_spectct_model(tmp_path / result["final"]["card"])
     assert card.training["transfer_from"] == "spectct-spect" and net.in_channels == 2
+
+
+def test_spect_only_lesions_are_masked_on_the_reconstruction_edges_and_outside_the_body():
+    """A real SPECT-only result had blobs on the first and last slices and outside the patient: those
+    voxels become background with certainty; a lesion inside the body, away from the edges, is kept."""
+    from segmentation.spectct import EDGE_SLICES, mask_edges_and_outside
+
+    counts = np.zeros((12, 16, 16), np.float32)
+    counts[:, 3:13, 3:13] = 10.0  # the body
+    counts[:, 7:9, 7:9] = 0.0  # a cold hole inside it stays inside (holes filled)
+    probabilities = np.zeros((3, 12, 16, 16), np.float32)
+    probabilities[1] = 0.9  # "metastatic" everywhere
+    probabilities[0] = 0.1
+    masked = mask_edges_and_outside(probabilities, counts)
+    lesion = masked.argmax(0) == 1
+    assert not lesion[:EDGE_SLICES].any() and not lesion[-EDGE_SLICES:].any()
+    assert not lesion[:, :3].any() and not lesion[:, :, 13:].any()
+    assert lesion[EDGE_SLICES:-EDGE_SLICES, 3:13, 3:13].all()
+    np.testing.assert_allclose(masked.sum(0), 1.0)

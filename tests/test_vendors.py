@@ -34,7 +34,8 @@ def test_every_vendor_exam_is_stored_whole_and_its_whole_body_and_spect_acquisit
         exams[vendor] = (study["study_instance_uid"], [(folder / study["folder"] / f["file"], f) for f in study["files"]])
     port = free_port()
     config = write_node_config(tmp_path / "node.toml", var_dir=tmp_path / "var", port=port,
-                               destinations=[("PACS", storescp.port, storescp.aet)])
+                               destinations=[("PACS", storescp.port, storescp.aet)],
+                               unvalidated_results=True)
     with NodeProcess(config, tmp_path / "node.log", port=port) as node:
         for vendor, (_, files) in exams.items():
             sent = storescu([path for path, _ in files], port)
@@ -102,7 +103,8 @@ def test_real_world_headers_never_end_in_a_crash(tmp_path, storescp):
             files.append(path)
     port = free_port()
     config = write_node_config(tmp_path / "node.toml", var_dir=tmp_path / "var", port=port,
-                               destinations=[("PACS", storescp.port, storescp.aet)])
+                               destinations=[("PACS", storescp.port, storescp.aet)],
+                               unvalidated_results=True)
     with NodeProcess(config, tmp_path / "node.log", port=port) as node:
         sent = storescu(files, port)
         statuses = re.findall(r"Received Store Response \((\w+)", sent.stdout + sent.stderr)

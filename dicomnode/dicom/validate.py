@@ -24,13 +24,20 @@ answer (C-STORE statuses, PS3.4 Table B.2-1 and PS3.7 Annex C):
 dcmtk's ``storescp`` also answers 0xA900 when the data set's SOP Instance UID differs from the
 command's; we do the same.
 
+What the data set reader reports about values (pydicom's "value length exceeds" for a vendor's long
+SH on every CT slice) is kept in :attr:`ReceivedInstance.notes`, quoted values removed; the receiver
+logs each note once per series at INFO. Classes outside the bone exam's own (dose reports, Key
+Objects, PDFs, raw data, registrations, other images: :data:`~dicomnode.dicom.sop.STORED_AS_SENT`) get
+the identity checks only and are stored as sent.
+
 Every instance of an accepted class that is readable is stored; :attr:`ReceivedInstance.kind` says
 what it is (:func:`dicomnode.dicom.sop.instance_kind`: an NM image's Image Type value 3, CT,
 Secondary Capture, SEG, SR). Only whole-body NM images get the view checks below, because only they
 are segmented; statics, TOMO, reconstructions, CT and screen captures are kept with their study.
 Accepted with a warning (status 0x0000, warning logged and kept in
 :attr:`ReceivedInstance.warnings`): 8-bit or signed NM pixels (legal in C.8.4.7), an NM image without
-Image Type value 3 (whole body when its matrix is one), a missing Number of Frames (one frame assumed), a single-frame instance that
+Image Type value 3 (whole body when its matrix is one), a missing Number of Frames in a multi-frame
+class (NM, SEG, multi-frame Secondary Capture: one frame assumed), a single-frame instance that
 states no view (the study may still decide it by order, see :mod:`segmentation.views` rule 5), a
 two-frame instance whose views are assumed from frame order.
 
@@ -50,6 +57,8 @@ from __future__ import annotations
 
 import io
 import logging
+import re
+import warnings as warnings_module
 import zlib
 from dataclasses import dataclass, field
 
@@ -58,9 +67,23 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filereader import read_dataset
 from pydicom.sequence import Sequence
 from pydicom.tag import Tag
-from pydicom.uid import UID, NuclearMedicineImageStorage
+from pydicom.uid import (
+    UID,
+    MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
+    MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+    MultiFrameTrueColorSecondaryCaptureImageStorage,
+    NuclearMedicineImageStorage,
+    SegmentationStorage,
+)
 
-from dicomnode.dicom.sop import RECEIVED, SEGMENTED_KIND, SEGMENTED_KINDS, ObjectKind, instance_kind
+from dicomnode.dicom.sop import (
+    RECEIVED,
+    SEGMENTED_KIND,
+    SEGMENTED_KINDS,
+    STORED_AS_SENT,
+    ObjectKind,
+    instance_kind,
+)
 from dicomnode.dicom.status import Status
 from dicomnode.dicom.uids import UIDError, check_uid, uid_remark
 from segmentation.scan import View
@@ -100,6 +123,9 @@ class ReceivedInstance:
     views: tuple[str, ...] = ()  # "anterior" / "posterior" as the instance states them (whole-body NM only)
     referenced_sop_instance_uids: frozenset[str] = frozenset()  # SEG: the sources it segments
     warnings: tuple[str, ...] = field(default=())
+    #: what is normal for the class, from the data set reader (e.g. a vendor's SH longer than 16
+    #: characters on every CT slice): logged once per series at INFO, values never quoted
+    notes: tuple[str, ...] = field(default=())
 
     @property
     def patient_fields(self) -> dict[str, str | None]:
@@ -126,7 +152,10 @@ def inspect_instance(dataset: bytes, *, transfer_syntax: str, sop_class_uid: str
     """
     if sop_class_uid not in RECEIVED:
         raise Refusal(Status.SOP_CLASS_NOT_SUPPORTED, f"SOP Class {sop_class_uid[:64]!r} is not accepted here")
-    ds = _parse(dataset, UID(transfer_syntax))
+    with warnings_module.catch_warnings(record=True) as caught:
+        warnings_module.simplefilter("always")
+        ds = _parse(dataset, UID(transfer_syntax))
+    notes = tuple(dict.fromkeys(_QUOTED.sub("'...'", str(w.message))[:160] for w in caught))
     warnings: list[str] = []
     _check_identity(ds, sop_class_uid, sop_instance_uid)
     study_uid = _uid(ds, "StudyInstanceUID", "Study Instance UID (0020,000D)")
@@ -139,7 +168,7 @@ def inspect_instance(dataset: bytes, *, transfer_syntax: str, sop_class_uid: str
     kind, note = instance_kind(ds, sop_class_uid)
     if note:
         warnings.append(note)
-    if kind != ObjectKind.SR.value:
+    if kind != ObjectKind.SR.value and kind not in STORED_AS_SENT:
         _check_pixel_module(ds, warnings)
     views: tuple[str, ...] = _nm_views(ds, warnings) if kind == SEGMENTED_KIND else ()
     references = _seg_references(ds) if kind == ObjectKind.SEG.value else frozenset()
@@ -154,6 +183,7 @@ def inspect_instance(dataset: bytes, *, transfer_syntax: str, sop_class_uid: str
         views=views,
         referenced_sop_instance_uids=references,
         warnings=tuple(warnings),
+        notes=notes,
     )
 
 
@@ -295,6 +325,36 @@ _ALLOWED_BITS: dict[ObjectKind | None, tuple[int, ...]] = {
 }
 
 
+#: Classes whose Number of Frames (0028,0008) is Type 1 (Multi-frame Module, PS3.3 C.7.6.6): only these
+#: are warned about a missing one; CT and single-frame Secondary Capture images have none.
+MULTI_FRAME_CLASSES = frozenset({NuclearMedicineImageStorage, SegmentationStorage,
+                                 MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
+                                 MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+                                 MultiFrameTrueColorSecondaryCaptureImageStorage})
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")  # values quoted in a reader's warning (may be patient data)
+
+
+class _ValueWarningRecords(logging.Filter):
+    """Drops pydicom's log record of a value warning ("The value length (22) exceeds ...", "Invalid
+    value for VR ..."): pydicom sends each both to its logger and as a Python warning
+    (``pydicom.misc.warn_and_log``); the warning is what the node keeps (the receiver's per-series
+    notes; elsewhere Python's warning filter, once per message), so the record would only repeat it
+    once per instance (342 lines for one real CT)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(("The value length", "Invalid value for VR"))
+
+
+_VALUE_WARNING_RECORDS = _ValueWarningRecords()
+
+
+def drop_value_warning_records() -> None:
+    """Install :class:`_ValueWarningRecords` on the ``pydicom`` logger (idempotent)."""
+    pydicom_logger = logging.getLogger("pydicom")
+    if _VALUE_WARNING_RECORDS not in pydicom_logger.filters:
+        pydicom_logger.addFilter(_VALUE_WARNING_RECORDS)
+
+
 def _check_pixel_module(ds: Dataset, warnings: list[str]) -> None:
     """Image Pixel Module (PS3.3 C.7.6.3) consistency, with each class's Bits Allocated."""
     mismatch = Status.DATASET_DOES_NOT_MATCH_SOP_CLASS
@@ -312,7 +372,7 @@ def _check_pixel_module(ds: Dataset, warnings: list[str]) -> None:
         raise Refusal(mismatch, f"Bits Stored {stored} / High Bit {high} do not fit Bits Allocated {bits}")
     if int(ds.PixelRepresentation) not in (0, 1):
         raise Refusal(mismatch, f"Pixel Representation (0028,0103) {ds.PixelRepresentation} is not 0 or 1")
-    if "NumberOfFrames" not in ds:
+    if "NumberOfFrames" not in ds and UID(ds.SOPClassUID) in MULTI_FRAME_CLASSES:
         warnings.append("Number of Frames (0028,0008) is missing; one frame assumed")
     try:
         frames = frame_count(ds)

@@ -119,7 +119,8 @@ class Node:
 
             segmenter = load_segmenter(config.model.weights, config.model.device, config.model.threshold)
             worker = Worker(database, spool, segmenter, ResultOptions.from_config(config.results),
-                            [d.name for d in config.destinations], queue_policy(config))
+                            [d.name for d in config.destinations], queue_policy(config),
+                            unvalidated_results=config.model.unvalidated_results)
             loops.append(("worker", lambda: worker.run(self.stop_event, poll)))
         if self.parts.work and not config.destinations:
             log.warning("no [[destinations]] configured: results are kept in the spool and sent nowhere")

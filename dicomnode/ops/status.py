@@ -11,8 +11,10 @@ and as text by :func:`render`. "Needs attention" means:
   (assembly is not running), a READY study with no job for its current version;
 - *failed jobs* with their error; *refused* and *failed exports* with the destination's last answer;
 - (shown, not needing attention) what was received by kind (whole-body, static, tomo, recon-tomo, ct,
-  secondary-capture, seg, sr: only whole-body acquisitions are segmented), acquisitions processed and
-  not processable, and the latest "not processable" reasons;
+  secondary-capture, seg, sr, dose-report, ...: whole-body acquisitions and RECON TOMO volumes with
+  their CT are processed, the rest is stored), acquisitions processed and not processable, and the
+  latest "not processable" reasons; what the receiver refused (instances, by the status answered, and
+  presentation contexts, with the latest refused SOP classes);
 - destinations in back-off (pending exports that failed at least once), with the last status they
   gave and since when; shown always, and needing attention once the first failed attempt is older
   than :data:`ATTENTION_AFTER_SECONDS`;
@@ -43,6 +45,7 @@ from sqlalchemy import and_, func, select
 from dicomnode.pipeline.export import reopen
 from dicomnode.pipeline.queue import as_utc, requeue_failed
 from dicomnode.store.db import Database
+from dicomnode.store.ingest import CONTEXT_REFUSED
 from dicomnode.store.spool import free_bytes
 from dicomnode.store.models import (
     AcquisitionOutcome,
@@ -53,6 +56,7 @@ from dicomnode.store.models import (
     Instance,
     Job,
     JobState,
+    Quarantine,
     ResultObject,
     Study,
     StudyState,
@@ -108,6 +112,15 @@ def collect(database: Database, *, quiet_seconds: float = 10.0, now: datetime | 
             "acquisitions": {state.value: int(count) for state, count in session.execute(
                 select(AcquisitionOutcome.state, func.count()).group_by(AcquisitionOutcome.state)).all()},
         }
+        refused = dict(session.execute(select(Quarantine.status, func.count()).group_by(Quarantine.status)).all())
+        contexts = int(refused.pop(CONTEXT_REFUSED, 0))
+        report["refused"] = {"instances": {status: int(count) for status, count in sorted(refused.items())},
+                             "presentation_contexts": contexts}
+        report["refused_contexts"] = [
+            {"calling_ae": row.calling_ae, "reason": row.reason, "at": _iso(row.received_at)}
+            for row in session.scalars(select(Quarantine).where(Quarantine.status == CONTEXT_REFUSED)
+                                       .order_by(Quarantine.id.desc()).limit(LIST_LIMIT)).all()
+        ]
         report["not_processable"] = [
             {"study_uid": uid, "job": outcome.job_id, "acquisition": outcome.label, "reason": outcome.reason}
             for outcome, uid in session.execute(
@@ -235,7 +248,13 @@ def render(report: dict[str, Any]) -> str:
         lines.append(f"{section:<9} {counts}")
     if report["instances"]:
         lines.append("instances " + "  ".join(f"{kind} {count}" for kind, count in report["instances"].items())
-                     + "  (only whole-body acquisitions are segmented)")
+                     + "  (processed: whole-body acquisitions, RECON TOMO volumes with their CT; the rest is stored)")
+    refused = report["refused"]
+    if refused["instances"] or refused["presentation_contexts"]:
+        lines.append("refused   " + "  ".join(f"{status} {count}" for status, count in refused["instances"].items())
+                     + f"  presentation contexts {refused['presentation_contexts']}")
+    for item in report["refused_contexts"]:
+        lines.append(f"refused context from {item['calling_ae']} at {item['at']}: {item['reason']}")
     if report["acquisitions"]:
         lines.append("acquisitions " + "  ".join(f"{state} {count}" for state, count in report["acquisitions"].items()))
     for item in report["not_processable"]:

@@ -14,7 +14,14 @@ bumps ``Study.version`` and puts the study back to RECEIVING when new content ar
 treats it like any receiving study and queues a job for the new version (one job per version,
 ``uq_job_study_version``), whose results go into new series.
 
-Only whole-body NM instances count (``Instance.kind``): statics, TOMO, reconstructions, CT, screen
+A study that holds a tomographic series (CT, or NM TOMO / RECON TOMO) is ready only after the quiet
+period, also when both whole-body views are present: such a series is complete only when it has
+been quiet for the assembly window (a SPECT/CT's CT sends hundreds of slices, and a study that went
+ready between two of them was re-opened once per burst: 13 times for one real exam). An acquisition
+whose inputs did not change is not processed again by the new version's job (its fingerprint,
+:mod:`dicomnode.pipeline.worker`), so a late CT slice never re-runs a planar acquisition.
+
+Only whole-body NM instances count for the views (``Instance.kind``): statics, TOMO, reconstructions, CT, screen
 captures and a SEG or SR sent back by a viewer are kept with the study, not segmented. A study that
 holds none of them still becomes ready after the quiet period, so that its job can record why
 nothing in it is processable (:mod:`dicomnode.pipeline.worker`).
@@ -28,14 +35,18 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import select
 
-from dicomnode.dicom.sop import SEGMENTED_KIND
+from dicomnode.dicom.sop import SEGMENTED_KIND, ObjectKind
 from dicomnode.pipeline.queue import as_utc, enqueue
 from dicomnode.store.db import Database
 from dicomnode.store.models import Instance, Study, StudyState, utcnow
+from segmentation.acquisitions import NMImageKind
 
 log = logging.getLogger(__name__)
 
 BOTH_VIEWS = frozenset({"anterior", "posterior"})
+#: Kinds of series that arrive slice by slice (or volume by volume): complete only when quiet.
+TOMOGRAPHIC_KINDS = frozenset({ObjectKind.CT.value, NMImageKind.TOMO.value, NMImageKind.GATED_TOMO.value,
+                               NMImageKind.RECON_TOMO.value, NMImageKind.RECON_GATED_TOMO.value})
 
 
 @dataclass(frozen=True)
@@ -54,15 +65,27 @@ def views_present(session, study_id: int) -> frozenset[str]:
     return frozenset(view for value in recorded for view in value.split(",") if view)
 
 
+def tomographic_present(session, study_id: int) -> bool:
+    """Whether the study holds a current CT or NM tomographic instance (module docstring)."""
+    return session.scalar(
+        select(Instance.id).where(Instance.study_id == study_id, Instance.superseded.is_(False),
+                                  Instance.kind.in_(TOMOGRAPHIC_KINDS)).limit(1)
+    ) is not None
+
+
 def ready_reason(views: frozenset[str], last_instance_at: datetime, now: datetime,
-                 policy: AssemblyPolicy) -> str | None:
-    """Why a receiving study is ready now, or ``None`` if it should wait for more instances."""
-    if BOTH_VIEWS <= views:
+                 policy: AssemblyPolicy, tomographic: bool = False) -> str | None:
+    """Why a receiving study is ready now, or ``None`` if it should wait for more instances.
+
+    ``tomographic``: the study holds a CT or NM tomographic series, complete only when quiet.
+    """
+    if BOTH_VIEWS <= views and not tomographic:
         return "both views present"
     quiet = now - last_instance_at
     if quiet >= timedelta(seconds=policy.quiet_seconds):
         missing = ", ".join(sorted(BOTH_VIEWS - views)) or "none"
-        return f"quiet for {quiet.total_seconds():.0f} s; missing view(s): {missing}"
+        return (f"quiet for {quiet.total_seconds():.0f} s"
+                + ("; tomographic series complete" if tomographic else "") + f"; missing view(s): {missing}")
     return None
 
 
@@ -83,7 +106,8 @@ def assemble(database: Database, policy: AssemblyPolicy, now: datetime | None = 
             study = session.get(Study, study_id, with_for_update=True)  # the receiver may be bumping it
             if study is None or study.state is not StudyState.RECEIVING:
                 continue
-            reason = ready_reason(views_present(session, study_id), as_utc(study.last_instance_at), now, policy)
+            reason = ready_reason(views_present(session, study_id), as_utc(study.last_instance_at), now, policy,
+                                  tomographic_present(session, study_id))
             if reason is None:
                 continue
             job = enqueue(session, study, now)

@@ -38,6 +38,7 @@ from segmentation.acquisitions import (
     NMImageKind,
     nm_image_kind,
     split_acquisitions,
+    study_tracer_refusal,
 )
 from segmentation.device import resolve_device
 from segmentation.inference import WEIGHTS_DIR, Segmenter
@@ -56,8 +57,10 @@ class UnreadableStudy(ValueError):
 def load_segmenter(weights: str, device: str = "auto", threshold: float | None = None) -> Segmenter:
     """The segmenter named by config ``[model]`` (see the module docstring).
 
-    ``threshold`` replaces the model card's probability threshold when given. Raises
-    :class:`segmentation.device.DeviceError` for a device this machine lacks.
+    The card's operating point (threshold, peak, minimum area, flip) is used as it stands, the
+    point cross-validated with the model (``dicomnode evaluate`` uses the same); ``threshold`` (config
+    ``[model] threshold``) replaces the card's probability threshold when given, and is logged as a
+    site override. Raises :class:`segmentation.device.DeviceError` for a device this machine lacks.
     """
     resolved = resolve_device(device)
     if weights == "default":
@@ -67,9 +70,15 @@ def load_segmenter(weights: str, device: str = "auto", threshold: float | None =
     else:
         segmenter = Segmenter.from_weights(Path(weights), device=resolved)
     if threshold is not None and threshold != segmenter.card.threshold:
+        log.warning("[model] threshold %g overrides the model card's %g (a site override: the card's "
+                    "operating point was cross-validated at its own threshold)", threshold, segmenter.card.threshold)
         segmenter.card = dataclasses.replace(segmenter.card, threshold=threshold)
-    log.info("segmenter %s %s (%s) on %s, threshold %.2f", segmenter.algorithm.name,
-             segmenter.algorithm.version, segmenter.algorithm.network, resolved, segmenter.card.threshold)
+    point = segmenter.card.operating_point
+    log.info("segmenter %s %s (%s) on %s, operating point: threshold %g, peak %s, minimum area %g mm2, "
+             "flip %s (%s)", segmenter.algorithm.name, segmenter.algorithm.version, segmenter.algorithm.network,
+             resolved, segmenter.card.threshold,
+             "-" if point.peak_threshold is None else f"{point.peak_threshold:.4g}", point.min_area_mm2,
+             "on" if point.test_time_flip else "off", "site override" if threshold is not None else "model card")
     return segmenter
 
 
@@ -122,27 +131,42 @@ def segment_acquisition(acquisition: Acquisition, segmenter: Segmenter, options:
                   lambda: build_results(result, sources, options, study_version=result_set), result)
 
 
+#: The SR's note on the results of a model whose card records no validation on real scans.
+NOT_VALIDATED = "not validated on real scans"
+
+
 def segment_hybrid(acquisition: HybridAcquisition, segmenter: HybridSegmenter, options: ResultOptions,
-                   result_set: int = 1) -> AcquisitionRun:
+                   result_set: int = 1, *, unvalidated_results: bool = False) -> AcquisitionRun:
     """Segment one SPECT/CT acquisition (paper 003), or a SPECT volume without CT with the SPECT-only
     model, and build its SEG, SR and SC on the CT series (on the NM volume without one).
 
-    As :func:`segment_acquisition`: data that cannot be used gives a run with its ``reason``.
+    As :func:`segment_acquisition`: data that cannot be used gives a run with its ``reason``. A model
+    whose card records no validation on real scans of its kind gives no results unless
+    ``unvalidated_results`` (config ``[model] unvalidated_results``, default off: the acquisition ends
+    "not processable" saying so); with it on, the SR says "not validated on real scans".
     """
     if acquisition.refusal is not None:
         return AcquisitionRun(acquisition, reason=acquisition.refusal)
+    kind = "SPECT/CT" if acquisition.ct else "SPECT-only"
+    card = segmenter.model(bool(acquisition.ct))[1]
+    if not card.validated_on_real_scans and not unvalidated_results:
+        return AcquisitionRun(acquisition, reason=(
+            f"the {kind} model {card.name} is {NOT_VALIDATED} (trained and tested on simulated exams "
+            f"only); its results are not sent unless [model] unvalidated_results = true"))
     try:
         segmentation = segmenter.segment(acquisition.ct, acquisition.spect)
     except GeometryError as exc:
-        kind = "SPECT/CT" if acquisition.ct else "SPECT"
         return AcquisitionRun(acquisition, reason=f"{kind} geometry cannot be read: {exc}")
     (spect, *ct), repairs = repair_sources([acquisition.spect, *acquisition.ct])
     if repairs:
         log.info("SPECT sources repaired before result building", extra={"repairs": len(repairs)})
+    notes = (*acquisition.notes, *(() if segmentation.validated_on_real_scans else (
+        f"The {kind} model is {NOT_VALIDATED}: it has been trained and tested on simulated exams only; "
+        "these results are sent because this site turned them on ([model] unvalidated_results).",)))
     return _built(acquisition, str(acquisition.spect.StudyInstanceUID),
                   lambda: build_hybrid_results(ct, spect, segmentation.probabilities,
                                                algorithm=segmentation.algorithm, options=options,
-                                               study_version=result_set))
+                                               study_version=result_set, notes=notes))
 
 
 def _built(acquisition: Acquisition | HybridAcquisition, study_uid: str,
@@ -180,8 +204,11 @@ def segment_study(datasets: Sequence[Dataset], segmenter: Segmenter, options: Re
     acquisitions = split_acquisitions(whole_body_instances(datasets))
     if not acquisitions:
         raise UnreadableStudy(no_whole_body_reason(held_kinds(datasets)))
+    not_bone = study_tracer_refusal([ds for ds in datasets if ds.get("SOPClassUID") == NuclearMedicineImageStorage])
     runs = []
     for acquisition in acquisitions:
+        if not_bone is not None:  # the whole study's evidence, as the node decides (worker)
+            acquisition = dataclasses.replace(acquisition, refusal=acquisition.refusal or not_bone)
         run = segment_acquisition(acquisition, segmenter, options, first_result_set)
         first_result_set += run.processed
         runs.append(run)

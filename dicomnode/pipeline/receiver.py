@@ -13,9 +13,11 @@ Association level (PS3.8 §9.3.4): callers must address our AE title; when ``nod
 not empty, any other calling AE title gets A-ASSOCIATE-RJ (rejected-permanent, "calling AE title not
 recognised"); more than ``node.max_associations`` at once are rejected (transient, "local limit
 exceeded"). Presentation contexts: Verification and the SOP classes of
-:data:`dicomnode.dicom.sop.RECEIVED` (NM Image Storage, Segmentation Storage), each with the transfer
-syntaxes of docs/dicom.md (implicit/explicit VR little endian, deflate, RLE, JPEG lossless, JPEG-LS,
-JPEG 2000); other SOP classes are not negotiated (PS3.4 B.2.3). Optional TLS (PS3.15 Annex B.1),
+:data:`dicomnode.dicom.sop.RECEIVED` (every standard storage class), each with the transfer syntaxes
+of docs/dicom.md (implicit/explicit VR little endian, deflate, RLE, JPEG lossless, JPEG-LS, JPEG 2000).
+A context the association refuses anyway (a private class, an unsupported transfer syntax) is
+logged and recorded as a refusal (``quarantine`` row without a file, shown by ``dicomnode status``):
+a sender such as dcmtk ``storescu`` stops the rest of an exam on it (PS3.4 B.2.3). Optional TLS (PS3.15 Annex B.1),
 with client certificates required when ``node.tls.require_client_cert``.
 
 C-STORE, in this order (each refusal logged with the SOP Instance UID, the calling AE and the reason;
@@ -51,10 +53,13 @@ from __future__ import annotations
 import logging
 import re
 import socket
+import threading
+from collections import OrderedDict
 from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.uid import (
+    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -73,9 +78,9 @@ from sqlalchemy.exc import OperationalError
 from dicomnode.config import NodeConfig
 from dicomnode.dicom.sop import RECEIVED
 from dicomnode.dicom.status import Status
-from dicomnode.dicom.validate import Refusal, inspect_instance
+from dicomnode.dicom.validate import Refusal, drop_value_warning_records, inspect_instance
 from dicomnode.store.db import Database
-from dicomnode.store.ingest import ingest, record_refusal
+from dicomnode.store.ingest import CONTEXT_REFUSED, ingest, record_refusal
 from dicomnode.store.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -116,6 +121,8 @@ class Receiver:
         for sop_class in RECEIVED:
             ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
         self.ae = ae
+        self._told = OncePerSeries()
+        drop_value_warning_records()  # kept as per-series notes instead (dicomnode.dicom.validate)
 
     @property
     def port(self) -> int:
@@ -130,7 +137,8 @@ class Receiver:
         self._server = self.ae.start_server(
             (node.host, node.port), block=False, ssl_context=ssl_context,
             evt_handlers=[(evt.EVT_CONN_OPEN, _no_delay), (evt.EVT_C_STORE, self.handle_store),
-                          (evt.EVT_C_ECHO, self.handle_echo), (evt.EVT_REJECTED, _log_rejected)],
+                          (evt.EVT_C_ECHO, self.handle_echo), (evt.EVT_REJECTED, _log_rejected),
+                          (evt.EVT_ACCEPTED, self.handle_accepted)],
         )
         log.info("receiver %s listening on %s:%d%s", node.ae_title, node.host, self.port,
                  " (TLS)" if ssl_context else "")
@@ -149,6 +157,20 @@ class Receiver:
         self.stop()
 
     # -- handlers ---------------------------------------------------------------------------------
+
+    def handle_accepted(self, event: Any) -> None:
+        """Log and record each presentation context the accepted association refused (module docstring)."""
+        calling_ae = str(event.assoc.requestor.ae_title)
+        for context in event.assoc.rejected_contexts:
+            uid = UID(str(context.abstract_syntax)[:64])
+            reason = (f"presentation context refused ({_CONTEXT_RESULTS.get(context.result, context.result)}): "
+                      f"SOP class {uid}{f' ({uid.name})' if uid.is_valid and uid.name != uid else ''}")
+            log.warning("association from %s: %s", calling_ae, reason)
+            try:
+                record_refusal(self.database, path=None, reason=reason, status=CONTEXT_REFUSED,
+                               calling_ae=calling_ae, claimed_sop_instance_uid=None)
+            except Exception:  # best effort, as for a refused instance
+                log.exception("association from %s: the refused context could not be recorded", calling_ae)
 
     def handle_echo(self, event: Any) -> int:
         """C-ECHO (PS3.7 9.1.5): always success."""
@@ -184,8 +206,11 @@ class Receiver:
             log.exception("C-STORE %s from %s: unexpected error", claimed_uid, calling_ae)
             return self._refuse(Status.PROCESSING_FAILURE, f"unexpected error: {type(exc).__name__}: {exc}"[:300],
                                 data, calling_ae, claimed_uid, keep=True)
-        for warning in instance.warnings:
-            log.warning("C-STORE %s from %s: accepted with warning: %s", claimed_uid, calling_ae, warning)
+        for level, remark in [*((logging.WARNING, w) for w in instance.warnings),
+                              *((logging.INFO, n) for n in instance.notes)]:
+            if self._told.first(instance.series_instance_uid, remark):
+                log.log(level, "C-STORE %s from %s: accepted with %s (once per series): %s", claimed_uid, calling_ae,
+                        "warning" if level == logging.WARNING else "note", remark)
         log.info("C-STORE %s from %s: 0x0000 %s (study version %d)", claimed_uid, calling_ae,
                  result.outcome.value, result.study_version,
                  extra={"study_uid": instance.study_instance_uid, **instance.patient_fields})
@@ -215,6 +240,31 @@ def _no_delay(event: Any) -> None:
     ACK (~40 ms on Linux loopback), which would cap a single association at ~25 instances/s.
     """
     event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+#: A-ASSOCIATE-AC presentation context results (PS3.8 Table 9-18).
+_CONTEXT_RESULTS = {1: "user rejection", 2: "no reason", 3: "abstract syntax not supported",
+                    4: "transfer syntaxes not supported"}
+
+
+class OncePerSeries:
+    """Remembers which remark was logged for which series, so that one line stands for a whole
+    series (a CT's 342 slices share their remarks); bounded, thread-safe."""
+
+    def __init__(self, size: int = 10_000) -> None:
+        self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def first(self, series_uid: str, remark: str) -> bool:
+        key = (series_uid, remark)
+        with self._lock:
+            if key in self._seen:
+                return False
+            self._seen[key] = None
+            if len(self._seen) > self._size:
+                self._seen.popitem(last=False)
+            return True
 
 
 class _Unavailable(Exception):

@@ -6,7 +6,10 @@ For each claimed job (:mod:`dicomnode.pipeline.queue`):
 
 1. read the study's current whole-body NM instances (not superseded) from the spool and split them
    into acquisitions (:func:`segmentation.acquisitions.split_acquisitions`);
-2. for each acquisition (whole-body planar, then SPECT/CT: a RECON TOMO volume with the CT series of
+2. decide from all of the study's NM headers whether it is a bone scan at all
+   (:func:`segmentation.acquisitions.study_tracer_refusal`: a stated radiopharmaceutical, the study
+   and series descriptions); if not, every acquisition ends "not processable" with that reason;
+   for each acquisition (whole-body planar, then SPECT/CT: a RECON TOMO volume with the CT series of
    its Frame of Reference) that no earlier job handled with the same content (its fingerprint: a
    hash of its instances' SHA-256), :func:`dicomnode.pipeline.processing.segment_acquisition` (views →
    segmentation → DICOM results, in result set *n*: the study's n-th processed acquisition, which
@@ -42,6 +45,7 @@ The segmenter is loaded once per process (:func:`dicomnode.pipeline.processing.l
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import logging
@@ -51,9 +55,11 @@ from collections.abc import Iterable, Sequence
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import NuclearMedicineImageStorage
 from sqlalchemy import select
 
 from dicomnode.dicom.sop import SEGMENTED_KIND, SEGMENTED_KINDS, ObjectKind
+from dicomnode.dicom.validate import drop_value_warning_records
 from dicomnode.pipeline.processing import (
     AcquisitionRun,
     UnreadableStudy,
@@ -80,7 +86,13 @@ from dicomnode.pipeline.results import ResultOptions
 from dicomnode.store.db import Database
 from dicomnode.store.models import AcquisitionOutcome, AcquisitionState, Instance
 from dicomnode.store.spool import Spool
-from segmentation.acquisitions import HybridAcquisition, NMImageKind, split_acquisitions, split_hybrid
+from segmentation.acquisitions import (
+    HybridAcquisition,
+    NMImageKind,
+    split_acquisitions,
+    split_hybrid,
+    study_tracer_refusal,
+)
 from segmentation.inference import Segmenter
 from segmentation.spectct import HybridSegmenter
 
@@ -132,7 +144,8 @@ class Worker:
     """Processes jobs one at a time; one instance per process (it holds the loaded model)."""
 
     def __init__(self, database: Database, spool: Spool, segmenter: Segmenter, options: ResultOptions,
-                 destinations: Sequence[str], policy: QueuePolicy, owner: str | None = None) -> None:
+                 destinations: Sequence[str], policy: QueuePolicy, owner: str | None = None, *,
+                 unvalidated_results: bool = False) -> None:
         self.database = database
         self.spool = spool
         self.segmenter = segmenter
@@ -140,6 +153,8 @@ class Worker:
         self.destinations = tuple(destinations)
         self.policy = policy
         self.owner = owner or worker_name("worker")
+        self.unvalidated_results = unvalidated_results  # config [model] unvalidated_results
+        drop_value_warning_records()  # pydicom's value warnings: once per message, not per instance
         self.waiting_for: str | None = None  # the condition this worker is paused for, if any
         self._stop = threading.Event()
 
@@ -245,12 +260,16 @@ class Worker:
     def _segment(self, job: ClaimedJob) -> tuple[list[StoredResult], list[Outcome]]:
         """Each acquisition of the study (whole-body planar, then SPECT/CT) not processed before with
         the same content."""
-        instances, kinds, processed_before, result_sets = self._study_contents(job)
+        instances, kinds, processed_before, result_sets, nm_headers = self._study_contents(job)
         by_kind: dict[str, list[Dataset]] = {}
         for dataset, _, kind in instances.values():
             by_kind.setdefault(kind, []).append(dataset)
         planar = split_acquisitions(by_kind.get(SEGMENTED_KIND, []))
         hybrid = split_hybrid(by_kind.get(NMImageKind.RECON_TOMO.value, []), by_kind.get(ObjectKind.CT.value, []))
+        not_bone = study_tracer_refusal(nm_headers)  # the whole study's evidence, not each instance's
+        if not_bone is not None:
+            planar = [dataclasses.replace(a, refusal=a.refusal or not_bone) for a in planar]
+            hybrid = [dataclasses.replace(a, refusal=a.refusal or not_bone) for a in hybrid]
         if not planar and not hybrid:
             reason = no_whole_body_reason(kinds)
             log.info("study not processable", extra={"job": job.id, "study_uid": job.study_instance_uid,
@@ -265,7 +284,8 @@ class Worker:
                          extra={"job": job.id, "study_uid": job.study_instance_uid})
                 continue
             if isinstance(acquisition, HybridAcquisition):
-                run = segment_hybrid(acquisition, self.hybrid_segmenter, self.options, result_sets + 1)
+                run = segment_hybrid(acquisition, self.hybrid_segmenter, self.options, result_sets + 1,
+                                     unvalidated_results=self.unvalidated_results)
             else:
                 run = segment_acquisition(acquisition, self.segmenter, self.options, result_sets + 1)
             if run.processed:
@@ -285,14 +305,15 @@ class Worker:
         return stored, outcomes
 
     def _study_contents(self, job: ClaimedJob) -> tuple[dict[str, tuple[Dataset, str, str]], dict[str, int],
-                                                        set[str], int]:
+                                                        set[str], int, list[Dataset]]:
         """The study's current instances that the node segments (SOP Instance UID → (data set, SHA-256,
         kind)), the count of its current instances per kind, the fingerprints of acquisitions an
-        earlier job processed or found not processable (the same content gives the same outcome), and
-        how many result sets earlier jobs wrote."""
+        earlier job processed or found not processable (the same content gives the same outcome), how
+        many result sets earlier jobs wrote, and the headers of all its NM images (the evidence of
+        :func:`segmentation.acquisitions.study_tracer_refusal`)."""
         with self.database.session() as session:
             rows = session.execute(
-                select(Instance.sop_instance_uid, Instance.path, Instance.sha256, Instance.kind)
+                select(Instance.sop_instance_uid, Instance.path, Instance.sha256, Instance.kind, Instance.sop_class_uid)
                 .where(Instance.study_id == job.study_id, Instance.superseded.is_(False)).order_by(Instance.id)
             ).all()
             earlier = session.execute(
@@ -301,17 +322,23 @@ class Worker:
             ).all()
         kinds: dict[str, int] = {}
         instances: dict[str, tuple[Dataset, str, str]] = {}
+        nm_headers: list[Dataset] = []
         for row in rows:
             kinds[row.kind] = kinds.get(row.kind, 0) + 1
-            if row.kind not in SEGMENTED_KINDS:
+            segmented = row.kind in SEGMENTED_KINDS
+            if not segmented and row.sop_class_uid != NuclearMedicineImageStorage:
                 continue
             try:
-                instances[row.sop_instance_uid] = (pydicom.dcmread(self.spool.absolute(row.path), defer_size=DEFER_BYTES),
-                                                   row.sha256, row.kind)
+                dataset = pydicom.dcmread(self.spool.absolute(row.path), defer_size=DEFER_BYTES,
+                                          stop_before_pixels=not segmented)
             except InvalidDicomError as exc:
                 raise UnreadableStudy(f"instance {row.path} cannot be read: {exc}") from exc
+            if segmented:
+                instances[row.sop_instance_uid] = (dataset, row.sha256, row.kind)
+            if row.sop_class_uid == NuclearMedicineImageStorage:
+                nm_headers.append(dataset)
         processed = sum(state is AcquisitionState.PROCESSED for _, state in earlier)
-        return instances, kinds, {fingerprint for fingerprint, _ in earlier}, processed
+        return instances, kinds, {fingerprint for fingerprint, _ in earlier}, processed, nm_headers
 
 
 def _fingerprint(digests: Iterable[str]) -> str:

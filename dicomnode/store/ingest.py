@@ -196,6 +196,11 @@ def _check_seg_sources(database: Database, instance: ReceivedInstance) -> None:
                       "the SEG references no instance of its study that this node holds")
 
 
+#: ``Quarantine.status`` of a presentation context an association refused (no DIMSE status: no data
+#: set was sent), recorded by the receiver so that ``dicomnode status`` counts it.
+CONTEXT_REFUSED = "context"
+
+
 def record_refusal(database: Database, *, path: str | None, reason: str, status: str, calling_ae: str | None,
                    claimed_sop_instance_uid: str | None) -> int:
     """Index a refused instance (its quarantined copy, if any, is at ``path``); return the row id.

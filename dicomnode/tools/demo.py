@@ -217,7 +217,7 @@ def node_config(out: Path, port: int, pacs: Pacs, weights: str, device: str) -> 
         node={"host": "127.0.0.1", "port": port},
         storage={"var_dir": out / "var", "min_free_bytes": MIN_FREE_BYTES},
         queue={"poll_seconds": POLL_SECONDS},
-        model={"weights": weights, "device": device},
+        model={"weights": weights, "device": device, "unvalidated_results": True},  # the simulator's SPECT too
         destinations=[{"name": "demo-pacs", "host": "127.0.0.1", "port": pacs.port, "ae_title": pacs.aet}],
     )
 

@@ -206,7 +206,8 @@ def delivered_results(database: Database, study_uid: str) -> tuple[bool, str | N
     """(finished, error, the delivered result objects by SOP Instance UID) of the study.
 
     Finished when the job of the study's latest version is done and every result object of its done
-    jobs is delivered (a later job handles only what changed: its acquisitions' results may come
+    jobs is delivered (a study whose new content waits for its quiet window, with no job for its
+    current version yet, is not finished) (a later job handles only what changed: its acquisitions' results may come
     from an earlier job); an error when the latest job failed, an export was refused or failed, or
     no job wrote any result (then the "not processable" reasons).
     """
@@ -215,6 +216,8 @@ def delivered_results(database: Database, study_uid: str) -> tuple[bool, str | N
         if study is None or not study.jobs:
             return False, None, {}
         job = max(study.jobs, key=lambda j: j.study_version)
+        if job.study_version < study.version:  # re-opened: the current version's job is still to come
+            return False, None, {}
         if job.state is JobState.FAILED:
             return True, f"processing failed: {job.error}", {}
         if job.state is not JobState.DONE:

@@ -161,9 +161,11 @@ def hybrid_volume(ct_datasets: Sequence[Dataset], nm_recon_dataset: Dataset | No
 def build_hybrid_results(ct_datasets: Sequence[Dataset], nm_recon_dataset: Dataset | None,
                          probabilities: np.ndarray, *, algorithm: Algorithm,
                          options: ResultOptions | None = None, study_version: int = 1,
-                         created: datetime | None = None) -> list[tuple[ResultKind, Dataset]]:
+                         created: datetime | None = None, notes: Sequence[str] = ()) -> list[tuple[ResultKind, Dataset]]:
     """SEG, SR and SC (those of ``options.kinds``; GSPS has no SPECT/CT form) of one SPECT/CT or SPECT-only result,
-    each with its kind, as :func:`dicomnode.pipeline.results.build_results` returns them."""
+    each with its kind, as :func:`dicomnode.pipeline.results.build_results` returns them. ``notes`` (a
+    later reconstruction superseding an earlier one, a model not validated on real scans) are written
+    into the SR's comments."""
     from dicomnode.pipeline.results.hybrid_sc import build_hybrid_picture
     from dicomnode.pipeline.results.hybrid_seg import build_hybrid_segmentation
     from dicomnode.pipeline.results.hybrid_sr import build_hybrid_report
@@ -173,7 +175,8 @@ def build_hybrid_results(ct_datasets: Sequence[Dataset], nm_recon_dataset: Datas
     sources = [ds.SOPInstanceUID for ds in volume.ct] + ([nm_recon_dataset.SOPInstanceUID] if nm_recon_dataset else [])
     provenance = Provenance(
         options=options,
-        result=HybridRun(_Study(str(volume.reference.StudyInstanceUID)), algorithm),  # type: ignore[arg-type]
+        result=HybridRun(_Study(str(volume.reference.StudyInstanceUID)), algorithm,  # type: ignore[arg-type]
+                         notes=tuple(notes)),
         study_version=study_version,
         created=created or datetime.now(),
         source_uids=tuple(sources),

@@ -127,6 +127,7 @@ def _comment(volume: HybridVolume, provenance: Provenance) -> hd.sr.ContainerCon
     lines = [
         f"{counts['metastatic']} metastatic and {counts['benign']} benign bone lesion(s) on {volume.modality_name}.",
         _counts_note(volume),
+        *provenance.result.notes,
         f"Produced automatically by {algorithm.name} {algorithm.version} ({algorithm.network}) with "
         f"{provenance.options.manufacturer} {provenance.options.software_version}; {NOT_FOR_DIAGNOSTIC_USE}.",
     ]

@@ -58,6 +58,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.tag import Tag
+from pydicom.valuerep import DSfloat
 
 from dicomnode.pipeline.results.common import (
     NOT_FOR_DIAGNOSTIC_USE,
@@ -249,10 +250,10 @@ def functional_groups_proxy(
     proxy.NumberOfFrames = len(positions)
     proxy.FrameOfReferenceUID = frame_of_reference_uid
     measures = Dataset()
-    measures.PixelSpacing = [float(v) for v in pixel_spacing]
-    measures.SliceThickness = float(slice_thickness)
+    measures.PixelSpacing = [decimal_string(v) for v in pixel_spacing]
+    measures.SliceThickness = decimal_string(slice_thickness)
     plane_orientation = Dataset()
-    plane_orientation.ImageOrientationPatient = [float(v) for v in orientation]
+    plane_orientation.ImageOrientationPatient = [decimal_string(v) for v in orientation]
     shared = Dataset()
     shared.PixelMeasuresSequence = [measures]
     shared.PlaneOrientationSequence = [plane_orientation]
@@ -260,12 +261,19 @@ def functional_groups_proxy(
     per_frame = []
     for position in positions:
         plane_position = Dataset()
-        plane_position.ImagePositionPatient = [float(v) for v in position]
+        plane_position.ImagePositionPatient = [decimal_string(v) for v in position]
         item = Dataset()
         item.PlanePositionSequence = [plane_position]
         per_frame.append(item)
     proxy.PerFrameFunctionalGroupsSequence = per_frame
     return proxy
+
+
+def decimal_string(value: float) -> DSfloat:
+    """``value`` as a DS of at most 16 characters (PS3.5 Table 6.2-1), rounded as little as needed
+    (pydicom's ``format_number_as_ds``): a computed position such as -187.12345678901234 would
+    otherwise be written with 17-18 characters, which dciodvfy reports as an error."""
+    return DSfloat(float(value), auto_format=True)
 
 
 def _reference_source_frame(seg: Dataset, frame: SourceFrame) -> None:

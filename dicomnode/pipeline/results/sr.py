@@ -57,7 +57,7 @@ from dicomnode.pipeline.results.common import (
 from dicomnode.pipeline.results.contours import lesion_outlines
 from dicomnode.pipeline.results.seg import view_series
 from dicomnode.pipeline.results.text import bsi_summary, study_summary
-from segmentation.scan import View
+from segmentation.scan import BoneScan, View
 
 logger = logging.getLogger(__name__)
 
@@ -300,6 +300,13 @@ def _number(name: Code, value: float, unit: Code) -> hd.sr.NumContentItem:
     )
 
 
+def view_rules(scan: BoneScan) -> str:
+    """Which rule of docs/dicom.md decided each view (ViewRule), always written (docs/conformance.md)."""
+    decided = [f"{image.view.value} by {image.source.rule.value.replace('-', ' ')} (frame {image.source.frame_number})"
+               for image in (scan.anterior, scan.posterior) if image is not None]
+    return "Views decided: " + ", ".join(decided) + "."
+
+
 def _comments(burden: BoneBurden, provenance: Provenance) -> hd.sr.ContainerContentItem:
     """TID 1500 row 12: Qualitative Evaluations, here free-text comments (DCM 121106)."""
     algorithm = provenance.result.algorithm
@@ -307,8 +314,9 @@ def _comments(burden: BoneBurden, provenance: Provenance) -> hd.sr.ContainerCont
         study_summary(burden),
         bsi_summary(burden) + ".",
         BSI_EXPLANATION,
-        *(f"Note: {note}." for note in (
-            *provenance.result.scan.notes, *provenance.result.notes, *burden.notes)),
+        view_rules(provenance.result.scan),
+        *(f"Note: {note}." for note in dict.fromkeys(  # the result's notes include the scan's: once each
+            (*provenance.result.scan.notes, *provenance.result.notes, *burden.notes))),
         f"Produced automatically by {algorithm.name} {algorithm.version} ({algorithm.network}) "
         f"with {provenance.options.manufacturer} {provenance.options.software_version}; "
         f"{NOT_FOR_DIAGNOSTIC_USE}.",

@@ -26,9 +26,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import CTImageStorage, NuclearMedicineImageStorage
+from pydicom.uid import (
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    NuclearMedicineImageStorage,
+    generate_uid,
+)
 
 import dicomnode
 from dicomnode.synth.dicom import (
@@ -167,3 +172,25 @@ def write_exam_files(folder: Path, ct: list[Dataset], nm: Dataset) -> list[dict]
     nm.save_as(folder / "spect.dcm", enforce_file_format=True)
     entries.append({"file": "spect.dcm", "sop_instance_uid": nm.SOPInstanceUID})
     return entries
+
+
+def dose_report(template: Dataset) -> Dataset:
+    """A minimal X-Ray Radiation Dose SR (PS3.3 A.35.8, TID 10001 root only) of ``template``'s study,
+    as the CT of a SPECT/CT sends it with its slices; the node stores it and processes nothing in it."""
+    ds = Dataset()
+    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID",
+                    "StudyDate", "StudyTime", "AccessionNumber", "StudyID"):
+        if keyword in template:
+            setattr(ds, keyword, template.get(keyword))
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.67"
+    ds.SOPInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "SR", 997, 1
+    ds.ValueType, ds.CompletionFlag, ds.VerificationFlag = "CONTAINER", "COMPLETE", "UNVERIFIED"
+    concept = Dataset()
+    concept.CodeValue, concept.CodingSchemeDesignator, concept.CodeMeaning = "113701", "DCM", "X-Ray Radiation Dose Report"
+    ds.ConceptNameCodeSequence = [concept]
+    ds.ContinuityOfContent = "SEPARATE"
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    return ds
