@@ -144,7 +144,7 @@ def collect(database: Database, *, quiet_seconds: float = 10.0, now: datetime | 
         report["failed_exports"] = _exports(session, ExportState.FAILED)
         report["backing_off"] = [
             {"destination": name, "pending": int(count), "next_attempt_at": _iso(next_at),
-             "last_status": _last_status(session, name), "since": _iso(since),
+             **_last_answer(session, name), "since": _iso(since),
              "needs_attention": as_utc(since) is not None and now - as_utc(since) >= timedelta(seconds=attention_after_seconds)}
             for name, count, next_at, since in session.execute(
                 select(Export.destination, func.count(func.distinct(Export.id)), func.min(Export.next_attempt_at),
@@ -211,12 +211,15 @@ def _exports(session, state: ExportState) -> list[dict[str, Any]]:
     ]
 
 
-def _last_status(session, destination: str) -> str | None:
-    return session.scalar(
-        select(Export.last_status).where(Export.destination == destination, Export.attempts > 0,
-                                         Export.state == ExportState.PENDING)
+def _last_answer(session, destination: str) -> dict[str, str | None]:
+    """The latest failed attempt's cause class (``last_status``: TLS certificate, connection refused, …,
+    :data:`dicomnode.dicom.scu.CAUSES`, or a status) and its particulars (``last_error``)."""
+    row = session.execute(
+        select(Export.last_status, Export.last_error).where(Export.destination == destination, Export.attempts > 0,
+                                                            Export.state == ExportState.PENDING)
         .order_by(Export.next_attempt_at.desc()).limit(1)
-    )
+    ).first()
+    return {"last_status": row[0] if row else None, "last_error": row[1] if row else None}
 
 
 def needs_attention(report: dict[str, Any]) -> bool:
@@ -254,6 +257,7 @@ def render(report: dict[str, Any]) -> str:
     for item in report["backing_off"]:
         lines.append(f"backing off: {item['destination']}: {item['pending']} pending since {item['since']}, next "
                      f"attempt {item['next_attempt_at']}, last answer {item['last_status']}"
+                     + (f" ({item['last_error']})" if item.get("last_error") else "")
                      + (" (needs attention: is the destination down?)" if item["needs_attention"] else ""))
     stuck = report["stuck"]
     for item in stuck["jobs_with_expired_lease"]:
