@@ -51,7 +51,7 @@ from collections.abc import Iterable, Sequence
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from sqlalchemy import select
+from sqlalchemy import select, true
 
 from dicomnode.dicom.sop import SEGMENTED_KIND, SEGMENTED_KINDS, ObjectKind
 from dicomnode.pipeline.processing import (
@@ -78,7 +78,7 @@ from dicomnode.pipeline.queue import (
 )
 from dicomnode.pipeline.results import ResultOptions
 from dicomnode.store.db import Database
-from dicomnode.store.models import AcquisitionOutcome, AcquisitionState, Instance
+from dicomnode.store.models import AcquisitionOutcome, AcquisitionState, Instance, Study
 from dicomnode.store.spool import Spool
 from segmentation.acquisitions import HybridAcquisition, NMImageKind, split_acquisitions, split_hybrid
 from segmentation.inference import Segmenter
@@ -99,7 +99,7 @@ def store_results(spool: Spool, run: AcquisitionRun) -> list[StoredResult]:
                               str(dataset.SOPInstanceUID))
         written = spool.write(spool.result_path(study, series, sop), data)
         stored.append(StoredResult(kind=kind, sop_instance_uid=sop, sop_class_uid=str(dataset.SOPClassUID),
-                                   series_instance_uid=series, path=written.path))
+                                   series_instance_uid=series, path=written.path, size=written.size))
     return stored
 
 
@@ -293,11 +293,15 @@ class Worker:
         with self.database.session() as session:
             rows = session.execute(
                 select(Instance.sop_instance_uid, Instance.path, Instance.sha256, Instance.kind)
-                .where(Instance.study_id == job.study_id, Instance.superseded.is_(False)).order_by(Instance.id)
+                .where(Instance.study_id == job.study_id, Instance.superseded.is_(False),
+                       Instance.purged_at.is_(None)).order_by(Instance.id)
             ).all()
+            # Outcomes from before retention deleted the study's files do not count: it is processed as new.
+            purged_at = session.scalar(select(Study.purged_at).where(Study.id == job.study_id))
             earlier = session.execute(
                 select(AcquisitionOutcome.fingerprint, AcquisitionOutcome.state)
-                .where(AcquisitionOutcome.study_id == job.study_id, AcquisitionOutcome.job_id != job.id)
+                .where(AcquisitionOutcome.study_id == job.study_id, AcquisitionOutcome.job_id != job.id,
+                       AcquisitionOutcome.created_at > purged_at if purged_at is not None else true())
             ).all()
         kinds: dict[str, int] = {}
         instances: dict[str, tuple[Dataset, str, str]] = {}
