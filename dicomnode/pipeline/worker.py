@@ -296,12 +296,11 @@ class Worker:
                 .where(Instance.study_id == job.study_id, Instance.superseded.is_(False),
                        Instance.purged_at.is_(None)).order_by(Instance.id)
             ).all()
-            # Outcomes from before retention deleted the study's files do not count: it is processed as new.
             purged_at = session.scalar(select(Study.purged_at).where(Study.id == job.study_id))
             earlier = session.execute(
-                select(AcquisitionOutcome.fingerprint, AcquisitionOutcome.state)
-                .where(AcquisitionOutcome.study_id == job.study_id, AcquisitionOutcome.job_id != job.id,
+                select(AcquisitionOutcome.fingerprint, AcquisitionOutcome.state,
                        AcquisitionOutcome.created_at > purged_at if purged_at is not None else true())
+                .where(AcquisitionOutcome.study_id == job.study_id, AcquisitionOutcome.job_id != job.id)
             ).all()
         kinds: dict[str, int] = {}
         instances: dict[str, tuple[Dataset, str, str]] = {}
@@ -314,8 +313,10 @@ class Worker:
                                                    row.sha256, row.kind)
             except InvalidDicomError as exc:
                 raise UnreadableStudy(f"instance {row.path} cannot be read: {exc}") from exc
-        processed = sum(state is AcquisitionState.PROCESSED for _, state in earlier)
-        return instances, kinds, {fingerprint for fingerprint, _ in earlier}, processed
+        processed = sum(state is AcquisitionState.PROCESSED for _, state, _ in earlier)
+        # Outcomes from before retention deleted the study's files do not count: it is processed as
+        # new (still numbered after them, so its results get new UIDs and series).
+        return instances, kinds, {fingerprint for fingerprint, _, current in earlier if current}, processed
 
 
 def _fingerprint(digests: Iterable[str]) -> str:
