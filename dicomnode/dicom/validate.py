@@ -18,7 +18,9 @@ answer (C-STORE statuses, PS3.4 Table B.2-1 and PS3.7 Annex C):
   Pixel Spacing, colour pixels.
 - **0xC000** Error: Cannot understand — not readable as DICOM in the negotiated transfer syntax
   (truncated, lengths beyond the data, VR encoding not the negotiated one, undecodable values or
-  pixels, a deflate stream over the ceiling); an invalid UID (PS3.5 §9.1); a SEG that references no
+  pixels, a deflate stream over the ceiling);
+- **0xA700** also when inflating or decoding the pixels would exceed a memory budget
+  (:mod:`dicomnode.dicom.budget`, checked before the memory is used); an invalid UID (PS3.5 §9.1); a SEG that references no
   instance this node holds (raised by :mod:`dicomnode.store.ingest`).
 
 dcmtk's ``storescp`` also answers 0xA900 when the data set's SOP Instance UID differs from the
@@ -60,6 +62,7 @@ from pydicom.sequence import Sequence
 from pydicom.tag import Tag
 from pydicom.uid import UID, NuclearMedicineImageStorage
 
+from dicomnode.dicom.budget import INFLATE_STEP, UNLIMITED, BudgetExceeded, DecodeBudget, Hold
 from dicomnode.dicom.sop import RECEIVED, SEGMENTED_KIND, SEGMENTED_KINDS, ObjectKind, instance_kind
 from dicomnode.dicom.status import Status
 from dicomnode.dicom.uids import UIDError, check_uid, uid_remark
@@ -118,15 +121,24 @@ class ReceivedInstance:
 
 
 def inspect_instance(dataset: bytes, *, transfer_syntax: str, sop_class_uid: str,
-                     sop_instance_uid: str) -> ReceivedInstance:
+                     sop_instance_uid: str, budget: DecodeBudget = UNLIMITED) -> ReceivedInstance:
     """Check one received instance; return what the index needs or raise :class:`Refusal`.
 
     ``dataset`` is the data set exactly as received (no File Meta), ``transfer_syntax`` the
-    presentation context's, the UIDs those of the C-STORE command.
+    presentation context's, the UIDs those of the C-STORE command. Inflating and decoding pixels
+    hold memory from ``budget`` (:mod:`dicomnode.dicom.budget`; over it: 0xA700) until this returns.
     """
     if sop_class_uid not in RECEIVED:
         raise Refusal(Status.SOP_CLASS_NOT_SUPPORTED, f"SOP Class {sop_class_uid[:64]!r} is not accepted here")
-    ds = _parse(dataset, UID(transfer_syntax))
+    with budget.hold() as hold:
+        try:
+            return _inspect(dataset, UID(transfer_syntax), sop_class_uid, sop_instance_uid, hold)
+        except BudgetExceeded as exc:
+            raise Refusal(exc.status, exc.reason) from None
+
+
+def _inspect(dataset: bytes, syntax: UID, sop_class_uid: str, sop_instance_uid: str, hold: Hold) -> ReceivedInstance:
+    ds = _parse(dataset, syntax, hold)
     warnings: list[str] = []
     _check_identity(ds, sop_class_uid, sop_instance_uid)
     study_uid = _uid(ds, "StudyInstanceUID", "Study Instance UID (0020,000D)")
@@ -141,6 +153,8 @@ def inspect_instance(dataset: bytes, *, transfer_syntax: str, sop_class_uid: str
         warnings.append(note)
     if kind != ObjectKind.SR.value:
         _check_pixel_module(ds, warnings)
+    if kind != ObjectKind.SR.value and ds.file_meta.TransferSyntaxUID.is_encapsulated:
+        hold.take(_decoded_size(ds), "decoded Pixel Data")
     views: tuple[str, ...] = _nm_views(ds, warnings) if kind == SEGMENTED_KIND else ()
     references = _seg_references(ds) if kind == ObjectKind.SEG.value else frozenset()
     return ReceivedInstance(
@@ -160,11 +174,11 @@ def inspect_instance(dataset: bytes, *, transfer_syntax: str, sop_class_uid: str
 # -- parsing --------------------------------------------------------------------------------------
 
 
-def _parse(raw: bytes, syntax: UID) -> Dataset:
+def _parse(raw: bytes, syntax: UID, hold: Hold) -> Dataset:
     """Read the data set in the negotiated transfer syntax; refuse anything not read fully and consistently."""
     cannot = Status.CANNOT_UNDERSTAND
     if syntax.is_deflated:
-        raw = _inflate(raw)
+        raw = _inflate(raw, hold)
     if not raw:
         raise Refusal(cannot, "the data set is empty")
     _check_vr_encoding(raw, syntax)
@@ -183,18 +197,35 @@ def _parse(raw: bytes, syntax: UID) -> Dataset:
     return ds
 
 
-def _inflate(raw: bytes) -> bytes:
-    """Inflate a Deflated Explicit VR Little Endian data set (PS3.5 A.5), at most :data:`MAX_INFLATED` bytes."""
+def _inflate(raw: bytes, hold: Hold) -> bytes:
+    """Inflate a Deflated Explicit VR Little Endian data set (PS3.5 A.5), at most :data:`MAX_INFLATED`
+    bytes, :data:`~dicomnode.dicom.budget.INFLATE_STEP` at a time, each step held from the budget
+    before it is inflated (so a deflate bomb stops at the budget)."""
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    inflated = bytearray()
+    pending = raw
     try:
-        inflated = inflater.decompress(raw, MAX_INFLATED + 1)
+        while not inflater.eof:
+            hold.take(INFLATE_STEP, "the inflated data set")
+            inflated += inflater.decompress(pending, INFLATE_STEP)
+            pending = inflater.unconsumed_tail
+            if len(inflated) > MAX_INFLATED:
+                raise Refusal(Status.CANNOT_UNDERSTAND, f"deflated data set inflates to more than {MAX_INFLATED} bytes")
+            if not pending and not inflater.eof:
+                inflated += inflater.flush()
+                break
     except zlib.error as exc:
         raise Refusal(Status.CANNOT_UNDERSTAND, f"deflated data set does not inflate: {exc}") from None
-    if len(inflated) > MAX_INFLATED:
-        raise Refusal(Status.CANNOT_UNDERSTAND, f"deflated data set inflates to more than {MAX_INFLATED} bytes")
     if not inflater.eof:
         raise Refusal(Status.CANNOT_UNDERSTAND, "deflated data set is truncated")
-    return inflated
+    return bytes(inflated)
+
+
+def _decoded_size(ds: Dataset) -> int:
+    """Bytes that decoding the compressed Pixel Data gives (PS3.5 §8.2): Rows × Columns × Frames ×
+    Samples per Pixel × Bits Allocated / 8, as the data set declares them (checked already)."""
+    frames = frame_count(ds)
+    return (int(ds.Rows) * int(ds.Columns) * frames * int(ds.SamplesPerPixel) * int(ds.BitsAllocated) + 7) // 8
 
 
 def _check_vr_encoding(raw: bytes, syntax: UID) -> None:
