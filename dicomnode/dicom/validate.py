@@ -18,7 +18,7 @@ answer (C-STORE statuses, PS3.4 Table B.2-1 and PS3.7 Annex C):
   Pixel Spacing, colour pixels.
 - **0xC000** Error: Cannot understand — not readable as DICOM in the negotiated transfer syntax
   (truncated, lengths beyond the data, VR encoding not the negotiated one, undecodable values or
-  pixels, a deflate stream over the ceiling);
+  pixels, a deflate stream over the ceiling, native Pixel Data of undefined length: PS3.5 A.4);
 - **0xA700** also when inflating or decoding the pixels would exceed a memory budget
   (:mod:`dicomnode.dicom.budget`, checked before the memory is used); an invalid UID (PS3.5 §9.1); a SEG that references no
   instance this node holds (raised by :mod:`dicomnode.store.ingest`).
@@ -78,6 +78,7 @@ PATIENT_FIELDS = frozenset({"patient_id", "accession_number"})
 
 MAX_INFLATED = 512 * 1024 * 1024  # a deflated data set may not inflate beyond this (deflate bombs)
 _UNDEFINED_LENGTH = 0xFFFFFFFF
+_PIXEL_DATA = 0x7FE00010
 
 
 class Refusal(Exception):
@@ -182,10 +183,21 @@ def _parse(raw: bytes, syntax: UID, hold: Hold) -> Dataset:
     if not raw:
         raise Refusal(cannot, "the data set is empty")
     _check_vr_encoding(raw, syntax)
+    undefined_pixels: list[bool] = []
+
+    def native_pixels_of_undefined_length(tag: int, _vr: str | None, length: int) -> bool:
+        if tag == _PIXEL_DATA and length == _UNDEFINED_LENGTH and not syntax.is_encapsulated:
+            undefined_pixels.append(True)
+            return True
+        return False
+
     try:
-        ds = read_dataset(io.BytesIO(raw), syntax.is_implicit_VR, syntax.is_little_endian)
+        ds = read_dataset(io.BytesIO(raw), syntax.is_implicit_VR, syntax.is_little_endian,
+                          stop_when=native_pixels_of_undefined_length)
     except Exception as exc:  # pydicom raises many types for broken input
         raise Refusal(cannot, f"not readable as DICOM: {_brief(exc)}") from None
+    if undefined_pixels:  # PS3.5 A.4: undefined length only for encapsulated (compressed) Pixel Data
+        raise Refusal(cannot, f"Pixel Data (7FE0,0010) has undefined length in native {syntax.name}")
     _check_declared_lengths(ds, len(raw))
     try:
         for _ in ds.iterall():  # convert every value, nested ones too
@@ -268,7 +280,7 @@ def _check_declared_lengths(ds: Dataset, size: int) -> None:
             )
     if last_end is not None and last_end < size:
         raise Refusal(Status.CANNOT_UNDERSTAND,
-                      f"{size - last_end} bytes after the last complete element (truncated element header)")
+                      f"truncated element header: {size - last_end} bytes after the last complete element")
 
 
 # -- identity ---------------------------------------------------------------------------------------
@@ -293,11 +305,13 @@ def _check_identity(ds: Dataset, sop_class_uid: str, sop_instance_uid: str) -> N
     dataset_class = _uid(ds, "SOPClassUID", "SOP Class UID (0008,0016)")
     if dataset_class != sop_class_uid:
         raise Refusal(Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
-                      f"SOP Class UID (0008,0016) {dataset_class} is not the command's {sop_class_uid}")
+                      f"SOP Class UID (0008,0016) differs from the command's: {dataset_class} in the data set, "
+                      f"{sop_class_uid} in the command")
     dataset_instance = _uid(ds, "SOPInstanceUID", "SOP Instance UID (0008,0018)")
     if dataset_instance != sop_instance_uid:
         raise Refusal(Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
-                      f"SOP Instance UID (0008,0018) {dataset_instance} is not the command's {sop_instance_uid}")
+                      f"SOP Instance UID (0008,0018) differs from the command's: {dataset_instance} in the data "
+                      f"set, {sop_instance_uid} in the command")
     modality = RECEIVED[UID(sop_class_uid)][0]
     if modality is not None and str(ds.get("Modality", "")) != modality:
         raise Refusal(Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,

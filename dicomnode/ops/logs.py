@@ -48,6 +48,10 @@ NODE_LOGGERS = ("dicomnode", "segmentation")
 #: Libraries that log every association or migration step: warnings only (or the node's level if higher).
 CHATTY_LIBRARIES = ("pynetdicom", "alembic", "highdicom")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+#: Library loggers that report at ERROR (with a traceback) what the node itself then refuses or
+#: records with its cause, once (pixel decoders failing on received bytes: the receiver answers
+#: 0xC000, the worker records "not processable"): demoted to DEBUG (:class:`Demoted`).
+DEMOTED = ("pydicom.pixels.decoders.base",)
 
 # Attributes every LogRecord has; anything else was passed with ``extra=`` and is a structured field.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
@@ -191,6 +195,14 @@ class LibraryRedaction(logging.Filter):
         return True
 
 
+class Demoted(logging.Filter):
+    """Lower a library's records to DEBUG (:data:`DEMOTED`): expected failures the node reports itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
 def configure_logging(settings: LoggingSection) -> NodeLogHandler:
     """Route the node's log to stderr as ``[logging]`` says (see the module docstring); return the handler."""
     root = logging.getLogger()
@@ -207,4 +219,8 @@ def configure_logging(settings: LoggingSection) -> NodeLogHandler:
     quieter = max(logging.WARNING, logging.getLevelName(settings.level))
     for name in CHATTY_LIBRARIES:
         logging.getLogger(name).setLevel(quieter)
+    for name in DEMOTED:
+        library = logging.getLogger(name)
+        if not any(isinstance(f, Demoted) for f in library.filters):
+            library.addFilter(Demoted())
     return handler
