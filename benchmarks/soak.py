@@ -17,7 +17,7 @@ PACS. The load, for ``--minutes``:
 
 Every ``--sample`` seconds the node process's RSS, open files and threads (``/proc``), the spool's
 bytes on disk (walked), the database's bytes (file + WAL) and the queue depth (jobs queued or
-running) are sampled. The closing table has one row per ``--rows`` of the run; the verdict compares
+running) are sampled (not in the 20 s after a restart, while the node starts again). The closing table has one row per ``--rows`` of the run; the verdict compares
 each quantity's median over the second half of the run after warm-up (the first ``--warmup``
 fraction) with that over the first half: flat when it grew by no more than 20 % (and, for counts,
 by no more than 3). *Lost*: exams acknowledged (every file 0x0000) whose latest job's results are
@@ -91,7 +91,7 @@ def pool(work: Path, wholebody: int, spect_ct: int, seed: int) -> list[tuple[str
     for study in manifest["studies"]:
         exams.append((study["study_instance_uid"], [work / "wb" / study["folder"] / f["file"] for f in study["files"]]))
     if spect_ct:
-        hybrid = write_exams(work / "spectct", exams=spect_ct, seed=seed, size="tiny")
+        hybrid = write_exams(work / "spectct", exams=spect_ct, seed=seed + 1000, size="tiny")  # other UIDs
         for exam in hybrid["exams"]:
             folder = work / "spectct" / exam["folder"]
             exams.append((exam["study_instance_uid"], sorted(p for p in folder.rglob("*.dcm"))))
@@ -123,12 +123,14 @@ class Sampler(threading.Thread):
         self.node, self.var_dir, self.every, self.acknowledged = node, var_dir, every, acknowledged
         self.samples: list[Sample] = []
         self.stop_event = threading.Event()
-        self.started = time.monotonic()
+        self.started = self.restarted = time.monotonic()
 
     def run(self) -> None:
         database = connect(f"sqlite:///{self.var_dir / 'dicomnode.db'}")
         try:
             while not self.stop_event.wait(self.every):
+                if time.monotonic() - self.restarted < 20:
+                    continue  # the node is starting again after a kill: not yet at work
                 try:
                     rss, files, threads = _proc(self.node.process.pid)
                     with database.session() as session:
@@ -185,6 +187,7 @@ def run(args: argparse.Namespace) -> int:
             now = time.monotonic()
             if now >= next_kill:
                 node.kill()
+                sampler.restarted = time.monotonic()
                 node.start()
                 kills += 1
                 next_kill = now + args.kill_every

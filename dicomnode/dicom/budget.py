@@ -4,7 +4,8 @@ A Deflated Explicit VR Little Endian data set (PS3.5 A.5) is inflated in steps o
 :data:`INFLATE_STEP` bytes, each step taken from the budget before it is produced, so a deflate
 bomb is stopped at the budget, not after it has inflated; compressed pixel data (RLE, JPEG, JPEG-LS,
 JPEG 2000) is charged Rows × Columns × Frames × Samples per Pixel × Bits Allocated / 8 (what decoding
-it produces, PS3.5 §8.2) before it is decoded. An instance over ``[limits]
+it produces, PS3.5 §8.2) before it is decoded. Both are charged :data:`COPIES` times, the copies
+held at the peak, so the budget is the memory really used. An instance over ``[limits]
 decoded_bytes_per_instance``, or one that would take all associations together over
 ``decoded_bytes_per_node``, is refused with 0xA700 (Out of Resources) and an Error Comment that says
 which budget (docs/conformance.md), before anything is acknowledged. What an instance took is given
@@ -27,6 +28,10 @@ from contextlib import contextmanager
 from dicomnode.dicom.status import Status
 
 INFLATE_STEP = 1 << 20  # inflate this much at a time
+#: Each decoded byte is held twice at the peak: the inflated data set and the element values read from
+#: it (pydicom copies them out), or the decoder's output and the pixel array built from it. Measured
+#: (``benchmarks/decode_memory.py``): the node's peak RSS grows by about twice the bytes decoded at once.
+COPIES = 2
 
 
 class BudgetExceeded(Exception):

@@ -62,7 +62,7 @@ from pydicom.sequence import Sequence
 from pydicom.tag import Tag
 from pydicom.uid import UID, NuclearMedicineImageStorage
 
-from dicomnode.dicom.budget import INFLATE_STEP, UNLIMITED, BudgetExceeded, DecodeBudget, Hold
+from dicomnode.dicom.budget import COPIES, INFLATE_STEP, UNLIMITED, BudgetExceeded, DecodeBudget, Hold
 from dicomnode.dicom.sop import RECEIVED, SEGMENTED_KIND, SEGMENTED_KINDS, ObjectKind, instance_kind
 from dicomnode.dicom.status import Status
 from dicomnode.dicom.uids import UIDError, check_uid, uid_remark
@@ -155,7 +155,7 @@ def _inspect(dataset: bytes, syntax: UID, sop_class_uid: str, sop_instance_uid: 
     if kind != ObjectKind.SR.value:
         _check_pixel_module(ds, warnings)
     if kind != ObjectKind.SR.value and ds.file_meta.TransferSyntaxUID.is_encapsulated:
-        hold.take(_decoded_size(ds), "decoded Pixel Data")
+        hold.take(COPIES * _decoded_size(ds), "decoded Pixel Data")
     views: tuple[str, ...] = _nm_views(ds, warnings) if kind == SEGMENTED_KIND else ()
     references = _seg_references(ds) if kind == ObjectKind.SEG.value else frozenset()
     return ReceivedInstance(
@@ -218,7 +218,7 @@ def _inflate(raw: bytes, hold: Hold) -> bytes:
     pending = raw
     try:
         while not inflater.eof:
-            hold.take(INFLATE_STEP, "the inflated data set")
+            hold.take(COPIES * INFLATE_STEP, "the inflated data set")
             inflated += inflater.decompress(pending, INFLATE_STEP)
             pending = inflater.unconsumed_tail
             if len(inflated) > MAX_INFLATED:
