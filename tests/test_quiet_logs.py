@@ -10,7 +10,7 @@ from dicomnode.config import LoggingSection
 from dicomnode.ops.logs import NodeLogHandler, configure_logging
 from dicomnode.pipeline.queue import QueuePolicy
 from dicomnode.pipeline.results import ResultOptions
-from dicomnode.pipeline.worker import RESUME_HEADROOM_BYTES, Worker
+from dicomnode.pipeline.worker import RESUME_HEADROOM_BYTES, Worker, resume_headroom
 from dicomnode.store.spool import Spool
 from tests.processing_helpers import sqlite_database
 
@@ -22,6 +22,8 @@ def test_a_worker_paused_for_disk_space_needs_headroom_to_resume(tmp_path: Path,
     with Spool(tmp_path / "spool") as spool, caplog.at_level(logging.INFO, logger="dicomnode"):
         worker = Worker(database, spool, None, ResultOptions(), [], QueuePolicy())
         spool.min_free_bytes = spool.free_bytes() + 256 * MIB  # the disk is below its floor
+        assert resume_headroom(spool.min_free_bytes) == RESUME_HEADROOM_BYTES  # a floor over 512 MiB
+        assert (resume_headroom(0), resume_headroom(16 * MIB)) == (MIB, 2 * MIB)
         assert not worker.run_once() and worker.waiting_for == "disk space"
         # Just above the floor again (as when a full disk with floor 0 frees a few bytes): still paused.
         spool.min_free_bytes = spool.free_bytes() - RESUME_HEADROOM_BYTES // 2

@@ -166,7 +166,8 @@ class Receiver:
         try:
             data = event.encoded_dataset()  # Part 10: preamble, File Meta, the data set as sent
             if not self.spool.has_room(len(data)):
-                raise _Unavailable(f"spool full: {len(data)} bytes would leave under {self.spool.min_free_bytes} free")
+                raise _Unavailable(f"not enough free space: {len(data)} bytes would leave under "
+                                   f"{self.spool.min_free_bytes} free")
             with self.spool.stage(data) as staged:  # written durably in the background meanwhile
                 instance = inspect_instance(event.encoded_dataset(include_meta=False),
                                             transfer_syntax=str(event.context.transfer_syntax),

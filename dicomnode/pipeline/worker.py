@@ -34,7 +34,7 @@ The environment failing is not the study's fault
 (:func:`dicomnode.pipeline.queue.release`: QUEUED, no attempt used, tried again after
 ``[queue] environment_retry_seconds``), and the worker pauses: it claims nothing while the spool's
 filesystem is below ``[storage] min_free_bytes`` (the floor under which the receiver answers
-0xA700), and once paused until :data:`RESUME_HEADROOM_BYTES` more are free (hysteresis), and, after a
+0xA700), and once paused until :func:`resume_headroom` more are free (hysteresis), and, after a
 database error, until the database answers again. It resumes by itself. Any
 other error is retried up to ``[queue] max_attempts`` with a growing delay.
 
@@ -90,9 +90,15 @@ log = logging.getLogger(__name__)
 #: Values larger than this (pixel data) are read from the spool only when used: acquisitions that an
 #: earlier job already handled are grouped from their headers and skipped without reading their pixels.
 DEFER_BYTES = 64 * 1024
-#: A worker paused for disk space claims again only with this much free above the floor: without it,
-#: a floor of 0 and a full disk paused and resumed it every poll (the job met ENOSPC at once).
+#: A worker paused for disk space claims again only with an eighth of the floor more free (at least
+#: 1 MiB, at most 64 MiB): without it, a floor of 0 and a full disk paused and resumed it every poll
+#: (the job met ENOSPC at once).
 RESUME_HEADROOM_BYTES = 64 << 20
+
+
+def resume_headroom(min_free_bytes: int) -> int:
+    """Free bytes above the floor a worker paused for disk space waits for (hysteresis)."""
+    return min(RESUME_HEADROOM_BYTES, max(1 << 20, min_free_bytes // 8))
 
 
 def store_results(spool: Spool, run: AcquisitionRun) -> list[StoredResult]:
@@ -155,10 +161,10 @@ class Worker:
     def run_once(self) -> bool:
         """Claim and process one job; False when there was nothing to do (or the spool is below its
         free-space floor: nothing is claimed then)."""
-        headroom = RESUME_HEADROOM_BYTES if self.waiting_for == DISK_SPACE else 0  # hysteresis
-        if not self.spool.has_room(headroom):
+        floor = self.spool.min_free_bytes
+        if not self.spool.has_room(resume_headroom(floor) if self.waiting_for == DISK_SPACE else 0):
             self._pause(DISK_SPACE, f"{self.spool.free_bytes()} bytes free on the spool; claims again at "
-                                    f"{self.spool.min_free_bytes + RESUME_HEADROOM_BYTES}")
+                                    f"{floor + resume_headroom(floor)}")
             return False
         job = claim(self.database, self.owner, self.policy)
         self._resume()
