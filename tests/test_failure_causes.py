@@ -5,12 +5,13 @@ verification error, in the export row, ``dicomnode status`` and ``/metrics``; a 
 from __future__ import annotations
 
 import logging
+import socket
 
 import pytest
 from sqlalchemy import select
 
 from dicomnode.dicom.peers import TLSClient
-from dicomnode.dicom.scu import CONNECTION_REFUSED, TLS_CERTIFICATE, echo, parse_peer
+from dicomnode.dicom.scu import CONNECTION_REFUSED, TIMEOUT, TLS_CERTIFICATE, echo, parse_peer
 from dicomnode.ops.http import MonitoringServer
 from dicomnode.ops.status import collect, render
 from dicomnode.store.models import Export
@@ -48,6 +49,13 @@ def test_a_closed_port_is_connection_refused_without_library_errors(caplog) -> N
         result = echo(parse_peer(f"127.0.0.1:{free_port()}", "NOBODY"), "CAMERA", timeout=3)
     assert (result.ok, result.status) == (False, CONNECTION_REFUSED)
     assert not [r for r in caplog.records if r.name.startswith("pynetdicom") and r.levelno >= logging.ERROR]
+
+
+def test_a_peer_that_never_answers_the_association_is_a_timeout() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts TCP (the backlog), says nothing
+        result = echo(parse_peer(f"127.0.0.1:{silent.getsockname()[1]}", "SILENT"), "CAMERA", timeout=2)
+    assert (result.ok, result.status) == (False, TIMEOUT)
+    assert "ACSE timeout" in result.detail
 
 
 def test_export_to_an_untrusted_destination_shows_the_cause_in_status_and_metrics(node, tmp_path) -> None:  # noqa: F811

@@ -165,13 +165,14 @@ def associate(peer: Destination, calling_ae: str, contexts: Sequence[tuple[str, 
     kwargs: dict[str, Any] = {"ae_title": peer.ae_title}
     if peer.tls is not None:
         kwargs["tls_args"] = peer.tls.arguments(peer.host)
+    started = time.monotonic()
     try:
         assoc = ae.associate(peer.host, peer.port, **kwargs)
     except (OSError, ssl.SSLError) as exc:  # raised here only before the DUL thread runs (TLS set-up)
         cause, detail = connect_cause(str(exc), exc)
         raise AssociationFailed(cause, f"{_where(peer)}: {detail}", permanent=False) from None
     if not assoc.is_established:
-        raise _why_not(assoc, peer)
+        raise _why_not(assoc, peer, waited=time.monotonic() - started >= timeout)
     try:
         yield assoc
     except BaseException:
@@ -185,7 +186,8 @@ def _where(peer: Destination) -> str:
     return f"{peer.ae_title}@{peer.host}:{peer.port}"
 
 
-def _why_not(assoc: Any, peer: Destination) -> AssociationFailed:
+def _why_not(assoc: Any, peer: Destination, waited: bool) -> AssociationFailed:
+    """Why ``assoc`` was not established; ``waited``: the ACSE timeout ran out (pynetdicom then aborts)."""
     primitive = assoc.acceptor.primitive
     if assoc.is_rejected and primitive is not None:
         permanent = primitive.result == 0x01
@@ -199,10 +201,11 @@ def _why_not(assoc: Any, peer: Destination) -> AssociationFailed:
     if connect_error is not None:
         cause, detail = connect_cause(*connect_error)
         return AssociationFailed(cause, f"{_where(peer)}: {detail}", permanent=False)
-    if getattr(assoc, "is_aborted", False):
-        return AssociationFailed(ABORTED, f"{_where(peer)}: A-ABORT before an A-ASSOCIATE answer", permanent=False)
-    return AssociationFailed(TIMEOUT, f"{_where(peer)}: no A-ASSOCIATE answer in time or the connection "
-                             "closed", permanent=False)
+    if waited:
+        return AssociationFailed(TIMEOUT, f"{_where(peer)}: no A-ASSOCIATE answer within the ACSE timeout",
+                                 permanent=False)
+    return AssociationFailed(ABORTED, f"{_where(peer)}: A-ABORT or the connection closed before an "
+                             "A-ASSOCIATE answer", permanent=False)
 
 
 # -- C-ECHO -----------------------------------------------------------------------------------------
