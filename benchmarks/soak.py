@@ -38,6 +38,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +55,7 @@ from dicomnode.tools.harness import delivered_results, free_port  # noqa: E402
 from tests.malformed_corpus import KINDS, SUCCESS, send_raw  # noqa: E402
 from tests.processing_helpers import NodeProcess, storescu  # noqa: E402
 
+warnings.filterwarnings("ignore", module="pydicom")  # the PACS's files read back: leading-zero UIDs (a vendor's)
 QUANTITIES = ("rss_mib", "open_files", "threads", "spool_mib", "db_mib", "queue")
 
 
