@@ -220,3 +220,27 @@ def test_a_study_sent_again_after_its_files_were_deleted_is_processed_as_new(tmp
         assert sorted(outcomes, key=lambda o: o[1]) == [(AcquisitionState.PROCESSED, 1), (AcquisitionState.PROCESSED, 2)]
         assert set(delivered) == {ExportState.DELIVERED} and len(delivered) >= 2  # both versions' results
         assert present_rows_without_file(database, spool) == []
+
+
+def test_the_purge_command_is_a_dry_run_unless_told_and_status_shows_what_goes(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from dicomnode.cli import app
+
+    config = _config(tmp_path)
+    database = sqlite_database(tmp_path / "var", "dicomnode.db")
+    with Spool(tmp_path / "var" / "spool") as spool:
+        due = settled_study(database, spool, settled_hours_ago=3)
+        kept = settled_study(database, spool, settled_hours_ago=3, export_state=ExportState.PENDING)
+    runner = CliRunner()
+    status = runner.invoke(app, ["status", "--config", str(config)])
+    assert status.exit_code == 0 and "retention (1 h after delivery) frees 1 studies (10.0 KiB) now" in status.output
+    dry = runner.invoke(app, ["purge", "--config", str(config)])
+    assert dry.exit_code == 0 and dry.output.startswith("would delete (dry run; --apply deletes): 1 studies")
+    with Spool(tmp_path / "var" / "spool") as spool:
+        assert all(files_of(database, spool, due))
+    done = runner.invoke(app, ["purge", "--apply", "--config", str(config)])
+    assert done.exit_code == 0 and done.output.startswith("deleted: 1 studies (10.0 KiB)"), done.output
+    assert "1 studies not delivered yet are kept" in done.output
+    with Spool(tmp_path / "var" / "spool") as spool:
+        assert not any(files_of(database, spool, due)) and all(files_of(database, spool, kept))
