@@ -97,8 +97,18 @@ def files_of(database, spool: Spool, study_id: int) -> list[bool]:
     return [spool.absolute(path).is_file() for path in paths]
 
 
-def test_only_delivered_studies_past_the_period_go_oldest_first_and_rows_stay(tmp_path: Path) -> None:
-    database = sqlite_database(tmp_path)
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database(request: pytest.FixtureRequest, tmp_path: Path):
+    """A migrated SQLite or PostgreSQL database."""
+    from tests.processing_helpers import postgres_database
+
+    migrated = (postgres_database(request.getfixturevalue("postgres_url")) if request.param == "postgresql"
+                else sqlite_database(tmp_path))
+    yield migrated
+    migrated.dispose()
+
+
+def test_only_delivered_studies_past_the_period_go_oldest_first_and_rows_stay(tmp_path: Path, database) -> None:
     with Spool(tmp_path / "spool") as spool:
         old = settled_study(database, spool, settled_hours_ago=50)
         older = settled_study(database, spool, settled_hours_ago=80)
