@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> None:
         port = free_port()
         config = work / "node.toml"
         config.write_text("\n".join([
-            "[node]", f"port = {port}", 'host = "127.0.0.1"', f"max_associations = {max(args.senders, 10)}",
+            "[node]", f"port = {port}", 'host = "127.0.0.1"', f"max_associations = {args.senders + 10}",
             "[storage]", f'var_dir = "{work / "var"}"', "min_free_bytes = 0",
             "[model]", 'weights = "threshold"', 'device = "cpu"',
             "[limits]", f"decoded_bytes_per_instance = {args.per_instance_mib * MIB}",
@@ -78,7 +78,11 @@ def run(args: argparse.Namespace) -> None:
             def sender(index: int) -> tuple[int, int]:
                 refusals = 0
                 for _ in range(args.tries):
-                    answer = send_raw(port, "DICOMNODE", item, work / f"wire-{index}")
+                    try:
+                        answer = send_raw(port, "DICOMNODE", item, work / f"wire-{index}")
+                    except AssertionError:  # no association (a transient rejection): try again
+                        time.sleep(0.5)
+                        continue
                     if answer.status == 0x0000:
                         return 1, refusals
                     refusals += 1
