@@ -189,7 +189,8 @@ def record(database: Database, owner: str, item: Item, outcome: Outcome, policy:
             export.state = ExportState.PENDING
             export.next_attempt_at = now + policy.backoff(export.attempts)
         state = export.state
-    level = logging.INFO if state is ExportState.DELIVERED else logging.WARNING
+    # A destination that is down is one WARNING per batch, with its cause (Exporter.send_batch), not one per object.
+    level = logging.INFO if state is ExportState.DELIVERED or outcome.verdict is Verdict.BACK_OFF else logging.WARNING
     log.log(level, "export %s", state.value, extra={"export": item.export_id, "sop_uid": item.sop_instance_uid,
                                                     "status": outcome.status, "detail": outcome.detail})
     return state
