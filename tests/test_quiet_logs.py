@@ -31,9 +31,10 @@ def test_a_worker_paused_for_disk_space_needs_headroom_to_resume(tmp_path: Path,
             assert not worker.run_once() and worker.waiting_for == "disk space"
         spool.min_free_bytes = spool.free_bytes() - 4 * RESUME_HEADROOM_BYTES  # room enough: resumes
         assert not worker.run_once() and worker.waiting_for is None
-    lines = [r.getMessage() for r in caplog.records if r.name == "dicomnode.pipeline.worker"]
-    assert lines == ["worker paused: waiting for disk space", "worker resumed: disk space is back"]
-    assert "claims again at" in caplog.records[0].__dict__["error"]
+    records = [r for r in caplog.records if r.name == "dicomnode.pipeline.worker"]
+    assert [r.getMessage() for r in records] == ["worker paused: waiting for disk space",
+                                                 "worker resumed: disk space is back"]
+    assert "claims again at" in records[0].__dict__["error"]
 
 
 def test_a_pixel_decoder_error_is_demoted_to_debug(capsys) -> None:
