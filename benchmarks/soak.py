@@ -34,6 +34,7 @@ import os
 import platform
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -186,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
         end = started + args.minutes * 60
         next_kill, next_outage = started + args.kill_every, started + args.outage_every
         pacs_back_at = None
-        sent = refused = malformed = kills = outages = 0
+        sent = refused = malformed = unsent = kills = outages = 0
         index = 0
         while time.monotonic() < end:
             now = time.monotonic()
@@ -210,7 +211,7 @@ def run(args: argparse.Namespace) -> int:
                 result = storescu(files, port, timeout=120)
                 ok = result.returncode == 0 and (result.stdout + result.stderr).count(
                     "Received Store Response (Success)") == len(files)
-            except Exception:
+            except (subprocess.SubprocessError, OSError):  # a hung run: sent again when its turn comes
                 ok = False
             sent += 1
             if ok:
@@ -222,8 +223,8 @@ def run(args: argparse.Namespace) -> int:
                 try:
                     send_raw(port, "DICOMNODE", kind.build([]), work / "malformed")
                     malformed += 1
-                except Exception:
-                    pass
+                except (AssertionError, OSError, RuntimeError):  # no association (the node restarting)
+                    unsent += 1
             time.sleep(rng.uniform(0.5, args.gap))
         if pacs_back_at is not None:
             pacs.start()
@@ -246,7 +247,8 @@ def run(args: argparse.Namespace) -> int:
         samples = sampler.samples
         print(f"soak: {platform.node()}, {os.cpu_count()} CPUs, model {args.weights} on cpu, {load_seconds / 60:.1f} min "
               f"of load; {len(exams)} exams in the pool ({args.wholebody} whole-body exams, {args.spect_ct} SPECT/CT), "
-              f"sent {sent} times ({refused} not acknowledged, sent again later), {malformed} malformed inputs, "
+              f"sent {sent} times ({refused} not acknowledged, sent again later), {malformed} malformed inputs "
+              f"({unsent} found no association), "
               f"{kills} SIGKILLs, {outages} PACS outages of {args.outage:g} s; retention {args.retention:g} s")
         print("| minute | RSS MiB | open files | threads | spool MiB | DB MiB | queue | exams acknowledged |")
         print("|---|---|---|---|---|---|---|---|")

@@ -11,7 +11,13 @@ import pytest
 from sqlalchemy import select
 
 from dicomnode.dicom.peers import TLSClient
-from dicomnode.dicom.scu import CONNECTION_REFUSED, TIMEOUT, TLS_CERTIFICATE, echo, parse_peer
+from dicomnode.dicom.scu import (
+    CONNECTION_REFUSED,
+    TIMEOUT,
+    TLS_CERTIFICATE,
+    echo,
+    parse_peer,
+)
 from dicomnode.ops.http import MonitoringServer
 from dicomnode.ops.status import collect, render
 from dicomnode.store.models import Export
