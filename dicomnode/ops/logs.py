@@ -65,7 +65,7 @@ class _Structured(logging.Formatter):
         self._hidden = _STANDARD if include_patient_data else _STANDARD | PATIENT_FIELDS
         self._include_patient_data = include_patient_data
 
-    def formatException(self, ei: Any) -> str:  # noqa: N802 - logging.Formatter's name
+    def formatException(self, ei: Any) -> str:
         """The traceback, with quoted values in its message lines redacted unless patient data is
         included (:func:`redact_traceback`)."""
         text = super().formatException(ei)
