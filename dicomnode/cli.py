@@ -356,10 +356,34 @@ def status(
     try:
         report = collect(database, quiet_seconds=node.assembly.quiet_seconds,
                          attention_after_seconds=node.export.attention_after_seconds,
-                         spool_root=node.storage.spool_path, min_free_bytes=node.storage.min_free_bytes)
+                         spool_root=node.storage.spool_path, min_free_bytes=node.storage.min_free_bytes,
+                         retention=node.retention)
     finally:
         database.dispose()
     typer.echo(json.dumps(report, indent=2) if as_json else render(report))
+
+
+@app.command()
+def purge(
+    config: Path | None = _CONFIG,
+    apply: bool = typer.Option(False, "--apply", help="Delete; without it, only say what would be deleted."),
+) -> None:
+    """Delete the spool files of studies delivered longer ago than [retention] (dry run unless --apply)."""
+    from dicomnode.ops.status import size_text
+    from dicomnode.store.retention import purge as run_purge
+    from dicomnode.store.spool import Spool
+
+    node = _node_config(config)
+    database = _database(node)
+    try:
+        with Spool(node.storage.spool_path, min_free_bytes=node.storage.min_free_bytes) as spool:
+            report = run_purge(database, spool, node.retention, dry_run=not apply)
+    finally:
+        database.dispose()
+    verb = "deleted" if apply else "would delete (dry run; --apply deletes)"
+    typer.echo(f"{verb}: {report.studies} studies ({size_text(report.bytes)}), {report.quarantined} refused "
+               f"instance(s); {report.plan.held_studies} studies not delivered yet are kept"
+               + (f"; finished {report.finished} interrupted deletion(s)" if report.finished else ""))
 
 
 @app.command()

@@ -167,6 +167,22 @@ class LoggingSection(_Section):
         return value.upper() if isinstance(value, str) else value
 
 
+class RetentionSection(_Section):
+    """Deleting delivered studies' files from the spool (:mod:`dicomnode.store.retention`)."""
+
+    enabled: bool = True
+    delete_after_hours: float = Field(default=720.0, ge=0)  # after every result of the study was delivered
+    early_free_bytes: int = Field(default=2 << 30, ge=0)  # free space above the floor that starts early deletion
+    interval_seconds: float = Field(default=300.0, gt=0)  # how often ``serve`` looks
+
+
+class LimitsSection(_Section):
+    """Memory for decoding received data sets (:mod:`dicomnode.dicom.budget`, docs/conformance.md)."""
+
+    decoded_bytes_per_instance: int = Field(default=256 << 20, ge=1 << 20)  # inflated data set or decoded pixels
+    decoded_bytes_per_node: int = Field(default=1 << 30, ge=1 << 20)  # all associations at once
+
+
 class HttpSection(_Section):
     host: str = "127.0.0.1"
     port: Port | None = None  # health and Prometheus metrics; None: off
@@ -191,6 +207,8 @@ class NodeConfig(BaseSettings):
     export: ExportSection = Field(default_factory=ExportSection)
     logging: LoggingSection = Field(default_factory=LoggingSection)
     http: HttpSection = Field(default_factory=HttpSection)
+    retention: RetentionSection = Field(default_factory=RetentionSection)
+    limits: LimitsSection = Field(default_factory=LimitsSection)
 
     @classmethod
     def settings_customise_sources(

@@ -388,8 +388,8 @@ def detector_orientation(item: Dataset, where: str) -> PatientOrientation | None
         return PatientOrientation("L" if row_x > 0 else "R", "H" if column_z > 0 else "F")
     shown = "\\".join(f"{float(v):g}" for v in value)
     raise NotWholeBodyView(
-        f"{where}: Image Orientation (Patient) (0020,0037) {shown} is an oblique or lateral "
-        "detector, not an anterior or posterior whole-body view"
+        f"{where}: oblique or lateral detector, not an anterior or posterior whole-body view: Image "
+        f"Orientation (Patient) (0020,0037) {shown}"
     )
 
 

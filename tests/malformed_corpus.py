@@ -35,7 +35,8 @@ undecodable_value                   0xC000   Rows (US) with a 3-byte value
 explicit_bytes_on_implicit_context  0xC000   encoding does not match the negotiated transfer syntax
 implicit_bytes_on_explicit_context  0xC000   idem, the other way round
 plain_bytes_on_deflate_context      0xC000   "deflated" data that does not inflate
-deflate_bomb                        0xC000   520 kB of deflate that inflates beyond 512 MiB
+deflate_bomb                        0xA700   520 kB of deflate that inflates beyond the decoding budget
+native_pixel_data_undefined_length  0xC000   native Pixel Data of undefined length (PS3.5 A.4: encapsulated only)
 bytes_after_last_element            0xC000   eight bytes that are no element after the data set
 corrupt_rle                         0xC000   RLE segment offset past the frame: pixels cannot be decoded
 sop_instance_uid_path_traversal     0xC000   ``../../x`` as SOP Instance UID: no path is ever built
@@ -104,7 +105,7 @@ from tests.nm_factory import nm_study, phantom_counts
 NM = "1.2.840.10008.5.1.4.1.1.20"
 SEG = "1.2.840.10008.5.1.4.1.1.66.4"
 CT = "1.2.840.10008.5.1.4.1.1.2"
-SUCCESS, CANNOT_UNDERSTAND, DOES_NOT_MATCH = 0x0000, 0xC000, 0xA900
+SUCCESS, CANNOT_UNDERSTAND, DOES_NOT_MATCH, OUT_OF_RESOURCES = 0x0000, 0xC000, 0xA900, 0xA700
 
 
 @dataclass(frozen=True)
@@ -296,7 +297,9 @@ KINDS: list[Kind] = [
          mangled(syntax=ExplicitVRLittleEndian, encoded_as=ImplicitVRLittleEndian)),
     Kind("plain_bytes_on_deflate_context", CANNOT_UNDERSTAND, "inflate",
          mangled(syntax=DeflatedExplicitVRLittleEndian, encoded_as=ExplicitVRLittleEndian)),
-    Kind("deflate_bomb", CANNOT_UNDERSTAND, "inflates to more than", lambda h: _deflate_bomb()),
+    Kind("deflate_bomb", OUT_OF_RESOURCES, "decoding budget", lambda h: _deflate_bomb()),
+    Kind("native_pixel_data_undefined_length", CANNOT_UNDERSTAND, "undefined length",
+         lambda h: _native_pixels_of_undefined_length()),
     Kind("bytes_after_last_element", CANNOT_UNDERSTAND, "", mangled(lambda body: body + b"\xff" * 8)),
     Kind("corrupt_rle", CANNOT_UNDERSTAND, "decoded", lambda h: sample(_corrupt_rle(), RLELossless)),
     Kind("sop_instance_uid_path_traversal", CANNOT_UNDERSTAND, "UID", _uid_in_dataset("SOPInstanceUID", "../../x")),
@@ -344,6 +347,16 @@ def _deflate_bomb() -> Sample:
     zeros = bytes(1 << 20)
     body = b"".join(deflater.compress(zeros) for _ in range(520)) + deflater.flush()
     return sample(ds, DeflatedExplicitVRLittleEndian, body=body)
+
+
+def _native_pixels_of_undefined_length() -> Sample:
+    """A valid instance whose native Pixel Data says undefined length, ended by a Sequence Delimiter."""
+    body = sample(one()).body
+    at = body.rfind(b"\xe0\x7f\x10\x00")  # (7FE0,0010) OW, explicit VR: tag, VR, 2 reserved, 4-byte length
+    length = struct.unpack("<I", body[at + 8:at + 12])[0]
+    pixels = body[at + 12:at + 12 + length]
+    return Sample(NM, str(one().SOPInstanceUID), ExplicitVRLittleEndian,
+                  body[:at + 8] + b"\xff\xff\xff\xff" + pixels + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00")
 
 
 def _screen_capture() -> Dataset:

@@ -113,7 +113,7 @@ def test_pacs_down_backs_off_the_destination_then_delivers_when_it_is_up(node, t
         assert sorted(row.attempts for row in rows) == [0, 0, 0, 0, 1, 1]
         assert all(row.next_attempt_at.replace(tzinfo=None) > start.replace(tzinfo=None) + timedelta(seconds=29)
                    for row in rows if row.id <= 4)
-        assert {row.last_status for row in rows if row.attempts} == {"no association"}
+        assert {row.last_status for row in rows if row.attempts} == {"connection refused"}
     with pacs:
         later = start + timedelta(seconds=61)
         while export.run_once(now=later):
@@ -149,7 +149,7 @@ def test_a_refused_association_is_refused_once_and_shown_until_retry(node, tmp_p
     assert export_states(database) == {"refused": 4}
     with database.session() as session:
         statuses = session.scalars(select(ExportAttempt.status)).all()
-    assert set(statuses) <= {"association rejected (permanent)", "no association"}
+    assert set(statuses) <= {"association rejected (permanent)", "association aborted", "timeout"}
     assert "association rejected (permanent)" in statuses
     assert retry(database, jobs=False).exports == 4
     assert export_states(database) == {"pending": 4}

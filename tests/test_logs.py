@@ -152,3 +152,28 @@ def test_library_warnings_reach_the_log_without_the_values_they_quote(capsys):
     err = capsys.readouterr().err
     assert "Invalid value for VR DA: '…'" in err and "py.warnings" in err  # both routes reach the log
     assert "SECRET" not in err
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\u0085", "\x0b", "\x0c", "\x1c", "\x1e"])
+def test_every_line_separator_is_escaped_in_text_mode_with_patient_data_too(separator: str) -> None:
+    forged = f"1.2.3{separator}2026-11-30 00:00:00,000 INFO dicomnode: FORGED"
+    entry = logging.LogRecord("dicomnode.pipeline.receiver", logging.WARNING, __file__, 1, "C-STORE %s", (forged,), None)
+    entry.__dict__["patient_id"] = f"P{separator}INFO forged"
+    text = NodeLogHandler(LoggingSection(include_patient_data=True)).format(entry)
+    assert len(text.splitlines()) == 1 and separator not in text
+    assert "FORGED" in text and "patient_id=P\\" in text
+
+
+def test_a_library_exception_is_redacted_in_json_and_text_unless_patient_data_is_included() -> None:
+    import sys
+
+    try:
+        raise ValueError("Invalid value for VR UI: '1.2.3\nforged' of 'DOE^JOHN'")
+    except ValueError:
+        entry = logging.LogRecord("pynetdicom.dsutils", logging.ERROR, __file__, 1, "decode failed", (), sys.exc_info())
+    hidden = json.loads(NodeLogHandler(LoggingSection(json=True)).format(entry))["exception"]
+    assert "DOE^JOHN" not in hidden and "forged" not in hidden and "'…'" in hidden
+    assert 'File "' in hidden  # the frames (code paths) stay
+    assert "DOE^JOHN" not in NodeLogHandler(LoggingSection()).format(entry)
+    shown = json.loads(NodeLogHandler(LoggingSection(json=True, include_patient_data=True)).format(entry))
+    assert "DOE^JOHN" in shown["exception"]

@@ -276,14 +276,16 @@ def test_a_full_disk_gives_the_job_back_and_the_worker_resumes_when_space_return
         assemble(database, AssemblyPolicy(quiet_seconds=0))
         ballast = fill(small_disk)  # the disk is full after acknowledgement, before processing
         assert not worker.run_once() and worker.waiting_for == "disk space"  # paused below the floor
-        spool.min_free_bytes = 0  # no floor: the worker claims and meets ENOSPC itself
-        for _ in range(3):  # more often than max_attempts
-            assert worker.run_once()
+        spool.min_free_bytes = 0  # no floor: a worker claims and meets ENOSPC itself
+        for _ in range(3):  # more often than max_attempts; a fresh worker each time (a paused one waits)
+            fresh = Worker(database, spool, segmenter, OPTIONS, ["PACS"], policy, owner="w")
+            assert fresh.run_once()
             with database.session() as session:
                 job = session.scalars(select(Job)).one()
             assert (job.state, job.attempts, job.waiting_for) == (JobState.QUEUED, 0, "disk space")
             assert "No space left on device" in job.error
             time.sleep(0.1)
+            assert not fresh.run_once() and fresh.waiting_for == "disk space"  # hysteresis: no pause-resume flapping
         report = collect(database, spool_root=spool.root, min_free_bytes=1 << 20)  # dicomnode status
         assert report["disk"]["below_floor"] and report["needs_attention"]
         (waiting,) = report["waiting_jobs"]

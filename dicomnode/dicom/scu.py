@@ -11,7 +11,12 @@ API (stable)::
 :class:`AssociationFailed` says why no association came about, and whether that is *permanent*
 (A-ASSOCIATE-RJ with result "rejected-permanent", PS3.8 §9.3.4, e.g. an unknown AE title; or no
 presentation context accepted, PS3.8 §9.3.2.2) or worth retrying (transient rejection, connection
-refused, timeout, A-ABORT).
+refused, timeout, A-ABORT). Its ``status`` is the cause class an operator acts on (:data:`CAUSES`:
+TLS certificate, TLS handshake, connection refused, association rejected, timeout, …) and ``detail``
+the particulars (the certificate's verification error, the rejection's source and reason).
+pynetdicom reports a failed connect only in two ERROR log lines of its DUL thread;
+:class:`_ConnectErrors` takes that error (the exception itself for TLS) for the association that
+failed and drops the two lines, so a PACS that is down costs one WARNING per retry (the exporter's).
 
 :func:`send_files` expands folders recursively (sorted, files that are not DICOM are reported and
 skipped), proposes one presentation context per (SOP Class, transfer syntax) found — native syntaxes
@@ -25,6 +30,7 @@ from __future__ import annotations
 import logging
 import os
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -46,6 +52,71 @@ log = logging.getLogger(__name__)
 MAX_CONTEXTS = 128  # PS3.8 §9.3.2.2: presentation context IDs are odd numbers 1-255
 DEFAULT_TIMEOUT = 30.0
 _NATIVE = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+
+
+#: Why no association came about, as ``AssociationFailed.status`` (shown by ``dicomnode status``,
+#: ``dicomnode_export_failing{cause}`` in ``/metrics``).
+TLS_CERTIFICATE = "TLS certificate"  # the peer's certificate did not verify (CERTIFICATE_VERIFY_FAILED)
+TLS_HANDSHAKE = "TLS handshake"  # any other TLS failure (protocol, cipher, a client certificate refused)
+CONNECTION_REFUSED = "connection refused"  # nothing listens there (or a firewall says no)
+TIMEOUT = "timeout"  # no TCP connection, A-ASSOCIATE answer or C-STORE response in time
+NO_CONNECTION = "no connection"  # any other network error (no route, name not resolved)
+ABORTED = "association aborted"  # connected, then A-ABORT or the connection closed before an answer
+CAUSES = (TLS_CERTIFICATE, TLS_HANDSHAKE, CONNECTION_REFUSED, TIMEOUT, NO_CONNECTION, ABORTED,
+          "association rejected (permanent)", "association rejected (transient)", "no presentation context",
+          "association lost")
+
+
+class _ConnectErrors(logging.Filter):
+    """Keeps the connect error pynetdicom's transport logs in a DUL thread, by thread, and drops the line.
+
+    ``pynetdicom.transport`` catches the ``OSError`` of a failed connect (``ssl.SSLError`` included)
+    and only logs it ("Association request failed: unable to connect to remote", "TCP Initialisation
+    Error: …", and for TLS the exception with its traceback). :func:`associate` reads what the DUL
+    thread of its association left here (:meth:`take`) and raises it as :class:`AssociationFailed`.
+    """
+
+    _MARKERS = ("Association request failed: unable to connect", "TCP Initialisation Error")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self._errors: dict[int, tuple[str, BaseException | None]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        error = record.exc_info[1] if record.exc_info else None
+        if not (message.startswith(self._MARKERS) or isinstance(error, ssl.SSLError)):
+            return True
+        with self._lock:
+            text, known = self._errors.get(threading.get_ident(), ("", None))
+            if message.startswith("TCP Initialisation Error: "):
+                text = message.removeprefix("TCP Initialisation Error: ")
+            self._errors[threading.get_ident()] = (text, error or known)
+        return False
+
+    def take(self, thread: threading.Thread | None) -> tuple[str, BaseException | None] | None:
+        if thread is None or thread.ident is None:
+            return None
+        with self._lock:
+            return self._errors.pop(thread.ident, None)
+
+
+_CONNECT_ERRORS = _ConnectErrors()
+logging.getLogger("pynetdicom.transport").addFilter(_CONNECT_ERRORS)
+
+
+def connect_cause(text: str, error: BaseException | None) -> tuple[str, str]:
+    """The cause class (:data:`CAUSES`) and a short detail of a failed connect."""
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return TLS_CERTIFICATE, f"{error.reason or 'CERTIFICATE_VERIFY_FAILED'}: {error.verify_message}"
+    if isinstance(error, ssl.SSLError):
+        return TLS_HANDSHAKE, f"{error.reason or type(error).__name__}: {error}"[:200]
+    if isinstance(error, ConnectionRefusedError) or "refused" in text.lower():
+        return CONNECTION_REFUSED, text or "connection refused"
+    if isinstance(error, TimeoutError) or "timed out" in text.lower():
+        return TIMEOUT, text or "timed out"
+    return NO_CONNECTION, text or (f"{type(error).__name__}: {error}" if error else "unknown network error")
 
 
 class AssociationFailed(Exception):
@@ -94,12 +165,14 @@ def associate(peer: Destination, calling_ae: str, contexts: Sequence[tuple[str, 
     kwargs: dict[str, Any] = {"ae_title": peer.ae_title}
     if peer.tls is not None:
         kwargs["tls_args"] = peer.tls.arguments(peer.host)
+    started = time.monotonic()
     try:
         assoc = ae.associate(peer.host, peer.port, **kwargs)
-    except (OSError, ssl.SSLError) as exc:
-        raise AssociationFailed("no association", f"{_where(peer)}: {exc}", permanent=False) from None
+    except (OSError, ssl.SSLError) as exc:  # raised here only before the DUL thread runs (TLS set-up)
+        cause, detail = connect_cause(str(exc), exc)
+        raise AssociationFailed(cause, f"{_where(peer)}: {detail}", permanent=False) from None
     if not assoc.is_established:
-        raise _why_not(assoc, peer)
+        raise _why_not(assoc, peer, waited=time.monotonic() - started >= timeout)
     try:
         yield assoc
     except BaseException:
@@ -113,7 +186,8 @@ def _where(peer: Destination) -> str:
     return f"{peer.ae_title}@{peer.host}:{peer.port}"
 
 
-def _why_not(assoc: Any, peer: Destination) -> AssociationFailed:
+def _why_not(assoc: Any, peer: Destination, waited: bool) -> AssociationFailed:
+    """Why ``assoc`` was not established; ``waited``: the ACSE timeout ran out (pynetdicom then aborts)."""
     primitive = assoc.acceptor.primitive
     if assoc.is_rejected and primitive is not None:
         permanent = primitive.result == 0x01
@@ -123,8 +197,15 @@ def _why_not(assoc: Any, peer: Destination) -> AssociationFailed:
     if primitive is not None and primitive.result == 0x00:
         return AssociationFailed("no presentation context",
                                  f"{_where(peer)} accepted none of the proposed SOP classes", permanent=True)
-    return AssociationFailed("no association", f"{_where(peer)}: connection refused, timed out or aborted",
-                             permanent=False)
+    connect_error = _CONNECT_ERRORS.take(getattr(assoc, "dul", None))
+    if connect_error is not None:
+        cause, detail = connect_cause(*connect_error)
+        return AssociationFailed(cause, f"{_where(peer)}: {detail}", permanent=False)
+    if waited:
+        return AssociationFailed(TIMEOUT, f"{_where(peer)}: no A-ASSOCIATE answer within the ACSE timeout",
+                                 permanent=False)
+    return AssociationFailed(ABORTED, f"{_where(peer)}: A-ABORT or the connection closed before an "
+                             "A-ASSOCIATE answer", permanent=False)
 
 
 # -- C-ECHO -----------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ def check_uid(value: object, what: str = "UID") -> str:
         raise UIDError(f"{what} is {len(value)} characters long; a UID has at most {UID_MAX_LENGTH} (PS3.5 §9.1)")
     if not UID_PATTERN.match(value):
         raise UIDError(
-            f"{what} {value[:UID_MAX_LENGTH]!r} is not a UID (digits and dots, no empty component; PS3.5 §9.1)"
+            f"{what} is not a UID (digits and dots, no empty component; PS3.5 §9.1): {value[:UID_MAX_LENGTH]!r}"
         )
     return value
 

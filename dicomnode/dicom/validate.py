@@ -18,7 +18,9 @@ answer (C-STORE statuses, PS3.4 Table B.2-1 and PS3.7 Annex C):
   Pixel Spacing, colour pixels.
 - **0xC000** Error: Cannot understand — not readable as DICOM in the negotiated transfer syntax
   (truncated, lengths beyond the data, VR encoding not the negotiated one, undecodable values or
-  pixels, a deflate stream over the ceiling); an invalid UID (PS3.5 §9.1); a SEG that references no
+  pixels, a deflate stream over the ceiling, native Pixel Data of undefined length: PS3.5 A.4);
+- **0xA700** also when inflating or decoding the pixels would exceed a memory budget
+  (:mod:`dicomnode.dicom.budget`, checked before the memory is used); an invalid UID (PS3.5 §9.1); a SEG that references no
   instance this node holds (raised by :mod:`dicomnode.store.ingest`).
 
 dcmtk's ``storescp`` also answers 0xA900 when the data set's SOP Instance UID differs from the
@@ -76,6 +78,7 @@ from pydicom.uid import (
     SegmentationStorage,
 )
 
+from dicomnode.dicom.budget import COPIES, INFLATE_STEP, UNLIMITED, BudgetExceeded, DecodeBudget, Hold
 from dicomnode.dicom.sop import (
     RECEIVED,
     SEGMENTED_KIND,
@@ -98,6 +101,7 @@ PATIENT_FIELDS = frozenset({"patient_id", "accession_number"})
 
 MAX_INFLATED = 512 * 1024 * 1024  # a deflated data set may not inflate beyond this (deflate bombs)
 _UNDEFINED_LENGTH = 0xFFFFFFFF
+_PIXEL_DATA = 0x7FE00010
 
 
 class Refusal(Exception):
@@ -144,17 +148,26 @@ class ReceivedInstance:
 
 
 def inspect_instance(dataset: bytes, *, transfer_syntax: str, sop_class_uid: str,
-                     sop_instance_uid: str) -> ReceivedInstance:
+                     sop_instance_uid: str, budget: DecodeBudget = UNLIMITED) -> ReceivedInstance:
     """Check one received instance; return what the index needs or raise :class:`Refusal`.
 
     ``dataset`` is the data set exactly as received (no File Meta), ``transfer_syntax`` the
-    presentation context's, the UIDs those of the C-STORE command.
+    presentation context's, the UIDs those of the C-STORE command. Inflating and decoding pixels
+    hold memory from ``budget`` (:mod:`dicomnode.dicom.budget`; over it: 0xA700) until this returns.
     """
     if sop_class_uid not in RECEIVED:
         raise Refusal(Status.SOP_CLASS_NOT_SUPPORTED, f"SOP Class {sop_class_uid[:64]!r} is not accepted here")
+    with budget.hold() as hold:
+        try:
+            return _inspect(dataset, UID(transfer_syntax), sop_class_uid, sop_instance_uid, hold)
+        except BudgetExceeded as exc:
+            raise Refusal(exc.status, exc.reason) from None
+
+
+def _inspect(dataset: bytes, syntax: UID, sop_class_uid: str, sop_instance_uid: str, hold: Hold) -> ReceivedInstance:
     with warnings_module.catch_warnings(record=True) as caught:
         warnings_module.simplefilter("always")
-        ds = _parse(dataset, UID(transfer_syntax))
+        ds = _parse(dataset, syntax, hold)
     notes = tuple(dict.fromkeys(_QUOTED.sub("'...'", str(w.message))[:160] for w in caught))
     warnings: list[str] = []
     _check_identity(ds, sop_class_uid, sop_instance_uid)
@@ -170,6 +183,8 @@ def inspect_instance(dataset: bytes, *, transfer_syntax: str, sop_class_uid: str
         warnings.append(note)
     if kind != ObjectKind.SR.value and kind not in STORED_AS_SENT:
         _check_pixel_module(ds, warnings)
+        if ds.file_meta.TransferSyntaxUID.is_encapsulated:
+            hold.take(COPIES * _decoded_size(ds), "decoded Pixel Data")
     views: tuple[str, ...] = _nm_views(ds, warnings) if kind == SEGMENTED_KIND else ()
     references = _seg_references(ds) if kind == ObjectKind.SEG.value else frozenset()
     return ReceivedInstance(
@@ -190,18 +205,29 @@ def inspect_instance(dataset: bytes, *, transfer_syntax: str, sop_class_uid: str
 # -- parsing --------------------------------------------------------------------------------------
 
 
-def _parse(raw: bytes, syntax: UID) -> Dataset:
+def _parse(raw: bytes, syntax: UID, hold: Hold) -> Dataset:
     """Read the data set in the negotiated transfer syntax; refuse anything not read fully and consistently."""
     cannot = Status.CANNOT_UNDERSTAND
     if syntax.is_deflated:
-        raw = _inflate(raw)
+        raw = _inflate(raw, hold)
     if not raw:
         raise Refusal(cannot, "the data set is empty")
     _check_vr_encoding(raw, syntax)
+    undefined_pixels: list[bool] = []
+
+    def native_pixels_of_undefined_length(tag: int, _vr: str | None, length: int) -> bool:
+        if tag == _PIXEL_DATA and length == _UNDEFINED_LENGTH and not syntax.is_encapsulated:
+            undefined_pixels.append(True)
+            return True
+        return False
+
     try:
-        ds = read_dataset(io.BytesIO(raw), syntax.is_implicit_VR, syntax.is_little_endian)
+        ds = read_dataset(io.BytesIO(raw), syntax.is_implicit_VR, syntax.is_little_endian,
+                          stop_when=native_pixels_of_undefined_length)
     except Exception as exc:  # pydicom raises many types for broken input
         raise Refusal(cannot, f"not readable as DICOM: {_brief(exc)}") from None
+    if undefined_pixels:  # PS3.5 A.4: undefined length only for encapsulated (compressed) Pixel Data
+        raise Refusal(cannot, f"Pixel Data (7FE0,0010) has undefined length in native {syntax.name}")
     _check_declared_lengths(ds, len(raw))
     try:
         for _ in ds.iterall():  # convert every value, nested ones too
@@ -213,18 +239,35 @@ def _parse(raw: bytes, syntax: UID) -> Dataset:
     return ds
 
 
-def _inflate(raw: bytes) -> bytes:
-    """Inflate a Deflated Explicit VR Little Endian data set (PS3.5 A.5), at most :data:`MAX_INFLATED` bytes."""
+def _inflate(raw: bytes, hold: Hold) -> bytes:
+    """Inflate a Deflated Explicit VR Little Endian data set (PS3.5 A.5), at most :data:`MAX_INFLATED`
+    bytes, :data:`~dicomnode.dicom.budget.INFLATE_STEP` at a time, each step held from the budget
+    before it is inflated (so a deflate bomb stops at the budget)."""
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    inflated = bytearray()
+    pending = raw
     try:
-        inflated = inflater.decompress(raw, MAX_INFLATED + 1)
+        while not inflater.eof:
+            hold.take(COPIES * INFLATE_STEP, "the inflated data set")
+            inflated += inflater.decompress(pending, INFLATE_STEP)
+            pending = inflater.unconsumed_tail
+            if len(inflated) > MAX_INFLATED:
+                raise Refusal(Status.CANNOT_UNDERSTAND, f"deflated data set inflates to more than {MAX_INFLATED} bytes")
+            if not pending and not inflater.eof:
+                inflated += inflater.flush()
+                break
     except zlib.error as exc:
         raise Refusal(Status.CANNOT_UNDERSTAND, f"deflated data set does not inflate: {exc}") from None
-    if len(inflated) > MAX_INFLATED:
-        raise Refusal(Status.CANNOT_UNDERSTAND, f"deflated data set inflates to more than {MAX_INFLATED} bytes")
     if not inflater.eof:
         raise Refusal(Status.CANNOT_UNDERSTAND, "deflated data set is truncated")
-    return inflated
+    return bytes(inflated)
+
+
+def _decoded_size(ds: Dataset) -> int:
+    """Bytes that decoding the compressed Pixel Data gives (PS3.5 §8.2): Rows × Columns × Frames ×
+    Samples per Pixel × Bits Allocated / 8, as the data set declares them (checked already)."""
+    frames = frame_count(ds)
+    return (int(ds.Rows) * int(ds.Columns) * frames * int(ds.SamplesPerPixel) * int(ds.BitsAllocated) + 7) // 8
 
 
 def _check_vr_encoding(raw: bytes, syntax: UID) -> None:
@@ -267,7 +310,7 @@ def _check_declared_lengths(ds: Dataset, size: int) -> None:
             )
     if last_end is not None and last_end < size:
         raise Refusal(Status.CANNOT_UNDERSTAND,
-                      f"{size - last_end} bytes after the last complete element (truncated element header)")
+                      f"truncated element header: {size - last_end} bytes after the last complete element")
 
 
 # -- identity ---------------------------------------------------------------------------------------
@@ -292,11 +335,13 @@ def _check_identity(ds: Dataset, sop_class_uid: str, sop_instance_uid: str) -> N
     dataset_class = _uid(ds, "SOPClassUID", "SOP Class UID (0008,0016)")
     if dataset_class != sop_class_uid:
         raise Refusal(Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
-                      f"SOP Class UID (0008,0016) {dataset_class} is not the command's {sop_class_uid}")
+                      f"SOP Class UID (0008,0016) differs from the command's: {dataset_class} in the data set, "
+                      f"{sop_class_uid} in the command")
     dataset_instance = _uid(ds, "SOPInstanceUID", "SOP Instance UID (0008,0018)")
     if dataset_instance != sop_instance_uid:
         raise Refusal(Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
-                      f"SOP Instance UID (0008,0018) {dataset_instance} is not the command's {sop_instance_uid}")
+                      f"SOP Instance UID (0008,0018) differs from the command's: {dataset_instance} in the data "
+                      f"set, {sop_instance_uid} in the command")
     modality = RECEIVED[UID(sop_class_uid)][0]
     if modality is not None and str(ds.get("Modality", "")) != modality:
         raise Refusal(Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,

@@ -20,6 +20,11 @@ Metric                                   Type        Source
 ``dicomnode_export_attempts_total``      counter     ``export_attempt`` rows per destination
 ``dicomnode_export_failed_attempts_total`` counter   attempts that did not deliver (attempts minus
                                                      delivered exports; a delivery is one attempt)
+``dicomnode_export_failing{destination,     gauge       exports pending after a failed attempt or
+cause}``                                             refused, by ``export.last_status``: the cause
+                                                     class (``TLS certificate``, ``TLS handshake``,
+                                                     ``connection refused``, ``timeout``,
+                                                     ``association rejected (…)``) or the status
 ``dicomnode_jobs_waiting{reason}``       gauge       jobs given back for want of ``disk space`` or
                                                      the ``database`` (``job.waiting_for``)
 ``dicomnode_job_worker_losses_total``    counter     leases that ran out because the worker died
@@ -51,7 +56,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
-from sqlalchemy import Float, case, func, select, text
+from sqlalchemy import Float, and_, case, func, or_, select, text
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import ColumnElement, FunctionElement
 
@@ -149,6 +154,11 @@ class NodeMetrics:
             exports = session.execute(
                 select(Export.destination, Export.state, func.count()).group_by(Export.destination, Export.state)
             ).all()
+            failing = session.execute(
+                select(Export.destination, Export.last_status, func.count())
+                .where(or_(and_(Export.state == ExportState.PENDING, Export.attempts > 0),
+                           Export.state == ExportState.REFUSED))
+                .group_by(Export.destination, Export.last_status)).all()
             attempts = dict(session.execute(
                 select(Export.destination, func.count()).join(ExportAttempt).group_by(Export.destination)
             ).all())
@@ -197,6 +207,13 @@ class NodeMetrics:
             attempt_metric.add_metric([destination], tried)
             failed_metric.add_metric([destination], max(tried - delivered.get(destination, 0), 0))
 
+        failing_metric = GaugeMetricFamily("dicomnode_export_failing", "Exports waiting after a failed attempt "
+                                           "or refused, by destination and cause (the last answer: TLS "
+                                           "certificate, connection refused, timeout, a status, …).",
+                                           labels=["destination", "cause"])
+        for destination, cause, count in failing:
+            failing_metric.add_metric([destination, cause or "unknown"], count)
+
         duration_metric = HistogramMetricFamily("dicomnode_job_duration_seconds",
                                                 "Seconds from a worker claiming a job to its end (done or failed).")
         duration_metric.add_metric([], *duration)
@@ -204,7 +221,7 @@ class NodeMetrics:
                                             "Seconds a job waited in the queue before a worker claimed it.")
         wait_metric.add_metric([], *wait)
         return [received, refused_metric, study_metric, job_metric, depth, waiting_metric, losses_metric,
-                export_metric, attempt_metric, failed_metric, duration_metric, wait_metric]
+                export_metric, attempt_metric, failed_metric, failing_metric, duration_metric, wait_metric]
 
 
 def _histogram(session: Any, seconds: ColumnElement, where: ColumnElement) -> tuple[list[tuple[str, float]], float]:

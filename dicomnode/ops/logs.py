@@ -14,15 +14,19 @@ never logged. See docs/architecture.md, "Operations".
 
 Values from the network (UIDs, AE titles, a peer's error text) reach messages and fields, so a text
 line cannot be trusted to be one line: :class:`KeyValues` escapes every control character in the
-message and the fields (a newline becomes ``\\n``, ESC ``\\x1b``, NUL ``\\x00``), and a traceback's
-continuation lines are indented with ``|``, so no value can forge a line or send a terminal escape.
+message and the fields (a newline becomes ``\\n``, ESC ``\\x1b``, NUL ``\\x00``, and so are the Unicode
+line separators that some readers split on: NEL U+0085, LINE SEPARATOR U+2028, PARAGRAPH SEPARATOR
+U+2029), and a traceback's continuation lines are indented with ``|``, so no value can forge a line or
+send a terminal escape.
 JSON lines are escaped by the JSON encoder and stay strict JSON for any value (:class:`JsonLines`).
 
 Libraries quote the values they complain about (pydicom: ``Invalid value for VR DA: '19700101'``,
 highdicom likewise), and those values can be patient names or birth dates. Python warnings are routed
 into the log (``logging.captureWarnings``), never printed raw to stderr, and in records of loggers
 other than the node's every quoted value is replaced by ``'…'`` unless ``include_patient_data``
-(:class:`LibraryRedaction`).
+(:class:`LibraryRedaction`); the same redaction applies to the text of a logged exception (its
+message lines, not the ``File "…"`` frames), in text and JSON lines alike, since an exception raised by
+a library on received data quotes that data too.
 """
 
 from __future__ import annotations
@@ -45,6 +49,10 @@ NODE_LOGGERS = ("dicomnode", "segmentation")
 #: Libraries that log every association or migration step: warnings only (or the node's level if higher).
 CHATTY_LIBRARIES = ("pynetdicom", "alembic", "highdicom")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+#: Library loggers that report at ERROR (with a traceback) what the node itself then refuses or
+#: records with its cause, once (pixel decoders failing on received bytes: the receiver answers
+#: 0xC000, the worker records "not processable"): demoted to DEBUG (:class:`Demoted`).
+DEMOTED = ("pydicom.pixels.decoders.base",)
 
 # Attributes every LogRecord has; anything else was passed with ``extra=`` and is a structured field.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
@@ -56,6 +64,13 @@ class _Structured(logging.Formatter):
     def __init__(self, fmt: str | None = None, *, include_patient_data: bool = False) -> None:
         super().__init__(fmt)
         self._hidden = _STANDARD if include_patient_data else _STANDARD | PATIENT_FIELDS
+        self._include_patient_data = include_patient_data
+
+    def formatException(self, ei: Any) -> str:
+        """The traceback, with quoted values in its message lines redacted unless patient data is
+        included (:func:`redact_traceback`)."""
+        text = super().formatException(ei)
+        return text if self._include_patient_data else redact_traceback(text)
 
     def fields(self, record: logging.LogRecord) -> dict[str, Any]:
         """The record's structured fields, patient identifiers left out unless included."""
@@ -110,7 +125,7 @@ def escape_controls(text: str) -> str:
     return _CONTROLS.sub(lambda match: match.group().encode("unicode_escape").decode("ascii"), text)
 
 
-_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 class KeyValues(_Structured):
@@ -150,6 +165,20 @@ class NodeLogHandler(logging.StreamHandler):
 
 
 _QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+_FRAME = re.compile(r'^\s*File "')
+
+
+def redact_traceback(text: str) -> str:
+    """``text`` (a formatted traceback) with every quoted value replaced by ``'…'``, except in the
+    ``File "…", line n`` lines (paths of the node's and the libraries' code, not data)."""
+    blocks: list[list[str]] = [[]]  # runs of non-frame lines (a message may span lines), frames alone
+    for line in text.split("\n"):
+        if _FRAME.match(line):
+            blocks += [[line], []]
+        else:
+            blocks[-1].append(line)
+    return "\n".join(block[0] if len(block) == 1 and _FRAME.match(block[0]) else _QUOTED.sub("'…'", "\n".join(block))
+                     for block in blocks if block)
 
 
 class LibraryRedaction(logging.Filter):
@@ -162,6 +191,14 @@ class LibraryRedaction(logging.Filter):
         redacted = _QUOTED.sub("'…'", message)
         if redacted != message:
             record.msg, record.args = redacted, ()
+        return True
+
+
+class Demoted(logging.Filter):
+    """Lower a library's records to DEBUG (:data:`DEMOTED`): expected failures the node reports itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
         return True
 
 
@@ -198,4 +235,8 @@ def configure_logging(settings: LoggingSection, file: Path | None = None) -> log
     quieter = max(logging.WARNING, logging.getLevelName(settings.level))
     for name in CHATTY_LIBRARIES:
         logging.getLogger(name).setLevel(quieter)
+    for name in DEMOTED:
+        library = logging.getLogger(name)
+        if not any(isinstance(f, Demoted) for f in library.filters):
+            library.addFilter(Demoted())
     return handler

@@ -3,7 +3,8 @@
 The whole of docs/architecture.md, "The journey of a study", in one process tree.
 
 ``serve`` runs, in one process: the receiver (:mod:`dicomnode.pipeline.receiver`, pynetdicom server
-threads), the assembly loop, one worker and the exporter, each a thread, all coordinated through the
+threads), the assembly loop, retention (:mod:`dicomnode.store.retention`, every
+``[retention] interval_seconds``), one worker and the exporter, each a thread, all coordinated through the
 database only. Nothing is held in memory that the database does not also hold, so the process may be killed
 at any moment (SIGKILL, power loss) and lose nothing it acknowledged: on restart, jobs whose worker
 died are reclaimed when their lease expires, SENDING exports likewise, pending exports resume, and
@@ -131,6 +132,12 @@ class Node:
         if self.parts.assemble:
             policy = AssemblyPolicy(quiet_seconds=config.assembly.quiet_seconds)
             loops.append(("assembly", lambda: self._repeat(lambda: assemble(database, policy), poll)))
+        if self.parts.assemble and config.retention.enabled:  # dicomnode.store.retention, with assembly
+            from dicomnode.store.retention import purge
+
+            loops.append(("retention", lambda: self._repeat(
+                lambda: purge(database, spool, config.retention, dry_run=False),
+                config.retention.interval_seconds, "retention pass")))
         if self.parts.receive:
             from dicomnode.pipeline.receiver import start_receiver
 
@@ -155,16 +162,16 @@ class Node:
             alive["receiver"] = self.receiver is not None
         return alive
 
-    def _repeat(self, step: Callable[[], object], interval: float) -> None:
+    def _repeat(self, step: Callable[[], object], interval: float, what: str = "assembly pass") -> None:
         while not self.stop_event.is_set():
             try:
                 step()
             except Exception as exc:
                 problem = environment_problem(exc)  # a full disk, no database: one line, not a traceback
                 if problem is None:
-                    log.exception("assembly pass failed")
+                    log.exception("%s failed", what)
                 else:
-                    log.warning("assembly pass waits for %s", problem, extra={"error": type(exc).__name__})
+                    log.warning("%s waits for %s", what, problem, extra={"error": type(exc).__name__})
             self.stop_event.wait(interval)
 
     def stop(self, grace_seconds: float = 30.0) -> None:

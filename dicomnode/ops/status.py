@@ -22,7 +22,10 @@ and as text by :func:`render`. "Needs attention" means:
   on the configured spool folder, so on the host that runs the command): the receiver answers
   0xA700 and workers pause until space returns. Jobs given back for want of disk space or database
   (``job.waiting_for``) are listed always, and need attention only with the disk below its floor
-  (a database that is down cannot be read here at all).
+  (a database that is down cannot be read here at all);
+- *retention* (shown): the spool's use by the index, what :mod:`dicomnode.store.retention` deletes
+  at its next pass and from when the next studies fall due, and how many studies keep their files
+  because they are not delivered yet.
 
 No patient names or IDs are shown: studies are named by Study Instance UID.
 
@@ -42,10 +45,12 @@ from typing import Any
 
 from sqlalchemy import and_, func, select
 
+from dicomnode.config import RetentionSection
 from dicomnode.pipeline.export import reopen
 from dicomnode.pipeline.queue import as_utc, requeue_failed
 from dicomnode.store.db import Database
 from dicomnode.store.ingest import CONTEXT_REFUSED
+from dicomnode.store.retention import survey
 from dicomnode.store.spool import free_bytes
 from dicomnode.store.models import (
     AcquisitionOutcome,
@@ -94,7 +99,7 @@ def disk(spool_root: Path, min_free_bytes: int) -> dict[str, Any]:
 
 def collect(database: Database, *, quiet_seconds: float = 10.0, now: datetime | None = None,
             attention_after_seconds: float = ATTENTION_AFTER_SECONDS, spool_root: Path | None = None,
-            min_free_bytes: int = 0) -> dict[str, Any]:
+            min_free_bytes: int = 0, retention: RetentionSection | None = None) -> dict[str, Any]:
     """The status report as a JSON-ready dict (see the module docstring). A destination whose
     exports have been failing and backing off for ``attention_after_seconds`` (since the first
     failed attempt of a still-pending export) needs attention. With ``spool_root`` the report has
@@ -157,7 +162,7 @@ def collect(database: Database, *, quiet_seconds: float = 10.0, now: datetime | 
         report["failed_exports"] = _exports(session, ExportState.FAILED)
         report["backing_off"] = [
             {"destination": name, "pending": int(count), "next_attempt_at": _iso(next_at),
-             "last_status": _last_status(session, name), "since": _iso(since),
+             **_last_answer(session, name), "since": _iso(since),
              "needs_attention": as_utc(since) is not None and now - as_utc(since) >= timedelta(seconds=attention_after_seconds)}
             for name, count, next_at, since in session.execute(
                 select(Export.destination, func.count(func.distinct(Export.id)), func.min(Export.next_attempt_at),
@@ -169,6 +174,8 @@ def collect(database: Database, *, quiet_seconds: float = 10.0, now: datetime | 
         ]
     report["attention_after_seconds"] = attention_after_seconds
     report["disk"] = disk(spool_root, min_free_bytes) if spool_root is not None else None
+    report["retention"] = (survey(database, spool_root, retention, min_free_bytes, now).as_dict(retention)
+                           if retention is not None and spool_root is not None else None)
     report["needs_attention"] = needs_attention(report)
     return report
 
@@ -224,12 +231,15 @@ def _exports(session, state: ExportState) -> list[dict[str, Any]]:
     ]
 
 
-def _last_status(session, destination: str) -> str | None:
-    return session.scalar(
-        select(Export.last_status).where(Export.destination == destination, Export.attempts > 0,
-                                         Export.state == ExportState.PENDING)
+def _last_answer(session, destination: str) -> dict[str, str | None]:
+    """The latest failed attempt's cause class (``last_status``: TLS certificate, connection refused, …,
+    :data:`dicomnode.dicom.scu.CAUSES`, or a status) and its particulars (``last_error``)."""
+    row = session.execute(
+        select(Export.last_status, Export.last_error).where(Export.destination == destination, Export.attempts > 0,
+                                                            Export.state == ExportState.PENDING)
         .order_by(Export.next_attempt_at.desc()).limit(1)
-    )
+    ).first()
+    return {"last_status": row[0] if row else None, "last_error": row[1] if row else None}
 
 
 def needs_attention(report: dict[str, Any]) -> bool:
@@ -263,16 +273,20 @@ def render(report: dict[str, Any]) -> str:
         lines.append(f"  to {name}: " + "  ".join(f"{s} {n}" for s, n in counts.items() if n))
     space = report.get("disk")
     if space is not None and space["free_bytes"] is not None:
-        lines.append(f"disk      {_size(space['free_bytes'])} free for the spool {space['spool']} "
-                     f"(floor {_size(space['min_free_bytes'])})"
+        lines.append(f"disk      {size_text(space['free_bytes'])} free for the spool {space['spool']} "
+                     f"(floor {size_text(space['min_free_bytes'])})"
                      + (": BELOW THE FLOOR: C-STORE answers 0xA700 and workers pause until space returns"
                         if space["below_floor"] else ""))
+    kept = report.get("retention")
+    if kept is not None:
+        lines.append(render_retention(kept))
     for item in report["waiting_jobs"]:
         lines.append(f"job {item['job']} (study {item['study_uid']}) waits for {item['waiting_for']} "
                      f"(next try {item['next_try_at']}): {item['error']}")
     for item in report["backing_off"]:
         lines.append(f"backing off: {item['destination']}: {item['pending']} pending since {item['since']}, next "
                      f"attempt {item['next_attempt_at']}, last answer {item['last_status']}"
+                     + (f" ({item['last_error']})" if item.get("last_error") else "")
                      + (" (needs attention: is the destination down?)" if item["needs_attention"] else ""))
     stuck = report["stuck"]
     for item in stuck["jobs_with_expired_lease"]:
@@ -300,7 +314,19 @@ def render(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _size(count: int) -> str:
+def render_retention(kept: dict[str, Any]) -> str:
+    """One line: the spool's use by the index and what retention frees now and later."""
+    if not kept["enabled"]:
+        return f"spool     {size_text(kept['spool_bytes'])} of studies; retention is off ([retention] enabled = false)"
+    later = (f", {kept['later_studies']} ({size_text(kept['later_bytes'])}) from {kept['next_purge_at']}"
+             if kept["later_studies"] else "")
+    return (f"spool     {size_text(kept['spool_bytes'])} of studies; retention ({kept['delete_after_hours']:g} h after "
+            f"delivery) frees {kept['due_studies']} studies ({size_text(kept['due_bytes'])}) now{later}"
+            + (" (free space short: oldest delivered first)" if kept["early"] else "")
+            + f"; {kept['held_studies']} not delivered yet (kept)")
+
+
+def size_text(count: int) -> str:
     """``1.5 GiB`` and the like."""
     if count < 1024:
         return f"{count} bytes"

@@ -60,6 +60,7 @@ def views_present(session, study_id: int) -> frozenset[str]:
     """The views covered by the study's current whole-body instances (``Instance.views`` as received)."""
     recorded = session.scalars(
         select(Instance.views).where(Instance.study_id == study_id, Instance.superseded.is_(False),
+                                     Instance.purged_at.is_(None),
                                      Instance.kind == SEGMENTED_KIND)
     ).all()
     return frozenset(view for value in recorded for view in value.split(",") if view)

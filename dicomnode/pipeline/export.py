@@ -37,6 +37,11 @@ refused or timed out, no C-STORE response within           batch gets an attempt
 0x0213 resource limitation, any other failure              back-off, for as long as it takes
 =========================================================  =========================================
 
+When no association came about, ``last_status`` (and the attempt's status) is the cause class of
+:data:`dicomnode.dicom.scu.CAUSES` (TLS certificate, TLS handshake, connection refused, timeout,
+association rejected, …) and ``last_error`` its particulars; ``dicomnode status`` and ``/metrics``
+(``dicomnode_export_failing{destination,cause}``) show them.
+
 Back-off is exponential, ``backoff_initial_seconds · 2^(attempts−1)``, capped at
 ``backoff_max_seconds``. A transient failure never ends a row: a PACS down for hours (maintenance)
 gets everything once it is back, and ``dicomnode status`` flags the destination as needing
@@ -184,7 +189,8 @@ def record(database: Database, owner: str, item: Item, outcome: Outcome, policy:
             export.state = ExportState.PENDING
             export.next_attempt_at = now + policy.backoff(export.attempts)
         state = export.state
-    level = logging.INFO if state is ExportState.DELIVERED else logging.WARNING
+    # A destination that is down is one WARNING per batch, with its cause (Exporter.send_batch), not one per object.
+    level = logging.INFO if state is ExportState.DELIVERED or outcome.verdict is Verdict.BACK_OFF else logging.WARNING
     log.log(level, "export %s", state.value, extra={"export": item.export_id, "sop_uid": item.sop_instance_uid,
                                                     "status": outcome.status, "detail": outcome.detail})
     return state

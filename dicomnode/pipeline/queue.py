@@ -187,6 +187,7 @@ class StoredResult:
     sop_class_uid: str
     series_instance_uid: str
     path: str
+    size: int | None = None  # bytes of the file (kept in the index: retention reports and frees it)
 
 
 def worker_name(role: str = "worker") -> str:
@@ -289,7 +290,7 @@ def complete(database: Database, job: ClaimedJob, results: Sequence[StoredResult
             result = ResultObject(job_id=job.id, kind=stored.kind, sop_instance_uid=stored.sop_instance_uid,
                                   sop_class_uid=stored.sop_class_uid,
                                   series_instance_uid=stored.series_instance_uid, path=stored.path,
-                                  created_at=now)
+                                  size=stored.size, created_at=now)
             session.add(result)
             session.flush()
             for destination in destinations:

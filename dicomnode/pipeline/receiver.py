@@ -26,7 +26,8 @@ refused bytes go to the spool's quarantine with the reason, and a ``quarantine``
 1. free space: fewer than ``storage.min_free_bytes`` left after this instance → 0xA700, nothing
    written (the sender retries later);
 2. :func:`dicomnode.dicom.validate.inspect_instance` → 0xA900 / 0xC000 / 0x0122 with an Error Comment
-   (0000,0902) carrying the reason (PS3.7 C.4.2.1.4);
+   (0000,0902) carrying the reason (PS3.7 C.4.2.1.4); 0xA700 when inflating or decoding it would
+   exceed ``[limits]`` (:mod:`dicomnode.dicom.budget`, one budget shared by all associations);
 3. :func:`dicomnode.store.ingest.ingest`: durable spool write + one index transaction; only after
    the commit 0x0000. A duplicate (same bytes) is also 0x0000. The durable write of the temporary
    file starts in a background thread before step 2 and overlaps it
@@ -76,6 +77,7 @@ from pynetdicom.sop_class import Verification
 from sqlalchemy.exc import OperationalError
 
 from dicomnode.config import NodeConfig
+from dicomnode.dicom.budget import DecodeBudget
 from dicomnode.dicom.sop import RECEIVED
 from dicomnode.dicom.status import Status
 from dicomnode.dicom.validate import Refusal, drop_value_warning_records, inspect_instance
@@ -107,6 +109,7 @@ class Receiver:
         self.config = config
         self.database = database
         self.spool = spool
+        self.budget = DecodeBudget(config.limits.decoded_bytes_per_instance, config.limits.decoded_bytes_per_node)
         self._server: Any = None
         node = config.node
         ae = AE(ae_title=node.ae_title)
@@ -185,15 +188,18 @@ class Receiver:
         try:
             data = event.encoded_dataset()  # Part 10: preamble, File Meta, the data set as sent
             if not self.spool.has_room(len(data)):
-                raise _Unavailable(f"free space under the floor of {self.spool.min_free_bytes} bytes")
+                raise _Unavailable(f"not enough free space: {len(data)} bytes would leave under "
+                                   f"{self.spool.min_free_bytes} free")
             with self.spool.stage(data) as staged:  # written durably in the background meanwhile
                 instance = inspect_instance(event.encoded_dataset(include_meta=False),
                                             transfer_syntax=str(event.context.transfer_syntax),
                                             sop_class_uid=str(event.request.AffectedSOPClassUID),
-                                            sop_instance_uid=str(event.request.AffectedSOPInstanceUID))
+                                            sop_instance_uid=str(event.request.AffectedSOPInstanceUID),
+                                            budget=self.budget)
                 result = ingest(self.database, self.spool, instance, staged, calling_ae)
-        except Refusal as refusal:
-            return self._refuse(refusal.status, refusal.reason, data, calling_ae, claimed_uid, keep=True)
+        except Refusal as refusal:  # a decoding budget (0xA700) refuses the instance, not its bytes: none kept
+            return self._refuse(refusal.status, refusal.reason, data, calling_ae, claimed_uid,
+                                keep=refusal.status is not Status.OUT_OF_RESOURCES)
         except _Unavailable as exc:
             return self._refuse(Status.OUT_OF_RESOURCES, str(exc), None, calling_ae, claimed_uid, keep=False)
         except OSError as exc:

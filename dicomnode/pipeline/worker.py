@@ -37,7 +37,8 @@ The environment failing is not the study's fault
 (:func:`dicomnode.pipeline.queue.release`: QUEUED, no attempt used, tried again after
 ``[queue] environment_retry_seconds``), and the worker pauses: it claims nothing while the spool's
 filesystem is below ``[storage] min_free_bytes`` (the floor under which the receiver answers
-0xA700) and, after a database error, until the database answers again. It resumes by itself. Any
+0xA700), and once paused until :func:`resume_headroom` more are free (hysteresis), and, after a
+database error, until the database answers again. It resumes by itself. Any
 other error is retried up to ``[queue] max_attempts`` with a growing delay.
 
 The segmenter is loaded once per process (:func:`dicomnode.pipeline.processing.load_segmenter`).
@@ -56,7 +57,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import NuclearMedicineImageStorage
-from sqlalchemy import select
+from sqlalchemy import select, true
 
 from dicomnode.dicom.sop import SEGMENTED_KIND, SEGMENTED_KINDS, ObjectKind
 from dicomnode.dicom.validate import drop_value_warning_records
@@ -84,7 +85,7 @@ from dicomnode.pipeline.queue import (
 )
 from dicomnode.pipeline.results import ResultOptions
 from dicomnode.store.db import Database
-from dicomnode.store.models import AcquisitionOutcome, AcquisitionState, Instance
+from dicomnode.store.models import AcquisitionOutcome, AcquisitionState, Instance, Study
 from dicomnode.store.spool import Spool
 from segmentation.acquisitions import (
     HybridAcquisition,
@@ -101,6 +102,15 @@ log = logging.getLogger(__name__)
 #: Values larger than this (pixel data) are read from the spool only when used: acquisitions that an
 #: earlier job already handled are grouped from their headers and skipped without reading their pixels.
 DEFER_BYTES = 64 * 1024
+#: A worker paused for disk space claims again only with an eighth of the floor more free (at least
+#: 1 MiB, at most 64 MiB): without it, a floor of 0 and a full disk paused and resumed it every poll
+#: (the job met ENOSPC at once).
+RESUME_HEADROOM_BYTES = 64 << 20
+
+
+def resume_headroom(min_free_bytes: int) -> int:
+    """Free bytes above the floor a worker paused for disk space waits for (hysteresis)."""
+    return min(RESUME_HEADROOM_BYTES, max(1 << 20, min_free_bytes // 8))
 
 
 def store_results(spool: Spool, run: AcquisitionRun) -> list[StoredResult]:
@@ -111,7 +121,7 @@ def store_results(spool: Spool, run: AcquisitionRun) -> list[StoredResult]:
                               str(dataset.SOPInstanceUID))
         written = spool.write(spool.result_path(study, series, sop), data)
         stored.append(StoredResult(kind=kind, sop_instance_uid=sop, sop_class_uid=str(dataset.SOPClassUID),
-                                   series_instance_uid=series, path=written.path))
+                                   series_instance_uid=series, path=written.path, size=written.size))
     return stored
 
 
@@ -166,8 +176,10 @@ class Worker:
     def run_once(self) -> bool:
         """Claim and process one job; False when there was nothing to do (or the spool is below its
         free-space floor: nothing is claimed then)."""
-        if not self.spool.has_room():
-            self._pause(DISK_SPACE, f"free space under the floor of {self.spool.min_free_bytes} bytes")
+        floor = self.spool.min_free_bytes
+        if not self.spool.has_room(resume_headroom(floor) if self.waiting_for == DISK_SPACE else 0):
+            self._pause(DISK_SPACE, f"{self.spool.free_bytes()} bytes free on the spool; claims again at "
+                                    f"{floor + resume_headroom(floor)}")
             return False
         job = claim(self.database, self.owner, self.policy)
         self._resume()
@@ -314,10 +326,13 @@ class Worker:
         with self.database.session() as session:
             rows = session.execute(
                 select(Instance.sop_instance_uid, Instance.path, Instance.sha256, Instance.kind, Instance.sop_class_uid)
-                .where(Instance.study_id == job.study_id, Instance.superseded.is_(False)).order_by(Instance.id)
+                .where(Instance.study_id == job.study_id, Instance.superseded.is_(False),
+                       Instance.purged_at.is_(None)).order_by(Instance.id)
             ).all()
+            purged_at = session.scalar(select(Study.purged_at).where(Study.id == job.study_id))
             earlier = session.execute(
-                select(AcquisitionOutcome.fingerprint, AcquisitionOutcome.state)
+                select(AcquisitionOutcome.fingerprint, AcquisitionOutcome.state,
+                       AcquisitionOutcome.created_at > purged_at if purged_at is not None else true())
                 .where(AcquisitionOutcome.study_id == job.study_id, AcquisitionOutcome.job_id != job.id)
             ).all()
         kinds: dict[str, int] = {}
@@ -337,8 +352,11 @@ class Worker:
                 instances[row.sop_instance_uid] = (dataset, row.sha256, row.kind)
             if row.sop_class_uid == NuclearMedicineImageStorage:
                 nm_headers.append(dataset)
-        processed = sum(state is AcquisitionState.PROCESSED for _, state in earlier)
-        return instances, kinds, {fingerprint for fingerprint, _ in earlier}, processed, nm_headers
+        processed = sum(state is AcquisitionState.PROCESSED for _, state, _ in earlier)
+        # Outcomes from before retention deleted the study's files do not count: it is processed as
+        # new (still numbered after them, so its results get new UIDs and series).
+        return (instances, kinds, {fingerprint for fingerprint, _, current in earlier if current}, processed,
+                nm_headers)
 
 
 def _fingerprint(digests: Iterable[str]) -> str:

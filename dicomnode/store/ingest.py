@@ -14,7 +14,9 @@ bytes land on the same name (no duplicate file, the row is then written).
 
 Duplicates (PS3.4 B.4.1 leaves it to the SCP): the same SOP Instance UID with the same bytes
 (SHA-256) is a no-op — no new row, no study change — and still success. The same SOP Instance UID with
-different bytes is a new version: a new row, the previous ones ``superseded``. Note that "the same
+different bytes is a new version: a new row, the previous ones ``superseded``. The same bytes after
+retention deleted their file are received as new (the row counts as present again, the study
+re-opens: :func:`_restore`). Note that "the same
 bytes" is literal: a re-send in another transfer syntax is a new version.
 
 Every instance is indexed with its kind (``Instance.kind``, :func:`dicomnode.dicom.sop.instance_kind`).
@@ -104,8 +106,11 @@ def ingest(database: Database, spool: Spool, instance: ReceivedInstance, staged:
         if inserted is None:  # these bytes are indexed already (earlier, or by a concurrent association)
             duplicate = connection.execute(statements.existing, {"sop_uid": instance.sop_instance_uid,
                                                                  "sha256": digest}).one()
-            return Ingested(Outcome.DUPLICATE, duplicate.id, duplicate.study_id, duplicate.version,
-                            duplicate.path, digest)
+            if duplicate.purged_at is None:
+                return Ingested(Outcome.DUPLICATE, duplicate.id, duplicate.study_id, duplicate.version,
+                                duplicate.path, digest)
+            version = _restore(connection, statements, spool, study, duplicate, instance, now)
+            return Ingested(Outcome.STORED, duplicate.id, study.id, version, path, digest)
         previous = connection.execute(statements.supersede, {"sop_uid": instance.sop_instance_uid,
                                                              "row_id": inserted}).rowcount
         version = study.version
@@ -113,6 +118,22 @@ def ingest(database: Database, spool: Spool, instance: ReceivedInstance, staged:
             version = _touch_study(connection, statements, study, instance.study_instance_uid, now)
         outcome = Outcome.NEW_VERSION if previous else Outcome.STORED
     return Ingested(outcome, inserted, study.id, version, path, digest)
+
+
+def _restore(connection: Connection, statements: _Statements, spool: Spool, study: Row, duplicate: Row,
+             instance: ReceivedInstance, now: datetime) -> int:
+    """The same bytes again after retention deleted them (:mod:`dicomnode.store.retention`): the row
+    counts as present again and the study is processed as new. Its file was placed just before this
+    transaction; if a purge deleted it in between (the purge unlinks under the rows' lock), raise
+    ``OSError`` so that the receiver answers 0xA700 and the sender's next try writes it again."""
+    connection.execute(statements.restore, {"row_id": duplicate.id})
+    connection.execute(statements.supersede, {"sop_uid": instance.sop_instance_uid, "row_id": duplicate.id})
+    if not spool.absolute(duplicate.path).is_file():
+        raise FileNotFoundError(f"{duplicate.path} was deleted by retention meanwhile; send it again")
+    log.info("instance received again after retention deleted it", extra={"study_uid": instance.study_instance_uid})
+    if instance.segmented:
+        return _touch_study(connection, statements, study, instance.study_instance_uid, now)
+    return study.version
 
 
 def _touch_study(connection: Connection, statements: _Statements, study: Row, study_uid: str,
@@ -141,6 +162,7 @@ class _Statements:
     supersede: Executable
     touch_study: Executable
     reopen_study: Executable
+    restore: Executable
 
 
 @functools.cache
@@ -167,7 +189,7 @@ def _statements(dialect: str) -> _Statements:
             calling_ae=bindparam("calling_ae"), superseded=False, received_at=bindparam("now"),
         ).on_conflict_do_nothing(index_elements=[instance.c.sop_instance_uid, instance.c.sha256])
         .returning(instance.c.id),
-        existing=select(instance.c.id, instance.c.study_id, instance.c.path, study.c.version)
+        existing=select(instance.c.id, instance.c.study_id, instance.c.path, instance.c.purged_at, study.c.version)
         .join(study, study.c.id == instance.c.study_id)
         .where(instance.c.sop_instance_uid == bindparam("sop_uid"), instance.c.sha256 == bindparam("sha256")),
         supersede=update(instance)
@@ -178,6 +200,7 @@ def _statements(dialect: str) -> _Statements:
         reopen_study=update(study).where(study.c.id == bindparam("row_id")).values(
             last_instance_at=bindparam("now"), version=bindparam("new_version"), state=StudyState.RECEIVING,
             ready_at=None),
+        restore=update(instance).where(instance.c.id == bindparam("row_id")).values(purged_at=None, superseded=False),
     )
 
 

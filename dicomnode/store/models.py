@@ -82,6 +82,10 @@ class Study(Base):
     last_instance_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     ready_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     processed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Retention (dicomnode.store.retention): when the study's files were last deleted, and whether a
+    # deletion was marked but its files may not all be gone yet (finished by the next purge).
+    purged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    purge_pending: Mapped[bool] = mapped_column(default=False)
 
     instances: Mapped[list[Instance]] = relationship(back_populates="study")
     jobs: Mapped[list[Job]] = relationship(back_populates="study")
@@ -107,6 +111,7 @@ class Instance(Base):
     calling_ae: Mapped[str | None] = mapped_column(String(16))
     superseded: Mapped[bool] = mapped_column(default=False)  # a newer version of this SOP instance exists
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    purged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # file deleted by retention
 
     study: Mapped[Study] = relationship(back_populates="instances")
 
@@ -193,7 +198,9 @@ class ResultObject(Base):
     sop_class_uid: Mapped[str] = mapped_column(UID)
     series_instance_uid: Mapped[str] = mapped_column(UID)
     path: Mapped[str] = mapped_column(String(512))  # relative to the spool root
+    size: Mapped[int | None] = mapped_column(BigInteger)  # bytes of the file (None in rows of older versions)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    purged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # file deleted by retention
 
     job: Mapped[Job] = relationship(back_populates="results")
     exports: Mapped[list[Export]] = relationship(back_populates="result")
@@ -251,3 +258,5 @@ class Quarantine(Base):
     calling_ae: Mapped[str | None] = mapped_column(String(16))
     claimed_sop_instance_uid: Mapped[str | None] = mapped_column(String(128))  # as sent, unvalidated, truncated
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    purged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # files deleted by retention
+    purge_pending: Mapped[bool] = mapped_column(default=False)  # marked; the files may not all be gone yet

@@ -286,7 +286,13 @@ class Spool:
         """Steps 2 and 3 of the module docstring for a durably written temporary file."""
         try:
             self._make_directories(final.parent)
-            os.replace(temporary, final)
+            try:
+                os.replace(temporary, final)
+            except FileNotFoundError:  # its folder was removed meanwhile (retention): make it again
+                self.forget_directory(final.parent)
+                self.forget_directory(final.parent.parent)
+                self._make_directories(final.parent)
+                os.replace(temporary, final)
         except BaseException:
             temporary.unlink(missing_ok=True)
             raise
@@ -322,6 +328,11 @@ class Spool:
                         raise
                 _fsync_directory(created.parent)
                 self._durable_directories.add(created)
+
+    def forget_directory(self, directory: Path) -> None:
+        """Forget that ``directory`` is known durable (it was removed: :mod:`dicomnode.store.retention`)."""
+        with self._directory_lock:
+            self._durable_directories.discard(directory)
 
     def quarantine(self, data: bytes | None, *, reason: str, status: str, calling_ae: str | None,
                    claimed_sop_instance_uid: str | None) -> str | None:
