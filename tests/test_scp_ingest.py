@@ -16,7 +16,8 @@ import pytest
 from pydicom.uid import NuclearMedicineImageStorage, SegmentationStorage
 from sqlalchemy import select, update
 
-from dicomnode.dicom.validate import ReceivedInstance, Refusal
+from dicomnode.dicom.parse import Refusal
+from dicomnode.dicom.validate import ReceivedInstance
 from dicomnode.store.db import Database, connect
 from dicomnode.store.ingest import Ingested, Outcome
 from dicomnode.store.ingest import ingest as ingest_staged

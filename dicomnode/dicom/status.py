@@ -4,7 +4,7 @@ One policy for both directions, built on pynetdicom's status categories
 (:func:`pynetdicom.status.code_to_category`, PS3.7 Annex C):
 
 - :class:`Status` is every C-STORE status the receiver answers (PS3.4 Table B.2-1, PS3.7 Annex C);
-  which one is decided by the kind of refusal (:class:`dicomnode.dicom.validate.Refusal` and the
+  which one is decided by the kind of refusal (:class:`dicomnode.dicom.parse.Refusal` and the
   receiver's own checks), never by the wording of a message.
 - :func:`stored`: the peer kept the object — category *Success* or *Warning* (PS3.7 C.1.2, C.1.3:
   a warning means the operation was performed). ``dicomnode send`` reports such a file as stored and

@@ -48,7 +48,7 @@ allocate more than arrived (a 4 GiB length on a 1 kB message reads 1 kB); every 
 declared length is then checked against the bytes received, and the elements must end exactly where
 the data set does, so truncated and corrupt data sets are refused instead of kept with short values.
 The VR encoding must match the negotiated transfer syntax (no guessing). A deflated data set is
-inflated with a ceiling (:data:`MAX_INFLATED`) before anything else. Views are decided by
+inflated with a ceiling before anything else (:mod:`dicomnode.dicom.parse`). Views are decided by
 :mod:`segmentation.views` (the same rules the worker uses), never by a second parser here; of what
 it refuses, :class:`~segmentation.views.UndecodablePixels` is 0xC000 and every other
 :class:`~segmentation.views.ViewError` 0xA900 (the status follows the kind of error, never its
@@ -57,18 +57,13 @@ wording; the statuses themselves are :mod:`dicomnode.dicom.status`).
 
 from __future__ import annotations
 
-import io
 import logging
 import re
 import warnings as warnings_module
-import zlib
 from dataclasses import dataclass, field
 
-from pydicom.dataelem import RawDataElement
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.filereader import read_dataset
+from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from pydicom.tag import Tag
 from pydicom.uid import (
     UID,
     MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
@@ -78,7 +73,8 @@ from pydicom.uid import (
     SegmentationStorage,
 )
 
-from dicomnode.dicom.budget import COPIES, INFLATE_STEP, UNLIMITED, BudgetExceeded, DecodeBudget, Hold
+from dicomnode.dicom.budget import COPIES, UNLIMITED, BudgetExceeded, DecodeBudget, Hold
+from dicomnode.dicom.parse import Refusal, brief, decoded_size, parse_dataset
 from dicomnode.dicom.sop import (
     RECEIVED,
     SEGMENTED_KIND,
@@ -99,18 +95,6 @@ log = logging.getLogger(__name__)
 #: log handler drops unless ``[logging] include_patient_data`` (:mod:`dicomnode.ops.logs`).
 PATIENT_FIELDS = frozenset({"patient_id", "accession_number"})
 
-MAX_INFLATED = 512 * 1024 * 1024  # a deflated data set may not inflate beyond this (deflate bombs)
-_UNDEFINED_LENGTH = 0xFFFFFFFF
-_PIXEL_DATA = 0x7FE00010
-
-
-class Refusal(Exception):
-    """The instance is refused with ``status``; ``reason`` says why (logged, kept in quarantine)."""
-
-    def __init__(self, status: Status, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -167,7 +151,7 @@ def inspect_instance(dataset: bytes, *, transfer_syntax: str, sop_class_uid: str
 def _inspect(dataset: bytes, syntax: UID, sop_class_uid: str, sop_instance_uid: str, hold: Hold) -> ReceivedInstance:
     with warnings_module.catch_warnings(record=True) as caught:
         warnings_module.simplefilter("always")
-        ds = _parse(dataset, syntax, hold)
+        ds = parse_dataset(dataset, syntax, hold)
     notes = tuple(dict.fromkeys(_QUOTED.sub("'...'", str(w.message))[:160] for w in caught))
     warnings: list[str] = []
     _check_identity(ds, sop_class_uid, sop_instance_uid)
@@ -184,7 +168,7 @@ def _inspect(dataset: bytes, syntax: UID, sop_class_uid: str, sop_instance_uid: 
     if kind != ObjectKind.SR.value and kind not in STORED_AS_SENT:
         _check_pixel_module(ds, warnings)
         if ds.file_meta.TransferSyntaxUID.is_encapsulated:
-            hold.take(COPIES * _decoded_size(ds), "decoded Pixel Data")
+            hold.take(COPIES * decoded_size(ds), "decoded Pixel Data")
     views: tuple[str, ...] = _nm_views(ds, warnings) if kind == SEGMENTED_KIND else ()
     references = _seg_references(ds) if kind == ObjectKind.SEG.value else frozenset()
     return ReceivedInstance(
@@ -200,117 +184,6 @@ def _inspect(dataset: bytes, syntax: UID, sop_class_uid: str, sop_instance_uid: 
         warnings=tuple(warnings),
         notes=notes,
     )
-
-
-# -- parsing --------------------------------------------------------------------------------------
-
-
-def _parse(raw: bytes, syntax: UID, hold: Hold) -> Dataset:
-    """Read the data set in the negotiated transfer syntax; refuse anything not read fully and consistently."""
-    cannot = Status.CANNOT_UNDERSTAND
-    if syntax.is_deflated:
-        raw = _inflate(raw, hold)
-    if not raw:
-        raise Refusal(cannot, "the data set is empty")
-    _check_vr_encoding(raw, syntax)
-    undefined_pixels: list[bool] = []
-
-    def native_pixels_of_undefined_length(tag: int, _vr: str | None, length: int) -> bool:
-        if tag == _PIXEL_DATA and length == _UNDEFINED_LENGTH and not syntax.is_encapsulated:
-            undefined_pixels.append(True)
-            return True
-        return False
-
-    try:
-        ds = read_dataset(io.BytesIO(raw), syntax.is_implicit_VR, syntax.is_little_endian,
-                          stop_when=native_pixels_of_undefined_length)
-    except Exception as exc:  # pydicom raises many types for broken input
-        raise Refusal(cannot, f"not readable as DICOM: {_brief(exc)}") from None
-    if undefined_pixels:  # PS3.5 A.4: undefined length only for encapsulated (compressed) Pixel Data
-        raise Refusal(cannot, f"Pixel Data (7FE0,0010) has undefined length in native {syntax.name}")
-    _check_declared_lengths(ds, len(raw))
-    try:
-        for _ in ds.iterall():  # convert every value, nested ones too
-            pass
-    except Exception as exc:
-        raise Refusal(cannot, f"a value cannot be decoded: {_brief(exc)}") from None
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = syntax
-    return ds
-
-
-def _inflate(raw: bytes, hold: Hold) -> bytes:
-    """Inflate a Deflated Explicit VR Little Endian data set (PS3.5 A.5), at most :data:`MAX_INFLATED`
-    bytes, :data:`~dicomnode.dicom.budget.INFLATE_STEP` at a time, each step held from the budget
-    before it is inflated (so a deflate bomb stops at the budget)."""
-    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    inflated = bytearray()
-    pending = raw
-    try:
-        while not inflater.eof:
-            hold.take(COPIES * INFLATE_STEP, "the inflated data set")
-            inflated += inflater.decompress(pending, INFLATE_STEP)
-            pending = inflater.unconsumed_tail
-            if len(inflated) > MAX_INFLATED:
-                raise Refusal(Status.CANNOT_UNDERSTAND, f"deflated data set inflates to more than {MAX_INFLATED} bytes")
-            if not pending and not inflater.eof:
-                inflated += inflater.flush()
-                break
-    except zlib.error as exc:
-        raise Refusal(Status.CANNOT_UNDERSTAND, f"deflated data set does not inflate: {exc}") from None
-    if not inflater.eof:
-        raise Refusal(Status.CANNOT_UNDERSTAND, "deflated data set is truncated")
-    return bytes(inflated)
-
-
-def _decoded_size(ds: Dataset) -> int:
-    """Bytes that decoding the compressed Pixel Data gives (PS3.5 §8.2): Rows × Columns × Frames ×
-    Samples per Pixel × Bits Allocated / 8, as the data set declares them (checked already)."""
-    frames = frame_count(ds)
-    return (int(ds.Rows) * int(ds.Columns) * frames * int(ds.SamplesPerPixel) * int(ds.BitsAllocated) + 7) // 8
-
-
-def _check_vr_encoding(raw: bytes, syntax: UID) -> None:
-    """The first element must be encoded as the transfer syntax says (PS3.5 §7.1.2 / §7.1.3).
-
-    In explicit VR the two bytes after the tag are the VR, two upper-case letters; in implicit VR they
-    are the low half of a 32-bit length (the same test pydicom uses to guess, but a guess is not
-    acceptable here: a file stored with the wrong transfer syntax misleads every later reader).
-    """
-    vr = raw[4:6]
-    explicit = len(vr) == 2 and all(0x41 <= byte <= 0x5A for byte in vr)
-    if explicit == syntax.is_implicit_VR:
-        actual = "explicit" if explicit else "implicit"
-        raise Refusal(Status.CANNOT_UNDERSTAND,
-                      f"data set is encoded in {actual} VR, not as the negotiated {syntax.name}")
-
-
-def _check_declared_lengths(ds: Dataset, size: int) -> None:
-    """Top-level elements must lie inside the received bytes and cover them to the end (PS3.5 §7.1).
-
-    Values are read from the received bytes in memory, so a declared length can never make the reader
-    allocate more than arrived; this check then refuses what such a length means: a truncated or
-    corrupt data set (pydicom itself would silently keep the short value).
-    """
-    last_end: int | None = None  # where the last element (highest tag, last on the wire) ends
-    for tag in sorted(ds.keys()):
-        element = ds.get_item(tag)
-        if not isinstance(element, RawDataElement):  # read already (undefined-length sequence)
-            last_end = None
-            continue
-        if element.length == _UNDEFINED_LENGTH:
-            last_end = element.value_tell + len(element.value or b"") + 8  # + sequence delimiter item
-        else:
-            last_end = element.value_tell + element.length
-        if last_end > size:
-            raise Refusal(
-                Status.CANNOT_UNDERSTAND,
-                f"{Tag(tag)} declares {element.length} bytes but only {max(size - element.value_tell, 0)} "
-                "were received (truncated or corrupt length)",
-            )
-    if last_end is not None and last_end < size:
-        raise Refusal(Status.CANNOT_UNDERSTAND,
-                      f"truncated element header: {size - last_end} bytes after the last complete element")
 
 
 # -- identity ---------------------------------------------------------------------------------------
@@ -458,7 +331,7 @@ def _nm_views(ds: Dataset, warnings: list[str]) -> tuple[str, ...]:
     except ViewError as exc:
         raise Refusal(mismatch, str(exc)) from None
     except (TypeError, ValueError) as exc:
-        raise Refusal(mismatch, f"view attributes cannot be read: {_brief(exc)}") from None
+        raise Refusal(mismatch, f"view attributes cannot be read: {brief(exc)}") from None
     undecided_single_frame = len(stated) == 1 and stated[0] is None
     probe = Dataset(dict(ds.items()))  # its own element table (a dict copy), the same element objects
     probe.file_meta = ds.file_meta
@@ -477,7 +350,7 @@ def _nm_views(ds: Dataset, warnings: list[str]) -> tuple[str, ...]:
     except ViewError as exc:
         raise Refusal(mismatch, str(exc)) from None
     except Exception as exc:  # numpy / pixel handlers on inconsistent input
-        raise Refusal(Status.CANNOT_UNDERSTAND, f"pixel data cannot be read: {_brief(exc)}") from None
+        raise Refusal(Status.CANNOT_UNDERSTAND, f"pixel data cannot be read: {brief(exc)}") from None
     # "no posterior view in the study" is expected of a one-view instance: not a warning here.
     warnings.extend(note for note in scan.notes if not note.endswith("view in the study"))
     if undecided_single_frame:
@@ -529,7 +402,3 @@ def _text(ds: Dataset, keyword: str, limit: int) -> str | None:
     value = str(ds.get(keyword, "") or "").strip()
     return value[:limit] or None
 
-
-def _brief(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return f"{type(exc).__name__}: {text}"[:200]

@@ -80,7 +80,8 @@ from dicomnode.config import NodeConfig
 from dicomnode.dicom.budget import DecodeBudget
 from dicomnode.dicom.sop import RECEIVED
 from dicomnode.dicom.status import Status
-from dicomnode.dicom.validate import Refusal, drop_value_warning_records, inspect_instance
+from dicomnode.dicom.parse import Refusal
+from dicomnode.dicom.validate import drop_value_warning_records, inspect_instance
 from dicomnode.store.db import Database
 from dicomnode.store.ingest import CONTEXT_REFUSED, ingest, record_refusal
 from dicomnode.store.spool import Spool

@@ -32,7 +32,7 @@ study but are never a reason to process it again):
   version). Results of the new version go into new series.
 
 A SEG is accepted only if it references at least one current instance of the same study held here;
-otherwise :class:`~dicomnode.dicom.validate.Refusal` 0xC000 (documented in :mod:`dicomnode.dicom.validate`).
+otherwise :class:`~dicomnode.dicom.parse.Refusal` 0xC000 (documented in :mod:`dicomnode.dicom.validate`).
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ from sqlalchemy import Connection, Executable, Row, bindparam, func, select, upd
 from sqlalchemy.dialects import postgresql, sqlite
 
 from dicomnode.dicom.status import Status
-from dicomnode.dicom.validate import ReceivedInstance, Refusal
+from dicomnode.dicom.parse import Refusal
+from dicomnode.dicom.validate import ReceivedInstance
 from dicomnode.store.db import Database
 from dicomnode.store.models import Instance, Quarantine, Study, StudyState, utcnow
 from dicomnode.store.spool import Spool, StagedFile
@@ -78,7 +79,7 @@ def ingest(database: Database, spool: Spool, instance: ReceivedInstance, staged:
     ``staged`` holds the bytes exactly as received, their write to the spool already under way
     (:meth:`dicomnode.store.spool.Spool.stage`, started before validation); here they get their final name.
 
-    Raises :class:`~dicomnode.dicom.validate.Refusal` (SEG without a known source), ``OSError`` (spool) or
+    Raises :class:`~dicomnode.dicom.parse.Refusal` (SEG without a known source), ``OSError`` (spool) or
     SQLAlchemy errors (database); nothing is committed in those cases.
 
     The transaction is four prepared Core statements (:class:`_Statements`; no ORM unit of work on this
