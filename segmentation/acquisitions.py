@@ -23,7 +23,8 @@ re-acquired view. This module decides, from the headers alone:
 * :func:`study_tracer_refusal`: why a whole study is not a bone scan, from all of its evidence (a
   sestamibi study whose TOMO states "Sestamibi" while its whole-body instances state no agent):
   any instance's stated radiopharmaceutical, then the study and series descriptions naming another
-  examination's tracer (MIBI, tetrofosmin, MAG3, DMSA, pertechnetate, MAA, HMPAO, gallium, ...).
+  examination's tracer (MIBI, tetrofosmin, MAG3, DMSA, pertechnetate, MAA, HMPAO, gallium, ...);
+  where neither says anything (:func:`tracer_stated`), the image decides (:mod:`segmentation.skeleton`).
 * :func:`split_hybrid`: each RECON TOMO volume with the CT series of its Frame of Reference, a bone
   SPECT/CT acquisition (paper 003; docs/segmentation.md), or alone, a SPECT-only one; refused
   (:func:`tracer_refusal`) when its radiopharmaceutical is not a bone agent (a myocardial perfusion
@@ -288,7 +289,7 @@ def study_tracer_refusal(datasets: Sequence[Dataset]) -> str | None:
         if other and not any(bone for _, bone in agents):
             return f"the study states radiopharmaceutical {other[0]!r}, not a 99mTc bone agent"
         return None
-    descriptions = {str(ds.get(keyword, "") or "").upper() for ds in datasets for keyword in _STUDY_DESCRIPTIONS}
+    descriptions = _study_descriptions(datasets)
     if any(_BONE_AGENT_WORDS.search(text) or "SKELET" in text for text in descriptions):
         return None
     for text in sorted(descriptions):
@@ -297,6 +298,20 @@ def study_tracer_refusal(datasets: Sequence[Dataset]) -> str | None:
             return (f"the study's description names {found.group(1).lower()!r}, not a bone scan "
                     "(no radiopharmaceutical stated)")
     return None
+
+
+def tracer_stated(datasets: Sequence[Dataset]) -> bool:
+    """Whether the study's headers say what was injected: a radiopharmaceutical stated by any
+    instance, or a description naming a bone agent or another examination's tracer. Where they do
+    not, the image decides (:mod:`segmentation.skeleton`)."""
+    if any(_radiopharmaceutical(ds) is not None for ds in datasets):
+        return True
+    return any(_BONE_AGENT_WORDS.search(text) or "SKELET" in text or _OTHER_TRACER_WORDS.search(text)
+               for text in _study_descriptions(datasets))
+
+
+def _study_descriptions(datasets: Sequence[Dataset]) -> set[str]:
+    return {str(ds.get(keyword, "") or "").upper() for ds in datasets for keyword in _STUDY_DESCRIPTIONS}
 
 
 def _radiopharmaceutical(ds: Dataset) -> tuple[str, bool] | None:

@@ -39,10 +39,12 @@ from segmentation.acquisitions import (
     nm_image_kind,
     split_acquisitions,
     study_tracer_refusal,
+    tracer_stated,
 )
 from segmentation.device import resolve_device
 from segmentation.inference import WEIGHTS_DIR, Segmenter
 from segmentation.result import SegmentationResult
+from segmentation.skeleton import skeleton_evidence
 from segmentation.spectct import HybridSegmenter
 from segmentation.volume import GeometryError
 from segmentation.views import ViewError, load_scan
@@ -109,12 +111,14 @@ def whole_body_instances(datasets: Sequence[Dataset]) -> list[Dataset]:
 
 
 def segment_acquisition(acquisition: Acquisition, segmenter: Segmenter, options: ResultOptions,
-                        result_set: int = 1) -> AcquisitionRun:
+                        result_set: int = 1, *, tracer_unstated: bool = False) -> AcquisitionRun:
     """Segment one acquisition and build its result objects (series numbers from ``result_set``).
 
     Input that cannot be segmented (views that cannot be read, patient identity that disagrees, not a
     bone scan, headers that result building cannot use even after repair) gives a run with its
     ``reason``; errors of this machine (memory, disk, a crashed library) propagate, so the job is retried.
+    When the study states no tracer (``tracer_unstated``: :func:`segmentation.acquisitions.tracer_stated`
+    is false), a scan that shows no skeleton is not a bone scan (:mod:`segmentation.skeleton`).
     """
     name = f"acquisition {acquisition.label!r}"
     if acquisition.refusal is not None:
@@ -123,6 +127,12 @@ def segment_acquisition(acquisition: Acquisition, segmenter: Segmenter, options:
         scan = load_scan(acquisition.datasets)
     except ViewError as exc:
         return AcquisitionRun(acquisition, reason=f"views cannot be read: {exc}")
+    if tracer_unstated:
+        evidence = skeleton_evidence(scan)
+        if evidence.shows_no_skeleton:
+            return AcquisitionRun(acquisition, reason=(
+                "not a bone scan: no radiopharmaceutical is stated and the image shows no skeleton "
+                f"({evidence.describe()})"))
     sources, repairs = repair_sources(acquisition.datasets)
     notes = (f"{name}", *acquisition.notes, *scan.notes, *repairs)
     scan = dataclasses.replace(scan, notes=tuple(dict.fromkeys(notes)))
@@ -204,12 +214,13 @@ def segment_study(datasets: Sequence[Dataset], segmenter: Segmenter, options: Re
     acquisitions = split_acquisitions(whole_body_instances(datasets))
     if not acquisitions:
         raise UnreadableStudy(no_whole_body_reason(held_kinds(datasets)))
-    not_bone = study_tracer_refusal([ds for ds in datasets if ds.get("SOPClassUID") == NuclearMedicineImageStorage])
+    nm_headers = [ds for ds in datasets if ds.get("SOPClassUID") == NuclearMedicineImageStorage]
+    not_bone, unstated = study_tracer_refusal(nm_headers), not tracer_stated(nm_headers)
     runs = []
     for acquisition in acquisitions:
         if not_bone is not None:  # the whole study's evidence, as the node decides (worker)
             acquisition = dataclasses.replace(acquisition, refusal=acquisition.refusal or not_bone)
-        run = segment_acquisition(acquisition, segmenter, options, first_result_set)
+        run = segment_acquisition(acquisition, segmenter, options, first_result_set, tracer_unstated=unstated)
         first_result_set += run.processed
         runs.append(run)
     return runs

@@ -93,6 +93,7 @@ from segmentation.acquisitions import (
     split_acquisitions,
     split_hybrid,
     study_tracer_refusal,
+    tracer_stated,
 )
 from segmentation.inference import Segmenter
 from segmentation.spectct import HybridSegmenter
@@ -279,6 +280,7 @@ class Worker:
         planar = split_acquisitions(by_kind.get(SEGMENTED_KIND, []))
         hybrid = split_hybrid(by_kind.get(NMImageKind.RECON_TOMO.value, []), by_kind.get(ObjectKind.CT.value, []))
         not_bone = study_tracer_refusal(nm_headers)  # the whole study's evidence, not each instance's
+        unstated = not tracer_stated(nm_headers)  # then the image decides (segment_acquisition)
         if not_bone is not None:
             planar = [dataclasses.replace(a, refusal=a.refusal or not_bone) for a in planar]
             hybrid = [dataclasses.replace(a, refusal=a.refusal or not_bone) for a in hybrid]
@@ -299,7 +301,8 @@ class Worker:
                 run = segment_hybrid(acquisition, self.hybrid_segmenter, self.options, result_sets + 1,
                                      unvalidated_results=self.unvalidated_results)
             else:
-                run = segment_acquisition(acquisition, self.segmenter, self.options, result_sets + 1)
+                run = segment_acquisition(acquisition, self.segmenter, self.options, result_sets + 1,
+                                          tracer_unstated=unstated)
             if run.processed:
                 result_sets += 1
                 stored.extend(store_results(self.spool, run))
