@@ -45,7 +45,7 @@ from scipy import ndimage
 from segmentation.networks import SegmentationNetwork, build
 from segmentation.networks.mtunet import CLASSES
 from segmentation.result import Algorithm
-from segmentation.volume import ct_volume, nm_volume, resample, scaled
+from segmentation.volume import DecodedVolumes, decode_volumes, resample, scaled
 
 CHANNELS = ("spect", "ct")
 BODY_HU = -500.0
@@ -182,6 +182,7 @@ class VolumeSegmentation:
     probabilities: np.ndarray
     algorithm: Algorithm
     validated_on_real_scans: bool = False  # the model card records validation on real scans of its kind
+    volumes: DecodedVolumes | None = None  # the pixel data as decoded for the model, for the result builder
 
 
 class HybridSegmenter:
@@ -215,12 +216,9 @@ class HybridSegmenter:
         the card's ``in_plane_mm`` for the network and back. Either way the card's grid spacing
         is applied as :func:`segmentation.volume.scaled` and undone on the probabilities."""
         net, card = self.model(bool(ct))
-        counts, spect_grid = nm_volume(spect)
-        hu = None
-        if ct:
-            hu, grid, _ = ct_volume(ct)
-        else:
-            grid = spect_grid
+        volumes = decode_volumes(ct, spect)
+        counts, spect_grid, hu, grid = volumes.counts, volumes.spect_grid, volumes.hu, volumes.grid
+        assert counts is not None and spect_grid is not None
         work = grid if card.in_plane_mm is None else scaled(grid, card.in_plane_mm / grid.pixel_spacing[1])
         if hu is not None and work is not grid:
             hu = resample(hu, grid, work, fill=-1000.0)
@@ -232,7 +230,7 @@ class HybridSegmenter:
         if not ct:
             probabilities = mask_edges_and_outside(probabilities, counts)
         algorithm = Algorithm(name=card.name[:64], version=card.sha256[:16] or "unversioned", network=card.network)
-        return VolumeSegmentation(probabilities, algorithm, card.validated_on_real_scans)
+        return VolumeSegmentation(probabilities, algorithm, card.validated_on_real_scans, volumes)
 
 
 def mask_edges_and_outside(probabilities: np.ndarray, counts: np.ndarray) -> np.ndarray:

@@ -289,3 +289,41 @@ def scaled(geometry: VolumeGeometry, factor: float, *, slices: bool = False) -> 
         slice_step=tuple(float(v) * fk for v in geometry.slice_step),
         frame_of_reference=geometry.frame_of_reference,
     )
+
+
+@dataclass(frozen=True)
+class DecodedVolumes:
+    """An acquisition's pixel data, decoded once for the segmenter and the result builder: the NM
+    RECON TOMO counts on their own grid (``None`` without one) and the CT in Hounsfield units on its
+    grid with the order of its slices (``None`` and ``()`` without a CT)."""
+
+    counts: np.ndarray | None
+    spect_grid: VolumeGeometry | None
+    hu: np.ndarray | None = None
+    ct_grid: VolumeGeometry | None = None
+    ct_order: tuple[int, ...] = ()
+
+    @property
+    def grid(self) -> VolumeGeometry:
+        """The segmentation grid: the CT's where there is one, else the NM volume's."""
+        grid = self.ct_grid or self.spect_grid
+        assert grid is not None  # decode_volumes refuses an acquisition with neither
+        return grid
+
+    @property
+    def spect_on_grid(self) -> np.ndarray | None:
+        """The counts on the segmentation grid (resampled onto the CT's through patient coordinates)."""
+        if self.counts is None or self.spect_grid is None:
+            return None
+        return self.counts if self.ct_grid is None else resample(self.counts, self.spect_grid, self.ct_grid)
+
+
+def decode_volumes(ct: Sequence[Dataset], spect: Dataset | None) -> DecodedVolumes:
+    """Decode a SPECT/CT (or SPECT-only, ``ct`` empty; or CT-only, ``spect`` None) acquisition once."""
+    if not ct and spect is None:
+        raise ValueError("a volume acquisition needs a CT series or an NM RECON TOMO volume")
+    counts, spect_grid = nm_volume(spect) if spect is not None else (None, None)
+    if not ct:
+        return DecodedVolumes(counts, spect_grid)
+    hu, ct_grid, order = ct_volume(ct)
+    return DecodedVolumes(counts, spect_grid, hu, ct_grid, tuple(order))

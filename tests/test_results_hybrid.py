@@ -14,10 +14,14 @@ import pytest
 
 from dicomnode.dicom.sop import ResultKind
 from dicomnode.pipeline.results.common import ResultOptions
-from dicomnode.pipeline.results.hybrid_results import build_hybrid_results, find_lesions
+from dicomnode.pipeline.processing import segment_hybrid
+from dicomnode.pipeline.results.hybrid_results import build_hybrid_results
 from dicomnode.synth.spectct import write_exams
+from segmentation.acquisitions import HybridAcquisition
 from segmentation.result import Algorithm
+from segmentation.spectct import HybridSegmenter
 from segmentation.volume import ct_geometry, nm_geometry, nm_volume, resample_labels
+from segmentation.volume_lesions import find_lesions
 from tests.test_results_inputs import dcentvfy_errors, dciodvfy_errors
 
 ALGORITHM = Algorithm("dicomnode-mtunet", "test", "mtunet")
@@ -225,3 +229,22 @@ def _encoded(ds: pydicom.Dataset) -> bytes:
     buffer = DicomBytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
+
+
+def test_a_spect_ct_job_decodes_each_source_once(exam, monkeypatch):
+    """The segmenter's decoded volumes go to the result builder: one CT and one NM decode per
+    acquisition (each was decoded twice, once for the model and once for the results)."""
+    import segmentation.volume as volume
+
+    calls: dict[str, int] = {}
+    for name in ("ct_volume", "nm_volume"):
+        def counted(*args, _real=getattr(volume, name), _name=name, **kwargs):
+            calls[_name] = calls.get(_name, 0) + 1
+            return _real(*args, **kwargs)
+        monkeypatch.setattr(volume, name, counted)
+    cts, nm, _ = exam
+    acquisition = HybridAcquisition(key=f"spect {nm.SOPInstanceUID}", label="SPECT", spect=nm, ct=tuple(cts))
+    run = segment_hybrid(acquisition, HybridSegmenter(device="cpu"), ResultOptions(), unvalidated_results=True)
+    assert run.processed, run.reason
+    assert {kind for kind, _ in run.objects} == {ResultKind.SEG, ResultKind.SR, ResultKind.SC}
+    assert calls == {"ct_volume": 1, "nm_volume": 1}

@@ -176,7 +176,8 @@ def segment_hybrid(acquisition: HybridAcquisition, segmenter: HybridSegmenter, o
     return _built(acquisition, str(acquisition.spect.StudyInstanceUID),
                   lambda: build_hybrid_results(ct, spect, segmentation.probabilities,
                                                algorithm=segmentation.algorithm, options=options,
-                                               study_version=result_set, notes=notes))
+                                               study_version=result_set, notes=notes,
+                                               volumes=segmentation.volumes))
 
 
 def _built(acquisition: Acquisition | HybridAcquisition, study_uid: str,

@@ -28,7 +28,8 @@ from dicomnode.pipeline.results.common import (
     check_writable,
     source_image_sequence,
 )
-from dicomnode.pipeline.results.hybrid_results import BENIGN, METASTATIC, HybridVolume
+from dicomnode.pipeline.results.hybrid_volume import HybridVolume
+from segmentation.volume_lesions import BENIGN, METASTATIC
 from segmentation.spectct import spect_body
 
 CT_WINDOW = (-200.0, 1300.0)

@@ -27,7 +27,8 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from dicomnode.pipeline.results.common import NOT_FOR_DIAGNOSTIC_USE, Provenance, ResultKind, check_writable
-from dicomnode.pipeline.results.hybrid_results import BENIGN, METASTATIC, SEGMENT_OF_CLASS, HybridVolume
+from dicomnode.pipeline.results.hybrid_volume import SEGMENT_OF_CLASS, HybridVolume
+from segmentation.volume_lesions import BENIGN, METASTATIC
 from dicomnode.pipeline.results.seg import functional_groups_proxy
 from dicomnode.pipeline.results.text import clip_words
 from segmentation.volume import nm_geometry

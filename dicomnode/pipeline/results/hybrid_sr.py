@@ -26,7 +26,8 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from dicomnode.pipeline.results.common import NOT_FOR_DIAGNOSTIC_USE, Provenance, ResultKind, check_writable
-from dicomnode.pipeline.results.hybrid_results import BENIGN, METASTATIC, SEGMENT_OF_CLASS, HybridLesion, HybridVolume
+from dicomnode.pipeline.results.hybrid_volume import SEGMENT_OF_CLASS, HybridVolume
+from segmentation.volume_lesions import BENIGN, METASTATIC, VolumeLesion
 from dicomnode.pipeline.results.hybrid_seg import SEGMENT_TYPES
 from dicomnode.pipeline.results.sr import (
     LESIONS_UNIT, QUALITATIVE_EVALUATIONS, _algorithm, _observation_context, statistic,
@@ -65,7 +66,7 @@ def build_hybrid_report(volume: HybridVolume, provenance: Provenance, seg: Datas
     return check_writable(sr)
 
 
-def _lesion_group(lesion: HybridLesion, provenance: Provenance, algorithm: hd.sr.AlgorithmIdentification,
+def _lesion_group(lesion: VolumeLesion, provenance: Provenance, algorithm: hd.sr.AlgorithmIdentification,
                   seg: Dataset, source_series: str) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
     measurements = [hd.sr.Measurement(name=codes.SCT.Volume, value=lesion.volume_ml, unit=MILLILITER)]
     if lesion.spect_mean is not None and lesion.spect_max is not None:
