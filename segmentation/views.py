@@ -9,47 +9,48 @@ instance per view.
 Which view a frame shows is decided by the first rule that says something (:class:`ViewRule`), in
 order of evidence (docs/dicom.md, "Views"):
 
-1. ``VIEW_CODE``: View Code Sequence (0054,0220) inside the Detector Information Sequence (0054,0022)
+- ``VIEW_CODE``: View Code Sequence (0054,0220) inside the Detector Information Sequence (0054,0022)
    item that Detector Vector (0054,0020) selects for the frame (PS3.3 C.8.4.11, C.8.4.10.1; CID 26:
    SCT 399321004 anterior, SCT 399001007 posterior, legacy SRT/SNM3 G-5215 / G-5216).
-2. ``DETECTOR_ORIENTATION``: that item's Image Orientation (Patient) (0020,0037) (Type 2 in the
+- ``DETECTOR_ORIENTATION``: that item's Image Orientation (Patient) (0020,0037) (Type 2 in the
    Detector Information Sequence, PS3.3 C.8.4.11; direction cosines in the patient's LPS axes,
    C.7.6.2.1.1): a row direction along +x (towards the patient's left) with the column along −z is
    the body seen from the front, along −x seen from behind; a row direction that is oblique
    (e.g. ±0.7071, ±0.7071) or along y is an oblique or lateral detector, which is not a whole-body
    projection (:class:`NotWholeBodyView`). Siemens Symbia writes anterior ``1,0,0,0,0,-1`` and
    posterior ``-1,0,0,0,0,-1`` per detector and no Patient Orientation.
-3. ``VENDOR_CODE``: a View Code in a private coding scheme (designator ``99...``, PS3.16 §8.2), read by
+- ``VENDOR_CODE``: a View Code in a private coding scheme (designator ``99...``, PS3.16 §8.2), read by
    its words: Siemens ``99NMG`` ``RT      ANT`` / ``LT     POST`` (meanings ``RT ANT LT`` /
    ``LT POST RT``); LAO/RAO/LPO/RPO/LAT words are obliques or laterals (:class:`NotWholeBodyView`).
-4. ``ROOT_VIEW_CODE``: a View Code Sequence at the dataset root (non-standard placement).
-5. ``PATIENT_ORIENTATION``: Patient Orientation (0020,0020) read by its handedness: ``L\\F`` (or
+- ``ROOT_VIEW_CODE``: a View Code Sequence at the dataset root (non-standard placement).
+- ``PATIENT_ORIENTATION``: Patient Orientation (0020,0020) read by its handedness: ``L\\F`` (or
    ``R\\H``) is the body seen from the front, ``R\\F`` (or ``L\\H``) seen from behind (PS3.3
    C.7.6.1.1.1).
-6. ``DESCRIPTION``: the words ANT/ANTERIOR or POST/POSTERIOR in Image ID (0054,0400), Series
+- ``DESCRIPTION``: the words ANT/ANTERIOR or POST/POSTERIOR in Image ID (0054,0400), Series
    Description (0008,103E), Image Comments (0020,4000), Derivation Description (0008,2111),
    Acquisition Device Processing Description (0018,1400), Protocol Name (0018,1030).
-7. ``ASSUMED``: nothing said and the study has exactly two frames: frame/instance order, anterior first
+- ``ASSUMED``: nothing said and the study has exactly two frames: frame/instance order, anterior first
    (instances ordered by Instance Number); always recorded in ``BoneScan.notes``.
 
 Other vendors. The conformance statements looked up (GE Healthcare Xeleris 3.x, DIR 5357330-1EN; GE NM
 General Purpose 600 Series, DOC0660253; GE NM Applications, DIR 5503462-1EN; Philips JETStream
 Acquisition, 9206-0002) list NM Image Storage with the standard NM modules; the copies available to
 us did not reach their attribute tables, so no GE or Philips private view code is known here, and
-rule 3 reads any private scheme only by ANT/POST words. GE whole-body files seen so far (the NEMA
+``VENDOR_CODE`` reads any private scheme only by ANT/POST words. GE whole-body files seen so far (the NEMA
 WG04 "NM1" GE Millennium file: one view per instance, no Detector Information Sequence, no Patient
-Orientation) state no view and rely on rule 7; their private ``GEMS_GENIE_1`` tags name the detector
+Orientation) state no view and rely on ``ASSUMED`` (frame order); their private ``GEMS_GENIE_1`` tags name the detector
 (Detector Number), not the view, and are not read. Mediso files seen in the field use the legacy SRT
-codes of rule 1. No vendor convention is guessed beyond what is listed here.
+codes of ``VIEW_CODE``. No vendor convention is guessed beyond what is listed here.
 
-A single-frame instance whose View Code (rule 1 or 4) names one view while its descriptions name only
-the other is contradictory and refused (:class:`ViewError`); a posterior code with Patient Orientation
-``L\\F`` is not a contradiction (an un-mirrored posterior, see below).
+A single-frame instance whose View Code (``VIEW_CODE`` or ``ROOT_VIEW_CODE``) names one view while
+its descriptions name only the other is contradictory and refused (:class:`ViewError`); a posterior
+code with Patient Orientation ``L\\F`` is not a contradiction (an un-mirrored posterior, see below).
 
-Rules 4–6 describe a whole instance, so they decide only single-frame instances.
+``ROOT_VIEW_CODE``, ``PATIENT_ORIENTATION`` and ``DESCRIPTION`` describe a whole instance, so they
+decide only single-frame instances.
 
 Geometry: every view is returned in the canonical orientation of :mod:`segmentation.scan`. Patient
-Orientation (or a detector's Image Orientation, rule 2, which then wins for
+Orientation (or a detector's Image Orientation, ``DETECTOR_ORIENTATION``, which then wins for
 its frame) says how the stored pixels run (first value the direction of increasing column, second
 of increasing row): a first value starting ``R`` means the columns run towards the patient's right,
 so the frame is flipped left-right; a second value starting ``H`` means the rows run towards the
@@ -127,7 +128,7 @@ class _Frame:
     pixels: np.ndarray  # stored layout, float32 counts
     view: View | None
     rule: ViewRule | None
-    orientation: PatientOrientation | None = None  # from the frame's detector item (rule 2)
+    orientation: PatientOrientation | None = None  # from the frame's detector item (ViewRule.DETECTOR_ORIENTATION)
 
     @property
     def label(self) -> str:
@@ -228,9 +229,9 @@ def _frames_of(ds: Dataset, notes: list[str]) -> list[_Frame]:
 
 
 def stated_views(ds: Dataset) -> list[tuple[View, ViewRule] | None]:
-    """The view each frame of one instance states by rules 1–6, without reading pixels.
+    """The view each frame of one instance states (every rule but ``ViewRule.ASSUMED``), without reading pixels.
 
-    ``None`` for a frame that states no view (rule 7 can only decide with the whole study). Raises
+    ``None`` for a frame that states no view (ViewRule.ASSUMED can only decide with the whole study). Raises
     :class:`ViewError` for contradictory view attributes (Detector Vector vs frames or items, an
     unreadable Patient Orientation, a code contradicted by the descriptions) and
     :class:`NotWholeBodyView` for oblique or lateral detectors. Used by the receiver to record
@@ -249,7 +250,7 @@ def stated_views(ds: Dataset) -> list[tuple[View, ViewRule] | None]:
 
 
 def _detector_view(item: Dataset, where: str) -> tuple[View, ViewRule] | None:
-    """Rules 1–3 for one Detector Information item."""
+    """``VIEW_CODE``, ``DETECTOR_ORIENTATION`` and ``VENDOR_CODE`` for one Detector Information item."""
     view = _coded_view(item, where)
     if view is not None:
         return view, ViewRule.VIEW_CODE
@@ -263,7 +264,8 @@ def _detector_view(item: Dataset, where: str) -> tuple[View, ViewRule] | None:
 
 
 def _check_description_agrees(ds: Dataset, stated: tuple[View, ViewRule] | None) -> None:
-    """A coded view (rules 1, 3, 4) that the instance's descriptions contradict is refused."""
+    """A coded view (``VIEW_CODE``, ``VENDOR_CODE``, ``ROOT_VIEW_CODE``) that the instance's
+    descriptions contradict is refused."""
     if stated is None or stated[1] not in (ViewRule.VIEW_CODE, ViewRule.VENDOR_CODE, ViewRule.ROOT_VIEW_CODE):
         return
     described = _described_view(ds)
@@ -369,7 +371,7 @@ _AXIS_COSINE = 0.9
 
 
 def detector_orientation(item: Dataset, where: str) -> PatientOrientation | None:
-    """Rule 2: a Detector Information item's Image Orientation (Patient) as a planar orientation.
+    """ViewRule.DETECTOR_ORIENTATION: a Detector Information item's Image Orientation (Patient) as a planar orientation.
 
     ``None`` when absent or when it does not describe a coronal plane (e.g. the ``1,0,0,0,1,0``
     default some software writes for any planar image); :class:`NotWholeBodyView` when the row
@@ -394,7 +396,7 @@ def detector_orientation(item: Dataset, where: str) -> PatientOrientation | None
 
 
 def _instance_view(ds: Dataset) -> tuple[View, ViewRule] | None:
-    """Rules 4–6 for a single-frame instance: root view code, Patient Orientation, descriptions."""
+    """``ROOT_VIEW_CODE``, ``PATIENT_ORIENTATION``, ``DESCRIPTION`` for a single-frame instance."""
     uid = ds.SOPInstanceUID
     view = _coded_view(ds, f"instance {uid} (root)") or _vendor_view(ds, f"instance {uid} (root)")
     if view is not None:
@@ -411,7 +413,7 @@ def _instance_view(ds: Dataset) -> tuple[View, ViewRule] | None:
 
 
 def _coded_view(item: Dataset, where: str) -> View | None:
-    """Rule 1: a CID 26 code (private schemes are rule 3's)."""
+    """ViewRule.VIEW_CODE: a CID 26 code (private schemes are ViewRule.VENDOR_CODE's)."""
     codes = list(item.get("ViewCodeSequence", []))
     if not codes:
         return None
@@ -433,7 +435,7 @@ _OBLIQUE_WORDS = frozenset({"LAO", "RAO", "LPO", "RPO", "OBL", "OBLIQUE", "LAT",
 
 
 def _vendor_view(item: Dataset, where: str) -> View | None:
-    """Rule 3: a private-scheme View Code read by its words (module docstring)."""
+    """ViewRule.VENDOR_CODE: a private-scheme View Code read by its words (module docstring)."""
     codes = list(item.get("ViewCodeSequence", []))
     if not codes:
         return None
@@ -509,7 +511,7 @@ def patient_orientation(ds: Dataset) -> PatientOrientation | None:
 
 
 def _assume_undecided(frames: list[_Frame], notes: list[str]) -> list[_Frame]:
-    """Rule 5: with exactly two frames, undecided ones take the remaining view, anterior first."""
+    """ViewRule.ASSUMED: with exactly two frames, undecided ones take the remaining view, anterior first."""
     undecided = [frame for frame in frames if frame.view is None]
     if not undecided:
         return frames

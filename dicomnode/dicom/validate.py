@@ -40,7 +40,7 @@ Accepted with a warning (status 0x0000, warning logged and kept in
 :attr:`ReceivedInstance.warnings`): 8-bit or signed NM pixels (legal in C.8.4.7), an NM image without
 Image Type value 3 (whole body when its matrix is one), a missing Number of Frames in a multi-frame
 class (NM, SEG, multi-frame Secondary Capture: one frame assumed), a single-frame instance that
-states no view (the study may still decide it by order, see :mod:`segmentation.views` rule 5), a
+states no view (the study may still decide it by order, see :mod:`segmentation.views`, ``ViewRule.ASSUMED``), a
 two-frame instance whose views are assumed from frame order.
 
 Guards: values are read from the received bytes in memory, so no declared length makes the reader
@@ -321,7 +321,7 @@ def _nm_views(ds: Dataset, warnings: list[str]) -> tuple[str, ...]:
     (uncompressed) pixel data one pixel per frame, because the Pixel Data length was checked already
     and decoding a megabyte again would only cost time; compressed pixel data is decoded in full as
     the check that it can be. A single-frame instance that states no view is accepted with ``()``
-    (the study as a whole may still decide it by order, rule 5): its probe carries a provisional view
+    (the study as a whole may still decide it by order, ``ViewRule.ASSUMED``): its probe carries a provisional view
     so that the loader still checks everything else. Whatever the loader refuses (contradictory view
     information, undecodable pixels, bad Pixel Spacing, colour pixels) is refused here.
     """
