@@ -33,7 +33,8 @@ import torch
 from segmentation.inference import DEFAULT_CARD, Segmenter
 from segmentation.preprocess import Preprocessing, body_mask, prepare, reference_level
 from segmentation.scan import View
-from train.datasets import DataFormat, LabelledStudy, detect_format, load_studies
+from train.datasets import DataFormat, detect_format, load_studies
+from train.study import LabelledStudy
 from train.realeval import evaluate_bs80k
 
 SHOWN = ("studies", "lesion_sensitivity", "false_positives_per_study", "normal_marked_fraction", "study_auc",

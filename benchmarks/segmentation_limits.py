@@ -37,7 +37,8 @@ from scipy import ndimage
 from segmentation.inference import WEIGHTS_DIR, Segmenter
 from segmentation.metrics import EIGHT_CONNECTED, lesion_scores, pixel_counts
 from segmentation.scan import View
-from train.datasets import LabelledStudy, load_studies
+from train.datasets import load_studies
+from train.study import LabelledStudy
 from train.evaluate import stored_position
 
 SNR_BINS = (5.0, 10.0, 20.0, 40.0)

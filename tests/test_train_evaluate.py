@@ -15,7 +15,8 @@ from segmentation.inference import Segmenter
 from segmentation.modelcard import load_card
 from segmentation.scan import BoneScan, View, ViewImage, ViewRule, ViewSource
 from tests.train_studies import write_labelled_studies
-from train.datasets import LabelledStudy, TruthLesion, load_studies
+from train.datasets import load_studies
+from train.study import LabelledStudy, TruthLesion
 from train.evaluate import bootstrap, breakdown, over_runs, score_study, size_class, summary
 
 torch.set_num_threads(1)

@@ -34,7 +34,7 @@ from scipy.stats import rankdata
 from segmentation.postprocess import OperatingPoint, components
 from segmentation.scan import View
 
-from .datasets import LabelledStudy
+from .study import LabelledStudy
 from .weak import ABNORMAL, NORMAL, Box
 
 

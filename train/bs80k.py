@@ -25,7 +25,6 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pydicom
@@ -34,10 +33,9 @@ from pydicom.uid import NuclearMedicineImageStorage
 
 from segmentation.scan import BoneScan, View, ViewImage, ViewRule, ViewSource
 
+from .study import LabelledStudy
 from .weak import ABNORMAL, NORMAL, Box, WeakLabelRules, weak_labels
 
-if TYPE_CHECKING:  # datasets imports this module; the study type is only needed for annotations
-    from .datasets import LabelledStudy
 
 log = logging.getLogger(__name__)
 
@@ -111,13 +109,12 @@ def read_wholebody(path: Path) -> BoneScan:
     return BoneScan(study_instance_uid=str(ds.get("StudyInstanceUID", "")), **images)
 
 
-def load_wholebody_folder(root: Path, rules: WeakLabelRules = WeakLabelRules()) -> list["LabelledStudy"]:
+def load_wholebody_folder(root: Path, rules: WeakLabelRules = WeakLabelRules()) -> list[LabelledStudy]:
     """Every ``<id>/<id>_<date>.dcm`` under ``root`` with labels derived from its VOC boxes.
 
     A view without a box file is unlabelled; a study that cannot be read is skipped with a warning.
     The patient of a study is its folder name (the data set's pseudonymous ID).
     """
-    from .datasets import LabelledStudy
 
     studies = []
     for path in sorted(root.glob("*/*.dcm")):
@@ -197,7 +194,7 @@ def load_crop_folder(root: Path) -> list[Crop]:
     return crops
 
 
-def box_counts(studies: Sequence["LabelledStudy"]) -> dict[str, int]:
+def box_counts(studies: Sequence[LabelledStudy]) -> dict[str, int]:
     """How many boxes of each kind the studies hold (both views)."""
     counts = {ABNORMAL: 0, NORMAL: 0}
     for study in studies:

@@ -47,7 +47,8 @@ from .boxscore import choose_operating_point, crop_summary, study_candidates, th
 from .bs80k import Crop
 from .config import TrainConfig, load_config
 from .crops import crop_scores
-from .datasets import LabelledStudy, TrainingData, describe_sources, load_studies, load_training_data
+from .datasets import TrainingData, describe_sources, load_studies, load_training_data
+from .study import LabelledStudy
 from .evaluate import evaluate_studies, summary
 from .loop import run_training
 from .report import write_box_overlay

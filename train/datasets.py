@@ -25,7 +25,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from enum import Enum
 from typing import Any
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,57 +37,12 @@ from pydicom.uid import NuclearMedicineImageStorage, SegmentationStorage
 from segmentation.scan import BoneScan, View
 from segmentation.views import ViewError, load_scan
 
+from .study import LabelledStudy, TruthLesion
 from .labelme import LabelMeAnnotation, LabelMeError, is_labelme, read_labelme
 from .bs80k import Crop, crop_label_files, load_crop_folder, load_wholebody_folder
-from .weak import Box
 from .seglabels import HUMAN_ALGORITHM_TYPES, SegLabel, SegLabelError, read_seg_labels
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TruthLesion:
-    """One simulated lesion as the manifest describes it (for the breakdown by site and size)."""
-
-    view: View
-    site: str  # skeletal site ("bone" in the synth manifest), e.g. "ribs", "thoracic_spine"
-    size_mm: float
-    position: tuple[float, float]  # (row, column) in the *canonical* orientation, model-free pixels
-
-
-@dataclass(frozen=True)
-class LabelledStudy:
-    """A bone scan and its lesion labels per view (stored layout); no label = unlabelled view."""
-
-    key: str  # short name for logs and reports: folder name or Study Instance UID, never a patient name
-    patient_id: str
-    scan: BoneScan
-    labels: Mapping[View, np.ndarray] = field(default_factory=dict)
-    label_source: str = "none"  # "synth", "SEG", "LabelMe", "BS-80K boxes" or "none"
-    lesions: tuple[TruthLesion, ...] = ()
-    # weak supervision (:mod:`train.weak`): per labelled view, a stored-layout map of pixels the loss
-    # ignores or weighs as hard negatives, and the annotated boxes the BS-80K evaluation scores against
-    regions: Mapping[View, np.ndarray] = field(default_factory=dict)
-    boxes: Mapping[View, tuple[Box, ...]] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        for kind, maps in (("label", self.labels), ("region map", self.regions)):
-            for view, mask in maps.items():
-                image = self.scan.views.get(view)
-                if image is None:
-                    raise ValueError(f"{self.key}: {kind} for a {view.value} view the study does not have")
-                expected = (image.source.rows, image.source.columns)
-                if mask.shape != expected or mask.dtype != np.uint8:
-                    raise ValueError(
-                        f"{self.key}: {view.value} {kind} is {mask.dtype} {mask.shape}, "
-                        f"expected uint8 {expected} (the stored source frame)"
-                    )
-        if set(self.regions) - set(self.labels):
-            raise ValueError(f"{self.key}: a region map for a view without a label")
-
-    @property
-    def labelled(self) -> bool:
-        return bool(self.labels)
 
 
 class DataFormat(str, Enum):

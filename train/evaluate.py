@@ -47,7 +47,7 @@ from segmentation.metrics import (
 )
 from segmentation.scan import View
 
-from .datasets import LabelledStudy
+from .study import LabelledStudy
 
 log = logging.getLogger(__name__)
 

@@ -47,7 +47,8 @@ from segmentation.preprocess import Preprocessing
 from .config import TrainConfig
 from .curves import plot_curves, write_history_csv
 from .crops import CropDataset, crop_canvas, crop_sampler_weights
-from .datasets import LabelledStudy, TrainingData, load_training_data
+from .datasets import TrainingData, load_training_data
+from .study import LabelledStudy
 from .losses import adversarial_loss, multiple_instance_loss, mumford_shah_loss, segmentation_loss
 from .pretrained import PretrainedError, load_pretrained
 from .patches import PatchDataset, view_items

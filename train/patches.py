@@ -29,7 +29,7 @@ from segmentation.scan import View
 
 from .augment import Augmenter
 from .config import AugmentSection, DataSection
-from .datasets import LabelledStudy
+from .study import LabelledStudy
 from .weak import HARD_NEGATIVE, UNCERTAIN
 
 LESION_CODE, UNCERTAIN_CODE, HARD_NEGATIVE_CODE = 1, 2, 3

@@ -28,7 +28,8 @@ from segmentation.modelcard import load_card  # noqa: E402
 from segmentation.scan import View  # noqa: E402
 
 from .config import DataSection  # noqa: E402
-from .datasets import LabelledStudy, load_studies  # noqa: E402
+from .datasets import load_studies  # noqa: E402
+from .study import LabelledStudy  # noqa: E402
 from .evaluate import Evaluation, StudyOutcome, evaluate  # noqa: E402
 from .split import Split, split_patients  # noqa: E402
 

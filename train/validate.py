@@ -16,7 +16,7 @@ import numpy as np
 
 from segmentation.inference import Segmenter
 
-from .datasets import LabelledStudy
+from .study import LabelledStudy
 
 
 def pooled_scores(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
