@@ -39,6 +39,7 @@ from dicomnode.dicom.peers import Destination
 from dicomnode.dicom.scu import send_files
 from dicomnode.ops.service import Node
 from dicomnode.synth import write_studies
+from dicomnode.synth.other_tracers import as_sestamibi
 from dicomnode.synth.spectct import write_exams
 from dicomnode.synth.spectct.dicom import dose_report
 from dicomnode.synth.vendors import VENDORS
@@ -59,15 +60,7 @@ def sestamibi_exam(work: Path) -> Exam:
     for entry in study["files"]:
         path = work / "mibi" / study["folder"] / entry["file"]
         ds = pydicom.dcmread(path)
-        ds.StudyDescription = "NM MIBI Parathyroid"
-        for keyword in ("SeriesDescription", "ImageID", "ProtocolName"):  # a MIBI exam names no bone
-            if keyword in ds:
-                setattr(ds, keyword, str(ds.get(keyword)).replace("Bone", "MIBI"))
-        if entry["kind"] == "tomo":
-            ds.RadiopharmaceuticalInformationSequence[0].Radiopharmaceutical = "Sestamibi"
-            del ds.RadiopharmaceuticalInformationSequence[0].RadiopharmaceuticalCodeSequence
-        else:
-            ds.pop("RadiopharmaceuticalInformationSequence", None)
+        as_sestamibi(ds, entry["kind"])
         ds.save_as(path, enforce_file_format=True)
         files.append((path, entry["kind"]))
     return study["study_instance_uid"], files

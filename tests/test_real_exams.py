@@ -26,6 +26,7 @@ from pydicom.dataelem import DataElement
 from pydicom.uid import generate_uid
 
 from dicomnode.synth import write_studies
+from dicomnode.synth.other_tracers import as_sestamibi
 from dicomnode.synth.spectct import write_exams
 from dicomnode.synth.spectct.dicom import dose_report
 from tests.peers import free_port
@@ -67,15 +68,7 @@ def _sestamibi_exam(tmp_path) -> tuple[str, list]:
     datasets = []
     for entry in study["files"]:
         ds = pydicom.dcmread(tmp_path / "mibi" / study["folder"] / entry["file"])
-        ds.StudyDescription = "NM MIBI Parathyroid"
-        for keyword in ("SeriesDescription", "ImageID", "ProtocolName"):  # a MIBI exam names no bone
-            if keyword in ds:
-                setattr(ds, keyword, str(ds.get(keyword)).replace("Bone", "MIBI"))
-        if entry["kind"] == "tomo":
-            ds.RadiopharmaceuticalInformationSequence[0].Radiopharmaceutical = "Sestamibi"
-            del ds.RadiopharmaceuticalInformationSequence[0].RadiopharmaceuticalCodeSequence
-        else:
-            ds.pop("RadiopharmaceuticalInformationSequence", None)
+        as_sestamibi(ds, entry["kind"])
         datasets.append(ds)
     return study["study_instance_uid"], _save(datasets, tmp_path / "send" / "mibi")
 

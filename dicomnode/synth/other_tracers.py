@@ -9,11 +9,16 @@ They are what a node must not read as a bone scan when nothing states the tracer
   bowel 3, thyroid 4) are assumptions that rank the organs as on published MIBI whole-body images;
 * ``"renal"``: a renal agent (MAG3, DTPA) late: kidneys (15) and bladder over soft tissue;
 * ``"soft-tissue"``: soft tissue, kidneys and bladder at a bone scan's own levels, no bone.
+
+:func:`as_sestamibi` rewrites the headers of a simulated exam's instance as a sestamibi study's
+were seen on a real camera: the study named MIBI, the TOMO stating "Sestamibi", every other instance
+stating no agent (the node must decide from the whole study; docs/conformance.md).
 """
 
 from __future__ import annotations
 
 import numpy as np
+from pydicom.dataset import Dataset
 
 from dicomnode.synth.anatomy import Structure
 from dicomnode.synth.physics import add_scatter, counts_scale
@@ -62,3 +67,17 @@ def simulate_other_tracer(seed: int, tracer: str, *, rows: int = 1024, columns: 
         counts = rng.poisson(expected).clip(0, np.iinfo(np.uint16).max).astype(np.uint16)
         images[view] = to_stored(view, counts)
     return images
+
+
+def as_sestamibi(ds: Dataset, kind: str) -> None:
+    """Rewrite one instance of a simulated exam (of instance ``kind``: "tomo", "whole-body", ...) in
+    place as a sestamibi study's (module docstring)."""
+    ds.StudyDescription = "NM MIBI Parathyroid"
+    for keyword in ("SeriesDescription", "ImageID", "ProtocolName"):  # a MIBI exam names no bone
+        if keyword in ds:
+            setattr(ds, keyword, str(ds.get(keyword)).replace("Bone", "MIBI"))
+    if kind == "tomo":
+        ds.RadiopharmaceuticalInformationSequence[0].Radiopharmaceutical = "Sestamibi"
+        del ds.RadiopharmaceuticalInformationSequence[0].RadiopharmaceuticalCodeSequence
+    else:
+        ds.pop("RadiopharmaceuticalInformationSequence", None)
