@@ -43,6 +43,7 @@ from scipy import ndimage
 from segmentation.cardsection import from_card_section
 from segmentation.device import resolve_device
 from segmentation.modelcard import (
+    PLANAR_LESIONS,
     THRESHOLD_NETWORK,
     ModelCard,
     ModelCardError,
@@ -75,6 +76,8 @@ class Segmenter(ABC):
     def from_weights(path: str | Path, device: str | torch.device | None = None) -> Segmenter:
         """Load a model from its ``.safetensors`` (card beside it) or its ``.json`` card."""
         card = load_card(Path(path))
+        if card.task != PLANAR_LESIONS:
+            raise ModelCardError(f"card {card.path}: task {card.task!r} is not a lesion segmenter's")
         if card.network == THRESHOLD_NETWORK:
             return ThresholdSegmenter(card)
         return NetworkSegmenter(card, device=device)

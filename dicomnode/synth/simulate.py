@@ -29,6 +29,7 @@ from scipy.ndimage import gaussian_filter
 
 from dicomnode.synth.anatomy import BONE_SITES, Phantom, build_phantom
 from dicomnode.synth.labels import LabelCanvas, true_midline
+from dicomnode.synth.variants import check_variant, variant_mimics, variant_patient
 from dicomnode.synth.lesions import Lesion, Mimic, sample_lesions, sample_mimics
 from dicomnode.synth.patient import Acquisition, Patient, sample_acquisition, sample_patient
 from dicomnode.synth.physics import (
@@ -115,10 +116,12 @@ def to_stored(view: View, canonical: np.ndarray) -> np.ndarray:
 class _Study:
     """The working state of one simulation (kept small: one method per step)."""
 
-    def __init__(self, rng: np.random.Generator, rows: int, columns: int, spacing_mm: float) -> None:
+    def __init__(self, rng: np.random.Generator, rows: int, columns: int, spacing_mm: float,
+                 variant: str | None = None) -> None:
         self.rng = rng
         self.patient = sample_patient(rng)
         self.acquisition = sample_acquisition(rng, self.patient)
+        self.patient = variant_patient(variant, self.patient, rng)
         self.phantom: Phantom = build_phantom(self.patient)
         self.grid = Grid(rows, columns, spacing_mm, self.patient)
         self.thickness = self._thickness()
@@ -212,18 +215,23 @@ class _Study:
 
 
 def simulate_study(rng: np.random.Generator | int, *, rows: int = 1024, columns: int = 256,
-                   spacing_mm: float = 2.26) -> SimulatedStudy:
+                   spacing_mm: float = 2.26, variant: str | None = None,
+                   metastases: bool = True) -> SimulatedStudy:
     """Simulate one whole-body 99mTc-MDP study (both views), deterministic for a seed.
 
-    ``rng`` is a numpy Generator or an integer seed.  Raises ``ValueError`` for a matrix or
-    spacing that cannot hold a whole-body scan.
+    ``rng`` is a numpy Generator or an integer seed. ``variant`` forces a normal variant
+    (:data:`dicomnode.synth.variants.VARIANTS`); ``metastases=False`` draws none. Raises
+    ``ValueError`` for a matrix or spacing that cannot hold a whole-body scan, or an unknown variant.
     """
     check_matrix(rows, columns, spacing_mm)
+    check_variant(variant)
     if not isinstance(rng, np.random.Generator):
         rng = np.random.default_rng(rng)
-    study = _Study(rng, rows, columns, spacing_mm)
+    study = _Study(rng, rows, columns, spacing_mm, variant)
     mimics = sample_mimics(rng, study.phantom)
-    lesions = sample_lesions(rng, study.phantom, mimics, study.inside_field)
+    if variant is not None:
+        mimics += variant_mimics(variant, study.phantom, rng)
+    lesions = sample_lesions(rng, study.phantom, mimics, study.inside_field) if metastases else []
     labels, anatomy = study.render_anatomy(mimics)
 
     projector = study.projector
