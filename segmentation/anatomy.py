@@ -20,6 +20,7 @@ from enum import IntEnum
 
 import numpy as np
 
+from segmentation.regions import ANKLE, Region, SkeletalRegions
 from segmentation.scan import ViewSource
 
 
@@ -162,3 +163,37 @@ def labels_to_source(labels: np.ndarray, source: ViewSource) -> np.ndarray:
     rows = np.minimum(((np.arange(source.rows) + 0.5) * h / source.rows).astype(int), h - 1)
     cols = np.minimum(((np.arange(source.columns) + 0.5) * w / source.columns).astype(int), w - 1)
     return source.to_stored(np.ascontiguousarray(labels[np.ix_(rows, cols)]))
+
+
+#: The coarse regions of :mod:`segmentation.regions` (and so Spiers' bone groups of the approximate
+#: BSI) that each skeletal label of the map belongs to; the lower legs and feet split at the ankle.
+_COARSE = {
+    AnatomyLabel.SKULL: Region.SKULL, AnatomyLabel.FACIAL_BONES: Region.SKULL,
+    AnatomyLabel.CERVICAL_SPINE: Region.CERVICAL_SPINE, AnatomyLabel.THORACIC_SPINE: Region.THORACIC_SPINE,
+    AnatomyLabel.LUMBAR_SPINE: Region.LUMBAR_SPINE, AnatomyLabel.SACRUM: Region.SACRUM,
+    AnatomyLabel.PELVIS: Region.PELVIS, AnatomyLabel.RIBS: Region.THORACIC_CAGE,
+    AnatomyLabel.STERNUM: Region.THORACIC_CAGE, AnatomyLabel.SCAPULAE: Region.THORACIC_CAGE,
+    AnatomyLabel.CLAVICLES: Region.THORACIC_CAGE, AnatomyLabel.HUMERI: Region.UPPER_LIMBS,
+    AnatomyLabel.FOREARMS_AND_HANDS: Region.UPPER_LIMBS, AnatomyLabel.FEMORA: Region.FEMORA,
+    AnatomyLabel.LOWER_LEGS_AND_FEET: Region.LOWER_LEGS,
+}
+
+
+def map_regions(anatomy: ViewAnatomy) -> SkeletalRegions:
+    """The view's :class:`SkeletalRegions` from the map (canonical): each bone pixel its coarse region,
+    every skeletal label pixel bone, the feet below the ankle (0.961 of the body height,
+    :data:`segmentation.regions.ANKLE`). Raises ``ValueError`` when the map holds no body."""
+    labels = anatomy.source.to_canonical(anatomy.labels)
+    rows = np.flatnonzero((labels != AnatomyLabel.BACKGROUND).any(axis=1))
+    if rows.size == 0:
+        raise ValueError("the anatomy map holds no body")
+    top, bottom = int(rows[0]), int(rows[-1])
+    coarse = np.zeros(labels.shape, np.uint8)
+    for label, region in _COARSE.items():
+        coarse[labels == label] = region
+    ankle = top + int(round(ANKLE * (bottom - top + 1)))
+    feet = coarse[ankle:] == Region.LOWER_LEGS
+    coarse[ankle:][feet] = Region.FEET
+    midline = anatomy.midline.column((top + bottom) / 2) if anatomy.midline else labels.shape[1] / 2
+    return SkeletalRegions(labels=coarse, bone=coarse != 0, body_top=top, body_bottom=bottom,
+                           midline=float(midline), truncated=top == 0 or bottom == labels.shape[0] - 1)

@@ -106,6 +106,7 @@ class SecondStage:
     mean: tuple[float, ...]
     scale: tuple[float, ...]
     training: dict = field(default_factory=dict)
+    candidate_peak: float | None = None  # candidates: components down to this peak probability
 
     def score(self, features: np.ndarray) -> float:
         z = (features - np.asarray(self.mean)) / np.asarray(self.scale)
@@ -117,13 +118,14 @@ class SecondStage:
         if tuple(data.get("features", ())) != FEATURES:
             raise ValueError(f"{path}: features {data.get('features')} are not this code's {list(FEATURES)}")
         return cls(tuple(data["weights"]), float(data["bias"]), float(data["threshold"]),
-                   tuple(data["mean"]), tuple(data["scale"]), data.get("training", {}))
+                   tuple(data["mean"]), tuple(data["scale"]), data.get("training", {}),
+                   data.get("candidate_peak"))
 
     def save(self, path: Path) -> None:
         Path(path).write_text(json.dumps({
             "features": list(FEATURES), "weights": list(self.weights), "bias": self.bias,
             "threshold": self.threshold, "mean": list(self.mean), "scale": list(self.scale),
-            "training": self.training}, indent=2) + "\n")
+            "candidate_peak": self.candidate_peak, "training": self.training}, indent=2) + "\n")
 
 
 def candidates(images: Mapping[View, ViewImage], results: Mapping[View, ViewResult],

@@ -18,7 +18,7 @@ from scipy import ndimage
 
 from segmentation.anatomymap import DEFAULT_ANATOMY_CARD, AnatomyMapper
 from segmentation.judgement import DEFAULT_SECOND_STAGE, SecondStage, Verdict, candidates, judge
-from segmentation.postprocess import EIGHT_CONNECTED, lesions
+from segmentation.postprocess import EIGHT_CONNECTED, OperatingPoint, lesions, view_result
 from segmentation.result import Dismissal, SegmentationResult, ViewResult
 
 
@@ -41,7 +41,11 @@ class AnatomyReader:
     def from_paths(card: Path, stage: Path | None, device=None) -> AnatomyReader:
         return AnatomyReader(AnatomyMapper.from_card(card, device), SecondStage.load(stage) if stage else None)
 
-    def read(self, result: SegmentationResult) -> SegmentationResult:
+    def read(self, result: SegmentationResult, point: OperatingPoint = OperatingPoint()) -> SegmentationResult:
+        """``result`` read on the map; ``point`` is the lesion model's operating point, whose peak
+        threshold the second stage lowers to its own ``candidate_peak`` (it ranks the candidates)."""
+        if self.stage is not None and self.stage.candidate_peak is not None:
+            result = with_candidates(result, dataclasses.replace(point, peak_threshold=self.stage.candidate_peak))
         anatomy = self.mapper.map(result.scan)
         verdicts = judge(candidates(result.scan.views, result.views, anatomy), self.stage)
         views: dict = {}
@@ -59,6 +63,13 @@ class AnatomyReader:
         notes = result.notes + tuple(f"{d.lesion.view.value}: hot spot at {d.lesion.site} judged {d.reason}"
                                      for d in dismissed)
         return dataclasses.replace(result, views=views, anatomy=anatomy, dismissed=tuple(dismissed), notes=notes)
+
+
+def with_candidates(result: SegmentationResult, point: OperatingPoint) -> SegmentationResult:
+    """``result`` with its masks and lesions re-derived from its probabilities at ``point``."""
+    views = {view: view_result(result.scan.views[view], r.probability, result.threshold, point)
+             for view, r in result.views.items()}
+    return dataclasses.replace(result, views=views)
 
 
 def _kept(result: SegmentationResult, view_result: ViewResult, kept: list[Verdict]) -> ViewResult:

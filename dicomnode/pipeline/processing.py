@@ -8,7 +8,10 @@ Each whole-body acquisition (:mod:`segmentation.acquisitions`) is processed on i
 (:func:`segment_acquisition`) and gives its own result set, or a "not processable" reason; statics,
 TOMO, reconstructions, CT and screen captures are not segmented.
 
-The segmenter is loaded once per process (:func:`load_segmenter`, config ``[model]``): ``weights`` is
+The segmenter is loaded once per process (:func:`load_segmenter`, config ``[model]``), with the
+shipped anatomy map and second stage (:mod:`segmentation.reading`: hot spots in the bladder, kidneys
+or soft tissue and physiological uptake are not reported as lesions; each lesion is named by its
+region); ``weights`` is
 ``"default"`` (the shipped model), ``"threshold"`` (the network-free baseline) or a path to a
 ``.safetensors`` file or model card; ``device`` is resolved by :func:`segmentation.device.resolve_device`
 (``"auto"``: CUDA when present, else the CPU; a CUDA device without a GPU is an error).
@@ -41,6 +44,7 @@ from segmentation.acquisitions import (
 )
 from segmentation.device import resolve_device
 from segmentation.inference import WEIGHTS_DIR, Segmenter
+from segmentation.reading import AnatomyReader
 from segmentation.result import SegmentationResult
 from segmentation.spectct import HybridSegmenter
 from segmentation.volume import GeometryError
@@ -68,6 +72,7 @@ def load_segmenter(weights: str, device: str = "auto", threshold: float | None =
         segmenter = Segmenter.from_weights(Path(weights), device=resolved)
     if threshold is not None and threshold != segmenter.card.threshold:
         segmenter.card = dataclasses.replace(segmenter.card, threshold=threshold)
+    segmenter.reader = AnatomyReader.default(device=resolved)  # the anatomy map reads the lesions
     log.info("segmenter %s %s (%s) on %s, threshold %.2f", segmenter.algorithm.name,
              segmenter.algorithm.version, segmenter.algorithm.network, resolved, segmenter.card.threshold)
     return segmenter
