@@ -135,6 +135,17 @@ class ViewAnatomy:
             return AnatomyLabel.BACKGROUND
         return AnatomyLabel(int(np.bincount(values, minlength=LABEL_COUNT).argmax()))
 
+    def region_of(self, mask: np.ndarray, bone_share: float = 0.2) -> AnatomyLabel:
+        """The region of a hot spot under a stored-frame mask: its most frequent skeletal label when
+        bone covers at least ``bone_share`` of it (a lesion's blurred footprint spills over a thin
+        bone such as a rib), else its most frequent label."""
+        values = self.labels[np.asarray(mask, dtype=bool)]
+        counts = np.bincount(values, minlength=LABEL_COUNT)
+        bone = counts[AnatomyLabel.SKULL:AnatomyLabel.LOWER_LEGS_AND_FEET + 1]
+        if values.size and bone.sum() >= bone_share * values.size:
+            return AnatomyLabel(int(bone.argmax()) + AnatomyLabel.SKULL)
+        return self.dominant(mask)
+
     def _canonical_column(self, column: float) -> float:
         return self.source.columns - 1 - column if self.source.flip_lr else column
 

@@ -3,7 +3,8 @@
 A physician reads the anatomy first (issue 25). Every lesion candidate of the lesion model is placed
 on the map (:mod:`segmentation.anatomy`) and measured:
 
-- **region**: the most frequent map label under the candidate;
+- **region**: the most frequent map label under the candidate, a bone's where bone covers a fifth
+  of it (:meth:`segmentation.anatomy.ViewAnatomy.region_of`);
 - **contrast**: its peak counts over the view's body reference level (95th percentile of body
   counts, the level of normal bone, :func:`segmentation.preprocess.reference_level`);
 - **asymmetry**: log of its peak counts over the peak counts around its mirror point about the
@@ -16,10 +17,13 @@ on the map (:mod:`segmentation.anatomy`) and measured:
 Then the rules, in order (docs/segmentation.md, "Anatomy map and second stage", says which are fixed):
 
 1. *fixed*: a candidate in the bladder or a kidney is urine, never a bone finding;
-2. *fixed*: a candidate whose region is soft tissue or background, hotter than
-   :data:`EXTRA_OSSEOUS_CONTRAST` × bone, is extra-osseous (injection site, urine contamination):
-   tracer outside bone, not a bone lesion;
-3. *learned*: every other candidate is scored by the second stage (:class:`SecondStage`, a logistic
+2. *fixed*: a candidate whose region is soft tissue or background is extra-osseous (injection
+   site, urine contamination, a ureter): tracer outside bone, not a bone lesion;
+3. *fixed*: a candidate in an arm or hand (humeri, forearms and hands) hotter than
+   :data:`INJECTION_CONTRAST` × bone and at least :data:`INJECTION_ASYMMETRY` times hotter than its
+   mirror point is the injection site (tracer extravasated at the antecubital fossa or the dorsum
+   of the hand lies over the bones there; metastases in the arms are rare and rarely this hot);
+4. *learned*: every other candidate is scored by the second stage (:class:`SecondStage`, a logistic
    model on the features above and the region group, fitted by ``python -m train.secondstage`` on
    the real ``Normal``/``Abnormal`` boxes and simulated normal variants); below its threshold it is
    judged physiological (symmetric joint uptake, facial and dental uptake, ...).
@@ -42,8 +46,11 @@ from segmentation.result import Lesion, ViewResult
 from segmentation.scan import View, ViewImage
 
 DEFAULT_SECOND_STAGE = Path(__file__).parent / "weights" / "second-stage.json"
-#: Extra-osseous uptake above this many times the bone level is not bone (rule 2).
-EXTRA_OSSEOUS_CONTRAST = 2.0
+#: A unilateral arm or hand hot spot above this many times the bone level is the injection site (rule 3),
+INJECTION_CONTRAST = 8.0
+#: ... when it is at least this many times hotter than its mirror point.
+INJECTION_ASYMMETRY = 3.0
+ARMS = (AnatomyLabel.HUMERI, AnatomyLabel.FOREARMS_AND_HANDS)
 
 #: Region groups the second stage weighs apart (one-hot features).
 GROUPS: dict[str, tuple[AnatomyLabel, ...]] = {
@@ -143,7 +150,7 @@ def candidates(images: Mapping[View, ViewImage], results: Mapping[View, ViewResu
         components, _ = ndimage.label(result.mask != 0, structure=EIGHT_CONNECTED)
         for lesion in result.lesions:  # lesion.label is its component's label (postprocess.lesions)
             mask = components == lesion.label
-            region = view_anatomy.dominant(mask)
+            region = view_anatomy.region_of(mask)
             row, col = lesion.centroid
             radius = max(2.0, float(np.sqrt(lesion.pixel_count / np.pi)))
             asymmetry, lateral = 0.0, False
@@ -169,8 +176,11 @@ def judge(found: Sequence[Candidate], stage: SecondStage | None) -> list[Verdict
     for candidate in found:
         if candidate.region.is_urinary:
             verdicts.append(Verdict(candidate, False, 0.0, "urine"))
-        elif not candidate.region.is_bone and candidate.contrast >= EXTRA_OSSEOUS_CONTRAST:
+        elif not candidate.region.is_bone:
             verdicts.append(Verdict(candidate, False, 0.0, "extra-osseous uptake"))
+        elif (candidate.region in ARMS and candidate.contrast >= INJECTION_CONTRAST
+              and (not candidate.lateral or candidate.asymmetry >= np.log(INJECTION_ASYMMETRY))):
+            verdicts.append(Verdict(candidate, False, 0.0, "injection site"))
         elif stage is None:
             verdicts.append(Verdict(candidate, True, candidate.probability, "suspicious focus"))
         else:

@@ -10,8 +10,8 @@ can rank lesions the operating point would have dropped. Each is measured on the
 uptake) are left out. Labels: on real studies a candidate touching an ``Abnormal`` box is a lesion,
 every other one (a ``Normal`` box or nothing) is not; on simulated studies — the normal variants of
 :mod:`dicomnode.synth.variants` with and without metastases — a candidate overlapping the truth
-mask is a lesion. The model is a logistic regression on standardised features with balanced class
-weights (scikit-learn). Its threshold keeps the false positives of the real studies within
+mask is a lesion. The model is an L2-penalised logistic regression on standardised features with
+balanced class weights (:func:`logistic_fit`, Newton's method). Its threshold keeps the false positives of the real studies within
 ``--max-fp`` per study. With ``--folds`` the real studies are split by patient and each fold is
 scored by a model fitted without it (threshold chosen on the training folds): the cross-validated
 table the card records.
@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
 
 from segmentation.anatomymap import DEFAULT_ANATOMY_CARD, AnatomyMapper
 from segmentation.inference import Segmenter
@@ -124,15 +123,33 @@ def simulated_examples(seeds: range, segmenter: Segmenter, mapper: AnatomyMapper
     return examples
 
 
+def logistic_fit(x: np.ndarray, y: np.ndarray, l2: float = 1.0, iterations: int = 50) -> tuple[np.ndarray, float]:
+    """L2-penalised logistic regression with balanced class weights, by Newton's method (IRLS)."""
+    n, k = x.shape
+    design = np.hstack([x, np.ones((n, 1))])
+    positives = max(int(y.sum()), 1)
+    sample = np.where(y, n / (2 * positives), n / (2 * max(n - positives, 1)))
+    beta = np.zeros(k + 1)
+    penalty = np.diag([l2] * k + [0.0])
+    for _ in range(iterations):
+        p = 1 / (1 + np.exp(-(design @ beta)))
+        gradient = design.T @ (sample * (p - y)) + penalty @ beta
+        hessian = (design * (sample * p * (1 - p))[:, None]).T @ design + penalty + 1e-9 * np.eye(k + 1)
+        step = np.linalg.solve(hessian, gradient)
+        beta -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    return beta[:k], float(beta[k])
+
+
 def fit(examples: list[Example], real_studies: int, max_fp: float, peak: float) -> SecondStage:
     """Logistic regression on the learnable ``examples``; threshold from the real ones (module docstring)."""
     examples = [e for e in examples if e.rule is None]
     x = np.stack([e.candidate.features() for e in examples])
     y = np.array([e.lesion for e in examples])
     mean, scale = x.mean(axis=0), np.where(x.std(axis=0) > 1e-9, x.std(axis=0), 1.0)
-    model = LogisticRegression(C=1.0, class_weight="balanced", max_iter=2000).fit((x - mean) / scale, y)
-    stage = SecondStage(tuple(map(float, model.coef_[0])), float(model.intercept_[0]), 0.5,
-                        tuple(map(float, mean)), tuple(map(float, scale)))
+    weights, bias = logistic_fit((x - mean) / scale, y)
+    stage = SecondStage(tuple(map(float, weights)), float(bias), 0.5, tuple(map(float, mean)), tuple(map(float, scale)))
     real = [e for e in examples if e.real]
     scores = np.array([stage.score(e.candidate.features()) for e in real])
     negatives = np.sort(scores[[not e.lesion for e in real]])[::-1]
