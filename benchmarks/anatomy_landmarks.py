@@ -30,9 +30,9 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from segmentation.anatomy import AnatomyLabel, ViewAnatomy  # noqa: E402
-from segmentation.anatomymap import AnatomyMapper  # noqa: E402
-from segmentation.scan import BoneScan, View  # noqa: E402
+from segmentation.anatomy import AnatomyLabel, ViewAnatomy
+from segmentation.anatomymap import AnatomyMapper
+from segmentation.scan import BoneScan, View
 
 LANDMARKS: dict[str, tuple[View, tuple[AnatomyLabel, ...]]] = {
     "bladder": (View.ANTERIOR, (AnatomyLabel.BLADDER,)),

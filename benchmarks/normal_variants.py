@@ -31,15 +31,15 @@ from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dicomnode.synth.simulate import simulate_study  # noqa: E402
-from dicomnode.synth.variants import VARIANTS  # noqa: E402
-from segmentation.anatomy import AnatomyLabel  # noqa: E402
-from segmentation.inference import Segmenter  # noqa: E402
-from segmentation.metrics import lesion_scores  # noqa: E402
-from segmentation.postprocess import EIGHT_CONNECTED  # noqa: E402
-from segmentation.reading import AnatomyReader  # noqa: E402
-from segmentation.scan import View  # noqa: E402
-from train.secondstage import simulated_scan  # noqa: E402
+from dicomnode.synth.simulate import simulate_study
+from dicomnode.synth.variants import VARIANTS
+from segmentation.anatomy import AnatomyLabel
+from segmentation.inference import Segmenter
+from segmentation.metrics import lesion_scores
+from segmentation.postprocess import EIGHT_CONNECTED
+from segmentation.reading import AnatomyReader
+from segmentation.scan import View
+from train.secondstage import simulated_scan
 
 MIMIC_RADIUS_PX = 8
 

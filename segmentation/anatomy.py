@@ -122,7 +122,7 @@ class ViewAnatomy:
 
     def label_at(self, row: float, column: float) -> AnatomyLabel:
         """The label of the stored-frame pixel nearest to (row, column); background outside."""
-        r, c = int(round(row)), int(round(column))
+        r, c = round(row), round(column)
         if not (0 <= r < self.labels.shape[0] and 0 <= c < self.labels.shape[1]):
             return AnatomyLabel.BACKGROUND
         return AnatomyLabel(int(self.labels[r, c]))
@@ -202,7 +202,7 @@ def map_regions(anatomy: ViewAnatomy) -> SkeletalRegions:
     coarse = np.zeros(labels.shape, np.uint8)
     for label, region in _COARSE.items():
         coarse[labels == label] = region
-    ankle = top + int(round(ANKLE * (bottom - top + 1)))
+    ankle = top + round(ANKLE * (bottom - top + 1))
     feet = coarse[ankle:] == Region.LOWER_LEGS
     coarse[ankle:][feet] = Region.FEET
     midline = anatomy.midline.column((top + bottom) / 2) if anatomy.midline else labels.shape[1] / 2

@@ -23,7 +23,13 @@ import torch
 
 from segmentation.anatomy import Midline, ViewAnatomy, fit_midline, labels_to_source
 from segmentation.device import resolve_device
-from segmentation.modelcard import ANATOMY_MAP, ModelCard, ModelCardError, build_network, load_card
+from segmentation.modelcard import (
+    ANATOMY_MAP,
+    ModelCard,
+    ModelCardError,
+    build_network,
+    load_card,
+)
 from segmentation.preprocess import prepare
 from segmentation.scan import BoneScan, View
 from segmentation.tiling import pad_to, padded_to_multiple

@@ -199,6 +199,6 @@ def _canonical(image: ViewImage, row: float, col: float) -> tuple[float, float]:
 
 def _peak(array: np.ndarray, point: tuple[float, float], radius: float) -> float:
     """The maximum of ``array`` in a square of half-side ``radius`` around ``point`` (0 outside)."""
-    r, c, k = int(round(point[0])), int(round(point[1])), int(np.ceil(radius))
+    r, c, k = round(point[0]), round(point[1]), int(np.ceil(radius))
     window = array[max(r - k, 0):r + k + 1, max(c - k, 0):c + k + 1]
     return float(window.max()) if window.size else 0.0

@@ -17,8 +17,19 @@ import numpy as np
 from scipy import ndimage
 
 from segmentation.anatomymap import DEFAULT_ANATOMY_CARD, AnatomyMapper
-from segmentation.judgement import DEFAULT_SECOND_STAGE, SecondStage, Verdict, candidates, judge
-from segmentation.postprocess import EIGHT_CONNECTED, OperatingPoint, lesions, view_result
+from segmentation.judgement import (
+    DEFAULT_SECOND_STAGE,
+    SecondStage,
+    Verdict,
+    candidates,
+    judge,
+)
+from segmentation.postprocess import (
+    EIGHT_CONNECTED,
+    OperatingPoint,
+    lesions,
+    view_result,
+)
 from segmentation.result import Dismissal, SegmentationResult, ViewResult
 
 
@@ -41,22 +52,23 @@ class AnatomyReader:
     def from_paths(card: Path, stage: Path | None, device=None) -> AnatomyReader:
         return AnatomyReader(AnatomyMapper.from_card(card, device), SecondStage.load(stage) if stage else None)
 
-    def read(self, result: SegmentationResult, point: OperatingPoint = OperatingPoint()) -> SegmentationResult:
+    def read(self, result: SegmentationResult, point: OperatingPoint | None = None) -> SegmentationResult:
         """``result`` read on the map; ``point`` is the lesion model's operating point, whose peak
         threshold the second stage lowers to its own ``candidate_peak`` (it ranks the candidates)."""
         if self.stage is not None and self.stage.candidate_peak is not None:
-            result = with_candidates(result, dataclasses.replace(point, peak_threshold=self.stage.candidate_peak))
+            result = with_candidates(result, dataclasses.replace(point or OperatingPoint(),
+                                                                 peak_threshold=self.stage.candidate_peak))
         anatomy = self.mapper.map(result.scan)
         verdicts = judge(candidates(result.scan.views, result.views, anatomy), self.stage)
         views: dict = {}
         dismissed: list[Dismissal] = []
-        for view, view_result in result.views.items():
+        for view, found in result.views.items():
             mine = sorted((v for v in verdicts if v.candidate.lesion.view is view),
                           key=lambda v: v.candidate.lesion.label)
             if view not in anatomy:
-                views[view] = view_result
+                views[view] = found
                 continue
-            views[view] = _kept(result, view_result, [v for v in mine if v.suspicious])
+            views[view] = _kept(result, found, [v for v in mine if v.suspicious])
             dismissed += [Dismissal(dataclasses.replace(v.candidate.lesion, site=v.candidate.site,
                                                         probability=v.score), v.reason)
                           for v in mine if not v.suspicious]

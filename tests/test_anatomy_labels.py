@@ -59,7 +59,7 @@ def test_left_and_right_follow_each_views_orientation(study):
 
 def test_lesions_lie_on_bone_labels_and_the_skeleton_is_ordered_head_to_feet(study):
     labels = study.anatomy[View.ANTERIOR]
-    on_bone = [AnatomyLabel(int(labels[int(round(les.position_px[0])), int(round(les.position_px[1]))])).is_bone
+    on_bone = [AnatomyLabel(int(labels[round(les.position_px[0]), round(les.position_px[1])])).is_bone
                for les in study.lesions]
     assert not study.lesions or np.mean(on_bone) >= 0.8
 
@@ -70,7 +70,7 @@ def test_lesions_lie_on_bone_labels_and_the_skeleton_is_ordered_head_to_feet(stu
              AnatomyLabel.LUMBAR_SPINE, AnatomyLabel.SACRUM, AnatomyLabel.FEMORA,
              AnatomyLabel.LOWER_LEGS_AND_FEET]
     assert [centre_row(label) for label in order] == sorted(centre_row(label) for label in order)
-    assert set(np.unique(labels)) == set(int(label) for label in AnatomyLabel)
+    assert set(np.unique(labels)) == {int(label) for label in AnatomyLabel}
 
 
 def test_the_midline_fitted_to_the_labels_is_the_patients(study):

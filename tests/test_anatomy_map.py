@@ -65,3 +65,37 @@ def test_the_worker_segmenter_names_lesions_by_region_and_drops_urine():
     assert None not in sites and not sites & {"bladder", "kidneys", "soft tissue", "background"}
     assert all(lesion.probability is not None for lesion in result.lesions)
     assert all(d.reason != "suspicious focus" for d in result.dismissed)
+
+
+def test_the_sr_of_a_read_result_names_sites_with_laterality_and_the_probability():
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    from dicomnode.pipeline.processing import load_segmenter
+    from dicomnode.pipeline.results import ResultKind, ResultOptions, build_results
+    from dicomnode.pipeline.results.sr import SITE_CODES
+    from dicomnode.synth.dicom import StudyIdentity, nm_dataset
+    from segmentation.views import load_scan
+
+    segmenter = load_segmenter("default", "cpu")
+    for seed in (990005, 990006, 990007):
+        study = simulate_study(seed)
+        sources = [nm_dataset(study, StudyIdentity(seed=seed, index=1), (View.ANTERIOR, View.POSTERIOR), 1)]
+        result = segmenter.segment(load_scan(sources))
+        if result.lesions:
+            break
+    assert result.lesions, "no lesion reported on three simulated studies"
+    (_, sr), = build_results(result, sources, ResultOptions(kinds=(ResultKind.SR,)))
+    report = hd.sr.MeasurementReport.from_sequence([sr])
+    groups = report.get_image_measurement_groups()
+    assert len(groups) == len(result.lesions)
+    codes_used = {code.value for code in SITE_CODES.values()}
+    for group, lesion in zip(groups, result.lesions, strict=True):
+        assert group.finding_type.value == codes.SCT.Lesion.value
+        (site,) = group.finding_sites
+        assert site.value.value in codes_used
+        side = lesion.site.split(" ")[0]
+        if side in ("left", "right"):
+            assert site.laterality.meaning.lower() == side
+        (probability,) = group.get_measurements(name=codes.DCM.ProbabilityOfCancer)
+        assert probability.value == pytest.approx(lesion.probability, abs=1e-4)

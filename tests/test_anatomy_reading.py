@@ -145,5 +145,5 @@ def test_components_and_lesion_labels_agree():
     found = candidates(scan.views, results, _exact(study, scan))
     assert len(found) == sum(len(r.lesions) for r in results.values())
     for candidate in found:
-        labels, _ = ndimage.label(results[candidate.lesion.view].mask)
+        _labels, _ = ndimage.label(results[candidate.lesion.view].mask)
         assert candidate.probability == pytest.approx(0.99, abs=1e-6)

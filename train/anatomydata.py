@@ -83,7 +83,7 @@ def augment(view: SimulatedView, rng: np.random.Generator, cfg: Augmentation = A
     zoom = 1.0 + rng.uniform(-cfg.zoom, cfg.zoom)
     counts = _fit(ndimage.zoom(counts, zoom, order=1), MAP_SHAPE)
     labels = _fit(ndimage.zoom(labels, zoom, order=0), MAP_SHAPE)
-    shift = int(round(rng.uniform(-cfg.shift_mm, cfg.shift_mm) / MAP_SPACING_MM))
+    shift = round(rng.uniform(-cfg.shift_mm, cfg.shift_mm) / MAP_SPACING_MM)
     counts, labels = _shift_rows(counts, shift), _shift_rows(labels, shift)
     if rng.uniform() < cfg.cut:
         counts, labels = _cut(counts, labels, rng)

@@ -64,8 +64,9 @@ def ruled(found: list[Candidate]) -> list[tuple[Candidate, str | None]]:
 
 
 def _touches(candidate: Candidate, mask: np.ndarray, boxes) -> tuple[frozenset, frozenset]:
-    from segmentation.postprocess import EIGHT_CONNECTED
     from scipy import ndimage
+
+    from segmentation.postprocess import EIGHT_CONNECTED
 
     abnormal, normal = set(), set()
     components, _ = ndimage.label(mask != 0, structure=EIGHT_CONNECTED)
