@@ -73,10 +73,6 @@ PAIRED = frozenset({
     AnatomyLabel.LOWER_LEGS_AND_FEET, AnatomyLabel.KIDNEYS, AnatomyLabel.SKULL,
     AnatomyLabel.FACIAL_BONES,
 })
-#: The labels whose centre line is the body's midline (fitted by :func:`fit_midline`).
-AXIAL = (AnatomyLabel.SKULL, AnatomyLabel.FACIAL_BONES, AnatomyLabel.CERVICAL_SPINE,
-         AnatomyLabel.THORACIC_SPINE, AnatomyLabel.LUMBAR_SPINE, AnatomyLabel.SACRUM,
-         AnatomyLabel.STERNUM, AnatomyLabel.BLADDER)
 LABEL_COUNT = len(AnatomyLabel)
 
 
@@ -98,17 +94,24 @@ class Midline:
 
 
 def fit_midline(labels: np.ndarray) -> Midline | None:
-    """The midline through the centres of the axial skeleton's rows (least squares on the row
-    centres of :data:`AXIAL` pixels, weighted by their pixel count); None when too few rows have any."""
-    axial = np.isin(labels, [int(label) for label in AXIAL])
-    counts = axial.sum(axis=1)
+    """The midline: a line through each row's centre of the body (every non-background pixel; the
+    body is left–right symmetric head to feet, the legs included), fitted by least squares, refitted
+    without the rows more than 3 median deviations off (a raised arm, a cut field), weighted by each
+    row's width. None when fewer than 8 rows hold a body."""
+    body = labels != AnatomyLabel.BACKGROUND
+    counts = body.sum(axis=1)
     rows = np.flatnonzero(counts)
     if rows.size < 8:
         return None
     columns = np.arange(labels.shape[1])
-    centres = (axial[rows] * columns).sum(axis=1) / counts[rows]
+    centres = (body[rows] * columns).sum(axis=1) / counts[rows]
     weights = np.sqrt(counts[rows].astype(float))
-    slope, intercept = np.polyfit(rows.astype(float), centres, 1, w=weights)
+    keep = np.ones(rows.size, bool)
+    for _ in range(2):
+        slope, intercept = np.polyfit(rows[keep].astype(float), centres[keep], 1, w=weights[keep])
+        residual = np.abs(centres - (intercept + slope * rows))
+        spread = max(float(np.median(residual[keep])), 0.5)
+        keep = residual <= 3 * spread
     return Midline(float(intercept), float(slope))
 
 

@@ -8,7 +8,7 @@ Usage::
 Each view is prepared as the card says (:mod:`segmentation.preprocess`: resampled to 4.8 mm,
 counts over the body reference level, no suppression — the map must see the bladder), padded to the
 network's size divisor, and labelled by the arg-max of its logits; the labels go back to the stored
-source frame by nearest pixel centre, and the midline is fitted to the axial skeleton on the model
+source frame by nearest pixel centre, and the midline is fitted to the mapped body on the model
 grid (:func:`segmentation.anatomy.fit_midline`) and rescaled to the source pixels. Both views of a
 study run in one batch. docs/segmentation.md, "Anatomy map".
 """

@@ -5,8 +5,10 @@
 
 A pool of simulated studies is drawn once (both views, exact labels, :mod:`train.anatomydata`);
 every epoch each view is augmented afresh toward real scans. The loss is cross-entropy weighted by
-the inverse square root of each label's frequency (small structures — sternum, clavicles, kidneys —
-would otherwise be drowned by background and soft tissue). A checkpoint is written after every epoch
+a power of the inverse of each label's frequency (``weight_power``; small structures — sternum,
+clavicles, kidneys — would otherwise be drowned by background and soft tissue). ``init`` starts
+from saved weights (the shipped map is the 7-epoch run of ``anatomy.toml`` fine-tuned by
+``anatomy-finetune.toml``). A checkpoint is written after every epoch
 under ``--work``; a run started again with the same ``--work`` resumes from it. The model is saved
 with its card (``task: "anatomy-map"``, :mod:`segmentation.modelcard`), with the per-label Dice on
 held-out simulated studies as its metrics. The lesion training loop (:mod:`train.loop`) is not
@@ -27,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 from torch.nn import functional as F
 
 from segmentation.anatomy import LABEL_COUNT, AnatomyLabel
@@ -52,6 +55,9 @@ class AnatomyPreset:
     batch_size: int = 8
     lr: float = 2e-3
     threads: int = 2
+    weight_power: float = 0.5  # class weight = (1 / label frequency) ** weight_power
+    init: str = ""  # weights to start from (a fine-tune of a saved map), "" = random initialisation
+    variant_every: int = 0  # every n-th pool study carries a normal variant (hot kidneys, ...); 0 = none
 
     @classmethod
     def read(cls, path: Path) -> AnatomyPreset:
@@ -72,6 +78,15 @@ def dice_per_label(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float]
         if total:
             out[label.site] = round(2.0 * float((p & t).sum()) / total, 4)
     return out
+
+
+def _variant(preset: AnatomyPreset, index: int) -> str | None:
+    """The normal variant of pool study ``index`` (every ``variant_every``-th, cycling through them)."""
+    from dicomnode.synth.variants import VARIANTS
+
+    if not preset.variant_every or index % preset.variant_every:
+        return None
+    return VARIANTS[(index // preset.variant_every) % len(VARIANTS)]
 
 
 def _batches(items: list, batch_size: int, rng: np.random.Generator):
@@ -102,18 +117,20 @@ def train(preset: AnatomyPreset, out: Path, work: Path) -> Path:
     torch.manual_seed(preset.seed)
     work.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    pool = [v for i in range(preset.studies) for v in simulated_views(preset.seed + i)]
+    pool = [v for i in range(preset.studies) for v in simulated_views(preset.seed + i, _variant(preset, i))]
     held = [v for i in range(preset.validation_studies)
             for v in simulated_views(preset.seed + preset.studies + i)]
     val_rng = np.random.default_rng(preset.seed + 1)
     validation = [augment(v, val_rng) for v in held]
     frequency = np.bincount(np.concatenate([v.labels.ravel() for v in pool]), minlength=LABEL_COUNT)
-    weights = torch.tensor((frequency.sum() / np.maximum(frequency, 1)) ** 0.5, dtype=torch.float32)
+    weights = torch.tensor((frequency.sum() / np.maximum(frequency, 1)) ** preset.weight_power, dtype=torch.float32)
     weights /= weights.mean()
     log.info("pool %d views, validation %d views, drawn in %.0f s", len(pool), len(validation),
              time.time() - started)
 
     net = build(preset.network, in_channels=1, width=preset.width)
+    if preset.init:
+        net.load_state_dict(load_file(preset.init), strict=True)
     optimiser = torch.optim.Adam(net.parameters(), lr=preset.lr)
     steps = preset.epochs * (len(pool) // preset.batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, preset.lr, total_steps=steps, pct_start=0.1)

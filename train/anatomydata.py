@@ -60,9 +60,11 @@ class SimulatedView:
     labels: np.ndarray  # uint8 (H, W)
 
 
-def simulated_views(seed: int) -> list[SimulatedView]:
-    """Both views of simulated study ``seed`` on the map grid, canonical orientation."""
-    study = simulate_study(seed, rows=MAP_SHAPE[0], columns=MAP_SHAPE[1], spacing_mm=MAP_SPACING_MM)
+def simulated_views(seed: int, variant: str | None = None) -> list[SimulatedView]:
+    """Both views of simulated study ``seed`` (with a normal ``variant`` of
+    :mod:`dicomnode.synth.variants` if given) on the map grid, canonical orientation."""
+    study = simulate_study(seed, rows=MAP_SHAPE[0], columns=MAP_SHAPE[1], spacing_mm=MAP_SPACING_MM,
+                           variant=variant)
     views = []
     for view in View:
         flip = (slice(None), slice(None, None, -1)) if view is View.POSTERIOR else (slice(None), slice(None))
