@@ -139,8 +139,12 @@ def _evaluate(outcome: StudyOutcome, sources: list[Dataset], truth: dict[str, np
     comparison_picture(scan, masks, truth, outcome.name).save(comparison)
     outcome.pictures.append(comparison)
     for kind, item in objects:
-        if kind is ResultKind.SR:
-            outcome.regions += finding_sites(pydicom.dcmread(item.path))
+        if kind is ResultKind.SR:  # the planar SR's (a SPECT reconstruction's SR names "Bone")
+            sr = pydicom.dcmread(item.path)
+            evidence = {ref.ReferencedSOPInstanceUID for study_item in sr.get("CurrentRequestedProcedureEvidenceSequence", [])
+                        for series in study_item.ReferencedSeriesSequence for ref in series.ReferencedSOPSequence}
+            if evidence & whole_body:
+                outcome.regions += finding_sites(sr)
         if kind is ResultKind.SC:
             sc = pydicom.dcmread(item.path)
             planar = any(str(ref.ReferencedSOPInstanceUID) in whole_body for ref in sc.get("SourceImageSequence", []))
