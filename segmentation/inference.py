@@ -43,6 +43,7 @@ from scipy import ndimage
 from segmentation.cardsection import from_card_section
 from segmentation.device import resolve_device
 from segmentation.modelcard import (
+    PLANAR_LESIONS,
     THRESHOLD_NETWORK,
     ModelCard,
     ModelCardError,
@@ -52,6 +53,7 @@ from segmentation.modelcard import (
 from segmentation.networks import SegmentationNetwork
 from segmentation.postprocess import view_result
 from segmentation.preprocess import PreparedScan, PreparedView, prepare
+from segmentation.reading import AnatomyReader
 from segmentation.result import Algorithm, SegmentationResult, ViewResult
 from segmentation.scan import BoneScan, View
 from segmentation.tiling import Tiling, pad_to, padded_to_multiple
@@ -70,11 +72,16 @@ class Segmenter(ABC):
     def __init__(self, card: ModelCard) -> None:
         self.card = card
         self.algorithm = Algorithm(name=card.name, version=card.version, network=card.network)
+        #: the anatomy map and second stage run after the lesion model (:mod:`segmentation.reading`);
+        #: None: the lesion model's result as it stands
+        self.reader: AnatomyReader | None = None
 
     @staticmethod
     def from_weights(path: str | Path, device: str | torch.device | None = None) -> Segmenter:
         """Load a model from its ``.safetensors`` (card beside it) or its ``.json`` card."""
         card = load_card(Path(path))
+        if card.task != PLANAR_LESIONS:
+            raise ModelCardError(f"card {card.path}: task {card.task!r} is not a lesion segmenter's")
         if card.network == THRESHOLD_NETWORK:
             return ThresholdSegmenter(card)
         return NetworkSegmenter(card, device=device)
@@ -95,7 +102,10 @@ class Segmenter(ABC):
 
     def segment_many(self, scans: Sequence[BoneScan]) -> list[SegmentationResult]:
         """Segment several studies, batching their views through the model together."""
-        return [self._result(prepared, source) for prepared, source in self._source_maps(scans)]
+        results = [self._result(prepared, source) for prepared, source in self._source_maps(scans)]
+        if self.reader is None:
+            return results
+        return [self.reader.read(result, self.card.operating_point) for result in results]
 
     def probabilities(self, scans: Sequence[BoneScan]) -> list[dict[View, np.ndarray]]:
         """Lesion probability per view on the stored source frame, before any threshold (for

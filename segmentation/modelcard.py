@@ -5,6 +5,10 @@ network-free ``threshold`` segmenter is a card alone. Card fields (format versio
 
 =================  =====================================================================================
 ``format_version``  1
+``task``            what the model does (:data:`TASKS`): ``"planar-lesions"`` (lesion probability per pixel
+                    of a whole-body view; the default, so cards written before the field existed read
+                    unchanged) or ``"anatomy-map"`` (one logit per anatomy label,
+                    :mod:`segmentation.anatomy`)
 ``name``            algorithm name for results (Algorithm Identification, PS3.3 C.8.20.2), e.g. dicomnode-unet
 ``version``         weights version (Algorithm Version)
 ``network``         registry name (:func:`segmentation.networks.available`) or ``"threshold"``
@@ -43,12 +47,17 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from segmentation.anatomy import LABEL_COUNT
 from segmentation.networks import SegmentationNetwork, available, build
 from segmentation.postprocess import OperatingPoint
 from segmentation.preprocess import Preprocessing
 
 FORMAT_VERSION = 1
 THRESHOLD_NETWORK = "threshold"
+PLANAR_LESIONS = "planar-lesions"
+ANATOMY_MAP = "anatomy-map"
+#: Each task and the logit channels its network must return.
+TASKS = {PLANAR_LESIONS: 1, ANATOMY_MAP: LABEL_COUNT}
 
 
 class ModelCardError(ValueError):
@@ -73,6 +82,7 @@ class ModelCard:
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    task: str = PLANAR_LESIONS
     path: Path | None = field(default=None, compare=False)
 
     @property
@@ -143,6 +153,8 @@ def parse_card(data: Any, where: Path | None = None) -> ModelCard:
     for key in ("name", "version", "network"):
         if not isinstance(data[key], str) or not data[key]:
             raise ModelCardError(f"{label}: {key} must be a non-empty string, got {data[key]!r}")
+    if data.get("task", PLANAR_LESIONS) not in TASKS:
+        raise ModelCardError(f"{label}: task {data['task']!r} is not one of {sorted(TASKS)}")
     network = data["network"]
     if network != THRESHOLD_NETWORK and network not in available():
         raise ModelCardError(
@@ -214,6 +226,7 @@ def build_network(card: ModelCard, device: torch.device | str = "cpu") -> Segmen
     except ValueError as exc:
         raise ModelCardError(f"card {card.path}: {exc}") from exc
     _check_window(card, net)
+    _check_task(card, net)
     try:
         state = load_file(weights)
     except (SafetensorError, OSError) as exc:
@@ -238,6 +251,7 @@ def save_model(
     preprocessing: Preprocessing,
     training: Mapping[str, Any] | None = None,
     metrics: Mapping[str, Any] | None = None,
+    task: str = PLANAR_LESIONS,
 ) -> ModelCard:
     """Write ``<path>.safetensors`` and its card ``<path>.json``; return the card (validated)."""
     path = Path(path).with_suffix(".safetensors")
@@ -254,9 +268,11 @@ def save_model(
         sha256=sha256_of(path),
         training=dict(training or {}),
         metrics=dict(metrics or {}),
+        task=task,
     )
     parse_card(card.to_dict())  # refuse to write a card this code could not read back
     _check_window(card, net)
+    _check_task(card, net)
     return card.save(path.with_suffix(".json"))
 
 
@@ -284,6 +300,14 @@ def _check_window(card: ModelCard, net: SegmentationNetwork) -> None:
         raise ModelCardError(
             f"preprocessing window {window} is not a multiple of network {card.network!r}'s "
             f"size_divisor {net.size_divisor}"
+        )
+
+
+def _check_task(card: ModelCard, net: SegmentationNetwork) -> None:
+    if net.classes != TASKS[card.task]:
+        raise ModelCardError(
+            f"network {card.network!r} returns {net.classes} logit channel(s); task {card.task!r} "
+            f"needs {TASKS[card.task]}"
         )
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from segmentation.anatomy import ViewAnatomy
 from segmentation.scan import BoneScan, View
 
 
@@ -35,7 +36,17 @@ class Lesion:
     bbox: tuple[int, int, int, int]  # (row_min, col_min, row_max, col_max), max exclusive, stored frame
     peak_counts: float
     mean_counts: float
-    site: str | None = None  # coarse skeletal site where known (e.g. "spine", "ribs", "pelvis")
+    site: str | None = None  # skeletal site where known (e.g. "thoracic spine", "left ribs")
+    probability: float | None = None  # how likely a bone lesion, where a second stage judged it
+
+
+@dataclass(frozen=True)
+class Dismissal:
+    """A hot spot the lesion model marked and the anatomy reading judged not a bone lesion
+    (:mod:`segmentation.judgement`): urine, extra-osseous uptake, physiological uptake."""
+
+    lesion: Lesion  # as the lesion model found it, its site from the anatomy map
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -63,6 +74,8 @@ class SegmentationResult:
     algorithm: Algorithm
     threshold: float = 0.5
     notes: tuple[str, ...] = field(default_factory=tuple)
+    anatomy: dict[View, ViewAnatomy] = field(default_factory=dict)  # the map per view, where run
+    dismissed: tuple[Dismissal, ...] = ()  # hot spots judged not bone lesions (not in the masks)
 
     @property
     def lesions(self) -> list[Lesion]:

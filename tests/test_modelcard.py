@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from segmentation.anatomy import AnatomyLabel
 from segmentation.inference import WEIGHTS_DIR, Segmenter
 from segmentation.modelcard import (
     FORMAT_VERSION,
@@ -148,3 +149,30 @@ def test_threshold_cards_are_checked_too(tmp_path, changes, message):
     card.write_text((WEIGHTS_DIR / "threshold.json").read_text())
     with pytest.raises(ModelCardError, match=message):
         Segmenter.from_weights(edit_card(card, **changes))
+
+
+def test_cards_without_a_task_are_planar_lesion_cards_and_the_task_is_written(model):
+    """Cards written before the task field read as "planar-lesions"; new cards state their task."""
+    _, card_path = model
+    assert json.loads(card_path.read_text())["task"] == "planar-lesions"
+    edit_card(card_path, task=...)
+    assert load_card(card_path).task == "planar-lesions"
+    assert "task" not in json.loads((WEIGHTS_DIR / "default.json").read_text())  # shipped before the field
+    assert load_card(WEIGHTS_DIR / "default.json").task == "planar-lesions"
+
+
+def test_a_task_its_network_cannot_do_is_refused(model, tmp_path):
+    _, card_path = model
+    with pytest.raises(ModelCardError, match="task 'bone-age'"):
+        load_card(edit_card(card_path, task="bone-age"))
+    with pytest.raises(ModelCardError, match="returns 1 logit channel"):
+        build_network(load_card(edit_card(card_path, task="anatomy-map")))
+    anatomy = build("anatomy", in_channels=1, width=4)
+    with pytest.raises(ModelCardError, match="needs 1"):
+        save_model(anatomy, tmp_path / "map", name="m", version="1", network="anatomy",
+                   preprocessing=Preprocessing(window=None, aggregation="none"))
+    card = save_model(anatomy, tmp_path / "map", name="m", version="1", network="anatomy",
+                      preprocessing=Preprocessing(window=None, aggregation="none"), task="anatomy-map")
+    assert build_network(card).classes == len(AnatomyLabel)
+    with pytest.raises(ModelCardError, match="anatomy-map"):
+        Segmenter.from_weights(card.path)  # a lesion segmenter refuses an anatomy map

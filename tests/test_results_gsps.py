@@ -8,6 +8,7 @@ import numpy as np
 import pydicom
 import pytest
 
+from dicomnode.pipeline.results.burden import assess_burden
 from dicomnode.pipeline.results import ResultKind, ResultOptions, build_results
 from dicomnode.pipeline.results.common import BONE_WINDOW_MULTIPLE
 from dicomnode.pipeline.results.contours import lesion_outlines
@@ -29,6 +30,7 @@ def test_gsps_draws_each_lesion_outline_on_its_source_frame(layout: str, tmp_pat
     assert {layer.GraphicLayer for layer in back.GraphicLayerSequence} == {"LESIONS", "SUMMARY"}
     drawn: dict[tuple[str, int], list[np.ndarray]] = {}
     texts: dict[tuple[str, int], list[str]] = {}
+    captions: dict[tuple[str, int], list[str]] = {}
     for annotation in back.GraphicAnnotationSequence:
         (image,) = annotation.ReferencedImageSequence
         frame = int(image.get("ReferencedFrameNumber", 1))
@@ -41,7 +43,8 @@ def test_gsps_draws_each_lesion_outline_on_its_source_frame(layout: str, tmp_pat
             assert len(points) == graphic.NumberOfGraphicPoints
             drawn.setdefault(key, []).append(points)
         for text in annotation.get("TextObjectSequence", []):
-            texts.setdefault(key, []).append(text.UnformattedTextValue)
+            layer = texts if annotation.GraphicLayer == "SUMMARY" else captions
+            layer.setdefault(key, []).append(text.UnformattedTextValue)
     for view, image in study.result.scan.views.items():
         key = (image.source.sop_instance_uid, image.source.frame_number)
         expected = lesion_outlines(study.result.views[view])
@@ -54,6 +57,10 @@ def test_gsps_draws_each_lesion_outline_on_its_source_frame(layout: str, tmp_pat
         assert summary[0].endswith(f"{n} lesion{'s' if n > 1 else ''}, "
                                    f"{sum(l.area_mm2 for l in study.result.views[view].lesions):.1f} mm2")
         assert "NOT FOR DIAGNOSTIC USE" in summary
+        # beside each contour its number and region (the site the SR codes)
+        sites = {item.lesion.label: item.site for item in assess_burden(study.result).views[view].lesions}
+        assert captions[key] == [f"{lesion.label} {sites[lesion.label] or 'site unknown'}"
+                                 for lesion in study.result.views[view].lesions]
 
 
 def test_gsps_keeps_the_source_rescale_and_sets_a_bone_window() -> None:

@@ -67,7 +67,7 @@ def test_sr_lesion_measurements_equal_the_result(
         assert _code_of(group, codes.DCM.ImageView) == VIEW_CODE[lesion.view]
         (site,) = group.finding_sites
         assert site.value.value == SITE_CODES[sites[(lesion.view, lesion.label)]].value
-        assert group.finding_type.value == codes.SCT.NeoplasmSecondary.value
+        assert group.finding_type.value == codes.SCT.Lesion.value  # a suspicious focus, not a diagnosis
         # No SCOORD at group level; every NUM is INFERRED FROM the outline on the lesion's own
         # source instance and frame (where OHIF's reader and adapter look), and the Area also
         # from the SEG. OHIF labels a NUM by its Code Meaning: the three must differ.

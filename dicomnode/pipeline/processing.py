@@ -8,7 +8,10 @@ Each whole-body acquisition (:mod:`segmentation.acquisitions`) is processed on i
 (:func:`segment_acquisition`) and gives its own result set, or a "not processable" reason; statics,
 TOMO, reconstructions, CT and screen captures are not segmented.
 
-The segmenter is loaded once per process (:func:`load_segmenter`, config ``[model]``): ``weights`` is
+The segmenter is loaded once per process (:func:`load_segmenter`, config ``[model]``), with the
+shipped anatomy map and second stage (:mod:`segmentation.reading`: hot spots in the bladder, kidneys
+or soft tissue and physiological uptake are not reported as lesions; each lesion is named by its
+region); ``weights`` is
 ``"default"`` (the shipped model), ``"threshold"`` (the network-free baseline) or a path to a
 ``.safetensors`` file or model card; ``device`` is resolved by :func:`segmentation.device.resolve_device`
 (``"auto"``: CUDA when present, else the CPU; a CUDA device without a GPU is an error).
@@ -43,6 +46,7 @@ from segmentation.acquisitions import (
 )
 from segmentation.device import resolve_device
 from segmentation.inference import WEIGHTS_DIR, Segmenter
+from segmentation.reading import AnatomyReader
 from segmentation.result import SegmentationResult
 from segmentation.skeleton import skeleton_evidence
 from segmentation.spectct import HybridSegmenter
@@ -75,6 +79,7 @@ def load_segmenter(weights: str, device: str = "auto", threshold: float | None =
         log.warning("[model] threshold %g overrides the model card's %g (a site override: the card's "
                     "operating point was cross-validated at its own threshold)", threshold, segmenter.card.threshold)
         segmenter.card = dataclasses.replace(segmenter.card, threshold=threshold)
+    segmenter.reader = AnatomyReader.default(device=resolved)  # the anatomy map reads the lesions
     point = segmenter.card.operating_point
     log.info("segmenter %s %s (%s) on %s, operating point: threshold %g, peak %s, minimum area %g mm2, "
              "flip %s (%s)", segmenter.algorithm.name, segmenter.algorithm.version, segmenter.algorithm.network,

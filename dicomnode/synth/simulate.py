@@ -28,6 +28,8 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 
 from dicomnode.synth.anatomy import BONE_SITES, Phantom, build_phantom
+from dicomnode.synth.labels import LabelCanvas, true_midline
+from dicomnode.synth.variants import check_variant, variant_mimics, variant_patient
 from dicomnode.synth.lesions import Lesion, Mimic, sample_lesions, sample_mimics
 from dicomnode.synth.patient import Acquisition, Patient, sample_acquisition, sample_patient
 from dicomnode.synth.physics import (
@@ -35,6 +37,7 @@ from dicomnode.synth.physics import (
     system_fwhm_mm,
 )
 from dicomnode.synth.shapes import Shape
+from segmentation.anatomy import Midline
 from segmentation.scan import View
 
 ROSE_K = 5.0
@@ -84,6 +87,8 @@ class SimulatedStudy:
     acquisition: Acquisition
     expected: dict[View, np.ndarray] = field(repr=False)  # noise-free counts (float32, stored)
     spacing_mm: float = 2.26
+    anatomy: dict[View, np.ndarray] = field(default_factory=dict, repr=False)  # uint8 AnatomyLabel, stored
+    midline: Midline | None = None  # the patient's midline, canonical pixels (segmentation.anatomy)
 
     @property
     def rows(self) -> int:
@@ -111,10 +116,12 @@ def to_stored(view: View, canonical: np.ndarray) -> np.ndarray:
 class _Study:
     """The working state of one simulation (kept small: one method per step)."""
 
-    def __init__(self, rng: np.random.Generator, rows: int, columns: int, spacing_mm: float) -> None:
+    def __init__(self, rng: np.random.Generator, rows: int, columns: int, spacing_mm: float,
+                 variant: str | None = None) -> None:
         self.rng = rng
         self.patient = sample_patient(rng)
         self.acquisition = sample_acquisition(rng, self.patient)
+        self.patient = variant_patient(variant, self.patient, rng)
         self.phantom: Phantom = build_phantom(self.patient)
         self.grid = Grid(rows, columns, spacing_mm, self.patient)
         self.thickness = self._thickness()
@@ -156,23 +163,28 @@ class _Study:
             self.projector.add(sl, concentration * chord, fraction * local)
         return chord
 
-    def render_anatomy(self, mimics: list[Mimic]) -> np.ndarray:
-        """Project soft tissue, bones, organs and mimics; return the canonical bone label map."""
+    def render_anatomy(self, mimics: list[Mimic]) -> tuple[np.ndarray, np.ndarray]:
+        """Project soft tissue, bones, organs and mimics; return the canonical bone label map and
+        the canonical anatomy map (:mod:`dicomnode.synth.labels`)."""
         g = self.grid
         rows, cols = np.flatnonzero(self.thickness.any(axis=1)), np.flatnonzero(self.thickness.any(axis=0))
         self.projector.add_slab((slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)), 1.0)
         labels = np.zeros((g.rows, g.columns), dtype=np.uint8)
+        canvas = LabelCanvas(self.thickness)
         for structure in self.phantom.bones:
             chord = self.render_structure(structure.shape, structure.concentration, structure.host)
             if chord is not None:
-                labels[self.grid.window(structure.shape.bbox())][chord >= 1.0] = (
-                    BONE_SITES.index(structure.site) + 1)
+                window = self.grid.window(structure.shape.bbox())
+                labels[window][chord >= 1.0] = BONE_SITES.index(structure.site) + 1
+                canvas.add(structure, window, chord)
         for organ in self.phantom.organs:
-            self.render_structure(organ.shape, organ.concentration, organ.host)
+            chord = self.render_structure(organ.shape, organ.concentration, organ.host)
+            if chord is not None:
+                canvas.add(organ, self.grid.window(organ.shape.bbox()), chord)
         for mimic in mimics:
             if mimic.kind != "bladder":  # the bladder is already an organ
                 self.render_structure(mimic.shape, mimic.concentration, mimic.host)
-        return labels
+        return labels, canvas.labels
 
     def lesion_excess(self, lesion: Lesion, view: View) -> tuple[tuple[slice, slice], np.ndarray] | None:
         """The lesion's blurred excess (activity units) in ``view`` on a padded window."""
@@ -203,19 +215,24 @@ class _Study:
 
 
 def simulate_study(rng: np.random.Generator | int, *, rows: int = 1024, columns: int = 256,
-                   spacing_mm: float = 2.26) -> SimulatedStudy:
+                   spacing_mm: float = 2.26, variant: str | None = None,
+                   metastases: bool = True) -> SimulatedStudy:
     """Simulate one whole-body 99mTc-MDP study (both views), deterministic for a seed.
 
-    ``rng`` is a numpy Generator or an integer seed.  Raises ``ValueError`` for a matrix or
-    spacing that cannot hold a whole-body scan.
+    ``rng`` is a numpy Generator or an integer seed. ``variant`` forces a normal variant
+    (:data:`dicomnode.synth.variants.VARIANTS`); ``metastases=False`` draws none. Raises
+    ``ValueError`` for a matrix or spacing that cannot hold a whole-body scan, or an unknown variant.
     """
     check_matrix(rows, columns, spacing_mm)
+    check_variant(variant)
     if not isinstance(rng, np.random.Generator):
         rng = np.random.default_rng(rng)
-    study = _Study(rng, rows, columns, spacing_mm)
+    study = _Study(rng, rows, columns, spacing_mm, variant)
     mimics = sample_mimics(rng, study.phantom)
-    lesions = sample_lesions(rng, study.phantom, mimics, study.inside_field)
-    labels = study.render_anatomy(mimics)
+    if variant is not None:
+        mimics += variant_mimics(variant, study.phantom, rng)
+    lesions = sample_lesions(rng, study.phantom, mimics, study.inside_field) if metastases else []
+    labels, anatomy = study.render_anatomy(mimics)
 
     projector = study.projector
     primary = {view: projector.primary(view) for view in View}
@@ -242,6 +259,8 @@ def simulate_study(rng: np.random.Generator | int, *, rows: int = 1024, columns:
         patient=study.patient, acquisition=study.acquisition,
         expected={v: to_stored(v, expected[v].astype(np.float32)) for v in View},
         spacing_mm=spacing_mm,
+        anatomy={v: to_stored(v, anatomy) for v in View},
+        midline=true_midline(study.grid, study.patient.height_mm),
     )
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,6 +88,7 @@ class StudyOutcome:
     truth_lesions: int = 0
     detected: int = 0
     dsc: dict[View, float] = field(default_factory=dict)
+    regions: list[str] = field(default_factory=list)  # each SR lesion's finding site (anatomy map)
     pictures: list[Path] = field(default_factory=list)
     error: str | None = None
 
@@ -141,12 +143,41 @@ def _evaluate(outcome: StudyOutcome, sources: list[Dataset], truth: dict[str, np
     comparison_picture(scan, masks, truth, outcome.name).save(comparison)
     outcome.pictures.append(comparison)
     for kind, item in objects:
+        if kind is ResultKind.SR:  # the planar SR's (a SPECT reconstruction's SR names "Bone")
+            sr = pydicom.dcmread(item.path)
+            evidence = {ref.ReferencedSOPInstanceUID for study_item in sr.get("CurrentRequestedProcedureEvidenceSequence", [])
+                        for series in study_item.ReferencedSeriesSequence for ref in series.ReferencedSOPSequence}
+            if evidence & whole_body:
+                outcome.regions += finding_sites(sr)
         if kind is ResultKind.SC:
             sc = pydicom.dcmread(item.path)
             planar = any(str(ref.ReferencedSOPInstanceUID) in whole_body for ref in sc.get("SourceImageSequence", []))
             path = pictures / f"{outcome.name}_{'secondary_capture' if planar else 'spect_secondary_capture'}.png"
             Image.fromarray(sc.pixel_array).save(path)
             outcome.pictures.append(path)
+
+
+FINDING_SITE, LATERALITY = "363698007", "272741003"  # SCT concept names (TID 1501, TID 1419)
+
+
+def finding_sites(sr: Dataset) -> list[str]:
+    """Every Finding Site of an SR's content tree, with its laterality, e.g. ["Left Rib", "Sacrum"]."""
+    sites = []
+    for item in sr.get("ContentSequence", []):
+        if item.ConceptNameCodeSequence[0].CodeValue == FINDING_SITE:
+            side = [m.ConceptCodeSequence[0].CodeMeaning for m in item.get("ContentSequence", [])
+                    if m.ConceptNameCodeSequence[0].CodeValue == LATERALITY]
+            sites.append(" ".join([*side, item.ConceptCodeSequence[0].CodeMeaning]))
+        else:
+            sites += finding_sites(item)
+    return sites
+
+
+def _regions_column(regions: list[str], width: int = 40) -> str:
+    """E.g. ``2 Left Rib, Thoracic spine`` (most frequent first), clipped at ``width`` characters."""
+    counts = Counter(regions)
+    text = ", ".join(f"{n} {site}" if n > 1 else site for site, n in counts.most_common()) or "-"
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def comparison_picture(scan, masks: dict[View, np.ndarray], truth: dict[str, np.ndarray], title: str) -> Image.Image:
@@ -281,18 +312,19 @@ def render(report: DemoReport) -> list:
 
     table = Table(title=f"dicomnode demo: {len(report.studies)} simulated studies → node → PACS "
                         f"({report.wall_seconds:.0f} s)")
-    for column in ("study", "layout", "lesions found ant / post", "truth lesions hit", "DSC ant / post",
-                   "results at the PACS", "send → delivered"):
+    for column in ("study", "layout", "lesions found ant / post", "regions (SR)", "truth lesions hit",
+                   "DSC ant / post", "results at the PACS", "send → delivered"):
         table.add_column(column, justify="right" if column.startswith(("truth", "DSC", "send")) else "left")
     for study in report.studies:
         if not study.ok:
-            table.add_row(study.name, study.layout, f"[red]{study.error}[/red]", "", "", "", "")
+            table.add_row(study.name, study.layout, f"[red]{study.error}[/red]", "", "", "", "", "")
             continue
         per_view = " / ".join(str(study.lesions[v]) if v in study.lesions else "-" for v in View)
         dsc = " / ".join(f"{study.dsc[v]:.2f}" if v in study.dsc else "-" for v in View)
         kinds = ", ".join(f"{study.objects.count(k)}×{k}" if study.objects.count(k) > 1 else k
                           for k in dict.fromkeys(study.objects))
-        table.add_row(study.name, study.layout, per_view, f"{study.detected} of {study.truth_lesions}", dsc, kinds,
+        table.add_row(study.name, study.layout, per_view, _regions_column(study.regions),
+                      f"{study.detected} of {study.truth_lesions}", dsc, kinds,
                       f"{study.seconds:.1f} s")
     lines = [f"PACS: {report.pacs}", f"model: {report.model}", table,
              f"pictures (truth red, AI cyan; and each study's Secondary Capture): {report.out / 'pictures'}",

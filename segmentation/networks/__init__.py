@@ -1,7 +1,8 @@
 """The papers' segmentation networks behind one explicit registry (docs/segmentation.md).
 
 ``build(name, in_channels=2, width="slim")`` returns a :class:`SegmentationNetwork`; ``available()``
-lists the names. One module per paper: :mod:`.unet` (plain baseline), :mod:`.msanet` (papers 000/001,
+lists the names. One module per paper: :mod:`.unet` (plain baseline), :mod:`.anatomy`
+(the anatomy map: the same U-Net, one logit per anatomy label), :mod:`.msanet` (papers 000/001,
 generator + SegAN critic), :mod:`.mams` (paper 002), :mod:`.mtunet` (paper 003, SPECT/CT slices, three classes),
 :mod:`.semisup` (paper 004). :data:`NETWORKS`
 is the whole registry: a network is known because it is listed here, not because a module was imported.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from .anatomy import build_anatomy
 from .base import SegmentationNetwork, Width
 from .mams import build_mams
 from .msanet import build_msanet
@@ -22,6 +24,7 @@ Factory = Callable[..., SegmentationNetwork]
 """``(in_channels=..., width=...) -> SegmentationNetwork``."""
 
 NETWORKS: dict[str, Factory] = {
+    "anatomy": build_anatomy,
     "mams": build_mams,
     "msanet": build_msanet,
     "mtunet": build_mtunet,

@@ -40,7 +40,7 @@ class UNet(SegmentationNetwork):
             [nn.ConvTranspose2d(chans[i + 1], chans[i], 2, stride=2) for i in reversed(range(4))]
         )
         self.decoder = nn.ModuleList([DoubleConv(2 * chans[i], chans[i]) for i in reversed(range(4))])
-        self.head = nn.Conv2d(chans[0], 1, 1)
+        self.head = nn.Conv2d(chans[0], self.classes, 1)
 
     def outputs(self, x: Tensor) -> list[Tensor]:
         skips = []

@@ -4,9 +4,11 @@ Bone Scan Index (Imbriaco et al., Clin Cancer Res 1998; docs/segmentation.md): t
 bones of (fraction of the bone involved by tumour) x (that bone's fraction of the skeletal mass),
 with the skeletal-mass fractions of Spiers (*Radioisotopes in the Human Body*, 1968, p. 120, as
 tabulated at medicalalgorithms.com "Bone Scan Index (BSI)"). On a planar view the bones cannot be
-told apart one by one, so Spiers' bones are grouped into the coarse regions that
-:mod:`segmentation.regions` finds from the counts (table :data:`SPIERS_GROUPS`); Spiers' numbers
-add up to 100.1 % and are normalised to 100 %.
+told apart one by one, so Spiers' bones are grouped into coarse regions (table
+:data:`SPIERS_GROUPS`): those of the anatomy map where it ran (:func:`segmentation.anatomy.map_regions`:
+its skeletal labels are the bone, each in its region), else those :mod:`segmentation.regions`
+finds from the counts and body proportions. Spiers' numbers add up to 100.1 % and are normalised
+to 100 %.
 
 Per view and group: involved fraction = lesion pixels / (bone or lesion pixels) in the group's
 regions. The anterior and posterior views show the same skeleton, so per group the larger of the
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from segmentation.anatomy import map_regions
 from segmentation.regions import Region, SkeletalRegions, skeletal_regions
 from segmentation.result import Lesion, SegmentationResult
 from segmentation.scan import View, ViewSource
@@ -63,8 +66,8 @@ _TOTAL_PERCENT = sum(group.spiers_percent for group in SPIERS_GROUPS)  # 100.1, 
 #: Said wherever the index is shown (SR text, SC legend, GSPS summary).
 BSI_EXPLANATION = (
     "Approximate Bone Scan Index: sum over skeletal regions of the lesion area divided by the "
-    "region's bone area (both from planar counts, regions from body proportions, no skeletal "
-    "segmentation) times Spiers' bone-mass weight of the region (1968; normalised to 100 %); per "
+    "region's bone area (regions and bone from the anatomy map where it ran, else from planar "
+    "counts and body proportions) times Spiers' bone-mass weight of the region (1968; normalised to 100 %); per "
     "region the larger of the anterior and posterior fractions. Not the validated BSI; "
     "NOT FOR DIAGNOSTIC USE."
 )
@@ -121,7 +124,9 @@ def assess_burden(result: SegmentationResult) -> BoneBurden:
     for view, image in result.scan.views.items():
         view_result = result.views[view]
         try:
-            regions: SkeletalRegions | None = skeletal_regions(image.counts, image.pixel_spacing)
+            regions: SkeletalRegions | None = (
+                map_regions(result.anatomy[view]) if view in result.anatomy
+                else skeletal_regions(image.counts, image.pixel_spacing))
         except ValueError as error:
             regions = None
             notes.append(f"{view.value} view: skeletal regions not found ({error})")

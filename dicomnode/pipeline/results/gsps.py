@@ -34,7 +34,7 @@ from dicomnode.pipeline.results.common import (
     source_datasets,
 )
 from dicomnode.pipeline.results.contours import LESION_CIELAB, lesion_outlines
-from dicomnode.pipeline.results.text import bsi_summary, view_summary
+from dicomnode.pipeline.results.text import bsi_summary, lesion_caption, view_summary
 from segmentation.scan import View
 
 logger = logging.getLogger(__name__)
@@ -106,6 +106,15 @@ def _annotations(
     rows, columns = frame.source.rows, frame.source.columns
     line_height = max(8.0, rows / 40)
     lines = [view_summary(burden.views[frame.view]), bsi_summary(burden), NOT_FOR_DIAGNOSTIC_USE]
+    captions = [  # each lesion's number and region beside its contour
+        hd.pr.TextObject(
+            text_value=lesion_caption(item.lesion.label, item.site, item.lesion.probability)[:64],
+            units=hd.pr.AnnotationUnitsValues.PIXEL,
+            anchor_point=(float(item.lesion.bbox[3]), float(item.lesion.bbox[0])),
+            anchor_point_visible=False,
+        )
+        for item in burden.views[frame.view].lesions
+    ]
     texts = [
         hd.pr.TextObject(
             text_value=line, units=hd.pr.AnnotationUnitsValues.PIXEL,
@@ -119,7 +128,7 @@ def _annotations(
     contours = (
         [hd.pr.GraphicAnnotation(
             referenced_images=[frame.dataset], graphic_layer=LESION_LAYER,
-            referenced_frame_number=frame_number, graphic_objects=objects,
+            referenced_frame_number=frame_number, graphic_objects=objects, text_objects=captions,
         )]
         if objects else []
     )

@@ -39,7 +39,7 @@ from dicomnode.pipeline.results.common import (
     source_image_sequence,
 )
 from dicomnode.pipeline.results.contours import LESION_RGB, lesion_outlines
-from dicomnode.pipeline.results.text import bsi_summary, view_summary
+from dicomnode.pipeline.results.text import bsi_summary, lesion_caption, view_summary
 from segmentation.preprocess import body_mask
 from segmentation.scan import View
 
@@ -48,6 +48,8 @@ logger = logging.getLogger(__name__)
 CONTOUR_COLOR = LESION_RGB
 TEXT_COLOR = (255, 255, 255)
 WARNING_COLOR = (255, 80, 80)
+#: Lesions named in the legend per view (their number, region and probability); the SR lists all.
+MAX_LEGEND_LESIONS = 8
 BACKGROUND = (0, 0, 0)
 
 
@@ -182,10 +184,17 @@ def _legend(
     algorithm = provenance.result.algorithm
     lines = [(f"Red: AI lesion contours, numbered as in the SR ({algorithm.name} {algorithm.version})",
               CONTOUR_COLOR)]
-    lines += [(view_summary(burden.views[view]), TEXT_COLOR) for view in frames]
+    for view in frames:
+        lines.append((view_summary(burden.views[view]), TEXT_COLOR))
+        sited = burden.views[view].lesions
+        lines += [(f"  {VIEW_ABBREVIATIONS[view]} " + lesion_caption(item.lesion.label, item.site, item.lesion.probability),
+                   CONTOUR_COLOR) for item in sited[:MAX_LEGEND_LESIONS]]
+        if len(sited) > MAX_LEGEND_LESIONS:
+            lines.append((f"  ... and {len(sited) - MAX_LEGEND_LESIONS} more (see the SR)", CONTOUR_COLOR))
     missing = provenance.result.missing
     lines += [(f"{VIEW_ABBREVIATIONS[view]}: view missing", WARNING_COLOR) for view in missing]
     lines.append((bsi_summary(burden), TEXT_COLOR))
-    lines.append(("BSI from planar counts, no skeletal segmentation", TEXT_COLOR))
+    lines.append(("BSI regions from the anatomy map" if provenance.result.anatomy
+                  else "BSI from planar counts, no skeletal segmentation", TEXT_COLOR))
     lines.append((NOT_FOR_DIAGNOSTIC_USE, WARNING_COLOR))
     return lines

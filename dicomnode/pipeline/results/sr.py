@@ -3,9 +3,11 @@
 Content (PS3.16 TID 1500, built with highdicom):
 
 - per lesion, a TID 1501 measurement group (tracking identifier and UID those of its GSPS
-  contour), finding "Neoplasm, Secondary" (SCT 14799000) in category "Morphologically abnormal
-  structure", finding site where known (a region name of :mod:`segmentation.regions`, coded by
-  :data:`SITE_CODES`; another name given by a segmenter is logged and left out), Image View
+  contour), finding "Lesion" (SCT 52988006: a focus the node judged suspicious, not a diagnosis) in
+  category "Morphologically abnormal structure", finding site where known (a region of the anatomy
+  map, or of :mod:`segmentation.regions` without one, coded by :data:`SITE_CODES` with its
+  laterality; another name given by a segmenter is logged and left out), the second stage's
+  Probability of cancer (DCM 111047, unit 1) where it judged the lesion, Image View
   (DCM 111031) anterior or posterior projection, the source image (instance and frame), and three
   TID 300 measurements: Area (SCT 42798000, mm2), and the Nuclear Medicine Projection Activity
   (DCM 110820, UCUM ``{counts}``) twice, with Derivation Mean (SCT 373098007) and Maximum
@@ -82,20 +84,49 @@ QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
 #: Procedure reported (TID 1500 row 4).
 PROCEDURE = Code("42175-0", "LN", "Radionuclide scan of whole body")
 VIEW_CODES = {View.ANTERIOR: codes.SCT.AnteriorProjection, View.POSTERIOR: codes.SCT.PosteriorProjection}
-#: Finding site codes of the regions of :mod:`segmentation.regions` (SNOMED CT body structures).
+#: Finding site codes (SNOMED CT body structures) of the anatomy map's regions
+#: (:class:`segmentation.anatomy.AnatomyLabel`) and of the coarse regions of :mod:`segmentation.regions`
+#: used without a map. Urine (bladder, kidneys) is never a finding: such hot spots are not reported.
 SITE_CODES: dict[str, Code] = {
     "skull": codes.SCT.Skull,
+    "facial bones": codes.SCT.FacialBones,
     "cervical spine": codes.SCT.CervicalSpine,
     "thoracic spine": codes.SCT.ThoracicSpine,
     "thoracic cage": Code("272710004", "SCT", "Bone structure of thorax"),
     "lumbar spine": codes.SCT.LumbarSpine,
     "sacrum": codes.SCT.Sacrum,
     "pelvis": codes.SCT.BoneStructureOfPelvis,
+    "ribs": codes.SCT.Rib,
+    "sternum": codes.SCT.Sternum,
+    "scapulae": codes.SCT.Scapula,
+    "clavicles": codes.SCT.Clavicle,
+    "humeri": codes.SCT.Humerus,
+    "forearms and hands": codes.SCT.BoneOfUpperLimb,
     "upper limbs": codes.SCT.BoneOfUpperLimb,
     "femora": codes.SCT.Femur,
+    "lower legs and feet": codes.SCT.BoneOfLowerLimb,
     "lower legs": codes.SCT.BoneOfLowerLimb,
     "feet": codes.SCT.Foot,
 }
+LATERALITY = {"left": codes.SCT.Left, "right": codes.SCT.Right}
+#: What the node claims about a reported hot spot: a lesion (a focus of abnormal uptake the model
+#: judged suspicious for a bone lesion), with its probability where a second stage gave one; not a
+#: diagnosis of metastasis (docs/segmentation.md, "Anatomy map and second stage").
+FINDING = codes.SCT.Lesion
+PROBABILITY = codes.DCM.ProbabilityOfCancer
+
+
+def finding_site(site: str | None) -> hd.sr.FindingSite | None:
+    """The coded site of a region name, e.g. "left ribs" → Rib with laterality Left."""
+    if not site:
+        return None
+    side, _, region = site.partition(" ")
+    if side not in LATERALITY:
+        side, region = "", site
+    code = SITE_CODES.get(region)
+    if code is None:
+        return None
+    return hd.sr.FindingSite(code, laterality=LATERALITY.get(side))
 
 
 def build_report(
@@ -178,14 +209,17 @@ def _lesion_group(
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     lesion = item.lesion
     identifier, uid = provenance.lesion_tracking(lesion)
-    site = SITE_CODES.get(item.site or "")
+    site = finding_site(item.site)
     if item.site and site is None:
         logger.warning("%s: site %r has no code; the SR names no finding site", identifier, item.site)
+    probability = ([] if lesion.probability is None else [hd.sr.Measurement(
+        name=PROBABILITY, value=round(lesion.probability, 4), unit=codes.UCUM.NoUnits,
+        referenced_coordinates=[_outline(outline, frame)])])
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=uid, identifier=identifier),
-        finding_type=codes.SCT.NeoplasmSecondary,
+        finding_type=FINDING,
         finding_category=codes.SCT.MorphologicallyAbnormalStructure,
-        finding_sites=[hd.sr.FindingSite(site)] if site is not None else None,
+        finding_sites=[site] if site is not None else None,
         algorithm_id=algorithm,
         measurements=[
             _area_from_outline(lesion.area_mm2, outline, frame, provenance),
@@ -197,6 +231,7 @@ def _lesion_group(
                 )
                 for value, derivation in ((lesion.mean_counts, codes.SCT.Mean), (lesion.peak_counts, codes.SCT.Maximum))
             ),
+            *probability,
         ],
         qualitative_evaluations=[
             hd.sr.QualitativeEvaluation(name=codes.DCM.ImageView, value=VIEW_CODES[lesion.view])

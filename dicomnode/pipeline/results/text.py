@@ -18,6 +18,15 @@ def view_summary(view: ViewBurden) -> str:
     return f"{name}: {view.lesion_count} {noun}, {view.total_area_mm2:.1f} mm2"
 
 
+def lesion_caption(number: int, site: str | None, probability: float | None) -> str:
+    """A lesion's label on the picture and the GSPS, e.g. ``3 left ribs p=0.82`` (the region from the
+    anatomy map; the probability that it is a bone lesion, where a second stage judged it)."""
+    words = [str(number), site or "site unknown"]
+    if probability is not None:
+        words.append(f"p={probability:.2f}")
+    return " ".join(words)
+
+
 def bsi_summary(burden: BoneBurden) -> str:
     """E.g. ``Approx. BSI 0.24 % (planar estimate)``."""
     if burden.bsi_percent is None:

@@ -1,0 +1,149 @@
+"""The anatomy reading of lesion candidates (segmentation.judgement, segmentation.reading) on simulated
+studies whose exact anatomy (dicomnode.synth.labels) stands in for the map: the fixed rules, the
+features the second stage learns from, the sites; and the SR built from a read result."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from dicomnode.synth.simulate import simulate_study
+from segmentation.anatomy import AnatomyLabel, ViewAnatomy
+from segmentation.judgement import FEATURES, SecondStage, candidates, judge
+from segmentation.postprocess import view_result
+from segmentation.scan import View
+from train.secondstage import simulated_scan
+
+
+def _exact(study, scan) -> dict[View, ViewAnatomy]:
+    return {view: ViewAnatomy(study.anatomy[view], study.midline, image.source)
+            for view, image in scan.views.items()}
+
+
+def _marked(study, scan, extra: dict[View, np.ndarray]):
+    """Lesion results whose masks are the truth plus ``extra`` hot spots (probability 0.99 there)."""
+    results = {}
+    for view, image in scan.views.items():
+        mask = (study.truth[view] > 0) | extra[view]
+        results[view] = view_result(image, mask.astype(np.float32) * 0.99, 0.5)
+    return results
+
+
+def _blob(shape, row: float, column: float, radius: float = 4) -> np.ndarray:
+    rows, cols = np.ogrid[: shape[0], : shape[1]]
+    return (rows - row) ** 2 + (cols - column) ** 2 <= radius ** 2
+
+
+@pytest.fixture(scope="module")
+def bladder_study():
+    study = simulate_study(31, variant="full-bladder")
+    return study, simulated_scan(study, 31)
+
+
+def test_a_hot_spot_on_the_bladder_is_urine_and_lesions_keep_their_bone_and_side(bladder_study):
+    study, scan = bladder_study
+    (row, column), = [p for m, p in zip(study.mimics, study.mimic_positions_px) if m.kind == "bladder"]
+    extra = {View.ANTERIOR: _blob(study.truth[View.ANTERIOR].shape, row, column),
+             View.POSTERIOR: _blob(study.truth[View.POSTERIOR].shape, row, scan.posterior.source.columns - 1 - column)}
+    results = _marked(study, scan, extra)
+    verdicts = judge(candidates(scan.views, results, _exact(study, scan)), None)
+    on_bladder = [v for v in verdicts if v.candidate.region is AnatomyLabel.BLADDER]
+    assert len(on_bladder) == 2 and all(not v.suspicious and v.reason == "urine" for v in on_bladder)
+    kept = [v for v in verdicts if v.suspicious]
+    assert kept and all(v.candidate.region.is_bone for v in kept)
+    sided = 0
+    for verdict in kept:
+        lesion = verdict.candidate.lesion
+        truth = [t for t in study.lesions if t.visible[lesion.view]
+                 and np.hypot(*np.subtract(t.position_px, _canonical(scan, lesion))) < 6]
+        bone = truth[0].lesion.bone if truth else ""
+        if bone.split(" ")[0] in ("left", "right") and verdict.candidate.region.paired:
+            assert verdict.candidate.site.startswith(bone.split(" ")[0]), (bone, verdict.candidate.site)
+            sided += 1
+    assert sided >= 1
+
+
+def _canonical(scan, lesion) -> tuple[float, float]:
+    source = scan.views[lesion.view].source
+    row, column = lesion.centroid
+    return row, (source.columns - 1 - column) if source.flip_lr else column
+
+
+def test_injection_site_and_skin_contamination_are_not_bone_lesions():
+    for seed, variant, reasons in ((32, "injection-site", {"injection site", "extra-osseous uptake"}),
+                                   (34, "urine-contamination", {"extra-osseous uptake", "urine"})):
+        study = simulate_study(seed, variant=variant, metastases=False)
+        scan = simulated_scan(study, seed)
+        extra = {}
+        for view in View:
+            spots = np.zeros(study.truth[view].shape, bool)
+            for mimic, (row, column) in zip(study.mimics, study.mimic_positions_px):
+                if mimic.kind in ("injection_site", "contamination"):
+                    col = column if view is View.ANTERIOR else study.truth[view].shape[1] - 1 - column
+                    spots |= _blob(spots.shape, row, col, 3)
+            extra[view] = spots
+        verdicts = judge(candidates(scan.views, _marked(study, scan, extra), _exact(study, scan)), None)
+        assert verdicts, variant
+        assert {v.reason for v in verdicts} <= reasons, (variant, [(v.reason, v.candidate.site) for v in verdicts])
+
+
+def test_symmetric_knees_measure_symmetric_and_a_one_sided_focus_does_not():
+    study = simulate_study(33, variant="degenerative-knees", metastases=False)
+    scan = simulated_scan(study, 33)
+    knees = [(m, p) for m, p in zip(study.mimics, study.mimic_positions_px) if m.site.endswith("knee")]
+    assert len(knees) == 2
+    extra = {View.ANTERIOR: np.zeros(study.truth[View.ANTERIOR].shape, bool)}
+    for _, (row, column) in knees:
+        extra[View.ANTERIOR] |= _blob(extra[View.ANTERIOR].shape, row, column, 4)
+    extra[View.POSTERIOR] = np.zeros_like(extra[View.ANTERIOR])
+    found = candidates(scan.views, _marked(study, scan, extra), _exact(study, scan))
+    at_knees = [c for c in found if c.lesion.view is View.ANTERIOR]
+    assert len(at_knees) == 2 and all(c.lateral for c in at_knees)
+    assert all(abs(c.asymmetry) < np.log(1.6) for c in at_knees)  # the other knee is as hot
+    assert {c.side for c in at_knees} == {"left", "right"}
+    assert {c.region for c in at_knees} <= {AnatomyLabel.FEMORA, AnatomyLabel.LOWER_LEGS_AND_FEET}
+    # a focus on one femoral shaft only: its mirror point is normal bone, the asymmetry is large
+    femur = np.argwhere(study.anatomy[View.ANTERIOR] == AnatomyLabel.FEMORA)
+    row, column = femur[len(femur) // 2]
+    one = {View.ANTERIOR: _blob(extra[View.ANTERIOR].shape, row, column, 4), View.POSTERIOR: extra[View.POSTERIOR]}
+    image = scan.anterior
+    boosted = dataclasses.replace(image, counts=image.counts + 4 * image.counts.max() * one[View.ANTERIOR])
+    scan = dataclasses.replace(scan, anterior=boosted)
+    (single,) = [c for c in candidates(scan.views, _marked(study, scan, one), _exact(study, scan))
+                 if c.lesion.view is View.ANTERIOR]
+    assert single.asymmetry > np.log(2.0)
+
+
+def test_the_second_stage_scores_what_its_weights_say(tmp_path):
+    """A stage that weighs only asymmetry keeps the asymmetric focus and dismisses the symmetric one."""
+    weights = [0.0] * len(FEATURES)
+    weights[FEATURES.index("asymmetry")] = 4.0
+    stage = SecondStage(tuple(weights), 0.0, 0.5, (0.0,) * len(FEATURES), (1.0,) * len(FEATURES))
+    stage.save(tmp_path / "stage.json")
+    loaded = SecondStage.load(tmp_path / "stage.json")
+    assert loaded == stage
+    features = np.zeros(len(FEATURES))
+    assert loaded.score(features) == pytest.approx(0.5)
+    features[FEATURES.index("asymmetry")] = 1.0
+    assert loaded.score(features) > 0.95
+    features[FEATURES.index("asymmetry")] = -1.0
+    assert loaded.score(features) < 0.05
+    bad = (tmp_path / "stage.json").read_text().replace('"asymmetry"', '"symmetry"')
+    (tmp_path / "bad.json").write_text(bad)
+    with pytest.raises(ValueError, match="features"):
+        SecondStage.load(tmp_path / "bad.json")
+
+
+def test_components_and_lesion_labels_agree():
+    """candidates() finds each lesion's pixels by its label (postprocess numbers components in raster order)."""
+    study = simulate_study(35)
+    scan = simulated_scan(study, 35)
+    results = _marked(study, scan, {v: np.zeros(study.truth[v].shape, bool) for v in View})
+    found = candidates(scan.views, results, _exact(study, scan))
+    assert len(found) == sum(len(r.lesions) for r in results.values())
+    for candidate in found:
+        _labels, _ = ndimage.label(results[candidate.lesion.view].mask)
+        assert candidate.probability == pytest.approx(0.99, abs=1e-6)
