@@ -123,6 +123,7 @@ def evaluate(
     device: str | None = typer.Option(None, help="cpu or cuda (default: CUDA when present)."),
     threads: int | None = typer.Option(None, min=1, help="torch CPU threads."),
     record: str | None = typer.Option(None, "--record-in-card", help="Also store the headline in the (first) model card's metrics under this name."),
+    anatomy: bool = typer.Option(True, "--anatomy/--lesion-model-only", help="Read the lesions on the anatomy map as the node does (labelled-study folders)."),
 ) -> None:
     """Score models as the papers do: DSC / precision / recall ± std, lesion sensitivity, FP per study."""
     import json
@@ -152,7 +153,8 @@ def evaluate(
                 for k, v in scores.items() if not isinstance(v, (dict, list))))
             typer.echo(f"report: {out / 'bs80k.json'}")
             return
-        evaluation, report = evaluate_folder(weights, data, out, runs=runs, seed=seed, subset=subset.value, device=device)
+        evaluation, report = evaluate_folder(weights, data, out, runs=runs, seed=seed, subset=subset.value, device=device,
+                                             anatomy=anatomy)
     except (FileNotFoundError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

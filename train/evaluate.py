@@ -36,6 +36,7 @@ import numpy as np
 from scipy import ndimage
 
 from segmentation.inference import Segmenter
+from segmentation.reading import AnatomyReader
 from segmentation.metrics import (
     EIGHT_CONNECTED,
     LesionCounts,
@@ -302,8 +303,11 @@ def evaluate(
     device: str | None = None,
     data: str = "",
     subset: str = "all",
+    anatomy: bool = False,
 ) -> Evaluation:
-    """Evaluate one or several models on ``studies`` (see the module docstring for "runs")."""
+    """Evaluate one or several models on ``studies`` (see the module docstring for "runs");
+    ``anatomy``: their lesions read on the shipped anatomy map, as the node reads them
+    (:mod:`segmentation.reading`), else the lesion model alone."""
     if not models:
         raise ValueError("no model to evaluate")
     if runs < 1:
@@ -311,6 +315,8 @@ def evaluate(
     per_model = []
     for path in models:
         segmenter = Segmenter.from_weights(path, device=device)
+        if anatomy:
+            segmenter.reader = AnatomyReader.default(device=device)
         per_model.append(evaluate_studies(segmenter, studies))
         log.info("evaluated %s on %d studies", path, len(per_model[-1]))
     if len(models) > 1:

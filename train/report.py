@@ -226,16 +226,19 @@ def evaluate_folder(
     seed: int = 42,
     subset: str = "all",
     device: str | None = None,
+    anatomy: bool = False,
 ) -> tuple[Evaluation, Path]:
     """Load the studies under ``data``, keep ``subset`` of the first model's training split, evaluate
-    the models and write the report into ``out``."""
+    the models (``anatomy``: read on the anatomy map, :func:`train.evaluate.evaluate`) and write the
+    report into ``out``."""
     card = load_card(Path(models[0])).to_dict()
     studies = load_studies(data)
     if subset != "all":
         studies = split_for(card, [s.patient_id for s in studies]).select(studies, subset)
         if not studies:
             raise ValueError(f"the {subset} subset of {data} is empty")
-    evaluation = evaluate(models, studies, runs=runs, seed=seed, device=device, data=str(data), subset=subset)
+    evaluation = evaluate(models, studies, runs=runs, seed=seed, device=device, data=str(data), subset=subset,
+                          anatomy=anatomy)
     return evaluation, write_report(evaluation, studies, card, out)
 
 
