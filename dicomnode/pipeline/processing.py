@@ -25,6 +25,7 @@ import logging
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from dataclasses import dataclass
 
@@ -54,6 +55,9 @@ from segmentation.volume import GeometryError
 from segmentation.views import ViewError, load_scan
 
 log = logging.getLogger(__name__)
+
+
+AnyAcquisition = TypeVar("AnyAcquisition", Acquisition, HybridAcquisition)
 
 
 class UnreadableStudy(ValueError):
@@ -113,6 +117,17 @@ def whole_body_instances(datasets: Sequence[Dataset]) -> list[Dataset]:
     """The whole-body NM images among ``datasets`` (Image Type value 3, :mod:`segmentation.acquisitions`)."""
     return [ds for ds in datasets if ds.get("SOPClassUID") == NuclearMedicineImageStorage
             and nm_image_kind(ds)[0] is NMImageKind.WHOLE_BODY]
+
+
+def judge_study_tracer(acquisitions: Sequence[AnyAcquisition],
+                       nm_headers: Sequence[Dataset]) -> tuple[list[AnyAcquisition], bool]:
+    """The acquisitions with the whole study's "not a bone scan" reason where its NM headers give one
+    (:func:`segmentation.acquisitions.study_tracer_refusal`), and whether those headers say nothing of
+    the tracer (then the image decides: :func:`segment_acquisition` ``tracer_unstated``)."""
+    not_bone = study_tracer_refusal(nm_headers)
+    if not_bone is not None:
+        acquisitions = [dataclasses.replace(a, refusal=a.refusal or not_bone) for a in acquisitions]
+    return list(acquisitions), not tracer_stated(nm_headers)
 
 
 def segment_acquisition(acquisition: Acquisition, segmenter: Segmenter, options: ResultOptions,
@@ -221,11 +236,9 @@ def segment_study(datasets: Sequence[Dataset], segmenter: Segmenter, options: Re
     if not acquisitions:
         raise UnreadableStudy(no_whole_body_reason(held_kinds(datasets)))
     nm_headers = [ds for ds in datasets if ds.get("SOPClassUID") == NuclearMedicineImageStorage]
-    not_bone, unstated = study_tracer_refusal(nm_headers), not tracer_stated(nm_headers)
+    acquisitions, unstated = judge_study_tracer(acquisitions, nm_headers)  # as the worker decides
     runs = []
     for acquisition in acquisitions:
-        if not_bone is not None:  # the whole study's evidence, as the node decides (worker)
-            acquisition = dataclasses.replace(acquisition, refusal=acquisition.refusal or not_bone)
         run = segment_acquisition(acquisition, segmenter, options, first_result_set, tracer_unstated=unstated)
         first_result_set += run.processed
         runs.append(run)

@@ -7,8 +7,9 @@ For each claimed job (:mod:`dicomnode.pipeline.queue`):
 1. read the study's current whole-body NM instances (not superseded) from the spool and split them
    into acquisitions (:func:`segmentation.acquisitions.split_acquisitions`);
 2. decide from all of the study's NM headers whether it is a bone scan at all
-   (:func:`segmentation.acquisitions.study_tracer_refusal`: a stated radiopharmaceutical, the study
-   and series descriptions); if not, every acquisition ends "not processable" with that reason;
+   (:func:`dicomnode.pipeline.processing.judge_study_tracer`: a stated radiopharmaceutical, the
+   study and series descriptions, and where they say nothing the image); if not, every acquisition
+   ends "not processable" with that reason;
    for each acquisition (whole-body planar, then SPECT/CT: a RECON TOMO volume with the CT series of
    its Frame of Reference) that no earlier job handled with the same content (its fingerprint: a
    hash of its instances' SHA-256), :func:`dicomnode.pipeline.processing.segment_acquisition` (views →
@@ -46,7 +47,6 @@ The segmenter is loaded once per process (:func:`dicomnode.pipeline.processing.l
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
 import logging
@@ -64,6 +64,7 @@ from dicomnode.dicom.validate import drop_value_warning_records
 from dicomnode.pipeline.processing import (
     AcquisitionRun,
     UnreadableStudy,
+    judge_study_tracer,
     no_whole_body_reason,
     segment_acquisition,
     segment_hybrid,
@@ -92,8 +93,6 @@ from segmentation.acquisitions import (
     NMImageKind,
     split_acquisitions,
     split_hybrid,
-    study_tracer_refusal,
-    tracer_stated,
 )
 from segmentation.inference import Segmenter
 from segmentation.spectct import HybridSegmenter
@@ -279,19 +278,16 @@ class Worker:
             by_kind.setdefault(kind, []).append(dataset)
         planar = split_acquisitions(by_kind.get(SEGMENTED_KIND, []))
         hybrid = split_hybrid(by_kind.get(NMImageKind.RECON_TOMO.value, []), by_kind.get(ObjectKind.CT.value, []))
-        not_bone = study_tracer_refusal(nm_headers)  # the whole study's evidence, not each instance's
-        unstated = not tracer_stated(nm_headers)  # then the image decides (segment_acquisition)
-        if not_bone is not None:
-            planar = [dataclasses.replace(a, refusal=a.refusal or not_bone) for a in planar]
-            hybrid = [dataclasses.replace(a, refusal=a.refusal or not_bone) for a in hybrid]
-        if not planar and not hybrid:
+        # the whole study's evidence decides whether it is a bone scan, not each instance's
+        acquisitions, unstated = judge_study_tracer([*planar, *hybrid], nm_headers)
+        if not acquisitions:
             reason = no_whole_body_reason(kinds)
             log.info("study not processable", extra={"job": job.id, "study_uid": job.study_instance_uid,
                                                      "reason": reason})
             return [], [Outcome("study", "study", _fingerprint([]), AcquisitionState.NOT_PROCESSABLE, reason)]
         stored: list[StoredResult] = []
         outcomes: list[Outcome] = []
-        for acquisition in (*planar, *hybrid):
+        for acquisition in acquisitions:
             fingerprint = _fingerprint(instances[uid][1] for uid in acquisition.sop_instance_uids)
             if fingerprint in processed_before:
                 log.info("acquisition unchanged since an earlier job's outcome; not processed again",
