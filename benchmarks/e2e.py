@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sqlalchemy import func, select  # noqa: E402
 
-from dicomnode.pipeline.queue import as_utc  # noqa: E402
+from dicomnode.store.models import as_utc  # noqa: E402
 from dicomnode.store.db import Database, connect  # noqa: E402
 from dicomnode.store.models import Export, Instance, Job, JobState, ResultObject, Study  # noqa: E402
 from dicomnode.synth import write_studies  # noqa: E402

@@ -380,7 +380,8 @@ def test_a_transient_failure_never_ends_an_export_and_its_back_off_is_capped(tmp
     from pydicom.uid import generate_uid
 
     from dicomnode.pipeline.export import Outcome, claim_batch, record
-    from dicomnode.pipeline.queue import StoredResult, as_utc, claim, complete
+    from dicomnode.pipeline.queue import StoredResult, claim, complete
+    from dicomnode.store.models import as_utc
     from tests.processing_helpers import add_study
 
     database = sqlite_database(tmp_path / "var")

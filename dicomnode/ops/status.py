@@ -47,7 +47,7 @@ from sqlalchemy import and_, func, select
 
 from dicomnode.config import RetentionSection
 from dicomnode.pipeline.export import reopen
-from dicomnode.pipeline.queue import as_utc, requeue_failed
+from dicomnode.pipeline.queue import requeue_failed
 from dicomnode.store.db import Database
 from dicomnode.store.ingest import CONTEXT_REFUSED
 from dicomnode.store.retention import survey
@@ -65,6 +65,7 @@ from dicomnode.store.models import (
     ResultObject,
     Study,
     StudyState,
+    as_utc,
     utcnow,
 )
 

@@ -36,9 +36,9 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 
 from dicomnode.dicom.sop import SEGMENTED_KIND, ObjectKind
-from dicomnode.pipeline.queue import as_utc, enqueue
+from dicomnode.pipeline.queue import enqueue
 from dicomnode.store.db import Database
-from dicomnode.store.models import Instance, Study, StudyState, utcnow
+from dicomnode.store.models import Instance, Study, StudyState, as_utc, utcnow
 from segmentation.acquisitions import NMImageKind
 
 log = logging.getLogger(__name__)

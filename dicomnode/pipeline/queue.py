@@ -65,7 +65,7 @@ import socket
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from sqlalchemy import and_, or_, select, update
@@ -83,6 +83,7 @@ from dicomnode.store.models import (
     ResultObject,
     Study,
     StudyState,
+    as_utc,
     utcnow,
 )
 
@@ -193,13 +194,6 @@ class StoredResult:
 def worker_name(role: str = "worker") -> str:
     """A lease owner name unique to this process: ``host:pid:role:random``."""
     return f"{socket.gethostname()}:{os.getpid()}:{role}:{uuid.uuid4().hex[:8]}"
-
-
-def as_utc(value: datetime | None) -> datetime | None:
-    """A datetime read back from the database as aware UTC (SQLite returns naive UTC values)."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
 
 
 def enqueue(session: Session, study: Study, now: datetime | None = None) -> Job | None:

@@ -43,7 +43,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import and_, exists, func, select, update
@@ -60,6 +60,7 @@ from dicomnode.store.models import (
     ResultObject,
     Study,
     StudyState,
+    as_utc,
     utcnow,
 )
 from dicomnode.store.spool import Spool, free_bytes
@@ -146,7 +147,7 @@ def survey(database: Database, spool_root: Path, settings: RetentionSection, min
         settled = []
         for study_id, uid, version, processed, delivered, inst, res in _settled_studies(session):
             times = [t for t in (processed, delivered) if t is not None]
-            settled_at = _utc(max(times)) if times else now
+            settled_at = as_utc(max(times)) if times else now
             settled.append(Candidate(study_id, uid, version, settled_at, int(inst) + int(res)))
         with_files = _held_studies(session)
         spool_bytes = int(session.scalar(select(func.coalesce(func.sum(Instance.size), 0))
@@ -305,7 +306,3 @@ def _remove_empty_directories(spool: Spool, paths: list[str]) -> None:
                 pass
             spool.forget_directory(folder)
 
-
-def _utc(value: datetime) -> datetime:
-    """SQLite gives back naive datetimes; they were written as UTC."""
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
