@@ -252,27 +252,6 @@ MULTI_FRAME_CLASSES = frozenset({NuclearMedicineImageStorage, SegmentationStorag
 _QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")  # values quoted in a reader's warning (may be patient data)
 
 
-class _ValueWarningRecords(logging.Filter):
-    """Drops pydicom's log record of a value warning ("The value length (22) exceeds ...", "Invalid
-    value for VR ..."): pydicom sends each both to its logger and as a Python warning
-    (``pydicom.misc.warn_and_log``); the warning is what the node keeps (the receiver's per-series
-    notes; elsewhere Python's warning filter, once per message), so the record would only repeat it
-    once per instance (342 lines for one real CT)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(("The value length", "Invalid value for VR"))
-
-
-_VALUE_WARNING_RECORDS = _ValueWarningRecords()
-
-
-def drop_value_warning_records() -> None:
-    """Install :class:`_ValueWarningRecords` on the ``pydicom`` logger (idempotent)."""
-    pydicom_logger = logging.getLogger("pydicom")
-    if _VALUE_WARNING_RECORDS not in pydicom_logger.filters:
-        pydicom_logger.addFilter(_VALUE_WARNING_RECORDS)
-
-
 def _check_pixel_module(ds: Dataset, warnings: list[str]) -> None:
     """Image Pixel Module (PS3.3 C.7.6.3) consistency, with each class's Bits Allocated."""
     mismatch = Status.DATASET_DOES_NOT_MATCH_SOP_CLASS

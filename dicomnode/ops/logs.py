@@ -26,7 +26,8 @@ into the log (``logging.captureWarnings``), never printed raw to stderr, and in 
 other than the node's every quoted value is replaced by ``'…'`` unless ``include_patient_data``
 (:class:`LibraryRedaction`); the same redaction applies to the text of a logged exception (its
 message lines, not the ``File "…"`` frames), in text and JSON lines alike, since an exception raised by
-a library on received data quotes that data too.
+a library on received data quotes that data too. pydicom logs each of its value warnings as well as
+warning it; only the warning is kept (:class:`ValueWarningRecords`).
 """
 
 from __future__ import annotations
@@ -218,6 +219,17 @@ def _formatter(settings: LoggingSection) -> logging.Formatter:
             else KeyValues(TEXT_FORMAT, include_patient_data=include))
 
 
+class ValueWarningRecords(logging.Filter):
+    """Drops pydicom's log record of a value warning ("The value length (22) exceeds ...", "Invalid
+    value for VR ..."): pydicom sends each both to its logger and as a Python warning
+    (``pydicom.misc.warn_and_log``); the warning is what the node keeps (the receiver's per-series
+    notes, :mod:`dicomnode.dicom.validate`; elsewhere Python's warning filter, once per message), so
+    the record would only repeat it once per instance (342 lines for one real CT)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(("The value length", "Invalid value for VR"))
+
+
 def configure_logging(settings: LoggingSection, file: Path | None = None) -> logging.Handler:
     """Route the node's log to stderr, or to ``file``, as ``[logging]`` says (see the module
     docstring); return the handler."""
@@ -239,4 +251,7 @@ def configure_logging(settings: LoggingSection, file: Path | None = None) -> log
         library = logging.getLogger(name)
         if not any(isinstance(f, Demoted) for f in library.filters):
             library.addFilter(Demoted())
+    pydicom_logger = logging.getLogger("pydicom")
+    if not any(isinstance(f, ValueWarningRecords) for f in pydicom_logger.filters):
+        pydicom_logger.addFilter(ValueWarningRecords())
     return handler

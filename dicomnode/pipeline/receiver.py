@@ -81,7 +81,7 @@ from dicomnode.dicom.budget import DecodeBudget
 from dicomnode.dicom.sop import RECEIVED
 from dicomnode.dicom.status import Status
 from dicomnode.dicom.parse import Refusal
-from dicomnode.dicom.validate import drop_value_warning_records, inspect_instance
+from dicomnode.dicom.validate import inspect_instance
 from dicomnode.store.db import Database
 from dicomnode.store.ingest import CONTEXT_REFUSED, ingest, record_refusal
 from dicomnode.store.spool import Spool
@@ -126,7 +126,6 @@ class Receiver:
             ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
         self.ae = ae
         self._told = OncePerSeries()
-        drop_value_warning_records()  # kept as per-series notes instead (dicomnode.dicom.validate)
 
     @property
     def port(self) -> int:

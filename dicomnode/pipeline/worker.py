@@ -60,7 +60,6 @@ from pydicom.uid import NuclearMedicineImageStorage
 from sqlalchemy import select, true
 
 from dicomnode.dicom.sop import SEGMENTED_KIND, SEGMENTED_KINDS, ObjectKind
-from dicomnode.dicom.validate import drop_value_warning_records
 from dicomnode.pipeline.processing import (
     AcquisitionRun,
     UnreadableStudy,
@@ -164,7 +163,6 @@ class Worker:
         self.policy = policy
         self.owner = owner or worker_name("worker")
         self.unvalidated_results = unvalidated_results  # config [model] unvalidated_results
-        drop_value_warning_records()  # pydicom's value warnings: once per message, not per instance
         self.waiting_for: str | None = None  # the condition this worker is paused for, if any
         self._stop = threading.Event()
 
