@@ -9,7 +9,7 @@ import pytest
 from dicomnode.pipeline.processing import load_segmenter, segment_study
 from dicomnode.pipeline.results import ResultOptions
 from dicomnode.synth.other_tracers import simulate_other_tracer
-from dicomnode.synth.simulate import simulate_study
+from dicomnode.synth.simulate import simulate_study, to_stored
 from segmentation.acquisitions import study_tracer_refusal, tracer_stated
 from segmentation.scan import View
 from segmentation.skeleton import SPINE_MIN, skeleton_evidence, spine_contrast
@@ -18,9 +18,9 @@ from tests.nm_factory import nm_study
 
 
 def canonical(stored: dict[View, np.ndarray]) -> dict[View, np.ndarray]:
-    """The factory takes canonical counts: the posterior view un-mirrored."""
-    return {view: (image[:, ::-1] if view is View.POSTERIOR else image).astype(np.float64)
-            for view, image in stored.items()}
+    """The factory takes canonical counts: the simulator's stored layout mirrored back (the mirror
+    of :func:`~dicomnode.synth.simulate.to_stored` is its own inverse)."""
+    return {view: to_stored(view, image).astype(np.float64) for view, image in stored.items()}
 
 
 def unstated(datasets):
