@@ -37,10 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 from segmentation.anatomy import AnatomyLabel, ViewAnatomy
-from segmentation.postprocess import EIGHT_CONNECTED
+from segmentation.postprocess import lesion_labels
 from segmentation.preprocess import body_mask, reference_level
 from segmentation.result import Lesion, ViewResult
 from segmentation.scan import View, ViewImage
@@ -148,8 +147,8 @@ def candidates(images: Mapping[View, ViewImage], results: Mapping[View, ViewResu
         stored = image.source.to_stored(image.counts)
         reference = reference_level(image.counts, body_mask(image.counts), 95.0)
         other = View.POSTERIOR if view is View.ANTERIOR else View.ANTERIOR
-        components, _ = ndimage.label(result.mask != 0, structure=EIGHT_CONNECTED)
-        for lesion in result.lesions:  # lesion.label is its component's label (postprocess.lesions)
+        components, _ = lesion_labels(result.mask)
+        for lesion in result.lesions:
             mask = components == lesion.label
             region = view_anatomy.region_of(mask)
             row, col = lesion.centroid

@@ -87,9 +87,15 @@ def view_result(
     return ViewResult(view=image.view, probability=probability, mask=mask, lesions=lesions(image, mask))
 
 
+def lesion_labels(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """The 8-connected components of a mask as a label image (0 background, 1…n) and their number:
+    the label of a pixel is the ``label`` of the lesion :func:`lesions` makes of its component."""
+    return ndimage.label(mask != 0, structure=EIGHT_CONNECTED)
+
+
 def lesions(image: ViewImage, mask: np.ndarray) -> tuple[Lesion, ...]:
     """The 8-connected components of a stored-frame mask of ``image`` as lesions."""
-    labels, count = ndimage.label(mask != 0, structure=EIGHT_CONNECTED)
+    labels, count = lesion_labels(mask)
     if count == 0:
         return ()
     counts = image.source.to_stored(image.counts)

@@ -14,7 +14,6 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 from segmentation.anatomymap import DEFAULT_ANATOMY_CARD, AnatomyMapper
 from segmentation.judgement import (
@@ -24,12 +23,7 @@ from segmentation.judgement import (
     candidates,
     judge,
 )
-from segmentation.postprocess import (
-    EIGHT_CONNECTED,
-    OperatingPoint,
-    lesions,
-    view_result,
-)
+from segmentation.postprocess import OperatingPoint, lesion_labels, lesions, view_result
 from segmentation.result import Dismissal, SegmentationResult, ViewResult
 
 
@@ -86,7 +80,7 @@ def with_candidates(result: SegmentationResult, point: OperatingPoint) -> Segmen
 
 def _kept(result: SegmentationResult, view_result: ViewResult, kept: list[Verdict]) -> ViewResult:
     """The view's result with only the ``kept`` components; lesions renumbered, sites attached."""
-    components, _ = ndimage.label(view_result.mask != 0, structure=EIGHT_CONNECTED)
+    components, _ = lesion_labels(view_result.mask)
     mask = np.isin(components, [v.candidate.lesion.label for v in kept]).astype(np.uint8)
     found = lesions(result.scan.views[view_result.view], mask)
     # relabelling keeps the raster order of the components' first pixels, so the order of ``kept``

@@ -68,12 +68,10 @@ def ruled(found: list[Candidate]) -> list[tuple[Candidate, str | None]]:
 
 
 def _touches(candidate: Candidate, mask: np.ndarray, boxes) -> tuple[frozenset, frozenset]:
-    from scipy import ndimage
-
-    from segmentation.postprocess import EIGHT_CONNECTED
+    from segmentation.postprocess import lesion_labels
 
     abnormal, normal = set(), set()
-    components, _ = ndimage.label(mask != 0, structure=EIGHT_CONNECTED)
+    components, _ = lesion_labels(mask)
     own = components == candidate.lesion.label
     for index, box in enumerate(boxes):
         if own[box.clipped(own.shape)].any():
