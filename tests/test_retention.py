@@ -173,9 +173,19 @@ def test_sigkill_in_the_middle_of_a_purge_leaves_no_present_row_without_its_file
     command = [sys.executable, "-c", "from dicomnode.cli import main; main()", "purge", "--apply", "--config", str(config)]
     rng = random.Random(28)
     kills, mid_purge = 0, 0
+
+    def purged() -> int:
+        with database.session() as session:
+            return len(session.scalars(select(Study.id).where(Study.purged_at.is_not(None))).all())
+
     for _ in range(8):
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        time.sleep(rng.uniform(1.5, 4.0))  # the interpreter starts in ~1 s; the purge takes a few seconds
+        # Kill once the purge has marked a few more studies: timed by the purge's own progress, not
+        # by the clock, so a fast or a slow machine both see the kill land mid-purge.
+        target, process = purged() + rng.randint(1, 12), subprocess.Popen(command, stdout=subprocess.PIPE,
+                                                                          stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while process.poll() is None and purged() < target and time.monotonic() < deadline:
+            time.sleep(0.01)
         if process.poll() is not None:
             break
         process.send_signal(signal.SIGKILL)
