@@ -4,7 +4,7 @@
     python benchmarks/anatomy_landmarks.py DATA --pictures runs/anatomy/real       # the map, coloured
     python benchmarks/anatomy_landmarks.py DATA --landmarks /work/landmarks/bs80k-dev.json
 
-``DATA`` is a BS-80K whole-body folder (``<id>/<id>_<date>.dcm``, :mod:`train.bs80k`). Pictures and
+``DATA`` is a BS-80K whole-body folder (``<id>/<id>_<date>.dcm``, :mod:`dicomnode.train.bs80k`). Pictures and
 landmarks derive from the images pixel by pixel, so they are written outside the repository (or
 under the ignored ``runs/``), never committed.
 
@@ -30,9 +30,9 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from segmentation.anatomy import AnatomyLabel, ViewAnatomy
-from segmentation.anatomymap import AnatomyMapper
-from segmentation.scan import BoneScan, View
+from dicomnode.segmentation.anatomy import AnatomyLabel, ViewAnatomy
+from dicomnode.segmentation.anatomymap import AnatomyMapper
+from dicomnode.segmentation.scan import BoneScan, View
 
 LANDMARKS: dict[str, tuple[View, tuple[AnatomyLabel, ...]]] = {
     "bladder": (View.ANTERIOR, (AnatomyLabel.BLADDER,)),
@@ -51,7 +51,7 @@ PALETTE = np.array([
 
 
 def studies(folder: Path) -> list[tuple[str, BoneScan]]:
-    from train.bs80k import read_wholebody
+    from dicomnode.train.bs80k import read_wholebody
 
     return [(path.stem, read_wholebody(path)) for path in sorted(folder.glob("*/*.dcm"))]
 

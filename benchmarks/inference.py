@@ -30,7 +30,7 @@ from collections.abc import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from segmentation.networks import SegmentationNetwork, available, build
+from dicomnode.segmentation.networks import SegmentationNetwork, available, build
 
 VIEW_ROWS, VIEW_COLUMNS = 1024, 256
 VIEWS_PER_STUDY = 2
@@ -134,16 +134,16 @@ def shipped_default(repeats: int, warmup: int) -> dict[str, object]:
     """The shipped default model through the node's own path: ``Segmenter.default().segment`` on a
     simulated 1024 × 256 study (preprocessing, the network with the card's test-time flip, mapping
     back, the operating point), median wall-clock ms per study; then the same with the anatomy map and
-    the second stage read on top (:mod:`segmentation.reading`), as the worker runs it."""
+    the second stage read on top (:mod:`dicomnode.segmentation.reading`), as the worker runs it."""
     from dicomnode.synth.dicom import StudyIdentity, nm_dataset
     from dicomnode.synth.simulate import simulate_study
-    from segmentation.inference import Segmenter
-    from segmentation.scan import View
-    from segmentation.views import load_scan
+    from dicomnode.segmentation.inference import Segmenter
+    from dicomnode.segmentation.scan import View
+    from dicomnode.segmentation.views import load_scan
 
     study = simulate_study(7)
     scan = load_scan([nm_dataset(study, StudyIdentity(seed=7, index=1), (View.ANTERIOR, View.POSTERIOR), 1)])
-    from segmentation.reading import AnatomyReader
+    from dicomnode.segmentation.reading import AnatomyReader
 
     segmenter = Segmenter.default()
     reader = AnatomyReader.default()

@@ -8,7 +8,7 @@ uptake), ``--studies`` simulated studies without metastases and as many with met
 (seeds from ``--seed``, disjoint from the second stage's training seeds), each through the node's
 view loader. **before**: the shipped lesion model alone (``Segmenter.default()``, its operating
 point); **after**: the same probabilities read with the anatomy map and the second stage
-(:class:`segmentation.reading.AnatomyReader`, as the worker runs it). Per row:
+(:class:`dicomnode.segmentation.reading.AnatomyReader`, as the worker runs it). Per row:
 
 - ``FP/study``: reported lesions (both views) that touch no truth lesion, per study;
 - ``benign marks/study``: those of them on a simulated benign hot spot (the bladder or a kidney by the
@@ -35,13 +35,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dicomnode.synth.simulate import simulate_study
 from dicomnode.synth.variants import VARIANTS
-from segmentation.anatomy import AnatomyLabel
-from segmentation.inference import Segmenter
-from segmentation.metrics import lesion_scores
-from segmentation.postprocess import EIGHT_CONNECTED
-from segmentation.reading import AnatomyReader
-from segmentation.scan import View
-from train.secondstage import simulated_scan
+from dicomnode.segmentation.anatomy import AnatomyLabel
+from dicomnode.segmentation.inference import Segmenter
+from dicomnode.segmentation.metrics import lesion_scores
+from dicomnode.segmentation.postprocess import EIGHT_CONNECTED
+from dicomnode.segmentation.reading import AnatomyReader
+from dicomnode.segmentation.scan import View
+from dicomnode.train.secondstage import simulated_scan
 
 MIMIC_RADIUS_PX = 8
 
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     segmenter, reader = Segmenter.default(), AnatomyReader.default()
     if reader is None:
-        parser.error("no shipped anatomy map (segmentation/weights/anatomy.json)")
+        parser.error("no shipped anatomy map (dicomnode/segmentation/weights/anatomy.json)")
     started = time.time()
     print(f"lesion model {segmenter.card.version}; anatomy map {reader.mapper.card.version}; second stage "
           f"{'shipped' if reader.stage else 'none (fixed rules only)'}; {args.studies} studies per row")

@@ -3,18 +3,18 @@
     python benchmarks/real_scans.py --data REAL_WHOLEBODY [--data REAL_CROPS] [--weights MODEL] [--threads 2]
 
 For each folder (BS-80K whole-body with boxes, or BS-80K crops) the numbers of
-:mod:`train.boxscore` at the model's operating point (the shipped default unless ``--weights``),
-through :func:`train.realeval.evaluate_bs80k`; for a whole-body folder also the CPU milliseconds per
+:mod:`dicomnode.train.boxscore` at the model's operating point (the shipped default unless ``--weights``),
+through :func:`dicomnode.train.realeval.evaluate_bs80k`; for a whole-body folder also the CPU milliseconds per
 study of the whole production path (preprocessing, network with the card's test-time flip,
 operating point), one study at a time, and three facts about the data the recipe (docs/training.md)
 relies on:
 
 - the 8-bit body reference level ``R`` of the views (the range the 8-bit export augmentation draws);
 - the ratio of the right hemithorax's 95th percentile to ``R`` on the anterior views (the crops'
-  normalisation constant, :data:`train.crops.CHEST_TO_BODY_REFERENCE`);
+  normalisation constant, :data:`dicomnode.train.crops.CHEST_TO_BODY_REFERENCE`);
 - how many studies' posterior frame is further from the anterior than registration accepts.
 
-Cross-validated numbers come from ``python -m train.crossval``, not from here: this scores one model
+Cross-validated numbers come from ``python -m dicomnode.train.crossval``, not from here: this scores one model
 on whatever folder it is given (e.g. the held-out half). Prints a markdown table.
 """
 
@@ -30,12 +30,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from segmentation.inference import DEFAULT_CARD, Segmenter
-from segmentation.preprocess import Preprocessing, body_mask, prepare, reference_level
-from segmentation.scan import View
-from train.datasets import DataFormat, detect_format, load_studies
-from train.study import LabelledStudy
-from train.realeval import evaluate_bs80k
+from dicomnode.segmentation.inference import DEFAULT_CARD, Segmenter
+from dicomnode.segmentation.preprocess import Preprocessing, body_mask, prepare, reference_level
+from dicomnode.segmentation.scan import View
+from dicomnode.train.datasets import DataFormat, detect_format, load_studies
+from dicomnode.train.study import LabelledStudy
+from dicomnode.train.realeval import evaluate_bs80k
 
 SHOWN = ("studies", "lesion_sensitivity", "false_positives_per_study", "normal_marked_fraction", "study_auc",
          "study_sensitivity", "study_specificity", "crops", "crop_auc", "crop_sensitivity", "crop_specificity",

@@ -19,7 +19,7 @@ Segments every labelled study of a ``dicomnode synth`` folder once with ``Segmen
 5. **Operating points:** the probability threshold swept (the card's threshold is the papers' 0.5),
    with the headline DSC, lesion sensitivity and false positives per study at each.
 
-    python benchmarks/segmentation_limits.py --data STUDIES [--weights segmentation/weights/default.json]
+    python benchmarks/segmentation_limits.py --data STUDIES [--weights dicomnode/segmentation/weights/default.json]
 """
 
 from __future__ import annotations
@@ -34,12 +34,12 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from segmentation.inference import WEIGHTS_DIR, Segmenter
-from segmentation.metrics import EIGHT_CONNECTED, lesion_scores, pixel_counts
-from segmentation.scan import View
-from train.datasets import load_studies
-from train.study import LabelledStudy
-from train.evaluate import stored_position
+from dicomnode.segmentation.inference import WEIGHTS_DIR, Segmenter
+from dicomnode.segmentation.metrics import EIGHT_CONNECTED, lesion_scores, pixel_counts
+from dicomnode.segmentation.scan import View
+from dicomnode.train.datasets import load_studies
+from dicomnode.train.study import LabelledStudy
+from dicomnode.train.evaluate import stored_position
 
 SNR_BINS = (5.0, 10.0, 20.0, 40.0)
 AREA_BINS_PX = (1, 20, 50, 100, 200)

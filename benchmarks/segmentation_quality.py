@@ -2,9 +2,9 @@
 docs/simulation.md).
 
 Simulates ``--studies`` whole-body studies with ``dicomnode.synth`` (seed ``--seed``, layout
-``--layout``), writes them as DICOM, reads them back with :func:`segmentation.views.load_scan_files`
+``--layout``), writes them as DICOM, reads them back with :func:`dicomnode.segmentation.views.load_scan_files`
 and segments them with :meth:`Segmenter.from_weights` — the path the node runs. Prints a markdown
-table of :mod:`segmentation.metrics`: pixel DSC / precision / recall (mean ± std over views, and
+table of :mod:`dicomnode.segmentation.metrics`: pixel DSC / precision / recall (mean ± std over views, and
 pooled), lesion sensitivity and false positives per study; and the wall time per study of
 preprocessing + inference + postprocessing (``segment_many``, one batch of all studies).
 
@@ -23,10 +23,10 @@ import numpy as np
 import torch
 
 from dicomnode.synth import write_studies
-from segmentation.inference import WEIGHTS_DIR, Segmenter
-from segmentation.metrics import LesionCounts, lesion_scores, pixel_counts, summarise, summarise_lesions
-from segmentation.scan import View
-from segmentation.views import load_scan_files
+from dicomnode.segmentation.inference import WEIGHTS_DIR, Segmenter
+from dicomnode.segmentation.metrics import LesionCounts, lesion_scores, pixel_counts, summarise, summarise_lesions
+from dicomnode.segmentation.scan import View
+from dicomnode.segmentation.views import load_scan_files
 
 
 def main() -> None:

@@ -1,11 +1,11 @@
-"""Does the image show a skeleton? The spine contrast of segmentation/skeleton.py on bone scans and on
+"""Does the image show a skeleton? The spine contrast of dicomnode/segmentation/skeleton.py on bone scans and on
 scans of other tracers, with how many of each the node would refuse when nothing states the tracer.
 
     python benchmarks/skeleton_evidence.py [--data REAL_WHOLEBODY ...] [--studies 20]
 
 Rows: simulated bone scans (``dicomnode.synth.simulate``), simulated scans of other tracers
 (``dicomnode.synth.other_tracers``: sestamibi, renal, soft tissue without bone), and each ``--data``
-folder of BS-80K whole-body files (``<id>/<id>_<date>.dcm``, read by :func:`train.bs80k.read_wholebody`).
+folder of BS-80K whole-body files (``<id>/<id>_<date>.dcm``, read by :func:`dicomnode.train.bs80k.read_wholebody`).
 Prints a markdown table: per source, the minimum, median and maximum of the posterior spine
 contrast, and the studies whose image shows no skeleton (named for folders).
 """
@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dicomnode.synth.other_tracers import TRACERS, simulate_other_tracer  # noqa: E402
 from dicomnode.synth.simulate import simulate_study  # noqa: E402
-from segmentation.scan import View  # noqa: E402
-from segmentation.skeleton import SkeletonEvidence, skeleton_evidence, spine_contrast  # noqa: E402
-from train.bs80k import read_wholebody  # noqa: E402
+from dicomnode.segmentation.scan import View  # noqa: E402
+from dicomnode.segmentation.skeleton import SkeletonEvidence, skeleton_evidence, spine_contrast  # noqa: E402
+from dicomnode.train.bs80k import read_wholebody  # noqa: E402
 
 SPACING_MM = 2.26
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Paper 003's table on simulated hybrid exams: simulate a cohort (dicomnode synth --spect-ct), run
 # 5-fold cross-validation of MT-UNet on SPECT, CT and SPECT/CT plus SPECT/CT transfer-learned from
-# SPECT (train/spectct.py), train the shipped SPECT/CT model on all exams, write table + weights.
+# SPECT (dicomnode/train/spectct.py), train the shipped SPECT/CT model on all exams, write table + weights.
 #
 #   OUT=runs/spectct benchmarks/spectct_cv.sh          # the device run (docs/training.md "SPECT/CT")
 #   OUT=/tmp/x EXAMS=6 SIZE=tiny FOLDS=3 MAX_SECONDS=3 BATCH=2 ALLOW_CPU=1 benchmarks/spectct_cv.sh

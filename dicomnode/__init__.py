@@ -11,8 +11,9 @@ The rooms, in the order the imports run (each imports only the ones above it; do
 - :mod:`dicomnode.cli`: the ``dicomnode`` command.
 
 Outside the runtime path: :mod:`dicomnode.synth` (simulated studies) and :mod:`dicomnode.tools`
-(demo, node-and-PACS harness, offline segmentation). The model is the separate package
-:mod:`segmentation`.
+(demo, node-and-PACS harness, offline segmentation). The model package
+:mod:`dicomnode.segmentation` (arrays, networks, model cards) imports no other room, and training
+(:mod:`dicomnode.train`) builds on it and on the simulator.
 """
 
 __version__ = "0.1.0"

@@ -88,8 +88,8 @@ def train(
     """Train a segmentation network from a preset; export <name>.safetensors + <name>.json to OUT."""
     import logging
 
-    from train.config import ConfigError, load_config
-    from train.loop import TrainingError, run_training
+    from dicomnode.train.config import ConfigError, load_config
+    from dicomnode.train.loop import TrainingError, run_training
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -129,21 +129,21 @@ def evaluate(
     import json
     import logging
 
-    from train.report import evaluate_folder
+    from dicomnode.train.report import evaluate_folder
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if threads:
         import torch
 
         torch.set_num_threads(threads)
-    from train.datasets import DataFormat, detect_format
+    from dicomnode.train.datasets import DataFormat, detect_format
 
     try:
         kind = detect_format(data)
         if not as_json:
             typer.echo(f"{data}: {kind.value} format", err=True)
         if kind in (DataFormat.BS80K_WHOLEBODY, DataFormat.BS80K_CROPS):
-            from train.realeval import evaluate_bs80k
+            from dicomnode.train.realeval import evaluate_bs80k
 
             if len(weights) != 1 or subset is not Subset.all or record:
                 raise ValueError("BS-80K folders are scored for one model on all studies (no --subset, --record-in-card)")
@@ -159,7 +159,7 @@ def evaluate(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     if record:
-        from train.report import record_in_card
+        from dicomnode.train.report import record_in_card
 
         record_in_card(weights[0], evaluation, record)
     if as_json:

@@ -99,7 +99,7 @@ from pydicom.uid import (
 from pynetdicom import AE, _config
 from pynetdicom.dsutils import encode
 
-from segmentation.scan import View
+from dicomnode.segmentation.scan import View
 from tests.nm_factory import nm_study, phantom_counts
 
 NM = "1.2.840.10008.5.1.4.1.1.20"

@@ -1,7 +1,7 @@
 """Small NM Image Storage whole-body bone scans for tests, built with pydicom.
 
 :func:`nm_study` stores *canonical* anterior/posterior count arrays (orientation of
-:mod:`segmentation.scan`) the way a camera would: in one two-frame instance (Frame Increment Pointer →
+:mod:`dicomnode.segmentation.scan`) the way a camera would: in one two-frame instance (Frame Increment Pointer →
 Detector Vector, one Detector Information Sequence item per detector, PS3.3 C.8.4.8.1.1) or one
 instance per view, with SCT / SRT / SNM3 view codes in the detector items, at the root, or none; with a
 chosen Patient Orientation per view (the stored pixels follow it), any matrix and pixel spacing.
@@ -21,7 +21,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian, NuclearMedicineImageStorage, PYDICOM_IMPLEMENTATION_UID, generate_uid
 
-from segmentation.scan import View
+from dicomnode.segmentation.scan import View
 
 _SCT = {View.ANTERIOR: ("399321004", "Anterior projection"), View.POSTERIOR: ("399001007", "Posterior projection")}
 _SRT = {View.ANTERIOR: ("G-5215", "Anterior projection"), View.POSTERIOR: ("G-5216", "Posterior projection")}

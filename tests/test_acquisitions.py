@@ -13,15 +13,15 @@ from pydicom.sequence import Sequence
 from dicomnode.pipeline.processing import segment_acquisition
 from dicomnode.pipeline.results import ResultOptions
 from dicomnode.pipeline.results.identity import repair_sources
-from segmentation.acquisitions import (
+from dicomnode.segmentation.acquisitions import (
     NMImageKind,
     nm_image_kind,
     split_acquisitions,
     split_hybrid,
     study_tracer_refusal,
 )
-from segmentation.scan import View, ViewRule
-from segmentation.views import NotWholeBodyView, ViewError, load_scan, stated_views
+from dicomnode.segmentation.scan import View, ViewRule
+from dicomnode.segmentation.views import NotWholeBodyView, ViewError, load_scan, stated_views
 from tests.nm_factory import nm_study, phantom_counts
 from tests.processing_helpers import threshold_segmenter  # noqa: F401 (the "segmenter" fixture)
 

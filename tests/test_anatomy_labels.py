@@ -1,5 +1,5 @@
 """The simulator's exact anatomy labels and midline (dicomnode.synth.labels), and the augmentation of
-the anatomy map's training views toward real scans (train.anatomydata)."""
+the anatomy map's training views toward real scans (dicomnode.train.anatomydata)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from dicomnode.synth.simulate import simulate_study
-from segmentation.anatomy import AnatomyLabel, ViewAnatomy, fit_midline
-from segmentation.scan import View, ViewRule, ViewSource
-from train.anatomydata import MAP_SHAPE, SimulatedView, _cut, augment, simulated_views
+from dicomnode.segmentation.anatomy import AnatomyLabel, ViewAnatomy, fit_midline
+from dicomnode.segmentation.scan import View, ViewRule, ViewSource
+from dicomnode.train.anatomydata import MAP_SHAPE, SimulatedView, _cut, augment, simulated_views
 
 ROWS, COLUMNS = 512, 128
 
@@ -111,7 +111,7 @@ def test_augmented_views_keep_the_map_grid_and_normalise_to_the_body_level():
 
 def test_eight_bit_views_saturate_at_255():
     view = simulated_views(7)[0]
-    from train.anatomydata import Augmentation
+    from dicomnode.train.anatomydata import Augmentation
 
     eight = Augmentation(eight_bit=1.0, zoom=0.0, shift_mm=0.0, cut=0.0, flip_lr=0.0, thinning_min_keep=1.0)
     rng = np.random.default_rng(1)

@@ -1,4 +1,4 @@
-"""The shipped anatomy map (segmentation/weights/anatomy.*) on simulated studies it never saw, through
+"""The shipped anatomy map (dicomnode/segmentation/weights/anatomy.*) on simulated studies it never saw, through
 the node's own view loader: labels where the simulator put the anatomy, on each view's stored frame,
 the midline, and the worker's segmenter reading lesions with it."""
 
@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from dicomnode.synth.simulate import simulate_study
-from segmentation.anatomy import AnatomyLabel
-from segmentation.anatomymap import DEFAULT_ANATOMY_CARD, AnatomyMapper
-from segmentation.modelcard import ANATOMY_MAP, load_card
-from segmentation.scan import View
-from train.anatomy import dice_per_label
-from train.secondstage import simulated_scan
+from dicomnode.segmentation.anatomy import AnatomyLabel
+from dicomnode.segmentation.anatomymap import DEFAULT_ANATOMY_CARD, AnatomyMapper
+from dicomnode.segmentation.modelcard import ANATOMY_MAP, load_card
+from dicomnode.segmentation.scan import View
+from dicomnode.train.anatomy import dice_per_label
+from dicomnode.train.secondstage import simulated_scan
 
 torch.set_num_threads(1)
 SEEDS = (990001, 990002, 990003)  # not among the training seeds (config/train/anatomy.toml: 2500-2819)
@@ -75,7 +75,7 @@ def test_the_sr_of_a_read_result_names_sites_with_laterality_and_the_probability
     from dicomnode.pipeline.results import ResultKind, ResultOptions, build_results
     from dicomnode.pipeline.results.sr import SITE_CODES
     from dicomnode.synth.dicom import StudyIdentity, nm_dataset
-    from segmentation.views import load_scan
+    from dicomnode.segmentation.views import load_scan
 
     segmenter = load_segmenter("default", "cpu")
     for seed in range(990005, 990015):

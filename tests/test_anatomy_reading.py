@@ -1,4 +1,4 @@
-"""The anatomy reading of lesion candidates (segmentation.judgement, segmentation.reading) on simulated
+"""The anatomy reading of lesion candidates (dicomnode.segmentation.judgement, dicomnode.segmentation.reading) on simulated
 studies whose exact anatomy (dicomnode.synth.labels) stands in for the map: the fixed rules, the
 features the second stage learns from, the sites; and the SR built from a read result."""
 
@@ -11,11 +11,11 @@ import pytest
 from scipy import ndimage
 
 from dicomnode.synth.simulate import simulate_study
-from segmentation.anatomy import AnatomyLabel, ViewAnatomy
-from segmentation.judgement import FEATURES, SecondStage, candidates, judge
-from segmentation.postprocess import view_result
-from segmentation.scan import View
-from train.secondstage import simulated_scan
+from dicomnode.segmentation.anatomy import AnatomyLabel, ViewAnatomy
+from dicomnode.segmentation.judgement import FEATURES, SecondStage, candidates, judge
+from dicomnode.segmentation.postprocess import view_result
+from dicomnode.segmentation.scan import View
+from dicomnode.train.secondstage import simulated_scan
 
 
 def _exact(study, scan) -> dict[View, ViewAnatomy]:

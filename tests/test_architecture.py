@@ -8,7 +8,7 @@ import ast
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("dicomnode", "segmentation", "train")
+PACKAGES = ("dicomnode",)
 
 
 def modules() -> dict[str, Path]:
@@ -77,5 +77,21 @@ def test_the_cycle_finder_finds_one() -> None:
 def test_no_module_imports_back() -> None:
     known = modules()
     graph = {name: imports(name, path, known) for name, path in known.items()}
-    assert "segmentation.volume" in graph["segmentation.spectct"]  # the graph is read
+    assert "dicomnode.segmentation.volume" in graph["dicomnode.segmentation.spectct"]  # the graph is read
     assert cycles(graph) == []
+
+
+def test_the_model_package_imports_no_other_room_and_training_only_the_model_and_simulator() -> None:
+    """docs/architecture.md, "Layout": the model package works on arrays and cards; training builds
+    on it and on the simulator; nothing outside ``dicomnode`` is a top-level package of ours."""
+    known = modules()
+    graph = {name: imports(name, path, known) for name, path in known.items()}
+
+    def outside(prefix: str, allowed: tuple[str, ...]) -> dict[str, set[str]]:
+        return {name: {m for m in targets if not m.startswith(allowed)}
+                for name, targets in graph.items() if name.startswith(prefix)
+                and any(not m.startswith(allowed) for m in targets)}
+
+    assert outside("dicomnode.segmentation", ("dicomnode.segmentation",)) == {}
+    assert outside("dicomnode.train", ("dicomnode.train", "dicomnode.segmentation", "dicomnode.synth")) == {}
+    assert not (REPO / "segmentation").exists() and not (REPO / "train").exists()

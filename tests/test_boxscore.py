@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from segmentation.inference import Segmenter
-from segmentation.modelcard import ModelCardError, load_card, save_model, update_card
-from segmentation.networks import build
-from segmentation.postprocess import OperatingPoint, lesion_mask
-from segmentation.preprocess import Preprocessing
-from segmentation.scan import View
+from dicomnode.segmentation.inference import Segmenter
+from dicomnode.segmentation.modelcard import ModelCardError, load_card, save_model, update_card
+from dicomnode.segmentation.networks import build
+from dicomnode.segmentation.postprocess import OperatingPoint, lesion_mask
+from dicomnode.segmentation.preprocess import Preprocessing
+from dicomnode.segmentation.scan import View
 from tests.bs80k_fixtures import HotSpot, write_wholebody
-from train.boxscore import (
+from dicomnode.train.boxscore import (
     StudyCandidates,
     choose_operating_point,
     roc_auc,
@@ -26,8 +26,8 @@ from train.boxscore import (
     view_candidates,
     wholebody_scores,
 )
-from train.datasets import load_studies
-from train.weak import ABNORMAL, NORMAL, Box
+from dicomnode.train.datasets import load_studies
+from dicomnode.train.weak import ABNORMAL, NORMAL, Box
 
 
 def test_auc_is_the_probability_a_positive_outranks_a_negative() -> None:

@@ -18,14 +18,14 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-import segmentation.inference
+import dicomnode.segmentation.inference
 from dicomnode.cli import app
 from dicomnode.pipeline.processing import load_segmenter
 from dicomnode.tools.demo import run_demo
 from dicomnode.tools.harness import HarnessError, dcmtk_binary
-from segmentation.metrics import pixel_counts
-from segmentation.scan import View
-from segmentation.views import load_scan
+from dicomnode.segmentation.metrics import pixel_counts
+from dicomnode.segmentation.scan import View
+from dicomnode.segmentation.views import load_scan
 from tests.peers import dcmtk
 
 KIND = {"1.2.840.10008.5.1.4.1.1.66.4": "SEG", "1.2.840.10008.5.1.4.1.1.11.1": "GSPS",
@@ -49,7 +49,7 @@ def pacs_kinds(folder) -> dict[str, Counter]:
 def test_demo_command_end_to_end(tmp_path):
     out = tmp_path / "run"
     command = [sys.executable, "-c", "from dicomnode.cli import main; main()", "demo", "--out", str(out)]
-    shipped = segmentation.inference.DEFAULT_CARD.is_file()
+    shipped = dicomnode.segmentation.inference.DEFAULT_CARD.is_file()
     if not shipped:  # until the default weights are committed, the same journey with the baseline
         command += ["--weights", "threshold"]
     run = subprocess.run(command, capture_output=True, text=True, timeout=300,
@@ -114,7 +114,7 @@ def test_demo_with_the_pynetdicom_pacs_scores_each_view(tmp_path):
 
 
 def test_missing_default_model_is_reported_before_anything_starts(tmp_path, monkeypatch):
-    monkeypatch.setattr(segmentation.inference, "DEFAULT_CARD", tmp_path / "default.json")
+    monkeypatch.setattr(dicomnode.segmentation.inference, "DEFAULT_CARD", tmp_path / "default.json")
     with pytest.raises(HarnessError, match="default model is missing .* --weights threshold"):
         run_demo(tmp_path / "run")
     assert not (tmp_path / "run").exists()

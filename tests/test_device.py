@@ -1,11 +1,11 @@
-"""segmentation.device: the one resolver behind every ``device`` option (worker, demo, inference, training)."""
+"""dicomnode.segmentation.device: the one resolver behind every ``device`` option (worker, demo, inference, training)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from segmentation.device import DeviceError, resolve_device
+from dicomnode.segmentation.device import DeviceError, resolve_device
 
 
 def test_auto_is_cuda_when_present_else_the_cpu():

@@ -1,4 +1,4 @@
-"""segmentation.inference / postprocess: end to end with tiny weights, and the threshold baseline."""
+"""dicomnode.segmentation.inference / postprocess: end to end with tiny weights, and the threshold baseline."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ import pytest
 import torch
 from scipy import ndimage
 
-import segmentation.inference as inference
-from segmentation.inference import NetworkSegmenter, Segmenter, ThresholdSegmenter
-from segmentation.modelcard import save_model
-from segmentation.networks import build
-from segmentation.postprocess import lesions, view_result
-from segmentation.preprocess import Preprocessing, prepare
-from segmentation.scan import View
-from segmentation.views import load_scan
+import dicomnode.segmentation.inference as inference
+from dicomnode.segmentation.inference import NetworkSegmenter, Segmenter, ThresholdSegmenter
+from dicomnode.segmentation.modelcard import save_model
+from dicomnode.segmentation.networks import build
+from dicomnode.segmentation.postprocess import lesions, view_result
+from dicomnode.segmentation.preprocess import Preprocessing, prepare
+from dicomnode.segmentation.scan import View
+from dicomnode.segmentation.views import load_scan
 from tests.nm_factory import nm_study, phantom_counts
 
 torch.set_num_threads(1)
@@ -181,7 +181,7 @@ def test_a_simulated_study_end_to_end_with_tiny_weights(tiny_model, tmp_path, ro
     from dicomnode.synth.dicom import StudyIdentity, write_nm_files
     from dicomnode.synth.simulate import simulate_study
 
-    from segmentation.views import load_scan_files
+    from dicomnode.segmentation.views import load_scan_files
 
     study = simulate_study(5, rows=rows, columns=columns, spacing_mm=spacing)
     write_nm_files(study, StudyIdentity(5, 1), tmp_path, "multiframe")

@@ -19,7 +19,7 @@ PATIENT = {"patient_id": "PID-Q7Z3X9", "accession_number": "ACC-42"}
 def restore_logging() -> Iterator[None]:
     root = logging.getLogger()
     handlers = list(root.handlers)
-    levels = {name: logging.getLogger(name).level for name in ("dicomnode", "segmentation")}
+    levels = {name: logging.getLogger(name).level for name in ("dicomnode",)}
     yield
     for handler in root.handlers:
         if handler not in handlers:

@@ -1,11 +1,11 @@
-"""segmentation.metrics against cases worked out by hand."""
+"""dicomnode.segmentation.metrics against cases worked out by hand."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from segmentation.metrics import (
+from dicomnode.segmentation.metrics import (
     LesionCounts,
     PixelCounts,
     lesion_scores,

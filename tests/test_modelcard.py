@@ -1,4 +1,4 @@
-"""segmentation.modelcard: cards round-trip, and every kind of mismatch is refused with a clear message."""
+"""dicomnode.segmentation.modelcard: cards round-trip, and every kind of mismatch is refused with a clear message."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from segmentation.anatomy import AnatomyLabel
-from segmentation.inference import WEIGHTS_DIR, Segmenter
-from segmentation.modelcard import (
+from dicomnode.segmentation.anatomy import AnatomyLabel
+from dicomnode.segmentation.inference import WEIGHTS_DIR, Segmenter
+from dicomnode.segmentation.modelcard import (
     FORMAT_VERSION,
     ModelCardError,
     build_network,
@@ -18,8 +18,8 @@ from segmentation.modelcard import (
     save_model,
     sha256_of,
 )
-from segmentation.networks import build
-from segmentation.preprocess import Preprocessing
+from dicomnode.segmentation.networks import build
+from dicomnode.segmentation.preprocess import Preprocessing
 
 torch.set_num_threads(1)
 

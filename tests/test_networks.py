@@ -1,4 +1,4 @@
-"""Tests of segmentation.networks: the registry, shapes, the output contract and that each net learns."""
+"""Tests of dicomnode.segmentation.networks: the registry, shapes, the output contract and that each net learns."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import copy
 import pytest
 import torch
 
-from segmentation.networks import NETWORKS, SegmentationNetwork, available, build
-from segmentation.networks.blocks import upsample_to
-from segmentation.networks.msanet import Critic, multiscale_l1
-from train.losses import multiclass_segmentation_loss
+from dicomnode.segmentation.networks import NETWORKS, SegmentationNetwork, available, build
+from dicomnode.segmentation.networks.blocks import upsample_to
+from dicomnode.segmentation.networks.msanet import Critic, multiscale_l1
+from dicomnode.train.losses import multiclass_segmentation_loss
 
 torch.set_num_threads(1)
 
@@ -27,7 +27,7 @@ def test_registry_lists_every_network_and_rejects_unknown_names():
 def test_the_registry_is_an_explicit_table_of_every_network_module():
     import pkgutil
 
-    import segmentation.networks as package
+    import dicomnode.segmentation.networks as package
 
     modules = {m.name for m in pkgutil.iter_modules(package.__path__)} - {"base", "blocks"}
     assert set(NETWORKS) == set(available()) == modules  # one entry per paper module, none by side effect

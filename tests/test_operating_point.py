@@ -17,7 +17,7 @@ import pytest
 from dicomnode.config import NodeConfig
 from dicomnode.pipeline.processing import load_segmenter
 from dicomnode.synth import write_studies
-from segmentation.inference import DEFAULT_CARD, Segmenter
+from dicomnode.segmentation.inference import DEFAULT_CARD, Segmenter
 from tests.peers import free_port
 from tests.processing_helpers import (
     NodeProcess,
@@ -50,8 +50,8 @@ def test_the_default_is_the_card_s_operating_point_and_an_override_is_logged(cap
 @pytest.mark.network
 @pytest.mark.slow
 def test_node_segment_and_evaluate_give_identical_masks(tmp_path, storescp):
-    from train.datasets import load_studies
-    from train.evaluate import evaluate
+    from dicomnode.train.datasets import load_studies
+    from dicomnode.train.evaluate import evaluate
 
     folder = tmp_path / "study"
     manifest = write_studies(folder, studies=1, seed=2035, layout="multiframe", png=False)

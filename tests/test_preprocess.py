@@ -1,20 +1,20 @@
-"""segmentation.preprocess / resample / tiling: geometry round trips, suppression, normalisation,
+"""dicomnode.segmentation.preprocess / resample / tiling: geometry round trips, suppression, normalisation,
 registration, aggregation and windows."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from segmentation.preprocess import (
+from dicomnode.segmentation.preprocess import (
     Preprocessing,
     fit_dataset_minmax,
     prepare,
     prepare_label,
 )
-from segmentation.resample import ViewGeometry
-from segmentation.scan import View
-from segmentation.tiling import Tiling, tent
-from segmentation.views import load_scan
+from dicomnode.segmentation.resample import ViewGeometry
+from dicomnode.segmentation.scan import View
+from dicomnode.segmentation.tiling import Tiling, tent
+from dicomnode.segmentation.views import load_scan
 from tests.nm_factory import nm_study, phantom_counts
 
 

@@ -9,8 +9,8 @@ import pytest
 from matplotlib.path import Path as Polygon
 
 from dicomnode.pipeline.results.contours import lesion_outlines
-from segmentation.result import ViewResult
-from segmentation.scan import View
+from dicomnode.segmentation.result import ViewResult
+from dicomnode.segmentation.scan import View
 from tests.test_results_inputs import lesions_of
 
 

@@ -17,11 +17,11 @@ from dicomnode.pipeline.results.common import ResultOptions
 from dicomnode.pipeline.processing import segment_hybrid
 from dicomnode.pipeline.results.hybrid_results import build_hybrid_results
 from dicomnode.synth.spectct import write_exams
-from segmentation.acquisitions import HybridAcquisition
-from segmentation.result import Algorithm
-from segmentation.spectct import HybridSegmenter
-from segmentation.volume import ct_geometry, nm_geometry, nm_volume, resample_labels
-from segmentation.volume_lesions import find_lesions
+from dicomnode.segmentation.acquisitions import HybridAcquisition
+from dicomnode.segmentation.result import Algorithm
+from dicomnode.segmentation.spectct import HybridSegmenter
+from dicomnode.segmentation.volume import ct_geometry, nm_geometry, nm_volume, resample_labels
+from dicomnode.segmentation.volume_lesions import find_lesions
 from tests.test_results_inputs import dcentvfy_errors, dciodvfy_errors
 
 ALGORITHM = Algorithm("dicomnode-mtunet", "test", "mtunet")
@@ -234,7 +234,7 @@ def _encoded(ds: pydicom.Dataset) -> bytes:
 def test_a_spect_ct_job_decodes_each_source_once(exam, monkeypatch):
     """The segmenter's decoded volumes go to the result builder: one CT and one NM decode per
     acquisition (each was decoded twice, once for the model and once for the results)."""
-    import segmentation.volume as volume
+    import dicomnode.segmentation.volume as volume
 
     calls: dict[str, int] = {}
     for name in ("ct_volume", "nm_volume"):

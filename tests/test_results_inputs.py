@@ -1,6 +1,6 @@
 """Realistic inputs for the result-object tests: NM whole-body studies with known lesion masks.
 
-A phantom skeleton (anthropometric proportions as in ``segmentation.regions``) with soft tissue, a
+A phantom skeleton (anthropometric proportions as in ``dicomnode.segmentation.regions``) with soft tissue, a
 bladder and Poisson counts is written as NM Image Storage in either layout of docs/dicom.md: one
 instance with two frames (Detector Vector 1\\2, a View Code Sequence per detector) or one instance
 per view. The posterior view is stored mirrored, as a camera does. Lesions are hot disks whose
@@ -20,8 +20,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, NuclearMedicineImageStorage, generate_uid
 from scipy import ndimage
 
-from segmentation.result import Algorithm, Lesion, SegmentationResult, ViewResult
-from segmentation.scan import BoneScan, View, ViewImage, ViewRule, ViewSource
+from dicomnode.segmentation.result import Algorithm, Lesion, SegmentationResult, ViewResult
+from dicomnode.segmentation.scan import BoneScan, View, ViewImage, ViewRule, ViewSource
 
 #: Where the phantom's vertex lies and how tall it is, as fractions of the matrix rows
 #: (1024 rows at 2.26 mm: a 1.76 m adult starting 12 cm below the top of the field).
@@ -307,7 +307,7 @@ def test_phantom_masks_match_lesions_and_stored_layout() -> None:
 
 @pytest.mark.parametrize("layout", ["multiframe", "split"])
 def test_phantom_views_are_what_the_pipeline_reads(layout: str) -> None:
-    from segmentation.views import load_scan
+    from dicomnode.segmentation.views import load_scan
 
     study = make_study(layout)
     scan = load_scan(study.sources)

@@ -10,7 +10,7 @@ import pytest
 from pydicom.uid import RLELossless
 
 from dicomnode.pipeline.results import ResultKind, ResultOptions, build_results
-from segmentation.scan import View
+from dicomnode.segmentation.scan import View
 from tests.test_results_inputs import dcentvfy_errors, dciodvfy_errors, make_study, write
 
 SIZES = [(1024, 256, 2.26), (2048, 512, 1.13)]

@@ -12,10 +12,10 @@ from scipy import ndimage
 from dicomnode.pipeline.results import ResultKind, build_results
 from dicomnode.synth.dicom import StudyIdentity, nm_dataset
 from dicomnode.synth.simulate import simulate_study
-from segmentation.postprocess import view_result
-from segmentation.result import SegmentationResult
-from segmentation.scan import View
-from segmentation.views import load_scan
+from dicomnode.segmentation.postprocess import view_result
+from dicomnode.segmentation.result import SegmentationResult
+from dicomnode.segmentation.scan import View
+from dicomnode.segmentation.views import load_scan
 from tests.test_results_inputs import ALGORITHM, dcentvfy_errors, dciodvfy_errors, write
 
 LAYOUTS = {

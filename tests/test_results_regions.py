@@ -1,4 +1,4 @@
-"""Skeletal regions from counts (segmentation.regions) and the approximate BSI (results.burden)."""
+"""Skeletal regions from counts (dicomnode.segmentation.regions) and the approximate BSI (results.burden)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 from dicomnode.pipeline.results.burden import SPIERS_GROUPS, assess_burden
 from dicomnode.synth.anatomy import BONE_SITES
 from dicomnode.synth.simulate import simulate_study
-from segmentation.regions import Region, skeletal_regions
-from segmentation.result import SegmentationResult, ViewResult
-from segmentation.scan import View
+from dicomnode.segmentation.regions import Region, skeletal_regions
+from dicomnode.segmentation.result import SegmentationResult, ViewResult
+from dicomnode.segmentation.scan import View
 from tests.test_results_inputs import HEIGHT, LESIONS, TOP, Study, lesions_of, make_study
 
 SIZES = [(1024, 256, 2.26), (2048, 512, 1.13)]

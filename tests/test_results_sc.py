@@ -15,7 +15,7 @@ from dicomnode.pipeline.results.burden import assess_burden
 from dicomnode.pipeline.results.common import Provenance, match_sources
 from dicomnode.pipeline.results.contours import lesion_outlines
 from dicomnode.pipeline.results.sc import CONTOUR_COLOR, render
-from segmentation.regions import skeletal_regions
+from dicomnode.segmentation.regions import skeletal_regions
 from tests.test_results_inputs import dciodvfy_errors, make_study, write
 
 SC_ONLY = ResultOptions(kinds=(ResultKind.SC,))

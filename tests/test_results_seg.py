@@ -17,7 +17,7 @@ from pydicom.sr.codedict import codes
 
 from dicomnode.pipeline.results import ResultKind, ResultOptions, build_results
 from dicomnode.pipeline.results.seg import IDENTITY_ORIENTATION
-from segmentation.scan import View
+from dicomnode.segmentation.scan import View
 from tests.test_results_inputs import (
     ALGORITHM,
     dcentvfy_errors,

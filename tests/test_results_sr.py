@@ -15,7 +15,7 @@ from pydicom.uid import SegmentationStorage
 from dicomnode.pipeline.results import ResultKind, ResultOptions, build_results
 from dicomnode.pipeline.results.burden import assess_burden
 from dicomnode.pipeline.results.sr import SITE_CODES
-from segmentation.scan import View
+from dicomnode.segmentation.scan import View
 from tests.test_results_inputs import LESIONS, dciodvfy_errors, make_study, write
 
 SR_AND_GSPS = ResultOptions(kinds=(ResultKind.SR, ResultKind.GSPS))

@@ -17,7 +17,7 @@ from sqlalchemy import update
 from dicomnode.store.models import Study, StudyState
 from dicomnode.store.spool import sha256_hex
 from dicomnode.synth.spectct.dicom import dose_report
-from segmentation.scan import View
+from dicomnode.segmentation.scan import View
 from tests.nm_factory import nm_study, phantom_counts
 from tests.receiver_helpers import Node, running_node, storescu, write_files
 

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from dicomnode.cli import app
 from dicomnode.pipeline.processing import load_segmenter
 from dicomnode.synth import write_studies
-from segmentation.views import load_scan_files
+from dicomnode.segmentation.views import load_scan_files
 from tests.nm_factory import nm_study, phantom_counts, write_study
 
 KIND_OF_CLASS = {"1.2.840.10008.5.1.4.1.1.66.4": "SEG", "1.2.840.10008.5.1.4.1.1.11.1": "GSPS",

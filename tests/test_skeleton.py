@@ -1,4 +1,4 @@
-"""Whether a scan shows a skeleton (segmentation/skeleton.py), and the node's use of it: a study that
+"""Whether a scan shows a skeleton (dicomnode/segmentation/skeleton.py), and the node's use of it: a study that
 states no tracer is read as a bone scan only when its image shows a skeleton (issue 24, item 1)."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from dicomnode.pipeline.processing import load_segmenter, segment_study
 from dicomnode.pipeline.results import ResultOptions
 from dicomnode.synth.other_tracers import simulate_other_tracer
 from dicomnode.synth.simulate import simulate_study, to_stored
-from segmentation.acquisitions import study_tracer_refusal, tracer_stated
-from segmentation.scan import View
-from segmentation.skeleton import SPINE_MIN, skeleton_evidence, spine_contrast
-from segmentation.views import load_scan
+from dicomnode.segmentation.acquisitions import study_tracer_refusal, tracer_stated
+from dicomnode.segmentation.scan import View
+from dicomnode.segmentation.skeleton import SPINE_MIN, skeleton_evidence, spine_contrast
+from dicomnode.segmentation.views import load_scan
 from tests.nm_factory import nm_study
 
 

@@ -28,8 +28,8 @@ from dicomnode.pipeline.results import ResultKind, ResultOptions, build_results
 from dicomnode.pipeline.results.common import VIEW_ABBREVIATIONS
 from dicomnode.pipeline.results.hybrid_results import build_hybrid_results
 from dicomnode.synth.spectct import write_exams
-from segmentation.result import Algorithm
-from segmentation.volume import ct_geometry, nm_volume, resample_labels
+from dicomnode.segmentation.result import Algorithm
+from dicomnode.segmentation.volume import ct_geometry, nm_volume, resample_labels
 from tests.test_results_inputs import make_study
 
 pytestmark = pytest.mark.slow

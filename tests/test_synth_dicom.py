@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from dicomnode.cli import app
 from dicomnode.synth import simulate_study, write_studies
 from dicomnode.synth.studies import study_rng
-from segmentation.scan import View
+from dicomnode.segmentation.scan import View
 
 ANTERIOR_CODE, POSTERIOR_CODE = "399321004", "399001007"
 VIEW_OF_CODE = {ANTERIOR_CODE: View.ANTERIOR, POSTERIOR_CODE: View.POSTERIOR}

@@ -9,7 +9,7 @@ from scipy.ndimage import binary_dilation, label
 from dicomnode.synth import simulate_study
 from dicomnode.synth.anatomy import BONE_SITES
 from dicomnode.synth.physics import system_fwhm_mm
-from segmentation.scan import View
+from dicomnode.segmentation.scan import View
 
 SEEDS = range(12)
 

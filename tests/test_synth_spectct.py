@@ -1,5 +1,5 @@
 """Tests of the SPECT/CT simulator: headers read back by pydicom and dcmtk, geometry by
-segmentation.volume, lesions hot on SPECT with their CT look, determinism, the CLI flag."""
+dicomnode.segmentation.volume, lesions hot on SPECT with their CT look, determinism, the CLI flag."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from dicomnode.synth.spectct import write_exams
 from dicomnode.synth.spectct.exams import exam_grids
 from dicomnode.synth.spectct.imaging import spect_counts
 from dicomnode.synth.spectct.phantom import BONE, METASTATIC, build_phantom
-from segmentation.volume import ct_volume, nm_volume, resample
+from dicomnode.segmentation.volume import ct_volume, nm_volume, resample
 from tests.test_results_inputs import dcentvfy_errors, dciodvfy_errors
 
 

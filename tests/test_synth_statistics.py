@@ -8,7 +8,7 @@ from scipy import stats
 
 from dicomnode.synth import simulate_study
 from dicomnode.synth.lesions import P_NO_LESION, SITE_FREQUENCIES, SIZE_RANGE_MM, UPTAKE_RANGE
-from segmentation.scan import View
+from dicomnode.segmentation.scan import View
 
 N_STUDIES = 200
 ALPHA = 1e-3  # a fixed seed makes these deterministic; the threshold only guards against a wrong model

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from segmentation.scan import BoneScan, View, ViewImage, ViewRule, ViewSource
-from train.augment import Augmenter, flip_lr, gain_gamma, small_affine, thin_counts, thin_scan
-from train.config import AugmentSection
+from dicomnode.segmentation.scan import BoneScan, View, ViewImage, ViewRule, ViewSource
+from dicomnode.train.augment import Augmenter, flip_lr, gain_gamma, small_affine, thin_counts, thin_scan
+from dicomnode.train.config import AugmentSection
 
 
 def _view(view: View, counts: np.ndarray) -> ViewImage:

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segmentation.preprocess import Preprocessing, body_mask, reference_level
-from segmentation.scan import View, ViewRule
+from dicomnode.segmentation.preprocess import Preprocessing, body_mask, reference_level
+from dicomnode.segmentation.scan import View, ViewRule
 from tests.bs80k_fixtures import HotSpot, write_crops, write_wholebody
-from train.bs80k import BS80KError, load_crop_folder, read_voc_boxes, read_wholebody
-from train.crops import CHEST_TO_BODY_REFERENCE, on_canvas, prepare_crop
-from train.datasets import DataFormat, detect_format, load_studies, load_training_data
-from train.weak import ABNORMAL, HARD_NEGATIVE, NORMAL, PLAIN, UNCERTAIN, Box, WeakLabelRules, lesion_in_box, weak_labels
+from dicomnode.train.bs80k import BS80KError, load_crop_folder, read_voc_boxes, read_wholebody
+from dicomnode.train.crops import CHEST_TO_BODY_REFERENCE, on_canvas, prepare_crop
+from dicomnode.train.datasets import DataFormat, detect_format, load_studies, load_training_data
+from dicomnode.train.weak import ABNORMAL, HARD_NEGATIVE, NORMAL, PLAIN, UNCERTAIN, Box, WeakLabelRules, lesion_in_box, weak_labels
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.train_studies import write_labelled_studies
-from train.compare import main
+from dicomnode.train.compare import main
 
 torch.set_num_threads(1)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from train.config import ConfigError, load_config
+from dicomnode.train.config import ConfigError, load_config
 
 PRESETS = Path(__file__).resolve().parents[1] / "config" / "train"
 

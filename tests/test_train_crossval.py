@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from segmentation.modelcard import load_card
+from dicomnode.segmentation.modelcard import load_card
 from tests.bs80k_fixtures import HotSpot, write_crops, write_wholebody
-from train.crossval import main as crossval_main
+from dicomnode.train.crossval import main as crossval_main
 
 PRESET = """
 name = "tiny"

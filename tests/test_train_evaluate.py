@@ -11,17 +11,17 @@ import torch
 from typer.testing import CliRunner
 
 from dicomnode.cli import app
-from segmentation.inference import Segmenter
-from segmentation.modelcard import load_card
-from segmentation.scan import BoneScan, View, ViewImage, ViewRule, ViewSource
+from dicomnode.segmentation.inference import Segmenter
+from dicomnode.segmentation.modelcard import load_card
+from dicomnode.segmentation.scan import BoneScan, View, ViewImage, ViewRule, ViewSource
 from tests.train_studies import write_labelled_studies
-from train.datasets import load_studies
-from train.study import LabelledStudy, TruthLesion
-from train.evaluate import bootstrap, breakdown, over_runs, score_study, size_class, summary
+from dicomnode.train.datasets import load_studies
+from dicomnode.train.study import LabelledStudy, TruthLesion
+from dicomnode.train.evaluate import bootstrap, breakdown, over_runs, score_study, size_class, summary
 
 torch.set_num_threads(1)
 ROWS, COLUMNS = 40, 20
-THRESHOLD_CARD = Path(__file__).resolve().parents[1] / "segmentation" / "weights" / "threshold.json"
+THRESHOLD_CARD = Path(__file__).resolve().parents[1] / "dicomnode" / "segmentation" / "weights" / "threshold.json"
 
 
 def _view(view: View) -> ViewImage:
@@ -137,7 +137,7 @@ def test_cli_evaluate_writes_report_overlays_and_json(tmp_path: Path) -> None:
 
 def test_evaluate_the_test_subset_of_a_trained_model(tmp_path: Path) -> None:
     from tests.test_train_loop import tiny
-    from train.loop import run_training
+    from dicomnode.train.loop import run_training
 
     data = tmp_path / "studies"
     write_labelled_studies(data, 8, seed=6)

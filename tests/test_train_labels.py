@@ -17,10 +17,10 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from segmentation.scan import View
+from dicomnode.segmentation.scan import View
 from tests.nm_factory import nm_study, phantom_counts, write_study
-from train.datasets import load_dicom_folder, load_studies
-from train.labelme import LabelMeError, read_labelme
+from dicomnode.train.datasets import load_dicom_folder, load_studies
+from dicomnode.train.labelme import LabelMeError, read_labelme
 
 ROWS, COLUMNS = 128, 64
 

@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
-import train.loop as loop
-from segmentation.inference import Segmenter
-from segmentation.modelcard import load_card
+import dicomnode.train.loop as loop
+from dicomnode.segmentation.inference import Segmenter
+from dicomnode.segmentation.modelcard import load_card
 from tests.train_studies import write_labelled_studies
-from train.config import TrainConfig
-from train.loop import TrainingError, run_training, semisupervised_labels
-from train.datasets import load_studies
+from dicomnode.train.config import TrainConfig
+from dicomnode.train.loop import TrainingError, run_training, semisupervised_labels
+from dicomnode.train.datasets import load_studies
 
 torch.set_num_threads(1)
 
@@ -121,8 +121,8 @@ def test_bad_runs_are_refused(data: Path, tmp_path: Path) -> None:
      ("semisup", ["head"]), ("mams", ["head"])],
 )
 def test_output_prior_sets_only_the_logit_heads(network: str, heads: list[str]) -> None:
-    from segmentation.networks import build
-    from train.loop import init_output_prior
+    from dicomnode.segmentation.networks import build
+    from dicomnode.train.loop import init_output_prior
 
     torch.manual_seed(0)
     net = build(network, in_channels=2, width=4)  # mams at width 4 has inner 1-channel biased convs

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from segmentation.networks.msanet import Critic, multiscale_l1
-from train.losses import adversarial_loss, mumford_shah_loss, segmentation_loss, soft_dice_loss
+from dicomnode.segmentation.networks.msanet import Critic, multiscale_l1
+from dicomnode.train.losses import adversarial_loss, mumford_shah_loss, segmentation_loss, soft_dice_loss
 
 torch.set_num_threads(1)
 

@@ -1,5 +1,5 @@
-"""Tests of paper 003's training and evaluation (train/spectct.py), the segmenter of SPECT/CT and
-SPECT-only acquisitions (segmentation/spectct.py) and the shipped SPECT/CT model."""
+"""Tests of paper 003's training and evaluation (dicomnode/train/spectct.py), the segmenter of SPECT/CT and
+SPECT-only acquisitions (dicomnode/segmentation/spectct.py) and the shipped SPECT/CT model."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from dicomnode.synth.spectct import write_exams
-from segmentation.networks import build
-from segmentation.spectct import (
+from dicomnode.segmentation.networks import build
+from dicomnode.segmentation.spectct import (
     HybridSegmenter,
     SpectCTCard,
     load_spectct_model,
@@ -22,11 +22,11 @@ from segmentation.spectct import (
     save_spectct_model,
     stack_inputs,
 )
-from train.spectct import Exam, load_exam, load_preset, main, score, train_model, transfer_weights
+from dicomnode.train.spectct import Exam, load_exam, load_preset, main, score, train_model, transfer_weights
 
 torch.set_num_threads(1)
 PRESETS = Path(__file__).resolve().parents[1] / "config" / "train"
-WEIGHTS = Path(__file__).resolve().parents[1] / "segmentation" / "weights" / "spectct-spectct-mtunet-slim.json"
+WEIGHTS = Path(__file__).resolve().parents[1] / "dicomnode" / "segmentation" / "weights" / "spectct-spectct-mtunet-slim.json"
 SPECT_ONLY = WEIGHTS.with_name("spect-only-mtunet-slim.json")
 
 
@@ -184,7 +184,7 @@ def test_the_study_writes_the_table_and_a_final_model(cohort, tmp_path, capsys):
 def test_spect_only_lesions_are_masked_on_the_reconstruction_edges_and_outside_the_body():
     """A real SPECT-only result had blobs on the first and last slices and outside the patient: those
     voxels become background with certainty; a lesion inside the body, away from the edges, is kept."""
-    from segmentation.spectct import EDGE_SLICES, mask_edges_and_outside
+    from dicomnode.segmentation.spectct import EDGE_SLICES, mask_edges_and_outside
 
     counts = np.zeros((12, 16, 16), np.float32)
     counts[:, 3:13, 3:13] = 10.0  # the body

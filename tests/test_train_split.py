@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from train.split import split_patients
+from dicomnode.train.split import split_patients
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ def test_empty_patient_id_refused() -> None:
 
 
 def test_kfold_deals_each_patient_into_exactly_one_fold() -> None:
-    from train.split import kfold_patients
+    from dicomnode.train.split import kfold_patients
 
     ids = [f"p{i}" for i in range(23)] + ["p3", "p4"]  # a patient with two studies counts once
     folds = kfold_patients(ids, 5, seed=42)
@@ -80,7 +80,7 @@ def test_kfold_deals_each_patient_into_exactly_one_fold() -> None:
 
 
 def test_stratified_folds_spread_the_positive_patients() -> None:
-    from train.split import kfold_patients
+    from dicomnode.train.split import kfold_patients
 
     ids = [f"p{i:02d}" for i in range(35)]
     positive = set(ids[:13])  # 13 of 35 with a finding, as in the development half

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from segmentation.modelcard import save_model
-from segmentation.networks import build
-from segmentation.preprocess import Preprocessing
-from segmentation.scan import BoneScan, View, ViewImage, ViewRule, ViewSource
-from train.augment import quantise_scan, scan_reference
-from train.losses import multiple_instance_loss, segmentation_loss
-from train.pretrained import PretrainedError, load_pretrained
+from dicomnode.segmentation.modelcard import save_model
+from dicomnode.segmentation.networks import build
+from dicomnode.segmentation.preprocess import Preprocessing
+from dicomnode.segmentation.scan import BoneScan, View, ViewImage, ViewRule, ViewSource
+from dicomnode.train.augment import quantise_scan, scan_reference
+from dicomnode.train.losses import multiple_instance_loss, segmentation_loss
+from dicomnode.train.pretrained import PretrainedError, load_pretrained
 
 
 def test_zero_weight_pixels_do_not_count_and_hard_negatives_count_more() -> None:

@@ -32,9 +32,9 @@ from pydicom.dataset import Dataset
 from dicomnode.pipeline.results import ResultKind, build_results
 from dicomnode.pipeline.results.hybrid_results import build_hybrid_results
 from dicomnode.synth.spectct import write_exams
-from segmentation.result import Algorithm
-from segmentation.scan import View
-from segmentation.volume import ct_geometry, nm_volume, resample_labels
+from dicomnode.segmentation.result import Algorithm
+from dicomnode.segmentation.scan import View
+from dicomnode.segmentation.volume import ct_geometry, nm_volume, resample_labels
 from tests.browser import ROOT, Chromium, DicomWebOrthanc, ViewerServer, ohif_dist
 from tests.test_results_inputs import Study, make_study
 from tests.test_results_orthanc import c_store

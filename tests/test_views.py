@@ -1,4 +1,4 @@
-"""segmentation.views: DICOM NM instances → canonical anterior/posterior views, and clear refusals."""
+"""dicomnode.segmentation.views: DICOM NM instances → canonical anterior/posterior views, and clear refusals."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from pydicom.uid import generate_uid
 
-from segmentation.scan import View, ViewRule
-from segmentation.views import ViewError, load_scan, load_scan_files
+from dicomnode.segmentation.scan import View, ViewRule
+from dicomnode.segmentation.views import ViewError, load_scan, load_scan_files
 from tests.nm_factory import nm_study, phantom_counts, write_study
 from tests.peers import require
 

@@ -1,4 +1,4 @@
-"""Tests of segmentation.volume: header geometry (NM RECON TOMO, CT series) and the SPECT ↔ CT round trip."""
+"""Tests of dicomnode.segmentation.volume: header geometry (NM RECON TOMO, CT series) and the SPECT ↔ CT round trip."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
 
-from segmentation.volume import (
+from dicomnode.segmentation.volume import (
     GeometryError, VolumeGeometry, ct_volume, nm_volume, resample, resample_labels, resample_mask, scaled,
 )
 

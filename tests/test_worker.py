@@ -34,7 +34,7 @@ from dicomnode.store.models import (
     utcnow,
 )
 from dicomnode.store.spool import Spool
-from segmentation.scan import View
+from dicomnode.segmentation.scan import View
 from tests.nm_factory import nm_study, phantom_counts
 from tests.processing_helpers import sqlite_database, store_study
 from tests.processing_helpers import threshold_segmenter  # noqa: F401 (the "segmenter" fixture)
@@ -190,7 +190,7 @@ def test_the_masks_written_are_the_segmenters(node, segmenter):
     datasets = nm_study(views)
     store_study(database, spool, datasets)
     process(database, worker)
-    from segmentation.views import load_scan
+    from dicomnode.segmentation.views import load_scan
 
     expected = segmenter.segment(load_scan(datasets)).views[View.ANTERIOR].mask
     assert expected.any()

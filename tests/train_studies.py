@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from skimage.draw import disk
 
-from segmentation.scan import View
+from dicomnode.segmentation.scan import View
 from tests.nm_factory import nm_study, write_study
 
 

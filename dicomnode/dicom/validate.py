@@ -40,7 +40,7 @@ Accepted with a warning (status 0x0000, warning logged and kept in
 :attr:`ReceivedInstance.warnings`): 8-bit or signed NM pixels (legal in C.8.4.7), an NM image without
 Image Type value 3 (whole body when its matrix is one), a missing Number of Frames in a multi-frame
 class (NM, SEG, multi-frame Secondary Capture: one frame assumed), a single-frame instance that
-states no view (the study may still decide it by order, see :mod:`segmentation.views`, ``ViewRule.ASSUMED``), a
+states no view (the study may still decide it by order, see :mod:`dicomnode.segmentation.views`, ``ViewRule.ASSUMED``), a
 two-frame instance whose views are assumed from frame order.
 
 Guards: values are read from the received bytes in memory, so no declared length makes the reader
@@ -49,9 +49,9 @@ declared length is then checked against the bytes received, and the elements mus
 the data set does, so truncated and corrupt data sets are refused instead of kept with short values.
 The VR encoding must match the negotiated transfer syntax (no guessing). A deflated data set is
 inflated with a ceiling before anything else (:mod:`dicomnode.dicom.parse`). Views are decided by
-:mod:`segmentation.views` (the same rules the worker uses), never by a second parser here; of what
-it refuses, :class:`~segmentation.views.UndecodablePixels` is 0xC000 and every other
-:class:`~segmentation.views.ViewError` 0xA900 (the status follows the kind of error, never its
+:mod:`dicomnode.segmentation.views` (the same rules the worker uses), never by a second parser here; of what
+it refuses, :class:`~dicomnode.segmentation.views.UndecodablePixels` is 0xC000 and every other
+:class:`~dicomnode.segmentation.views.ViewError` 0xA900 (the status follows the kind of error, never its
 wording; the statuses themselves are :mod:`dicomnode.dicom.status`).
 """
 
@@ -85,8 +85,8 @@ from dicomnode.dicom.sop import (
 )
 from dicomnode.dicom.status import Status
 from dicomnode.dicom.uids import UIDError, check_uid, uid_remark
-from segmentation.scan import View
-from segmentation.views import UndecodablePixels, ViewError, frame_count, load_scan, stated_views
+from dicomnode.segmentation.scan import View
+from dicomnode.segmentation.views import UndecodablePixels, ViewError, frame_count, load_scan, stated_views
 
 log = logging.getLogger(__name__)
 
@@ -294,9 +294,9 @@ def _check_pixel_module(ds: Dataset, warnings: list[str]) -> None:
 
 
 def _nm_views(ds: Dataset, warnings: list[str]) -> tuple[str, ...]:
-    """The views the instance holds, decided by :mod:`segmentation.views` (the worker's own rules).
+    """The views the instance holds, decided by :mod:`dicomnode.segmentation.views` (the worker's own rules).
 
-    :func:`segmentation.views.load_scan` runs on a *probe*: the data set's elements, but for native
+    :func:`dicomnode.segmentation.views.load_scan` runs on a *probe*: the data set's elements, but for native
     (uncompressed) pixel data one pixel per frame, because the Pixel Data length was checked already
     and decoding a megabyte again would only cost time; compressed pixel data is decoded in full as
     the check that it can be. A single-frame instance that states no view is accepted with ``()``

@@ -46,7 +46,7 @@ from dicomnode.config import LoggingSection
 from dicomnode.dicom.validate import PATIENT_FIELDS
 
 #: The node's own loggers, which get ``[logging] level``.
-NODE_LOGGERS = ("dicomnode", "segmentation")
+NODE_LOGGERS = ("dicomnode",)
 #: Libraries that log every association or migration step: warnings only (or the node's level if higher).
 CHATTY_LIBRARIES = ("pynetdicom", "alembic", "highdicom")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -4,16 +4,16 @@ Step "worker" of docs/architecture.md, "The journey of a study", without the que
 (:mod:`dicomnode.pipeline.worker`) runs it for each job, ``dicomnode segment``
 (:mod:`dicomnode.tools.offline`) on files.
 
-Each whole-body acquisition (:mod:`segmentation.acquisitions`) is processed on its own
+Each whole-body acquisition (:mod:`dicomnode.segmentation.acquisitions`) is processed on its own
 (:func:`segment_acquisition`) and gives its own result set, or a "not processable" reason; statics,
 TOMO, reconstructions, CT and screen captures are not segmented.
 
 The segmenter is loaded once per process (:func:`load_segmenter`, config ``[model]``), with the
-shipped anatomy map and second stage (:mod:`segmentation.reading`: hot spots in the bladder, kidneys
+shipped anatomy map and second stage (:mod:`dicomnode.segmentation.reading`: hot spots in the bladder, kidneys
 or soft tissue and physiological uptake are not reported as lesions; each lesion is named by its
 region); ``weights`` is
 ``"default"`` (the shipped model), ``"threshold"`` (the network-free baseline) or a path to a
-``.safetensors`` file or model card; ``device`` is resolved by :func:`segmentation.device.resolve_device`
+``.safetensors`` file or model card; ``device`` is resolved by :func:`dicomnode.segmentation.device.resolve_device`
 (``"auto"``: CUDA when present, else the CPU; a CUDA device without a GPU is an error).
 """
 
@@ -36,7 +36,7 @@ from dicomnode.dicom.sop import RECEIVED, ResultKind, instance_kind
 from dicomnode.pipeline.results import ResultOptions, build_results
 from dicomnode.pipeline.results.hybrid_results import build_hybrid_results
 from dicomnode.pipeline.results.identity import repair_sources
-from segmentation.acquisitions import (
+from dicomnode.segmentation.acquisitions import (
     Acquisition,
     HybridAcquisition,
     NMImageKind,
@@ -45,14 +45,14 @@ from segmentation.acquisitions import (
     study_tracer_refusal,
     tracer_stated,
 )
-from segmentation.device import resolve_device
-from segmentation.inference import WEIGHTS_DIR, Segmenter
-from segmentation.reading import AnatomyReader
-from segmentation.result import SegmentationResult
-from segmentation.skeleton import skeleton_evidence
-from segmentation.spectct import HybridSegmenter
-from segmentation.volume import GeometryError
-from segmentation.views import ViewError, load_scan
+from dicomnode.segmentation.device import resolve_device
+from dicomnode.segmentation.inference import WEIGHTS_DIR, Segmenter
+from dicomnode.segmentation.reading import AnatomyReader
+from dicomnode.segmentation.result import SegmentationResult
+from dicomnode.segmentation.skeleton import skeleton_evidence
+from dicomnode.segmentation.spectct import HybridSegmenter
+from dicomnode.segmentation.volume import GeometryError
+from dicomnode.segmentation.views import ViewError, load_scan
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def load_segmenter(weights: str, device: str = "auto", threshold: float | None =
     The card's operating point (threshold, peak, minimum area, flip) is used as it stands, the
     point cross-validated with the model (``dicomnode evaluate`` uses the same); ``threshold`` (config
     ``[model] threshold``) replaces the card's probability threshold when given, and is logged as a
-    site override. Raises :class:`segmentation.device.DeviceError` for a device this machine lacks.
+    site override. Raises :class:`dicomnode.segmentation.device.DeviceError` for a device this machine lacks.
     """
     resolved = resolve_device(device)
     if weights == "default":
@@ -114,7 +114,7 @@ DATA_ERRORS = (ValueError, TypeError, KeyError, AttributeError, IndexError)
 
 
 def whole_body_instances(datasets: Sequence[Dataset]) -> list[Dataset]:
-    """The whole-body NM images among ``datasets`` (Image Type value 3, :mod:`segmentation.acquisitions`)."""
+    """The whole-body NM images among ``datasets`` (Image Type value 3, :mod:`dicomnode.segmentation.acquisitions`)."""
     return [ds for ds in datasets if ds.get("SOPClassUID") == NuclearMedicineImageStorage
             and nm_image_kind(ds)[0] is NMImageKind.WHOLE_BODY]
 
@@ -122,7 +122,7 @@ def whole_body_instances(datasets: Sequence[Dataset]) -> list[Dataset]:
 def judge_study_tracer(acquisitions: Sequence[AnyAcquisition],
                        nm_headers: Sequence[Dataset]) -> tuple[list[AnyAcquisition], bool]:
     """The acquisitions with the whole study's "not a bone scan" reason where its NM headers give one
-    (:func:`segmentation.acquisitions.study_tracer_refusal`), and whether those headers say nothing of
+    (:func:`dicomnode.segmentation.acquisitions.study_tracer_refusal`), and whether those headers say nothing of
     the tracer (then the image decides: :func:`segment_acquisition` ``tracer_unstated``)."""
     not_bone = study_tracer_refusal(nm_headers)
     if not_bone is not None:
@@ -137,8 +137,8 @@ def segment_acquisition(acquisition: Acquisition, segmenter: Segmenter, options:
     Input that cannot be segmented (views that cannot be read, patient identity that disagrees, not a
     bone scan, headers that result building cannot use even after repair) gives a run with its
     ``reason``; errors of this machine (memory, disk, a crashed library) propagate, so the job is retried.
-    When the study states no tracer (``tracer_unstated``: :func:`segmentation.acquisitions.tracer_stated`
-    is false), a scan that shows no skeleton is not a bone scan (:mod:`segmentation.skeleton`).
+    When the study states no tracer (``tracer_unstated``: :func:`dicomnode.segmentation.acquisitions.tracer_stated`
+    is false), a scan that shows no skeleton is not a bone scan (:mod:`dicomnode.segmentation.skeleton`).
     """
     name = f"acquisition {acquisition.label!r}"
     if acquisition.refusal is not None:

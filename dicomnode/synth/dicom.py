@@ -38,7 +38,7 @@ from pydicom.uid import ExplicitVRLittleEndian, NuclearMedicineImageStorage, gen
 
 import dicomnode
 from dicomnode.synth.simulate import SimulatedStudy
-from segmentation.scan import View
+from dicomnode.segmentation.scan import View
 
 MANUFACTURER = "dicomnode-synth"
 VIEW_CODES = {View.ANTERIOR: codes.cid26.AnteriorProjection, View.POSTERIOR: codes.cid26.PosteriorProjection}

@@ -1,4 +1,4 @@
-"""The simulator's exact anatomy: an :class:`~segmentation.anatomy.AnatomyLabel` per pixel, and the midline.
+"""The simulator's exact anatomy: an :class:`~dicomnode.segmentation.anatomy.AnatomyLabel` per pixel, and the midline.
 
 The simulator draws every solid itself, so it knows what each pixel shows. A pixel takes the label
 of the structure that puts the most activity on its ray (concentration × chord, the counts it
@@ -16,7 +16,7 @@ import numpy as np
 
 from dicomnode.synth.anatomy import Structure
 from dicomnode.synth.physics import Grid
-from segmentation.anatomy import AnatomyLabel, Midline
+from dicomnode.segmentation.anatomy import AnatomyLabel, Midline
 
 #: A structure labels a pixel only where its ray crosses at least this much of it (mm).
 MIN_CHORD_MM = 1.0

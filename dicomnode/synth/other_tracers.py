@@ -2,7 +2,7 @@
 camera as a bone scan (:mod:`dicomnode.synth.simulate`), with no skeletal uptake.
 
 They are what a node must not read as a bone scan when nothing states the tracer
-(:mod:`segmentation.skeleton`; docs/segmentation.md, "Is it a bone scan?"):
+(:mod:`dicomnode.segmentation.skeleton`; docs/segmentation.md, "Is it a bone scan?"):
 
 * ``"sestamibi"``: 99mTc-sestamibi (MIBI) at rest: myocardium, liver, bowel, kidneys, bladder and
   thyroid over muscle; the organ concentrations relative to soft tissue (heart 8, liver 5, kidneys 4,
@@ -24,7 +24,7 @@ from dicomnode.synth.anatomy import Structure
 from dicomnode.synth.physics import add_scatter, counts_scale
 from dicomnode.synth.shapes import Ellipsoid
 from dicomnode.synth.simulate import _Study, to_stored
-from segmentation.scan import View
+from dicomnode.segmentation.scan import View
 
 TRACERS = ("sestamibi", "renal", "soft-tissue")
 

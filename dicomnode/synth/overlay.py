@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 from scipy.ndimage import binary_erosion
 
 from dicomnode.synth.simulate import SimulatedStudy
-from segmentation.scan import View
+from dicomnode.segmentation.scan import View
 
 TITLE_HEIGHT = 28
 GAP = 8

@@ -32,7 +32,7 @@ from scipy.ndimage import gaussian_filter, zoom
 
 from dicomnode.synth.patient import Acquisition, Patient
 from dicomnode.synth.shapes import BBox
-from segmentation.scan import View
+from dicomnode.segmentation.scan import View
 
 MU_PER_MM = 0.015
 LUNG_WATER_DEFICIT = 0.7

@@ -37,8 +37,8 @@ from dicomnode.synth.physics import (
     system_fwhm_mm,
 )
 from dicomnode.synth.shapes import Shape
-from segmentation.anatomy import Midline
-from segmentation.scan import View
+from dicomnode.segmentation.anatomy import Midline
+from dicomnode.segmentation.scan import View
 
 ROSE_K = 5.0
 MIN_CONTRAST = 0.10
@@ -88,7 +88,7 @@ class SimulatedStudy:
     expected: dict[View, np.ndarray] = field(repr=False)  # noise-free counts (float32, stored)
     spacing_mm: float = 2.26
     anatomy: dict[View, np.ndarray] = field(default_factory=dict, repr=False)  # uint8 AnatomyLabel, stored
-    midline: Midline | None = None  # the patient's midline, canonical pixels (segmentation.anatomy)
+    midline: Midline | None = None  # the patient's midline, canonical pixels (dicomnode.segmentation.anatomy)
 
     @property
     def rows(self) -> int:

@@ -27,7 +27,7 @@ from dicomnode.synth.dicom import StudyIdentity, write_nm_files
 from dicomnode.synth.overlay import write_overlay
 from dicomnode.synth.simulate import SimulatedStudy, check_matrix, simulate_study
 from dicomnode.synth.vendors import VENDORS, write_vendor_exam
-from segmentation.scan import View
+from dicomnode.segmentation.scan import View
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ Vendor profiles (what is known, and from where):
   Patient Position FFS; Series Description "Bone WB".
 * ``ge`` (the NEMA WG04 "NM1" GE Millennium header): one view per instance, 16-bit signed pixels,
   no Detector Information Sequence and an empty Patient Orientation, so the views are known only by
-  order within the acquisition (``ViewRule.ASSUMED`` of :mod:`segmentation.views`); a Frame of Reference UID.
+  order within the acquisition (``ViewRule.ASSUMED`` of :mod:`dicomnode.segmentation.views`); a Frame of Reference UID.
 * ``philips``: one view per instance with the standard SCT view codes and Patient Orientation
   ``L\\F`` / ``R\\F``. (No Philips sample or conformance statement was available: this is the
   standard's own layout, not a verified vendor habit.)
@@ -48,7 +48,7 @@ from pydicom.uid import (
 
 from dicomnode.synth.dicom import StudyIdentity, nm_dataset, part10_meta
 from dicomnode.synth.simulate import SimulatedStudy
-from segmentation.scan import View
+from dicomnode.segmentation.scan import View
 
 VENDORS = ("generic", "siemens", "ge", "philips", "mediso")
 

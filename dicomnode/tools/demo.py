@@ -17,7 +17,7 @@ benchmarks are :mod:`dicomnode.tools.harness`.
 5. the node's log goes to ``node.log`` in the run's folder (``--verbose``: to stderr), so that the
    console holds only the progress lines and the table;
 6. per study: lesions found per view and how many truth lesions they hit, the pixel DSC of the SEG
-   received at the PACS against the simulator's truth (paper 001 Eq. 7, :mod:`segmentation.metrics`),
+   received at the PACS against the simulator's truth (paper 001 Eq. 7, :mod:`dicomnode.segmentation.metrics`),
    and the seconds from the start of the C-STORE to the last result object's arrival at the PACS;
    two pictures per study: the Secondary Capture the PACS received, and the source views with the
    truth (red) and the received SEG (cyan) outlined.
@@ -56,10 +56,10 @@ from dicomnode.tools.harness import (
     free_port,
     start_pacs,
 )
-from segmentation.device import resolve_device
-from segmentation.metrics import lesion_scores, pixel_counts
-from segmentation.scan import View
-from segmentation.views import load_scan
+from dicomnode.segmentation.device import resolve_device
+from dicomnode.segmentation.metrics import lesion_scores, pixel_counts
+from dicomnode.segmentation.scan import View
+from dicomnode.segmentation.views import load_scan
 
 log = logging.getLogger(__name__)
 

@@ -241,8 +241,8 @@ def describe_model(weights: str) -> str:
 
     Raises :class:`HarnessError`, saying what to do, when it is not there (checked before anything starts).
     """
-    from segmentation.inference import DEFAULT_CARD, WEIGHTS_DIR
-    from segmentation.modelcard import ModelCardError, load_card
+    from dicomnode.segmentation.inference import DEFAULT_CARD, WEIGHTS_DIR
+    from dicomnode.segmentation.modelcard import ModelCardError, load_card
 
     if weights == "default" and not DEFAULT_CARD.is_file():
         raise HarnessError(f"the shipped default model is missing ({DEFAULT_CARD} does not exist); reinstall "

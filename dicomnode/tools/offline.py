@@ -32,8 +32,8 @@ from dicomnode.dicom.uids import UIDError, check_uid
 from dicomnode.pipeline.processing import UnreadableStudy, segment_study
 from dicomnode.pipeline.results import ResultOptions
 from dicomnode.pipeline.results.burden import BSI_EXPLANATION, assess_burden
-from segmentation.inference import Segmenter
-from segmentation.result import SegmentationResult
+from dicomnode.segmentation.inference import Segmenter
+from dicomnode.segmentation.result import SegmentationResult
 
 log = logging.getLogger(__name__)
 

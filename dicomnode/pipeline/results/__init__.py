@@ -1,7 +1,7 @@
 """DICOM result objects for one segmented bone scan: SEG, GSPS, TID 1500 SR, Secondary Capture.
 
 :func:`build_results` is the one entry point (the worker and ``dicomnode segment`` call it). It
-pairs each view of a :class:`~segmentation.result.SegmentationResult` with its NM source dataset,
+pairs each view of a :class:`~dicomnode.segmentation.result.SegmentationResult` with its NM source dataset,
 then asks one module per object family for its objects, in the order of ``options.kinds``:
 
 - :mod:`.seg`  DICOM SEG, one BINARY segment "Bone metastasis", one instance per view;
@@ -27,7 +27,7 @@ from dicomnode.pipeline.results.gsps import build_presentation_state
 from dicomnode.pipeline.results.sc import build_picture
 from dicomnode.pipeline.results.seg import build_segmentations
 from dicomnode.pipeline.results.sr import build_report
-from segmentation.result import SegmentationResult
+from dicomnode.segmentation.result import SegmentationResult
 
 __all__ = ["ResultKind", "ResultOptions", "build_results"]
 

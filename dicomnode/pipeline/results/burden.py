@@ -5,8 +5,8 @@ bones of (fraction of the bone involved by tumour) x (that bone's fraction of th
 with the skeletal-mass fractions of Spiers (*Radioisotopes in the Human Body*, 1968, p. 120, as
 tabulated at medicalalgorithms.com "Bone Scan Index (BSI)"). On a planar view the bones cannot be
 told apart one by one, so Spiers' bones are grouped into coarse regions (table
-:data:`SPIERS_GROUPS`): those of the anatomy map where it ran (:func:`segmentation.anatomy.map_regions`:
-its skeletal labels are the bone, each in its region), else those :mod:`segmentation.regions`
+:data:`SPIERS_GROUPS`): those of the anatomy map where it ran (:func:`dicomnode.segmentation.anatomy.map_regions`:
+its skeletal labels are the bone, each in its region), else those :mod:`dicomnode.segmentation.regions`
 finds from the counts and body proportions. Spiers' numbers add up to 100.1 % and are normalised
 to 100 %.
 
@@ -24,10 +24,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from segmentation.anatomy import map_regions
-from segmentation.regions import Region, SkeletalRegions, skeletal_regions
-from segmentation.result import Lesion, SegmentationResult
-from segmentation.scan import View, ViewSource
+from dicomnode.segmentation.anatomy import map_regions
+from dicomnode.segmentation.regions import Region, SkeletalRegions, skeletal_regions
+from dicomnode.segmentation.result import Lesion, SegmentationResult
+from dicomnode.segmentation.scan import View, ViewSource
 
 logger = logging.getLogger(__name__)
 

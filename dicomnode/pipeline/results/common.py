@@ -33,9 +33,9 @@ from pydicom.uid import NuclearMedicineImageStorage, generate_uid
 import dicomnode
 from dicomnode.config import ResultsSection
 from dicomnode.dicom.sop import ResultKind
-from segmentation.preprocess import Preprocessing, body_mask, reference_level
-from segmentation.result import Lesion, SegmentationResult, ViewResult
-from segmentation.scan import View, ViewImage, ViewSource
+from dicomnode.segmentation.preprocess import Preprocessing, body_mask, reference_level
+from dicomnode.segmentation.result import Lesion, SegmentationResult, ViewResult
+from dicomnode.segmentation.scan import View, ViewImage, ViewSource
 
 logger = logging.getLogger(__name__)
 
@@ -371,7 +371,7 @@ def bone_window(frames: dict[View, SourceFrame]) -> tuple[float, float, str]:
     """(center, width, explanation) of the VOI window for showing the views (PS3.3 C.11.2).
 
     A bone-scan window: 0 to :data:`BONE_WINDOW_MULTIPLE` times the bone reference level ``R``,
-    the percentile of body counts that the segmenter normalises by (segmentation/preprocess.py,
+    the percentile of body counts that the segmenter normalises by (dicomnode/segmentation/preprocess.py,
     step 3: it sits on normal bone), taken as the larger of the views' levels. Normal bone shows
     at about 40 % of the range, lesions of 2.5 x bone and more, the bladder and the injection site
     saturate. The source's own window is not used: set by the camera for the whole count range,

@@ -15,7 +15,7 @@ import numpy as np
 from scipy import ndimage
 from skimage import measure
 
-from segmentation.result import Lesion, ViewResult
+from dicomnode.segmentation.result import Lesion, ViewResult
 
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=int)
 

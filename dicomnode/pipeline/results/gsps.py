@@ -35,7 +35,7 @@ from dicomnode.pipeline.results.common import (
 )
 from dicomnode.pipeline.results.contours import LESION_CIELAB, lesion_outlines
 from dicomnode.pipeline.results.text import bsi_summary, lesion_caption, view_summary
-from segmentation.scan import View
+from dicomnode.segmentation.scan import View
 
 logger = logging.getLogger(__name__)
 

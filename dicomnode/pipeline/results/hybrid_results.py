@@ -3,8 +3,8 @@
 :func:`build_hybrid_results` takes the CT series (empty for a SPECT-only acquisition), the NM RECON
 TOMO volume (or ``None``), and the class probabilities ``(3, slices, rows, columns)`` (background,
 metastatic, benign) on the CT grid (slice 0 the most inferior, the order of
-:func:`segmentation.volume.ct_geometry`) or, without a CT, on the NM volume's grid (the order of
-:func:`segmentation.volume.nm_geometry`), and returns:
+:func:`dicomnode.segmentation.volume.ct_geometry`) or, without a CT, on the NM volume's grid (the order of
+:func:`dicomnode.segmentation.volume.nm_geometry`), and returns:
 
 - a DICOM SEG on the CT series, or on the NM volume without one, with two segments, "Bone metastasis"
   and "Benign bone lesion" (:mod:`.hybrid_seg`);
@@ -13,7 +13,7 @@ metastatic, benign) on the CT grid (slice 0 the most inferior, the order of
 - a Secondary Capture with fused (or, without a CT, SPECT-only) axial and coronal slices and the
   lesions' contours (:mod:`.hybrid_sc`).
 
-Lesions are those of :mod:`segmentation.volume_lesions`, on the pixel data the segmenter decoded
+Lesions are those of :mod:`dicomnode.segmentation.volume_lesions`, on the pixel data the segmenter decoded
 (``volumes``: :mod:`.hybrid_volume`). The objects share the planar results' provenance
 (:class:`~dicomnode.pipeline.results.common.Provenance`: UIDs derived from the study, the sources,
 the version and the algorithm; series numbers by kind), which reads the study UID, the algorithm and
@@ -38,9 +38,9 @@ from dicomnode.pipeline.results.hybrid_sc import build_hybrid_picture
 from dicomnode.pipeline.results.hybrid_seg import build_hybrid_segmentation
 from dicomnode.pipeline.results.hybrid_sr import build_hybrid_report
 from dicomnode.pipeline.results.hybrid_volume import hybrid_volume
-from segmentation.result import Algorithm
-from segmentation.volume import DecodedVolumes
-from segmentation.volume_lesions import BENIGN, METASTATIC
+from dicomnode.segmentation.result import Algorithm
+from dicomnode.segmentation.volume import DecodedVolumes
+from dicomnode.segmentation.volume_lesions import BENIGN, METASTATIC
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ stays faint, a lesion with a few times its uptake saturates, and the bladder doe
 outlines (metastatic red, benign green). The coronal panel is stretched to square voxels. A legend
 below names the lesions with class, volume and probability and says "NOT FOR DIAGNOSTIC USE".
 Without a CT (SPECT-only) the panels show the SPECT alone in gray, 0 to four times the median counts
-of the body (as :func:`segmentation.spectct.spect_body` outlines it), with the same contours.
+of the body (as :func:`dicomnode.segmentation.spectct.spect_body` outlines it), with the same contours.
 Burned In Annotation YES; Patient Orientation left empty (two panels, two orientations).
 """
 
@@ -29,8 +29,8 @@ from dicomnode.pipeline.results.common import (
     source_image_sequence,
 )
 from dicomnode.pipeline.results.hybrid_volume import HybridVolume
-from segmentation.volume_lesions import BENIGN, METASTATIC
-from segmentation.spectct import spect_body
+from dicomnode.segmentation.volume_lesions import BENIGN, METASTATIC
+from dicomnode.segmentation.spectct import spect_body
 
 CT_WINDOW = (-200.0, 1300.0)
 BONE_HU = 150.0

@@ -28,10 +28,10 @@ from pydicom.sr.codedict import codes
 
 from dicomnode.pipeline.results.common import NOT_FOR_DIAGNOSTIC_USE, Provenance, ResultKind, check_writable
 from dicomnode.pipeline.results.hybrid_volume import SEGMENT_OF_CLASS, HybridVolume
-from segmentation.volume_lesions import BENIGN, METASTATIC
+from dicomnode.segmentation.volume_lesions import BENIGN, METASTATIC
 from dicomnode.pipeline.results.seg import functional_groups_proxy
 from dicomnode.pipeline.results.text import clip_words
-from segmentation.volume import nm_geometry
+from dicomnode.segmentation.volume import nm_geometry
 
 SEGMENT_LABELS = {METASTATIC: "Bone metastasis", BENIGN: "Benign bone lesion"}
 SEGMENT_TYPES = {METASTATIC: codes.SCT.NeoplasmSecondary, BENIGN: codes.SCT.Lesion}

@@ -27,7 +27,7 @@ from pydicom.sr.coding import Code
 
 from dicomnode.pipeline.results.common import NOT_FOR_DIAGNOSTIC_USE, Provenance, ResultKind, check_writable
 from dicomnode.pipeline.results.hybrid_volume import SEGMENT_OF_CLASS, HybridVolume
-from segmentation.volume_lesions import BENIGN, METASTATIC, VolumeLesion
+from dicomnode.segmentation.volume_lesions import BENIGN, METASTATIC, VolumeLesion
 from dicomnode.pipeline.results.hybrid_seg import SEGMENT_TYPES
 from dicomnode.pipeline.results.sr import (
     LESIONS_UNIT, QUALITATIVE_EVALUATIONS, _algorithm, _observation_context, statistic,

@@ -2,8 +2,8 @@
 
 :func:`hybrid_volume` puts together the CT series in slice order (empty for a SPECT-only
 acquisition), the SPECT counts on the segmentation grid, the class probabilities and their lesions
-(:func:`segmentation.volume_lesions.find_lesions`), from the pixel data the segmenter decoded
-(:class:`segmentation.volume.DecodedVolumes`), so that a job decodes each source once. The SEG,
+(:func:`dicomnode.segmentation.volume_lesions.find_lesions`), from the pixel data the segmenter decoded
+(:class:`dicomnode.segmentation.volume.DecodedVolumes`), so that a job decodes each source once. The SEG,
 SR and SC builders (:mod:`.hybrid_seg`, :mod:`.hybrid_sr`, :mod:`.hybrid_sc`) read a
 :class:`HybridVolume`.
 """
@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 from pydicom.dataset import Dataset
 
-from segmentation.networks.mtunet import CLASSES
-from segmentation.volume import DecodedVolumes, VolumeGeometry, decode_volumes
-from segmentation.volume_lesions import BENIGN, METASTATIC, VolumeLesion, find_lesions
+from dicomnode.segmentation.networks.mtunet import CLASSES
+from dicomnode.segmentation.volume import DecodedVolumes, VolumeGeometry, decode_volumes
+from dicomnode.segmentation.volume_lesions import BENIGN, METASTATIC, VolumeLesion, find_lesions
 
 SEGMENT_OF_CLASS = {METASTATIC: 1, BENIGN: 2}
 """SEG segment number of each lesion class."""

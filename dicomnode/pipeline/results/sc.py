@@ -9,7 +9,7 @@ the patient's side letters above each view, and a legend below with the findings
 approximate BSI and "NOT FOR DIAGNOSTIC USE". Views narrower than 400 columns are enlarged twice
 (nearest neighbour) so that the text stays readable; the panels are a sixteenth of a panel's
 width apart (at least 16 pixels). Rows above the head and below the feet where no view has body
-counts (segmentation.preprocess.body_mask) are left out but for a margin of 1/40 of the rows.
+counts (dicomnode.segmentation.preprocess.body_mask) are left out but for a margin of 1/40 of the rows.
 
 The picture carries Burned In Annotation YES (PS3.3 C.7.6.1.1.11) and, because the posterior
 panel is mirrored relative to the anterior one, Patient Orientation only when one view is shown
@@ -40,8 +40,8 @@ from dicomnode.pipeline.results.common import (
 )
 from dicomnode.pipeline.results.contours import LESION_RGB, lesion_outlines
 from dicomnode.pipeline.results.text import bsi_summary, lesion_caption, view_summary
-from segmentation.preprocess import body_mask
-from segmentation.scan import View
+from dicomnode.segmentation.preprocess import body_mask
+from dicomnode.segmentation.scan import View
 
 logger = logging.getLogger(__name__)
 

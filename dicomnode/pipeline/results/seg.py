@@ -71,7 +71,7 @@ from dicomnode.pipeline.results.common import (
 )
 from dicomnode.pipeline.results.contours import LESION_CIELAB
 from dicomnode.pipeline.results.text import clip_words
-from segmentation.scan import View
+from dicomnode.segmentation.scan import View
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ Content (PS3.16 TID 1500, built with highdicom):
 - per lesion, a TID 1501 measurement group (tracking identifier and UID those of its GSPS
   contour), finding "Lesion" (SCT 52988006: a focus the node judged suspicious, not a diagnosis) in
   category "Morphologically abnormal structure", finding site where known (a region of the anatomy
-  map, or of :mod:`segmentation.regions` without one, coded by :data:`SITE_CODES` with its
+  map, or of :mod:`dicomnode.segmentation.regions` without one, coded by :data:`SITE_CODES` with its
   laterality; another name given by a segmenter is logged and left out), the second stage's
   Probability of cancer (DCM 111047, unit 1) where it judged the lesion, Image View
   (DCM 111031) anterior or posterior projection, the source image (instance and frame), and three
@@ -59,7 +59,7 @@ from dicomnode.pipeline.results.common import (
 from dicomnode.pipeline.results.contours import lesion_outlines
 from dicomnode.pipeline.results.seg import view_series
 from dicomnode.pipeline.results.text import bsi_summary, study_summary
-from segmentation.scan import BoneScan, View
+from dicomnode.segmentation.scan import BoneScan, View
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
 PROCEDURE = Code("42175-0", "LN", "Radionuclide scan of whole body")
 VIEW_CODES = {View.ANTERIOR: codes.SCT.AnteriorProjection, View.POSTERIOR: codes.SCT.PosteriorProjection}
 #: Finding site codes (SNOMED CT body structures) of the anatomy map's regions
-#: (:class:`segmentation.anatomy.AnatomyLabel`) and of the coarse regions of :mod:`segmentation.regions`
+#: (:class:`dicomnode.segmentation.anatomy.AnatomyLabel`) and of the coarse regions of :mod:`dicomnode.segmentation.regions`
 #: used without a map. Urine (bladder, kidneys) is never a finding: such hot spots are not reported.
 SITE_CODES: dict[str, Code] = {
     "skull": codes.SCT.Skull,

@@ -14,7 +14,7 @@ CT and attenuation-corrected reconstruction do.
   (Patient) inside its one Detector Information Sequence item (C.8.4.10), NM TOMO Acquisition
   (C.8.4.12: one Rotation Information item), NM Reconstruction (C.8.4.14: Spacing Between Slices,
   Slice Thickness, Reconstruction Diameter), Corrected Image ATTN\\SCAT\\DECY\\UNIF, 16-bit counts.
-  Slice ``n`` lies at ``position + (n − 1) · spacing · (row × column)`` (:mod:`segmentation.volume`),
+  Slice ``n`` lies at ``position + (n − 1) · spacing · (row × column)`` (:mod:`dicomnode.segmentation.volume`),
   i.e. the first slice is the most inferior.
 
 Identity, dates and radiopharmaceutical come from the whole-body simulator's helpers
@@ -44,7 +44,7 @@ from dicomnode.synth.dicom import (
     new_instance,
     set_general_study,
 )
-from segmentation.volume import SLICE_VECTOR_TAG, VolumeGeometry
+from dicomnode.segmentation.volume import SLICE_VECTOR_TAG, VolumeGeometry
 
 HU_OFFSET = 1024
 BODY_PART = "CHESTABDPELVIS"

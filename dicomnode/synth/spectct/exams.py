@@ -7,7 +7,7 @@ Layout::
     OUT/exam_0001/spect.dcm          NM Image Storage, RECON TOMO, attenuation corrected
     OUT/exam_0001/truth.npz          "labels_ct" (CT grid) and "labels_spect" (SPECT grid), uint8
                                      0 background, 1 metastatic, 2 benign; slice 0 the most inferior
-                                     (the order of segmentation.volume's geometry, by position)
+                                     (the order of dicomnode.segmentation.volume's geometry, by position)
 
 Exam *i* (1-based) of seed *s* draws from ``numpy.random.default_rng([s, i, 3])``, so a run is
 deterministic whatever the number of worker processes. Folder names come from the index only.
@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from dicomnode.synth.dicom import StudyIdentity
-from segmentation.volume import VolumeGeometry, resample_labels
+from dicomnode.segmentation.volume import VolumeGeometry, resample_labels
 
 from .dicom import ct_datasets, nm_recon_dataset, write_exam_files
 from .imaging import spect_counts

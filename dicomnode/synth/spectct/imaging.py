@@ -11,7 +11,7 @@ out):
    is the error of a uniform-μ correction: lungs over-corrected, deep bone slightly under-corrected.
 2. **Resolution.** A Gaussian of FWHM 10–15 mm (drawn per exam; LEHR SPECT after OSEM with
    resolution recovery is ~10 mm, without ~15 mm), applied on the CT grid, then trilinear
-   resampling onto the SPECT grid through patient coordinates (:func:`segmentation.volume.resample`).
+   resampling onto the SPECT grid through patient coordinates (:func:`dicomnode.segmentation.volume.resample`).
 3. **Counts.** Scaled so normal vertebral bone reads 60–150 counts per voxel (typical of a
    15–20 min 99mTc-MDP SPECT reconstructed at 4.8 mm), then Poisson sampling per voxel.
 """
@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from segmentation.volume import VolumeGeometry, resample
+from dicomnode.segmentation.volume import VolumeGeometry, resample
 
 from .phantom import BONE, Phantom, SOFT
 

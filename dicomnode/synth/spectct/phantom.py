@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from segmentation.volume import VolumeGeometry
+from dicomnode.segmentation.volume import VolumeGeometry
 
 Z_RANGE = (-230.0, 150.0)
 """mm: the anatomy's extent along z (inferior to superior)."""

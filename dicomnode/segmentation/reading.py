@@ -1,0 +1,89 @@
+"""Read a segmentation as a physician does: the anatomy map first, then the hot spots on it.
+
+:class:`AnatomyReader` runs the anatomy map (:mod:`dicomnode.segmentation.anatomymap`) on a study, judges every
+lesion of the lesion model's result on it (:mod:`dicomnode.segmentation.judgement`), and returns the result
+with only the suspicious foci in its masks and lesions — each named by its region and side and
+carrying its second-stage probability — the dismissed hot spots with their reason, and the map
+(for the burden's regions, :mod:`dicomnode.pipeline.results.burden`). docs/segmentation.md,
+"Anatomy map and second stage".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from dicomnode.segmentation.anatomymap import DEFAULT_ANATOMY_CARD, AnatomyMapper
+from dicomnode.segmentation.judgement import (
+    DEFAULT_SECOND_STAGE,
+    SecondStage,
+    Verdict,
+    candidates,
+    judge,
+)
+from dicomnode.segmentation.postprocess import OperatingPoint, lesion_labels, lesions, view_result
+from dicomnode.segmentation.result import Dismissal, SegmentationResult, ViewResult
+
+
+class AnatomyReader:
+    """The anatomy map and the second stage, applied to lesion results."""
+
+    def __init__(self, mapper: AnatomyMapper, stage: SecondStage | None) -> None:
+        self.mapper = mapper
+        self.stage = stage
+
+    @staticmethod
+    def default(device=None) -> AnatomyReader | None:
+        """The shipped map and second stage; None when the map is not shipped."""
+        if not DEFAULT_ANATOMY_CARD.is_file():
+            return None
+        stage = SecondStage.load() if DEFAULT_SECOND_STAGE.is_file() else None
+        return AnatomyReader(AnatomyMapper.default(device), stage)
+
+    @staticmethod
+    def from_paths(card: Path, stage: Path | None, device=None) -> AnatomyReader:
+        return AnatomyReader(AnatomyMapper.from_card(card, device), SecondStage.load(stage) if stage else None)
+
+    def read(self, result: SegmentationResult, point: OperatingPoint | None = None) -> SegmentationResult:
+        """``result`` read on the map; ``point`` is the lesion model's operating point, whose peak
+        threshold the second stage lowers to its own ``candidate_peak`` (it ranks the candidates)."""
+        if self.stage is not None and self.stage.candidate_peak is not None:
+            result = with_candidates(result, dataclasses.replace(point or OperatingPoint(),
+                                                                 peak_threshold=self.stage.candidate_peak))
+        anatomy = self.mapper.map(result.scan)
+        verdicts = judge(candidates(result.scan.views, result.views, anatomy), self.stage)
+        views: dict = {}
+        dismissed: list[Dismissal] = []
+        for view, found in result.views.items():
+            mine = sorted((v for v in verdicts if v.candidate.lesion.view is view),
+                          key=lambda v: v.candidate.lesion.label)
+            if view not in anatomy:
+                views[view] = found
+                continue
+            views[view] = _kept(result, found, [v for v in mine if v.suspicious])
+            dismissed += [Dismissal(dataclasses.replace(v.candidate.lesion, site=v.candidate.site,
+                                                        probability=v.score), v.reason)
+                          for v in mine if not v.suspicious]
+        notes = result.notes + tuple(f"{d.lesion.view.value}: hot spot at {d.lesion.site} judged {d.reason}"
+                                     for d in dismissed)
+        return dataclasses.replace(result, views=views, anatomy=anatomy, dismissed=tuple(dismissed), notes=notes)
+
+
+def with_candidates(result: SegmentationResult, point: OperatingPoint) -> SegmentationResult:
+    """``result`` with its masks and lesions re-derived from its probabilities at ``point``."""
+    views = {view: view_result(result.scan.views[view], r.probability, result.threshold, point)
+             for view, r in result.views.items()}
+    return dataclasses.replace(result, views=views)
+
+
+def _kept(result: SegmentationResult, view_result: ViewResult, kept: list[Verdict]) -> ViewResult:
+    """The view's result with only the ``kept`` components; lesions renumbered, sites attached."""
+    components, _ = lesion_labels(view_result.mask)
+    mask = np.isin(components, [v.candidate.lesion.label for v in kept]).astype(np.uint8)
+    found = lesions(result.scan.views[view_result.view], mask)
+    # relabelling keeps the raster order of the components' first pixels, so the order of ``kept``
+    named = tuple(dataclasses.replace(lesion, site=v.candidate.site, probability=v.score)
+                  for lesion, v in zip(found, kept, strict=True))
+    return ViewResult(view=view_result.view, probability=view_result.probability, mask=mask, lesions=named)
