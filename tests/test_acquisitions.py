@@ -13,7 +13,7 @@ from pydicom.sequence import Sequence
 from dicomnode.pipeline.processing import segment_acquisition
 from dicomnode.pipeline.results import ResultOptions
 from dicomnode.pipeline.results.identity import repair_sources
-from dicomnode.segmentation.acquisitions import (
+from dicomnode.dicom.acquisitions import (
     NMImageKind,
     nm_image_kind,
     split_acquisitions,

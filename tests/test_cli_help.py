@@ -34,7 +34,7 @@ def test_synth_counts_in_words(tmp_path: Path) -> None:
 
 
 def test_synth_offers_every_vendor_profile():
-    from dicomnode.cli import Vendor
+    from dicomnode.cli.model import Vendor
     from dicomnode.synth.vendors import VENDORS
 
     assert [member.value for member in Vendor] == [*VENDORS, "mixed"]

@@ -17,7 +17,7 @@ from dicomnode.pipeline.results.common import ResultOptions
 from dicomnode.pipeline.processing import segment_hybrid
 from dicomnode.pipeline.results.hybrid_results import build_hybrid_results
 from dicomnode.synth.spectct import write_exams
-from dicomnode.segmentation.acquisitions import HybridAcquisition
+from dicomnode.dicom.acquisitions import HybridAcquisition
 from dicomnode.segmentation.result import Algorithm
 from dicomnode.segmentation.spectct import HybridSegmenter
 from dicomnode.segmentation.volume import ct_geometry, nm_geometry, nm_volume, resample_labels

@@ -10,7 +10,7 @@ from dicomnode.pipeline.processing import load_segmenter, segment_study
 from dicomnode.pipeline.results import ResultOptions
 from dicomnode.synth.other_tracers import simulate_other_tracer
 from dicomnode.synth.simulate import simulate_study, to_stored
-from dicomnode.segmentation.acquisitions import study_tracer_refusal, tracer_stated
+from dicomnode.dicom.acquisitions import study_tracer_refusal, tracer_stated
 from dicomnode.segmentation.scan import View
 from dicomnode.segmentation.skeleton import SPINE_MIN, skeleton_evidence, spine_contrast
 from dicomnode.segmentation.views import load_scan

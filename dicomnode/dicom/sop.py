@@ -32,7 +32,7 @@ from pydicom.uid import (
 )
 from pynetdicom.sop_class import _STORAGE_CLASSES
 
-from dicomnode.segmentation.acquisitions import NMImageKind, nm_image_kind
+from dicomnode.dicom.acquisitions import NMImageKind, nm_image_kind
 
 
 class ObjectKind(str, Enum):

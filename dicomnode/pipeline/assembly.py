@@ -39,7 +39,7 @@ from dicomnode.dicom.sop import SEGMENTED_KIND, ObjectKind
 from dicomnode.pipeline.queue import enqueue
 from dicomnode.store.db import Database
 from dicomnode.store.models import Instance, Study, StudyState, as_utc, utcnow
-from dicomnode.segmentation.acquisitions import NMImageKind
+from dicomnode.dicom.acquisitions import NMImageKind
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ Step "worker" of docs/architecture.md, "The journey of a study", without the que
 (:mod:`dicomnode.pipeline.worker`) runs it for each job, ``dicomnode segment``
 (:mod:`dicomnode.tools.offline`) on files.
 
-Each whole-body acquisition (:mod:`dicomnode.segmentation.acquisitions`) is processed on its own
+Each whole-body acquisition (:mod:`dicomnode.dicom.acquisitions`) is processed on its own
 (:func:`segment_acquisition`) and gives its own result set, or a "not processable" reason; statics,
 TOMO, reconstructions, CT and screen captures are not segmented.
 
@@ -36,7 +36,7 @@ from dicomnode.dicom.sop import RECEIVED, ResultKind, instance_kind
 from dicomnode.pipeline.results import ResultOptions, build_results
 from dicomnode.pipeline.results.hybrid_results import build_hybrid_results
 from dicomnode.pipeline.results.identity import repair_sources
-from dicomnode.segmentation.acquisitions import (
+from dicomnode.dicom.acquisitions import (
     Acquisition,
     HybridAcquisition,
     NMImageKind,
@@ -114,7 +114,7 @@ DATA_ERRORS = (ValueError, TypeError, KeyError, AttributeError, IndexError)
 
 
 def whole_body_instances(datasets: Sequence[Dataset]) -> list[Dataset]:
-    """The whole-body NM images among ``datasets`` (Image Type value 3, :mod:`dicomnode.segmentation.acquisitions`)."""
+    """The whole-body NM images among ``datasets`` (Image Type value 3, :mod:`dicomnode.dicom.acquisitions`)."""
     return [ds for ds in datasets if ds.get("SOPClassUID") == NuclearMedicineImageStorage
             and nm_image_kind(ds)[0] is NMImageKind.WHOLE_BODY]
 
@@ -122,7 +122,7 @@ def whole_body_instances(datasets: Sequence[Dataset]) -> list[Dataset]:
 def judge_study_tracer(acquisitions: Sequence[AnyAcquisition],
                        nm_headers: Sequence[Dataset]) -> tuple[list[AnyAcquisition], bool]:
     """The acquisitions with the whole study's "not a bone scan" reason where its NM headers give one
-    (:func:`dicomnode.segmentation.acquisitions.study_tracer_refusal`), and whether those headers say nothing of
+    (:func:`dicomnode.dicom.acquisitions.study_tracer_refusal`), and whether those headers say nothing of
     the tracer (then the image decides: :func:`segment_acquisition` ``tracer_unstated``)."""
     not_bone = study_tracer_refusal(nm_headers)
     if not_bone is not None:
@@ -137,7 +137,7 @@ def segment_acquisition(acquisition: Acquisition, segmenter: Segmenter, options:
     Input that cannot be segmented (views that cannot be read, patient identity that disagrees, not a
     bone scan, headers that result building cannot use even after repair) gives a run with its
     ``reason``; errors of this machine (memory, disk, a crashed library) propagate, so the job is retried.
-    When the study states no tracer (``tracer_unstated``: :func:`dicomnode.segmentation.acquisitions.tracer_stated`
+    When the study states no tracer (``tracer_unstated``: :func:`dicomnode.dicom.acquisitions.tracer_stated`
     is false), a scan that shows no skeleton is not a bone scan (:mod:`dicomnode.segmentation.skeleton`).
     """
     name = f"acquisition {acquisition.label!r}"

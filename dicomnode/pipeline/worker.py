@@ -5,7 +5,7 @@ Step "worker" of docs/architecture.md, "The journey of a study".
 For each claimed job (:mod:`dicomnode.pipeline.queue`):
 
 1. read the study's current whole-body NM instances (not superseded) from the spool and split them
-   into acquisitions (:func:`dicomnode.segmentation.acquisitions.split_acquisitions`);
+   into acquisitions (:func:`dicomnode.dicom.acquisitions.split_acquisitions`);
 2. decide from all of the study's NM headers whether it is a bone scan at all
    (:func:`dicomnode.pipeline.processing.judge_study_tracer`: a stated radiopharmaceutical, the
    study and series descriptions, and where they say nothing the image); if not, every acquisition
@@ -87,7 +87,7 @@ from dicomnode.pipeline.results import ResultOptions
 from dicomnode.store.db import Database
 from dicomnode.store.models import AcquisitionOutcome, AcquisitionState, Instance, Study
 from dicomnode.store.spool import Spool
-from dicomnode.segmentation.acquisitions import (
+from dicomnode.dicom.acquisitions import (
     HybridAcquisition,
     NMImageKind,
     split_acquisitions,
@@ -319,7 +319,7 @@ class Worker:
         kind)), the count of its current instances per kind, the fingerprints of acquisitions an
         earlier job processed or found not processable (the same content gives the same outcome), how
         many result sets earlier jobs wrote, and the headers of all its NM images (the evidence of
-        :func:`dicomnode.segmentation.acquisitions.study_tracer_refusal`)."""
+        :func:`dicomnode.dicom.acquisitions.study_tracer_refusal`)."""
         with self.database.session() as session:
             rows = session.execute(
                 select(Instance.sop_instance_uid, Instance.path, Instance.sha256, Instance.kind, Instance.sop_class_uid)

@@ -3,7 +3,7 @@
 A physician who is not told the tracer looks at the picture: a 99mTc bone scan shows the spine,
 pelvis and long bones; a renal, soft-tissue or perfusion (sestamibi) scan shows organs and no
 skeleton. The node asks the image only when no instance of the study states a radiopharmaceutical
-and no description names one (:func:`dicomnode.segmentation.acquisitions.tracer_stated`); see
+and no description names one (:func:`dicomnode.dicom.acquisitions.tracer_stated`); see
 docs/segmentation.md, "Is it a bone scan?".
 
 The measure, :func:`spine_contrast`, is a ratio, so count level and 8- or 16-bit storage do not

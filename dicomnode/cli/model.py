@@ -1,8 +1,4 @@
-"""The ``dicomnode`` command line.
-
-Each command is a thin wrapper: it parses options and calls the module that does the work, imported
-inside the command so that ``dicomnode status`` does not pay for importing torch.
-"""
+"""Commands for the model: simulated studies, training, evaluation, offline segmentation, the demo."""
 
 from __future__ import annotations
 
@@ -12,18 +8,7 @@ from pathlib import Path
 
 import typer
 
-app = typer.Typer(
-    name="dicomnode",
-    help="A DICOM-native AI node for whole-body bone scintigraphy.",
-    no_args_is_help=True,
-    add_completion=False,
-    rich_markup_mode=None,  # help texts name TOML sections like "[model] weights": print them as written
-)
-
-
-@app.callback()
-def _root() -> None:
-    """A DICOM-native AI node for whole-body bone scintigraphy."""
+from dicomnode.cli.app import CONFIG, app, node_config
 
 
 class Layout(str, Enum):
@@ -176,254 +161,17 @@ def evaluate(
     typer.echo(f"report: {report}")
 
 
-def _node_config(config: Path | None):
-    """Load the node configuration or exit 2 with the reasons (docs/architecture.md, "Operations")."""
-    from dicomnode.config import ConfigError, load_config
-
-    try:
-        return load_config(config)
-    except ConfigError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-
-
-def _peers(to: list[str], node, ca: Path | None, cert: Path | None, key: Path | None):
-    """``--to`` values as destinations (TLS when --tls-* given); exit 2 on a malformed one."""
-    from dicomnode.dicom.peers import TLSClient
-    from dicomnode.dicom.scu import parse_peer
-
-    try:
-        tls = TLSClient(ca=ca, cert=cert, key=key) if (ca or cert or key) else None
-        return [parse_peer(text, default_ae_title=node.node.ae_title).model_copy(update={"tls": tls})
-                for text in to]
-    except ValueError as exc:
-        typer.echo(f"error: --to {exc}", err=True)
-        raise typer.Exit(2) from None
-
-
-def _calling_ae(aet: str | None, node) -> str:
-    """``--aet`` validated (PS3.5 §6.2), or the node's own AE title."""
-    from dicomnode.dicom.peers import validate_ae_title
-
-    try:
-        return validate_ae_title(aet) if aet is not None else node.node.ae_title
-    except ValueError as exc:
-        typer.echo(f"error: --aet {exc}", err=True)
-        raise typer.Exit(2) from None
-
-
-_TO_HELP = "Peer as HOST:PORT[:AET] (AET defaults to this node's AE title)."
-_TLS_CA = typer.Option(None, "--tls-ca", help="Use TLS, trusting this CA (PEM).")
-_TLS_CERT = typer.Option(None, "--tls-cert", help="Use TLS with this client certificate (PEM).")
-_TLS_KEY = typer.Option(None, "--tls-key", help="Private key of --tls-cert (PEM).")
-
-
-@app.command()
-def echo(
-    to: list[str] = typer.Option([], "--to", help=f"{_TO_HELP} Repeatable. Default: every configured "
-                                 "destination and this node itself."),
-    config: Path | None = typer.Option(None, "--config", help="Node configuration (default $DICOMNODE_CONFIG)."),
-    aet: str | None = typer.Option(None, "--aet", help="Our calling AE title (default: node.ae_title)."),
-    timeout: float = typer.Option(10.0, min=0.1, help="Seconds to wait for each peer."),
-    tls_ca: Path | None = _TLS_CA,
-    tls_cert: Path | None = _TLS_CERT,
-    tls_key: Path | None = _TLS_KEY,
-) -> None:
-    """C-ECHO (DICOM verification) to peers; exit 1 if any does not answer success."""
-    from dicomnode.dicom.peers import Destination
-    from dicomnode.dicom.scu import echo as c_echo
-
-    node = _node_config(config)
-    calling_ae = _calling_ae(aet, node)
-    peers = _peers(to, node, tls_ca, tls_cert, tls_key)
-    if not peers:
-        host = "127.0.0.1" if node.node.host in ("0.0.0.0", "::", "") else node.node.host
-        peers = [*node.destinations, Destination(name="this-node", host=host, port=node.node.port,
-                                                  ae_title=node.node.ae_title)]
-    failed = 0
-    for peer in peers:
-        result = c_echo(peer, calling_ae=calling_ae, timeout=timeout)
-        failed += not result.ok
-        typer.echo(f"{'ok  ' if result.ok else 'FAIL'} {peer.name} {peer.ae_title}@{peer.host}:{peer.port} "
-                   f"{result.status} {result.detail} ({result.seconds * 1000:.0f} ms)")
-    raise typer.Exit(1 if failed else 0)
-
-
-@app.command()
-def send(
-    files: list[Path] = typer.Argument(..., help="DICOM files or folders (searched recursively)."),
-    to: str = typer.Option(..., "--to", help=_TO_HELP),
-    config: Path | None = typer.Option(None, "--config", help="Node configuration (default $DICOMNODE_CONFIG)."),
-    aet: str | None = typer.Option(None, "--aet", help="Our calling AE title (default: node.ae_title)."),
-    timeout: float = typer.Option(30.0, min=0.1, help="Seconds to wait for each answer."),
-    tls_ca: Path | None = _TLS_CA,
-    tls_cert: Path | None = _TLS_CERT,
-    tls_key: Path | None = _TLS_KEY,
-) -> None:
-    """C-STORE files to a peer with a status per file; exit 1 if any file was not stored."""
-    from dicomnode.dicom.scu import send_files
-
-    node = _node_config(config)
-    calling_ae = _calling_ae(aet, node)
-    missing = [str(path) for path in files if not path.exists()]
-    if missing:
-        typer.echo(f"error: no such file or folder: {', '.join(missing)}", err=True)
-        raise typer.Exit(2)
-    (peer,) = _peers([to], node, tls_ca, tls_cert, tls_key)
-    counts = {"stored": 0, "failed": 0, "skipped": 0}
-
-    def show(result) -> None:
-        kind = "skipped" if result.skipped else "stored" if result.ok else "failed"
-        counts[kind] += 1
-        typer.echo(f"[{sum(counts.values())}] {result.status_text} {result.path}: {result.detail}",
-                   err=kind == "failed")
-
-    send_files(files, peer, calling_ae=calling_ae, on_result=show, timeout=timeout)
-    typer.echo(f"{counts['stored']} stored, {counts['failed']} failed, {counts['skipped']} skipped "
-               f"(to {peer.ae_title}@{peer.host}:{peer.port})")
-    raise typer.Exit(1 if counts["failed"] else 0)
-
-
-_CONFIG = typer.Option(None, "--config", help="Node configuration (default $DICOMNODE_CONFIG).")
-
-
-def _run_parts(config: Path | None, parts) -> None:
-    """Run node parts until SIGTERM/SIGINT; exit 2 with the reason when they cannot start."""
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from dicomnode.ops.logs import configure_logging
-    from dicomnode.ops.service import ListenError, run_until_signalled
-
-    node = _node_config(config)
-    configure_logging(node.logging)
-    try:
-        run_until_signalled(node, parts)
-    except ListenError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    except (OSError, ValueError, RuntimeError, SQLAlchemyError) as exc:
-        typer.echo(f"error: {type(exc).__name__}: {exc}", err=True)
-        raise typer.Exit(2) from None
-
-
-@app.command()
-def serve(config: Path | None = _CONFIG) -> None:
-    """Run the node: receiver, assembly, one worker and the exporter, until SIGTERM or SIGINT."""
-    from dicomnode.ops.service import Parts
-
-    _run_parts(config, Parts())
-
-
-@app.command()
-def worker(
-    config: Path | None = _CONFIG,
-    export: bool = typer.Option(False, "--export/--no-export", help="Also run an exporter."),
-) -> None:
-    """Run an extra worker (scale-out: same database and spool, this or another host)."""
-    from dicomnode.ops.service import Parts
-
-    _run_parts(config, Parts(receive=False, assemble=False, work=True, export=export))
-
-
-def _database(node):
-    """The node's database, which must have been initialised by ``serve`` (exit 2 otherwise)."""
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from dicomnode.store.db import DatabaseError, connect
-
-    try:
-        database = connect(node.database_url, create=False)
-        revision = database.current_revision()
-    except (DatabaseError, SQLAlchemyError) as exc:
-        typer.echo(f"error: database {node.database_url}: {exc}", err=True)
-        raise typer.Exit(2) from None
-    if revision is None:
-        typer.echo(f"error: database {database.url} is empty (start the node with `dicomnode serve` first)", err=True)
-        raise typer.Exit(2)
-    return database
-
-
-@app.command()
-def status(
-    config: Path | None = _CONFIG,
-    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
-) -> None:
-    """Studies, jobs and exports by state; stuck, failed and refused items; the spool's free space."""
-    import json
-
-    from dicomnode.ops.status import collect, render
-
-    node = _node_config(config)
-    database = _database(node)
-    try:
-        report = collect(database, quiet_seconds=node.assembly.quiet_seconds,
-                         attention_after_seconds=node.export.attention_after_seconds,
-                         spool_root=node.storage.spool_path, min_free_bytes=node.storage.min_free_bytes,
-                         retention=node.retention)
-    finally:
-        database.dispose()
-    typer.echo(json.dumps(report, indent=2) if as_json else render(report))
-
-
-@app.command()
-def purge(
-    config: Path | None = _CONFIG,
-    apply: bool = typer.Option(False, "--apply", help="Delete; without it, only say what would be deleted."),
-) -> None:
-    """Delete the spool files of studies delivered longer ago than [retention] (dry run unless --apply)."""
-    from dicomnode.ops.status import size_text
-    from dicomnode.store.retention import purge as run_purge
-    from dicomnode.store.spool import Spool
-
-    node = _node_config(config)
-    database = _database(node)
-    try:
-        with Spool(node.storage.spool_path, min_free_bytes=node.storage.min_free_bytes) as spool:
-            report = run_purge(database, spool, node.retention, dry_run=not apply)
-    finally:
-        database.dispose()
-    verb = "deleted" if apply else "would delete (dry run; --apply deletes)"
-    typer.echo(f"{verb}: {report.studies} studies ({size_text(report.bytes)}), {report.quarantined} refused "
-               f"instance(s); {report.plan.held_studies} studies not delivered yet are kept"
-               + (f"; finished {report.finished} interrupted deletion(s)" if report.finished else ""))
-
-
-@app.command()
-def retry(
-    config: Path | None = _CONFIG,
-    jobs: bool = typer.Option(True, "--jobs/--no-jobs", help="Failed jobs back to the queue."),
-    refused: bool = typer.Option(True, "--refused/--no-refused", help="Refused exports back to pending."),
-    failed: bool = typer.Option(True, "--failed/--no-failed", help="Failed exports back to pending."),
-    waiting: bool = typer.Option(False, "--waiting", help="Also send exports waiting for their back-off now."),
-    destination: str | None = typer.Option(None, "--destination", help="Only exports to this destination."),
-    study: str | None = typer.Option(None, "--study", help="Only this Study Instance UID."),
-) -> None:
-    """Put failed jobs and refused or failed exports back in line."""
-    from dicomnode.store.models import ExportState
-    from dicomnode.ops.status import retry as reopen
-
-    node = _node_config(config)
-    database = _database(node)
-    states = [state for state, chosen in ((ExportState.REFUSED, refused), (ExportState.FAILED, failed)) if chosen]
-    try:
-        counts = reopen(database, jobs=jobs, export_states=states, waiting=waiting,
-                        destination=destination, study_uid=study)
-    finally:
-        database.dispose()
-    typer.echo(f"{counts.jobs} job(s) queued again, {counts.exports} export(s) pending again")
-
-
 @app.command()
 def segment(
     files: list[Path] = typer.Argument(..., help="DICOM files or folders (searched recursively)."),
     out: Path = typer.Option(..., "--out", help="Folder for the result objects and summary.json / summary.md."),
-    config: Path | None = _CONFIG,
+    config: Path | None = CONFIG,
     weights: str | None = typer.Option(None, "--weights", help='"default", "threshold" or a model path '
                                        "(default: [model] weights)."),
     device: str | None = typer.Option(None, "--device", help="auto, cpu or cuda (default: [model] device)."),
 ) -> None:
     """The node's pipeline on files, offline: results and a summary; exit 1 if a study failed."""
-    node = _node_config(config)
+    node = node_config(config)
     missing = [str(path) for path in files if not path.exists()]
     if missing:
         typer.echo(f"error: no such file or folder: {', '.join(missing)}", err=True)
@@ -503,7 +251,3 @@ def demo(
     for item in render(report):
         console.print(item)
     raise typer.Exit(0 if report.ok else 1)
-
-
-def main() -> None:
-    app()

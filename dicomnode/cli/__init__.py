@@ -1,0 +1,13 @@
+"""The ``dicomnode`` command line: one module per group of commands, registered on one application
+(:mod:`dicomnode.cli.app`)."""
+
+from __future__ import annotations
+
+from dicomnode.cli import model, network, node
+from dicomnode.cli.app import app
+
+__all__ = ["app", "main", "model", "network", "node"]
+
+
+def main() -> None:
+    app()
