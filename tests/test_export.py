@@ -379,7 +379,7 @@ def test_a_transient_failure_never_ends_an_export_and_its_back_off_is_capped(tmp
     backoff_max_seconds (issue: the old retry budget of ~30 min failed everything)."""
     from pydicom.uid import generate_uid
 
-    from dicomnode.pipeline.export import Outcome, claim_batch, record
+    from dicomnode.pipeline.export import DeliveryOutcome, claim_batch, record
     from dicomnode.pipeline.queue import StoredResult, claim, complete
     from dicomnode.store.models import as_utc
     from tests.processing_helpers import add_study
@@ -396,7 +396,7 @@ def test_a_transient_failure_never_ends_an_export_and_its_back_off_is_capped(tmp
     for _ in range(50):
         destination, items = claim_batch(database, "exporter", ["PACS"], policy, now=now)
         assert destination == "PACS" and len(items) == 1
-        state = record(database, "exporter", items[0], Outcome(Verdict.RETRY, "0xA700", "out of resources"), policy,
+        state = record(database, "exporter", items[0], DeliveryOutcome(Verdict.RETRY, "0xA700", "out of resources"), policy,
                        now=now)
         assert state is ExportState.PENDING
         with database.session() as session:

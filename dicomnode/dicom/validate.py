@@ -40,7 +40,7 @@ Accepted with a warning (status 0x0000, warning logged and kept in
 :attr:`ReceivedInstance.warnings`): 8-bit or signed NM pixels (legal in C.8.4.7), an NM image without
 Image Type value 3 (whole body when its matrix is one), a missing Number of Frames in a multi-frame
 class (NM, SEG, multi-frame Secondary Capture: one frame assumed), a single-frame instance that
-states no view (the study may still decide it by order, see :mod:`dicomnode.segmentation.views`, ``ViewRule.ASSUMED``), a
+states no view (the study may still decide it by order, ``ViewRule.ASSUMED``), a
 two-frame instance whose views are assumed from frame order.
 
 Guards: values are read from the received bytes in memory, so no declared length makes the reader
@@ -48,11 +48,12 @@ allocate more than arrived (a 4 GiB length on a 1 kB message reads 1 kB); every 
 declared length is then checked against the bytes received, and the elements must end exactly where
 the data set does, so truncated and corrupt data sets are refused instead of kept with short values.
 The VR encoding must match the negotiated transfer syntax (no guessing). A deflated data set is
-inflated with a ceiling before anything else (:mod:`dicomnode.dicom.parse`). Views are decided by
-:mod:`dicomnode.segmentation.views` (the same rules the worker uses), never by a second parser here; of what
-it refuses, :class:`~dicomnode.segmentation.views.UndecodablePixels` is 0xC000 and every other
-:class:`~dicomnode.segmentation.views.ViewError` 0xA900 (the status follows the kind of error, never its
-wording; the statuses themselves are :mod:`dicomnode.dicom.status`).
+inflated with a ceiling before anything else (:mod:`dicomnode.dicom.parse`). Views are decided from the header by
+:func:`dicomnode.segmentation.viewrules.instance_views` (the rules the worker uses), never by a second
+parser here; of what it refuses every :class:`~dicomnode.segmentation.scan.ViewError` is 0xA900, and
+compressed pixels that :func:`~dicomnode.segmentation.views.frame_stack` cannot decode
+(:class:`~dicomnode.segmentation.views.UndecodablePixels`) 0xC000 (the status follows the kind of
+error, never its wording; the statuses themselves are :mod:`dicomnode.dicom.status`).
 """
 
 from __future__ import annotations
@@ -63,7 +64,6 @@ import warnings as warnings_module
 from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset
-from pydicom.sequence import Sequence
 from pydicom.uid import (
     UID,
     MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
@@ -85,8 +85,9 @@ from dicomnode.dicom.sop import (
 )
 from dicomnode.dicom.status import Status
 from dicomnode.dicom.uids import UIDError, check_uid, uid_remark
-from dicomnode.segmentation.scan import View
-from dicomnode.segmentation.views import UndecodablePixels, ViewError, frame_count, load_scan, stated_views
+from dicomnode.segmentation.scan import View, ViewError
+from dicomnode.segmentation.viewrules import frame_count, instance_views
+from dicomnode.segmentation.views import UndecodablePixels, frame_stack
 
 log = logging.getLogger(__name__)
 
@@ -294,56 +295,34 @@ def _check_pixel_module(ds: Dataset, warnings: list[str]) -> None:
 
 
 def _nm_views(ds: Dataset, warnings: list[str]) -> tuple[str, ...]:
-    """The views the instance holds, decided by :mod:`dicomnode.segmentation.views` (the worker's own rules).
+    """The views the instance holds, decided from its header by the worker's own rules
+    (:func:`dicomnode.segmentation.viewrules.instance_views`).
 
-    :func:`dicomnode.segmentation.views.load_scan` runs on a *probe*: the data set's elements, but for native
-    (uncompressed) pixel data one pixel per frame, because the Pixel Data length was checked already
-    and decoding a megabyte again would only cost time; compressed pixel data is decoded in full as
-    the check that it can be. A single-frame instance that states no view is accepted with ``()``
-    (the study as a whole may still decide it by order, ``ViewRule.ASSUMED``): its probe carries a provisional view
-    so that the loader still checks everything else. Whatever the loader refuses (contradictory view
-    information, undecodable pixels, bad Pixel Spacing, colour pixels) is refused here.
+    A single-frame instance that states no view is accepted with ``()`` and a warning (the study as a
+    whole may still decide it by order, ``ViewRule.ASSUMED``). Compressed pixel data is decoded once
+    as the check that it can be (native Pixel Data's length was checked with the pixel module).
     """
     mismatch = Status.DATASET_DOES_NOT_MATCH_SOP_CLASS
     try:
-        stated = stated_views(ds)
+        decided, notes = instance_views(ds)
     except ViewError as exc:
         raise Refusal(mismatch, str(exc)) from None
     except (TypeError, ValueError) as exc:
         raise Refusal(mismatch, f"view attributes cannot be read: {brief(exc)}") from None
-    undecided_single_frame = len(stated) == 1 and stated[0] is None
-    probe = Dataset(dict(ds.items()))  # its own element table (a dict copy), the same element objects
-    probe.file_meta = ds.file_meta
-    if not ds.file_meta.TransferSyntaxUID.is_encapsulated:
-        samples = frame_count(ds) * int(ds.SamplesPerPixel) * (int(ds.BitsAllocated) // 8)
-        _replace(probe, Rows=1, Columns=1, PixelData=bytes(samples + samples % 2))
-    if undecided_single_frame:
-        code = Dataset()
-        code.CodeValue, code.CodingSchemeDesignator = "399321004", "SCT"  # CID 26 anterior
-        _replace(probe, ViewCodeSequence=Sequence([code]), PatientOrientation="")
+    if ds.file_meta.TransferSyntaxUID.is_encapsulated:
+        try:
+            frame_stack(ds)
+        except UndecodablePixels as exc:
+            raise Refusal(Status.CANNOT_UNDERSTAND, str(exc)) from None
+        except ViewError as exc:
+            raise Refusal(mismatch, str(exc)) from None
+        except Exception as exc:  # numpy / pixel handlers on inconsistent input
+            raise Refusal(Status.CANNOT_UNDERSTAND, f"pixel data cannot be read: {brief(exc)}") from None
+    warnings.extend(notes)
+    if not decided:
         warnings.append("no view stated (no View Code Sequence, Patient Orientation or ANT/POST description)")
-    try:
-        scan = load_scan([probe])
-    except UndecodablePixels as exc:
-        raise Refusal(Status.CANNOT_UNDERSTAND, str(exc)) from None
-    except ViewError as exc:
-        raise Refusal(mismatch, str(exc)) from None
-    except Exception as exc:  # numpy / pixel handlers on inconsistent input
-        raise Refusal(Status.CANNOT_UNDERSTAND, f"pixel data cannot be read: {brief(exc)}") from None
-    # "no posterior view in the study" is expected of a one-view instance: not a warning here.
-    warnings.extend(note for note in scan.notes if not note.endswith("view in the study"))
-    if undecided_single_frame:
-        return ()
-    return tuple(view.value for view in View if view in scan.views)
-
-
-def _replace(probe: Dataset, **values: object) -> None:
-    """Give ``probe`` new elements with these values. Deleting first matters: assigning to an
-    existing keyword changes the element object in place, which the probe shares with the data set."""
-    for keyword, value in values.items():
-        if keyword in probe:
-            delattr(probe, keyword)
-        setattr(probe, keyword, value)
+    views = {view.view for view in decided}
+    return tuple(view.value for view in View if view in views)
 
 
 # -- references (SEG) -----------------------------------------------------------------------------------
