@@ -184,7 +184,6 @@ def segment(
     if missing:
         typer.echo(f"error: no such file or folder: {', '.join(missing)}", err=True)
         raise typer.Exit(2)
-    from dicomnode.pipeline.results import ResultOptions
     from dicomnode.tools.offline import segment_files
     from dicomnode.pipeline.processing import load_segmenter
 
@@ -193,7 +192,7 @@ def segment(
     except (OSError, ValueError, RuntimeError) as exc:
         typer.echo(f"error: cannot load the model: {exc}", err=True)
         raise typer.Exit(2) from None
-    summary = segment_files(files, out, segmenter, ResultOptions.from_config(node.results))
+    summary = segment_files(files, out, segmenter, node.results)
     for study in summary.studies:
         if study.error:
             typer.echo(f"FAIL {study.study_uid or '(no Study Instance UID)'}: {study.error}", err=True)
