@@ -45,7 +45,7 @@ from .curves import plot_curves, write_history_csv
 from .crops import CropDataset, crop_canvas, crop_sampler_weights
 from .datasets import TrainingData, load_training_data
 from .study import LabelledStudy
-from .outputs import Exporter, atomic_save, training_info, write_split
+from .outputs import ModelWriter, atomic_save, training_info, write_split
 from .losses import adversarial_loss, multiple_instance_loss, mumford_shah_loss, segmentation_loss
 from .pretrained import PretrainedError, load_pretrained
 from .patches import PatchDataset, view_items
@@ -353,7 +353,7 @@ def run_training(
         log.info("with %d image-level crops (%d abnormal) on a %d×%d canvas", len(data.crops),
                  sum(c.abnormal for c in data.crops), *canvas)
     generator = torch.Generator().manual_seed(config.optim.seed)
-    export = Exporter(config, out)
+    export = ModelWriter(config, out)
     with _progress(progress) as bar:
         for epoch in range(start_epoch, config.optim.epochs):
             epoch_started = time.perf_counter()

@@ -33,7 +33,7 @@ def atomic_save(obj: Any, path: Path) -> None:
 
 
 
-class Exporter:
+class ModelWriter:
     """Writes the network as ``OUT/<stem>.safetensors`` + ``OUT/<stem>.json`` (the model-card format)."""
 
     def __init__(self, config: TrainConfig, out: Path) -> None:
