@@ -12,7 +12,7 @@ API (stable; other modules depend on it)::
     config.storage.spool_path             # resolved spool root (var_dir/spool unless spool_dir is set)
     config.database.url                   # resolved SQLAlchemy URL (sqlite in var_dir by default)
     config.destinations                   # list[Destination]; config.destination(name)
-    ResultOptions.from_config(config.results)  # dicomnode.pipeline.results: what the worker writes
+    config.results                        # ResultOptions: what the result builders write
 
 Precedence, highest first: ``DICOMNODE_<SECTION>__<KEY>`` environment variables (nested with ``__``,
 e.g. ``DICOMNODE_NODE__PORT=11113``; lists and tables as JSON, e.g.
