@@ -12,7 +12,7 @@ API (stable; other modules depend on it)::
     config.storage.spool_path             # resolved spool root (var_dir/spool unless spool_dir is set)
     config.database.url                   # resolved SQLAlchemy URL (sqlite in var_dir by default)
     config.destinations                   # list[Destination]; config.destination(name)
-    ResultOptions.from_config(config.results)  # dicomnode.pipeline.results: what the worker writes
+    config.results                        # ResultOptions: what the result builders write
 
 Precedence, highest first: ``DICOMNODE_<SECTION>__<KEY>`` environment variables (nested with ``__``,
 e.g. ``DICOMNODE_NODE__PORT=11113``; lists and tables as JSON, e.g.
@@ -29,6 +29,7 @@ against the directory of the TOML file; relative paths from the environment and 
 from __future__ import annotations
 
 import os
+import socket
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -36,6 +37,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from dicomnode import __version__
 from dicomnode.dicom.peers import AETitle, Destination, Port, TLSServer
 from dicomnode.dicom.sop import ResultKind
 
@@ -122,23 +124,48 @@ class ModelSection(_Section):
     unvalidated_results: bool = False
 
 
-class ResultsSection(_Section):
-    """Mirrors :class:`dicomnode.pipeline.results.ResultOptions` (``ResultOptions.from_config`` converts)."""
+#: Series Description (0008,103E) of each kind's series unless ``[results.descriptions]`` names one.
+DEFAULT_SERIES_DESCRIPTIONS: dict[ResultKind, str] = {
+    ResultKind.SEG: "AI bone metastases SEG",
+    ResultKind.GSPS: "AI bone metastases contours",
+    ResultKind.SR: "AI bone metastases report",
+    ResultKind.SC: "AI bone metastases overlay",
+}
 
-    kinds: list[ResultKind] = Field(default_factory=lambda: list(ResultKind))
+
+class ResultOptions(_Section):
+    """``[results]``: which result objects to write and how to label them (docs/conformance.md).
+
+    The one options type of the section: the configuration reads it and the result builders
+    (:mod:`dicomnode.pipeline.results`) take it. ``descriptions`` may name only some kinds; the others
+    keep :data:`DEFAULT_SERIES_DESCRIPTIONS`. ``device_serial_number`` defaults to the host name,
+    which tells which worker wrote an object.
+    """
+
+    kinds: tuple[ResultKind, ...] = tuple(ResultKind)
     series_number_base: int = Field(default=9000, ge=0, le=2**31 - 1 - 10_000)  # IS, room for 10000 series
-    descriptions: dict[ResultKind, LongString] = Field(default_factory=dict)  # overrides per kind
+    series_descriptions: dict[ResultKind, LongString] = Field(default_factory=dict, alias="descriptions")
     manufacturer: LongString = Field(default="dicomnode", min_length=1)
-    software_version: LongString | None = None  # default: the package version
+    software_version: LongString = Field(default=__version__, min_length=1)
     institution_name: LongString | None = None
     device_serial_number: LongString | None = None  # default: the host name
 
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
     @field_validator("kinds")
     @classmethod
-    def _unique(cls, values: list[ResultKind]) -> list[ResultKind]:
+    def _unique(cls, values: tuple[ResultKind, ...]) -> tuple[ResultKind, ...]:
         if len(set(values)) != len(values):
             raise ValueError("each result kind may be listed once")
         return values
+
+    def description(self, kind: ResultKind) -> str:
+        """The Series Description (0008,103E) of ``kind``'s series."""
+        return self.series_descriptions.get(kind, DEFAULT_SERIES_DESCRIPTIONS[kind])
+
+    def serial_number(self) -> str:
+        """Device Serial Number (0018,1000) of the writing node."""
+        return self.device_serial_number or socket.gethostname()[:64] or "unknown"
 
 
 class ExportSection(_Section):
@@ -202,7 +229,7 @@ class NodeConfig(BaseSettings):
     assembly: AssemblySection = Field(default_factory=AssemblySection)
     queue: QueueSection = Field(default_factory=QueueSection)
     model: ModelSection = Field(default_factory=ModelSection)
-    results: ResultsSection = Field(default_factory=ResultsSection)
+    results: ResultOptions = Field(default_factory=ResultOptions)
     destinations: list[Destination] = Field(default_factory=list)
     export: ExportSection = Field(default_factory=ExportSection)
     logging: LoggingSection = Field(default_factory=LoggingSection)

@@ -1,4 +1,7 @@
-"""Small NM Image Storage whole-body bone scans for tests, built with pydicom.
+"""Small NM Image Storage whole-body bone scans for tests, on the simulator's NM writer.
+
+The one NM test-data factory: the image modules come from :func:`dicomnode.synth.dicom.nm_image`
+(the writer of ``dicomnode synth``); what a test varies is set here.
 
 :func:`nm_study` stores *canonical* anterior/posterior count arrays (orientation of
 :mod:`dicomnode.segmentation.scan`) the way a camera would: in one two-frame instance (Frame Increment Pointer →
@@ -16,12 +19,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.tag import Tag
-from pydicom.uid import ExplicitVRLittleEndian, NuclearMedicineImageStorage, PYDICOM_IMPLEMENTATION_UID, generate_uid
+from pydicom.uid import generate_uid
 
 from dicomnode.segmentation.scan import View
+from dicomnode.synth.dicom import nm_image
 
 _SCT = {View.ANTERIOR: ("399321004", "Anterior projection"), View.POSTERIOR: ("399001007", "Posterior projection")}
 _SRT = {View.ANTERIOR: ("G-5215", "Anterior projection"), View.POSTERIOR: ("G-5216", "Posterior projection")}
@@ -68,6 +71,8 @@ def nm_study(
     rescale: tuple[float, float] | None = None,
     bits_allocated: int = 16,
     signed: bool = False,
+    patient_name: str = "Test^Phantom",
+    geometry: bool = False,
 ) -> list[Dataset]:
     """NM Image Storage datasets of one whole-body study holding ``counts`` (canonical, per view).
 
@@ -79,7 +84,9 @@ def nm_study(
     frame of the instance (a two-frame instance with L\\F and R\\F frames gets an empty one).
     A view whose orientation is ``None`` is stored by the convention: posterior mirrored (seen from
     behind). ``descriptions``: Image ID text per view. ``rescale``: (slope,
-    intercept); the stored values are (counts − intercept) / slope.
+    intercept); the stored values are (counts − intercept) / slope. ``geometry``: each detector item
+    gets the Image Orientation / Position (Patient) of a camera that states them (anterior
+    ``1,0,0,0,0,-1``, posterior ``-1,0,0,0,0,-1``) and the study a Frame of Reference.
     """
     counts = dict(counts if counts is not None else phantom_counts())
     orientation = dict(STANDARD_ORIENTATION if orientation is None else orientation)
@@ -94,21 +101,20 @@ def nm_study(
         groups = [[view] for view in views]
     else:
         raise ValueError(f"unknown layout {layout!r}")
-    series_uid = generate_uid()
+    series_uid, frame_of_reference = generate_uid(), generate_uid()
+    dtype = np.dtype(f"{'i' if signed else 'u'}{bits_allocated // 8}")
     datasets = []
     for number, group in enumerate(groups, start=1):
-        ds = _base(study_uid, series_uid, number, group, pixel_spacing, bits_allocated, signed)
-        frames = np.stack([stored[view] for view in group])
-        ds.Rows, ds.Columns = frames.shape[1:]
-        dtype = np.dtype(f"{'i' if signed else 'u'}{bits_allocated // 8}").newbyteorder("<")
-        ds.PixelData = frames.astype(dtype).tobytes()
-        ds.NumberOfFrames = len(group)
-        ds.DetectorVector = list(range(1, len(group) + 1))
-        ds.NumberOfDetectors = len(group)
-        ds.EnergyWindowVector = [1] * len(group)
-        ds.DetectorInformationSequence = DicomSequence(
-            [_detector_item(view, scheme if code_location == "detector" else None) for view in group]
-        )
+        frames = np.stack([stored[view] for view in group]).astype(dtype)
+        ds = nm_image(frames, tuple(group), generate_uid(), spacing_mm=pixel_spacing[0], instance_number=number)
+        ds.PixelSpacing = [f"{pixel_spacing[0]:g}", f"{pixel_spacing[1]:g}"]
+        _identify(ds, study_uid, series_uid, patient_name)
+        for view, item in zip(group, ds.DetectorInformationSequence, strict=True):
+            _state_view(item, view, scheme if code_location == "detector" else None)
+            if geometry:
+                _state_geometry(item, view, ds.Columns * pixel_spacing[1])
+        if geometry:
+            ds.FrameOfReferenceUID, ds.PositionReferenceIndicator = frame_of_reference, ""
         if code_location == "root" and scheme is not None:
             ds.ViewCodeSequence = DicomSequence([_code_item(scheme, group[0])])
         # One Patient Orientation per instance: written only where it fits every frame.
@@ -119,6 +125,7 @@ def nm_study(
             ds.ImageID = descriptions[group[0]]
         if rescale is not None:
             ds.RescaleSlope, ds.RescaleIntercept = rescale
+        ds.CountsAccumulated = int(frames.astype(np.int64).sum())
         datasets.append(ds)
     return datasets
 
@@ -161,46 +168,31 @@ def _code_item(scheme: str, view: View) -> Dataset:
     return item
 
 
-def _detector_item(view: View, scheme: str | None) -> Dataset:
-    item = Dataset()
-    item.CollimatorGridName = "LEHR"
-    item.CollimatorType = "PARA"
-    item.FocalDistance = None
-    item.ImagePositionPatient = None
-    item.ImageOrientationPatient = None
-    if scheme is not None:
+def _state_view(item: Dataset, view: View, scheme: str | None) -> None:
+    """The detector item's View Code Sequence in ``scheme``, or none."""
+    if scheme is None:
+        del item.ViewCodeSequence
+    else:
         item.ViewCodeSequence = DicomSequence([_code_item(scheme, view)])
-    return item
 
 
-def _base(
-    study_uid: str,
-    series_uid: str,
-    number: int,
-    views: list[View],
-    pixel_spacing: tuple[float, float],
-    bits_allocated: int,
-    signed: bool,
-) -> Dataset:
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = NuclearMedicineImageStorage
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.SOPClassUID = NuclearMedicineImageStorage
-    ds.SOPInstanceUID = generate_uid()
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "WHOLE BODY", "EMISSION"]
+def _state_geometry(item: Dataset, view: View, width_mm: float) -> None:
+    """Image Orientation / Position (Patient) of a detector seen from the front or from behind."""
+    sign = 1.0 if view is View.ANTERIOR else -1.0
+    item.ImageOrientationPatient = [sign, 0.0, 0.0, 0.0, 0.0, -1.0]
+    item.ImagePositionPatient = [-sign * width_mm / 2, 100.0 * sign, 0.0]
+
+
+def _identify(ds: Dataset, study_uid: str, series_uid: str, patient_name: str) -> None:
+    """Patient, study, series and acquisition attributes of a test study (no ANT/POST words)."""
+    ds.SpecificCharacterSet = "ISO_IR 100" if patient_name.isascii() else "ISO_IR 192"
     ds.StudyDate = ds.SeriesDate = ds.ContentDate = "20250101"
     ds.StudyTime = ds.SeriesTime = ds.ContentTime = "120000"
     ds.AccessionNumber = "ACC0001"
-    ds.Modality = "NM"
-    ds.BodyPartExamined = "WHOLEBODY"
     ds.Manufacturer = "dicomnode tests"
     ds.ReferringPhysicianName = ""
     ds.SeriesDescription = "WB Bone"
-    ds.PatientName = "Test^Phantom"
+    ds.PatientName = patient_name
     ds.PatientID = "PHANTOM01"
     ds.PatientBirthDate = ""
     ds.PatientSex = "O"
@@ -208,16 +200,6 @@ def _base(
     ds.SeriesInstanceUID = series_uid
     ds.StudyID = "1"
     ds.SeriesNumber = 1
-    ds.InstanceNumber = number
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = bits_allocated
-    ds.BitsStored = bits_allocated
-    ds.HighBit = bits_allocated - 1
-    ds.PixelRepresentation = 1 if signed else 0
-    ds.PixelSpacing = [f"{pixel_spacing[0]:g}", f"{pixel_spacing[1]:g}"]
-    ds.FrameIncrementPointer = [Tag(0x0054, 0x0010), Tag(0x0054, 0x0020)]
-    ds.NumberOfEnergyWindows = 1
     window = Dataset()
     window_range = Dataset()
     window_range.EnergyWindowLowerLimit = "126"
@@ -233,10 +215,7 @@ def _base(
     nuclide.CodeMeaning = "Technetium-99m"
     drug.RadionuclideCodeSequence = DicomSequence([nuclide])
     ds.RadiopharmaceuticalInformationSequence = DicomSequence([drug])
-    ds.PatientOrientationCodeSequence = DicomSequence([])
-    ds.PatientGantryRelationshipCodeSequence = DicomSequence([])
-    ds.CountsAccumulated = None
     ds.ActualFrameDuration = 900000
     ds.ScanVelocity = 15.0
     ds.ScanLength = 2000
-    return ds
+    ds.WholeBodyTechnique = ["1PS"]

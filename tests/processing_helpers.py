@@ -62,7 +62,7 @@ def store_study(database: Database, spool, datasets, *, state: StudyState = Stud
     """Put NM datasets into the spool and the index the way the receiver does; return the study id."""
     from dicomnode.dicom.sop import SEGMENTED_KIND, instance_kind
     from dicomnode.pipeline.processing import encode
-    from dicomnode.segmentation.views import stated_views
+    from dicomnode.segmentation.viewrules import stated_views
 
     with database.session(write=True) as session:
         uid = str(datasets[0].StudyInstanceUID)

@@ -10,9 +10,6 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from dicomnode.pipeline.processing import segment_acquisition
-from dicomnode.pipeline.results import ResultOptions
-from dicomnode.pipeline.results.identity import repair_sources
 from dicomnode.dicom.acquisitions import (
     NMImageKind,
     nm_image_kind,
@@ -20,8 +17,12 @@ from dicomnode.dicom.acquisitions import (
     split_hybrid,
     study_tracer_refusal,
 )
-from dicomnode.segmentation.scan import View, ViewRule
-from dicomnode.segmentation.views import NotWholeBodyView, ViewError, load_scan, stated_views
+from dicomnode.pipeline.processing import segment_acquisition
+from dicomnode.pipeline.results import ResultOptions
+from dicomnode.pipeline.results.identity import repair_sources
+from dicomnode.segmentation.scan import NotWholeBodyView, View, ViewError, ViewRule
+from dicomnode.segmentation.viewrules import stated_views
+from dicomnode.segmentation.views import load_scan
 from tests.nm_factory import nm_study, phantom_counts
 from tests.processing_helpers import threshold_segmenter  # noqa: F401 (the "segmenter" fixture)
 

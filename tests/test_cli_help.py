@@ -34,7 +34,8 @@ def test_synth_counts_in_words(tmp_path: Path) -> None:
 
 
 def test_synth_offers_every_vendor_profile():
-    from dicomnode.cli.model import Vendor
     from dicomnode.synth.vendors import VENDORS
 
-    assert [member.value for member in Vendor] == [*VENDORS, "mixed"]
+    refused = CliRunner().invoke(app, ["synth", "out", "--vendor", "toshiba"], terminal_width=400)
+    assert refused.exit_code == 2
+    assert ", ".join([*VENDORS, "mixed"]) in refused.output

@@ -181,15 +181,15 @@ def test_unreadable_files(tmp_path: Path) -> None:
         load_config(tmp_path)
 
 
-def test_results_section_converts_to_result_options(tmp_path: Path) -> None:
+def test_results_section_is_the_result_options(tmp_path: Path) -> None:
     from dicomnode import __version__
     from dicomnode.pipeline.results import ResultOptions
 
-    defaults = ResultOptions.from_config(NodeConfig().results)
-    assert defaults == ResultOptions(software_version=__version__)  # same defaults on both sides
+    assert NodeConfig().results == ResultOptions() and ResultOptions().software_version == __version__
     path = _write(tmp_path, '[results]\nkinds = ["SEG", "SR"]\nseries_number_base = 500\n'
                             'institution_name = "Nuclear Medicine"\n[results.descriptions]\nSEG = "Metastases (AI)"\n')
-    options = ResultOptions.from_config(load_config(path).results)
+    options = load_config(path).results
+    assert isinstance(options, ResultOptions)
     assert [kind.value for kind in options.kinds] == ["SEG", "SR"]
     assert options.series_number_base == 500 and options.institution_name == "Nuclear Medicine"
     kinds = {kind.value: kind for kind in ResultOptions().kinds}

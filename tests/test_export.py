@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from dicomnode.dicom.peers import Destination
 from dicomnode.ops.status import retry
 from dicomnode.pipeline.assembly import AssemblyPolicy, assemble
-from dicomnode.pipeline.export import ExportPolicy, Exporter, Verdict, classify_status
+from dicomnode.pipeline.export import ExportPolicy, Exporter, DeliveryVerdict, classify_status
 from dicomnode.pipeline.queue import QueuePolicy
 from dicomnode.pipeline.results import ResultOptions
 from dicomnode.pipeline.worker import Worker
@@ -246,26 +246,26 @@ def test_a_transient_failure_status_is_retried_for_that_object_only(node):
 
 
 @pytest.mark.parametrize(("status", "verdict"), [
-    (0x0000, Verdict.DELIVERED),  # success
-    (0xB000, Verdict.DELIVERED),  # coercion of data elements (warning)
-    (0xB007, Verdict.DELIVERED),  # data set does not match SOP class (warning)
-    (0xB001, Verdict.DELIVERED),  # any warning: the object was stored (PS3.7 C.1.3)
-    (0x0107, Verdict.DELIVERED),  # attribute list error (warning)
-    (0x0117, Verdict.REFUSED),  # invalid SOP instance
-    (0x0211, Verdict.REFUSED),  # unrecognised operation
-    (0xA9FF, Verdict.REFUSED),
-    (0x0213, Verdict.RETRY),  # resource limitation
-    (0x0122, Verdict.REFUSED),  # SOP class not supported
-    (0x0124, Verdict.REFUSED),  # not authorised
-    (0xA900, Verdict.REFUSED),  # data set does not match SOP class (error)
-    (0xA700, Verdict.RETRY),  # out of resources
-    (0xA7FF, Verdict.RETRY),
-    (0x0110, Verdict.RETRY),  # processing failure
-    (0xC000, Verdict.REFUSED),  # cannot understand: the same bytes are not understood next time either
-    (0xC123, Verdict.REFUSED),
-    (0xC211, Verdict.REFUSED),  # pynetdicom: the SCP's handler raised (in the cannot-understand range)
-    (0x0116, Verdict.DELIVERED),  # attribute value out of range (warning)
-    (0xBFFF, Verdict.DELIVERED),
+    (0x0000, DeliveryVerdict.DELIVERED),  # success
+    (0xB000, DeliveryVerdict.DELIVERED),  # coercion of data elements (warning)
+    (0xB007, DeliveryVerdict.DELIVERED),  # data set does not match SOP class (warning)
+    (0xB001, DeliveryVerdict.DELIVERED),  # any warning: the object was stored (PS3.7 C.1.3)
+    (0x0107, DeliveryVerdict.DELIVERED),  # attribute list error (warning)
+    (0x0117, DeliveryVerdict.REFUSED),  # invalid SOP instance
+    (0x0211, DeliveryVerdict.REFUSED),  # unrecognised operation
+    (0xA9FF, DeliveryVerdict.REFUSED),
+    (0x0213, DeliveryVerdict.RETRY),  # resource limitation
+    (0x0122, DeliveryVerdict.REFUSED),  # SOP class not supported
+    (0x0124, DeliveryVerdict.REFUSED),  # not authorised
+    (0xA900, DeliveryVerdict.REFUSED),  # data set does not match SOP class (error)
+    (0xA700, DeliveryVerdict.RETRY),  # out of resources
+    (0xA7FF, DeliveryVerdict.RETRY),
+    (0x0110, DeliveryVerdict.RETRY),  # processing failure
+    (0xC000, DeliveryVerdict.REFUSED),  # cannot understand: the same bytes are not understood next time either
+    (0xC123, DeliveryVerdict.REFUSED),
+    (0xC211, DeliveryVerdict.REFUSED),  # pynetdicom: the SCP's handler raised (in the cannot-understand range)
+    (0x0116, DeliveryVerdict.DELIVERED),  # attribute value out of range (warning)
+    (0xBFFF, DeliveryVerdict.DELIVERED),
 ])
 def test_status_table(status, verdict):
     assert classify_status(status).verdict is verdict
@@ -379,7 +379,7 @@ def test_a_transient_failure_never_ends_an_export_and_its_back_off_is_capped(tmp
     backoff_max_seconds (issue: the old retry budget of ~30 min failed everything)."""
     from pydicom.uid import generate_uid
 
-    from dicomnode.pipeline.export import Outcome, claim_batch, record
+    from dicomnode.pipeline.export import DeliveryOutcome, claim_batch, record
     from dicomnode.pipeline.queue import StoredResult, claim, complete
     from dicomnode.store.models import as_utc
     from tests.processing_helpers import add_study
@@ -396,7 +396,7 @@ def test_a_transient_failure_never_ends_an_export_and_its_back_off_is_capped(tmp
     for _ in range(50):
         destination, items = claim_batch(database, "exporter", ["PACS"], policy, now=now)
         assert destination == "PACS" and len(items) == 1
-        state = record(database, "exporter", items[0], Outcome(Verdict.RETRY, "0xA700", "out of resources"), policy,
+        state = record(database, "exporter", items[0], DeliveryOutcome(DeliveryVerdict.RETRY, "0xA700", "out of resources"), policy,
                        now=now)
         assert state is ExportState.PENDING
         with database.session() as session:

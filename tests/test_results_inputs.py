@@ -3,9 +3,10 @@
 A phantom skeleton (anthropometric proportions as in ``dicomnode.segmentation.regions``) with soft tissue, a
 bladder and Poisson counts is written as NM Image Storage in either layout of docs/dicom.md: one
 instance with two frames (Detector Vector 1\\2, a View Code Sequence per detector) or one instance
-per view. The posterior view is stored mirrored, as a camera does. Lesions are hot disks whose
-masks are known, so a :class:`SegmentationResult` built from them is exact. The NM files
-themselves are checked with dciodvfy here, so that the result tests start from valid sources.
+per view (written by :func:`tests.nm_factory.nm_study`). The posterior view is stored mirrored, as
+a camera does. Lesions are hot disks whose masks are known, so a :class:`SegmentationResult` built
+from them is exact. The NM files themselves are checked with dciodvfy here, so that the result
+tests start from valid sources.
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, NuclearMedicineImageStorage, generate_uid
+from pydicom.dataset import Dataset
 from scipy import ndimage
 
 from dicomnode.segmentation.result import Algorithm, Lesion, SegmentationResult, ViewResult
 from dicomnode.segmentation.scan import BoneScan, View, ViewImage, ViewRule, ViewSource
+from tests.nm_factory import nm_study
 
 #: Where the phantom's vertex lies and how tall it is, as fractions of the matrix rows
 #: (1024 rows at 2.26 mm: a 1.76 m adult starting 12 cm below the top of the field).
@@ -41,18 +42,6 @@ LESIONS: dict[View, tuple[tuple[float, float, str], ...]] = {
 class Study:
     sources: list[Dataset]
     result: SegmentationResult
-
-
-def _code(value: str, scheme: str, meaning: str) -> Dataset:
-    item = Dataset()
-    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, scheme, meaning
-    return item
-
-
-VIEW_CODES = {
-    View.ANTERIOR: ("399321004", "SCT", "anterior projection"),
-    View.POSTERIOR: ("399001007", "SCT", "posterior projection"),
-}
 
 
 def phantom(rows: int, columns: int, spacing: float, view: View, rng: np.random.Generator,
@@ -99,97 +88,6 @@ def lesion_disks(view: View, rows: int, columns: int) -> list[tuple[int, int, in
     return [(round(top + d * height), round(mid + x * height), radius) for d, x, _ in LESIONS[view]]
 
 
-def nm_dataset(frames: list[np.ndarray], views: list[View], study: Dataset, series_uid: str,
-               spacing: float, instance_number: int, geometry: bool) -> Dataset:
-    """An NM Image Storage instance (PS3.3 A.5) that dciodvfy accepts without errors."""
-    ds = Dataset()
-    ds.update(study)
-    ds.SOPClassUID = NuclearMedicineImageStorage
-    ds.SOPInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = series_uid
-    ds.Modality = "NM"
-    ds.SeriesNumber = 1
-    ds.InstanceNumber = instance_number
-    ds.Manufacturer = "Phantom"
-    ds.BodyPartExamined = "WHOLEBODY"
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "WHOLE BODY", "EMISSION"]
-    ds.ContentDate, ds.ContentTime = ds.StudyDate, ds.StudyTime
-    ds.AcquisitionDate, ds.AcquisitionTime = ds.StudyDate, ds.StudyTime
-    ds.PatientOrientation = ""
-    rows, columns = frames[0].shape
-    ds.Rows, ds.Columns = rows, columns
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.PixelSpacing = [spacing, spacing]
-    ds.NumberOfFrames = len(frames)
-    ds.FrameIncrementPointer = [0x00540010, 0x00540020]  # PS3.3 C.8.4.8.1.1, WHOLE BODY
-    ds.EnergyWindowVector = [1] * len(frames)
-    ds.NumberOfEnergyWindows = 1
-    ds.DetectorVector = [1 + i for i in range(len(frames))]
-    ds.NumberOfDetectors = len(frames)
-    window = Dataset()
-    energy = Dataset()
-    energy.EnergyWindowLowerLimit, energy.EnergyWindowUpperLimit = 126, 154
-    window.EnergyWindowRangeSequence = [energy]
-    window.EnergyWindowName = "Tc99m"
-    ds.EnergyWindowInformationSequence = [window]
-    pharmaceutical = Dataset()
-    pharmaceutical.RadionuclideCodeSequence = [_code("44588005", "SCT", "^99m^Technetium")]
-    ds.RadiopharmaceuticalInformationSequence = [pharmaceutical]
-    items = []
-    for view in views:
-        item = Dataset()
-        if geometry:
-            sign = 1.0 if view is View.ANTERIOR else -1.0
-            item.ImageOrientationPatient = [sign, 0.0, 0.0, 0.0, 0.0, -1.0]
-            item.ImagePositionPatient = [-sign * columns * spacing / 2, 100.0 * sign, 0.0]
-        else:
-            item.ImagePositionPatient = None
-            item.ImageOrientationPatient = None
-        item.CollimatorType, item.CollimatorGridName = "PARA", "LEHR"
-        item.ViewCodeSequence = [_code(*VIEW_CODES[view])]
-        items.append(item)
-    ds.DetectorInformationSequence = items
-    if geometry:
-        ds.PositionReferenceIndicator = ""
-    else:
-        del ds.FrameOfReferenceUID
-    orientation = _code("102538003", "SCT", "recumbent")
-    orientation.PatientOrientationModifierCodeSequence = [_code("40199007", "SCT", "supine")]
-    ds.PatientOrientationCodeSequence = [orientation]
-    ds.PatientGantryRelationshipCodeSequence = [_code("102540008", "SCT", "headfirst")]
-    ds.AcquisitionContextSequence = []
-    ds.ActualFrameDuration = 600000
-    ds.CountsAccumulated = int(sum(int(f.sum()) for f in frames))
-    ds.ScanVelocity = 15.0
-    ds.ScanLength = int(rows * spacing)
-    ds.WholeBodyTechnique = ["1PS", "2PS"] if len(frames) == 2 else ["1PS"]
-    ds.WindowCenter, ds.WindowWidth = 40, 80
-    ds.PixelData = np.stack(frames).astype(np.uint16).tobytes()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    return ds
-
-
-def study_header(patient_name: str = "Phantom^Bone") -> Dataset:
-    header = Dataset()
-    header.SpecificCharacterSet = "ISO_IR 192"
-    header.StudyInstanceUID = generate_uid()
-    header.FrameOfReferenceUID = generate_uid()
-    header.PatientName = patient_name
-    header.PatientID = "PHANTOM-001"
-    header.PatientBirthDate = "19500101"
-    header.PatientSex = "M"
-    header.StudyDate, header.StudyTime = "20240102", "101500"
-    header.AccessionNumber = "ACC0001"
-    header.StudyDescription = "NM whole body bone scan"
-    header.ReferringPhysicianName = ""
-    header.StudyID = "1"
-    return header
-
-
 def lesions_of(view: View, mask: np.ndarray, counts: np.ndarray, pixel_area: float) -> tuple[Lesion, ...]:
     """Connected components (8-connectivity) of a stored-layout mask as :class:`Lesion` objects."""
     labels, count = ndimage.label(mask, structure=np.ones((3, 3), int))
@@ -214,8 +112,7 @@ def make_study(layout: str = "multiframe", rows: int = 1024, columns: int = 256,
                patient_name: str = "Phantom^Bone", seed: int = 0) -> Study:
     """A study in ``layout`` ("multiframe" or "split") and the exact result for its lesions."""
     rng = np.random.default_rng(seed)
-    header = study_header(patient_name)
-    series_uid = generate_uid()
+    views = tuple(view for view in View if view in views)
     canonical: dict[View, np.ndarray] = {}
     masks: dict[View, np.ndarray] = {}
     for view in views:
@@ -228,19 +125,15 @@ def make_study(layout: str = "multiframe", rows: int = 1024, columns: int = 256,
         masks[view] = mask
     flips = {View.ANTERIOR: False, View.POSTERIOR: True}  # posterior stored as seen from behind
     stored = {v: (a[:, ::-1] if flips[v] else a) for v, a in canonical.items()}
+    sources = nm_study(canonical, layout=layout, orientation=dict.fromkeys(views), pixel_spacing=(spacing, spacing),
+                       patient_name=patient_name, geometry=geometry)
+    for ds in sources:  # a patient whose Type 2 attributes have values, for the results to copy
+        ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "PHANTOM-001", "19500101", "M"
+        ds.StudyDescription = "NM whole body bone scan"
     if layout == "multiframe":
-        ds = nm_dataset([stored[v] for v in views], list(views), header, series_uid, spacing, 1, geometry)
-        placement = {v: (ds, i + 1) for i, v in enumerate(views)}
-        sources = [ds]
-    elif layout == "split":
-        placement = {}
-        sources = []
-        for number, view in enumerate(views, start=1):
-            ds = nm_dataset([stored[view]], [view], header, series_uid, spacing, number, geometry)
-            placement[view] = (ds, 1)
-            sources.append(ds)
+        placement = {v: (sources[0], i + 1) for i, v in enumerate(views)}
     else:
-        raise ValueError(layout)
+        placement = {v: (ds, 1) for v, ds in zip(views, sources, strict=True)}
     images: dict[View, ViewImage] = {}
     results: dict[View, ViewResult] = {}
     for view in views:
@@ -257,7 +150,7 @@ def make_study(layout: str = "multiframe", rows: int = 1024, columns: int = 256,
             view=view, probability=stored_mask.astype(np.float32) * 0.9, mask=stored_mask,
             lesions=lesions_of(view, stored_mask, stored[view], spacing * spacing),
         )
-    scan = BoneScan(study_instance_uid=header.StudyInstanceUID, anterior=images.get(View.ANTERIOR),
+    scan = BoneScan(study_instance_uid=sources[0].StudyInstanceUID, anterior=images.get(View.ANTERIOR),
                     posterior=images.get(View.POSTERIOR))
     return Study(sources=sources, result=SegmentationResult(scan=scan, views=results, algorithm=ALGORITHM))
 

@@ -19,7 +19,7 @@ from sqlalchemy import select, update
 from dicomnode.dicom.parse import Refusal
 from dicomnode.dicom.validate import ReceivedInstance
 from dicomnode.store.db import Database, connect
-from dicomnode.store.ingest import Ingested, Outcome
+from dicomnode.store.ingest import Ingested, StorageOutcome
 from dicomnode.store.ingest import ingest as ingest_staged
 from dicomnode.store.models import Instance, Study, StudyState
 from dicomnode.store.spool import Spool
@@ -73,18 +73,18 @@ def test_study_identity_is_filled_in_once_and_never_overwritten(database: Databa
     study = study_row(database)
     assert (study.patient_id, study.accession_number) == ("P1", "A1")
     assert first.study_id == second.study_id == study.id
-    assert [first.outcome, second.outcome] == [Outcome.STORED, Outcome.STORED]
+    assert [first.outcome, second.outcome] == [StorageOutcome.STORED, StorageOutcome.STORED]
     assert study.last_instance_at == T0 + timedelta(seconds=2) and study.received_at == T0
 
 
 def test_duplicate_changes_nothing_and_new_bytes_supersede(database: Database, spool: Spool) -> None:
     stored = ingest(database, spool, nm("1.2.3.1"), b"version one", "CAMERA", now=T0)
     again = ingest(database, spool, nm("1.2.3.1"), b"version one", "OTHER", now=T0 + timedelta(minutes=5))
-    assert again.outcome is Outcome.DUPLICATE
+    assert again.outcome is StorageOutcome.DUPLICATE
     assert (again.instance_id, again.path, again.sha256) == (stored.instance_id, stored.path, stored.sha256)
     assert study_row(database).last_instance_at == T0  # a duplicate is not new content
     newer = ingest(database, spool, nm("1.2.3.1"), b"version two", "CAMERA", now=T0 + timedelta(minutes=6))
-    assert newer.outcome is Outcome.NEW_VERSION
+    assert newer.outcome is StorageOutcome.NEW_VERSION
     with database.session() as session:
         rows = session.scalars(select(Instance).order_by(Instance.id)).all()
     assert [(row.id, row.superseded, row.calling_ae) for row in rows] == [
@@ -115,7 +115,7 @@ def test_a_seg_is_stored_without_touching_the_study(database: Database, spool: S
                            kind="seg",
                            series_instance_uid="1.2.3.8", referenced_sop_instance_uids=frozenset({"1.2.3.1"}))
     label = ingest(database, spool, seg, b"seg", "VIEWER", now=T0 + timedelta(hours=1))
-    assert label.outcome is Outcome.STORED and label.study_version == 1
+    assert label.outcome is StorageOutcome.STORED and label.study_version == 1
     study = study_row(database)
     assert (study.state, study.version, study.last_instance_at) == (StudyState.PROCESSED, 1, T0)
     unknown = replace(seg, sop_instance_uid="1.2.3.10", referenced_sop_instance_uids=frozenset({"1.2.3.99"}))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dicomnode.train.config import ConfigError, load_config
+from dicomnode.train.config import PresetError, load_config
 
 PRESETS = Path(__file__).resolve().parents[1] / "config" / "train"
 
@@ -43,12 +43,12 @@ def test_overrides_apply(tmp_path: Path) -> None:
 def test_bad_presets_are_refused(tmp_path: Path, text: str, fragment: str) -> None:
     path = tmp_path / "bad.toml"
     path.write_text(text)
-    with pytest.raises(ConfigError, match=fragment.replace(".", r"\.")):
+    with pytest.raises(PresetError, match=fragment.replace(".", r"\.")):
         load_config(path)
 
 
 def test_missing_preset(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="does not exist"):
+    with pytest.raises(PresetError, match="does not exist"):
         load_config(tmp_path / "nope.toml")
 
 
@@ -59,5 +59,5 @@ def test_preprocessing_keys_are_checked_and_whole_view_is_none(tmp_path: Path) -
     assert config.preprocessing_config.window is None
     assert config.preprocessing_config.in_channels == 1
     path.write_text('name = "p"\n[preprocessing]\nwindw = 128\n')
-    with pytest.raises(ConfigError, match="windw"):
+    with pytest.raises(PresetError, match="windw"):
         load_config(path)

@@ -17,8 +17,16 @@ class Layout(str, Enum):
     mixed = "mixed"
 
 
-# dicomnode.synth.vendors.VENDORS and "mixed" (each study the next vendor); test_cli_help checks they agree.
-Vendor = Enum("Vendor", {name: name for name in ("generic", "siemens", "ge", "philips", "mediso", "mixed")}, type=str)
+def _vendor(value: str | None) -> str | None:
+    """``--vendor``: a profile of :data:`dicomnode.synth.vendors.VENDORS` or "mixed" (each study the
+    next vendor). Checked here, not as a choice list, so that only ``synth`` imports the simulator."""
+    if value is None:
+        return None
+    from dicomnode.synth.vendors import VENDORS
+
+    if value not in (*VENDORS, "mixed"):
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join((*VENDORS, 'mixed'))}")
+    return value
 
 
 @app.command()
@@ -31,7 +39,7 @@ def synth(
     rows: int = typer.Option(1024, help="Matrix rows (head to feet)."),
     columns: int = typer.Option(256, help="Matrix columns."),
     spacing: float = typer.Option(2.26, help="Pixel spacing in mm."),
-    vendor: Vendor | None = typer.Option(None, help="Write whole exams as this vendor sends them: whole body (vendor headers), statics, TOMO, RECON TOMO, screen capture; mixed: the vendors in turn."),
+    vendor: str | None = typer.Option(None, callback=_vendor, metavar="VENDOR", help="Write whole exams as this vendor sends them (a profile of dicomnode/synth/vendors.py): whole body (vendor headers), statics, TOMO, RECON TOMO, screen capture; mixed: the vendors in turn."),
     phases: int = typer.Option(1, min=1, max=2, help="With --vendor: 2 adds a second whole-body scan (two-phase protocol)."),
     spect_ct: bool = typer.Option(False, "--spect-ct", help="Simulate hybrid bone SPECT/CT exams instead (CT series + NM RECON TOMO, masks of metastatic and benign lesions)."),
     size: str = typer.Option("standard", help="With --spect-ct: grid size, standard, small or tiny."),
@@ -53,7 +61,7 @@ def synth(
     manifest = write_studies(
         out, studies=studies, seed=seed, layout=layout.value, png=png,
         rows=rows, columns=columns, spacing_mm=spacing,
-        vendor=vendor.value if vendor else None, phases=phases,
+        vendor=vendor, phases=phases,
     )
     count = len(manifest["studies"])
     typer.echo(f"wrote {count} {'study' if count == 1 else 'studies'} to {out}")
@@ -73,14 +81,14 @@ def train(
     """Train a segmentation network from a preset; export <name>.safetensors + <name>.json to OUT."""
     import logging
 
-    from dicomnode.train.config import ConfigError, load_config
+    from dicomnode.train.config import PresetError, load_config
     from dicomnode.train.loop import TrainingError, run_training
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         preset = load_config(config, **({"optim.epochs": epochs} if epochs else {}))
         result = run_training(preset, data, out, device=device, resume=resume, progress=progress, num_threads=threads)
-    except (ConfigError, TrainingError, FileNotFoundError, ValueError) as exc:
+    except (PresetError, TrainingError, FileNotFoundError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     typer.echo(
@@ -176,7 +184,6 @@ def segment(
     if missing:
         typer.echo(f"error: no such file or folder: {', '.join(missing)}", err=True)
         raise typer.Exit(2)
-    from dicomnode.pipeline.results import ResultOptions
     from dicomnode.tools.offline import segment_files
     from dicomnode.pipeline.processing import load_segmenter
 
@@ -185,7 +192,7 @@ def segment(
     except (OSError, ValueError, RuntimeError) as exc:
         typer.echo(f"error: cannot load the model: {exc}", err=True)
         raise typer.Exit(2) from None
-    summary = segment_files(files, out, segmenter, ResultOptions.from_config(node.results))
+    summary = segment_files(files, out, segmenter, node.results)
     for study in summary.studies:
         if study.error:
             typer.echo(f"FAIL {study.study_uid or '(no Study Instance UID)'}: {study.error}", err=True)

@@ -47,8 +47,8 @@ from enum import Enum
 from pydicom.dataset import Dataset
 from pydicom.uid import NuclearMedicineImageStorage
 
-from dicomnode.segmentation.scan import View
-from dicomnode.segmentation.views import ViewError, frame_count, stated_views
+from dicomnode.segmentation.scan import View, ViewError
+from dicomnode.segmentation.viewrules import frame_count, stated_views
 
 
 class NMImageKind(str, Enum):

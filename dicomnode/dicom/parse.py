@@ -22,7 +22,7 @@ from pydicom.uid import UID
 
 from dicomnode.dicom.budget import COPIES, INFLATE_STEP, Hold
 from dicomnode.dicom.status import Status
-from dicomnode.segmentation.views import frame_count
+from dicomnode.segmentation.viewrules import frame_count
 
 MAX_INFLATED = 512 * 1024 * 1024  # a deflated data set may not inflate beyond this (deflate bombs)
 _UNDEFINED_LENGTH = 0xFFFFFFFF

@@ -1,58 +1,17 @@
 """Checks of an incoming C-STORE data set, each failure with a DICOM status and a reason.
 
-Part of "receive" in docs/architecture.md, "The journey of a study"; the NM rules are in docs/dicom.md.
-
-:func:`inspect_instance` takes the data set bytes exactly as received, the presentation context's
-transfer syntax and the command's Affected SOP Class / Instance UIDs. It returns a
-:class:`ReceivedInstance` (what the index needs) or raises :class:`Refusal` with the status to
-answer (C-STORE statuses, PS3.4 Table B.2-1 and PS3.7 Annex C):
-
-- **0x0122** Refused: SOP Class not supported — the command names a SOP class not in
-  :data:`~dicomnode.dicom.sop.RECEIVED` (a conforming SCU cannot: only those contexts are negotiated).
-- **0xA700** Refused: Out of Resources — free space under the floor, disk full, database unavailable
-  (answered by :mod:`dicomnode.pipeline.receiver`, not here).
-- **0xA900** Error: Data Set does not match SOP Class — SOP Class / Instance UID differ from the
-  command's; Modality not the class's (NM, CT, SEG, SR); a required attribute missing; Rows × Columns × Frames × Bits
-  Allocated disagrees with the Pixel Data length; bits outside the NM Image Pixel Module (PS3.3
-  C.8.4.7); for whole-body NM images only: contradictory view information, missing or non-numeric
-  Pixel Spacing, colour pixels.
-- **0xC000** Error: Cannot understand — not readable as DICOM in the negotiated transfer syntax
-  (truncated, lengths beyond the data, VR encoding not the negotiated one, undecodable values or
-  pixels, a deflate stream over the ceiling, native Pixel Data of undefined length: PS3.5 A.4);
-- **0xA700** also when inflating or decoding the pixels would exceed a memory budget
-  (:mod:`dicomnode.dicom.budget`, checked before the memory is used); an invalid UID (PS3.5 §9.1); a SEG that references no
-  instance this node holds (raised by :mod:`dicomnode.store.ingest`).
-
-dcmtk's ``storescp`` also answers 0xA900 when the data set's SOP Instance UID differs from the
-command's; we do the same.
-
-What the data set reader reports about values (pydicom's "value length exceeds" for a vendor's long
-SH on every CT slice) is kept in :attr:`ReceivedInstance.notes`, quoted values removed; the receiver
-logs each note once per series at INFO. Classes outside the bone exam's own (dose reports, Key
-Objects, PDFs, raw data, registrations, other images: :data:`~dicomnode.dicom.sop.STORED_AS_SENT`) get
-the identity checks only and are stored as sent.
-
-Every instance of an accepted class that is readable is stored; :attr:`ReceivedInstance.kind` says
-what it is (:func:`dicomnode.dicom.sop.instance_kind`: an NM image's Image Type value 3, CT,
-Secondary Capture, SEG, SR). Only whole-body NM images get the view checks below, because only they
-are segmented; statics, TOMO, reconstructions, CT and screen captures are kept with their study.
-Accepted with a warning (status 0x0000, warning logged and kept in
-:attr:`ReceivedInstance.warnings`): 8-bit or signed NM pixels (legal in C.8.4.7), an NM image without
-Image Type value 3 (whole body when its matrix is one), a missing Number of Frames in a multi-frame
-class (NM, SEG, multi-frame Secondary Capture: one frame assumed), a single-frame instance that
-states no view (the study may still decide it by order, see :mod:`dicomnode.segmentation.views`, ``ViewRule.ASSUMED``), a
-two-frame instance whose views are assumed from frame order.
-
-Guards: values are read from the received bytes in memory, so no declared length makes the reader
-allocate more than arrived (a 4 GiB length on a 1 kB message reads 1 kB); every top-level element's
-declared length is then checked against the bytes received, and the elements must end exactly where
-the data set does, so truncated and corrupt data sets are refused instead of kept with short values.
-The VR encoding must match the negotiated transfer syntax (no guessing). A deflated data set is
-inflated with a ceiling before anything else (:mod:`dicomnode.dicom.parse`). Views are decided by
-:mod:`dicomnode.segmentation.views` (the same rules the worker uses), never by a second parser here; of what
-it refuses, :class:`~dicomnode.segmentation.views.UndecodablePixels` is 0xC000 and every other
-:class:`~dicomnode.segmentation.views.ViewError` 0xA900 (the status follows the kind of error, never its
-wording; the statuses themselves are :mod:`dicomnode.dicom.status`).
+Part of "receive" in docs/architecture.md; which status answers what (0x0122, 0xA700, 0xA900, 0xC000,
+and what is accepted with a warning) is the table of docs/conformance.md, §4.2.1.3.3 (Storage SCP), and the NM
+rules are docs/dicom.md. :func:`inspect_instance` takes the data set bytes exactly as received, the
+presentation context's transfer syntax and the command's Affected SOP Class / Instance UIDs, and
+returns a :class:`ReceivedInstance` (what the index needs) or raises :class:`Refusal`. Values are read
+from the received bytes with every declared length checked against them
+(:mod:`dicomnode.dicom.parse`); inflating and decoding hold memory from a budget
+(:mod:`dicomnode.dicom.budget`). Views are decided from the header by the worker's own rules
+(:func:`dicomnode.segmentation.viewrules.instance_views`), never by a second parser here; the status
+follows the kind of error (:mod:`dicomnode.dicom.status`), never its wording. What the data set
+reader says about normal values (a vendor's long SH on every CT slice) is kept in
+:attr:`ReceivedInstance.notes`, quoted values removed.
 """
 
 from __future__ import annotations
@@ -63,7 +22,6 @@ import warnings as warnings_module
 from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset
-from pydicom.sequence import Sequence
 from pydicom.uid import (
     UID,
     MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
@@ -85,8 +43,9 @@ from dicomnode.dicom.sop import (
 )
 from dicomnode.dicom.status import Status
 from dicomnode.dicom.uids import UIDError, check_uid, uid_remark
-from dicomnode.segmentation.scan import View
-from dicomnode.segmentation.views import UndecodablePixels, ViewError, frame_count, load_scan, stated_views
+from dicomnode.segmentation.scan import View, ViewError
+from dicomnode.segmentation.viewrules import frame_count, instance_views
+from dicomnode.segmentation.views import UndecodablePixels, frame_stack
 
 log = logging.getLogger(__name__)
 
@@ -294,56 +253,34 @@ def _check_pixel_module(ds: Dataset, warnings: list[str]) -> None:
 
 
 def _nm_views(ds: Dataset, warnings: list[str]) -> tuple[str, ...]:
-    """The views the instance holds, decided by :mod:`dicomnode.segmentation.views` (the worker's own rules).
+    """The views the instance holds, decided from its header by the worker's own rules
+    (:func:`dicomnode.segmentation.viewrules.instance_views`).
 
-    :func:`dicomnode.segmentation.views.load_scan` runs on a *probe*: the data set's elements, but for native
-    (uncompressed) pixel data one pixel per frame, because the Pixel Data length was checked already
-    and decoding a megabyte again would only cost time; compressed pixel data is decoded in full as
-    the check that it can be. A single-frame instance that states no view is accepted with ``()``
-    (the study as a whole may still decide it by order, ``ViewRule.ASSUMED``): its probe carries a provisional view
-    so that the loader still checks everything else. Whatever the loader refuses (contradictory view
-    information, undecodable pixels, bad Pixel Spacing, colour pixels) is refused here.
+    A single-frame instance that states no view is accepted with ``()`` and a warning (the study as a
+    whole may still decide it by order, ``ViewRule.ASSUMED``). Compressed pixel data is decoded once
+    as the check that it can be (native Pixel Data's length was checked with the pixel module).
     """
     mismatch = Status.DATASET_DOES_NOT_MATCH_SOP_CLASS
     try:
-        stated = stated_views(ds)
+        decided, notes = instance_views(ds)
     except ViewError as exc:
         raise Refusal(mismatch, str(exc)) from None
     except (TypeError, ValueError) as exc:
         raise Refusal(mismatch, f"view attributes cannot be read: {brief(exc)}") from None
-    undecided_single_frame = len(stated) == 1 and stated[0] is None
-    probe = Dataset(dict(ds.items()))  # its own element table (a dict copy), the same element objects
-    probe.file_meta = ds.file_meta
-    if not ds.file_meta.TransferSyntaxUID.is_encapsulated:
-        samples = frame_count(ds) * int(ds.SamplesPerPixel) * (int(ds.BitsAllocated) // 8)
-        _replace(probe, Rows=1, Columns=1, PixelData=bytes(samples + samples % 2))
-    if undecided_single_frame:
-        code = Dataset()
-        code.CodeValue, code.CodingSchemeDesignator = "399321004", "SCT"  # CID 26 anterior
-        _replace(probe, ViewCodeSequence=Sequence([code]), PatientOrientation="")
+    if ds.file_meta.TransferSyntaxUID.is_encapsulated:
+        try:
+            frame_stack(ds)
+        except UndecodablePixels as exc:
+            raise Refusal(Status.CANNOT_UNDERSTAND, str(exc)) from None
+        except ViewError as exc:
+            raise Refusal(mismatch, str(exc)) from None
+        except Exception as exc:  # numpy / pixel handlers on inconsistent input
+            raise Refusal(Status.CANNOT_UNDERSTAND, f"pixel data cannot be read: {brief(exc)}") from None
+    warnings.extend(notes)
+    if not decided:
         warnings.append("no view stated (no View Code Sequence, Patient Orientation or ANT/POST description)")
-    try:
-        scan = load_scan([probe])
-    except UndecodablePixels as exc:
-        raise Refusal(Status.CANNOT_UNDERSTAND, str(exc)) from None
-    except ViewError as exc:
-        raise Refusal(mismatch, str(exc)) from None
-    except Exception as exc:  # numpy / pixel handlers on inconsistent input
-        raise Refusal(Status.CANNOT_UNDERSTAND, f"pixel data cannot be read: {brief(exc)}") from None
-    # "no posterior view in the study" is expected of a one-view instance: not a warning here.
-    warnings.extend(note for note in scan.notes if not note.endswith("view in the study"))
-    if undecided_single_frame:
-        return ()
-    return tuple(view.value for view in View if view in scan.views)
-
-
-def _replace(probe: Dataset, **values: object) -> None:
-    """Give ``probe`` new elements with these values. Deleting first matters: assigning to an
-    existing keyword changes the element object in place, which the probe shares with the data set."""
-    for keyword, value in values.items():
-        if keyword in probe:
-            delattr(probe, keyword)
-        setattr(probe, keyword, value)
+    views = {view.view for view in decided}
+    return tuple(view.value for view in View if view in views)
 
 
 # -- references (SEG) -----------------------------------------------------------------------------------

@@ -77,7 +77,7 @@ from dicomnode.store.spool import Spool
 log = logging.getLogger(__name__)
 
 
-class Verdict(str, Enum):
+class DeliveryVerdict(str, Enum):
     DELIVERED = "delivered"
     REFUSED = "refused"  # permanent for this object or destination
     RETRY = "retry"  # this object, later
@@ -85,20 +85,22 @@ class Verdict(str, Enum):
 
 
 @dataclass(frozen=True)
-class Outcome:
-    verdict: Verdict
+class DeliveryOutcome:
+    """What one C-STORE of a result to a destination came to (the table in the module docstring)."""
+
+    verdict: DeliveryVerdict
     status: str  # what the destination said, e.g. "0x0000", "association rejected (permanent)"
     detail: str | None = None
 
 
-def classify_status(status: int) -> Outcome:
+def classify_status(status: int) -> DeliveryOutcome:
     """The outcome of a C-STORE response status (see the table in the module docstring)."""
     text = as_text(status)
     if stored(status):
-        return Outcome(Verdict.DELIVERED, text, None if status == Status.SUCCESS else describe(status))
+        return DeliveryOutcome(DeliveryVerdict.DELIVERED, text, None if status == Status.SUCCESS else describe(status))
     if permanent(status):
-        return Outcome(Verdict.REFUSED, text, f"refused for good: {describe(status)}")
-    return Outcome(Verdict.RETRY, text, f"{describe(status)}; will retry")
+        return DeliveryOutcome(DeliveryVerdict.REFUSED, text, f"refused for good: {describe(status)}")
+    return DeliveryOutcome(DeliveryVerdict.RETRY, text, f"{describe(status)}; will retry")
 
 
 @dataclass(frozen=True)
@@ -168,7 +170,7 @@ def claim_batch(database: Database, owner: str, destinations: Sequence[str], pol
     return destination, [Item(*row) for row in rows]
 
 
-def record(database: Database, owner: str, item: Item, outcome: Outcome, policy: ExportPolicy,
+def record(database: Database, owner: str, item: Item, outcome: DeliveryOutcome, policy: ExportPolicy,
            now: datetime | None = None) -> ExportState | None:
     """Record one object's outcome (and an :class:`ExportAttempt`); ``None`` if the lease was lost."""
     now = now or utcnow()
@@ -180,9 +182,9 @@ def record(database: Database, owner: str, item: Item, outcome: Outcome, policy:
         session.add(ExportAttempt(export_id=export.id, at=now, status=outcome.status, detail=outcome.detail))
         export.last_status, export.last_error = outcome.status, outcome.detail
         export.lease_owner = export.lease_expires_at = None
-        if outcome.verdict is Verdict.DELIVERED:
+        if outcome.verdict is DeliveryVerdict.DELIVERED:
             export.state, export.delivered_at = ExportState.DELIVERED, now
-        elif outcome.verdict is Verdict.REFUSED:
+        elif outcome.verdict is DeliveryVerdict.REFUSED:
             export.state = ExportState.REFUSED
         else:
             export.attempts += 1
@@ -190,7 +192,7 @@ def record(database: Database, owner: str, item: Item, outcome: Outcome, policy:
             export.next_attempt_at = now + policy.backoff(export.attempts)
         state = export.state
     # A destination that is down is one WARNING per batch, with its cause (Exporter.send_batch), not one per object.
-    level = logging.INFO if state is ExportState.DELIVERED or outcome.verdict is Verdict.BACK_OFF else logging.WARNING
+    level = logging.INFO if state is ExportState.DELIVERED or outcome.verdict is DeliveryVerdict.BACK_OFF else logging.WARNING
     log.log(level, "export %s", state.value, extra={"export": item.export_id, "sop_uid": item.sop_instance_uid,
                                                     "status": outcome.status, "detail": outcome.detail})
     return state
@@ -256,7 +258,7 @@ class Sender:
         self.timeout = timeout
 
     def send(self, destination: Destination, datasets: Sequence[tuple[Item, pydicom.Dataset]],
-             on_outcome: Callable[[Item, Outcome], None]) -> None:
+             on_outcome: Callable[[Item, DeliveryOutcome], None]) -> None:
         """C-STORE each dataset; call ``on_outcome(item, outcome)`` after each response.
 
         Raises :class:`~dicomnode.dicom.scu.AssociationFailed` when no association can be made or it is
@@ -277,13 +279,13 @@ class Sender:
                     raise AssociationFailed("association lost", f"{destination.name} ended the association",
                                             permanent=False)
                 if str(ds.SOPClassUID) not in accepted:
-                    on_outcome(item, Outcome(Verdict.REFUSED, "no presentation context",
+                    on_outcome(item, DeliveryOutcome(DeliveryVerdict.REFUSED, "no presentation context",
                                              f"SOP class {ds.SOPClassUID} not supported by {destination.name}"))
                     continue
                 try:
                     response = assoc.send_c_store(ds)
                 except ValueError as exc:  # no context for this transfer syntax
-                    on_outcome(item, Outcome(Verdict.REFUSED, "no presentation context", str(exc)))
+                    on_outcome(item, DeliveryOutcome(DeliveryVerdict.REFUSED, "no presentation context", str(exc)))
                     continue
                 if "Status" not in response:  # no response: aborted, timed out, connection lost
                     raise AssociationFailed("association lost", f"no C-STORE response from {destination.name}",
@@ -340,10 +342,10 @@ class Exporter:
                 loaded.append((item, pydicom.dcmread(self.spool.absolute(item.path))))
             except Exception as exc:  # the result file is gone or damaged: nothing to send
                 record(self.database, self.owner, item,
-                       Outcome(Verdict.RETRY, "unreadable result file", f"{type(exc).__name__}: {exc}"), self.policy)
+                       DeliveryOutcome(DeliveryVerdict.RETRY, "unreadable result file", f"{type(exc).__name__}: {exc}"), self.policy)
         pending = {item.export_id: item for item, _ in loaded}
 
-        def on_outcome(item: Item, outcome: Outcome) -> None:
+        def on_outcome(item: Item, outcome: DeliveryOutcome) -> None:
             record(self.database, self.owner, item, outcome, self.policy)
             pending.pop(item.export_id, None)
             extend_lease(self.database, self.owner, list(pending.values()), self.policy)
@@ -355,11 +357,11 @@ class Exporter:
                 raise AssociationFailed("association error", f"{type(exc).__name__}: {exc}",
                                         permanent=False) from exc
         except AssociationFailed as failure:
-            verdict = Verdict.REFUSED if failure.permanent else Verdict.BACK_OFF
-            outcome = Outcome(verdict, failure.status, failure.detail)
+            verdict = DeliveryVerdict.REFUSED if failure.permanent else DeliveryVerdict.BACK_OFF
+            outcome = DeliveryOutcome(verdict, failure.status, failure.detail)
             states = [record(self.database, self.owner, item, outcome, self.policy)
                       for item in list(pending.values())]
-            if verdict is Verdict.BACK_OFF:
+            if verdict is DeliveryVerdict.BACK_OFF:
                 attempts = self._attempts([i.export_id for i in pending.values()])
                 until = utcnow() + self.policy.backoff(max(attempts, default=1))
                 back_off_destination(self.database, destination.name, until)

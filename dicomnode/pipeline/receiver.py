@@ -1,52 +1,13 @@
 """The receiver: a pynetdicom AE answering C-ECHO and C-STORE (PS3.4 Annex A and B).
 
-Step "receive" of docs/architecture.md, "The journey of a study".
-
-API (stable; ``dicomnode serve`` uses it)::
+Step "receive" of docs/architecture.md, "The journey of a study"; what it accepts is
+:data:`dicomnode.dicom.sop.RECEIVED`, and the order of its C-STORE checks, its association rules and
+its transport are in docs/dicom.md, "Receiving and sending". API (``dicomnode serve`` uses it)::
 
     receiver = Receiver(config, database, spool)     # or start_receiver(config, database, spool)
     receiver.start()                                  # non-blocking: listens in background threads
     receiver.port                                     # the port actually bound
     receiver.stop()
-
-Association level (PS3.8 §9.3.4): callers must address our AE title; when ``node.allowed_callers`` is
-not empty, any other calling AE title gets A-ASSOCIATE-RJ (rejected-permanent, "calling AE title not
-recognised"); more than ``node.max_associations`` at once are rejected (transient, "local limit
-exceeded"). Presentation contexts: Verification and the SOP classes of
-:data:`dicomnode.dicom.sop.RECEIVED` (every standard storage class), each with the transfer syntaxes
-of docs/dicom.md (implicit/explicit VR little endian, deflate, RLE, JPEG lossless, JPEG-LS, JPEG 2000).
-A context the association refuses anyway (a private class, an unsupported transfer syntax) is
-logged and recorded as a refusal (``quarantine`` row without a file, shown by ``dicomnode status``):
-a sender such as dcmtk ``storescu`` stops the rest of an exam on it (PS3.4 B.2.3). Optional TLS (PS3.15 Annex B.1),
-with client certificates required when ``node.tls.require_client_cert``.
-
-C-STORE, in this order (each refusal logged with the SOP Instance UID, the calling AE and the reason;
-refused bytes go to the spool's quarantine with the reason, and a ``quarantine`` row is written):
-
-1. free space: fewer than ``storage.min_free_bytes`` left after this instance → 0xA700, nothing
-   written (the sender retries later);
-2. :func:`dicomnode.dicom.validate.inspect_instance` → 0xA900 / 0xC000 / 0x0122 with an Error Comment
-   (0000,0902) carrying the reason (PS3.7 C.4.2.1.4); 0xA700 when inflating or decoding it would
-   exceed ``[limits]`` (:mod:`dicomnode.dicom.budget`, one budget shared by all associations);
-3. :func:`dicomnode.store.ingest.ingest`: durable spool write + one index transaction; only after
-   the commit 0x0000. A duplicate (same bytes) is also 0x0000. The durable write of the temporary
-   file starts in a background thread before step 2 and overlaps it
-   (:meth:`dicomnode.store.spool.Spool.stage`); a refused instance's temporary file is removed;
-4. spool or database trouble (``OSError``, database unavailable or locked) → 0xA700 (retry later);
-   anything unexpected (a fault of this node, not of the data) → 0x0110 Processing failure, which a
-   sender may retry (our own exporter does, :mod:`dicomnode.dicom.status`), and the bytes are kept in
-   quarantine. Nothing is raised out of the handler (pynetdicom would answer 0xC211 without our reason).
-
-Transport: every accepted connection gets ``TCP_NODELAY`` (a C-STORE response is one small PDU that
-would otherwise wait on the sender's delayed ACK), and the receiver offers ``node.max_pdu_size``
-(default 1 MiB) as its maximum PDU length so senders use few, large PDUs (``benchmarks/receive.py``).
-
-The data set is taken from ``event.encoded_dataset()`` (the bytes as sent, no decode/re-encode; see
-docs/dicom.md, "Receiving and sending"), so one instance is held in memory per association while it
-is checked: at most ``max_associations`` × the largest instance. pynetdicom's
-``_config.STORE_RECV_CHUNKED_DATASET`` (the data set streamed to a file as it arrives) would not save
-a copy: the file lands in the system temporary folder (not necessarily the spool's filesystem, so it
-cannot simply be renamed in), with a flush per PDU fragment, and validation would read it back.
 """
 
 from __future__ import annotations

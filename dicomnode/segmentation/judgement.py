@@ -14,19 +14,20 @@ on the map (:mod:`dicomnode.segmentation.anatomy`) and measured:
   lesion deep in a bone shows in both views or in the nearer one, counts on the skin only in one);
 - **probability**: the lesion model's peak probability.
 
-Then the rules, in order (docs/segmentation.md, "Anatomy map and second stage", says which are fixed):
+Then the rules, in order, each named by the reason its verdict gives (docs/segmentation.md,
+"Anatomy map and second stage", says which are fixed):
 
-1. *fixed*: a candidate in the bladder or a kidney is urine, never a bone finding;
-2. *fixed*: a candidate whose region is soft tissue or background is extra-osseous (injection
-   site, urine contamination, a ureter): tracer outside bone, not a bone lesion;
-3. *fixed*: a candidate in an arm or hand (humeri, forearms and hands) hotter than
-   :data:`INJECTION_CONTRAST` × bone and at least :data:`INJECTION_ASYMMETRY` times hotter than its
-   mirror point is the injection site (tracer extravasated at the antecubital fossa or the dorsum
-   of the hand lies over the bones there; metastases in the arms are rare and rarely this hot);
-4. *learned*: every other candidate is scored by the second stage (:class:`SecondStage`, a logistic
-   model on the features above and the region group, fitted by ``python -m dicomnode.train.secondstage`` on
-   the real ``Normal``/``Abnormal`` boxes and simulated normal variants); below its threshold it is
-   judged physiological (symmetric joint uptake, facial and dental uptake, ...).
+- "urine", *fixed*: a candidate in the bladder or a kidney is urine, never a bone finding;
+- "extra-osseous uptake", *fixed*: a candidate whose region is soft tissue or background is extra-osseous (injection
+  site, urine contamination, a ureter): tracer outside bone, not a bone lesion;
+- "injection site", *fixed*: a candidate in an arm or hand (humeri, forearms and hands) hotter than
+  :data:`INJECTION_CONTRAST` × bone and at least :data:`INJECTION_ASYMMETRY` times hotter than its
+  mirror point is the injection site (tracer extravasated at the antecubital fossa or the dorsum
+  of the hand lies over the bones there; metastases in the arms are rare and rarely this hot);
+- "physiological (second stage)", *learned*: every other candidate is scored by the second stage (:class:`SecondStage`, a logistic
+  model on the features above and the region group, fitted by ``python -m dicomnode.train.secondstage`` on
+  the real ``Normal``/``Abnormal`` boxes and simulated normal variants); below its threshold it is
+  judged physiological (symmetric joint uptake, facial and dental uptake, ...).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from dicomnode.segmentation.result import Lesion, ViewResult
 from dicomnode.segmentation.scan import View, ViewImage
 
 DEFAULT_SECOND_STAGE = Path(__file__).parent / "weights" / "second-stage.json"
-#: A unilateral arm or hand hot spot above this many times the bone level is the injection site (rule 3;
+#: A unilateral arm or hand hot spot above this many times the bone level is the injection site (the "injection site" rule;
 #: the arm lesions boxed `Abnormal` in the BS-80K development half peak at 1.5–3.9 times it),
 INJECTION_CONTRAST = 5.0
 #: ... when it is at least this many times hotter than its mirror point.

@@ -99,7 +99,7 @@ def pixel_counts(truth: np.ndarray, prediction: np.ndarray) -> PixelCounts:
 
 
 @dataclass(frozen=True)
-class Summary:
+class MetricSummary:
     """Mean ± std over images and the pooled value of one metric."""
 
     mean: float
@@ -111,7 +111,7 @@ class Summary:
         return f"{self.mean:.4f} ± {self.std:.4f} (pooled {self.pooled:.4f}, n={self.n})"
 
 
-def summarise(per_image: Sequence[PixelCounts]) -> dict[str, Summary]:
+def summarise(per_image: Sequence[PixelCounts]) -> dict[str, MetricSummary]:
     """DSC, precision and recall over images: mean ± std of the per-image values, and pooled."""
     if not per_image:
         raise ValueError("no images to summarise")
@@ -120,7 +120,7 @@ def summarise(per_image: Sequence[PixelCounts]) -> dict[str, Summary]:
     for name in ("dsc", "precision", "recall"):
         values = np.array([getattr(counts, name) for counts in per_image])
         std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-        summary[name] = Summary(float(values.mean()), std, getattr(pooled, name), len(values))
+        summary[name] = MetricSummary(float(values.mean()), std, getattr(pooled, name), len(values))
     return summary
 
 

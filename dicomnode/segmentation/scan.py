@@ -22,6 +22,15 @@ from enum import Enum
 import numpy as np
 
 
+class ViewError(ValueError):
+    """A DICOM input that cannot be turned into bone-scan views; the message names the attribute."""
+
+
+class NotWholeBodyView(ViewError):
+    """A frame whose detector looks obliquely or laterally (a static LAO/RPO pair, a lateral skull):
+    not an anterior or posterior whole-body projection, so not a bone-scan view."""
+
+
 class View(str, Enum):
     """Planar projection of a whole-body bone scan (CID 26 "Nuclear Medicine Projection")."""
 

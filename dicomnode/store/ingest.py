@@ -56,7 +56,9 @@ from dicomnode.store.spool import Spool, StagedFile
 log = logging.getLogger(__name__)
 
 
-class Outcome(str, enum.Enum):
+class StorageOutcome(str, enum.Enum):
+    """What storing a received instance did to the index (PS3.4 B.4.1: a re-sent SOP Instance UID)."""
+
     STORED = "stored"  # first version of this SOP instance
     NEW_VERSION = "new-version"  # same SOP Instance UID, different bytes
     DUPLICATE = "duplicate"  # same SOP Instance UID, same bytes: nothing changed
@@ -64,7 +66,7 @@ class Outcome(str, enum.Enum):
 
 @dataclass(frozen=True)
 class Ingested:
-    outcome: Outcome
+    outcome: StorageOutcome
     instance_id: int
     study_id: int
     study_version: int
@@ -108,16 +110,16 @@ def ingest(database: Database, spool: Spool, instance: ReceivedInstance, staged:
             duplicate = connection.execute(statements.existing, {"sop_uid": instance.sop_instance_uid,
                                                                  "sha256": digest}).one()
             if duplicate.purged_at is None:
-                return Ingested(Outcome.DUPLICATE, duplicate.id, duplicate.study_id, duplicate.version,
+                return Ingested(StorageOutcome.DUPLICATE, duplicate.id, duplicate.study_id, duplicate.version,
                                 duplicate.path, digest)
             version = _restore(connection, statements, spool, study, duplicate, instance, now)
-            return Ingested(Outcome.STORED, duplicate.id, study.id, version, path, digest)
+            return Ingested(StorageOutcome.STORED, duplicate.id, study.id, version, path, digest)
         previous = connection.execute(statements.supersede, {"sop_uid": instance.sop_instance_uid,
                                                              "row_id": inserted}).rowcount
         version = study.version
         if instance.segmented:
             version = _touch_study(connection, statements, study, instance.study_instance_uid, now)
-        outcome = Outcome.NEW_VERSION if previous else Outcome.STORED
+        outcome = StorageOutcome.NEW_VERSION if previous else StorageOutcome.STORED
     return Ingested(outcome, inserted, study.id, version, path, digest)
 
 

@@ -69,7 +69,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Candidate:
+class SettledStudy:
     """A settled study with files in the spool."""
 
     study_id: int
@@ -84,8 +84,8 @@ class Plan:
     """What retention sees now (``dicomnode status``, ``dicomnode purge``)."""
 
     spool_bytes: int  # instances, results and quarantine still in the spool (by the index)
-    due: list[Candidate]  # settled longer than the period: deleted at the next purge
-    later: list[Candidate]  # settled, not yet old enough
+    due: list[SettledStudy]  # settled longer than the period: deleted at the next purge
+    later: list[SettledStudy]  # settled, not yet old enough
     held_studies: int  # studies with files that are not settled (not delivered, failed, in work)
     early: bool  # free space under floor + early_free_bytes: settled studies go oldest first now
     quarantine_due: list[int] = field(default_factory=list)  # quarantine row ids
@@ -148,7 +148,7 @@ def survey(database: Database, spool_root: Path, settings: RetentionSection, min
         for study_id, uid, version, processed, delivered, inst, res in _settled_studies(session):
             times = [t for t in (processed, delivered) if t is not None]
             settled_at = as_utc(max(times)) if times else now
-            settled.append(Candidate(study_id, uid, version, settled_at, int(inst) + int(res)))
+            settled.append(SettledStudy(study_id, uid, version, settled_at, int(inst) + int(res)))
         with_files = _held_studies(session)
         spool_bytes = int(session.scalar(select(func.coalesce(func.sum(Instance.size), 0))
                                          .where(Instance.purged_at.is_(None))) or 0)
@@ -207,7 +207,7 @@ def purge(database: Database, spool: Spool, settings: RetentionSection, *, dry_r
     return report
 
 
-def _mark(database: Database, spool: Spool, candidate: Candidate, now: datetime) -> bool:
+def _mark(database: Database, spool: Spool, candidate: SettledStudy, now: datetime) -> bool:
     """Step 1: mark the study's rows deleted, if it is still settled at the same version."""
     with database.session(write=True) as session:
         still = any(row[0] == candidate.study_id for row in _settled_studies(session))

@@ -173,16 +173,54 @@ def set_general_study(ds: Dataset, ident: StudyIdentity, description: str) -> No
     ds.StudyDescription = description
 
 
+def nm_image(frames: np.ndarray, views: tuple[View, ...], sop_instance_uid: str, *, spacing_mm: float,
+             instance_number: int) -> Dataset:
+    """The image modules of a whole-body NM Image Storage instance whose frames (stored layout, an
+    unsigned or signed 8- or 16-bit array ``(frames, rows, columns)``) are ``views``, in that order.
+
+    General Image (C.7.6.1), NM Image (C.8.4.9) without acquisition timing, Image Pixel (C.7.6.3,
+    C.8.4.7), Multi-frame (C.7.6.6, C.8.4.8), NM Detector (C.8.4.10) with a CID 26 view code per item,
+    NM/PET Patient Orientation (C.8.4.6). Patient, study, series and acquisition are the caller's.
+    """
+    if not views or len(views) != len(frames):
+        raise ValueError(f"{len(frames)} frame(s) for view(s) {[v.value for v in views]}")
+    ds = new_instance(NuclearMedicineImageStorage, sop_instance_uid)
+    ds.Modality = "NM"
+    ds.BodyPartExamined = "WHOLEBODY"
+    _patient_orientation_codes(ds)
+    ds.InstanceNumber = instance_number
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "WHOLE BODY", "EMISSION"]
+    ds.PatientOrientation = PATIENT_ORIENTATION[views[0]] if len(views) == 1 else None
+    ds.LossyImageCompression = "00"
+    ds.AcquisitionContextSequence = Sequence([])
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = frames.shape[1:]
+    ds.BitsAllocated = ds.BitsStored = 8 * frames.dtype.itemsize
+    ds.HighBit = ds.BitsAllocated - 1
+    ds.PixelRepresentation = 1 if frames.dtype.kind == "i" else 0
+    ds.PixelSpacing = [f"{spacing_mm:g}", f"{spacing_mm:g}"]
+    ds.NumberOfFrames = len(views)
+    ds.FrameIncrementPointer = [0x00540010, 0x00540020]  # EnergyWindowVector \ DetectorVector
+    ds.EnergyWindowVector = [1] * len(views)
+    ds.NumberOfEnergyWindows = 1
+    ds.DetectorVector = list(range(1, len(views) + 1))
+    ds.NumberOfDetectors = len(views)
+    ds.DetectorInformationSequence = Sequence([_detector_item(v) for v in views])
+    ds.PixelData = frames.astype(frames.dtype.newbyteorder("<")).tobytes()
+    return ds
+
+
 def nm_dataset(study: SimulatedStudy, ident: StudyIdentity, views: tuple[View, ...],
                instance_number: int) -> Dataset:
-    """An NM Image Storage instance holding ``views`` as its frames (in that order)."""
+    """An NM Image Storage instance of a simulated study holding ``views`` as its frames (in that order)."""
     if not views:
         raise ValueError("an NM instance needs at least one view")
-    sop_uid = ident.uid("instance", *(v.value for v in views))
     acquired = ident.acquired
     p, acq = study.patient, study.acquisition
-
-    ds = new_instance(NuclearMedicineImageStorage, sop_uid)
+    frames = np.stack([study.images[v] for v in views]).astype("<u2")
+    ds = nm_image(frames, views, ident.uid("instance", *(v.value for v in views)),
+                  spacing_mm=study.spacing_mm, instance_number=instance_number)
     # Patient (C.7.1.1)
     ds.PatientName = ident.patient_name
     ds.PatientID = ident.patient_id
@@ -193,51 +231,25 @@ def nm_dataset(study: SimulatedStudy, ident: StudyIdentity, views: tuple[View, .
     ds.PatientWeight = f"{22.0 * p.build ** 2 * (p.height_mm / 1000) ** 2:.1f}"  # BMI 22 × build²
     set_general_study(ds, ident, "NM Bone Scan Whole Body")
     # General Series (C.7.3.1)
-    ds.Modality = "NM"
     ds.SeriesInstanceUID = ident.series_uid
     ds.SeriesNumber = 1
     ds.SeriesDescription = "WB Bone ANT/POST"
-    ds.BodyPartExamined = "WHOLEBODY"
-    _patient_orientation_codes(ds)
     # General Equipment (C.7.5.1)
     ds.Manufacturer = MANUFACTURER
     ds.ManufacturerModelName = "bone-scan simulator"
     ds.SoftwareVersions = dicomnode.__version__
     ds.DeviceSerialNumber = "SYNTH-0001"
     ds.StationName = "SYNTHCAM"
-    # General Image (C.7.6.1) and NM Image (C.8.4.9)
-    ds.InstanceNumber = instance_number
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "WHOLE BODY", "EMISSION"]
+    # NM Image (C.8.4.9): what this acquisition was
     ds.ImageID = "WB " + "+".join(VIEW_LABEL[v] for v in views)
-    ds.PatientOrientation = PATIENT_ORIENTATION[views[0]] if len(views) == 1 else None
-    ds.LossyImageCompression = "00"
-    ds.AcquisitionContextSequence = Sequence([])
     ds.CountsAccumulated = int(sum(study.total_counts[v] for v in views))
     ds.ActualFrameDuration = int(round(acq.duration_s * 1000))  # ms
     ds.ScanVelocity = f"{acq.scan_speed_cm_min * 10 / 60:.3f}"  # mm/s
     ds.WholeBodyTechnique = ["1PS", "PCN"]  # one pass, patient contour following
     ds.ScanLength = int(round(acq.scan_length_mm))
-    # Image Pixel (C.7.6.3) and NM Image Pixel (C.8.4.7)
-    frames = np.stack([study.images[v] for v in views]).astype("<u2")
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows, ds.Columns = study.rows, study.columns
-    ds.BitsAllocated = ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 0
-    ds.PixelSpacing = [f"{study.spacing_mm:g}", f"{study.spacing_mm:g}"]
-    # Multi-frame (C.7.6.6) and NM Multi-frame (C.8.4.8)
-    ds.NumberOfFrames = len(views)
-    ds.FrameIncrementPointer = [0x00540010, 0x00540020]  # EnergyWindowVector \ DetectorVector
-    ds.EnergyWindowVector = [1] * len(views)
-    ds.NumberOfEnergyWindows = 1
-    ds.DetectorVector = list(range(1, len(views) + 1))
-    ds.NumberOfDetectors = len(views)
-    # NM Isotope (C.8.4.11) and NM Detector (C.8.4.10)
+    # NM Isotope (C.8.4.11)
     ds.EnergyWindowInformationSequence, ds.RadiopharmaceuticalInformationSequence = isotope_sequences(
         ident, acq.hours_post_injection, acq.activity_mbq)
-    ds.DetectorInformationSequence = Sequence([_detector_item(v) for v in views])
-    ds.PixelData = frames.tobytes()
     return ds
 
 

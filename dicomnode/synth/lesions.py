@@ -61,7 +61,7 @@ DEGENERATIVE_SITES = ("knee", "acromioclavicular", "sternoclavicular", "hip", "f
 
 
 @dataclass(frozen=True)
-class Lesion:
+class Metastasis:
     """One metastasis: where it is, how big, how hot; ``structure`` is the host bone."""
 
     id: int
@@ -162,7 +162,7 @@ def sample_mimics(rng: np.random.Generator, phantom: Phantom) -> list[Mimic]:
 
 
 def sample_lesions(rng: np.random.Generator, phantom: Phantom, mimics: list[Mimic],
-                   inside_field) -> list[Lesion]:
+                   inside_field) -> list[Metastasis]:
     """Metastases for one patient; ``inside_field(x, y)`` says whether a point is imaged."""
     by_site: dict[str, list[Structure]] = {}
     for structure in phantom.bones:
@@ -170,7 +170,7 @@ def sample_lesions(rng: np.random.Generator, phantom: Phantom, mimics: list[Mimi
     sites = list(SITE_FREQUENCIES)
     probs = np.array([SITE_FREQUENCIES[s] for s in sites])
     probs /= probs.sum()
-    lesions: list[Lesion] = []
+    lesions: list[Metastasis] = []
     wanted = lesion_count(rng)
     attempts = 0
     while len(lesions) < wanted and attempts < 50 * max(wanted, 1):
@@ -193,7 +193,7 @@ def sample_lesions(rng: np.random.Generator, phantom: Phantom, mimics: list[Mimi
             continue
         if any(np.hypot(point.x - o.x, point.y - o.y) < (size + o.size_mm) / 4 for o in lesions):
             continue
-        lesions.append(Lesion(
+        lesions.append(Metastasis(
             id=len(lesions) + 1, site=site, bone=host.name, x=point.x, y=point.y, size_mm=size,
             width_mm=max(width, 3.0), depth_mm=depth, angle=point.axis_angle,
             uptake_ratio=_log_uniform(rng, *UPTAKE_RANGE), depth_fraction=point.depth_fraction,

@@ -65,7 +65,7 @@ class Patient:
 
 
 @dataclass(frozen=True)
-class Acquisition:
+class AcquisitionProtocol:
     """How the whole-body scan was acquired (dual-head: both views in one pass)."""
 
     activity_mbq: float
@@ -114,9 +114,9 @@ def sample_patient(rng: np.random.Generator) -> Patient:
     )
 
 
-def sample_acquisition(rng: np.random.Generator, patient: Patient) -> Acquisition:
+def sample_acquisition(rng: np.random.Generator, patient: Patient) -> AcquisitionProtocol:
     """Draw the acquisition; the scan covers the patient plus 50 mm."""
-    return Acquisition(
+    return AcquisitionProtocol(
         activity_mbq=float(rng.uniform(450.0, 800.0)),
         hours_post_injection=float(rng.uniform(2.0, 5.0)),
         scan_speed_cm_min=float(rng.uniform(10.0, 16.0)),

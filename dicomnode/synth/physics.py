@@ -10,7 +10,7 @@ Numbers and where they come from:
   geometric part growing linearly with source–collimator distance d, Rc(d) = 6.4 mm × (d + 30 mm)
   / 130 mm, i.e. 7.5 mm at 10 cm (vendor LEHR specifications: 7.4–7.6 mm at 10 cm) and ~14 mm at
   25 cm.  The distance is the source depth below the skin facing the detector plus the
-  detector–skin gap (``Acquisition``).  Depth-dependent blur is done by splitting the activity
+  detector–skin gap (``AcquisitionProtocol``).  Depth-dependent blur is done by splitting the activity
   into distance layers (linear interpolation between layer centres) and blurring each layer with
   its Gaussian.
 * Scatter: a scatter-to-primary ratio of 0.3 in a 20 % window for 99mTc in the trunk (reported
@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import gaussian_filter, zoom
 
-from dicomnode.synth.patient import Acquisition, Patient
+from dicomnode.synth.patient import AcquisitionProtocol, Patient
 from dicomnode.synth.shapes import BBox
 from dicomnode.segmentation.scan import View
 
@@ -108,7 +108,7 @@ class Grid:
 class Projector:
     """Accumulates attenuated activity per view in distance layers, then blurs and adds scatter."""
 
-    def __init__(self, grid: Grid, acquisition: Acquisition, water_thickness: np.ndarray) -> None:
+    def __init__(self, grid: Grid, acquisition: AcquisitionProtocol, water_thickness: np.ndarray) -> None:
         self.grid = grid
         self.thickness = water_thickness
         self.gap = {View.ANTERIOR: acquisition.anterior_gap_mm, View.POSTERIOR: acquisition.posterior_gap_mm}
@@ -186,7 +186,7 @@ def add_scatter(primary: np.ndarray, spacing_mm: float) -> np.ndarray:
     return primary + SCATTER_TO_PRIMARY * scatter
 
 
-def counts_scale(acquisition: Acquisition, primary_sums: dict[View, float], emitted: float) -> float:
+def counts_scale(acquisition: AcquisitionProtocol, primary_sums: dict[View, float], emitted: float) -> float:
     """Counts per activity unit, so that the views hold the counts this acquisition would give."""
     transmission = np.mean(list(primary_sums.values())) / emitted
     target = COUNTS_PER_MBQ_S * acquisition.activity_at_scan_mbq * acquisition.duration_s * (

@@ -30,8 +30,8 @@ from scipy.ndimage import gaussian_filter
 from dicomnode.synth.anatomy import BONE_SITES, Phantom, build_phantom
 from dicomnode.synth.labels import LabelCanvas, true_midline
 from dicomnode.synth.variants import check_variant, variant_mimics, variant_patient
-from dicomnode.synth.lesions import Lesion, Mimic, sample_lesions, sample_mimics
-from dicomnode.synth.patient import Acquisition, Patient, sample_acquisition, sample_patient
+from dicomnode.synth.lesions import Metastasis, Mimic, sample_lesions, sample_mimics
+from dicomnode.synth.patient import AcquisitionProtocol, Patient, sample_acquisition, sample_patient
 from dicomnode.synth.physics import (
     LUNG_WATER_DEFICIT, MU_PER_MM, Grid, Projector, add_scatter, counts_scale, fwhm_to_sigma_px,
     system_fwhm_mm,
@@ -50,7 +50,7 @@ MIN_FIELD_MM = (400.0, 1000.0)  # (width, height): a whole-body field must hold 
 class LesionTruth:
     """A lesion as simulated and as each view shows it."""
 
-    lesion: Lesion
+    lesion: Metastasis
     position_px: tuple[float, float]  # (row, column) in the canonical image
     visible: dict[View, bool]
     snr: dict[View, float]
@@ -84,7 +84,7 @@ class SimulatedStudy:
     mimics: tuple[Mimic, ...]
     mimic_positions_px: tuple[tuple[float, float], ...]  # canonical (row, column) of each mimic
     patient: Patient
-    acquisition: Acquisition
+    acquisition: AcquisitionProtocol
     expected: dict[View, np.ndarray] = field(repr=False)  # noise-free counts (float32, stored)
     spacing_mm: float = 2.26
     anatomy: dict[View, np.ndarray] = field(default_factory=dict, repr=False)  # uint8 AnatomyLabel, stored
@@ -186,7 +186,7 @@ class _Study:
                 self.render_structure(mimic.shape, mimic.concentration, mimic.host)
         return labels, canvas.labels
 
-    def lesion_excess(self, lesion: Lesion, view: View) -> tuple[tuple[slice, slice], np.ndarray] | None:
+    def lesion_excess(self, lesion: Metastasis, view: View) -> tuple[tuple[slice, slice], np.ndarray] | None:
         """The lesion's blurred excess (activity units) in ``view`` on a padded window."""
         g = self.grid
         shape = lesion.shape
@@ -264,7 +264,7 @@ def simulate_study(rng: np.random.Generator | int, *, rows: int = 1024, columns:
     )
 
 
-def _truth(lesions: list[Lesion], excess, expected, scale: float, study: _Study):
+def _truth(lesions: list[Metastasis], excess, expected, scale: float, study: _Study):
     """Apply the visibility rule; return per-lesion truth records and canonical masks."""
     g = study.grid
     masks = {view: np.zeros((g.rows, g.columns), dtype=np.uint8) for view in View}

@@ -76,7 +76,7 @@ LOG_FILE = "node.log"
 
 
 @dataclass
-class StudyOutcome:
+class DemoStudy:
     """What the demo saw for one simulated study."""
 
     name: str  # the simulator's folder name, e.g. study_0001
@@ -102,7 +102,7 @@ class DemoReport:
     out: Path
     pacs: str
     model: str
-    studies: list[StudyOutcome]
+    studies: list[DemoStudy]
     wall_seconds: float
 
     @property
@@ -110,7 +110,7 @@ class DemoReport:
         return bool(self.studies) and all(study.ok for study in self.studies)
 
 
-def _evaluate(outcome: StudyOutcome, sources: list[Dataset], truth: dict[str, np.ndarray],
+def _evaluate(outcome: DemoStudy, sources: list[Dataset], truth: dict[str, np.ndarray],
               objects: Sequence[tuple[ResultKind, Received]], pictures: Path) -> None:
     """Score the whole-body SEGs at the PACS against the truth; write the pictures.
 
@@ -203,8 +203,8 @@ def comparison_picture(scan, masks: dict[View, np.ndarray], truth: dict[str, np.
 
 
 def _send_and_wait(study: dict, folder: Path, node, pacs: Pacs, peer: Destination, timeout: float,
-                   pictures: Path) -> StudyOutcome:
-    outcome = StudyOutcome(study["folder"], study["study_instance_uid"], study["layout"])
+                   pictures: Path) -> DemoStudy:
+    outcome = DemoStudy(study["folder"], study["study_instance_uid"], study["layout"])
     files = [folder / item["file"] for item in study["files"]]
     started = time.time()
     sent = send_files(files, peer, calling_ae=CAMERA_AE)

@@ -37,7 +37,7 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ModelSection(_Section):
+class NetworkSection(_Section):
     network: str = "unet"
     width: Literal["paper", "slim"] | int = "slim"
     # weights to start from (a .safetensors with its card), e.g. a simulator-pretrained model;
@@ -163,7 +163,7 @@ class TrainConfig(_Section):
 
     name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
-    model: ModelSection = ModelSection()
+    model: NetworkSection = NetworkSection()
     preprocessing: dict[str, Any] = Field(default_factory=dict)
     data: DataSection = DataSection()
     augment: AugmentSection = AugmentSection()
@@ -190,7 +190,7 @@ class TrainConfig(_Section):
         return self
 
 
-class ConfigError(ValueError):
+class PresetError(ValueError):
     """A preset that cannot be read or does not validate; the message names the file and the keys."""
 
 
@@ -200,9 +200,9 @@ def load_config(path: Path | str, **overrides: object) -> TrainConfig:
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"preset {path} does not exist") from None
+        raise PresetError(f"preset {path} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"preset {path} is not valid TOML: {exc}") from None
+        raise PresetError(f"preset {path} is not valid TOML: {exc}") from None
     raw.setdefault("name", path.stem)
     for dotted, value in overrides.items():
         section, _, key = dotted.partition(".")
@@ -216,4 +216,4 @@ def load_config(path: Path | str, **overrides: object) -> TrainConfig:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
         )
-        raise ConfigError(f"preset {path} is invalid: {problems}") from None
+        raise PresetError(f"preset {path} is invalid: {problems}") from None

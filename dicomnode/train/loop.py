@@ -2,7 +2,7 @@
 
 What a run writes into ``OUT``:
 
-- ``split.json``: the patient-level split (:mod:`dicomnode.train.split`) and, for the semi-supervised regime,
+- ``split.json`` (written by :mod:`dicomnode.train.outputs`, as are the exports): the patient-level split (:mod:`dicomnode.train.split`) and, for the semi-supervised regime,
   which training patients kept their labels.
 - ``checkpoint.pt``: model, critic, optimisers, schedule, epoch and history after every epoch (written to a temporary file, then renamed, so a crash never leaves half a checkpoint);
   ``--resume`` continues from it and refuses a checkpoint made with another preset.
@@ -19,11 +19,8 @@ weights follow :mod:`dicomnode.train.losses` and the preset (:mod:`dicomnode.tra
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
-import os
-import platform
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -39,7 +36,6 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from dicomnode.segmentation.device import DeviceError, resolve_device
-from dicomnode.segmentation.modelcard import save_model
 from dicomnode.segmentation.networks import SegmentationNetwork, build
 from dicomnode.segmentation.networks.msanet import Critic, multiscale_l1
 from dicomnode.segmentation.preprocess import Preprocessing
@@ -49,10 +45,11 @@ from .curves import plot_curves, write_history_csv
 from .crops import CropDataset, crop_canvas, crop_sampler_weights
 from .datasets import TrainingData, load_training_data
 from .study import LabelledStudy
+from .outputs import ModelWriter, atomic_save, training_info, write_split
 from .losses import adversarial_loss, multiple_instance_loss, mumford_shah_loss, segmentation_loss
 from .pretrained import PretrainedError, load_pretrained
 from .patches import PatchDataset, view_items
-from .split import Split, split_patients
+from .split import split_patients
 from .validate import validate
 
 log = logging.getLogger(__name__)
@@ -140,12 +137,6 @@ def _schedule(config: TrainConfig) -> Callable[[int], float]:
 def _optimiser(params: Any, config: TrainConfig) -> torch.optim.Optimizer:
     kind = torch.optim.AdamW if config.optim.optimizer == "adamw" else torch.optim.Adam
     return kind(params, lr=config.optim.lr, weight_decay=config.optim.weight_decay)
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 class Trainer:
@@ -324,7 +315,7 @@ def run_training(
     kept: list[str] | None = None
     if config.semisup.enabled:
         train_studies, kept = semisupervised_labels(train_studies, config.semisup.labelled_fraction, config.data.split_seed)
-    _write_split(out / "split.json", split, kept)
+    write_split(out / "split.json", split, kept)
 
     items = view_items(train_studies, include_unlabelled=config.semisup.enabled)
     dataset = PatchDataset(train_studies, items, config.preprocessing_config, config.data, config.augment,
@@ -362,7 +353,7 @@ def run_training(
         log.info("with %d image-level crops (%d abnormal) on a %d×%d canvas", len(data.crops),
                  sum(c.abnormal for c in data.crops), *canvas)
     generator = torch.Generator().manual_seed(config.optim.seed)
-    export = _Exporter(config, out)
+    export = ModelWriter(config, out)
     with _progress(progress) as bar:
         for epoch in range(start_epoch, config.optim.epochs):
             epoch_started = time.perf_counter()
@@ -392,7 +383,7 @@ def run_training(
             if score > best["dsc"]:
                 best = {"epoch": epoch + 1, "dsc": score}
                 export.save(trainer.net, config.name)
-            _atomic_save(
+            atomic_save(
                 {"config": fingerprint, "trainer": trainer.state(), "epoch": epoch, "history": history, "best": best},
                 checkpoint_path,
             )
@@ -402,7 +393,7 @@ def run_training(
     if best["epoch"] < 1:
         raise TrainingError(f"{out}: no epoch finished, nothing to export")
     trainer.net.load_state_dict(load_file(out / f"{config.name}.safetensors"))
-    info = _training_info(config, split, studies, train_studies, val_studies, items, history, best["epoch"],
+    info = training_info(config, split, studies, train_studies, val_studies, items, history, best["epoch"],
                           torch_device, data)
     best_record = history[best["epoch"] - 1]
     card = export.save(
@@ -421,92 +412,7 @@ def run_training(
     )
 
 
-class _Exporter:
-    """Writes the network as ``OUT/<stem>.safetensors`` + ``OUT/<stem>.json`` (the model-card format)."""
-
-    def __init__(self, config: TrainConfig, out: Path) -> None:
-        self.config = config
-        self.out = out
-        self.version = f"{config.name}-{time.strftime('%Y%m%d')}"
-
-    def save(self, net: SegmentationNetwork, stem: str, *, training: dict[str, Any] | None = None,
-             metrics: dict[str, Any] | None = None) -> Path:
-        card = save_model(
-            net,
-            self.out / stem,
-            name=f"dicomnode-{self.config.model.network}",
-            version=self.version,
-            network=self.config.model.network,
-            preprocessing=self.config.preprocessing_config,
-            training=training or {"preset": self.config.name, "note": "intermediate export during training"},
-            metrics=metrics,
-        )
-        assert card.path is not None
-        return card.path
-
-    def remove(self, stem: str) -> None:
-        for suffix in (".safetensors", ".json"):
-            (self.out / stem).with_suffix(suffix).unlink(missing_ok=True)
-
-
 def _status(summary: dict[str, float]) -> str:
     parts = [f"loss {summary['loss']:.4f}"] if "loss" in summary else []
     parts += [f"{k.removeprefix('val_')} {summary[k]:.3f}" for k in ("val_dsc", "val_precision", "val_recall") if k in summary]
     return ", ".join(parts)
-
-
-def _write_split(path: Path, split: Split, kept: list[str] | None) -> None:
-    data = split.to_json()
-    if kept is not None:
-        data["labelled_training_patients"] = kept
-    path.write_text(json.dumps(data, indent=2) + "\n")
-
-
-def _synth_recipe(data: Path) -> dict[str, Any]:
-    """How a ``dicomnode synth`` folder was made (from its manifest), so the card says how to redo it."""
-    try:
-        manifest = json.loads((data / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    keys = ("generator", "manifest_version", "seed", "layout", "rows", "columns", "spacing_mm")
-    recipe = {key: manifest[key] for key in keys if key in manifest}
-    if "studies" in manifest:
-        recipe["studies"] = len(manifest["studies"])
-    return {"simulated_data": recipe} if recipe else {}
-
-
-def _training_info(
-    config: TrainConfig,
-    split: Split,
-    studies: Sequence[LabelledStudy],
-    train_studies: Sequence[LabelledStudy],
-    val_studies: Sequence[LabelledStudy],
-    items: Sequence[Any],
-    history: Sequence[dict[str, float]],
-    best_epoch: int,
-    device: torch.device,
-    data: TrainingData,
-) -> dict[str, Any]:
-    """What the model card says about the run (no patient identifiers)."""
-    recipes = [r for r in (_synth_recipe(Path(folder)) for folder, kind in data.formats.items() if kind == "synth") if r]
-    return {
-        "preset": config.model_dump(mode="json"),
-        "data": dict(data.formats),
-        **(recipes[0] if len(recipes) == 1 else {"simulated_data": [r["simulated_data"] for r in recipes]} if recipes else {}),
-        "crops": len(data.crops),
-        "crops_abnormal": sum(c.abnormal for c in data.crops),
-        "studies": len(studies),
-        "patients": {name: len(getattr(split, name)) for name in ("train", "val", "test")},
-        "split_seed": split.seed,
-        "training_studies": len(train_studies),
-        "training_studies_labelled": sum(s.labelled for s in train_studies),
-        "training_views": len(items),
-        "validation_studies": len(val_studies),
-        "epochs": len(history),
-        "best_epoch": best_epoch,
-        "device": device.type,
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "machine": platform.machine(),
-        "wall_seconds": round(sum(r.get("seconds", 0.0) for r in history), 1),
-    }

@@ -20,18 +20,15 @@ from __future__ import annotations
 
 import copy
 import logging
-import socket
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import NuclearMedicineImageStorage, generate_uid
 
-import dicomnode
-from dicomnode.config import ResultsSection
+from dicomnode.config import ResultOptions
 from dicomnode.dicom.sop import ResultKind
 from dicomnode.segmentation.preprocess import Preprocessing, body_mask, reference_level
 from dicomnode.segmentation.result import Lesion, SegmentationResult, ViewResult
@@ -65,82 +62,6 @@ SERIES_OFFSETS: dict[ResultKind, int] = {
     ResultKind.SR: 3,
     ResultKind.SC: 4,
 }
-
-DEFAULT_SERIES_DESCRIPTIONS: dict[ResultKind, str] = {
-    ResultKind.SEG: "AI bone metastases SEG",
-    ResultKind.GSPS: "AI bone metastases contours",
-    ResultKind.SR: "AI bone metastases report",
-    ResultKind.SC: "AI bone metastases overlay",
-}
-
-
-@dataclass(frozen=True)
-class ResultOptions:
-    """Which result objects to write and how to label them (embedded in the node's configuration).
-
-    ``series_descriptions`` may name only some kinds; the others keep their default description.
-    ``device_serial_number`` defaults to the host name, which tells which worker wrote an object.
-    """
-
-    kinds: tuple[ResultKind, ...] = (ResultKind.SEG, ResultKind.GSPS, ResultKind.SR, ResultKind.SC)
-    series_number_base: int = 9000
-    series_descriptions: dict[ResultKind, str] = field(
-        default_factory=lambda: dict(DEFAULT_SERIES_DESCRIPTIONS)
-    )
-    manufacturer: str = "dicomnode"
-    software_version: str = dicomnode.__version__
-    institution_name: str | None = None
-    device_serial_number: str | None = None
-
-    def __post_init__(self) -> None:
-        try:
-            kinds = tuple(ResultKind(kind) for kind in self.kinds)
-            descriptions = {ResultKind(k): str(v) for k, v in self.series_descriptions.items()}
-        except ValueError as error:
-            raise ValueError(
-                f"unknown result kind ({error}); choose from {[k.value for k in ResultKind]}"
-            ) from None
-        if len(set(kinds)) != len(kinds):
-            raise ValueError(f"result kinds are listed twice: {[k.value for k in kinds]}")
-        object.__setattr__(self, "kinds", kinds)
-        object.__setattr__(self, "series_descriptions", descriptions)
-        if not 0 <= self.series_number_base <= _MAX_IS - 10_000:
-            raise ValueError(f"series_number_base must be in 0..{_MAX_IS - 10_000}")
-        for label, text in (
-            ("manufacturer", self.manufacturer),
-            ("software_version", self.software_version),
-            ("institution_name", self.institution_name or ""),
-            ("device_serial_number", self.device_serial_number or ""),
-            *((f"series description of {k.value}", v) for k, v in descriptions.items()),
-        ):
-            if len(text) > _MAX_LO or "\\" in text:
-                raise ValueError(f"{label} must be at most {_MAX_LO} characters without '\\'")
-        if not self.manufacturer or not self.software_version:
-            raise ValueError("manufacturer and software_version must not be empty")
-
-    @classmethod
-    def from_config(cls, section: ResultsSection) -> ResultOptions:
-        """The options that config ``[results]`` sets (the package version when it names none)."""
-        kwargs: dict[str, Any] = {
-            "kinds": tuple(section.kinds),
-            "series_number_base": section.series_number_base,
-            "manufacturer": section.manufacturer,
-            "software_version": section.software_version or dicomnode.__version__,
-            "institution_name": section.institution_name,
-            "device_serial_number": section.device_serial_number,
-        }
-        if section.descriptions:
-            kwargs["series_descriptions"] = dict(section.descriptions)
-        return cls(**kwargs)
-
-    def description(self, kind: ResultKind) -> str:
-        """The Series Description (0008,103E) of ``kind``'s series."""
-        return self.series_descriptions.get(kind, DEFAULT_SERIES_DESCRIPTIONS[kind])
-
-    def serial_number(self) -> str:
-        """Device Serial Number (0018,1000) of the writing node."""
-        return self.device_serial_number or socket.gethostname()[:_MAX_LO] or "unknown"
-
 
 @dataclass(frozen=True)
 class SourceFrame:

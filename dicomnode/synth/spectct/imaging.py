@@ -23,7 +23,7 @@ from scipy import ndimage
 
 from dicomnode.segmentation.volume import VolumeGeometry, resample
 
-from .phantom import BONE, Phantom, SOFT
+from .phantom import BONE, VolumePhantom, SOFT
 
 WATER_MU_PER_MM = 0.0154
 
@@ -40,7 +40,7 @@ def _survival(mu: np.ndarray, geometry: VolumeGeometry) -> np.ndarray:
     return out / 4
 
 
-def spect_counts(rng: np.random.Generator, phantom: Phantom, spect: VolumeGeometry, *, fwhm_mm: float,
+def spect_counts(rng: np.random.Generator, phantom: VolumePhantom, spect: VolumeGeometry, *, fwhm_mm: float,
                  bone_counts: float) -> tuple[np.ndarray, dict]:
     """Expected counts → Poisson counts on ``spect``'s grid; returns (uint16 counts, parameters)."""
     ct = phantom.geometry

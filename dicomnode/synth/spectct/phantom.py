@@ -66,7 +66,7 @@ class PhantomLesion:
 
 
 @dataclass
-class Phantom:
+class VolumePhantom:
     """Maps on the CT grid (``geometry.shape``)."""
 
     geometry: VolumeGeometry
@@ -102,7 +102,7 @@ def _shell(solid: np.ndarray, thickness_mm: float, spacing_mm: float) -> np.ndar
 
 
 def build_phantom(rng: np.random.Generator, geometry: VolumeGeometry, *, metastases: int | None = None,
-                  benign: int | None = None) -> Phantom:
+                  benign: int | None = None) -> VolumePhantom:
     """One patient: anatomy drawn from ``rng``, then lesions (counts drawn when not given)."""
     x, y, z = _grid(geometry)
     spacing = float(min(geometry.pixel_spacing))
@@ -171,7 +171,7 @@ def build_phantom(rng: np.random.Generator, geometry: VolumeGeometry, *, metasta
 
     hu, activity = _hu_and_activity(rng, tissue, part)
     labels = np.zeros(geometry.shape, np.uint8)
-    phantom = Phantom(geometry, hu, activity, np.zeros(0), labels, tissue)
+    phantom = VolumePhantom(geometry, hu, activity, np.zeros(0), labels, tissue)
     n_met = int(rng.integers(0, 5)) if metastases is None else metastases
     n_ben = int(rng.integers(0, 4)) if benign is None else benign
     lesion_plan = [METASTATIC] * n_met + [BENIGN] * n_ben
@@ -256,7 +256,7 @@ def _sphere(coords, centre, radius: float) -> np.ndarray:
     return (x - centre[0]) ** 2 + (y - centre[1]) ** 2 + (z - centre[2]) ** 2 <= radius ** 2
 
 
-def _add_lesion(rng: np.random.Generator, ph: Phantom, part: np.ndarray, coords, vertebrae: list[Vertebra],
+def _add_lesion(rng: np.random.Generator, ph: VolumePhantom, part: np.ndarray, coords, vertebrae: list[Vertebra],
                 label: int) -> None:
     """Add one lesion if a free place is found (a few tries); lesions never overlap."""
     x, y, z = coords
@@ -322,7 +322,7 @@ def _in_field(coords, z_mm: float) -> bool:
     return float(z.min()) + 10 < z_mm < float(z.max()) - 10
 
 
-def _ct_look(rng: np.random.Generator, ph: Phantom, region: np.ndarray, kind: str, coords, centre, radius: float) -> None:
+def _ct_look(rng: np.random.Generator, ph: VolumePhantom, region: np.ndarray, kind: str, coords, centre, radius: float) -> None:
     """Change the CT numbers (and tissue) of a lesion region by its kind."""
     x, y, z = coords
     r = np.sqrt((x - centre[0]) ** 2 + (y - centre[1]) ** 2 + (z - centre[2]) ** 2)
