@@ -11,7 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from dicomnode.cli import app
-from dicomnode.pipeline.processing import load_segmenter
+from dicomnode.pipeline.models import load_segmenter
 from dicomnode.synth import write_studies
 from dicomnode.segmentation.views import load_scan_files
 from tests.nm_factory import nm_study, phantom_counts, write_study

@@ -114,12 +114,13 @@ class Node:
         poll = config.queue.poll_seconds
         loops: list[tuple[str, Callable[[], None]]] = []
         if self.parts.work:
-            from dicomnode.pipeline.processing import load_segmenter  # torch only where a worker runs
+            from dicomnode.pipeline.models import NodeModels  # torch only where a worker runs
             from dicomnode.pipeline.results import ResultOptions
             from dicomnode.pipeline.worker import Worker
 
-            segmenter = load_segmenter(config.model.weights, config.model.device, config.model.threshold)
-            worker = Worker(database, spool, segmenter, ResultOptions.from_config(config.results),
+            models = NodeModels(config.model)
+            models.load_all()  # each logged with its operating point; a bad card fails the start
+            worker = Worker(database, spool, models, ResultOptions.from_config(config.results),
                             [d.name for d in config.destinations], queue_policy(config),
                             unvalidated_results=config.model.unvalidated_results)
             loops.append(("worker", lambda: worker.run(self.stop_event, poll)))
