@@ -8,9 +8,9 @@ from pathlib import Path
 
 from dicomnode.config import LoggingSection
 from dicomnode.ops.logs import NodeLogHandler, configure_logging
+from dicomnode.pipeline.models import NodeModels
 from dicomnode.pipeline.queue import QueuePolicy
 from dicomnode.pipeline.results import ResultOptions
-from dicomnode.pipeline.models import NodeModels
 from dicomnode.pipeline.worker import RESUME_HEADROOM_BYTES, Worker, resume_headroom
 from dicomnode.store.spool import Spool
 from tests.processing_helpers import sqlite_database

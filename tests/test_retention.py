@@ -23,9 +23,9 @@ from dicomnode.dicom.sop import ResultKind
 from dicomnode.ops.status import collect, render
 from dicomnode.pipeline.assembly import AssemblyPolicy, assemble
 from dicomnode.pipeline.export import Exporter, ExportPolicy
+from dicomnode.pipeline.models import NodeModels
 from dicomnode.pipeline.queue import QueuePolicy
 from dicomnode.pipeline.results import ResultOptions
-from dicomnode.pipeline.models import NodeModels
 from dicomnode.pipeline.worker import Worker
 from dicomnode.store.models import (
     AcquisitionOutcome,

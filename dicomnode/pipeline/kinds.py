@@ -22,7 +22,11 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from dicomnode.dicom.acquisitions import AcquisitionKind, PlanarAcquisition, VolumeAcquisition
+from dicomnode.dicom.acquisitions import (
+    AcquisitionKind,
+    PlanarAcquisition,
+    VolumeAcquisition,
+)
 from dicomnode.dicom.sop import ResultKind
 from dicomnode.pipeline.models import PLANAR, SPECT_ONLY, SPECTCT
 from dicomnode.pipeline.results import ResultOptions, build_results
@@ -130,9 +134,10 @@ def segment_volume(acquisition: VolumeAcquisition, segmenter: VolumeSegmenter, s
     except GeometryError as exc:
         raise NotProcessable(f"{kind} geometry cannot be read: {exc}") from exc
     sources, repairs = repair_sources(acquisition.datasets)
-    notes = (*acquisition.notes, *repairs, *(() if segmentation.validated_on_real_scans else (
-        f"The {kind} model is {NOT_VALIDATED}: it has been trained and tested on simulated exams only; "
-        "these results are sent because this site turned them on ([model] unvalidated_results).",)))
+    unvalidated = () if segmentation.validated_on_real_scans else (
+        f"The {kind} model is {NOT_VALIDATED}: it has been trained and tested on simulated exams only; these "
+        "results are sent because this site turned them on ([model] unvalidated_results).",)
+    notes = (*acquisition.notes, *repairs, *unvalidated)
     return Segmented(segmentation, tuple(sources), notes)
 
 

@@ -30,7 +30,11 @@ from dicomnode.segmentation.inference import WEIGHTS_DIR, Segmenter
 from dicomnode.segmentation.judgement import DEFAULT_SECOND_STAGE
 from dicomnode.segmentation.modelcard import ModelCardError, load_card
 from dicomnode.segmentation.reading import AnatomyReader
-from dicomnode.segmentation.spectct import DEFAULT_SPECT_ONLY_CARD, DEFAULT_SPECTCT_CARD, VolumeSegmenter
+from dicomnode.segmentation.spectct import (
+    DEFAULT_SPECT_ONLY_CARD,
+    DEFAULT_SPECTCT_CARD,
+    VolumeSegmenter,
+)
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,12 @@ import dicomnode
 from dicomnode.config import ResultsSection
 from dicomnode.dicom.sop import ResultKind
 from dicomnode.segmentation.preprocess import Preprocessing, body_mask, reference_level
-from dicomnode.segmentation.result import Algorithm, Lesion, SegmentationResult, ViewResult
+from dicomnode.segmentation.result import (
+    Algorithm,
+    Lesion,
+    SegmentationResult,
+    ViewResult,
+)
 from dicomnode.segmentation.scan import View, ViewImage, ViewSource
 
 logger = logging.getLogger(__name__)
