@@ -29,13 +29,18 @@ from pydicom.uid import NuclearMedicineImageStorage
 from dicomnode.dicom.acquisitions import (
     Acquisition,
     NMImageKind,
-    nm_image_kind,
     split_acquisitions,
     split_hybrid,
     study_tracer_refusal,
     tracer_stated,
 )
-from dicomnode.dicom.sop import RECEIVED, SEGMENTED_KIND, ObjectKind, ResultKind, instance_kind
+from dicomnode.dicom.sop import (
+    RECEIVED,
+    SEGMENTED_KIND,
+    ObjectKind,
+    ResultKind,
+    instance_kind,
+)
 from dicomnode.pipeline.kinds import KINDS, NotProcessable, StudyContext
 from dicomnode.pipeline.models import NodeModels
 from dicomnode.pipeline.results import ResultOptions
@@ -72,12 +77,6 @@ class AcquisitionRun:
 DATA_ERRORS: tuple[type[Exception], ...] = (ResultInputError, ViewError, GeometryError, InvalidDicomError)
 
 
-def whole_body_instances(datasets: Sequence[Dataset]) -> list[Dataset]:
-    """The whole-body NM images among ``datasets`` (Image Type value 3, :mod:`dicomnode.dicom.acquisitions`)."""
-    return [ds for ds in datasets if ds.get("SOPClassUID") == NuclearMedicineImageStorage
-            and nm_image_kind(ds)[0] is NMImageKind.WHOLE_BODY]
-
-
 def split_study(by_kind: Mapping[str, Sequence[Dataset]]) -> list[Acquisition]:
     """A study's acquisitions from its instances by ``Instance.kind``: the planar whole-body ones
     (:func:`~dicomnode.dicom.acquisitions.split_acquisitions`), then each RECON TOMO volume with the CT
@@ -98,7 +97,7 @@ def judge_study_tracer(acquisitions: Sequence[AnyAcquisition],
 
 
 def process_acquisition(acquisition: Acquisition, models: NodeModels, options: ResultOptions,
-                        result_set: int = 1, study: StudyContext = StudyContext()) -> AcquisitionRun:
+                        result_set: int = 1, study: StudyContext | None = None) -> AcquisitionRun:
     """Segment one acquisition of any kind with its model and build its result objects (series
     numbers from ``result_set``): the steps of :data:`dicomnode.pipeline.kinds.KINDS`.
 
@@ -110,7 +109,7 @@ def process_acquisition(acquisition: Acquisition, models: NodeModels, options: R
         return AcquisitionRun(acquisition, reason=acquisition.refusal)
     steps = KINDS[acquisition.kind]
     try:
-        segmented = steps.segment(acquisition, models.get(steps.model), study)
+        segmented = steps.segment(acquisition, models.get(steps.model), study or StudyContext())
     except NotProcessable as exc:
         return AcquisitionRun(acquisition, reason=exc.reason)
     study_uid = str(acquisition.datasets[0].get("StudyInstanceUID", ""))
