@@ -183,16 +183,15 @@ def segment(
     from dicomnode.pipeline.results import ResultOptions
     from dicomnode.tools.offline import segment_files
 
-    overrides = {key: value for key, value in (("weights", weights), ("device", device)) if value is not None}
+    overrides = {key: value for key, value in (("weights", weights), ("device", device),
+                                               ("unvalidated_results", unvalidated_results)) if value is not None}
     models = NodeModels(node.model.model_copy(update=overrides))
     try:
         models.load_all()
     except (OSError, ValueError, RuntimeError) as exc:
         typer.echo(f"error: cannot load the models: {exc}", err=True)
         raise typer.Exit(2) from None
-    summary = segment_files(files, out, models, ResultOptions.from_config(node.results),
-                            unvalidated_results=node.model.unvalidated_results if unvalidated_results is None
-                            else unvalidated_results)
+    summary = segment_files(files, out, models, ResultOptions.from_config(node.results))
     for study in summary.studies:
         if study.error:
             typer.echo(f"FAIL {study.study_uid or '(no Study Instance UID)'}: {study.error}", err=True)

@@ -121,8 +121,7 @@ class Node:
             models = NodeModels(config.model)
             models.load_all()  # each logged with its operating point; a bad card fails the start
             worker = Worker(database, spool, models, ResultOptions.from_config(config.results),
-                            [d.name for d in config.destinations], queue_policy(config),
-                            unvalidated_results=config.model.unvalidated_results)
+                            [d.name for d in config.destinations], queue_policy(config))
             loops.append(("worker", lambda: worker.run(self.stop_event, poll)))
         if self.parts.work and not config.destinations:
             log.warning("no [[destinations]] configured: results are kept in the spool and sent nowhere")

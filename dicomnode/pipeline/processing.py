@@ -141,7 +141,7 @@ def _built(acquisition: Acquisition, study_uid: str, build: Callable[[], list[tu
 
 
 def process_study(datasets: Sequence[Dataset], models: NodeModels, options: ResultOptions,
-                  first_result_set: int = 1, *, unvalidated_results: bool = False) -> list[AcquisitionRun]:
+                  first_result_set: int = 1) -> list[AcquisitionRun]:
     """Every acquisition of one study, each processed on its own as the worker does (``dicomnode segment``).
 
     The k-th processed acquisition gets result set ``first_result_set + k``. Raises
@@ -156,7 +156,7 @@ def process_study(datasets: Sequence[Dataset], models: NodeModels, options: Resu
     acquisitions, unstated = judge_study_tracer(split_study(by_kind), nm_headers)  # as the worker decides
     if not acquisitions:
         raise UnreadableStudy(no_whole_body_reason(held_kinds(datasets)))
-    study = StudyContext(tracer_unstated=unstated, unvalidated_results=unvalidated_results)
+    study = StudyContext(tracer_unstated=unstated, unvalidated_results=models.config.unvalidated_results)
     runs = []
     for acquisition in acquisitions:
         run = process_acquisition(acquisition, models, options, first_result_set, study)

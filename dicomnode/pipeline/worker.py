@@ -47,6 +47,7 @@ The models are loaded once per process (:class:`dicomnode.pipeline.models.NodeMo
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from collections.abc import Sequence
@@ -146,8 +147,7 @@ class Worker:
     """Processes jobs one at a time; one instance per process (it holds the loaded models)."""
 
     def __init__(self, database: Database, spool: Spool, models: NodeModels, options: ResultOptions,
-                 destinations: Sequence[str], policy: QueuePolicy, owner: str | None = None, *,
-                 unvalidated_results: bool = False) -> None:
+                 destinations: Sequence[str], policy: QueuePolicy, owner: str | None = None) -> None:
         self.database = database
         self.spool = spool
         self.models = models
@@ -155,7 +155,6 @@ class Worker:
         self.destinations = tuple(destinations)
         self.policy = policy
         self.owner = owner or worker_name("worker")
-        self.unvalidated_results = unvalidated_results  # config [model] unvalidated_results
         self.waiting_for: str | None = None  # the condition this worker is paused for, if any
         self._stop = threading.Event()
 
@@ -268,7 +267,7 @@ class Worker:
             log.info("study not processable", extra={"job": job.id, "study_uid": job.study_instance_uid,
                                                      "reason": reason})
             return [], [Outcome("study", "study", NO_CONTENT, AcquisitionState.NOT_PROCESSABLE, reason)]
-        study = StudyContext(tracer_unstated=unstated, unvalidated_results=self.unvalidated_results)
+        study = StudyContext(tracer_unstated=unstated, unvalidated_results=self.models.config.unvalidated_results)
         digests = {uid: sha256 for uid, (_, sha256, _) in instances.items()}
         stored: list[StoredResult] = []
         outcomes: list[Outcome] = []
@@ -337,4 +336,4 @@ class Worker:
 
 
 #: The fingerprint of a study's outcome when it holds nothing to segment (the hash of no content).
-NO_CONTENT = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+NO_CONTENT = hashlib.sha256(b"").hexdigest()

@@ -88,7 +88,7 @@ def find_datasets(paths: Iterable[str | os.PathLike[str]]) -> tuple[dict[str, li
 
 
 def segment_files(paths: Sequence[str | os.PathLike[str]], out: Path, models: NodeModels,
-                  options: ResultOptions, *, unvalidated_results: bool = False) -> Summary:
+                  options: ResultOptions) -> Summary:
     """Run the pipeline on ``paths`` and write results and summaries under ``out``."""
     studies, skipped = find_datasets(paths)
     algorithm = models.get(PLANAR).algorithm  # type: ignore[attr-defined]
@@ -100,7 +100,7 @@ def segment_files(paths: Sequence[str | os.PathLike[str]], out: Path, models: No
         summary.studies.append(study)
         try:
             check_uid(study_uid, "Study Instance UID")
-            runs = process_study([ds for _, ds in found], models, options, unvalidated_results=unvalidated_results)
+            runs = process_study([ds for _, ds in found], models, options)
         except (UIDError, UnreadableStudy) as exc:
             study.error = str(exc)
             log.warning("study not segmented: %s", exc)
