@@ -100,6 +100,9 @@ def test_segment_writes_the_seg_of_a_synthetic_spect_ct_exam_on_its_ct_series(tm
     assert result.exit_code == 0, result.output
     (study,) = json.loads((tmp_path / "out" / "summary.json").read_text())["studies"]
     assert [a["kind"] for a in study["acquisitions"]] == ["spect-ct"] and study["error"] is None
+    assert study["acquisitions"][0]["model"].startswith("spectct-spectct-mtunet-slim ")
+    assert {lesion["class"] for lesion in study["lesions"]} <= {"metastatic", "benign"}
+    assert "| # | class | volume (mL) |" in (tmp_path / "out" / "summary.md").read_text()
     assert sorted(obj["kind"] for obj in study["objects"]) == ["SC", "SEG", "SR"]
     (seg_file,) = [tmp_path / "out" / obj["file"] for obj in study["objects"] if obj["kind"] == "SEG"]
     seg = pydicom.dcmread(seg_file)

@@ -134,9 +134,9 @@ def segment_volume(acquisition: VolumeAcquisition, segmenter: VolumeSegmenter, s
     except GeometryError as exc:
         raise NotProcessable(f"{kind} geometry cannot be read: {exc}") from exc
     sources, repairs = repair_sources(acquisition.datasets)
-    unvalidated = () if segmentation.validated_on_real_scans else (
+    unvalidated = () if segmentation.validated_on_real_scans else ((
         f"The {kind} model is {NOT_VALIDATED}: it has been trained and tested on simulated exams only; these "
-        "results are sent because this site turned them on ([model] unvalidated_results).",)
+        "results are sent because this site turned them on ([model] unvalidated_results)."),)
     notes = (*acquisition.notes, *repairs, *unvalidated)
     return Segmented(segmentation, tuple(sources), notes)
 
@@ -154,7 +154,7 @@ def describe_volume(segmentation: VolumeSegmentation) -> dict[str, Any]:
     assert segmentation.volumes is not None
     _, lesions = find_lesions(segmentation.probabilities, None, None, segmentation.volumes.grid)
     return {"views": ["volume"], "lesions": [
-        {"view": "volume", "label": lesion.number, "site": lesion.class_name, "volume_ml": round(lesion.volume_ml, 2),
+        {"view": "volume", "label": lesion.number, "class": lesion.class_name, "volume_ml": round(lesion.volume_ml, 2),
          "voxels": lesion.voxels, "probability": round(lesion.probability, 3),
          "centroid_slice_row_column": [round(c, 1) for c in lesion.centroid]} for lesion in lesions]}
 

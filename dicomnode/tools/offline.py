@@ -106,8 +106,8 @@ def segment_files(paths: Sequence[str | os.PathLike[str]], out: Path, models: No
             log.warning("study not segmented: %s", exc)
             continue
         study.acquisitions = [{"label": run.acquisition.label, "kind": run.acquisition.kind.value,
-                               "outcome": "processed" if run.processed else f"not processable: {run.reason}"}
-                              for run in runs]
+                               "outcome": "processed" if run.processed else f"not processable: {run.reason}",
+                               **({"model": _model(run.result)} if run.processed else {})} for run in runs]
         processed = [run for run in runs if run.processed]
         refused = [f"{run.acquisition.label}: not processable: {run.reason}" for run in runs if not run.processed]
         if not processed:
@@ -140,28 +140,50 @@ def _as_dict(summary: Summary) -> dict[str, Any]:
     }
 
 
+def _model(result: Any) -> str:
+    """The model of a processed acquisition's result (planar or volume), as the SR names it."""
+    algorithm = result.algorithm
+    return f"{algorithm.name} {algorithm.version} ({algorithm.network})"
+
+
+def _planar_lesions(study: StudySummary) -> list[str]:
+    missing = f"; missing: {', '.join(study.missing_views)}" if study.missing_views else ""
+    bsi = "n/a" if study.bsi_percent is None else f"{study.bsi_percent:.2f} %"
+    lines = [(f"Views: {', '.join(study.views)}{missing}. Lesions: {len(study.lesions)}, "
+              f"total area {study.total_area_mm2:.1f} mm2, approximate BSI {bsi}."), ""]
+    if study.lesions:
+        lines += ["| view | # | site | area (mm2) | peak counts | mean counts |", "|---|---|---|---|---|---|"]
+        lines += [f"| {lesion['view']} | {lesion['label']} | {lesion['site'] or '-'} | {lesion['area_mm2']} | "
+                  f"{lesion['peak_counts']} | {lesion['mean_counts']} |" for lesion in study.lesions]
+        lines.append("")
+    return lines
+
+
+def _volume_lesions(study: StudySummary) -> list[str]:
+    lines = [f"Volume lesions: {len(study.lesions)}.", ""]
+    if study.lesions:
+        lines += ["| # | class | volume (mL) | voxels | probability |", "|---|---|---|---|---|"]
+        lines += [f"| {lesion['label']} | {lesion['class']} | {lesion['volume_ml']} | {lesion['voxels']} | "
+                  f"{lesion['probability']} |" for lesion in study.lesions]
+        lines.append("")
+    return lines
+
+
 def render_markdown(summary: Summary) -> str:
     """The summary for a person (not for diagnostic use)."""
     algorithm = summary.algorithm
     lines = ["# dicomnode segment: summary", "",
-             f"Algorithm: {algorithm['name']} {algorithm['version']} ({algorithm['network']}). "
-             "Research use only, not for diagnostic use.", ""]
+             (f"Planar lesion model: {algorithm['name']} {algorithm['version']} ({algorithm['network']}); each "
+              "acquisition names its model. Research use only, not for diagnostic use."), ""]
     for study in summary.studies:
         lines.append(f"## Study {study.study_uid}")
         lines.append("")
         if study.error is not None:
             lines += [f"**Not segmented:** {study.error}", ""]
             continue
-        missing = f"; missing: {', '.join(study.missing_views)}" if study.missing_views else ""
-        bsi = "n/a" if study.bsi_percent is None else f"{study.bsi_percent:.2f} %"
-        lines += [f"Views: {', '.join(study.views)}{missing}. Lesions: {len(study.lesions)}, "
-                  f"total area {study.total_area_mm2:.1f} mm2, approximate BSI {bsi}.", ""]
-        if study.lesions:
-            lines += ["| view | # | site | area (mm2) | peak counts | mean counts |",
-                      "|---|---|---|---|---|---|"]
-            lines += [f"| {lesion['view']} | {lesion['label']} | {lesion['site'] or '-'} | {lesion.get('area_mm2', '-')} | "
-                      f"{lesion.get('peak_counts', '-')} | {lesion.get('mean_counts', '-')} |" for lesion in study.lesions]
-            lines.append("")
+        lines += [f"- acquisition {a['label']} ({a['kind']}{', ' + a['model'] if 'model' in a else ''}): "
+                  f"{a['outcome']}" for a in study.acquisitions] + [""]
+        lines += _volume_lesions(study) if study.views == ["volume"] else _planar_lesions(study)
         lines += [f"- {obj['kind']}: `{obj['file']}`" for obj in study.objects]
         lines += [f"- note: {note}" for note in study.notes]
         lines.append("")
