@@ -159,7 +159,7 @@ def shipped_default(repeats: int, warmup: int) -> dict[str, object]:
         return statistics.median(times)
 
     alone = timed()
-    segmenter.reader = reader  # as the worker runs it (dicomnode.pipeline.processing.load_segmenter)
+    segmenter.reader = reader  # as the worker runs it (dicomnode.pipeline.models.load_segmenter)
     read = timed() if reader is not None else float("nan")
     card = segmenter.card
     return {"network": f"default ({card.version})", "width": card.width,

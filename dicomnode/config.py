@@ -115,13 +115,31 @@ class QueueSection(_Section):
     environment_retry_seconds: float = Field(default=15.0, gt=0)
 
 
+class TaskModelSection(_Section):
+    """One more model the node runs (:mod:`dicomnode.pipeline.models`): the shipped one or a path."""
+
+    weights: str = Field(default="default", min_length=1)  # "default" or a model card / .safetensors path
+
+    @field_validator("weights")
+    @classmethod
+    def _model_file(cls, value: str) -> str:
+        if value != "default" and Path(value).suffix not in (".json", ".safetensors"):
+            raise ValueError('must be "default" or a model card (.json) or weights (.safetensors) path')
+        return value
+
+
 class ModelSection(_Section):
+    """Every model the node runs: the planar lesion model here, the others in their own table."""
+
     weights: str = "default"  # a .safetensors path, "default" (shipped weights) or "threshold"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # None: the model card's own operating point; a number is a site override, logged as one
     threshold: float | None = Field(default=None, gt=0, lt=1)
     # send results of models whose card records no validation on real scans (SPECT-only, SPECT/CT)
     unvalidated_results: bool = False
+    anatomy: TaskModelSection = Field(default_factory=TaskModelSection)  # reads the planar lesions
+    spectct: TaskModelSection = Field(default_factory=TaskModelSection)  # SPECT/CT acquisitions
+    spect_only: TaskModelSection = Field(default_factory=TaskModelSection)  # SPECT volumes without a CT
 
 
 #: Series Description (0008,103E) of each kind's series unless ``[results.descriptions]`` names one.
@@ -302,6 +320,10 @@ def _resolve_relative(data: dict[str, Any], base: Path) -> None:
     model = data.get("model")
     if isinstance(model, dict) and model.get("weights") not in (None, "default", "threshold"):
         fix(model, "weights")
+    for task in ("anatomy", "spectct", "spect_only"):
+        table = model.get(task) if isinstance(model, dict) else None
+        if isinstance(table, dict) and table.get("weights") not in (None, "default"):
+            fix(table, "weights")
 
 
 def _source(location: tuple[Any, ...], file: Path | None, data: dict[str, Any]) -> str:

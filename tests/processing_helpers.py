@@ -198,7 +198,7 @@ def threshold_segmenter():
     """The network-free threshold segmenter, loaded once per test module (import it as ``segmenter``)."""
     import torch
 
-    from dicomnode.pipeline.processing import load_segmenter
+    from dicomnode.pipeline.models import load_segmenter
 
     torch.set_num_threads(1)
     return load_segmenter("threshold", "cpu")

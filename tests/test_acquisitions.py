@@ -17,7 +17,8 @@ from dicomnode.dicom.acquisitions import (
     split_hybrid,
     study_tracer_refusal,
 )
-from dicomnode.pipeline.processing import segment_acquisition
+from dicomnode.pipeline.models import NodeModels
+from dicomnode.pipeline.processing import process_acquisition
 from dicomnode.pipeline.results import ResultOptions
 from dicomnode.pipeline.results.identity import repair_sources
 from dicomnode.segmentation.scan import NotWholeBodyView, View, ViewError, ViewRule
@@ -182,7 +183,7 @@ def test_broken_patient_headers_are_repaired_and_the_repairs_are_noted(segmenter
     assert ds.PatientBirthDate == "00000000"  # the received data set is untouched
     assert len(notes) == 5 and not any("X" * 10 in note for note in notes)
     (acquisition,) = split_acquisitions([ds])
-    run = segment_acquisition(acquisition, segmenter, ResultOptions())
+    run = process_acquisition(acquisition, NodeModels(planar=segmenter), ResultOptions())
     assert run.processed and len(run.objects) == 5
     report = next(obj for kind, obj in run.objects if kind.value == "SR")
     assert report.PatientBirthDate == "" and report.StudyID == ""
@@ -236,7 +237,7 @@ def test_the_planar_sr_names_its_acquisition_once_and_always_how_each_view_was_d
     assumed; docs/conformance.md promises the rule always."""
     (ds,) = nm_study(phantom_counts(rows=256, columns=64))
     (acquisition,) = split_acquisitions([ds])
-    run = segment_acquisition(acquisition, segmenter, ResultOptions())
+    run = process_acquisition(acquisition, NodeModels(planar=segmenter), ResultOptions())
     report = next(obj for kind, obj in run.objects if kind.value == "SR")
     comments = [str(item.TextValue) for item in report.ContentSequence[-1].ContentSequence]
     assert sum("acquisition '" in text for text in comments) == 1

@@ -53,7 +53,7 @@ def test_the_map_finds_the_simulated_anatomy_on_each_stored_frame(mapper, seed):
 
 
 def test_the_worker_segmenter_names_lesions_by_region_and_drops_urine():
-    from dicomnode.pipeline.processing import load_segmenter
+    from dicomnode.pipeline.models import load_segmenter
 
     segmenter = load_segmenter("default", "cpu")
     assert segmenter.reader is not None
@@ -71,7 +71,7 @@ def test_the_sr_of_a_read_result_names_sites_with_laterality_and_the_probability
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
-    from dicomnode.pipeline.processing import load_segmenter
+    from dicomnode.pipeline.models import load_segmenter
     from dicomnode.pipeline.results import ResultKind, ResultOptions, build_results
     from dicomnode.pipeline.results.sr import SITE_CODES
     from dicomnode.synth.dicom import StudyIdentity, nm_dataset

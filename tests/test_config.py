@@ -87,12 +87,14 @@ def test_config_path_from_environment(tmp_path: Path, monkeypatch: pytest.Monkey
 def test_relative_paths_resolve_against_the_file(tmp_path: Path) -> None:
     (tmp_path / "tls").mkdir()
     path = _write(tmp_path, '[storage]\nvar_dir = "state"\n[node.tls]\ncert = "tls/a.crt"\nkey = "tls/a.key"\n'
-                            '[model]\nweights = "w/model.safetensors"\n')
+                            '[model]\nweights = "w/model.safetensors"\n[model.spectct]\nweights = "w/spectct.json"\n')
     config = load_config(path)
     assert config.storage.var_dir == tmp_path / "state"
     assert config.storage.spool_path == tmp_path / "state" / "spool"
     assert config.node.tls is not None and config.node.tls.cert == tmp_path / "tls" / "a.crt"
     assert config.model.weights == str(tmp_path / "w" / "model.safetensors")
+    assert config.model.spectct.weights == str(tmp_path / "w" / "spectct.json")
+    assert config.model.anatomy.weights == config.model.spect_only.weights == "default"
     assert config.database_url == f"sqlite:///{tmp_path / 'state' / 'dicomnode.db'}"
 
 
@@ -120,6 +122,9 @@ def test_destinations(tmp_path: Path) -> None:
         ('[node.tls]\ncert = "a"\nkey = "b"\nrequire_client_cert = true\n', r"node\.tls: .*needs 'ca'"),
         ('[database]\nurl = "mysql://x/y"\n', r"database\.url: .*unsupported database URL 'mysql'"),
         ('[model]\ndevice = "tpu"\n', r"model\.device"),
+        ('[model.spectct]\nweights = "model.pt"\n', r"model\.spectct\.weights: .*model card"),
+        ('[model.spect_only]\nwieghts = "default"\n', r"model\.spect_only\.wieghts: unknown key"),
+        ('[model.ct_only]\nweights = "default"\n', r"model\.ct_only: unknown key"),
         ('[results]\nkinds = ["SEG", "SEG"]\n', r"results\.kinds: .*once"),
         ('[results]\nkinds = ["XRAY"]\n', r"results\.kinds\.0"),
         ("[export]\nbackoff_initial_seconds = 60\nbackoff_max_seconds = 5\n", r"export: .*backoff_max_seconds"),

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 import dicomnode.segmentation.inference
 from dicomnode.cli import app
-from dicomnode.pipeline.processing import load_segmenter
+from dicomnode.pipeline.models import load_segmenter
 from dicomnode.tools.demo import run_demo
 from dicomnode.tools.harness import HarnessError, dcmtk_binary
 from dicomnode.segmentation.metrics import pixel_counts

@@ -18,6 +18,7 @@ from dicomnode.pipeline.assembly import AssemblyPolicy, assemble
 from dicomnode.pipeline.export import ExportPolicy, Exporter, DeliveryVerdict, classify_status
 from dicomnode.pipeline.queue import QueuePolicy
 from dicomnode.pipeline.results import ResultOptions
+from dicomnode.pipeline.models import NodeModels
 from dicomnode.pipeline.worker import Worker
 from dicomnode.store.models import Export, ExportAttempt, ExportState, ResultKind, ResultObject, utcnow
 from dicomnode.store.spool import Spool
@@ -39,7 +40,7 @@ def node(tmp_path, segmenter):
     spool = Spool(tmp_path / "spool")  # closed below
 
     def process(destinations: list[str], studies: int = 2, options: ResultOptions = OPTIONS) -> list[str]:
-        worker = Worker(database, spool, segmenter, options, destinations, QueuePolicy())
+        worker = Worker(database, spool, NodeModels(planar=segmenter), options, destinations, QueuePolicy())
         for seed in range(studies):
             store_study(database, spool, nm_study(phantom_counts(rows=256, columns=64, seed=seed)))
         assemble(database, AssemblyPolicy(quiet_seconds=0))

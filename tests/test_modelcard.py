@@ -176,3 +176,51 @@ def test_a_task_its_network_cannot_do_is_refused(model, tmp_path):
     assert build_network(card).classes == len(AnatomyLabel)
     with pytest.raises(ModelCardError, match="anatomy-map"):
         Segmenter.from_weights(card.path)  # a lesion segmenter refuses an anatomy map
+
+
+@pytest.fixture
+def volume_model(tmp_path):
+    """A saved slim MT-UNet SPECT/CT card (task spectct-classes) and its path."""
+    torch.manual_seed(2)
+    net = build("mtunet", in_channels=2, width=4)
+    card = save_model(net, tmp_path / "fused", name="fused", version="1", network="mtunet", task="spectct-classes",
+                      channels=("spect", "ct"), classes=("background", "metastatic", "benign"), in_plane_mm=None)
+    return net, card.path
+
+
+def test_the_shipped_volume_models_are_safetensors_cards_of_task_spectct_classes():
+    for name, channels in (("spectct-spectct-mtunet-slim", ("spect", "ct")), ("spect-only-mtunet-slim", ("spect",))):
+        card = load_card(WEIGHTS_DIR / f"{name}.json")
+        assert card.task == "spectct-classes" and card.weights == f"{name}.safetensors"
+        assert card.channels == channels and card.classes == ("background", "metastatic", "benign")
+        assert card.preprocessing is None and not card.validated_on_real_scans
+        assert card.metrics["folds"] == 5 and "preset" in card.training  # recorded with the model, kept
+        assert build_network(card).classes == 3
+    assert not list(WEIGHTS_DIR.glob("*.pt"))
+
+
+def test_a_volume_card_reads_back_and_its_classes_decide_the_network_outputs(volume_model):
+    net, card_path = volume_model
+    card = load_card(card_path)
+    assert (card.in_channels, card.channels, card.outputs, card.in_plane_mm) == (2, ("spect", "ct"), 3, None)
+    assert "preprocessing" not in json.loads(card_path.read_text())
+    loaded = build_network(card)
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), loaded.state_dict().values()))
+    with pytest.raises(ModelCardError, match="returns 3 logit channel"):
+        build_network(load_card(edit_card(card_path, classes=["background", "lesion"])))
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"channels": ["spect", "pet"]}, "channels must be distinct names"),
+    ({"channels": ["spect"]}, "in_channels 2 but 1 channel"),
+    ({"classes": ["metastatic", "benign", "background"]}, "'background' first"),
+    ({"classes": ...}, "classes must be"),
+    ({"preprocessing": {}}, "reads channels, not preprocessing"),
+    ({"in_plane_mm": -1}, "in_plane_mm -1"),
+    ({"real_scan_validation": "yes"}, "real_scan_validation must be"),
+    ({"task": "planar-lesions"}, "belong to a 'spectct-classes' card"),
+])
+def test_volume_cards_that_do_not_match_the_code_are_refused(volume_model, changes, message):
+    _, card_path = volume_model
+    with pytest.raises(ModelCardError, match=message):
+        load_card(edit_card(card_path, **changes))

@@ -15,7 +15,7 @@ import pydicom
 import pytest
 
 from dicomnode.config import NodeConfig
-from dicomnode.pipeline.processing import load_segmenter
+from dicomnode.pipeline.models import load_segmenter
 from dicomnode.synth import write_studies
 from dicomnode.segmentation.inference import DEFAULT_CARD, Segmenter
 from tests.peers import free_port

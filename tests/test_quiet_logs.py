@@ -8,6 +8,7 @@ from pathlib import Path
 
 from dicomnode.config import LoggingSection
 from dicomnode.ops.logs import NodeLogHandler, configure_logging
+from dicomnode.pipeline.models import NodeModels
 from dicomnode.pipeline.queue import QueuePolicy
 from dicomnode.pipeline.results import ResultOptions
 from dicomnode.pipeline.worker import RESUME_HEADROOM_BYTES, Worker, resume_headroom
@@ -20,7 +21,7 @@ MIB = 1 << 20
 def test_a_worker_paused_for_disk_space_needs_headroom_to_resume(tmp_path: Path, caplog) -> None:
     database = sqlite_database(tmp_path)
     with Spool(tmp_path / "spool") as spool, caplog.at_level(logging.INFO, logger="dicomnode"):
-        worker = Worker(database, spool, None, ResultOptions(), [], QueuePolicy())
+        worker = Worker(database, spool, NodeModels(), ResultOptions(), [], QueuePolicy())
         spool.min_free_bytes = spool.free_bytes() + 256 * MIB  # the disk is below its floor
         assert resume_headroom(spool.min_free_bytes) == RESUME_HEADROOM_BYTES  # a floor over 512 MiB
         assert (resume_headroom(0), resume_headroom(16 * MIB)) == (MIB, 2 * MIB)

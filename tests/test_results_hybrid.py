@@ -12,14 +12,16 @@ import numpy as np
 import pydicom
 import pytest
 
+from dicomnode.config import ModelSection
 from dicomnode.dicom.sop import ResultKind
 from dicomnode.pipeline.results.common import ResultOptions
-from dicomnode.pipeline.processing import segment_hybrid
+from dicomnode.pipeline.kinds import StudyContext
+from dicomnode.pipeline.models import NodeModels
+from dicomnode.pipeline.processing import process_acquisition
 from dicomnode.pipeline.results.hybrid_results import build_hybrid_results
 from dicomnode.synth.spectct import write_exams
-from dicomnode.dicom.acquisitions import HybridAcquisition
+from dicomnode.dicom.acquisitions import VolumeAcquisition
 from dicomnode.segmentation.result import Algorithm
-from dicomnode.segmentation.spectct import HybridSegmenter
 from dicomnode.segmentation.volume import ct_geometry, nm_geometry, nm_volume, resample_labels
 from dicomnode.segmentation.volume_lesions import find_lesions
 from tests.test_results_inputs import dcentvfy_errors, dciodvfy_errors
@@ -243,8 +245,9 @@ def test_a_spect_ct_job_decodes_each_source_once(exam, monkeypatch):
             return _real(*args, **kwargs)
         monkeypatch.setattr(volume, name, counted)
     cts, nm, _ = exam
-    acquisition = HybridAcquisition(key=f"spect {nm.SOPInstanceUID}", label="SPECT", spect=nm, ct=tuple(cts))
-    run = segment_hybrid(acquisition, HybridSegmenter(device="cpu"), ResultOptions(), unvalidated_results=True)
+    acquisition = VolumeAcquisition(key=f"spect {nm.SOPInstanceUID}", label="SPECT", spect=nm, ct=tuple(cts))
+    models = NodeModels(ModelSection(device="cpu"))
+    run = process_acquisition(acquisition, models, ResultOptions(), study=StudyContext(unvalidated_results=True))
     assert run.processed, run.reason
     assert {kind for kind, _ in run.objects} == {ResultKind.SEG, ResultKind.SR, ResultKind.SC}
     assert calls == {"ct_volume": 1, "nm_volume": 1}

@@ -23,7 +23,8 @@ SC_ONLY = ResultOptions(kinds=(ResultKind.SC,))
 
 def _picture(study):
     frames = match_sources(study.result, study.sources)
-    provenance = Provenance(options=SC_ONLY, result=study.result, study_version=1,
+    provenance = Provenance(options=SC_ONLY, study_instance_uid=study.result.scan.study_instance_uid,
+                            algorithm=study.result.algorithm, threshold=study.result.threshold, study_version=1,
                             created=datetime.now(), source_uids=())
     return render(frames, provenance, assess_burden(study.result))
 

@@ -23,6 +23,7 @@ from dicomnode.dicom.sop import ResultKind
 from dicomnode.ops.status import collect, render
 from dicomnode.pipeline.assembly import AssemblyPolicy, assemble
 from dicomnode.pipeline.export import Exporter, ExportPolicy
+from dicomnode.pipeline.models import NodeModels
 from dicomnode.pipeline.queue import QueuePolicy
 from dicomnode.pipeline.results import ResultOptions
 from dicomnode.pipeline.worker import Worker
@@ -213,7 +214,7 @@ def test_a_study_sent_again_after_its_files_were_deleted_is_processed_as_new(tmp
     files = write_files(nm_study(phantom_counts(rows=256, columns=64, seed=3), layout="multiframe"), tmp_path / "cam")
     with running_node(tmp_path) as node:
         database, spool = node.database, node.spool
-        worker = Worker(database, spool, segmenter, ResultOptions(kinds=(ResultKind.SEG,)), ["PACS"], QueuePolicy())
+        worker = Worker(database, spool, NodeModels(planar=segmenter), ResultOptions(kinds=(ResultKind.SEG,)), ["PACS"], QueuePolicy())
         exporter = Exporter(database, spool, [Destination(name="PACS", host="127.0.0.1", port=storescp.port,
                                                           ae_title=storescp.aet)], "DICOMNODE", ExportPolicy(), timeout=10)
 

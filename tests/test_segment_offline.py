@@ -11,7 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from dicomnode.cli import app
-from dicomnode.pipeline.processing import load_segmenter
+from dicomnode.pipeline.models import load_segmenter
 from dicomnode.synth import write_studies
 from dicomnode.segmentation.views import load_scan_files
 from tests.nm_factory import nm_study, phantom_counts, write_study
@@ -81,3 +81,36 @@ def test_an_unreadable_study_is_reported_and_fails_the_command(tmp_path):
 def test_missing_input_is_a_usage_error(tmp_path):
     result = segment(str(tmp_path / "nothing-here"), "--out", str(tmp_path / "out"))
     assert result.exit_code == 2 and "no such file" in result.output
+
+
+def test_segment_writes_the_seg_of_a_synthetic_spect_ct_exam_on_its_ct_series(tmp_path):
+    """``dicomnode synth --spect-ct`` then ``dicomnode segment``: the same steps as the worker for every
+    kind, so the SPECT/CT exam gets its SEG on the CT series with paper 003's two segments."""
+    import highdicom as hd
+
+    from tests.test_results_inputs import dciodvfy_errors
+
+    torch.set_num_threads(1)
+    synth = CliRunner().invoke(app, ["synth", "--spect-ct", "--studies", "1", "--size", "tiny", "--seed", "21",
+                                     str(tmp_path / "exams")])
+    assert synth.exit_code == 0, synth.output
+    refused = segment(str(tmp_path / "exams"), "--out", str(tmp_path / "refused"))
+    assert refused.exit_code == 1 and "not validated on real scans" in refused.output  # as the worker decides
+    result = segment(str(tmp_path / "exams"), "--out", str(tmp_path / "out"), "--unvalidated-results")
+    assert result.exit_code == 0, result.output
+    (study,) = json.loads((tmp_path / "out" / "summary.json").read_text())["studies"]
+    assert [a["kind"] for a in study["acquisitions"]] == ["spect-ct"] and study["error"] is None
+    assert study["acquisitions"][0]["model"].startswith("spectct-spectct-mtunet-slim ")
+    assert {lesion["class"] for lesion in study["lesions"]} <= {"metastatic", "benign"}
+    assert "| # | class | volume (mL) |" in (tmp_path / "out" / "summary.md").read_text()
+    assert sorted(obj["kind"] for obj in study["objects"]) == ["SC", "SEG", "SR"]
+    (seg_file,) = [tmp_path / "out" / obj["file"] for obj in study["objects"] if obj["kind"] == "SEG"]
+    seg = pydicom.dcmread(seg_file)
+    segmentation = hd.seg.Segmentation.from_dataset(seg)
+    assert [d.segment_label for d in segmentation.SegmentSequence] == ["Bone metastasis", "Benign bone lesion"]
+    ct = {str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+          for path in (tmp_path / "exams").rglob("ct/*.dcm")}
+    referenced = {str(item.ReferencedSOPInstanceUID) for series in seg.ReferencedSeriesSequence
+                  for item in series.ReferencedInstanceSequence}
+    assert referenced and referenced <= ct  # on the CT series
+    assert dciodvfy_errors(seg_file) == []

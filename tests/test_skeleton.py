@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dicomnode.pipeline.processing import load_segmenter, segment_study
+from dicomnode.pipeline.models import NodeModels, load_segmenter
+from dicomnode.pipeline.processing import process_study
 from dicomnode.pipeline.results import ResultOptions
 from dicomnode.synth.other_tracers import simulate_other_tracer
 from dicomnode.synth.simulate import simulate_study, to_stored
@@ -59,15 +60,15 @@ def test_the_posterior_view_is_measured_and_the_anterior_without_it():
 
 
 def test_the_image_decides_only_when_the_study_states_no_tracer():
-    segmenter, options = load_segmenter("threshold", device="cpu"), ResultOptions()
+    models, options = NodeModels(planar=load_segmenter("threshold", device="cpu")), ResultOptions()
     renal = canonical(simulate_other_tracer(5, "renal"))
-    [run] = segment_study(unstated(nm_study(renal, layout="split")), segmenter, options)
+    [run] = process_study(unstated(nm_study(renal, layout="split")), models, options)
     assert not run.processed
     assert run.reason.startswith("not a bone scan: no radiopharmaceutical is stated and the image shows no skeleton")
     # The same image stated as a bone scan is read as one (the headers decide when they speak).
-    [run] = segment_study(nm_study(renal, layout="split"), segmenter, options)
+    [run] = process_study(nm_study(renal, layout="split"), models, options)
     assert run.processed, run.reason
     # A bone scan that states nothing is read: its image shows the skeleton.
     bone = canonical(simulate_study(5).images)
-    [run] = segment_study(unstated(nm_study(bone, layout="split")), segmenter, options)
+    [run] = process_study(unstated(nm_study(bone, layout="split")), models, options)
     assert run.processed, run.reason

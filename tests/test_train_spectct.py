@@ -14,14 +14,8 @@ import torch
 
 from dicomnode.synth.spectct import write_exams
 from dicomnode.segmentation.networks import build
-from dicomnode.segmentation.spectct import (
-    HybridSegmenter,
-    SpectCTCard,
-    load_spectct_model,
-    predict_volume,
-    save_spectct_model,
-    stack_inputs,
-)
+from dicomnode.segmentation.modelcard import SPECTCT_CLASSES, ModelCardError, build_network, load_card, save_model
+from dicomnode.segmentation.spectct import VolumeSegmenter, predict_volume, stack_inputs
 from dicomnode.train.spectct import Exam, load_exam, load_preset, main, score, train_model, transfer_weights
 
 torch.set_num_threads(1)
@@ -106,7 +100,9 @@ def test_training_drives_the_loss_down_on_tiny_exams(cohort):
 
 
 def test_shipped_spectct_weights_load_and_segment_a_volume(cohort):
-    net, card = load_spectct_model(WEIGHTS)
+    card = load_card(WEIGHTS)
+    net = build_network(card)
+    assert card.task == SPECTCT_CLASSES and card.weights == "spectct-spectct-mtunet-slim.safetensors"
     assert card.channels == ("spect", "ct") and card.classes == ("background", "metastatic", "benign")
     assert "H200" in card.training["device"] and card.training["transfer_from"] == "spectct-spect"
     exam = load_exam(cohort / "exam_0001")
@@ -133,9 +129,9 @@ def _cards(tmp_path: Path, in_plane_mm: float | None) -> tuple[Path, Path]:
     for name, channels in (("spect-only", ("spect",)), ("fused", ("spect", "ct"))):
         torch.manual_seed(0)
         net = build("mtunet", in_channels=len(channels), width=4)
-        card = SpectCTCard(name=name, network="mtunet", width=4, channels=channels,
-                           in_plane_mm=in_plane_mm if channels == ("spect",) else None)
-        save_spectct_model(net, tmp_path / name, card)
+        save_model(net, tmp_path / name, name=name, version="test", network="mtunet", task=SPECTCT_CLASSES,
+                   channels=channels, classes=("background", "metastatic", "benign"),
+                   in_plane_mm=in_plane_mm if channels == ("spect",) else None)
         paths.append(tmp_path / f"{name}.json")
     return paths[0], paths[1]
 
@@ -145,24 +141,24 @@ def test_the_segmenter_takes_the_ct_grid_with_a_ct_and_the_nm_grid_without(cohor
     cts = [pydicom.dcmread(p) for p in sorted((folder / "ct").glob("*.dcm"))]
     nm = pydicom.dcmread(folder / "spect.dcm")
     spect_only, fused = _cards(tmp_path, in_plane_mm=2 * float(nm.PixelSpacing[0]))
-    segmenter = HybridSegmenter(fused, spect_only_card_path=spect_only)
-    alone = segmenter.segment([], nm)
+    alone = VolumeSegmenter.from_card(spect_only).segment([], nm)
     assert alone.probabilities.shape == (3, int(nm.NumberOfFrames), nm.Rows, nm.Columns)
     np.testing.assert_allclose(alone.probabilities.sum(axis=0), 1.0, atol=1e-3)  # back on the NM grid
     assert alone.algorithm.name == "spect-only"
-    with_ct = segmenter.segment(cts, nm)
+    with_ct = VolumeSegmenter.from_card(fused).segment(cts, nm)
     assert with_ct.probabilities.shape == (3, len(cts), cts[0].Rows, cts[0].Columns)
     assert with_ct.algorithm.name == "fused"
-    with pytest.raises(ValueError, match="needs a CT channel"):
-        HybridSegmenter(fused, spect_only_card_path=fused).segment([], nm)
+    assert alone.classes == with_ct.classes == ("background", "metastatic", "benign")
+    with pytest.raises(ModelCardError, match="needs a CT channel"):
+        VolumeSegmenter.from_card(fused).segment([], nm)
 
 
 def test_shipped_spect_only_weights_segment_an_nm_volume_on_its_own_grid(cohort):
-    net, card = load_spectct_model(SPECT_ONLY)
-    assert card.channels == ("spect",) and card.in_plane_mm == 4.0 and card.training["device"].startswith("cpu")
+    card = load_card(SPECT_ONLY)
+    assert card.task == SPECTCT_CLASSES and card.channels == ("spect",) and card.in_plane_mm == 4.0 and card.training["device"].startswith("cpu")
     assert card.metrics["folds"] == 5 and card.training["transfer_from"] is None
     nm = pydicom.dcmread(cohort / "exam_0001" / "spect.dcm")
-    result = HybridSegmenter(WEIGHTS).segment([], nm)
+    result = VolumeSegmenter(card).segment([], nm)
     assert result.probabilities.shape == (3, int(nm.NumberOfFrames), nm.Rows, nm.Columns)
     assert np.isfinite(result.probabilities).all() and result.algorithm.name == "spect-only-mtunet-slim"
 
@@ -177,8 +173,9 @@ def test_the_study_writes_the_table_and_a_final_model(cohort, tmp_path, capsys):
     assert "spectct-spectct (transfer from spectct-spect) | benign" in table
     result = json.loads((tmp_path / "crossval.json").read_text())
     assert {len(v["folds"]) for v in result["variants"].values()} == {2}
-    net, card = load_spectct_model(tmp_path / result["final"]["card"])
-    assert card.training["transfer_from"] == "spectct-spect" and net.in_channels == 2
+    card = load_card(tmp_path / result["final"]["card"])
+    assert card.task == SPECTCT_CLASSES and card.weights.endswith(".safetensors")
+    assert card.training["transfer_from"] == "spectct-spect" and build_network(card).in_channels == 2
 
 
 def test_spect_only_lesions_are_masked_on_the_reconstruction_edges_and_outside_the_body():

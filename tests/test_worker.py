@@ -16,7 +16,7 @@ from sqlalchemy import select
 
 from dicomnode.ops.status import collect, render
 from dicomnode.pipeline.assembly import AssemblyPolicy, assemble
-from dicomnode.pipeline.processing import load_segmenter
+from dicomnode.pipeline.models import NodeModels, load_segmenter
 from dicomnode.pipeline.queue import QueuePolicy, claim
 from dicomnode.pipeline.results import ResultOptions
 from dicomnode.pipeline.worker import Worker
@@ -47,7 +47,7 @@ OPTIONS = ResultOptions(kinds=(ResultKind.SEG,))
 def node(tmp_path, segmenter):
     database = sqlite_database(tmp_path)
     with Spool(tmp_path / "spool") as spool:
-        worker = Worker(database, spool, segmenter, OPTIONS, ["PACS", "ARCHIVE"], POLICY, owner="test-worker")
+        worker = Worker(database, spool, NodeModels(planar=segmenter), OPTIONS, ["PACS", "ARCHIVE"], POLICY, owner="test-worker")
         yield database, spool, worker
     database.dispose()
 
@@ -215,7 +215,7 @@ class SlowSegmenter:
 def test_the_heartbeat_keeps_a_long_job_from_being_taken_over(tmp_path, segmenter, spool):
     database = sqlite_database(tmp_path)
     policy = QueuePolicy(lease_seconds=0.6, max_attempts=3)
-    worker = Worker(database, spool, SlowSegmenter(segmenter, 2.0), OPTIONS, ["PACS"], policy, owner="slow")
+    worker = Worker(database, spool, NodeModels(planar=SlowSegmenter(segmenter, 2.0)), OPTIONS, ["PACS"], policy, owner="slow")
     store_study(database, spool, nm_study(counts()))
     assemble(database, AssemblyPolicy(quiet_seconds=0))
     thieves: list = []
@@ -271,14 +271,14 @@ def test_a_full_disk_gives_the_job_back_and_the_worker_resumes_when_space_return
     database = sqlite_database(tmp_path)  # on the big disk: only the spool fills up
     policy = QueuePolicy(lease_seconds=60, max_attempts=1, environment_retry_seconds=0.05)
     with Spool(small_disk / "spool", min_free_bytes=1 << 20) as spool:
-        worker = Worker(database, spool, segmenter, OPTIONS, ["PACS"], policy, owner="w")
+        worker = Worker(database, spool, NodeModels(planar=segmenter), OPTIONS, ["PACS"], policy, owner="w")
         store_study(database, spool, nm_study(counts()))
         assemble(database, AssemblyPolicy(quiet_seconds=0))
         ballast = fill(small_disk)  # the disk is full after acknowledgement, before processing
         assert not worker.run_once() and worker.waiting_for == "disk space"  # paused below the floor
         spool.min_free_bytes = 0  # no floor: a worker claims and meets ENOSPC itself
         for _ in range(3):  # more often than max_attempts; a fresh worker each time (a paused one waits)
-            fresh = Worker(database, spool, segmenter, OPTIONS, ["PACS"], policy, owner="w")
+            fresh = Worker(database, spool, NodeModels(planar=segmenter), OPTIONS, ["PACS"], policy, owner="w")
             assert fresh.run_once()
             with database.session() as session:
                 job = session.scalars(select(Job)).one()
@@ -312,7 +312,7 @@ def test_an_unavailable_database_pauses_the_worker_until_it_answers(postgres_url
     name = make_url(postgres_url).database
     database = postgres_database(postgres_url)
     with Spool(tmp_path / "spool") as spool:
-        worker = Worker(database, spool, segmenter, OPTIONS, ["PACS"], POLICY, owner="w")
+        worker = Worker(database, spool, NodeModels(planar=segmenter), OPTIONS, ["PACS"], POLICY, owner="w")
         store_study(database, spool, nm_study(counts()))
         assemble(database, AssemblyPolicy(quiet_seconds=0))
         stop = threading.Event()
@@ -373,7 +373,7 @@ def test_a_database_lost_during_a_job_gets_the_job_back_once_it_answers(postgres
 
     try:
         with Spool(tmp_path / "spool") as spool:
-            worker = Worker(database, spool, LosingTheDatabase(segmenter, 0.2), OPTIONS, ["PACS"], policy, owner="w")
+            worker = Worker(database, spool, NodeModels(planar=LosingTheDatabase(segmenter, 0.2)), OPTIONS, ["PACS"], policy, owner="w")
             store_study(database, spool, nm_study(counts()))
             assemble(database, AssemblyPolicy(quiet_seconds=0))
             job = claim(database, "w", policy)
@@ -384,7 +384,7 @@ def test_a_database_lost_during_a_job_gets_the_job_back_once_it_answers(postgres
                 row = session.get(Job, job.id)
                 assert (row.state, row.attempts, row.waiting_for) == (JobState.QUEUED, 0, "database")
             time.sleep(0.3)
-            worker.segmenter = segmenter
+            worker.models = NodeModels(planar=segmenter)
             assert worker.run_once() and worker.waiting_for is None
         with database.session() as session:
             row = session.get(Job, job.id)

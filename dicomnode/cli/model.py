@@ -174,9 +174,12 @@ def segment(
     files: list[Path] = typer.Argument(..., help="DICOM files or folders (searched recursively)."),
     out: Path = typer.Option(..., "--out", help="Folder for the result objects and summary.json / summary.md."),
     config: Path | None = CONFIG,
-    weights: str | None = typer.Option(None, "--weights", help='"default", "threshold" or a model path '
-                                       "(default: [model] weights)."),
+    weights: str | None = typer.Option(None, "--weights", help='The planar model: "default", "threshold" or a '
+                                       "model path (default: [model] weights; the others: [model.*])."),
     device: str | None = typer.Option(None, "--device", help="auto, cpu or cuda (default: [model] device)."),
+    unvalidated_results: bool | None = typer.Option(
+        None, "--unvalidated-results/--validated-only", help="Write the results of models not validated on real "
+        "scans (SPECT/CT, SPECT-only), their SR saying so (default: [model] unvalidated_results)."),
 ) -> None:
     """The node's pipeline on files, offline: results and a summary; exit 1 if a study failed."""
     node = node_config(config)
@@ -184,15 +187,18 @@ def segment(
     if missing:
         typer.echo(f"error: no such file or folder: {', '.join(missing)}", err=True)
         raise typer.Exit(2)
+    from dicomnode.pipeline.models import NodeModels
     from dicomnode.tools.offline import segment_files
-    from dicomnode.pipeline.processing import load_segmenter
 
+    overrides = {key: value for key, value in (("weights", weights), ("device", device),
+                                               ("unvalidated_results", unvalidated_results)) if value is not None}
+    models = NodeModels(node.model.model_copy(update=overrides))
     try:
-        segmenter = load_segmenter(weights or node.model.weights, device or node.model.device, node.model.threshold)
+        models.load_all()
     except (OSError, ValueError, RuntimeError) as exc:
-        typer.echo(f"error: cannot load the model: {exc}", err=True)
+        typer.echo(f"error: cannot load the models: {exc}", err=True)
         raise typer.Exit(2) from None
-    summary = segment_files(files, out, segmenter, node.results)
+    summary = segment_files(files, out, models, node.results)
     for study in summary.studies:
         if study.error:
             typer.echo(f"FAIL {study.study_uid or '(no Study Instance UID)'}: {study.error}", err=True)

@@ -1,5 +1,9 @@
 """A bone exam as cameras send it → its whole-body acquisitions, each segmentable on its own.
 
+Every acquisition, whatever its :class:`AcquisitionKind`, meets the :class:`Acquisition` contract
+(key, label, source datasets, notes, refusal, content fingerprint); the pipeline maps its kind to a
+model and a result builder (:mod:`dicomnode.pipeline.kinds`) and never asks which class it is.
+
 A real exam is not one whole-body instance (docs/dicom.md, "What a camera sends"): next to the
 whole-body scan come statics (anterior/posterior and oblique spot views), a TOMO acquisition and its
 reconstruction, screen captures, sometimes a second whole-body scan (two-phase protocols) or a
@@ -25,7 +29,7 @@ re-acquired view. This module decides, from the headers alone:
   any instance's stated radiopharmaceutical, then the study and series descriptions naming another
   examination's tracer (MIBI, tetrofosmin, MAG3, DMSA, pertechnetate, MAA, HMPAO, gallium, ...);
   where neither says anything (:func:`tracer_stated`), the image decides (:mod:`dicomnode.segmentation.skeleton`).
-* :func:`split_hybrid`: each RECON TOMO volume with the CT series of its Frame of Reference, a bone
+* :func:`split_hybrid`: each RECON TOMO volume (a :class:`VolumeAcquisition`) with the CT series of its Frame of Reference, a bone
   SPECT/CT acquisition (paper 003; docs/segmentation.md), or alone, a SPECT-only one; refused
   (:func:`tracer_refusal`) when its radiopharmaceutical is not a bone agent (a myocardial perfusion
   SPECT) or a description names a QC acquisition. A later reconstruction of the same acquisition
@@ -38,11 +42,13 @@ not processable with that reason. Nothing here reads pixel data.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import defaultdict
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from enum import Enum
+from typing import Protocol, Self
 
 from pydicom.dataset import Dataset
 from pydicom.uid import NuclearMedicineImageStorage
@@ -101,13 +107,53 @@ def nm_image_kind(ds: Dataset) -> tuple[NMImageKind, str | None]:
     return NMImageKind.OTHER, f"Image Type (0008,0008) {shown} has no known value 3"
 
 
-@dataclass(frozen=True)
-class Acquisition:
-    """One whole-body acquisition: the instances that make its views, and whether it can be segmented.
+class AcquisitionKind(str, Enum):
+    """What an acquisition is, and so which model segments it and which results it gets
+    (:data:`dicomnode.pipeline.kinds.KINDS`)."""
 
-    ``key`` is stable across re-sends of the same content (series + matrix, or the instance that holds
-    both views, plus a phase number) and names the acquisition in the index; ``label`` names it for
-    people (series description, acquisition date and time).
+    PLANAR_WHOLE_BODY = "planar-whole-body"
+    SPECT_CT = "spect-ct"  # a RECON TOMO volume with the CT series of its Frame of Reference
+    SPECT_ONLY = "spect-only"  # a RECON TOMO volume without one
+
+
+class Acquisition(Protocol):
+    """The contract every acquisition meets. ``key`` is stable across re-sends of the same content
+    and names it in the index; ``label`` names it for people; ``refusal`` says why it cannot be
+    segmented (``None``: it can); ``notes`` go into its results."""
+
+    @property
+    def key(self) -> str: ...
+    @property
+    def label(self) -> str: ...
+    @property
+    def kind(self) -> AcquisitionKind: ...
+    @property
+    def datasets(self) -> tuple[Dataset, ...]: ...
+    @property
+    def notes(self) -> tuple[str, ...]: ...
+    @property
+    def refusal(self) -> str | None: ...
+    def refused(self, reason: str) -> Self: ...
+
+
+def sop_instance_uids(acquisition: Acquisition) -> tuple[str, ...]:
+    """The SOP Instance UIDs of an acquisition's source datasets, sorted."""
+    return tuple(sorted(str(ds.SOPInstanceUID) for ds in acquisition.datasets))
+
+
+def content_fingerprint(acquisition: Acquisition, sha256_of: Mapping[str, str]) -> str:
+    """One hash over the content hashes (SOP Instance UID → SHA-256) of an acquisition's instances,
+    independent of their order: the same content gives the same fingerprint, and so the same outcome."""
+    digests = sorted(sha256_of[uid] for uid in sop_instance_uids(acquisition))
+    return hashlib.sha256("\n".join(digests).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class PlanarAcquisition:
+    """One whole-body acquisition: the instances that make its views (:class:`Acquisition`).
+
+    ``key``: series + matrix, or the instance that holds both views, plus a phase number; ``label``:
+    series description, acquisition date and time.
     """
 
     key: str
@@ -117,8 +163,12 @@ class Acquisition:
     refusal: str | None = None  # why it is not processable; None when it is
 
     @property
-    def sop_instance_uids(self) -> tuple[str, ...]:
-        return tuple(sorted(str(ds.SOPInstanceUID) for ds in self.datasets))
+    def kind(self) -> AcquisitionKind:
+        return AcquisitionKind.PLANAR_WHOLE_BODY
+
+    def refused(self, reason: str) -> PlanarAcquisition:
+        """This acquisition, not processable for ``reason`` unless it already was."""
+        return replace(self, refusal=self.refusal or reason)
 
 
 @dataclass
@@ -148,7 +198,7 @@ def _order(ds: Dataset) -> tuple[str, int]:
     return acquired_at(ds), int(number) if number not in (None, "") else 0
 
 
-def split_acquisitions(datasets: Sequence[Dataset]) -> list[Acquisition]:
+def split_acquisitions(datasets: Sequence[Dataset]) -> list[PlanarAcquisition]:
     """The whole-body acquisitions of one study's whole-body NM instances (module docstring).
 
     Returned in acquisition-time order; each is either processable or carries its ``refusal``.
@@ -163,7 +213,7 @@ def split_acquisitions(datasets: Sequence[Dataset]) -> list[Acquisition]:
         except ViewError as exc:
             candidate.error = str(exc)
         candidates.append(candidate)
-    acquisitions: list[Acquisition] = []
+    acquisitions: list[PlanarAcquisition] = []
     groups: dict[tuple[str, int, int], list[_Candidate]] = defaultdict(list)
     for candidate in candidates:
         ds = candidate.dataset
@@ -177,7 +227,7 @@ def split_acquisitions(datasets: Sequence[Dataset]) -> list[Acquisition]:
     return sorted(acquisitions, key=lambda a: min(_order(ds) for ds in a.datasets))
 
 
-def _pair(base: str, members: list[_Candidate]) -> list[Acquisition]:
+def _pair(base: str, members: list[_Candidate]) -> list[PlanarAcquisition]:
     """One series' one-view instances (time order) → one acquisition, or one per phase."""
     by_view: dict[View, list[_Candidate]] = defaultdict(list)
     for member in members:
@@ -204,7 +254,7 @@ def _pair(base: str, members: list[_Candidate]) -> list[Acquisition]:
     return [_finish(base, kept, notes)]
 
 
-def _finish(key: str, members: list[_Candidate], notes: list[str]) -> Acquisition:
+def _finish(key: str, members: list[_Candidate], notes: list[str]) -> PlanarAcquisition:
     datasets = tuple(member.dataset for member in members)
     first = min(datasets, key=_order)
     description = str(first.get("SeriesDescription", "") or "whole body")[:64]
@@ -212,7 +262,7 @@ def _finish(key: str, members: list[_Candidate], notes: list[str]) -> Acquisitio
     label = f"{description} {when[:8]} {when[8:12]}".strip() if when else description
     errors = [member.error for member in members if member.error]
     refusal = errors[0] if errors else _identity_refusal(datasets) or bone_scan_refusal(datasets)
-    return Acquisition(key=key, label=label, datasets=datasets, notes=tuple(notes), refusal=refusal)
+    return PlanarAcquisition(key=key, label=label, datasets=datasets, notes=tuple(notes), refusal=refusal)
 
 
 #: Patient identity attributes that must agree between the views of one acquisition (PS3.3 C.7.1.1).
@@ -334,11 +384,10 @@ def _printable(text: str) -> str:
 
 
 @dataclass(frozen=True)
-class HybridAcquisition:
-    """A reconstructed SPECT volume and the CT series that shares its Frame of Reference (paper 003).
-
-    ``ct`` is empty for a SPECT-only acquisition (segmented on the NM volume's own grid by the
-    SPECT-only model); ``refusal`` says why it cannot be segmented, or ``None``.
+class VolumeAcquisition:
+    """A reconstructed SPECT volume and the CT series that shares its Frame of Reference (paper 003),
+    an :class:`Acquisition` of kind SPECT/CT; without a CT (``ct`` empty), of kind SPECT-only
+    (segmented on the NM volume's own grid by the SPECT-only model).
     """
 
     key: str
@@ -349,11 +398,19 @@ class HybridAcquisition:
     notes: tuple[str, ...] = ()  # written into the SR (a reconstruction it supersedes)
 
     @property
-    def sop_instance_uids(self) -> tuple[str, ...]:
-        return tuple(sorted(str(ds.SOPInstanceUID) for ds in (self.spect, *self.ct)))
+    def kind(self) -> AcquisitionKind:
+        return AcquisitionKind.SPECT_CT if self.ct else AcquisitionKind.SPECT_ONLY
+
+    @property
+    def datasets(self) -> tuple[Dataset, ...]:
+        return (self.spect, *self.ct)
+
+    def refused(self, reason: str) -> VolumeAcquisition:
+        """This acquisition, not processable for ``reason`` unless it already was."""
+        return replace(self, refusal=self.refusal or reason)
 
 
-def split_hybrid(recon_tomo: Sequence[Dataset], ct: Sequence[Dataset]) -> list[HybridAcquisition]:
+def split_hybrid(recon_tomo: Sequence[Dataset], ct: Sequence[Dataset]) -> list[VolumeAcquisition]:
     """One hybrid acquisition per RECON TOMO instance, with the CT series of its Frame of Reference.
 
     The Frame of Reference UID (0020,0052) is what says that two series share patient coordinates
@@ -375,7 +432,7 @@ def split_hybrid(recon_tomo: Sequence[Dataset], ct: Sequence[Dataset]) -> list[H
                       f"acquisition (series {earlier.SeriesInstanceUID}, reconstructed "
                       f"{_reconstructed_at(earlier) or 'earlier'}); results of the earlier one are replaced by these."
                       for earlier in superseded)
-        acquisitions.append(HybridAcquisition(key=f"spect {spect.SOPInstanceUID}", label=label, spect=spect,
+        acquisitions.append(VolumeAcquisition(key=f"spect {spect.SOPInstanceUID}", label=label, spect=spect,
                                               ct=chosen, refusal=tracer_refusal(spect), notes=notes))
     return acquisitions
 

@@ -114,13 +114,13 @@ class Node:
         poll = config.queue.poll_seconds
         loops: list[tuple[str, Callable[[], None]]] = []
         if self.parts.work:
-            from dicomnode.pipeline.processing import load_segmenter  # torch only where a worker runs
+            from dicomnode.pipeline.models import NodeModels  # torch only where a worker runs
             from dicomnode.pipeline.worker import Worker
 
-            segmenter = load_segmenter(config.model.weights, config.model.device, config.model.threshold)
-            worker = Worker(database, spool, segmenter, config.results,
-                            [d.name for d in config.destinations], queue_policy(config),
-                            unvalidated_results=config.model.unvalidated_results)
+            models = NodeModels(config.model)
+            models.load_all()  # each logged with its operating point; a bad card fails the start
+            worker = Worker(database, spool, models, config.results,
+                            [d.name for d in config.destinations], queue_policy(config))
             loops.append(("worker", lambda: worker.run(self.stop_event, poll)))
         if self.parts.work and not config.destinations:
             log.warning("no [[destinations]] configured: results are kept in the spool and sent nowhere")

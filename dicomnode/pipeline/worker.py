@@ -10,10 +10,10 @@ For each claimed job (:mod:`dicomnode.pipeline.queue`):
    (:func:`dicomnode.pipeline.processing.judge_study_tracer`: a stated radiopharmaceutical, the
    study and series descriptions, and where they say nothing the image); if not, every acquisition
    ends "not processable" with that reason;
-   for each acquisition (whole-body planar, then SPECT/CT: a RECON TOMO volume with the CT series of
-   its Frame of Reference) that no earlier job handled with the same content (its fingerprint: a
-   hash of its instances' SHA-256), :func:`dicomnode.pipeline.processing.segment_acquisition` (views →
-   segmentation → DICOM results, in result set *n*: the study's n-th processed acquisition, which
+   for each acquisition (:func:`dicomnode.pipeline.processing.split_study`: whole-body planar, then
+   SPECT/CT and SPECT-only) that no earlier job handled with the same content (its fingerprint: a
+   hash of its instances' SHA-256), :func:`dicomnode.pipeline.processing.process_acquisition` (its
+   kind's model → DICOM results, in result set *n*: the study's n-th processed acquisition, which
    sets its series numbers), or its "not processable" reason;
 3. write every result object durably under the spool's results area
    (``results/<study>/<series>/<sop>.dcm``, paths from validated UIDs only);
@@ -42,16 +42,15 @@ filesystem is below ``[storage] min_free_bytes`` (the floor under which the rece
 database error, until the database answers again. It resumes by itself. Any
 other error is retried up to ``[queue] max_attempts`` with a growing delay.
 
-The segmenter is loaded once per process (:func:`dicomnode.pipeline.processing.load_segmenter`).
+The models are loaded once per process (:class:`dicomnode.pipeline.models.NodeModels`, ``[model]``).
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -59,14 +58,17 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import NuclearMedicineImageStorage
 from sqlalchemy import select, true
 
-from dicomnode.dicom.sop import SEGMENTED_KIND, SEGMENTED_KINDS, ObjectKind
+from dicomnode.dicom.acquisitions import content_fingerprint
+from dicomnode.dicom.sop import SEGMENTED_KINDS
+from dicomnode.pipeline.kinds import StudyContext
+from dicomnode.pipeline.models import NodeModels
 from dicomnode.pipeline.processing import (
     AcquisitionRun,
     UnreadableStudy,
     judge_study_tracer,
     no_whole_body_reason,
-    segment_acquisition,
-    segment_hybrid,
+    process_acquisition,
+    split_study,
 )
 from dicomnode.pipeline.queue import (
     DISK_SPACE,
@@ -87,14 +89,6 @@ from dicomnode.pipeline.results import ResultOptions
 from dicomnode.store.db import Database
 from dicomnode.store.models import AcquisitionOutcome, AcquisitionState, Instance, Study
 from dicomnode.store.spool import Spool
-from dicomnode.dicom.acquisitions import (
-    HybridAcquisition,
-    NMImageKind,
-    split_acquisitions,
-    split_hybrid,
-)
-from dicomnode.segmentation.inference import Segmenter
-from dicomnode.segmentation.spectct import HybridSegmenter
 
 log = logging.getLogger(__name__)
 
@@ -150,26 +144,19 @@ class _Heartbeat:
 
 
 class Worker:
-    """Processes jobs one at a time; one instance per process (it holds the loaded model)."""
+    """Processes jobs one at a time; one instance per process (it holds the loaded models)."""
 
-    def __init__(self, database: Database, spool: Spool, segmenter: Segmenter, options: ResultOptions,
-                 destinations: Sequence[str], policy: QueuePolicy, owner: str | None = None, *,
-                 unvalidated_results: bool = False) -> None:
+    def __init__(self, database: Database, spool: Spool, models: NodeModels, options: ResultOptions,
+                 destinations: Sequence[str], policy: QueuePolicy, owner: str | None = None) -> None:
         self.database = database
         self.spool = spool
-        self.segmenter = segmenter
+        self.models = models
         self.options = options
         self.destinations = tuple(destinations)
         self.policy = policy
         self.owner = owner or worker_name("worker")
-        self.unvalidated_results = unvalidated_results  # config [model] unvalidated_results
         self.waiting_for: str | None = None  # the condition this worker is paused for, if any
         self._stop = threading.Event()
-
-    @functools.cached_property
-    def hybrid_segmenter(self) -> HybridSegmenter:
-        """The SPECT/CT model, on the planar segmenter's device; it reads its weights on first use."""
-        return HybridSegmenter(device=self.segmenter.device)
 
     def run_once(self) -> bool:
         """Claim and process one job; False when there was nothing to do (or the spool is below its
@@ -268,43 +255,35 @@ class Worker:
                     return  # shutting down: the lease runs out and the job is recovered
 
     def _segment(self, job: ClaimedJob) -> tuple[list[StoredResult], list[Outcome]]:
-        """Each acquisition of the study (whole-body planar, then SPECT/CT) not processed before with
-        the same content."""
+        """Each acquisition of the study (:func:`split_study`) not processed before with the same content."""
         instances, kinds, processed_before, result_sets, nm_headers = self._study_contents(job)
         by_kind: dict[str, list[Dataset]] = {}
         for dataset, _, kind in instances.values():
             by_kind.setdefault(kind, []).append(dataset)
-        planar = split_acquisitions(by_kind.get(SEGMENTED_KIND, []))
-        hybrid = split_hybrid(by_kind.get(NMImageKind.RECON_TOMO.value, []), by_kind.get(ObjectKind.CT.value, []))
         # the whole study's evidence decides whether it is a bone scan, not each instance's
-        acquisitions, unstated = judge_study_tracer([*planar, *hybrid], nm_headers)
+        acquisitions, unstated = judge_study_tracer(split_study(by_kind), nm_headers)
         if not acquisitions:
             reason = no_whole_body_reason(kinds)
             log.info("study not processable", extra={"job": job.id, "study_uid": job.study_instance_uid,
                                                      "reason": reason})
-            return [], [Outcome("study", "study", _fingerprint([]), AcquisitionState.NOT_PROCESSABLE, reason)]
+            return [], [Outcome("study", "study", NO_CONTENT, AcquisitionState.NOT_PROCESSABLE, reason)]
+        study = StudyContext(tracer_unstated=unstated, unvalidated_results=self.models.config.unvalidated_results)
+        digests = {uid: sha256 for uid, (_, sha256, _) in instances.items()}
         stored: list[StoredResult] = []
         outcomes: list[Outcome] = []
         for acquisition in acquisitions:
-            fingerprint = _fingerprint(instances[uid][1] for uid in acquisition.sop_instance_uids)
+            fingerprint = content_fingerprint(acquisition, digests)
             if fingerprint in processed_before:
                 log.info("acquisition unchanged since an earlier job's outcome; not processed again",
                          extra={"job": job.id, "study_uid": job.study_instance_uid})
                 continue
-            if isinstance(acquisition, HybridAcquisition):
-                run = segment_hybrid(acquisition, self.hybrid_segmenter, self.options, result_sets + 1,
-                                     unvalidated_results=self.unvalidated_results)
-            else:
-                run = segment_acquisition(acquisition, self.segmenter, self.options, result_sets + 1,
-                                          tracer_unstated=unstated)
+            run = process_acquisition(acquisition, self.models, self.options, result_sets + 1, study)
             if run.processed:
                 result_sets += 1
                 stored.extend(store_results(self.spool, run))
                 log.info("acquisition segmented", extra={
                     "job": job.id, "study_uid": job.study_instance_uid, "result_set": result_sets,
-                    "objects": len(run.objects),
-                    **({"lesions": len(run.result.lesions), "missing": [v.value for v in run.result.missing]}
-                       if run.result is not None else {})})
+                    "kind": acquisition.kind.value, "objects": len(run.objects)})
                 outcomes.append(Outcome(acquisition.key, acquisition.label, fingerprint, AcquisitionState.PROCESSED))
             else:
                 log.info("acquisition not processable", extra={
@@ -356,6 +335,5 @@ class Worker:
                 nm_headers)
 
 
-def _fingerprint(digests: Iterable[str]) -> str:
-    """One hash over the content hashes of an acquisition's instances (order-independent)."""
-    return hashlib.sha256("\n".join(sorted(digests)).encode()).hexdigest()
+#: The fingerprint of a study's outcome when it holds nothing to segment (the hash of no content).
+NO_CONTENT = hashlib.sha256(b"").hexdigest()

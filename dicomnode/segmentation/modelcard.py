@@ -7,14 +7,23 @@ network-free ``threshold`` segmenter is a card alone. Card fields (format versio
 ``format_version``  1
 ``task``            what the model does (:data:`TASKS`): ``"planar-lesions"`` (lesion probability per pixel
                     of a whole-body view; the default, so cards written before the field existed read
-                    unchanged) or ``"anatomy-map"`` (one logit per anatomy label,
-                    :mod:`dicomnode.segmentation.anatomy`)
+                    unchanged), ``"anatomy-map"`` (one logit per anatomy label,
+                    :mod:`dicomnode.segmentation.anatomy`) or ``"spectct-classes"`` (one logit per class of
+                    ``classes`` per voxel of a SPECT/CT or SPECT-only volume, paper 003)
 ``name``            algorithm name for results (Algorithm Identification, PS3.3 C.8.20.2), e.g. dicomnode-unet
 ``version``         weights version (Algorithm Version)
 ``network``         registry name (:func:`dicomnode.segmentation.networks.available`) or ``"threshold"``
 ``width``           the registry width the tensors were built with (``null`` for ``threshold``)
-``in_channels``     network input channels; must equal what ``preprocessing`` produces
-``preprocessing``   :class:`dicomnode.segmentation.preprocess.Preprocessing` as a dict (unknown keys refused)
+``in_channels``     network input channels; must equal what ``preprocessing`` (planar tasks) or
+                    ``channels`` (``spectct-classes``) produce
+``preprocessing``   planar tasks: :class:`dicomnode.segmentation.preprocess.Preprocessing` as a dict (unknown
+                    keys refused); absent for ``spectct-classes``
+``channels``        ``spectct-classes`` only: the input volumes in order, ``"spect"`` and/or ``"ct"``
+``classes``         ``spectct-classes`` only: the class of each output channel, ``"background"`` first
+``in_plane_mm``     ``spectct-classes`` only, optional: in-plane spacing the network works at (``null``: the grid's)
+``real_scan_validation``  optional: the validation on real scans of its kind the card records (data,
+                    exams, figures); ``null``: none, and the node sends its results only where the site allows
+                    it (config ``[model] unvalidated_results``)
 ``weights``         file name of the tensors, beside the card (``null`` for ``threshold``)
 ``sha256``          hex SHA-256 of that file, verified on load
 ``threshold``       probability threshold of the binary mask (0.5, papers 001/002)
@@ -28,7 +37,8 @@ network-free ``threshold`` segmenter is a card alone. Card fields (format versio
 :func:`load_card` and :func:`build_network` raise :class:`ModelCardError` (a ``ValueError``) with a
 message that says what does not match: malformed JSON, unknown or missing keys, unsupported format
 version, unknown network, unknown preprocessing keys, ``in_channels`` inconsistent with the
-preprocessing, a window the network cannot take, a missing weights file, a SHA-256 mismatch, or
+preprocessing or channels, classes that do not fit the task, a window the network cannot take, a
+missing weights file, a SHA-256 mismatch, or
 tensors that do not fit the network the card describes (``load_state_dict(strict=True)``).
 :func:`save_model` writes weights and card together so that they always agree.
 """
@@ -56,8 +66,13 @@ FORMAT_VERSION = 1
 THRESHOLD_NETWORK = "threshold"
 PLANAR_LESIONS = "planar-lesions"
 ANATOMY_MAP = "anatomy-map"
-#: Each task and the logit channels its network must return.
-TASKS = {PLANAR_LESIONS: 1, ANATOMY_MAP: LABEL_COUNT}
+SPECTCT_CLASSES = "spectct-classes"
+#: Each task and the logit channels its network must return (``None``: one per class of the card).
+TASKS: dict[str, int | None] = {PLANAR_LESIONS: 1, ANATOMY_MAP: LABEL_COUNT, SPECTCT_CLASSES: None}
+#: Tasks whose input is a planar view prepared by ``preprocessing``; the others read ``channels``.
+PLANAR_TASKS = frozenset({PLANAR_LESIONS, ANATOMY_MAP})
+#: The input volumes a ``spectct-classes`` model may read (:mod:`dicomnode.segmentation.spectct`).
+VOLUME_CHANNELS = ("spect", "ct")
 
 
 class ModelCardError(ValueError):
@@ -72,7 +87,7 @@ class ModelCard:
     version: str
     network: str
     in_channels: int
-    preprocessing: Preprocessing
+    preprocessing: Preprocessing | None = None  # planar tasks only
     width: str | int | None = None
     weights: str | None = None
     sha256: str | None = None
@@ -83,7 +98,20 @@ class ModelCard:
     metrics: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
     task: str = PLANAR_LESIONS
+    channels: tuple[str, ...] = ()
+    classes: tuple[str, ...] = ()
+    in_plane_mm: float | None = None
+    real_scan_validation: dict[str, Any] | None = None
     path: Path | None = field(default=None, compare=False)
+
+    @property
+    def outputs(self) -> int:
+        """The logit channels the task's network returns."""
+        return TASKS[self.task] or len(self.classes)
+
+    @property
+    def validated_on_real_scans(self) -> bool:
+        return bool(self.real_scan_validation)
 
     @property
     def weights_path(self) -> Path | None:
@@ -95,8 +123,16 @@ class ModelCard:
 
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "path"}
-        data["preprocessing"] = self.preprocessing.to_dict()
         data["operating_point"] = self.operating_point.to_dict()
+        if self.preprocessing is not None:
+            data["preprocessing"] = self.preprocessing.to_dict()
+        else:
+            del data["preprocessing"]
+        if self.task in PLANAR_TASKS:
+            for key in _VOLUME_KEYS:
+                del data[key]
+        else:
+            data["channels"], data["classes"] = list(self.channels), list(self.classes)
         return data
 
     def save(self, path: Path) -> ModelCard:
@@ -105,8 +141,10 @@ class ModelCard:
         return replace(self, path=path)
 
 
-_REQUIRED = ("format_version", "name", "version", "network", "in_channels", "preprocessing")
+_REQUIRED = ("format_version", "name", "version", "network", "in_channels")
 _KNOWN = {f.name for f in fields(ModelCard)} - {"path"}
+#: Keys of a ``spectct-classes`` card that a planar card does not have.
+_VOLUME_KEYS = ("channels", "classes", "in_plane_mm")
 
 
 def card_path_for(path: Path) -> Path:
@@ -153,26 +191,16 @@ def parse_card(data: Any, where: Path | None = None) -> ModelCard:
     for key in ("name", "version", "network"):
         if not isinstance(data[key], str) or not data[key]:
             raise ModelCardError(f"{label}: {key} must be a non-empty string, got {data[key]!r}")
-    if data.get("task", PLANAR_LESIONS) not in TASKS:
-        raise ModelCardError(f"{label}: task {data['task']!r} is not one of {sorted(TASKS)}")
+    task = data.get("task", PLANAR_LESIONS)
+    if task not in TASKS:
+        raise ModelCardError(f"{label}: task {task!r} is not one of {sorted(TASKS)}")
     network = data["network"]
     if network != THRESHOLD_NETWORK and network not in available():
         raise ModelCardError(
             f"{label}: unknown network {network!r}; this code has "
             f"{', '.join([*available(), THRESHOLD_NETWORK])}"
         )
-    if not isinstance(data["preprocessing"], Mapping):
-        raise ModelCardError(f"{label}: preprocessing must be a JSON object")
-    try:
-        preprocessing = Preprocessing.from_dict(data["preprocessing"])
-    except (TypeError, ValueError) as exc:
-        raise ModelCardError(f"{label}: {exc}") from exc
-    in_channels = data["in_channels"]
-    if in_channels != preprocessing.in_channels:
-        raise ModelCardError(
-            f"{label}: in_channels {in_channels!r} but aggregation {preprocessing.aggregation!r} "
-            f"gives {preprocessing.in_channels} channel(s)"
-        )
+    inputs = _planar_inputs(data, label) if task in PLANAR_TASKS else _volume_inputs(data, label)
     threshold = data.get("threshold", 0.5)
     if not isinstance(threshold, (int, float)) or not 0 < threshold < 1 or math.isnan(threshold):
         raise ModelCardError(f"{label}: threshold {threshold!r} must be a number in (0, 1)")
@@ -193,10 +221,48 @@ def parse_card(data: Any, where: Path | None = None) -> ModelCard:
         raise ModelCardError(f"{label}: sha256 of the weights file is missing")
     if has_weights and Path(data["weights"]).name != data["weights"]:
         raise ModelCardError(f"{label}: weights must be a file name beside the card, got {data['weights']!r}")
-    return ModelCard(
-        **{**data, "preprocessing": preprocessing, "threshold": float(threshold), "operating_point": point},
-        path=where,
-    )
+    if not isinstance(data.get("real_scan_validation") or {}, Mapping):
+        raise ModelCardError(f"{label}: real_scan_validation must be a JSON object or null")
+    return ModelCard(**{**data, **inputs, "threshold": float(threshold), "operating_point": point}, path=where)
+
+
+def _planar_inputs(data: Mapping[str, Any], label: str) -> dict[str, Any]:
+    """A planar card's ``preprocessing``, checked against ``in_channels``; volume keys refused."""
+    present = sorted(key for key in _VOLUME_KEYS if key in data)
+    if present:
+        raise ModelCardError(f"{label}: {present} belong to a {SPECTCT_CLASSES!r} card, not a planar one")
+    if not isinstance(data.get("preprocessing"), Mapping):
+        raise ModelCardError(f"{label}: a planar card needs preprocessing, a JSON object")
+    try:
+        preprocessing = Preprocessing.from_dict(data["preprocessing"])
+    except (TypeError, ValueError) as exc:
+        raise ModelCardError(f"{label}: {exc}") from exc
+    if data["in_channels"] != preprocessing.in_channels:
+        raise ModelCardError(
+            f"{label}: in_channels {data['in_channels']!r} but aggregation {preprocessing.aggregation!r} "
+            f"gives {preprocessing.in_channels} channel(s)"
+        )
+    return {"preprocessing": preprocessing}
+
+
+def _volume_inputs(data: Mapping[str, Any], label: str) -> dict[str, Any]:
+    """A ``spectct-classes`` card's channels, classes and in-plane spacing (no ``preprocessing``)."""
+    if "preprocessing" in data:
+        raise ModelCardError(f"{label}: a {SPECTCT_CLASSES!r} card reads channels, not preprocessing")
+    channels, classes = data.get("channels"), data.get("classes")
+    if (not isinstance(channels, list) or not channels or len(set(channels)) != len(channels)
+            or any(c not in VOLUME_CHANNELS for c in channels)):
+        raise ModelCardError(f"{label}: channels must be distinct names from {VOLUME_CHANNELS}, got {channels!r}")
+    if (not isinstance(classes, list) or len(classes) < 2 or classes[0] != "background"
+            or not all(isinstance(c, str) and c for c in classes) or len(set(classes)) != len(classes)):
+        raise ModelCardError(f"{label}: classes must be distinct names, 'background' first, got {classes!r}")
+    if data["in_channels"] != len(channels):
+        raise ModelCardError(f"{label}: in_channels {data['in_channels']!r} but {len(channels)} channel(s)")
+    spacing = data.get("in_plane_mm")
+    if spacing is not None and (not isinstance(spacing, (int, float)) or not 0 < spacing < 100):
+        raise ModelCardError(f"{label}: in_plane_mm {spacing!r} must be null or a spacing in mm")
+    return {"channels": tuple(channels), "classes": tuple(classes),
+            "in_plane_mm": None if spacing is None else float(spacing)}
 
 
 def sha256_of(path: Path) -> str:
@@ -248,12 +314,14 @@ def save_model(
     name: str,
     version: str,
     network: str,
-    preprocessing: Preprocessing,
+    preprocessing: Preprocessing | None = None,
     training: Mapping[str, Any] | None = None,
     metrics: Mapping[str, Any] | None = None,
     task: str = PLANAR_LESIONS,
+    **inputs: Any,
 ) -> ModelCard:
-    """Write ``<path>.safetensors`` and its card ``<path>.json``; return the card (validated)."""
+    """Write ``<path>.safetensors`` and its card ``<path>.json``; return the card (validated).
+    ``inputs`` are a ``spectct-classes`` card's ``channels``, ``classes`` and ``in_plane_mm``."""
     path = Path(path).with_suffix(".safetensors")
     state = {key: tensor.detach().cpu().contiguous() for key, tensor in net.state_dict().items()}
     save_file(state, path)
@@ -269,6 +337,7 @@ def save_model(
         training=dict(training or {}),
         metrics=dict(metrics or {}),
         task=task,
+        **inputs,
     )
     parse_card(card.to_dict())  # refuse to write a card this code could not read back
     _check_window(card, net)
@@ -290,6 +359,8 @@ def update_card(path: Path, **changes: Any) -> ModelCard:
 
 
 def _check_window(card: ModelCard, net: SegmentationNetwork) -> None:
+    if card.preprocessing is None:
+        return
     window = card.preprocessing.window
     if net.window is not None and window != net.window:
         raise ModelCardError(
@@ -304,10 +375,10 @@ def _check_window(card: ModelCard, net: SegmentationNetwork) -> None:
 
 
 def _check_task(card: ModelCard, net: SegmentationNetwork) -> None:
-    if net.classes != TASKS[card.task]:
+    if net.classes != card.outputs:
         raise ModelCardError(
             f"network {card.network!r} returns {net.classes} logit channel(s); task {card.task!r} "
-            f"needs {TASKS[card.task]}"
+            f"needs {card.outputs}"
         )
 
 

@@ -1,4 +1,4 @@
-"""Bone SPECT/CT lesion segmentation with MT-UNet (paper 003): inputs, slice-wise inference, weights.
+"""Bone SPECT/CT lesion segmentation with MT-UNet (paper 003): inputs, slice-wise inference, the segmenter.
 
 - **Grid.** With a CT series everything runs on the CT grid: SPECT is resampled onto it through
   patient coordinates (:mod:`dicomnode.segmentation.volume`), so a lesion lands on its bone and the result lies
@@ -20,21 +20,17 @@
   :data:`EDGE_SLICES` slices of the volume (reconstruction edges, where a real reconstruction's
   noise and truncation gave blobs) and outside the body (:func:`spect_body`, holes filled per
   slice): on a real exam the model marked 21-22 blobs per volume, many there.
-- **Weights**: ``<name>.pt`` (a ``state_dict``) and a JSON card ``<name>.json`` (network, width,
-  channels, classes, grid, training and cross-validation metrics, the SHA-256 of the weights, and
-  ``real_scan_validation``: what validation on real scans of its kind is recorded, ``null`` when
-  none; the node sends the results of a model without one only where the site allows it,
-  config ``[model] unvalidated_results``).
+- **Weights**: a model card with ``task: "spectct-classes"`` (:mod:`dicomnode.segmentation.modelcard`:
+  safetensors, strict keys, SHA-256; ``channels``, ``classes``, ``in_plane_mm``,
+  ``real_scan_validation``), one :class:`VolumeSegmenter` per card; the node's are chosen in
+  ``node.toml`` (``[model.spectct]``, ``[model.spect_only]``).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -42,8 +38,8 @@ import torch.nn.functional as F
 from pydicom.dataset import Dataset
 from scipy import ndimage
 
-from dicomnode.segmentation.networks import SegmentationNetwork, build
-from dicomnode.segmentation.networks.mtunet import CLASSES
+from dicomnode.segmentation.modelcard import SPECTCT_CLASSES, ModelCard, ModelCardError, build_network, load_card
+from dicomnode.segmentation.networks import SegmentationNetwork
 from dicomnode.segmentation.result import Algorithm
 from dicomnode.segmentation.volume import DecodedVolumes, decode_volumes, resample, scaled
 
@@ -116,57 +112,6 @@ def predict_volume(net: SegmentationNetwork, inputs: np.ndarray, *, device: torc
     return out
 
 
-@dataclass(frozen=True)
-class SpectCTCard:
-    """What a shipped SPECT/CT model is and how it was made (the ``.json`` beside the ``.pt``)."""
-
-    name: str
-    network: str
-    width: str | int
-    channels: tuple[str, ...]
-    classes: tuple[str, ...] = CLASSES
-    in_plane_mm: float | None = None
-    weights: str = ""
-    sha256: str = ""
-    training: dict[str, Any] = field(default_factory=dict)
-    metrics: dict[str, Any] = field(default_factory=dict)
-    #: the validation on real scans of this kind the card records (data, exams, figures); None: none
-    real_scan_validation: dict[str, Any] | None = None
-
-    @property
-    def validated_on_real_scans(self) -> bool:
-        return bool(self.real_scan_validation)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["channels"], data["classes"] = list(self.channels), list(self.classes)
-        return data
-
-
-def save_spectct_model(net: SegmentationNetwork, path: Path, card: SpectCTCard) -> SpectCTCard:
-    """Write ``path.pt`` and ``path.json``; return the card with the weights' name and hash."""
-    path = Path(path)
-    weights = path.with_suffix(".pt")
-    torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, weights)
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
-    card = SpectCTCard(**{**card.__dict__, "weights": weights.name, "sha256": digest})
-    path.with_suffix(".json").write_text(json.dumps(card.to_dict(), indent=2, sort_keys=True) + "\n")
-    return card
-
-
-def load_spectct_model(card_path: Path, device: torch.device | str = "cpu") -> tuple[SegmentationNetwork, SpectCTCard]:
-    """Read a card, check the weights' hash, build the network and load it (eval mode)."""
-    card_path = Path(card_path)
-    data = json.loads(card_path.read_text())
-    card = SpectCTCard(**{**data, "channels": tuple(data["channels"]), "classes": tuple(data["classes"])})
-    weights = card_path.parent / card.weights
-    if hashlib.sha256(weights.read_bytes()).hexdigest() != card.sha256:
-        raise ValueError(f"{weights.name} does not match the SHA-256 in its card")
-    net = build(card.network, in_channels=len(card.channels), width=card.width)
-    net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    return net.to(device).eval(), card
-
-
 #: The shipped SPECT/CT model (two channels, transfer from the SPECT model; docs/training.md).
 DEFAULT_SPECTCT_CARD = Path(__file__).parent / "weights" / "spectct-spectct-mtunet-slim.json"
 #: The shipped SPECT-only model, for a RECON TOMO volume without a CT (docs/training.md "SPECT-only").
@@ -175,38 +120,37 @@ DEFAULT_SPECT_ONLY_CARD = Path(__file__).parent / "weights" / "spect-only-mtunet
 
 @dataclass(frozen=True)
 class VolumeSegmentation:
-    """Class probabilities ``(3, slices, rows, columns)`` (background, metastatic, benign) and the
-    model that gave them. On the CT grid (slice order of :func:`dicomnode.segmentation.volume.ct_geometry`)
+    """Class probabilities ``(K, slices, rows, columns)`` (the card's ``classes``, e.g. background,
+    metastatic, benign) and the model that gave them. On the CT grid (slice order of :func:`dicomnode.segmentation.volume.ct_geometry`)
     when the acquisition has a CT, else on the NM volume's grid (frame order)."""
 
     probabilities: np.ndarray
     algorithm: Algorithm
+    classes: tuple[str, ...]  # of the probabilities' first axis, from the model card
     validated_on_real_scans: bool = False  # the model card records validation on real scans of its kind
     volumes: DecodedVolumes | None = None  # the pixel data as decoded for the model, for the result builder
 
 
-class HybridSegmenter:
-    """The SPECT/CT and SPECT-only models and the one path from DICOM to class probabilities.
+class VolumeSegmenter:
+    """One ``spectct-classes`` model (:mod:`dicomnode.segmentation.modelcard`) and the one path from
+    DICOM to class probabilities. A card whose channels include ``ct`` segments an acquisition with a
+    CT series; one without, a SPECT volume alone (then on the NM grid, edges and outside masked)."""
 
-    A model is read (and its weights' hash checked) on first use, so that a process that never meets
-    a SPECT acquisition never loads one. The SPECT/CT model segments an acquisition with a CT; the
-    SPECT-only model one without (``spect_only_card_path``).
-    """
-
-    def __init__(self, card_path: Path = DEFAULT_SPECTCT_CARD, device: torch.device | str = "cpu", *,
-                 spect_only_card_path: Path = DEFAULT_SPECT_ONLY_CARD) -> None:
-        self.card_paths = {True: Path(card_path), False: Path(spect_only_card_path)}
+    def __init__(self, card: ModelCard, device: torch.device | str = "cpu") -> None:
+        if card.task != SPECTCT_CLASSES:
+            raise ModelCardError(f"card {card.path}: task {card.task!r} is not {SPECTCT_CLASSES!r}")
+        self.card = card
         self.device = torch.device(device)
-        self._models: dict[bool, tuple[SegmentationNetwork, SpectCTCard]] = {}
+        self.net = build_network(card, self.device)
+        self.algorithm = Algorithm(name=card.name[:64], version=card.version, network=card.network)
 
-    def model(self, with_ct: bool) -> tuple[SegmentationNetwork, SpectCTCard]:
-        """The network and card for an acquisition with (or without) a CT, read on first use."""
-        if with_ct not in self._models:
-            net, card = load_spectct_model(self.card_paths[with_ct], self.device)
-            if not with_ct and "ct" in card.channels:
-                raise ValueError(f"{card.name} needs a CT channel; it cannot segment SPECT alone")
-            self._models[with_ct] = net, card
-        return self._models[with_ct]
+    @staticmethod
+    def from_card(path: Path, device: torch.device | str = "cpu") -> VolumeSegmenter:
+        return VolumeSegmenter(load_card(Path(path)), device)
+
+    @property
+    def needs_ct(self) -> bool:
+        return "ct" in self.card.channels
 
     def segment(self, ct: Sequence[Dataset], spect: Dataset) -> VolumeSegmentation:
         """Class probabilities of one acquisition (``ct`` empty: SPECT-only).
@@ -214,8 +158,11 @@ class HybridSegmenter:
         With a CT: the SPECT resampled onto the CT grid through patient coordinates, the card's
         channels stacked, each axial slice segmented. Without: the NM volume on its own grid, at
         the card's ``in_plane_mm`` for the network and back. Either way the card's grid spacing
-        is applied as :func:`dicomnode.segmentation.volume.scaled` and undone on the probabilities."""
-        net, card = self.model(bool(ct))
+        is applied as :func:`dicomnode.segmentation.volume.scaled` and undone on the probabilities.
+        Raises :class:`ValueError` for a CT model without a CT series."""
+        card = self.card
+        if self.needs_ct and not ct:
+            raise ModelCardError(f"{card.name} needs a CT channel; it cannot segment SPECT alone")
         volumes = decode_volumes(ct, spect)
         counts, spect_grid, hu, grid = volumes.counts, volumes.spect_grid, volumes.hu, volumes.grid
         assert counts is not None and spect_grid is not None
@@ -224,13 +171,12 @@ class HybridSegmenter:
             hu = resample(hu, grid, work, fill=-1000.0)
         spect_on_work = counts if work is spect_grid else resample(counts, spect_grid, work)
         inputs = stack_inputs(card.channels, spect_on_work, hu)
-        probabilities = predict_volume(net, inputs, device=self.device)
+        probabilities = predict_volume(self.net, inputs, device=self.device)
         if work is not grid:
             probabilities = np.stack([resample(channel, work, grid, extend=True) for channel in probabilities])
         if not ct:
             probabilities = mask_edges_and_outside(probabilities, counts)
-        algorithm = Algorithm(name=card.name[:64], version=card.sha256[:16] or "unversioned", network=card.network)
-        return VolumeSegmentation(probabilities, algorithm, card.validated_on_real_scans, volumes)
+        return VolumeSegmentation(probabilities, self.algorithm, card.classes, card.validated_on_real_scans, volumes)
 
 
 def mask_edges_and_outside(probabilities: np.ndarray, counts: np.ndarray) -> np.ndarray:

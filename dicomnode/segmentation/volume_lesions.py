@@ -13,10 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from dicomnode.segmentation.networks.mtunet import CLASSES
 from dicomnode.segmentation.volume import VolumeGeometry
 
-METASTATIC, BENIGN = CLASSES.index("metastatic"), CLASSES.index("benign")
+#: Paper 003's classes, in the order of a ``spectct-classes`` card's ``classes`` that these lesions read.
+LESION_CLASSES = ("background", "metastatic", "benign")
+METASTATIC, BENIGN = LESION_CLASSES.index("metastatic"), LESION_CLASSES.index("benign")
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class VolumeLesion:
 
     @property
     def class_name(self) -> str:
-        return CLASSES[self.label]
+        return LESION_CLASSES[self.label]
 
 
 def find_lesions(probabilities: np.ndarray, hu: np.ndarray | None, spect: np.ndarray | None,

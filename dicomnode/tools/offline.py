@@ -1,8 +1,9 @@
 """``dicomnode segment FILES… --out DIR``: the node's pipeline on files, offline (no network, no database).
 
-The same steps as the worker (:func:`dicomnode.pipeline.processing.segment_study`: views →
-segmentation → DICOM results) for every study found among the input files (folders are searched
-recursively; files that are not DICOM are listed as skipped). Output, for each study::
+The same steps as the worker (:func:`dicomnode.pipeline.processing.process_study`: every acquisition,
+planar whole body, SPECT/CT and SPECT-only, segmented by its kind's model → DICOM results) for every
+study found among the input files (folders are searched recursively; files that are not DICOM are
+listed as skipped). Output, for each study::
 
     DIR/<StudyInstanceUID>/<KIND>-<SOPInstanceUID>.dcm     the result objects (SEG, GSPS, SR, SC)
     DIR/summary.json                                       per study: views, lesions, burden, files
@@ -10,8 +11,9 @@ recursively; files that are not DICOM are listed as skipped). Output, for each s
 
 Folder names come only from validated UIDs (PS3.5 §9.1); a study whose UID is not valid, or whose
 views cannot be read, is reported in the summary with the reason and no objects, and the command
-exits non-zero. Lesion sites and the approximate Bone Scan Index are those of
-:mod:`dicomnode.pipeline.results.burden` (the same numbers the SR carries).
+exits non-zero. A study's summary describes its first processed acquisition (its kind's ``describe``,
+:data:`dicomnode.pipeline.kinds.KINDS`): for a planar one, lesion sites and the approximate Bone Scan
+Index of :mod:`dicomnode.pipeline.results.burden` (the same numbers the SR carries).
 """
 
 from __future__ import annotations
@@ -29,11 +31,11 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from dicomnode.dicom.uids import UIDError, check_uid
-from dicomnode.pipeline.processing import UnreadableStudy, segment_study
+from dicomnode.pipeline.kinds import KINDS
+from dicomnode.pipeline.models import PLANAR, NodeModels
+from dicomnode.pipeline.processing import UnreadableStudy, process_study
 from dicomnode.pipeline.results import ResultOptions
-from dicomnode.pipeline.results.burden import BSI_EXPLANATION, assess_burden
-from dicomnode.segmentation.inference import Segmenter
-from dicomnode.segmentation.result import SegmentationResult
+from dicomnode.pipeline.results.burden import BSI_EXPLANATION
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,7 @@ class StudySummary:
     study_uid: str
     sources: list[str]
     error: str | None = None
+    acquisitions: list[dict[str, str]] = field(default_factory=list)  # label, kind, outcome of each
     views: list[str] = field(default_factory=list)
     missing_views: list[str] = field(default_factory=list)
     lesions: list[dict[str, Any]] = field(default_factory=list)
@@ -84,11 +87,11 @@ def find_datasets(paths: Iterable[str | os.PathLike[str]]) -> tuple[dict[str, li
     return studies, skipped
 
 
-def segment_files(paths: Sequence[str | os.PathLike[str]], out: Path, segmenter: Segmenter,
+def segment_files(paths: Sequence[str | os.PathLike[str]], out: Path, models: NodeModels,
                   options: ResultOptions) -> Summary:
     """Run the pipeline on ``paths`` and write results and summaries under ``out``."""
     studies, skipped = find_datasets(paths)
-    algorithm = segmenter.algorithm
+    algorithm = models.get(PLANAR).algorithm  # type: ignore[attr-defined]
     summary = Summary(algorithm={"name": algorithm.name, "version": algorithm.version,
                                  "network": algorithm.network}, skipped=skipped)
     out.mkdir(parents=True, exist_ok=True)
@@ -97,19 +100,23 @@ def segment_files(paths: Sequence[str | os.PathLike[str]], out: Path, segmenter:
         summary.studies.append(study)
         try:
             check_uid(study_uid, "Study Instance UID")
-            runs = segment_study([ds for _, ds in found], segmenter, options)
-        except (UIDError, UnreadableStudy, ValueError) as exc:
+            runs = process_study([ds for _, ds in found], models, options)
+        except (UIDError, UnreadableStudy) as exc:
             study.error = str(exc)
             log.warning("study not segmented: %s", exc)
             continue
-        processed = [run for run in runs if run.result is not None and run.processed]
+        study.acquisitions = [{"label": run.acquisition.label, "kind": run.acquisition.kind.value,
+                               "outcome": "processed" if run.processed else f"not processable: {run.reason}",
+                               **({"model": _model(run.result)} if run.processed else {})} for run in runs]
+        processed = [run for run in runs if run.processed]
         refused = [f"{run.acquisition.label}: not processable: {run.reason}" for run in runs if not run.processed]
         if not processed:
             study.error = "; ".join(refused)
             log.warning("study not segmented: %s", study.error)
             continue
-        assert processed[0].result is not None
-        _describe(study, processed[0].result)
+        first = processed[0]
+        for key, value in KINDS[first.acquisition.kind].describe(first.result).items():
+            setattr(study, key, value)
         study.notes.extend(refused)
         folder = out / study_uid
         folder.mkdir(exist_ok=True)
@@ -124,24 +131,6 @@ def segment_files(paths: Sequence[str | os.PathLike[str]], out: Path, segmenter:
     return summary
 
 
-def _describe(study: StudySummary, result: SegmentationResult) -> None:
-    burden = assess_burden(result)
-    study.views = [view.value for view in result.views]
-    study.missing_views = [view.value for view in result.missing]
-    study.total_area_mm2 = round(burden.total_area_mm2, 1)
-    study.bsi_percent = None if burden.bsi_percent is None else round(burden.bsi_percent, 2)
-    study.notes = list(result.notes) + list(burden.notes)
-    for view, view_burden in burden.views.items():
-        for sited in view_burden.lesions:
-            lesion = sited.lesion
-            study.lesions.append({
-                "view": view.value, "label": lesion.label, "site": sited.site,
-                "area_mm2": round(lesion.area_mm2, 1), "pixels": lesion.pixel_count,
-                "centroid_row_column": [round(c, 1) for c in lesion.centroid],
-                "peak_counts": round(lesion.peak_counts, 1), "mean_counts": round(lesion.mean_counts, 1),
-            })
-
-
 def _as_dict(summary: Summary) -> dict[str, Any]:
     return {
         "algorithm": summary.algorithm,
@@ -151,28 +140,50 @@ def _as_dict(summary: Summary) -> dict[str, Any]:
     }
 
 
+def _model(result: Any) -> str:
+    """The model of a processed acquisition's result (planar or volume), as the SR names it."""
+    algorithm = result.algorithm
+    return f"{algorithm.name} {algorithm.version} ({algorithm.network})"
+
+
+def _planar_lesions(study: StudySummary) -> list[str]:
+    missing = f"; missing: {', '.join(study.missing_views)}" if study.missing_views else ""
+    bsi = "n/a" if study.bsi_percent is None else f"{study.bsi_percent:.2f} %"
+    lines = [(f"Views: {', '.join(study.views)}{missing}. Lesions: {len(study.lesions)}, "
+              f"total area {study.total_area_mm2:.1f} mm2, approximate BSI {bsi}."), ""]
+    if study.lesions:
+        lines += ["| view | # | site | area (mm2) | peak counts | mean counts |", "|---|---|---|---|---|---|"]
+        lines += [f"| {lesion['view']} | {lesion['label']} | {lesion['site'] or '-'} | {lesion['area_mm2']} | "
+                  f"{lesion['peak_counts']} | {lesion['mean_counts']} |" for lesion in study.lesions]
+        lines.append("")
+    return lines
+
+
+def _volume_lesions(study: StudySummary) -> list[str]:
+    lines = [f"Volume lesions: {len(study.lesions)}.", ""]
+    if study.lesions:
+        lines += ["| # | class | volume (mL) | voxels | probability |", "|---|---|---|---|---|"]
+        lines += [f"| {lesion['label']} | {lesion['class']} | {lesion['volume_ml']} | {lesion['voxels']} | "
+                  f"{lesion['probability']} |" for lesion in study.lesions]
+        lines.append("")
+    return lines
+
+
 def render_markdown(summary: Summary) -> str:
     """The summary for a person (not for diagnostic use)."""
     algorithm = summary.algorithm
     lines = ["# dicomnode segment: summary", "",
-             f"Algorithm: {algorithm['name']} {algorithm['version']} ({algorithm['network']}). "
-             "Research use only, not for diagnostic use.", ""]
+             (f"Planar lesion model: {algorithm['name']} {algorithm['version']} ({algorithm['network']}); each "
+              "acquisition names its model. Research use only, not for diagnostic use."), ""]
     for study in summary.studies:
         lines.append(f"## Study {study.study_uid}")
         lines.append("")
         if study.error is not None:
             lines += [f"**Not segmented:** {study.error}", ""]
             continue
-        missing = f"; missing: {', '.join(study.missing_views)}" if study.missing_views else ""
-        bsi = "n/a" if study.bsi_percent is None else f"{study.bsi_percent:.2f} %"
-        lines += [f"Views: {', '.join(study.views)}{missing}. Lesions: {len(study.lesions)}, "
-                  f"total area {study.total_area_mm2:.1f} mm2, approximate BSI {bsi}.", ""]
-        if study.lesions:
-            lines += ["| view | # | site | area (mm2) | peak counts | mean counts |",
-                      "|---|---|---|---|---|---|"]
-            lines += [f"| {lesion['view']} | {lesion['label']} | {lesion['site'] or '-'} | {lesion['area_mm2']} | "
-                      f"{lesion['peak_counts']} | {lesion['mean_counts']} |" for lesion in study.lesions]
-            lines.append("")
+        lines += [f"- acquisition {a['label']} ({a['kind']}{', ' + a['model'] if 'model' in a else ''}): "
+                  f"{a['outcome']}" for a in study.acquisitions] + [""]
+        lines += _volume_lesions(study) if study.views == ["volume"] else _planar_lesions(study)
         lines += [f"- {obj['kind']}: `{obj['file']}`" for obj in study.objects]
         lines += [f"- note: {note}" for note in study.notes]
         lines.append("")

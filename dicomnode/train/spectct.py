@@ -33,7 +33,9 @@ specificity, AUC, IoU and DSC. What we do, and what the abstract leaves open:
   flips, AdamW with a cosine schedule (over steps, or over ``max_seconds`` when that comes first), loss :func:`dicomnode.train.losses.multiclass_segmentation_loss`, bf16
   autocast on CUDA. ``max_seconds`` caps a run's wall time (recorded in the table when it binds).
 - ``--final NAME``: the preset (with its transfer) trained on all exams and written as
-  ``OUT/final/<NAME>.pt`` + ``.json`` (:func:`dicomnode.segmentation.spectct.save_spectct_model`).
+  ``OUT/final/<NAME>.safetensors`` + its model card ``.json``, task ``spectct-classes``
+  (:func:`dicomnode.segmentation.modelcard.save_model`; ``[model.spectct]`` or ``[model.spect_only]``
+  of ``node.toml`` can name it).
 
 Writes ``OUT/crossval.json`` (per fold and summary) and ``OUT/crossval.md`` (the table).
 """
@@ -60,9 +62,10 @@ import torch
 
 from dicomnode.segmentation.device import resolve_device
 from dicomnode.segmentation.metrics import PixelCounts, pixel_counts
+from dicomnode.segmentation.modelcard import SPECTCT_CLASSES, save_model
 from dicomnode.segmentation.networks import SegmentationNetwork, build
 from dicomnode.segmentation.networks.mtunet import CLASSES
-from dicomnode.segmentation.spectct import BODY_HU, SpectCTCard, pad_to, predict_volume, save_spectct_model, stack_inputs
+from dicomnode.segmentation.spectct import BODY_HU, pad_to, predict_volume, stack_inputs
 from dicomnode.segmentation.volume import ct_volume, nm_volume, resample, resample_labels, scaled
 
 from .boxscore import roc_auc
@@ -429,17 +432,18 @@ def _final(name: str, by_name: dict[str, Preset], transfers: dict[str, str], exa
     preset = by_name[name]
     trained = train_model(preset, exams, device, init=init)
     variant = f"{name} (transfer from {transfers[name]})" if name in transfers else name
-    card = SpectCTCard(
-        name=f"{name}-{preset.network}-{preset.width}", network=preset.network, width=preset.width,
-        channels=preset.channels, in_plane_mm=preset.in_plane_mm,
+    card_name = f"{name}-{preset.network}-{preset.width}"
+    (out / "final").mkdir(exist_ok=True)
+    card = save_model(
+        trained.net, out / "final" / card_name, name=card_name, version=time.strftime("%Y%m%d"),
+        network=preset.network, task=SPECTCT_CLASSES, channels=preset.channels, classes=CLASSES,
+        in_plane_mm=preset.in_plane_mm,
         training={"preset": preset.as_dict(), "transfer_from": transfers.get(name), "exams": len(exams),
                   "data": "dicomnode synth --spect-ct (simulated)", "device": result["device"],
                   "torch": result["torch"], "run": trained.info, "source_run": source_info},
         metrics={"crossval": variant, "folds": result["folds"], "summary": result["variants"][variant]["summary"]},
     )
-    (out / "final").mkdir(exist_ok=True)
-    card = save_spectct_model(trained.net, out / "final" / card.name, card)
-    return {"card": f"final/{card.name}.json", "weights": f"final/{card.weights}", "run": trained.info}
+    return {"card": f"final/{card_name}.json", "weights": f"final/{card.weights}", "run": trained.info}
 
 
 def _device_name(device: torch.device) -> str:

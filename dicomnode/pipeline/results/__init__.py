@@ -52,10 +52,13 @@ def build_results(
     frames = match_sources(result, sources)
     provenance = Provenance(
         options=options,
-        result=result,
+        study_instance_uid=result.scan.study_instance_uid,
+        algorithm=result.algorithm,
+        threshold=result.threshold,
         study_version=study_version,
         created=datetime.now(),
         source_uids=tuple(sorted({frame.source.sop_instance_uid for frame in frames.values()})),
+        notes=tuple(dict.fromkeys((*result.scan.notes, *result.notes))),  # the result's include the scan's: once
     )
     needs_burden = any(kind is not ResultKind.SEG for kind in options.kinds)
     burden = assess_burden(result) if needs_burden else None

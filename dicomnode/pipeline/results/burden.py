@@ -107,6 +107,7 @@ class BoneBurden:
     bsi_percent: float | None  # None when no view could be cut into regions
     involvement: dict[str, float]  # per group, the larger of the views' fractions
     notes: tuple[str, ...]
+    anatomy_mapped: bool = False  # regions from the anatomy map, not planar counts
 
     @property
     def lesion_count(self) -> int:
@@ -147,12 +148,14 @@ def assess_burden(result: SegmentationResult) -> BoneBurden:
         notes.append(f"{view.value} view missing: the index uses the other view only")
     measured = [burden.involvement for burden in views.values() if burden.involvement]
     if not measured:
-        return BoneBurden(views=views, bsi_percent=None, involvement={}, notes=tuple(notes))
+        return BoneBurden(views=views, bsi_percent=None, involvement={}, notes=tuple(notes),
+                          anatomy_mapped=bool(result.anatomy))
     combined = {group.name: max(m[group.name] for m in measured) for group in SPIERS_GROUPS}
     bsi = 100.0 * sum(
         combined[group.name] * group.spiers_percent / _TOTAL_PERCENT for group in SPIERS_GROUPS
     )
-    return BoneBurden(views=views, bsi_percent=float(bsi), involvement=combined, notes=tuple(notes))
+    return BoneBurden(views=views, bsi_percent=float(bsi), involvement=combined, notes=tuple(notes),
+                      anatomy_mapped=bool(result.anatomy))
 
 
 def _site(lesion: Lesion, source: ViewSource, regions: SkeletalRegions | None) -> str | None:

@@ -31,7 +31,12 @@ from pydicom.uid import NuclearMedicineImageStorage, generate_uid
 from dicomnode.config import ResultOptions
 from dicomnode.dicom.sop import ResultKind
 from dicomnode.segmentation.preprocess import Preprocessing, body_mask, reference_level
-from dicomnode.segmentation.result import Lesion, SegmentationResult, ViewResult
+from dicomnode.segmentation.result import (
+    Algorithm,
+    Lesion,
+    SegmentationResult,
+    ViewResult,
+)
 from dicomnode.segmentation.scan import View, ViewImage, ViewSource
 
 logger = logging.getLogger(__name__)
@@ -62,6 +67,12 @@ SERIES_OFFSETS: dict[ResultKind, int] = {
     ResultKind.SR: 3,
     ResultKind.SC: 4,
 }
+
+class ResultInputError(ValueError):
+    """Inputs that result objects cannot be built from (sources that do not fit the segmentation,
+    a model's classes the objects do not encode, a series number out of range): the acquisition is
+    not processable, retrying cannot help. Any other error of a builder is a bug, and fails the job."""
+
 
 @dataclass(frozen=True)
 class SourceFrame:
@@ -106,18 +117,18 @@ class SourceFrame:
 def match_sources(result: SegmentationResult, sources: Sequence[Dataset]) -> dict[View, SourceFrame]:
     """Pair each view of ``result`` with its source dataset (by SOP Instance UID) and check both.
 
-    Raises ``ValueError`` with the reason when a view's source is missing, is not an NM image of
+    Raises :class:`ResultInputError` with the reason when a view's source is missing, is not an NM image of
     the same study, lacks the referenced frame, or when the result does not fit its source frame.
     """
     by_uid: dict[str, Dataset] = {}
     for dataset in sources:
         uid = str(dataset.get("SOPInstanceUID", ""))
         if not uid:
-            raise ValueError("a source dataset has no SOP Instance UID")
+            raise ResultInputError("a source dataset has no SOP Instance UID")
         by_uid[uid] = dataset
     scan = result.scan
     if set(result.views) != set(scan.views):
-        raise ValueError(
+        raise ResultInputError(
             f"the result has views {[v.value for v in result.views]} "
             f"but the scan has {[v.value for v in scan.views]}"
         )
@@ -126,22 +137,22 @@ def match_sources(result: SegmentationResult, sources: Sequence[Dataset]) -> dic
         source = image.source
         dataset = by_uid.get(source.sop_instance_uid)
         if dataset is None:
-            raise ValueError(
+            raise ResultInputError(
                 f"no source dataset has the {view.value} view's SOP Instance UID "
                 f"{source.sop_instance_uid}"
             )
         _check_source(view, dataset, source, scan.study_instance_uid)
         view_result = result.views[view]
         if view_result.mask.shape != (source.rows, source.columns):
-            raise ValueError(
+            raise ResultInputError(
                 f"the {view.value} mask has shape {view_result.mask.shape}, the source frame "
                 f"is {source.rows} x {source.columns}"
             )
         if not np.isin(view_result.mask, (0, 1)).all():
-            raise ValueError(f"the {view.value} mask holds values other than 0 and 1")
+            raise ResultInputError(f"the {view.value} mask holds values other than 0 and 1")
         for lesion in view_result.lesions:
             if lesion.view is not view:
-                raise ValueError(f"a {lesion.view.value} lesion is listed under the {view.value} view")
+                raise ResultInputError(f"a {lesion.view.value} lesion is listed under the {view.value} view")
         frames[view] = SourceFrame(view=view, dataset=dataset, image=image, result=view_result)
     return frames
 
@@ -149,19 +160,19 @@ def match_sources(result: SegmentationResult, sources: Sequence[Dataset]) -> dic
 def _check_source(view: View, dataset: Dataset, source: ViewSource, study_uid: str) -> None:
     where = f"{view.value} source {source.sop_instance_uid}"
     if dataset.get("SOPClassUID") != NuclearMedicineImageStorage:
-        raise ValueError(f"{where} is not an NM Image Storage instance ({dataset.get('SOPClassUID')})")
+        raise ResultInputError(f"{where} is not an NM Image Storage instance ({dataset.get('SOPClassUID')})")
     if source.sop_class_uid != dataset.SOPClassUID:
-        raise ValueError(f"{where}: the scan says SOP class {source.sop_class_uid}")
+        raise ResultInputError(f"{where}: the scan says SOP class {source.sop_class_uid}")
     if dataset.get("StudyInstanceUID") != study_uid:
-        raise ValueError(f"{where} belongs to study {dataset.get('StudyInstanceUID')}, not {study_uid}")
+        raise ResultInputError(f"{where} belongs to study {dataset.get('StudyInstanceUID')}, not {study_uid}")
     if (dataset.get("Rows"), dataset.get("Columns")) != (source.rows, source.columns):
-        raise ValueError(
+        raise ResultInputError(
             f"{where} is {dataset.get('Rows')} x {dataset.get('Columns')}, "
             f"the scan says {source.rows} x {source.columns}"
         )
     frames = int(dataset.get("NumberOfFrames", 1) or 1)
     if not 1 <= source.frame_number <= frames:
-        raise ValueError(f"{where} has {frames} frame(s); frame {source.frame_number} was referenced")
+        raise ResultInputError(f"{where} has {frames} frame(s); frame {source.frame_number} was referenced")
 
 
 def source_image_sequence(datasets: Sequence[Dataset]) -> list[Dataset]:
@@ -198,10 +209,13 @@ class Provenance:
     """What all objects of one call share: who wrote them, when, for which processing run."""
 
     options: ResultOptions
-    result: SegmentationResult
+    study_instance_uid: str
+    algorithm: Algorithm
+    threshold: float  # the operating point's probability threshold (argmax for volume classes: 0.5)
     study_version: int
     created: datetime
     source_uids: tuple[str, ...]
+    notes: tuple[str, ...] = ()  # the segmentation's notes, written into the SR
 
     def series(self, kind: ResultKind) -> SeriesIdentity:
         number = (
@@ -210,17 +224,17 @@ class Provenance:
             + SERIES_OFFSETS[kind]
         )
         if number > _MAX_IS:
-            raise ValueError(f"series number {number} exceeds the IS range; lower study_version")
+            raise ResultInputError(f"series number {number} exceeds the IS range; lower study_version")
         return SeriesIdentity(
             uid=self.uid(kind.value, "series"), number=number, description=self.options.description(kind)
         )
 
     def uid(self, *parts: str) -> str:
         """A UID derived from this run's inputs and ``parts`` (module docstring)."""
-        algorithm = self.result.algorithm
+        algorithm = self.algorithm
         return generate_uid(
             entropy_srcs=[
-                self.result.scan.study_instance_uid,
+                self.study_instance_uid,
                 *self.source_uids,
                 str(self.study_version),
                 algorithm.name,
@@ -239,7 +253,7 @@ class Provenance:
     @property
     def model_name(self) -> str:
         """Manufacturer's Model Name (0008,1090): the algorithm that produced the result."""
-        return self.result.algorithm.name[:_MAX_LO]
+        return self.algorithm.name[:_MAX_LO]
 
     @property
     def equipment(self) -> dict[str, str]:

@@ -16,8 +16,8 @@ metastatic, benign) on the CT grid (slice 0 the most inferior, the order of
 Lesions are those of :mod:`dicomnode.segmentation.volume_lesions`, on the pixel data the segmenter decoded
 (``volumes``: :mod:`.hybrid_volume`). The objects share the planar results' provenance
 (:class:`~dicomnode.pipeline.results.common.Provenance`: UIDs derived from the study, the sources,
-the version and the algorithm; series numbers by kind), which reads the study UID, the algorithm and
-the threshold from its ``result``; :class:`HybridRun` gives it those three.
+the version and the algorithm; series numbers by kind). ``classes`` are the model card's; the SEG's
+segments are defined for paper 003's (:data:`dicomnode.segmentation.volume_lesions.LESION_CLASSES`).
 
 The SR refers to the SEG's segments, so it is written only together with the SEG.
 """
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
@@ -40,29 +39,14 @@ from dicomnode.pipeline.results.hybrid_sr import build_hybrid_report
 from dicomnode.pipeline.results.hybrid_volume import hybrid_volume
 from dicomnode.segmentation.result import Algorithm
 from dicomnode.segmentation.volume import DecodedVolumes
-from dicomnode.segmentation.volume_lesions import BENIGN, METASTATIC
+from dicomnode.segmentation.volume_lesions import BENIGN, LESION_CLASSES, METASTATIC
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class _Study:
-    study_instance_uid: str
-    notes: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class HybridRun:
-    """What :class:`Provenance` reads from a result: the study UID (``scan``), algorithm, threshold."""
-
-    scan: _Study
-    algorithm: Algorithm
-    threshold: float = 0.5
-    notes: tuple[str, ...] = ()
-
-
 def build_hybrid_results(ct_datasets: Sequence[Dataset], nm_recon_dataset: Dataset | None,
                          probabilities: np.ndarray, *, algorithm: Algorithm,
+                         classes: Sequence[str] = LESION_CLASSES,
                          options: ResultOptions | None = None, study_version: int = 1,
                          created: datetime | None = None, notes: Sequence[str] = (),
                          volumes: DecodedVolumes | None = None) -> list[tuple[ResultKind, Dataset]]:
@@ -71,15 +55,17 @@ def build_hybrid_results(ct_datasets: Sequence[Dataset], nm_recon_dataset: Datas
     later reconstruction superseding an earlier one, a model not validated on real scans) are written
     into the SR's comments; ``volumes`` are the sources' pixel data as the segmenter decoded them."""
     options = options or ResultOptions()
-    volume = hybrid_volume(ct_datasets, nm_recon_dataset, probabilities, volumes)
+    volume = hybrid_volume(ct_datasets, nm_recon_dataset, probabilities, classes, volumes)
     sources = [ds.SOPInstanceUID for ds in volume.ct] + ([nm_recon_dataset.SOPInstanceUID] if nm_recon_dataset else [])
     provenance = Provenance(
         options=options,
-        result=HybridRun(_Study(str(volume.reference.StudyInstanceUID)), algorithm,  # type: ignore[arg-type]
-                         notes=tuple(notes)),
+        study_instance_uid=str(volume.reference.StudyInstanceUID),
+        algorithm=algorithm,
+        threshold=0.5,  # the most probable class wins: with three classes, never below 1/3
         study_version=study_version,
         created=created or datetime.now(),
         source_uids=tuple(sources),
+        notes=tuple(notes),
     )
     out: list[tuple[ResultKind, Dataset]] = []
     seg = build_hybrid_segmentation(volume, provenance)

@@ -26,7 +26,13 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from dicomnode.pipeline.results.common import NOT_FOR_DIAGNOSTIC_USE, Provenance, ResultKind, check_writable
+from dicomnode.pipeline.results.common import (
+    NOT_FOR_DIAGNOSTIC_USE,
+    Provenance,
+    ResultInputError,
+    ResultKind,
+    check_writable,
+)
 from dicomnode.pipeline.results.hybrid_volume import SEGMENT_OF_CLASS, HybridVolume
 from dicomnode.segmentation.volume_lesions import BENIGN, METASTATIC
 from dicomnode.pipeline.results.seg import functional_groups_proxy
@@ -38,7 +44,7 @@ SEGMENT_TYPES = {METASTATIC: codes.SCT.NeoplasmSecondary, BENIGN: codes.SCT.Lesi
 
 
 def segment_descriptions(provenance: Provenance) -> list[hd.seg.SegmentDescription]:
-    algorithm = provenance.result.algorithm
+    algorithm = provenance.algorithm
     identification = hd.AlgorithmIdentificationSequence(
         name=algorithm.name, version=algorithm.version, family=codes.cid7162.ArtificialIntelligence,
         source=provenance.options.manufacturer, parameters={"network": algorithm.network, "decision": "argmax"},
@@ -91,7 +97,7 @@ def _nm_source(volume: HybridVolume, labels: np.ndarray, provenance: Provenance)
     """The NM volume as highdicom's source (module docstring) and the labels in its stored frame order."""
     nm = volume.nm
     if nm is None:
-        raise ValueError("a SPECT-only SEG needs the NM volume")
+        raise ResultInputError("a SPECT-only SEG needs the NM volume")
     geometry, order = nm_geometry(nm)
     stored = np.empty_like(labels)
     stored[order] = labels  # volume slice k is stored frame order[k]

@@ -123,12 +123,12 @@ def _counts_note(volume: HybridVolume) -> str:
 
 
 def _comment(volume: HybridVolume, provenance: Provenance) -> hd.sr.ContainerContentItem:
-    algorithm = provenance.result.algorithm
+    algorithm = provenance.algorithm
     counts = {name: sum(les.class_name == name for les in volume.lesions) for name in ("metastatic", "benign")}
     lines = [
         f"{counts['metastatic']} metastatic and {counts['benign']} benign bone lesion(s) on {volume.modality_name}.",
         _counts_note(volume),
-        *provenance.result.notes,
+        *provenance.notes,
         f"Produced automatically by {algorithm.name} {algorithm.version} ({algorithm.network}) with "
         f"{provenance.options.manufacturer} {provenance.options.software_version}; {NOT_FOR_DIAGNOSTIC_USE}.",
     ]

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 from pydicom.dataset import Dataset
 
-from dicomnode.segmentation.networks.mtunet import CLASSES
+from dicomnode.pipeline.results.common import ResultInputError
 from dicomnode.segmentation.volume import DecodedVolumes, VolumeGeometry, decode_volumes
-from dicomnode.segmentation.volume_lesions import BENIGN, METASTATIC, VolumeLesion, find_lesions
+from dicomnode.segmentation.volume_lesions import BENIGN, LESION_CLASSES, METASTATIC, VolumeLesion, find_lesions
 
 SEGMENT_OF_CLASS = {METASTATIC: 1, BENIGN: 2}
 """SEG segment number of each lesion class."""
@@ -52,19 +52,24 @@ class HybridVolume:
 
 
 def hybrid_volume(ct_datasets: Sequence[Dataset], nm_recon_dataset: Dataset | None,
-                  probabilities: np.ndarray, volumes: DecodedVolumes | None = None) -> HybridVolume:
+                  probabilities: np.ndarray, classes: Sequence[str] = LESION_CLASSES,
+                  volumes: DecodedVolumes | None = None) -> HybridVolume:
     """The sources in geometry order, the SPECT on the segmentation grid and the lesions. The pixel
-    data are those the segmenter decoded (``volumes``), decoded here only when not given."""
+    data are those the segmenter decoded (``volumes``), decoded here only when not given. ``classes``
+    (the model card's) must be those the results encode; :class:`ResultInputError` otherwise."""
+    if tuple(classes) != LESION_CLASSES:
+        raise ResultInputError(f"the model's classes {tuple(classes)} are not {LESION_CLASSES}, the classes "
+                               "these results encode")
     if not ct_datasets and nm_recon_dataset is None:
-        raise ValueError("SPECT/CT results need a CT series or an NM RECON TOMO volume")
+        raise ResultInputError("SPECT/CT results need a CT series or an NM RECON TOMO volume")
     volumes = volumes or decode_volumes(ct_datasets, nm_recon_dataset)
     hu, geometry = volumes.hu, volumes.grid
     ct = [ct_datasets[i] for i in volumes.ct_order]
-    expected = (len(CLASSES), *geometry.shape)
+    expected = (len(LESION_CLASSES), *geometry.shape)
     if probabilities.shape != expected:
-        raise ValueError(f"probabilities {probabilities.shape} do not match the segmentation grid {expected}")
+        raise ResultInputError(f"probabilities {probabilities.shape} do not match the segmentation grid {expected}")
     if not np.all(np.isfinite(probabilities)) or probabilities.min() < 0 or probabilities.max() > 1:
-        raise ValueError("probabilities must be finite values in [0, 1]")
+        raise ResultInputError("probabilities must be finite values in [0, 1]")
     spect = volumes.spect_on_grid
     labels, lesions = find_lesions(probabilities, hu, spect, geometry)
     return HybridVolume(ct, hu, geometry, spect, labels, probabilities, lesions, nm_recon_dataset)

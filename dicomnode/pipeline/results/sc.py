@@ -181,7 +181,7 @@ def _legend(
     frames: dict[View, SourceFrame], provenance: Provenance, burden: BoneBurden
 ) -> list[tuple[str, tuple[int, int, int]]]:
     """The legend's lines and their colours."""
-    algorithm = provenance.result.algorithm
+    algorithm = provenance.algorithm
     lines = [(f"Red: AI lesion contours, numbered as in the SR ({algorithm.name} {algorithm.version})",
               CONTOUR_COLOR)]
     for view in frames:
@@ -191,10 +191,10 @@ def _legend(
                    CONTOUR_COLOR) for item in sited[:MAX_LEGEND_LESIONS]]
         if len(sited) > MAX_LEGEND_LESIONS:
             lines.append((f"  ... and {len(sited) - MAX_LEGEND_LESIONS} more (see the SR)", CONTOUR_COLOR))
-    missing = provenance.result.missing
+    missing = [view for view in View if view not in frames]
     lines += [(f"{VIEW_ABBREVIATIONS[view]}: view missing", WARNING_COLOR) for view in missing]
     lines.append((bsi_summary(burden), TEXT_COLOR))
-    lines.append(("BSI regions from the anatomy map" if provenance.result.anatomy
+    lines.append(("BSI regions from the anatomy map" if burden.anatomy_mapped
                   else "BSI from planar counts, no skeletal segmentation", TEXT_COLOR))
     lines.append((NOT_FOR_DIAGNOSTIC_USE, WARNING_COLOR))
     return lines

@@ -99,7 +99,7 @@ class PlaneGeometry:
 
 def segment_description(provenance: Provenance) -> hd.seg.SegmentDescription:
     """The one segment: PS3.3 C.8.20.2 with CID 7150 / 7159 codes and Algorithm Identification."""
-    algorithm = provenance.result.algorithm
+    algorithm = provenance.algorithm
     return hd.seg.SegmentDescription(
         segment_number=1,
         segment_label=SEGMENT_LABEL,
@@ -111,7 +111,7 @@ def segment_description(provenance: Provenance) -> hd.seg.SegmentDescription:
             version=algorithm.version,
             family=codes.cid7162.ArtificialIntelligence,
             source=provenance.options.manufacturer,
-            parameters={"network": algorithm.network, "threshold": f"{provenance.result.threshold:g}"},
+            parameters={"network": algorithm.network, "threshold": f"{provenance.threshold:g}"},
         ),
         anatomic_regions=[codes.SCT.Bone],  # SCT 272673000
         display_color=LESION_CIELAB,  # the red of the GSPS and SC outlines
@@ -144,7 +144,7 @@ def content_description(frame: SourceFrame) -> str:
 def content_creator(provenance: Provenance) -> str:
     """Content Creator's Name (0070,0084), a PN: the algorithm as the family name component, with
     the trailing "^" that marks a one-component name as intended (PS3.5 6.2.1.2)."""
-    name = "".join(c for c in provenance.result.algorithm.name if c not in "^=\\")
+    name = "".join(c for c in provenance.algorithm.name if c not in "^=\\")
     return (name or provenance.options.manufacturer)[: _MAX_LO - 1] + "^"
 
 

@@ -59,7 +59,7 @@ from dicomnode.pipeline.results.common import (
 from dicomnode.pipeline.results.contours import lesion_outlines
 from dicomnode.pipeline.results.seg import view_series
 from dicomnode.pipeline.results.text import bsi_summary, study_summary
-from dicomnode.segmentation.scan import BoneScan, View
+from dicomnode.segmentation.scan import View
 
 logger = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ def build_report(
             if content[index].ConceptNameCodeSequence[0].CodeValue == codes.DCM.ImagingMeasurements.value:
                 del content[index]
     report[0].ContentSequence.append(_derived_measurements(frames, burden))
-    report[0].ContentSequence.append(_comments(burden, provenance))
+    report[0].ContentSequence.append(_comments(frames, burden, provenance))
     first = next(iter(frames.values())).dataset
     sr = hd.sr.ComprehensiveSR(
         evidence=[*source_datasets(frames), *_segmentation_evidence(frames, provenance)],
@@ -178,17 +178,17 @@ def build_report(
 
 
 def _algorithm(provenance: Provenance) -> hd.sr.AlgorithmIdentification:
-    algorithm = provenance.result.algorithm
+    algorithm = provenance.algorithm
     return hd.sr.AlgorithmIdentification(
         name=algorithm.name, version=algorithm.version,
-        parameters=[f"network={algorithm.network}", f"threshold={provenance.result.threshold:g}"],
+        parameters=[f"network={algorithm.network}", f"threshold={provenance.threshold:g}"],
         family=codes.cid7162.ArtificialIntelligence, manufacturer=provenance.options.manufacturer,
     )
 
 
 def _observation_context(provenance: Provenance) -> hd.sr.ObservationContext:
     """The algorithm as device observer (TID 1004)."""
-    algorithm = provenance.result.algorithm
+    algorithm = provenance.algorithm
     device = hd.sr.DeviceObserverIdentifyingAttributes(
         uid=provenance.uid("device observer"),
         name=algorithm.name,
@@ -335,23 +335,23 @@ def _number(name: Code, value: float, unit: Code) -> hd.sr.NumContentItem:
     )
 
 
-def view_rules(scan: BoneScan) -> str:
+def view_rules(frames: dict[View, SourceFrame]) -> str:
     """Which rule of docs/dicom.md decided each view (ViewRule), always written (docs/conformance.md)."""
-    decided = [f"{image.view.value} by {image.source.rule.value.replace('-', ' ')} (frame {image.source.frame_number})"
-               for image in (scan.anterior, scan.posterior) if image is not None]
+    decided = [f"{view.value} by {frame.source.rule.value.replace('-', ' ')} (frame {frame.source.frame_number})"
+               for view, frame in sorted(frames.items(), key=lambda item: list(View).index(item[0]))]
     return "Views decided: " + ", ".join(decided) + "."
 
 
-def _comments(burden: BoneBurden, provenance: Provenance) -> hd.sr.ContainerContentItem:
+def _comments(frames: dict[View, SourceFrame], burden: BoneBurden,
+              provenance: Provenance) -> hd.sr.ContainerContentItem:
     """TID 1500 row 12: Qualitative Evaluations, here free-text comments (DCM 121106)."""
-    algorithm = provenance.result.algorithm
+    algorithm = provenance.algorithm
     lines = [
         study_summary(burden),
         bsi_summary(burden) + ".",
         BSI_EXPLANATION,
-        view_rules(provenance.result.scan),
-        *(f"Note: {note}." for note in dict.fromkeys(  # the result's notes include the scan's: once each
-            (*provenance.result.scan.notes, *provenance.result.notes, *burden.notes))),
+        view_rules(frames),
+        *(f"Note: {note}." for note in dict.fromkeys((*provenance.notes, *burden.notes))),
         f"Produced automatically by {algorithm.name} {algorithm.version} ({algorithm.network}) "
         f"with {provenance.options.manufacturer} {provenance.options.software_version}; "
         f"{NOT_FOR_DIAGNOSTIC_USE}.",
