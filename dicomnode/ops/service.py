@@ -119,9 +119,13 @@ class Node:
             from dicomnode.pipeline.worker import Worker
 
             segmenter = load_segmenter(config.model.weights, config.model.device, config.model.threshold)
+            from dicomnode.learn.active import ActiveSegmenter  # the registry's model, else [model]
+
+            models = ActiveSegmenter(database, config.storage.var_dir, segmenter,
+                                     lambda card: load_segmenter(str(card), config.model.device))
             worker = Worker(database, spool, segmenter, ResultOptions.from_config(config.results),
                             [d.name for d in config.destinations], queue_policy(config),
-                            unvalidated_results=config.model.unvalidated_results)
+                            unvalidated_results=config.model.unvalidated_results, models=models)
             loops.append(("worker", lambda: worker.run(self.stop_event, poll)))
         if self.parts.work and not config.destinations:
             log.warning("no [[destinations]] configured: results are kept in the spool and sent nowhere")

@@ -42,7 +42,9 @@ filesystem is below ``[storage] min_free_bytes`` (the floor under which the rece
 database error, until the database answers again. It resumes by itself. Any
 other error is retried up to ``[queue] max_attempts`` with a growing delay.
 
-The segmenter is loaded once per process (:func:`dicomnode.pipeline.processing.load_segmenter`).
+The segmenter is loaded once per process (:func:`dicomnode.pipeline.processing.load_segmenter`), and
+again when the model registry's active model changes (:mod:`dicomnode.learn.active`, checked before
+each job).
 """
 
 from __future__ import annotations
@@ -83,6 +85,7 @@ from dicomnode.pipeline.queue import (
     release,
     worker_name,
 )
+from dicomnode.learn.active import ActiveSegmenter
 from dicomnode.pipeline.results import ResultOptions
 from dicomnode.store.db import Database
 from dicomnode.store.models import AcquisitionOutcome, AcquisitionState, Instance, Study
@@ -154,7 +157,7 @@ class Worker:
 
     def __init__(self, database: Database, spool: Spool, segmenter: Segmenter, options: ResultOptions,
                  destinations: Sequence[str], policy: QueuePolicy, owner: str | None = None, *,
-                 unvalidated_results: bool = False) -> None:
+                 unvalidated_results: bool = False, models: ActiveSegmenter | None = None) -> None:
         self.database = database
         self.spool = spool
         self.segmenter = segmenter
@@ -163,6 +166,7 @@ class Worker:
         self.policy = policy
         self.owner = owner or worker_name("worker")
         self.unvalidated_results = unvalidated_results  # config [model] unvalidated_results
+        self.models = models  # the registry's active model, looked up before each job (dicomnode.learn)
         self.waiting_for: str | None = None  # the condition this worker is paused for, if any
         self._stop = threading.Event()
 
@@ -183,6 +187,8 @@ class Worker:
         self._resume()
         if job is None:
             return False
+        if self.models is not None:
+            self.segmenter = self.models.current()
         self.process(job)
         return True
 
