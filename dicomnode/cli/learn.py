@@ -73,3 +73,44 @@ def rollback(config: Path | None = CONFIG, by: str | None = BY) -> None:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     typer.echo("the configured [model] weights are in use" if previous is None else f"model {previous} is active")
+
+
+@app.command()
+def learn(
+    config: Path | None = CONFIG,
+    data: list[Path] = typer.Option([], "--data", help="More training studies (a folder; repeatable)."),
+    activate: bool = typer.Option(True, "--activate/--no-activate",
+                                  help="Activate the candidate when the gate passes (default) or keep it a candidate."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the last run's checkpoint."),
+    shuffled_labels: bool = typer.Option(False, "--shuffled-labels",
+                                         help="Negative control: train on labels shuffled between studies (never activated)."),
+    epochs: int | None = typer.Option(None, "--epochs", min=1, help="Override the preset's epochs."),
+    by: str | None = BY,
+    as_json: bool = typer.Option(False, "--json", help="Print the gate's report as JSON."),
+) -> None:
+    """Train a candidate on the site's corrected studies and let the gate decide (docs/training.md).
+
+    Run it under `nice`; [learn] threads limits its torch threads. Nothing is sent anywhere."""
+    from dicomnode.learn.gate import render
+    from dicomnode.learn.learn import LearnError
+    from dicomnode.learn.learn import learn as run_learn
+    from dicomnode.ops.logs import configure_logging
+    from dicomnode.store.spool import Spool
+    from dicomnode.train.loop import TrainingError
+
+    node = node_config(config)
+    configure_logging(node.logging)
+    database = open_database(node)
+    with Spool(node.storage.spool_path) as spool:
+        try:
+            outcome = run_learn(node, database, spool, data=data, activate=activate, resume=resume,
+                                shuffled_labels=shuffled_labels, by=by, epochs=epochs)
+        except (LearnError, TrainingError) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+    if as_json:
+        typer.echo(json.dumps(outcome.report, indent=2))
+        return
+    typer.echo(f"candidate {outcome.model.id} ({outcome.model.version})")
+    typer.echo(render(outcome.decision))
+    typer.echo("activated" if outcome.activated else "kept as a candidate")

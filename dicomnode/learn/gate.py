@@ -96,9 +96,13 @@ class Decision:
     patients: int
 
     def to_json(self) -> dict[str, Any]:
-        return {"passed": self.passed, "reasons": self.reasons, "candidate": self.candidate, "active": self.active,
-                "difference": {m: asdict(i) for m, i in self.difference.items()}, "studies": self.studies,
-                "patients": self.patients}
+        """JSON-ready (an undefined measure is null)."""
+        def clean(values: dict[str, float]) -> dict[str, float | None]:
+            return {k: v if math.isfinite(v) else None for k, v in values.items()}
+
+        return {"passed": self.passed, "reasons": self.reasons, "candidate": clean(self.candidate),
+                "active": clean(self.active), "studies": self.studies, "patients": self.patients,
+                "difference": {m: clean(asdict(i)) for m, i in self.difference.items()}}
 
 
 def decide(candidate: Sequence[StudyScore], active: Sequence[StudyScore], *, runs: int,

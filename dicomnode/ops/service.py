@@ -136,6 +136,11 @@ class Node:
         if self.parts.assemble:
             policy = AssemblyPolicy(quiet_seconds=config.assembly.quiet_seconds)
             loops.append(("assembly", lambda: self._repeat(lambda: assemble(database, policy), poll)))
+        if self.parts.assemble:  # stored SEG/SR/KO examined as corrections (dicomnode.learn.corrections)
+            from dicomnode.learn.corrections import examine_new
+
+            loops.append(("corrections", lambda: self._repeat(
+                lambda: examine_new(database, spool, config.results.manufacturer), poll, "corrections pass")))
         if self.parts.assemble and config.retention.enabled:  # dicomnode.store.retention, with assembly
             from dicomnode.store.retention import purge
 
