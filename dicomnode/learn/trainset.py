@@ -1,9 +1,9 @@
 """The site's labelled studies, read from the spool, and their stable patient-level held-out split.
 
-A study's label is the kind of its newest positive or negative ``site_label``
-(:mod:`dicomnode.learn.corrections`): a positive gives the lesion masks of the study's positive SEGs
-(viewers store one per view; per view the newest wins, :func:`dicomnode.train.datasets.seg_masks`), a
-view no SEG covers left unlabelled; a negative gives an empty mask on every view. With ``[learn]
+A study's label comes from its positive and negative ``site_label`` rows
+(:mod:`dicomnode.learn.corrections`): the masks of its correction SEGs, marked or empty (viewers store
+one per view; per view the newest wins, :func:`dicomnode.train.datasets.seg_masks`), a view no SEG
+covers left unlabelled; a rejection note newer than every SEG gives an empty mask on every view. With ``[learn]
 reviewed_results_count`` a processed study without a correction is labelled by the node's own SEG
 (docs/training.md, "Site labels"). Masks are in the stored layout of the source frames, as every
 :class:`~dicomnode.train.study.LabelledStudy`.
@@ -24,7 +24,7 @@ import numpy as np
 import pydicom
 from sqlalchemy import select
 
-from dicomnode.dicom.sop import SEGMENTED_KIND, ResultKind
+from dicomnode.dicom.sop import SEGMENTED_KIND, ObjectKind, ResultKind
 from dicomnode.segmentation.views import ViewError, load_scan
 from dicomnode.store.db import Database
 from dicomnode.store.models import Instance, Job, JobState, LabelKind, ResultObject, SiteLabel, Study
@@ -51,28 +51,28 @@ def held_out(patient_id: str, percent: int) -> bool:
 
 
 def label_refs(database: Database, *, reviewed_results_count: bool = False) -> list[LabelRef]:
-    """Each labelled study's label: the kind of its newest correction; for a positive, every
-    positive SEG of the study (one per view, as viewers store them; the newest wins per view)."""
+    """Each labelled study's label (module docstring): its correction SEGs, positive or empty, of
+    which per view the newest wins; a rejection note newer than all of them makes it negative."""
     with database.session() as session:
         rows = session.execute(
-            select(SiteLabel.study_id, SiteLabel.kind, Instance.path)
+            select(SiteLabel.study_id, SiteLabel.kind, Instance.kind.label("instance_kind"), Instance.path)
             .join(Instance, Instance.id == SiteLabel.instance_id)
             .where(SiteLabel.kind.in_([LabelKind.POSITIVE, LabelKind.NEGATIVE]))
             .order_by(SiteLabel.study_id, SiteLabel.id)).all()
-        newest: dict[int, LabelKind] = {}
-        positives: dict[int, list[str]] = {}
+        segs: dict[int, list[tuple[LabelKind, str]]] = {}
         for row in rows:
-            newest[row.study_id] = row.kind
-            if row.kind is LabelKind.POSITIVE:
-                positives.setdefault(row.study_id, []).append(row.path)
-        refs = [LabelRef(study, kind.value, tuple(positives[study]) if kind is LabelKind.POSITIVE else ())
-                for study, kind in newest.items()]
+            if row.instance_kind == ObjectKind.SEG.value:
+                segs.setdefault(row.study_id, []).append((row.kind, row.path))
+            else:  # a rejection note: negative, replacing the SEGs before it
+                segs[row.study_id] = []
+        refs = [LabelRef(study, "positive" if any(k is LabelKind.POSITIVE for k, _ in found) else "negative",
+                         tuple(path for _, path in found)) for study, found in segs.items()]
         if reviewed_results_count:
             ours = session.execute(
                 select(Job.study_id, ResultObject.path)
                 .join(ResultObject, ResultObject.job_id == Job.id)
                 .where(Job.state == JobState.DONE, ResultObject.kind == ResultKind.SEG,
-                       ResultObject.purged_at.is_(None), Job.study_id.not_in(list(newest)))
+                       ResultObject.purged_at.is_(None), Job.study_id.not_in(list(segs)))
                 .order_by(Job.study_id, ResultObject.id)).all()
             reviewed: dict[int, list[str]] = {}
             for row in ours:

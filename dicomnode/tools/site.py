@@ -100,7 +100,7 @@ def correction_seg(nm: Dataset, mask: np.ndarray, *, series_uid: str, number: in
         segment_descriptions=[description], series_instance_uid=series_uid, series_number=700,
         sop_instance_uid=hd.UID(), instance_number=number, manufacturer=VIEWER,
         manufacturer_model_name="viewer", software_versions="1", device_serial_number="1",
-        content_creator_name=READER, series_description="Corrected AI lesions")
+        content_creator_name=READER, series_description="Corrected AI lesions", omit_empty_frames=False)
 
 
 def write_config(path: Path, var_dir: Path, port: int, *, held_out_percent: int, threads: int,
@@ -159,7 +159,7 @@ class Site:
 
     def send(self, files: list[Path]) -> None:
         """C-STORE ``files`` to the node with dcmtk ``storescu``."""
-        run = subprocess.run([self.storescu, "-aet", "VIEWER", "-aec", "DICOMNODE", "127.0.0.1", str(self.port),
+        run = subprocess.run([self.storescu, "-R", "-aet", "VIEWER", "-aec", "DICOMNODE", "127.0.0.1", str(self.port),
                               *map(str, files)], capture_output=True, text=True, timeout=300)
         if run.returncode != 0:
             raise HarnessError(f"storescu failed ({run.returncode}): {run.stderr[-500:]}")
