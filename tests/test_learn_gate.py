@@ -59,3 +59,14 @@ def test_more_false_positives_and_a_lower_auc_are_each_a_reason() -> None:
 def test_the_two_lists_must_be_the_same_studies() -> None:
     with pytest.raises(ValueError):
         differences([StudyScore("p", 1, 1, 0, 1.0)], [], runs=10)
+
+
+def test_the_candidates_peak_threshold_is_set_to_the_active_false_positive_count_by_hand() -> None:
+    from dicomnode.learn.calibrate import peak_for_rate
+
+    peaks = [0.9, 0.99, 0.95]  # the candidate's false-positive components on the training studies
+    chosen = peak_for_rate(peaks, 1, 0.5)  # the active model made 1 there: keep only the 0.99 one
+    assert 0.95 < chosen <= 0.99 and sum(p >= chosen for p in peaks) == 1
+    assert peak_for_rate(peaks, 3, 0.5) == 0.5  # no more than allowed already: the card's own point
+    assert 0.99 < peak_for_rate(peaks, 0, 0.5) <= 1.0
+    assert peak_for_rate(peaks, 1, 0.999) == 0.999  # never below the card's point

@@ -104,7 +104,7 @@ def learn(
     with Spool(node.storage.spool_path) as spool:
         try:
             outcome = run_learn(node, database, spool, data=data, activate=activate, resume=resume,
-                                shuffled_labels=shuffled_labels, by=by, epochs=epochs)
+                                shuffled_labels=shuffled_labels, by=by, epochs=epochs, progress=not as_json)
         except (LearnError, TrainingError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None

@@ -8,7 +8,8 @@
    weights with :func:`dicomnode.train.loop.run_training`: progress bar, a checkpoint after every
    epoch (``--resume`` continues it), ``[learn] threads`` torch threads; run it under ``nice``;
 4. register the result as a CANDIDATE (:mod:`dicomnode.learn.registry`) with the active card's
-   operating point, so both are judged at the same point;
+   operating point, its peak threshold raised to the active model's false-positive rate on the
+   training studies (:mod:`dicomnode.learn.calibrate`), so sensitivity is compared at that rate;
 5. the gate (:mod:`dicomnode.learn.gate`) on the held-out studies; the report (``gate.json`` and a
    text table) is stored with the candidate; it becomes active only when the gate passes and
    ``--no-activate`` was not given.
@@ -32,6 +33,7 @@ import numpy as np
 
 from dicomnode.config import NodeConfig
 from dicomnode.learn import registry
+from dicomnode.learn.calibrate import match_false_positive_rate
 from dicomnode.learn.corrections import examine_new
 from dicomnode.learn.gate import Decision, StudyScore, decide, render
 from dicomnode.learn.trainset import label_refs, site_studies, split_site
@@ -103,14 +105,20 @@ def _active_segmenter(database: Database, config: NodeConfig) -> Segmenter:
     return load_segmenter(config.model.weights, config.model.device, config.model.threshold)
 
 
-def _with_operating_point(card_path: Path, active: Segmenter) -> None:
-    """The candidate is judged, and later reads studies, at the active card's operating point."""
+def _with_operating_point(card_path: Path, active: Segmenter, training: Sequence[LabelledStudy],
+                          device: str) -> dict[str, Any]:
+    """The candidate starts from the active card's operating point, its peak threshold then raised to
+    the active model's false-positive rate on the training studies (:mod:`dicomnode.learn.calibrate`)."""
     card = json.loads(card_path.read_text())
     source = json.loads(active.card.path.read_text()) if active.card.path else {}
     for key in ("threshold", "operating_point"):
         if key in source:
             card[key] = source[key]
     card_path.write_text(json.dumps(card, indent=2, sort_keys=True))
+    calibration = match_false_positive_rate(load_segmenter(str(card_path), device), active, training)
+    card.setdefault("operating_point", {})["peak_threshold"] = calibration["peak_threshold"]
+    card_path.write_text(json.dumps(card, indent=2, sort_keys=True))
+    return calibration
 
 
 def learn(config: NodeConfig, database: Database, spool: Spool, *, data: Sequence[Path] = (),
@@ -144,12 +152,12 @@ def learn(config: NodeConfig, database: Database, spool: Spool, *, data: Sequenc
     trained = run_training(preset, TrainingData(training + extra.studies, extra.crops, formats), out,
                            device=config.model.device, resume=resume, progress=progress,
                            num_threads=settings.threads)
-    _with_operating_point(trained.card, active)
+    calibration = _with_operating_point(trained.card, active, training, config.model.device)
     summary = {"site_studies": len(studies), "training_studies": len(training), "held_out_studies": len(held_out),
                "held_out_percent": settings.held_out_percent, "extra_training_studies": len(extra.studies),
                "labels": {kind: sum(r.kind == kind for r in refs) for kind in ("positive", "negative", "reviewed")},
                "shuffled_labels": shuffled_labels, "preset": preset.name, "epochs": len(trained.history),
-               "started_from": active.algorithm.version}
+               "started_from": active.algorithm.version, "operating_point": calibration}
     model = registry.register(database, config.storage.var_dir, trained.card, by=registry.who(by), data=summary)
     candidate = load_segmenter(str(registry.card_path(config.storage.var_dir, model)), config.model.device)
     decision = decide([study_score(candidate, s) for s in held_out], [study_score(active, s) for s in held_out],
