@@ -38,6 +38,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import SegmentationStorage
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from dicomnode.dicom.sop import ObjectKind, ResultKind
 from dicomnode.store.db import Database
@@ -199,10 +200,13 @@ def examine_new(database: Database, spool: Spool, manufacturer: str) -> list[Sit
         row = SiteLabel(instance_id=instance_id, study_id=study_id, kind=found.kind, reason=found.reason,
                         corrects_result_id=found.corrects_result_id, creator=found.creator,
                         content_at=found.content_at)
-        with database.session(write=True) as session:
-            session.add(row)
-            session.flush()
-            session.expunge(row)
+        try:
+            with database.session(write=True) as session:
+                session.add(row)
+                session.flush()
+                session.expunge(row)
+        except IntegrityError:  # another pass (serve's, or a concurrent learn) recorded it first
+            continue
         recorded.append(row)
         log.info("correction examined", extra={"instance": instance_id, "study": study_id, "label": found.kind.value})
     return recorded

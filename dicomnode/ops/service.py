@@ -3,7 +3,8 @@
 The whole of docs/architecture.md, "The journey of a study", in one process tree.
 
 ``serve`` runs, in one process: the receiver (:mod:`dicomnode.pipeline.receiver`, pynetdicom server
-threads), the assembly loop, retention (:mod:`dicomnode.store.retention`, every
+threads), the assembly loop, the corrections pass (:mod:`dicomnode.learn.corrections`: stored SEG/SR
+examined as site labels), retention (:mod:`dicomnode.store.retention`, every
 ``[retention] interval_seconds``), one worker and the exporter, each a thread, all coordinated through the
 database only. Nothing is held in memory that the database does not also hold, so the process may be killed
 at any moment (SIGKILL, power loss) and lose nothing it acknowledged: on restart, jobs whose worker
