@@ -1,6 +1,6 @@
 """The learning loop on a simulated site, end to end: the before/after table and the gate's report.
 
-    nice -n 10 python benchmarks/site_learning.py runs/site --studies 40 --seed 26
+    nice -n 10 python benchmarks/site_learning.py runs/site --studies 40 --seed 26 [--weights threshold]
 
 ``N`` simulated studies go through ``dicomnode serve`` (the shipped default model reads them); a
 reader corrects every result that needs it (:mod:`dicomnode.tools.site`) and stores the SEGs back by
@@ -44,6 +44,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=26)
     parser.add_argument("--epochs", type=int, default=None, help="override the site preset's epochs")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--weights", default="default",
+                        help="the site's [model] weights before learning: default (shipped) or threshold (the baseline)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -51,7 +53,7 @@ def main() -> int:
     entries = simulate(args.out / "synth", args.studies + 2, args.seed)
     site_entries, later = entries[:args.studies], entries[args.studies:]
     epochs = ["--epochs", str(args.epochs)] if args.epochs else []
-    with Site(args.out, threads=args.threads) as site:
+    with Site(args.out, threads=args.threads, weights=args.weights) as site:
         uids = [e["study_instance_uid"] for e in site_entries]
         site.send([p for e in site_entries for p in sorted((args.out / "synth" / e["folder"]).glob("*.dcm"))])
         site.wait("the site's studies processed", lambda: site.processed(uids))

@@ -2,6 +2,10 @@
 a reader's corrected SEGs back with dcmtk storescu, `dicomnode learn` and its gate both ways,
 rollback, and the next study read by the active model (its SEG's Algorithm Version names it).
 
+The site starts on the network-free baseline (`[model] weights = "threshold"`), which a fine-tuned
+model beats within a test's budget; against the shipped default the same budget's candidate is
+refused (CHANGELOG.md, 2026-12-06: what limits it, measured).
+
 Sized to a few CPU minutes on 2 cores (docs/training.md, "The site's own model"); the figures of the
 40-study site are in CHANGELOG.md (benchmarks/site_learning.py)."""
 
@@ -24,11 +28,11 @@ def test_the_site_learns_from_its_corrections_and_the_gate_refuses_shuffled_labe
     dcmtk("storescu")
     entries = simulate(tmp_path / "synth", STUDIES + 2, seed=26)
     site_entries, later = entries[:STUDIES], entries[STUDIES:]
-    with Site(tmp_path, threads=2, bootstrap=500) as site:
+    with Site(tmp_path, threads=2, bootstrap=500, weights="threshold") as site:
         site.send([p for e in site_entries for p in sorted((tmp_path / "synth" / e["folder"]).glob("*.dcm"))])
         site.wait("studies processed", lambda: site.processed([e["study_instance_uid"] for e in site_entries]))
         files, edits = correct(site, tmp_path / "synth", site_entries, tmp_path / "corrections")
-        assert edits.added > 0 and edits.redrawn > 0  # the default model misses simulated lesions and finds some
+        assert edits.added > 0 and edits.removed > 0 and edits.redrawn > 0
         site.send(files)
         site.wait("corrections examined", lambda: site.labels() >= len(files))
         status = json.loads(dicomnode("status", "--config", str(site.config), "--json", log=tmp_path / "cli.log").stdout)
@@ -56,6 +60,6 @@ def test_the_site_learns_from_its_corrections_and_the_gate_refuses_shuffled_labe
 
         rollback = dicomnode("models", "rollback", "--config", str(site.config), "--by", "test", log=tmp_path / "cli.log")
         assert rollback.returncode == 0
-        assert read_by(later[1]) == {report["active"]["version"]}  # the shipped default again
+        assert read_by(later[1]) == {report["active"]["version"]}  # the configured baseline again
         listing = json.loads(dicomnode("models", "--config", str(site.config), "--json", log=tmp_path / "cli.log").stdout)
         assert listing[0]["state"] == "retired" and listing[0]["activated_by"] is not None

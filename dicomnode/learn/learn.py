@@ -139,9 +139,9 @@ def learn(config: NodeConfig, database: Database, spool: Spool, *, data: Sequenc
         training = shuffled(training)
     extra = load_training_data(list(data)) if data else TrainingData([], [], {})
     active = _active_segmenter(database, config)
-    overrides: dict[str, object] = {}
-    if active.card.weights_path is not None:
-        overrides["model.init"] = str(active.card.weights_path)
+    # fine-tune the active model; a site on the network-free baseline starts from the shipped default
+    start = active.card.weights_path if active.card.weights_path is not None else Segmenter.default().card.weights_path
+    overrides: dict[str, object] = {"model.init": str(start)}
     if epochs is not None:
         overrides["optim.epochs"] = epochs
     preset = load_preset(_preset_path(settings.preset), **overrides)

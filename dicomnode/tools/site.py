@@ -104,13 +104,13 @@ def correction_seg(nm: Dataset, mask: np.ndarray, *, series_uid: str, number: in
 
 
 def write_config(path: Path, var_dir: Path, port: int, *, held_out_percent: int, threads: int,
-                 bootstrap: int) -> Path:
-    """The site's node.toml: the shipped default model on the CPU, no destination (results stay in the spool)."""
+                 bootstrap: int, weights: str = "default") -> Path:
+    """The site's node.toml: ``[model] weights`` on the CPU, no destination (results stay in the spool)."""
     path.write_text("\n".join([
         "[node]", f"port = {port}", 'host = "127.0.0.1"',
         "[storage]", f'var_dir = "{var_dir}"', "min_free_bytes = 0",
         "[assembly]", "quiet_seconds = 1.0", "[queue]", "poll_seconds = 0.2",
-        "[model]", 'weights = "default"', 'device = "cpu"',
+        "[model]", f'weights = "{weights}"', 'device = "cpu"',
         "[retention]", "enabled = false",
         "[learn]", f"held_out_percent = {held_out_percent}", f"threads = {threads}", f"bootstrap = {bootstrap}",
     ]) + "\n")
@@ -128,7 +128,8 @@ def dicomnode(*args: str, log: Path, nice: bool = False) -> subprocess.Completed
 class Site:
     """A running node with its folders (module docstring); a context manager that stops the node."""
 
-    def __init__(self, work: Path, *, held_out_percent: int = 30, threads: int = 2, bootstrap: int = 1000) -> None:
+    def __init__(self, work: Path, *, held_out_percent: int = 30, threads: int = 2, bootstrap: int = 1000,
+                 weights: str = "default") -> None:
         storescu = dcmtk_binary("storescu")
         if storescu is None:
             raise HarnessError("dcmtk storescu is not installed")
@@ -136,7 +137,7 @@ class Site:
         self.port = free_port()
         self.var = work / "var"
         self.config = write_config(work / "node.toml", self.var, self.port, held_out_percent=held_out_percent,
-                                   threads=threads, bootstrap=bootstrap)
+                                   threads=threads, bootstrap=bootstrap, weights=weights)
         self.log = work / "node.log"
         self.node: subprocess.Popen | None = None
         self.database: Database | None = None
@@ -195,7 +196,7 @@ class Site:
         for path in paths:
             ds = pydicom.dcmread(self.var / "spool" / path)
             for segment in ds.SegmentSequence:
-                for item in segment.get("SegmentAlgorithmIdentificationSequence", []) or []:
+                for item in segment.get("SegmentationAlgorithmIdentificationSequence", []) or []:
                     versions.add(str(item.AlgorithmVersion))
             for label in read_seg_labels(ds, accept_automatic=True):
                 masks[label.source_sop_instance_uid] = label.mask
