@@ -10,11 +10,16 @@ import highdicom as hd
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, KeyObjectSelectionDocumentStorage, SegmentationStorage, generate_uid
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    KeyObjectSelectionDocumentStorage,
+    SegmentationStorage,
+    generate_uid,
+)
 
 from dicomnode.dicom.sop import ResultKind
 from dicomnode.learn.corrections import examine_new
-from dicomnode.learn.trainset import held_out, label_refs, site_studies, split_site
+from dicomnode.learn.trainset import held_out, label_refs, site_studies
 from dicomnode.segmentation.scan import View
 from dicomnode.store.models import Job, JobState, LabelKind, ResultObject, Study
 from dicomnode.store.spool import Spool
@@ -92,8 +97,7 @@ def test_corrections_become_labels_per_view_and_a_rejection_makes_the_study_nega
         assert set(second.labels) == {View.ANTERIOR, View.POSTERIOR}
         assert not any(m.any() for m in second.labels.values())  # the rejection after the SEG wins
 
-        with database.session(write=True) as session:  # the third study is processed now: picked up
-            _processed(database, ids[2], "P-C")
+        _processed(database, ids[2], "P-C")  # the third study is processed now: picked up
         assert [r.kind for r in examine_new(database, spool, manufacturer="dicomnode")] == [LabelKind.POSITIVE]
     database.dispose()
 

@@ -78,7 +78,7 @@ def rollback(config: Path | None = CONFIG, by: str | None = BY) -> None:
 @app.command()
 def learn(
     config: Path | None = CONFIG,
-    data: list[Path] = typer.Option([], "--data", help="More training studies (a folder; repeatable)."),
+    data: list[Path] | None = typer.Option(None, "--data", help="More training studies (a folder; repeatable)."),
     activate: bool = typer.Option(True, "--activate/--no-activate",
                                   help="Activate the candidate when the gate passes (default) or keep it a candidate."),
     resume: bool = typer.Option(False, "--resume", help="Continue the last run's checkpoint."),
@@ -103,7 +103,7 @@ def learn(
     database = open_database(node)
     with Spool(node.storage.spool_path) as spool:
         try:
-            outcome = run_learn(node, database, spool, data=data, activate=activate, resume=resume,
+            outcome = run_learn(node, database, spool, data=data or (), activate=activate, resume=resume,
                                 shuffled_labels=shuffled_labels, by=by, epochs=epochs, progress=not as_json)
         except (LearnError, TrainingError) as exc:
             typer.echo(f"error: {exc}", err=True)

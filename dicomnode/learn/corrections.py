@@ -42,7 +42,14 @@ from sqlalchemy.exc import IntegrityError
 
 from dicomnode.dicom.sop import ObjectKind, ResultKind
 from dicomnode.store.db import Database
-from dicomnode.store.models import Instance, Job, JobState, LabelKind, ResultObject, SiteLabel
+from dicomnode.store.models import (
+    Instance,
+    Job,
+    JobState,
+    LabelKind,
+    ResultObject,
+    SiteLabel,
+)
 from dicomnode.store.spool import Spool
 
 log = logging.getLogger(__name__)

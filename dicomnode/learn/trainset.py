@@ -27,7 +27,15 @@ from sqlalchemy import select
 from dicomnode.dicom.sop import SEGMENTED_KIND, ObjectKind, ResultKind
 from dicomnode.segmentation.views import ViewError, load_scan
 from dicomnode.store.db import Database
-from dicomnode.store.models import Instance, Job, JobState, LabelKind, ResultObject, SiteLabel, Study
+from dicomnode.store.models import (
+    Instance,
+    Job,
+    JobState,
+    LabelKind,
+    ResultObject,
+    SiteLabel,
+    Study,
+)
 from dicomnode.store.spool import Spool
 from dicomnode.train.datasets import seg_masks
 from dicomnode.train.seglabels import SegLabelError, read_seg_labels

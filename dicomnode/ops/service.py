@@ -115,13 +115,13 @@ class Node:
         poll = config.queue.poll_seconds
         loops: list[tuple[str, Callable[[], None]]] = []
         if self.parts.work:
-            from dicomnode.pipeline.processing import load_segmenter  # torch only where a worker runs
+            # torch only where a worker runs; the registry's active model, else [model]
+            from dicomnode.learn.active import ActiveSegmenter
+            from dicomnode.pipeline.processing import load_segmenter
             from dicomnode.pipeline.results import ResultOptions
             from dicomnode.pipeline.worker import Worker
 
             segmenter = load_segmenter(config.model.weights, config.model.device, config.model.threshold)
-            from dicomnode.learn.active import ActiveSegmenter  # the registry's model, else [model]
-
             models = ActiveSegmenter(database, config.storage.var_dir, segmenter,
                                      lambda card: load_segmenter(str(card), config.model.device))
             worker = Worker(database, spool, segmenter, ResultOptions.from_config(config.results),
