@@ -192,7 +192,7 @@ class LearnSection(_Section):
     threads: int = Field(default=1, ge=1)  # torch threads of `dicomnode learn` (its share of the CPU)
     held_out_percent: int = Field(default=30, ge=5, le=80)  # patients (by hash of Patient ID) kept for the gate
     bootstrap: int = Field(default=1000, ge=100)  # patient-level resamples of the gate's confidence interval
-    max_extra_false_positives: float = Field(default=0.5, ge=0)  # per study, upper bound of the difference
+    max_extra_false_positives: float = Field(default=0.5, ge=0)  # per study, estimate of the difference
 
 
 class HttpSection(_Section):
