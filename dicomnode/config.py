@@ -228,6 +228,18 @@ class LimitsSection(_Section):
     decoded_bytes_per_node: int = Field(default=1 << 30, ge=1 << 20)  # all associations at once
 
 
+class LearnSection(_Section):
+    """The site's own model (:mod:`dicomnode.learn`, docs/training.md "The site's own model")."""
+
+    # an untouched result of a processed study counts as a label (the site reviews every result)
+    reviewed_results_count: bool = False
+    preset: str = "site"  # config/train/<preset>.toml, or a path to a preset
+    threads: int = Field(default=1, ge=1)  # torch threads of `dicomnode learn` (its share of the CPU)
+    held_out_percent: int = Field(default=30, ge=5, le=80)  # patients (by hash of Patient ID) kept for the gate
+    bootstrap: int = Field(default=1000, ge=100)  # patient-level resamples of the gate's confidence interval
+    max_extra_false_positives: float = Field(default=0.5, ge=0)  # per study, estimate of the difference
+
+
 class HttpSection(_Section):
     host: str = "127.0.0.1"
     port: Port | None = None  # health and Prometheus metrics; None: off
@@ -254,6 +266,7 @@ class NodeConfig(BaseSettings):
     http: HttpSection = Field(default_factory=HttpSection)
     retention: RetentionSection = Field(default_factory=RetentionSection)
     limits: LimitsSection = Field(default_factory=LimitsSection)
+    learn: LearnSection = Field(default_factory=LearnSection)
 
     @classmethod
     def settings_customise_sources(

@@ -210,7 +210,8 @@ def test_serve_health_metrics_and_json_log_without_patient_data(tmp_path, stores
         wait_for_port(http_port)
         status, _, body = get(f"{base}/healthz")
         assert status == 200, body
-        assert set(json.loads(body)["checks"]) == {"database", "receiver", "assembly", "retention", "worker", "exporter"}
+        assert set(json.loads(body)["checks"]) == {"database", "receiver", "assembly", "corrections", "retention", "worker",
+                                                 "exporter"}
         before = samples(get(f"{base}/metrics")[2])
         assert metric(before, "dicomnode_instances_received_total") == 0
         assert metric(before, "dicomnode_studies", state="processed") == 0

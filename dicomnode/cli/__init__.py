@@ -3,10 +3,10 @@
 
 from __future__ import annotations
 
-from dicomnode.cli import model, network, node
+from dicomnode.cli import learn, model, network, node
 from dicomnode.cli.app import app
 
-__all__ = ["app", "main", "model", "network", "node"]
+__all__ = ["app", "learn", "main", "model", "network", "node"]
 
 
 def main() -> None:

@@ -3,7 +3,8 @@
 The whole of docs/architecture.md, "The journey of a study", in one process tree.
 
 ``serve`` runs, in one process: the receiver (:mod:`dicomnode.pipeline.receiver`, pynetdicom server
-threads), the assembly loop, retention (:mod:`dicomnode.store.retention`, every
+threads), the assembly loop, the corrections pass (:mod:`dicomnode.learn.corrections`: stored SEG/SR
+examined as site labels), retention (:mod:`dicomnode.store.retention`, every
 ``[retention] interval_seconds``), one worker and the exporter, each a thread, all coordinated through the
 database only. Nothing is held in memory that the database does not also hold, so the process may be killed
 at any moment (SIGKILL, power loss) and lose nothing it acknowledged: on restart, jobs whose worker
@@ -114,13 +115,20 @@ class Node:
         poll = config.queue.poll_seconds
         loops: list[tuple[str, Callable[[], None]]] = []
         if self.parts.work:
-            from dicomnode.pipeline.models import NodeModels  # torch only where a worker runs
+            # torch only where a worker runs
+            from dicomnode.learn.active import ActiveSegmenter
+            from dicomnode.pipeline.models import PLANAR, NodeModels, load_segmenter
             from dicomnode.pipeline.worker import Worker
 
             models = NodeModels(config.model)
             models.load_all()  # each logged with its operating point; a bad card fails the start
+            # the planar lesion model: the registry's active one (dicomnode learn), else [model]
+            active = ActiveSegmenter(database, config.storage.var_dir, models.get(PLANAR),
+                                     lambda card: load_segmenter(str(card), config.model.device,
+                                                                 anatomy=config.model.anatomy.weights))
             worker = Worker(database, spool, models, config.results,
-                            [d.name for d in config.destinations], queue_policy(config))
+                            [d.name for d in config.destinations], queue_policy(config),
+                            active_planar=active.current)
             loops.append(("worker", lambda: worker.run(self.stop_event, poll)))
         if self.parts.work and not config.destinations:
             log.warning("no [[destinations]] configured: results are kept in the spool and sent nowhere")
@@ -131,6 +139,11 @@ class Node:
         if self.parts.assemble:
             policy = AssemblyPolicy(quiet_seconds=config.assembly.quiet_seconds)
             loops.append(("assembly", lambda: self._repeat(lambda: assemble(database, policy), poll)))
+        if self.parts.assemble:  # stored SEG/SR/KO examined as corrections (dicomnode.learn.corrections)
+            from dicomnode.learn.corrections import examine_new
+
+            loops.append(("corrections", lambda: self._repeat(
+                lambda: examine_new(database, spool, config.results.manufacturer), poll, "corrections pass")))
         if self.parts.assemble and config.retention.enabled:  # dicomnode.store.retention, with assembly
             from dicomnode.store.retention import purge
 

@@ -23,6 +23,8 @@ and as text by :func:`render`. "Needs attention" means:
   0xA700 and workers pause until space returns. Jobs given back for want of disk space or database
   (``job.waiting_for``) are listed always, and need attention only with the disk below its floor
   (a database that is down cannot be read here at all);
+- *labels* (shown): stored corrections examined by :mod:`dicomnode.learn.corrections` by kind
+  (positive, negative, ignored) and registered models by state;
 - *retention* (shown): the spool's use by the index, what :mod:`dicomnode.store.retention` deletes
   at its next pass and from when the next studies fall due, and how many studies keep their files
   because they are not delivered yet.
@@ -62,7 +64,9 @@ from dicomnode.store.models import (
     Job,
     JobState,
     Quarantine,
+    RegisteredModel,
     ResultObject,
+    SiteLabel,
     Study,
     StudyState,
     as_utc,
@@ -117,6 +121,11 @@ def collect(database: Database, *, quiet_seconds: float = 10.0, now: datetime | 
                 .group_by(Instance.kind).order_by(Instance.kind)).all()},
             "acquisitions": {state.value: int(count) for state, count in session.execute(
                 select(AcquisitionOutcome.state, func.count()).group_by(AcquisitionOutcome.state)).all()},
+            # -- the site's labels and models (dicomnode.learn) --
+            "labels": {kind.value: int(count) for kind, count in session.execute(
+                select(SiteLabel.kind, func.count()).group_by(SiteLabel.kind).order_by(SiteLabel.kind)).all()},
+            "models": {state.value: int(count) for state, count in session.execute(
+                select(RegisteredModel.state, func.count()).group_by(RegisteredModel.state)).all()},
         }
         refused = dict(session.execute(select(Quarantine.status, func.count()).group_by(Quarantine.status)).all())
         contexts = int(refused.pop(CONTEXT_REFUSED, 0))
@@ -266,6 +275,9 @@ def render(report: dict[str, Any]) -> str:
                      + f"  presentation contexts {refused['presentation_contexts']}")
     for item in report["refused_contexts"]:
         lines.append(f"refused context from {item['calling_ae']} at {item['at']}: {item['reason']}")
+    if report["labels"] or report["models"]:  # dicomnode.learn: corrections examined, registered models
+        lines.append("labels    " + ("  ".join(f"{k} {n}" for k, n in report["labels"].items()) or "none")
+                     + "   models " + ("  ".join(f"{k} {n}" for k, n in report["models"].items()) or "none"))
     if report["acquisitions"]:
         lines.append("acquisitions " + "  ".join(f"{state} {count}" for state, count in report["acquisitions"].items()))
     for item in report["not_processable"]:

@@ -122,6 +122,12 @@ class NodeModels:
             self._loaded[table] = self._loaders[table]()
         return self._loaded[table]
 
+    def use(self, table: str, model: object) -> None:
+        """Read with ``model`` from now on (the registry's active planar model: :mod:`dicomnode.learn.active`)."""
+        if table not in self._loaders:
+            raise ValueError(f"no model table {table!r}")
+        self._loaded[table] = model
+
     def load_all(self) -> None:
         """Load every model now (at start: a bad card or weights file fails the start)."""
         for table in self._loaders:

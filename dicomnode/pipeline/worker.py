@@ -42,7 +42,10 @@ filesystem is below ``[storage] min_free_bytes`` (the floor under which the rece
 database error, until the database answers again. It resumes by itself. Any
 other error is retried up to ``[queue] max_attempts`` with a growing delay.
 
-The models are loaded once per process (:class:`dicomnode.pipeline.models.NodeModels`, ``[model]``).
+The models are loaded once per process (:class:`dicomnode.pipeline.models.NodeModels`, ``[model]``);
+the planar lesion model is looked up before each job when the service passes ``active_planar``
+(the model registry's active model, :mod:`dicomnode.learn.active`), so an activation or a rollback
+reads the next study.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -61,7 +64,7 @@ from sqlalchemy import select, true
 from dicomnode.dicom.acquisitions import content_fingerprint
 from dicomnode.dicom.sop import SEGMENTED_KINDS
 from dicomnode.pipeline.kinds import StudyContext
-from dicomnode.pipeline.models import NodeModels
+from dicomnode.pipeline.models import PLANAR, NodeModels
 from dicomnode.pipeline.processing import (
     AcquisitionRun,
     UnreadableStudy,
@@ -147,7 +150,8 @@ class Worker:
     """Processes jobs one at a time; one instance per process (it holds the loaded models)."""
 
     def __init__(self, database: Database, spool: Spool, models: NodeModels, options: ResultOptions,
-                 destinations: Sequence[str], policy: QueuePolicy, owner: str | None = None) -> None:
+                 destinations: Sequence[str], policy: QueuePolicy, owner: str | None = None, *,
+                 active_planar: Callable[[], object] | None = None) -> None:
         self.database = database
         self.spool = spool
         self.models = models
@@ -155,6 +159,7 @@ class Worker:
         self.destinations = tuple(destinations)
         self.policy = policy
         self.owner = owner or worker_name("worker")
+        self.active_planar = active_planar  # the planar lesion model to read the next study with
         self.waiting_for: str | None = None  # the condition this worker is paused for, if any
         self._stop = threading.Event()
 
@@ -170,6 +175,8 @@ class Worker:
         self._resume()
         if job is None:
             return False
+        if self.active_planar is not None:
+            self.models.use(PLANAR, self.active_planar())
         self.process(job)
         return True
 

@@ -267,3 +267,78 @@ class Quarantine(Base):
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     purged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # files deleted by retention
     purge_pending: Mapped[bool] = mapped_column(default=False)  # marked; the files may not all be gone yet
+
+
+# -- the site's own model and labels (dicomnode.learn; docs/training.md, "Site labels") --------------
+
+
+class ModelState(str, enum.Enum):
+    ACTIVE = "active"  # the one model of its task the worker reads studies with
+    CANDIDATE = "candidate"  # trained here, not (or not yet) activated
+    RETIRED = "retired"  # was active; replaced by another activation or a rollback
+
+
+class RegisteredModel(Base):
+    """A model of the registry (:mod:`dicomnode.learn.registry`): weights under ``[storage] var_dir``/models.
+
+    ``version`` is the Algorithm Version every result it reads carries (PS3.3 C.8.20.2), so a study
+    traces back to this row. ``card``, ``data`` and ``metrics`` are JSON text.
+    """
+
+    __tablename__ = "model"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    task: Mapped[str] = mapped_column(String(32))  # the card's task, e.g. "planar-lesions"
+    version: Mapped[str] = mapped_column(String(64), unique=True)
+    weights_path: Mapped[str] = mapped_column(String(512))  # relative to [storage] var_dir
+    sha256: Mapped[str] = mapped_column(String(64))
+    card: Mapped[str] = mapped_column(Text)
+    data: Mapped[str] = mapped_column(Text, default="{}")  # training data summary
+    metrics: Mapped[str] = mapped_column(Text, default="{}")  # the gate's report, when there was one
+    state: Mapped[ModelState] = mapped_column(_enum(ModelState), default=ModelState.CANDIDATE)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(64))
+    activated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    activated_by: Mapped[str | None] = mapped_column(String(64))
+
+    __table_args__ = (Index("ix_model_task_state", "task", "state"),)
+
+
+class ModelActivation(Base):
+    """Every switch of a task's active model, in order: who, when, which model (None: back to the
+    configured ``[model] weights``). ``rollback`` walks this log back."""
+
+    __tablename__ = "model_activation"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    task: Mapped[str] = mapped_column(String(32))
+    model_id: Mapped[int | None] = mapped_column(ForeignKey("model.id"))
+    action: Mapped[str] = mapped_column(String(16))  # "activate", "rollback"
+    by: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class LabelKind(str, enum.Enum):
+    POSITIVE = "positive"  # a drawn or edited lesion mask
+    NEGATIVE = "negative"  # no lesion: a SEG with empty segments, or findings rejected
+    IGNORED = "ignored"  # examined, not a label (``reason`` says why)
+
+
+class SiteLabel(Base):
+    """A stored SEG or SR examined as a correction (:mod:`dicomnode.learn.corrections`), one row per
+    instance version, with its provenance: who (Content Creator's Name), when (Content Date/Time),
+    which study and which of our results it corrects."""
+
+    __tablename__ = "site_label"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    instance_id: Mapped[int] = mapped_column(ForeignKey("instance.id"), unique=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("study.id"))
+    kind: Mapped[LabelKind] = mapped_column(_enum(LabelKind))
+    reason: Mapped[str] = mapped_column(Text)
+    corrects_result_id: Mapped[int | None] = mapped_column(ForeignKey("result_object.id"))
+    creator: Mapped[str | None] = mapped_column(String(64))  # Content Creator's Name, checked PN text
+    content_at: Mapped[str | None] = mapped_column(String(32))  # Content Date + Time as stored (DA TM)
+    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    __table_args__ = (Index("ix_site_label_study", "study_id"),)

@@ -242,7 +242,7 @@ def _rank(label: SegLabel) -> tuple[bool, str]:
     return bool(label.algorithm_types & HUMAN_ALGORITHM_TYPES), label.content_datetime
 
 
-def _seg_masks(scan: BoneScan, labels: list[SegLabel], key: str) -> dict[View, np.ndarray]:
+def seg_masks(scan: BoneScan, labels: list[SegLabel], key: str) -> dict[View, np.ndarray]:
     """The chosen SEG mask per view: human labels first, then the newest (Content Date/Time)."""
     chosen: dict[View, SegLabel] = {}
     for label in labels:
@@ -331,7 +331,7 @@ def load_dicom_folder(root: Path, *, accept_automatic_seg: bool = False) -> list
         except ValueError as exc:
             log.warning("%s: study %s skipped: %s", root, key, exc)
             continue
-        labels = _seg_masks(scan, seg_labels, key)
+        labels = seg_masks(scan, seg_labels, key)
         sources = ["SEG"] if labels else []
         for view, mask in _labelme_masks(scan, annotations, key).items():
             if view in labels:

@@ -1,0 +1,179 @@
+"""``dicomnode learn``: the site's labelled studies → a candidate model → the gate → maybe active.
+
+1. examine stored SEG/SR/KO instances no pass has seen (:mod:`dicomnode.learn.corrections`);
+2. the labelled studies from the spool (:mod:`dicomnode.learn.trainset`), split by a hash of the
+   Patient ID into training and the site's held-out set (training never sees it); optionally more
+   training studies from ``--data`` folders (never held out: the gate judges on the site's own);
+3. train the preset (``[learn] preset``, default ``config/train/site.toml``) from the active model's
+   weights with :func:`dicomnode.train.loop.run_training`: progress bar, a checkpoint after every
+   epoch (``--resume`` continues it), ``[learn] threads`` torch threads; run it under ``nice``;
+4. register the result as a CANDIDATE (:mod:`dicomnode.learn.registry`) with the active card's
+   operating point, its peak threshold raised to the active model's false-positive rate on the
+   training studies (:mod:`dicomnode.learn.calibrate`), so sensitivity is compared at that rate;
+5. the gate (:mod:`dicomnode.learn.gate`) on the held-out studies; the report (``gate.json`` and a
+   text table) is stored with the candidate; it becomes active only when the gate passes and
+   ``--no-activate`` was not given.
+
+``--shuffled-labels`` is a negative control for a site that wants to see its gate refuse a model:
+labels are permuted between training studies; such a candidate is never activated.
+Nothing leaves the node: data, weights and reports stay under ``[storage] var_dir``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dicomnode.config import NodeConfig
+from dicomnode.learn import registry
+from dicomnode.learn.calibrate import match_false_positive_rate
+from dicomnode.learn.corrections import examine_new
+from dicomnode.learn.gate import Decision, StudyScore, decide, render
+from dicomnode.learn.trainset import label_refs, site_studies, split_site
+from dicomnode.pipeline.models import load_segmenter
+from dicomnode.segmentation.inference import Segmenter
+from dicomnode.store.db import Database
+from dicomnode.store.spool import Spool
+from dicomnode.train.config import load_config as load_preset
+from dicomnode.train.datasets import TrainingData, load_training_data
+from dicomnode.train.evaluate import score_study
+from dicomnode.train.loop import run_training
+from dicomnode.train.study import LabelledStudy
+
+log = logging.getLogger(__name__)
+
+PRESETS = Path(__file__).resolve().parents[2] / "config" / "train"
+RUN_FOLDER = Path("learn") / "run"
+
+
+class LearnError(RuntimeError):
+    """``learn`` cannot run as asked (too few labels, no held-out study with a lesion, ...)."""
+
+
+@dataclass(frozen=True)
+class LearnOutcome:
+    model: registry.RegisteredModel
+    decision: Decision
+    activated: bool
+    report: dict[str, Any]
+
+
+def study_score(segmenter: Segmenter, study: LabelledStudy) -> StudyScore:
+    """One held-out study read by ``segmenter`` at its card's operating point (:mod:`dicomnode.learn.gate`)."""
+    result = segmenter.segment(study.scan)
+    outcome = score_study(study, {v: r.mask for v, r in result.views.items()})
+    counts = outcome.lesion_counts
+    marked = [r.probability[r.mask != 0] for r in result.views.values() if r.mask.any()]
+    score = 1.0 + max(float(p.max()) for p in marked) if marked else \
+        max(float(r.probability.max()) for r in result.views.values())
+    return StudyScore(study.patient_id, counts.truth, counts.detected, counts.false_positives, score)
+
+
+def shuffled(studies: Sequence[LabelledStudy], seed: int = 0) -> list[LabelledStudy]:
+    """The negative control: each study gets another study's labels (same view shapes), at random."""
+    rng = np.random.default_rng(seed)
+    groups: dict[tuple, list[int]] = {}
+    for index, study in enumerate(studies):
+        groups.setdefault(tuple(sorted((v.value, m.shape) for v, m in study.labels.items())), []).append(index)
+    out = list(studies)
+    for members in groups.values():
+        donors = list(rng.permutation(members))
+        if len(members) > 1:
+            while any(a == b for a, b in zip(members, donors)):
+                donors = list(rng.permutation(members))
+        for index, donor in zip(members, donors):
+            out[index] = replace(studies[index], labels=dict(studies[donor].labels), label_source="shuffled")
+    return out
+
+
+def _preset_path(preset: str) -> Path:
+    path = Path(preset)
+    return path if path.suffix == ".toml" else PRESETS / f"{preset}.toml"
+
+
+def _active_segmenter(database: Database, config: NodeConfig) -> Segmenter:
+    current = registry.active(database, config.storage.var_dir)
+    if current is not None:
+        return load_segmenter(str(current.card_path), config.model.device, anatomy=config.model.anatomy.weights)
+    return load_segmenter(config.model.weights, config.model.device, config.model.threshold,
+                          config.model.anatomy.weights)
+
+
+def _with_operating_point(card_path: Path, active: Segmenter, training: Sequence[LabelledStudy],
+                          device: str, anatomy: str) -> dict[str, Any]:
+    """The candidate starts from the active card's operating point, its peak threshold then raised to
+    the active model's false-positive rate on the training studies (:mod:`dicomnode.learn.calibrate`)."""
+    card = json.loads(card_path.read_text())
+    source = json.loads(active.card.path.read_text()) if active.card.path else {}
+    for key in ("threshold", "operating_point"):
+        if key in source:
+            card[key] = source[key]
+    card_path.write_text(json.dumps(card, indent=2, sort_keys=True))
+    calibration = match_false_positive_rate(load_segmenter(str(card_path), device, anatomy=anatomy), active, training)
+    card.setdefault("operating_point", {})["peak_threshold"] = calibration["peak_threshold"]
+    card_path.write_text(json.dumps(card, indent=2, sort_keys=True))
+    return calibration
+
+
+def learn(config: NodeConfig, database: Database, spool: Spool, *, data: Sequence[Path] = (),
+          activate: bool = True, resume: bool = False, shuffled_labels: bool = False, by: str | None = None,
+          epochs: int | None = None, progress: bool = True) -> LearnOutcome:
+    """Run steps 1–5 of the module docstring; raises :class:`LearnError` when it cannot."""
+    settings = config.learn
+    examine_new(database, spool, config.results.manufacturer)
+    refs = label_refs(database, reviewed_results_count=settings.reviewed_results_count)
+    studies = site_studies(database, spool, refs)
+    training, held_out = split_site(studies, settings.held_out_percent)
+    if not any(s.labels and any(m.any() for m in s.labels.values()) for s in held_out):
+        raise LearnError(f"{len(studies)} labelled studies, {len(held_out)} held out: the gate needs held-out "
+                         "studies with lesions (more corrections, or a larger [learn] held_out_percent)")
+    if not training:
+        raise LearnError(f"{len(studies)} labelled studies, none left for training")
+    if shuffled_labels:
+        training = shuffled(training)
+    extra = load_training_data(list(data)) if data else TrainingData([], [], {})
+    active = _active_segmenter(database, config)
+    # fine-tune the active model; a site on the network-free baseline starts from the shipped default
+    start = active.card.weights_path if active.card.weights_path is not None else Segmenter.default().card.weights_path
+    overrides: dict[str, object] = {"model.init": str(start)}
+    if epochs is not None:
+        overrides["optim.epochs"] = epochs
+    preset = load_preset(_preset_path(settings.preset), **overrides)
+    out = Path(config.storage.var_dir) / RUN_FOLDER
+    if not resume and out.exists():
+        shutil.rmtree(out)
+    formats = {"site spool": "site labels", **extra.formats}
+    trained = run_training(preset, TrainingData(training + extra.studies, extra.crops, formats), out,
+                           device=config.model.device, resume=resume, progress=progress,
+                           num_threads=settings.threads)
+    calibration = _with_operating_point(trained.card, active, training, config.model.device,
+                                        config.model.anatomy.weights)
+    summary = {"site_studies": len(studies), "training_studies": len(training), "held_out_studies": len(held_out),
+               "held_out_percent": settings.held_out_percent, "extra_training_studies": len(extra.studies),
+               "labels": {kind: sum(r.kind == kind for r in refs) for kind in ("positive", "negative", "reviewed")},
+               "shuffled_labels": shuffled_labels, "preset": preset.name, "epochs": len(trained.history),
+               "started_from": active.algorithm.version, "operating_point": calibration}
+    model = registry.register(database, config.storage.var_dir, trained.card, by=registry.who(by), data=summary)
+    candidate = load_segmenter(str(registry.card_path(config.storage.var_dir, model)), config.model.device,
+                               anatomy=config.model.anatomy.weights)
+    decision = decide([study_score(candidate, s) for s in held_out], [study_score(active, s) for s in held_out],
+                      runs=settings.bootstrap, max_extra_false_positives=settings.max_extra_false_positives)
+    do_activate = decision.passed and activate and not shuffled_labels
+    report = {"candidate": {"id": model.id, "version": model.version},
+              "active": {"version": active.algorithm.version}, "gate": decision.to_json(), "data": summary,
+              "activated": do_activate}
+    registry.set_metrics(database, model.id, report)
+    (out / "gate.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
+    (out / "gate.txt").write_text(render(decision) + "\n")
+    if do_activate:
+        registry.activate(database, model.id, by=by)
+    log.info("learn finished", extra={"model": model.id, "gate": "passed" if decision.passed else "refused",
+                                      "activated": do_activate})
+    return LearnOutcome(model, decision, do_activate, report)
