@@ -34,13 +34,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pydicom.dataset import Dataset
 from scipy import ndimage
 
 from dicomnode.segmentation.modelcard import SPECTCT_CLASSES, ModelCard, ModelCardError, build_network, load_card
 from dicomnode.segmentation.networks import SegmentationNetwork
 from dicomnode.segmentation.result import Algorithm
+from dicomnode.segmentation.tiling import pad_batch_to_multiple
 from dicomnode.segmentation.volume import DecodedVolumes, decode_volumes, resample, scaled
 
 CHANNELS = ("spect", "ct")
@@ -88,12 +88,6 @@ def stack_inputs(channels: Sequence[str], spect: np.ndarray | None, hu: np.ndarr
     return np.stack(out)
 
 
-def pad_to(x: torch.Tensor, divisor: int) -> torch.Tensor:
-    """Zero-pad ``(..., H, W)`` at the bottom/right to multiples of ``divisor``."""
-    h, w = x.shape[-2:]
-    return F.pad(x, (0, (-w) % divisor, 0, (-h) % divisor))
-
-
 @torch.inference_mode()
 def predict_volume(net: SegmentationNetwork, inputs: np.ndarray, *, device: torch.device | str = "cpu",
                    batch: int = 16) -> np.ndarray:
@@ -106,7 +100,7 @@ def predict_volume(net: SegmentationNetwork, inputs: np.ndarray, *, device: torc
     for start in range(0, slices, batch):
         x = torch.from_numpy(np.ascontiguousarray(inputs[:, start:start + batch].transpose(1, 0, 2, 3))).to(device)
         with amp:
-            logits = net(pad_to(x, net.size_divisor))
+            logits = net(pad_batch_to_multiple(x, net.size_divisor))
         prob = torch.softmax(logits.float(), dim=1)[..., :rows, :cols]
         out[:, start:start + batch] = prob.permute(1, 0, 2, 3).cpu().numpy()
     return out

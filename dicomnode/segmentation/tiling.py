@@ -18,6 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,13 @@ def pad_to(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 def padded_to_multiple(shape: tuple[int, int], divisor: int) -> tuple[int, int]:
     """The smallest shape ≥ ``shape`` whose sides are multiples of ``divisor`` (whole-view inference)."""
     return tuple(-(-n // divisor) * divisor for n in shape)  # type: ignore[return-value]
+
+
+def pad_batch_to_multiple(x: torch.Tensor, divisor: int) -> torch.Tensor:
+    """A batch ``(..., H, W)`` zero-padded at the bottom/right to multiples of ``divisor`` (the
+    network's :attr:`~dicomnode.segmentation.networks.base.SegmentationNetwork.size_divisor`)."""
+    h, w = padded_to_multiple((x.shape[-2], x.shape[-1]), divisor)
+    return F.pad(x, (0, w - x.shape[-1], 0, h - x.shape[-2]))
 
 
 def _padded(n: int, window: int, stride: int) -> int:

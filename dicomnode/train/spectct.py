@@ -65,7 +65,8 @@ from dicomnode.segmentation.metrics import PixelCounts, pixel_counts
 from dicomnode.segmentation.modelcard import SPECTCT_CLASSES, save_model
 from dicomnode.segmentation.networks import SegmentationNetwork, build
 from dicomnode.segmentation.networks.mtunet import CLASSES
-from dicomnode.segmentation.spectct import BODY_HU, pad_to, predict_volume, stack_inputs
+from dicomnode.segmentation.spectct import BODY_HU, predict_volume, stack_inputs
+from dicomnode.segmentation.tiling import pad_batch_to_multiple
 from dicomnode.segmentation.volume import ct_volume, nm_volume, resample, resample_labels, scaled
 
 from .boxscore import roc_auc
@@ -246,7 +247,7 @@ def train_model(preset: Preset, exams: Sequence[Exam], device: torch.device, *,
         freq = torch.bincount(y.flatten(), minlength=len(CLASSES)).float().clamp_min(1)
         with torch.no_grad():
             net.head.bias.copy_(torch.log(freq / freq.sum()))
-    x, y = pad_to(x, net.size_divisor), pad_to(y, net.size_divisor)
+    x, y = pad_batch_to_multiple(x, net.size_divisor), pad_batch_to_multiple(y, net.size_divisor)
     steps_per_epoch = max(1, math.ceil(len(x) / preset.batch_size))
     total = preset.epochs * steps_per_epoch
     optimiser = torch.optim.AdamW(net.parameters(), lr=preset.lr, weight_decay=preset.weight_decay)
