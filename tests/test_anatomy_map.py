@@ -73,7 +73,7 @@ def test_the_sr_of_a_read_result_names_sites_with_laterality_and_the_probability
 
     from dicomnode.pipeline.models import load_segmenter
     from dicomnode.pipeline.results import ResultKind, ResultOptions, build_results
-    from dicomnode.pipeline.results.sr import SITE_CODES
+    from dicomnode.pipeline.results.planar.sr import SITE_CODES
     from dicomnode.synth.dicom import StudyIdentity, nm_dataset
     from dicomnode.segmentation.views import load_scan
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from matplotlib.path import Path as Polygon
 
-from dicomnode.pipeline.results.contours import lesion_outlines
+from dicomnode.pipeline.results.planar.contours import lesion_outlines
 from dicomnode.segmentation.result import ViewResult
 from dicomnode.segmentation.scan import View
 from tests.test_results_inputs import lesions_of

@@ -8,10 +8,10 @@ import numpy as np
 import pydicom
 import pytest
 
-from dicomnode.pipeline.results.burden import assess_burden
+from dicomnode.pipeline.results.planar.burden import assess_burden
 from dicomnode.pipeline.results import ResultKind, ResultOptions, build_results
 from dicomnode.pipeline.results.common import BONE_WINDOW_MULTIPLE
-from dicomnode.pipeline.results.contours import lesion_outlines
+from dicomnode.pipeline.results.planar.contours import lesion_outlines
 from dicomnode.segmentation.preprocess import body_mask, reference_level
 from dicomnode.segmentation.regions import skeletal_regions
 from tests.test_results_inputs import dcentvfy_errors, dciodvfy_errors, make_study, write

@@ -18,7 +18,7 @@ from dicomnode.pipeline.results.common import ResultOptions
 from dicomnode.pipeline.kinds import StudyContext
 from dicomnode.pipeline.models import NodeModels
 from dicomnode.pipeline.processing import process_acquisition
-from dicomnode.pipeline.results.hybrid_results import build_hybrid_results
+from dicomnode.pipeline.results.volume.build import build_volume_results
 from dicomnode.synth.spectct import write_exams
 from dicomnode.dicom.acquisitions import VolumeAcquisition
 from dicomnode.segmentation.result import Algorithm
@@ -45,7 +45,7 @@ def _onehot(labels: np.ndarray) -> np.ndarray:
 
 def _objects(exam, tmp_path: Path) -> dict[str, pydicom.Dataset]:
     cts, nm, labels = exam
-    objects = build_hybrid_results(cts, nm, _onehot(labels), algorithm=ALGORITHM, created=datetime(2025, 1, 2, 3, 4, 5))
+    objects = build_volume_results(cts, nm, _onehot(labels), algorithm=ALGORITHM, created=datetime(2025, 1, 2, 3, 4, 5))
     out = {}
     for _, ds in objects:
         path = tmp_path / f"{ds.Modality}.dcm"
@@ -107,15 +107,15 @@ def test_sc_is_a_burned_in_rgb_picture(exam, tmp_path):
 
 def test_kinds_switch_objects_off_and_a_wrong_grid_is_refused(exam):
     cts, nm, labels = exam
-    only = build_hybrid_results(cts, None, _onehot(labels), algorithm=ALGORITHM,
+    only = build_volume_results(cts, None, _onehot(labels), algorithm=ALGORITHM,
                                 options=ResultOptions(kinds=(ResultKind.SEG,)))
     assert [ds.Modality for _, ds in only] == ["SEG"]
     with pytest.raises(ValueError, match="a CT series or an NM"):
-        build_hybrid_results([], None, _onehot(labels), algorithm=ALGORITHM)
+        build_volume_results([], None, _onehot(labels), algorithm=ALGORITHM)
     with pytest.raises(ValueError, match="do not match"):
-        build_hybrid_results(cts, nm, _onehot(labels)[:, 1:], algorithm=ALGORITHM)
+        build_volume_results(cts, nm, _onehot(labels)[:, 1:], algorithm=ALGORITHM)
     with pytest.raises(ValueError, match="do not match"):  # SPECT-only: the NM grid, not the CT's
-        build_hybrid_results([], nm, _onehot(labels), algorithm=ALGORITHM)
+        build_volume_results([], nm, _onehot(labels), algorithm=ALGORITHM)
 
 
 def _nm_labels(cts, nm, labels) -> np.ndarray:
@@ -132,7 +132,7 @@ def test_spect_only_seg_lies_on_the_nm_frames_and_the_sr_and_sc_follow(exam, tmp
     cts, nm, labels = exam
     nm_labels = _nm_labels(cts, nm, labels)
     assert (nm_labels == 1).any()
-    objects = dict(build_hybrid_results([], nm, _onehot(nm_labels), algorithm=ALGORITHM))
+    objects = dict(build_volume_results([], nm, _onehot(nm_labels), algorithm=ALGORITHM))
     assert set(objects) == {ResultKind.SEG, ResultKind.SR, ResultKind.SC}
     paths = {}
     for kind, ds in objects.items():
@@ -183,7 +183,7 @@ def test_spect_only_seg_lies_on_the_nm_frames_and_the_sr_and_sc_follow(exam, tmp
 
 def test_objects_pass_dicom3tools_and_dcmqi_reads_the_seg(exam, tmp_path):
     cts, nm, labels = exam
-    objects = build_hybrid_results(cts, nm, _onehot(labels), algorithm=ALGORITHM)
+    objects = build_volume_results(cts, nm, _onehot(labels), algorithm=ALGORITHM)
     paths = []
     for _, ds in objects:
         paths.append(tmp_path / f"{ds.Modality}.dcm")
@@ -215,7 +215,7 @@ def test_spect_only_seg_with_a_real_camera_s_odd_geometry_passes_dciodvfy(exam, 
     detector = odd.DetectorInformationSequence[0]
     detector.ImagePositionPatient = [-187.12345678901, -201.9876543210, 1012.3456789012]
     odd.SpacingBetweenSlices = odd.SliceThickness = 4.79520010948181
-    objects = dict(build_hybrid_results([], odd, _onehot(nm_labels), algorithm=ALGORITHM))
+    objects = dict(build_volume_results([], odd, _onehot(nm_labels), algorithm=ALGORITHM))
     path = tmp_path / "seg.dcm"
     objects[ResultKind.SEG].save_as(path, enforce_file_format=True)
     assert dciodvfy_errors(path) == []

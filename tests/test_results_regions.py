@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from dicomnode.pipeline.results.burden import SPIERS_GROUPS, assess_burden
+from dicomnode.pipeline.results.planar.burden import SPIERS_GROUPS, assess_burden
 from dicomnode.synth.anatomy import BONE_SITES
 from dicomnode.synth.simulate import simulate_study
 from dicomnode.segmentation.regions import Region, skeletal_regions

@@ -11,10 +11,10 @@ import pytest
 from PIL import Image
 
 from dicomnode.pipeline.results import ResultKind, ResultOptions, build_results
-from dicomnode.pipeline.results.burden import assess_burden
+from dicomnode.pipeline.results.planar.burden import assess_burden
 from dicomnode.pipeline.results.common import Provenance, match_sources
-from dicomnode.pipeline.results.contours import lesion_outlines
-from dicomnode.pipeline.results.sc import CONTOUR_COLOR, render
+from dicomnode.pipeline.results.planar.contours import lesion_outlines
+from dicomnode.pipeline.results.planar.sc import CONTOUR_COLOR, render
 from dicomnode.segmentation.regions import skeletal_regions
 from tests.test_results_inputs import dciodvfy_errors, make_study, write
 

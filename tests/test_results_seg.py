@@ -16,7 +16,7 @@ import pytest
 from pydicom.sr.codedict import codes
 
 from dicomnode.pipeline.results import ResultKind, ResultOptions, build_results
-from dicomnode.pipeline.results.seg import IDENTITY_ORIENTATION
+from dicomnode.pipeline.results.planar.seg import IDENTITY_ORIENTATION
 from dicomnode.segmentation.scan import View
 from tests.test_results_inputs import (
     ALGORITHM,

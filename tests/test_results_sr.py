@@ -13,8 +13,8 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import SegmentationStorage
 
 from dicomnode.pipeline.results import ResultKind, ResultOptions, build_results
-from dicomnode.pipeline.results.burden import assess_burden
-from dicomnode.pipeline.results.sr import SITE_CODES
+from dicomnode.pipeline.results.planar.burden import assess_burden
+from dicomnode.pipeline.results.planar.sr import SITE_CODES
 from dicomnode.segmentation.scan import View
 from tests.test_results_inputs import LESIONS, dciodvfy_errors, make_study, write
 

@@ -26,7 +26,7 @@ from vtk.util.numpy_support import vtk_to_numpy
 
 from dicomnode.pipeline.results import ResultKind, ResultOptions, build_results
 from dicomnode.pipeline.results.common import VIEW_ABBREVIATIONS
-from dicomnode.pipeline.results.hybrid_results import build_hybrid_results
+from dicomnode.pipeline.results.volume.build import build_volume_results
 from dicomnode.synth.spectct import write_exams
 from dicomnode.segmentation.result import Algorithm
 from dicomnode.segmentation.volume import ct_geometry, nm_volume, resample_labels
@@ -135,7 +135,7 @@ def test_slicer_places_the_spect_seg_on_its_source_grid(with_ct: bool, tmp_path:
         labels = resample_labels(labels, grid, nm_volume(nm)[1], 3)
         grid = nm_volume(nm)[1]
     onehot = np.stack([(labels == k).astype(np.float32) for k in range(3)])
-    objects = dict(build_hybrid_results(all_ct if with_ct else [], nm, onehot,
+    objects = dict(build_volume_results(all_ct if with_ct else [], nm, onehot,
                                         algorithm=Algorithm("dicomnode-mtunet", "test", "mtunet"),
                                         options=ResultOptions(kinds=(ResultKind.SEG,))))
     path = tmp_path / "seg.dcm"

@@ -30,7 +30,7 @@ from PIL import Image
 from pydicom.dataset import Dataset
 
 from dicomnode.pipeline.results import ResultKind, build_results
-from dicomnode.pipeline.results.hybrid_results import build_hybrid_results
+from dicomnode.pipeline.results.volume.build import build_volume_results
 from dicomnode.synth.spectct import write_exams
 from dicomnode.segmentation.result import Algorithm
 from dicomnode.segmentation.scan import View
@@ -266,7 +266,7 @@ def test_ohif_opens_the_spect_results(with_ct: bool, tmp_path: Path,
         ct_grid, _ = ct_geometry([pydicom.dcmread(p) for p in sorted((folder / "ct").glob("*.dcm"))])
         labels = resample_labels(labels, ct_grid, nm_volume(nm)[1], 3)
     onehot = np.stack([(labels == k).astype(np.float32) for k in range(3)])
-    objects = dict(build_hybrid_results(cts, nm, onehot, algorithm=Algorithm("dicomnode-mtunet", "test", "mtunet")))
+    objects = dict(build_volume_results(cts, nm, onehot, algorithm=Algorithm("dicomnode-mtunet", "test", "mtunet")))
     shots = _screenshots("spect-ct" if with_ct else "spect-only", capsys)
     with (
         DicomWebOrthanc(workdir=tmp_path / "orthanc") as pacs,

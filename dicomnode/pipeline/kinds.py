@@ -10,7 +10,7 @@ them for every kind alike; adding a kind is one entry here (docs/architecture.md
   read by the anatomy map → SEG, GSPS, SR, SC (:func:`dicomnode.pipeline.results.build_results`);
 - SPECT/CT and SPECT-only: a :class:`~dicomnode.segmentation.spectct.VolumeSegmenter` (decoding CT and
   NM once; the decoded volumes go on to the builder) → SEG, SR, SC
-  (:func:`dicomnode.pipeline.results.hybrid_results.build_hybrid_results`).
+  (:func:`dicomnode.pipeline.results.volume.build.build_volume_results`).
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from dicomnode.dicom.acquisitions import (
 from dicomnode.dicom.sop import ResultKind
 from dicomnode.pipeline.models import PLANAR, SPECT_ONLY, SPECTCT
 from dicomnode.pipeline.results import ResultOptions, build_results
-from dicomnode.pipeline.results.burden import assess_burden
-from dicomnode.pipeline.results.hybrid_results import build_hybrid_results
+from dicomnode.pipeline.results.planar.burden import assess_burden
+from dicomnode.pipeline.results.volume.build import build_volume_results
 from dicomnode.pipeline.results.identity import repair_sources
 from dicomnode.segmentation.inference import Segmenter
 from dicomnode.segmentation.result import SegmentationResult
@@ -107,7 +107,7 @@ def build_planar(segmented: Segmented, options: ResultOptions, result_set: int) 
 
 
 def describe_planar(result: SegmentationResult) -> dict[str, Any]:
-    """Views, lesions with their sites, total area and approximate BSI (:mod:`dicomnode.pipeline.results.burden`)."""
+    """Views, lesions with their sites, total area and approximate BSI (:mod:`dicomnode.pipeline.results.planar.burden`)."""
     burden = assess_burden(result)
     lesions = [{"view": view.value, "label": sited.lesion.label, "site": sited.site,
                 "area_mm2": round(sited.lesion.area_mm2, 1), "pixels": sited.lesion.pixel_count,
@@ -144,7 +144,7 @@ def segment_volume(acquisition: VolumeAcquisition, segmenter: VolumeSegmenter, s
 def build_volume(segmented: Segmented, options: ResultOptions, result_set: int) -> Objects:
     spect, *ct = segmented.sources
     segmentation: VolumeSegmentation = segmented.result
-    return build_hybrid_results(ct, spect, segmentation.probabilities, algorithm=segmentation.algorithm,
+    return build_volume_results(ct, spect, segmentation.probabilities, algorithm=segmentation.algorithm,
                                 classes=segmentation.classes, options=options, study_version=result_set,
                                 notes=segmented.notes, volumes=segmentation.volumes)
 

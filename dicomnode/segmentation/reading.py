@@ -4,7 +4,7 @@
 lesion of the lesion model's result on it (:mod:`dicomnode.segmentation.judgement`), and returns the result
 with only the suspicious foci in its masks and lesions — each named by its region and side and
 carrying its second-stage probability — the dismissed hot spots with their reason, and the map
-(for the burden's regions, :mod:`dicomnode.pipeline.results.burden`). docs/segmentation.md,
+(for the burden's regions, :mod:`dicomnode.pipeline.results.planar.burden`). docs/segmentation.md,
 "Anatomy map and second stage".
 """
 

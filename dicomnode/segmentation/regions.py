@@ -4,7 +4,7 @@ This is not a skeletal segmentation. It finds the body in the view, measures its
 vertex to the soles, and cuts it into regions by anthropometric fractions of H and by the lateral
 distance from the body's midline. Within each region, "bone" is the set of pixels whose uptake is
 above a threshold between soft tissue and bone. The regions name a lesion's skeletal site and give
-each region a bone area for the approximate Bone Scan Index (``dicomnode.pipeline.results.burden``).
+each region a bone area for the approximate Bone Scan Index (``dicomnode.pipeline.results.planar.burden``).
 
 Input and output are in the canonical orientation of :mod:`dicomnode.segmentation.scan` (row 0 cranial,
 column 0 the patient's right); the view is assumed to show the whole body, head to feet, supine

@@ -13,7 +13,7 @@ Folder names come only from validated UIDs (PS3.5 §9.1); a study whose UID is n
 views cannot be read, is reported in the summary with the reason and no objects, and the command
 exits non-zero. A study's summary describes its first processed acquisition (its kind's ``describe``,
 :data:`dicomnode.pipeline.kinds.KINDS`): for a planar one, lesion sites and the approximate Bone Scan
-Index of :mod:`dicomnode.pipeline.results.burden` (the same numbers the SR carries).
+Index of :mod:`dicomnode.pipeline.results.planar.burden` (the same numbers the SR carries).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from dicomnode.pipeline.kinds import KINDS
 from dicomnode.pipeline.models import PLANAR, NodeModels
 from dicomnode.pipeline.processing import UnreadableStudy, process_study
 from dicomnode.pipeline.results import ResultOptions
-from dicomnode.pipeline.results.burden import BSI_EXPLANATION
+from dicomnode.pipeline.results.planar.burden import BSI_EXPLANATION
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ Plain ASCII ("mm2", not "mm²") so that they are valid in the default character 
 
 from __future__ import annotations
 
-from dicomnode.pipeline.results.burden import BoneBurden, ViewBurden
+from dicomnode.pipeline.results.planar.burden import BoneBurden, ViewBurden
 from dicomnode.pipeline.results.common import VIEW_ABBREVIATIONS
 
 

@@ -28,7 +28,7 @@ from dicomnode.pipeline.results.common import (
     check_writable,
     source_image_sequence,
 )
-from dicomnode.pipeline.results.hybrid_volume import HybridVolume
+from dicomnode.pipeline.results.volume.inputs import SegmentedVolume
 from dicomnode.segmentation.volume_lesions import BENIGN, METASTATIC
 from dicomnode.segmentation.spectct import spect_body
 
@@ -65,7 +65,7 @@ def _panel(rgb: np.ndarray, aspect: float) -> Image.Image:
     return Image.fromarray(rgb).resize((PANEL, height), Image.NEAREST)
 
 
-def render(volume: HybridVolume) -> np.ndarray:
+def render(volume: SegmentedVolume) -> np.ndarray:
     """The picture as ``(rows, columns, 3)`` uint8."""
     if volume.lesions:
         k, i, _ = (int(round(v)) for v in max(volume.lesions, key=lambda les: les.voxels).centroid)
@@ -102,7 +102,7 @@ def render(volume: HybridVolume) -> np.ndarray:
     return np.asarray(canvas)
 
 
-def build_hybrid_picture(volume: HybridVolume, provenance: Provenance) -> Dataset:
+def build_hybrid_picture(volume: SegmentedVolume, provenance: Provenance) -> Dataset:
     """The SC instance (one) in this run's SC series."""
     series = provenance.series(ResultKind.SC)
     first = volume.reference

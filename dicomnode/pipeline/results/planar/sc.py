@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 
-from dicomnode.pipeline.results.burden import BoneBurden
+from dicomnode.pipeline.results.planar.burden import BoneBurden
 from dicomnode.pipeline.results.common import (
     NOT_FOR_DIAGNOSTIC_USE,
     VIEW_ABBREVIATIONS,
@@ -38,7 +38,7 @@ from dicomnode.pipeline.results.common import (
     source_datasets,
     source_image_sequence,
 )
-from dicomnode.pipeline.results.contours import LESION_RGB, lesion_outlines
+from dicomnode.pipeline.results.planar.contours import LESION_RGB, lesion_outlines
 from dicomnode.pipeline.results.text import bsi_summary, lesion_caption, view_summary
 from dicomnode.segmentation.preprocess import body_mask
 from dicomnode.segmentation.scan import View

@@ -69,7 +69,7 @@ from dicomnode.pipeline.results.common import (
     SourceFrame,
     check_writable,
 )
-from dicomnode.pipeline.results.contours import LESION_CIELAB
+from dicomnode.pipeline.results.planar.contours import LESION_CIELAB
 from dicomnode.pipeline.results.text import clip_words
 from dicomnode.segmentation.scan import View
 

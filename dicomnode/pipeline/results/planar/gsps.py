@@ -23,7 +23,7 @@ import logging
 import highdicom as hd
 from pydicom.dataset import Dataset
 
-from dicomnode.pipeline.results.burden import BoneBurden
+from dicomnode.pipeline.results.planar.burden import BoneBurden
 from dicomnode.pipeline.results.common import (
     NOT_FOR_DIAGNOSTIC_USE,
     Provenance,
@@ -33,7 +33,7 @@ from dicomnode.pipeline.results.common import (
     check_writable,
     source_datasets,
 )
-from dicomnode.pipeline.results.contours import LESION_CIELAB, lesion_outlines
+from dicomnode.pipeline.results.planar.contours import LESION_CIELAB, lesion_outlines
 from dicomnode.pipeline.results.text import bsi_summary, lesion_caption, view_summary
 from dicomnode.segmentation.scan import View
 

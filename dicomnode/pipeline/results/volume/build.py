@@ -1,20 +1,20 @@
 """Result objects of a bone SPECT/CT segmentation (paper 003): the one entry the worker calls.
 
-:func:`build_hybrid_results` takes the CT series (empty for a SPECT-only acquisition), the NM RECON
+:func:`build_volume_results` takes the CT series (empty for a SPECT-only acquisition), the NM RECON
 TOMO volume (or ``None``), and the class probabilities ``(3, slices, rows, columns)`` (background,
 metastatic, benign) on the CT grid (slice 0 the most inferior, the order of
 :func:`dicomnode.segmentation.volume.ct_geometry`) or, without a CT, on the NM volume's grid (the order of
 :func:`dicomnode.segmentation.volume.nm_geometry`), and returns:
 
 - a DICOM SEG on the CT series, or on the NM volume without one, with two segments, "Bone metastasis"
-  and "Benign bone lesion" (:mod:`.hybrid_seg`);
+  and "Benign bone lesion" (:mod:`.seg`);
 - a TID 1500 SR with one volumetric group per lesion (volume, SPECT mean/max counts, CT mean HU where
-  there is a CT, class, probability) and study-level counts per class (:mod:`.hybrid_sr`);
+  there is a CT, class, probability) and study-level counts per class (:mod:`.sr`);
 - a Secondary Capture with fused (or, without a CT, SPECT-only) axial and coronal slices and the
-  lesions' contours (:mod:`.hybrid_sc`).
+  lesions' contours (:mod:`.sc`).
 
 Lesions are those of :mod:`dicomnode.segmentation.volume_lesions`, on the pixel data the segmenter decoded
-(``volumes``: :mod:`.hybrid_volume`). The objects share the planar results' provenance
+(``volumes``: :mod:`.inputs`). The objects share the planar results' provenance
 (:class:`~dicomnode.pipeline.results.common.Provenance`: UIDs derived from the study, the sources,
 the version and the algorithm; series numbers by kind). ``classes`` are the model card's; the SEG's
 segments are defined for paper 003's (:data:`dicomnode.segmentation.volume_lesions.LESION_CLASSES`).
@@ -33,10 +33,10 @@ from pydicom.dataset import Dataset
 
 from dicomnode.dicom.sop import ResultKind
 from dicomnode.pipeline.results.common import Provenance, ResultOptions
-from dicomnode.pipeline.results.hybrid_sc import build_hybrid_picture
-from dicomnode.pipeline.results.hybrid_seg import build_hybrid_segmentation
-from dicomnode.pipeline.results.hybrid_sr import build_hybrid_report
-from dicomnode.pipeline.results.hybrid_volume import hybrid_volume
+from dicomnode.pipeline.results.volume.sc import build_hybrid_picture
+from dicomnode.pipeline.results.volume.seg import build_hybrid_segmentation
+from dicomnode.pipeline.results.volume.sr import build_hybrid_report
+from dicomnode.pipeline.results.volume.inputs import segmented_volume
 from dicomnode.segmentation.result import Algorithm
 from dicomnode.segmentation.volume import DecodedVolumes
 from dicomnode.segmentation.volume_lesions import BENIGN, LESION_CLASSES, METASTATIC
@@ -44,7 +44,7 @@ from dicomnode.segmentation.volume_lesions import BENIGN, LESION_CLASSES, METAST
 logger = logging.getLogger(__name__)
 
 
-def build_hybrid_results(ct_datasets: Sequence[Dataset], nm_recon_dataset: Dataset | None,
+def build_volume_results(ct_datasets: Sequence[Dataset], nm_recon_dataset: Dataset | None,
                          probabilities: np.ndarray, *, algorithm: Algorithm,
                          classes: Sequence[str] = LESION_CLASSES,
                          options: ResultOptions | None = None, study_version: int = 1,
@@ -55,7 +55,7 @@ def build_hybrid_results(ct_datasets: Sequence[Dataset], nm_recon_dataset: Datas
     later reconstruction superseding an earlier one, a model not validated on real scans) are written
     into the SR's comments; ``volumes`` are the sources' pixel data as the segmenter decoded them."""
     options = options or ResultOptions()
-    volume = hybrid_volume(ct_datasets, nm_recon_dataset, probabilities, classes, volumes)
+    volume = segmented_volume(ct_datasets, nm_recon_dataset, probabilities, classes, volumes)
     sources = [ds.SOPInstanceUID for ds in volume.ct] + ([nm_recon_dataset.SOPInstanceUID] if nm_recon_dataset else [])
     provenance = Provenance(
         options=options,

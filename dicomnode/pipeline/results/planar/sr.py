@@ -47,7 +47,7 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import SegmentationStorage
 
-from dicomnode.pipeline.results.burden import BSI_EXPLANATION, BoneBurden, SitedLesion
+from dicomnode.pipeline.results.planar.burden import BSI_EXPLANATION, BoneBurden, SitedLesion
 from dicomnode.pipeline.results.common import (
     NOT_FOR_DIAGNOSTIC_USE,
     Provenance,
@@ -56,8 +56,8 @@ from dicomnode.pipeline.results.common import (
     check_writable,
     source_datasets,
 )
-from dicomnode.pipeline.results.contours import lesion_outlines
-from dicomnode.pipeline.results.seg import view_series
+from dicomnode.pipeline.results.planar.contours import lesion_outlines
+from dicomnode.pipeline.results.planar.seg import view_series
 from dicomnode.pipeline.results.text import bsi_summary, study_summary
 from dicomnode.segmentation.scan import View
 

@@ -2,7 +2,7 @@
 SPECT-only result.
 
 - per lesion, a TID 1411 Volumetric ROI group referencing its class's segment of the SEG
-  (:mod:`.hybrid_seg`; Referenced Segment with the SEG's source series: the CT, or the NM volume of a
+  (:mod:`.seg`; Referenced Segment with the SEG's source series: the CT, or the NM volume of a
   SPECT-only acquisition), tracking identifier
   "Lesion n", finding type Neoplasm, Secondary (SCT 14799000) or Lesion (SCT 52988006) as the SEG
   segment, finding site Bone, and TID 300 measurements: Volume (SCT 118565006, mL), SPECT counts
@@ -26,10 +26,10 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from dicomnode.pipeline.results.common import NOT_FOR_DIAGNOSTIC_USE, Provenance, ResultKind, check_writable
-from dicomnode.pipeline.results.hybrid_volume import SEGMENT_OF_CLASS, HybridVolume
+from dicomnode.pipeline.results.volume.inputs import SEGMENT_OF_CLASS, SegmentedVolume
 from dicomnode.segmentation.volume_lesions import BENIGN, METASTATIC, VolumeLesion
-from dicomnode.pipeline.results.hybrid_seg import SEGMENT_TYPES
-from dicomnode.pipeline.results.sr import (
+from dicomnode.pipeline.results.volume.seg import SEGMENT_TYPES
+from dicomnode.pipeline.results.planar.sr import (
     LESIONS_UNIT, QUALITATIVE_EVALUATIONS, _algorithm, _observation_context, statistic,
 )
 
@@ -43,7 +43,7 @@ PROCEDURES = {
 SPECT concept."""
 
 
-def build_hybrid_report(volume: HybridVolume, provenance: Provenance, seg: Dataset) -> Dataset:
+def build_hybrid_report(volume: SegmentedVolume, provenance: Provenance, seg: Dataset) -> Dataset:
     """The SR instance (one) in this run's SR series."""
     series = provenance.series(ResultKind.SR)
     algorithm = _algorithm(provenance)
@@ -96,7 +96,7 @@ def _lesion_group(lesion: VolumeLesion, provenance: Provenance, algorithm: hd.sr
     )
 
 
-def _class_group(label: int, volume: HybridVolume, provenance: Provenance,
+def _class_group(label: int, volume: SegmentedVolume, provenance: Provenance,
                  algorithm: hd.sr.AlgorithmIdentification) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     lesions = [lesion for lesion in volume.lesions if lesion.label == label]
     name = "metastatic" if label == METASTATIC else "benign"
@@ -113,7 +113,7 @@ def _class_group(label: int, volume: HybridVolume, provenance: Provenance,
     )
 
 
-def _counts_note(volume: HybridVolume) -> str:
+def _counts_note(volume: SegmentedVolume) -> str:
     if volume.spect is None:
         return "No SPECT reconstruction: no counts reported."
     if volume.ct:
@@ -122,7 +122,7 @@ def _counts_note(volume: HybridVolume) -> str:
             "the reconstruction's own grid by the SPECT-only model, and no CT numbers are reported.")
 
 
-def _comment(volume: HybridVolume, provenance: Provenance) -> hd.sr.ContainerContentItem:
+def _comment(volume: SegmentedVolume, provenance: Provenance) -> hd.sr.ContainerContentItem:
     algorithm = provenance.algorithm
     counts = {name: sum(les.class_name == name for les in volume.lesions) for name in ("metastatic", "benign")}
     lines = [

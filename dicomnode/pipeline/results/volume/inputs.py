@@ -1,11 +1,11 @@
 """A bone SPECT/CT (or SPECT-only) segmentation with its sources, as the result objects read it.
 
-:func:`hybrid_volume` puts together the CT series in slice order (empty for a SPECT-only
+:func:`segmented_volume` puts together the CT series in slice order (empty for a SPECT-only
 acquisition), the SPECT counts on the segmentation grid, the class probabilities and their lesions
 (:func:`dicomnode.segmentation.volume_lesions.find_lesions`), from the pixel data the segmenter decoded
 (:class:`dicomnode.segmentation.volume.DecodedVolumes`), so that a job decodes each source once. The SEG,
-SR and SC builders (:mod:`.hybrid_seg`, :mod:`.hybrid_sr`, :mod:`.hybrid_sc`) read a
-:class:`HybridVolume`.
+SR and SC builders (:mod:`.seg`, :mod:`.sr`, :mod:`.sc`) read a
+:class:`SegmentedVolume`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ SEGMENT_OF_CLASS = {METASTATIC: 1, BENIGN: 2}
 
 
 @dataclass
-class HybridVolume:
+class SegmentedVolume:
     """The sources in geometry order, the SPECT on the segmentation grid and the segmentation.
 
     The grid is the CT's where there is a CT series, else the NM volume's (SPECT-only)."""
@@ -51,9 +51,9 @@ class HybridVolume:
         return "SPECT/CT" if self.ct else "SPECT"
 
 
-def hybrid_volume(ct_datasets: Sequence[Dataset], nm_recon_dataset: Dataset | None,
+def segmented_volume(ct_datasets: Sequence[Dataset], nm_recon_dataset: Dataset | None,
                   probabilities: np.ndarray, classes: Sequence[str] = LESION_CLASSES,
-                  volumes: DecodedVolumes | None = None) -> HybridVolume:
+                  volumes: DecodedVolumes | None = None) -> SegmentedVolume:
     """The sources in geometry order, the SPECT on the segmentation grid and the lesions. The pixel
     data are those the segmenter decoded (``volumes``), decoded here only when not given. ``classes``
     (the model card's) must be those the results encode; :class:`ResultInputError` otherwise."""
@@ -72,4 +72,4 @@ def hybrid_volume(ct_datasets: Sequence[Dataset], nm_recon_dataset: Dataset | No
         raise ResultInputError("probabilities must be finite values in [0, 1]")
     spect = volumes.spect_on_grid
     labels, lesions = find_lesions(probabilities, hu, spect, geometry)
-    return HybridVolume(ct, hu, geometry, spect, labels, probabilities, lesions, nm_recon_dataset)
+    return SegmentedVolume(ct, hu, geometry, spect, labels, probabilities, lesions, nm_recon_dataset)

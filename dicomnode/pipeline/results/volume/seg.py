@@ -33,9 +33,9 @@ from dicomnode.pipeline.results.common import (
     ResultKind,
     check_writable,
 )
-from dicomnode.pipeline.results.hybrid_volume import SEGMENT_OF_CLASS, HybridVolume
+from dicomnode.pipeline.results.volume.inputs import SEGMENT_OF_CLASS, SegmentedVolume
 from dicomnode.segmentation.volume_lesions import BENIGN, METASTATIC
-from dicomnode.pipeline.results.seg import functional_groups_proxy
+from dicomnode.pipeline.results.planar.seg import functional_groups_proxy
 from dicomnode.pipeline.results.text import clip_words
 from dicomnode.segmentation.volume import nm_geometry
 
@@ -63,7 +63,7 @@ def segment_descriptions(provenance: Provenance) -> list[hd.seg.SegmentDescripti
     ]
 
 
-def build_hybrid_segmentation(volume: HybridVolume, provenance: Provenance) -> Dataset:
+def build_hybrid_segmentation(volume: SegmentedVolume, provenance: Provenance) -> Dataset:
     """The SEG instance (one), in this run's SEG series."""
     series = provenance.series(ResultKind.SEG)
     labels = np.zeros(volume.labels.shape, np.uint8)
@@ -93,7 +93,7 @@ def build_hybrid_segmentation(volume: HybridVolume, provenance: Provenance) -> D
     return check_writable(seg)
 
 
-def _nm_source(volume: HybridVolume, labels: np.ndarray, provenance: Provenance) -> tuple[list[Dataset], np.ndarray]:
+def _nm_source(volume: SegmentedVolume, labels: np.ndarray, provenance: Provenance) -> tuple[list[Dataset], np.ndarray]:
     """The NM volume as highdicom's source (module docstring) and the labels in its stored frame order."""
     nm = volume.nm
     if nm is None:
