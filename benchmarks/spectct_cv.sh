@@ -26,15 +26,15 @@ python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.i
 if ! python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' && [ "${ALLOW_CPU:-0}" != 1 ]; then
   echo "no CUDA device seen by torch; stopping (ALLOW_CPU=1 runs on the CPU)"; exit 3
 fi
-python3 -c 'import dicomnode, segmentation, train, pydicom, scipy, typer' 2>/dev/null || pip install --no-build-isolation --no-deps -e . >/dev/null
+python3 -c 'import dicomnode.segmentation, dicomnode.train, pydicom, scipy, typer' 2>/dev/null || pip install --no-build-isolation --no-deps -e . >/dev/null
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
 DATA=$(mktemp -d)
 trap 'rm -rf "$DATA"' EXIT
 python3 -c 'from dicomnode.cli import main; main()' synth "$DATA" --spect-ct --size "$SIZE" --studies "$EXAMS" --seed 2025 --workers "$WORKERS"
 echo "simulated $EXAMS exams in $(( $(date +%s) - start )) s"
-timeout "$STUDY_TIMEOUT" python3 -m train.spectct --data "$DATA" --out "$OUT" \
-  --preset config/train/spectct-spect.toml --preset config/train/spectct-ct.toml \
-  --preset config/train/spectct-spectct.toml --transfer spectct-spectct:spectct-spect \
+timeout "$STUDY_TIMEOUT" python3 -c 'from dicomnode.cli import main; main()' train --data "$DATA" --out "$OUT" \
+  --config config/train/spectct-spect.toml --config config/train/spectct-ct.toml \
+  --config config/train/spectct-spectct.toml --transfer spectct-spectct:spectct-spect \
   --folds "$FOLDS" --final spectct-spectct --max-seconds "$MAX_SECONDS" --batch-size "$BATCH" --workers "$WORKERS" \
-  || echo "train.spectct stopped with status $? (partial results in crossval.partial.*)"
+  || echo "dicomnode train stopped with status $? (partial results in crossval.partial.*)"
 echo "total wall $(( $(date +%s) - start )) s"

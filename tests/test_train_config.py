@@ -61,3 +61,33 @@ def test_preprocessing_keys_are_checked_and_whole_view_is_none(tmp_path: Path) -
     path.write_text('name = "p"\n[preprocessing]\nwindw = 128\n')
     with pytest.raises(PresetError, match="windw"):
         load_config(path)
+
+
+def test_every_committed_preset_is_read_by_the_one_reader_as_its_task() -> None:
+    """docs/segmentation.md, "Model cards": a preset's ``task`` picks its schema and trainer."""
+    from dicomnode.segmentation.modelcard import TASKS
+    from dicomnode.train.config import AnatomyPreset, TrainConfig, VolumePreset, load_preset
+
+    schema = {"planar-lesions": TrainConfig, "anatomy-map": AnatomyPreset, "spectct-classes": VolumePreset}
+    seen = set()
+    for path in sorted(PRESETS.glob("*.toml")):
+        declared = next(line.split('"')[1] for line in path.read_text().splitlines() if line.startswith("task = "))
+        preset = load_preset(path)
+        assert declared in TASKS and preset.task == declared and isinstance(preset, schema[declared]), path.name
+        seen.add(declared)
+    assert seen == set(schema)
+
+
+def test_a_preset_of_another_task_or_an_unknown_task_is_refused(tmp_path: Path) -> None:
+    from dicomnode.train.config import load_preset
+
+    with pytest.raises(PresetError, match="trains task 'anatomy-map', not 'planar-lesions'"):
+        load_config(PRESETS / "anatomy.toml")
+    unknown = tmp_path / "x.toml"
+    unknown.write_text('name = "x"\ntask = "bone-age"\n')
+    with pytest.raises(PresetError, match="task 'bone-age' is not one of"):
+        load_preset(unknown)
+    typo = tmp_path / "y.toml"
+    typo.write_text('name = "y"\ntask = "anatomy-map"\nepochz = 3\n')
+    with pytest.raises(PresetError, match="epochz"):
+        load_preset(typo)

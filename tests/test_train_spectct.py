@@ -16,7 +16,8 @@ from dicomnode.synth.spectct import write_exams
 from dicomnode.segmentation.networks import build
 from dicomnode.segmentation.modelcard import SPECTCT_CLASSES, ModelCardError, build_network, load_card, save_model
 from dicomnode.segmentation.spectct import VolumeSegmenter, predict_volume, stack_inputs
-from dicomnode.train.spectct import Exam, load_exam, load_preset, main, score, train_model, transfer_weights
+from dicomnode.train.config import load_preset
+from dicomnode.train.spectct import Exam, load_exam, score, train_model, transfer_weights
 
 torch.set_num_threads(1)
 PRESETS = Path(__file__).resolve().parents[1] / "config" / "train"
@@ -38,7 +39,7 @@ def test_presets_name_the_three_inputs_of_paper_003():
 
 def test_a_preset_with_an_unknown_key_is_refused(tmp_path):
     bad = tmp_path / "bad.toml"
-    bad.write_text('name = "x"\n[model]\nchannels = ["ct"]\nlayers = 3\n')
+    bad.write_text('name = "x"\ntask = "spectct-classes"\n[model]\nchannels = ["ct"]\nlayers = 3\n')
     with pytest.raises(ValueError, match="layers"):
         load_preset(bad)
 
@@ -164,11 +165,23 @@ def test_shipped_spect_only_weights_segment_an_nm_volume_on_its_own_grid(cohort)
 
 
 @pytest.mark.slow
-def test_the_study_writes_the_table_and_a_final_model(cohort, tmp_path, capsys):
-    main(["--data", str(cohort), "--out", str(tmp_path), "--folds", "2", "--epochs", "1", "--batch-size", "2",
-          "--max-seconds", "1", "--device", "cpu", "--final", "spectct-spectct",
-          "--preset", str(PRESETS / "spectct-spect.toml"), "--preset", str(PRESETS / "spectct-spectct.toml"),
-          "--transfer", "spectct-spectct:spectct-spect"])
+def test_the_study_writes_the_table_and_a_final_model(cohort, tmp_path):
+    from typer.testing import CliRunner
+
+    from dicomnode.cli import app
+
+    presets = []
+    for name in ("spectct-spect", "spectct-spectct"):  # each preset small: batch 2, one second per run
+        text = (PRESETS / f"{name}.toml").read_text()
+        text = text.replace("batch_size = 16", "batch_size = 2").replace("max_seconds = 0 ", "max_seconds = 1 ")
+        presets.append(tmp_path / f"{name}.toml")
+        presets[-1].write_text(text)
+    run = CliRunner().invoke(app, ["train", "--data", str(cohort), "--out", str(tmp_path), "--folds", "2",
+                                   "--epochs", "1", "--device", "cpu", "--final", "spectct-spectct",
+                                   "--config", str(presets[0]), "--config", str(presets[1]),
+                                   "--transfer", "spectct-spectct:spectct-spect"])
+    assert run.exit_code == 0, run.output
+    assert "spectct-spectct (transfer from spectct-spect) | benign" in run.output
     table = (tmp_path / "crossval.md").read_text()
     assert "spectct-spectct (transfer from spectct-spect) | benign" in table
     result = json.loads((tmp_path / "crossval.json").read_text())

@@ -69,32 +69,86 @@ def synth(
 
 @app.command()
 def train(
-    config: Path = typer.Option(..., "--config", help="Training preset, e.g. config/train/unet.toml."),
-    data: list[Path] = typer.Option(..., "--data", help="Folder of training data, repeatable: a `dicomnode synth` folder, NM DICOM with SEG / LabelMe labels, BS-80K whole-body (VOC boxes) or BS-80K crops (label file); the format is detected and logged."),
+    config: list[Path] = typer.Option(..., "--config", help="Training preset, e.g. config/train/unet.toml; its `task` key picks the trainer (planar lesions when absent). Repeatable for SPECT/CT presets, cross-validated side by side."),
+    data: list[Path] = typer.Option([], "--data", help="Folder of training data, repeatable: a `dicomnode synth` folder, NM DICOM with SEG / LabelMe labels, BS-80K whole-body (VOC boxes) or BS-80K crops (label file); the format is detected and logged. SPECT/CT: one `dicomnode synth --spect-ct` folder. The anatomy map draws simulated studies itself and takes none."),
     out: Path = typer.Option(..., "--out", help="Folder for checkpoint, curves, split and the exported model."),
-    epochs: int | None = typer.Option(None, min=1, help="Override the preset's optim.epochs."),
+    epochs: int | None = typer.Option(None, min=1, help="Override the preset's epochs."),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Override the preset's batch size."),
     device: str = typer.Option("auto", help="auto (CUDA when present), cpu or cuda[:N]."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoint.pt."),
+    resume: bool = typer.Option(False, "--resume", help="Planar lesions: continue from OUT/checkpoint.pt (the anatomy map always resumes from OUT/work)."),
     threads: int | None = typer.Option(None, min=1, help="torch CPU threads."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    folds: int = typer.Option(5, min=2, help="SPECT/CT: patient folds of the cross-validation."),
+    final: str | None = typer.Option(None, "--final", help="SPECT/CT: the preset (by name) to train on every exam and export."),
+    transfer: list[str] = typer.Option([], "--transfer", metavar="TARGET:SOURCE", help="SPECT/CT: also train TARGET from SOURCE's fold weights."),
+    max_seconds: float | None = typer.Option(None, "--max-seconds", min=0, help="SPECT/CT: cap each training run (overrides the presets)."),
+    workers: int = typer.Option(1, min=1, help="SPECT/CT: processes reading exams."),
 ) -> None:
-    """Train a segmentation network from a preset; export <name>.safetensors + <name>.json to OUT."""
+    """Train a model from a preset of any task; export <name>.safetensors + <name>.json to OUT."""
     import logging
 
-    from dicomnode.train.config import PresetError, load_config
-    from dicomnode.train.loop import TrainingError, run_training
+    from dicomnode.segmentation.modelcard import ANATOMY_MAP, SPECTCT_CLASSES
+    from dicomnode.train.config import PresetError, load_preset
+    from dicomnode.train.loop import TrainingError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        preset = load_config(config, **({"optim.epochs": epochs} if epochs else {}))
-        result = run_training(preset, data, out, device=device, resume=resume, progress=progress, num_threads=threads)
+        presets = [load_preset(path) for path in config]
+        tasks = {preset.task for preset in presets}
+        if len(tasks) != 1 or (len(presets) > 1 and tasks != {SPECTCT_CLASSES}):
+            raise PresetError(f"one preset per run, or SPECT/CT presets only (tasks {sorted(tasks)})")
+        (task,) = tasks
+        if task == SPECTCT_CLASSES:
+            overrides = {key: value for key, value in (("epochs", epochs), ("batch_size", batch_size),
+                                                       ("max_seconds", max_seconds)) if value is not None}
+            _train_volume(config, data, out, overrides, device, folds, final, transfer, workers)
+        elif task == ANATOMY_MAP:
+            overrides = {key: value for key, value in (("epochs", epochs), ("batch_size", batch_size),
+                                                       ("threads", threads)) if value is not None}
+            _train_anatomy(config[0], out, overrides)
+        else:
+            overrides = {key: value for key, value in (("optim.epochs", epochs), ("optim.batch_size", batch_size))
+                         if value is not None}
+            _train_planar(config[0], data, out, overrides, device, resume, threads, progress)
     except (PresetError, TrainingError, FileNotFoundError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    typer.echo(
-        f"best epoch {result.best_epoch} of {len(result.history)} on {result.device} "
-        f"({result.wall_seconds:.0f} s): {result.card}"
-    )
+
+
+def _train_planar(config: Path, data: list[Path], out: Path, overrides: dict[str, object], device: str,
+                  resume: bool, threads: int | None, progress: bool) -> None:
+    from dicomnode.train.config import load_config
+    from dicomnode.train.loop import run_training
+
+    if not data:
+        raise ValueError("--data is required for a planar-lesions preset")
+    preset = load_config(config, **overrides)
+    result = run_training(preset, data, out, device=device, resume=resume, progress=progress, num_threads=threads)
+    typer.echo(f"best epoch {result.best_epoch} of {len(result.history)} on {result.device} "
+               f"({result.wall_seconds:.0f} s): {result.card}")
+
+
+def _train_anatomy(config: Path, out: Path, overrides: dict[str, object]) -> None:
+    from dicomnode.train.anatomy import train as train_anatomy
+    from dicomnode.train.config import load_preset
+
+    preset = load_preset(config, **overrides)
+    typer.echo(f"model card: {train_anatomy(preset, out / preset.name, out / 'work')}")
+
+
+def _train_volume(config: list[Path], data: list[Path], out: Path, overrides: dict[str, object], device: str,
+                  folds: int, final: str | None, transfer: list[str], workers: int) -> None:
+    from dicomnode.train.config import load_preset
+    from dicomnode.train.spectct import markdown, run_study
+
+    if len(data) != 1:
+        raise ValueError("--data takes one `dicomnode synth --spect-ct` folder for SPECT/CT presets")
+    presets = [load_preset(path, **overrides) for path in config]
+    result = run_study(data[0], out, presets, transfer=transfer, folds=folds, final=final, device=device,
+                       workers=workers)
+    typer.echo(markdown(result), nl=False)
+    typer.echo(f"exams {result['exams']}, folds {result['folds']}, device {result['device']}, "
+               f"wall {result['wall_seconds']} s")
 
 
 class Subset(str, Enum):

@@ -41,7 +41,7 @@ from dicomnode.pipeline.models import load_segmenter
 from dicomnode.segmentation.inference import Segmenter
 from dicomnode.store.db import Database
 from dicomnode.store.spool import Spool
-from dicomnode.train.config import load_config as load_preset
+from dicomnode.train.config import load_config
 from dicomnode.train.datasets import TrainingData, load_training_data
 from dicomnode.train.evaluate import score_study
 from dicomnode.train.loop import run_training
@@ -145,7 +145,7 @@ def learn(config: NodeConfig, database: Database, spool: Spool, *, data: Sequenc
     overrides: dict[str, object] = {"model.init": str(start)}
     if epochs is not None:
         overrides["optim.epochs"] = epochs
-    preset = load_preset(_preset_path(settings.preset), **overrides)
+    preset = load_config(_preset_path(settings.preset), **overrides)
     out = Path(config.storage.var_dir) / RUN_FOLDER
     if not resume and out.exists():
         shutil.rmtree(out)

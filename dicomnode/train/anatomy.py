@@ -1,7 +1,6 @@
 """Train the anatomy map on simulated studies (docs/training.md, "Anatomy map").
 
-    python -m dicomnode.train.anatomy --preset config/train/anatomy.toml --out dicomnode/segmentation/weights/anatomy \
-        --work runs/anatomy
+    dicomnode train --config config/train/anatomy.toml --out runs/anatomy   # OUT/anatomy.json + .safetensors
 
 A pool of simulated studies is drawn once (both views, exact labels, :mod:`dicomnode.train.anatomydata`);
 every epoch each view is augmented afresh toward real scans. The loss is cross-entropy weighted by
@@ -9,7 +8,7 @@ a power of the inverse of each label's frequency (``weight_power``; small struct
 clavicles, kidneys — would otherwise be drowned by background and soft tissue). ``init`` starts
 from saved weights (the shipped map is the 7-epoch run of ``anatomy.toml`` fine-tuned by
 ``anatomy-finetune.toml``). A checkpoint is written after every epoch
-under ``--work``; a run started again with the same ``--work`` resumes from it. The model is saved
+under ``OUT/work``; a run started again with the same ``--out`` resumes from it. The model is saved
 with its card (``task: "anatomy-map"``, :mod:`dicomnode.segmentation.modelcard`), with the per-label Dice on
 held-out simulated studies as its metrics. The lesion training loop (:mod:`dicomnode.train.loop`) is not
 reused: it is built around one sigmoid lesion logit, patches and lesion-centred sampling.
@@ -17,13 +16,10 @@ reused: it is built around one sigmoid lesion logit, patches and lesion-centred 
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import platform
 import time
-import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -36,37 +32,9 @@ from dicomnode.segmentation.anatomy import LABEL_COUNT, AnatomyLabel
 from dicomnode.segmentation.modelcard import ANATOMY_MAP, save_model
 from dicomnode.segmentation.networks import build
 from dicomnode.train.anatomydata import MAP_PREPROCESSING, augment, simulated_views
+from dicomnode.train.config import AnatomyPreset
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class AnatomyPreset:
-    """``config/train/anatomy.toml``; every key optional."""
-
-    name: str = "anatomy"
-    description: str = "Slim U-Net anatomy map on a 4.8 mm grid, trained on simulated studies"
-    network: str = "anatomy"
-    width: str | int = "slim"
-    studies: int = 300
-    validation_studies: int = 20
-    seed: int = 2500
-    epochs: int = 12
-    batch_size: int = 8
-    lr: float = 2e-3
-    threads: int = 2
-    weight_power: float = 0.5  # class weight = (1 / label frequency) ** weight_power
-    init: str = ""  # weights to start from (a fine-tune of a saved map), "" = random initialisation
-    variant_every: int = 0  # every n-th pool study carries a normal variant (hot kidneys, ...); 0 = none
-
-    @classmethod
-    def read(cls, path: Path) -> AnatomyPreset:
-        data = tomllib.loads(Path(path).read_text())
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"{path}: unknown key(s) {unknown}")
-        return cls(**data)
 
 
 def dice_per_label(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float]:
@@ -182,18 +150,3 @@ def train(preset: AnatomyPreset, out: Path, work: Path) -> Path:
                       metrics=metrics, task=ANATOMY_MAP)
     assert card.path is not None
     return card.path
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", type=Path, default=Path("config/train/anatomy.toml"))
-    parser.add_argument("--out", type=Path, default=Path("dicomnode/segmentation/weights/anatomy"))
-    parser.add_argument("--work", type=Path, default=Path("runs/anatomy"))
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    path = train(AnatomyPreset.read(args.preset), args.out, args.work)
-    print(json.dumps({"card": str(path)}))
-
-
-if __name__ == "__main__":
-    main()

@@ -1,6 +1,12 @@
 """The training preset: one TOML file per recipe (``config/train/<preset>.toml``), validated here.
 
-Every key has a default taken from the paper the recipe reproduces, so a preset only states what
+:func:`load_preset` is the one reader for every task: the preset's ``task`` key names the model card
+task it trains (docs/segmentation.md, "Model cards"; planar lesions when absent) and with it the
+schema: :class:`TrainConfig` (planar lesions, below), :class:`AnatomyPreset` (the anatomy map,
+:mod:`dicomnode.train.anatomy`), :class:`VolumePreset` (SPECT/CT classes, :mod:`dicomnode.train.spectct`).
+``dicomnode train`` runs the task's trainer.
+
+For planar lesions, every key has a default taken from the paper the recipe reproduces, so a preset only states what
 differs. Unknown keys are errors (a typo must not silently fall back to a default). The sections:
 
 - ``[model]``: which network of :mod:`dicomnode.segmentation.networks`, how wide, and the initial lesion
@@ -25,11 +31,13 @@ differs. Unknown keys are errors (a typo must not silently fall back to a defaul
 from __future__ import annotations
 
 import tomllib
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from dicomnode.segmentation.modelcard import ANATOMY_MAP, PLANAR_LESIONS, SPECTCT_CLASSES
 from dicomnode.segmentation.preprocess import Preprocessing
 
 
@@ -189,13 +197,75 @@ class TrainConfig(_Section):
             raise ValueError("adversarial and semisup training cannot both be enabled in one preset")
         return self
 
+    @property
+    def task(self) -> str:
+        """The model card task a planar preset trains (module docstring)."""
+        return PLANAR_LESIONS
+
 
 class PresetError(ValueError):
     """A preset that cannot be read or does not validate; the message names the file and the keys."""
 
 
-def load_config(path: Path | str, **overrides: object) -> TrainConfig:
-    """Read and validate a preset; ``overrides`` are dotted keys (``optim.epochs=2``) applied first."""
+@dataclass(frozen=True)
+class AnatomyPreset:
+    """``config/train/anatomy*.toml`` (task ``anatomy-map``): flat keys, every one optional."""
+
+    name: str = "anatomy"
+    description: str = "Slim U-Net anatomy map on a 4.8 mm grid, trained on simulated studies"
+    network: str = "anatomy"
+    width: str | int = "slim"
+    studies: int = 300
+    validation_studies: int = 20
+    seed: int = 2500
+    epochs: int = 12
+    batch_size: int = 8
+    lr: float = 2e-3
+    threads: int = 2
+    weight_power: float = 0.5  # class weight = (1 / label frequency) ** weight_power
+    init: str = ""  # weights to start from (a fine-tune of a saved map), "" = random initialisation
+    variant_every: int = 0  # every n-th pool study carries a normal variant (hot kidneys, ...); 0 = none
+
+    @property
+    def task(self) -> str:
+        return ANATOMY_MAP
+
+
+@dataclass(frozen=True)
+class VolumePreset:
+    """``config/train/spectct-*.toml``, ``spect-only.toml`` (task ``spectct-classes``, paper 003):
+    ``name`` and sections model, data, optim, loss, read flat."""
+
+    name: str
+    channels: tuple[str, ...]
+    network: str = "mtunet"
+    width: str | int = "slim"
+    in_plane_mm: float | None = None
+    lesion_slice_weight: float = 4.0
+    epochs: int = 30
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    max_seconds: float | None = None
+    ce_weight: float = 0.5
+    dice_weight: float = 0.5
+    class_weights: tuple[float, ...] = (1.0, 2.0, 2.0)
+    seed: int = 42
+
+    @property
+    def task(self) -> str:
+        return SPECTCT_CLASSES
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+
+
+Preset = TrainConfig | AnatomyPreset | VolumePreset
+
+
+def load_preset(path: Path | str, **overrides: object) -> Preset:
+    """Read and validate a preset of any task (module docstring). ``overrides`` are dotted keys of a
+    planar preset (``optim.epochs=2``), or field names of the other tasks' presets (``epochs=2``)."""
     path = Path(path)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -203,6 +273,22 @@ def load_config(path: Path | str, **overrides: object) -> TrainConfig:
         raise PresetError(f"preset {path} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise PresetError(f"preset {path} is not valid TOML: {exc}") from None
+    task = raw.pop("task", PLANAR_LESIONS)
+    readers = {PLANAR_LESIONS: _planar, ANATOMY_MAP: _anatomy, SPECTCT_CLASSES: _volume}
+    if task not in readers:
+        raise PresetError(f"preset {path}: task {task!r} is not one of {sorted(readers)}")
+    return readers[task](raw, path, overrides)
+
+
+def load_config(path: Path | str, **overrides: object) -> TrainConfig:
+    """A planar-lesion preset (:func:`load_preset`), refused when the file trains another task."""
+    preset = load_preset(path, **overrides)
+    if not isinstance(preset, TrainConfig):
+        raise PresetError(f"preset {path} trains task {preset.task!r}, not {PLANAR_LESIONS!r}")
+    return preset
+
+
+def _planar(raw: dict[str, Any], path: Path, overrides: dict[str, object]) -> TrainConfig:
     raw.setdefault("name", path.stem)
     for dotted, value in overrides.items():
         section, _, key = dotted.partition(".")
@@ -217,3 +303,37 @@ def load_config(path: Path | str, **overrides: object) -> TrainConfig:
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
         )
         raise PresetError(f"preset {path} is invalid: {problems}") from None
+
+
+def _flat(preset_type: type, flat: dict[str, Any], path: Path, overrides: dict[str, object]) -> Any:
+    known = {f.name for f in fields(preset_type)}
+    unknown = sorted((set(flat) | set(overrides)) - known)
+    if unknown:
+        raise PresetError(f"preset {path}: unknown key(s) {unknown}")
+    try:
+        return preset_type(**{**flat, **overrides})
+    except TypeError as exc:
+        raise PresetError(f"preset {path}: {exc}") from None
+
+
+def _anatomy(raw: dict[str, Any], path: Path, overrides: dict[str, object]) -> AnatomyPreset:
+    return _flat(AnatomyPreset, raw, path, overrides)
+
+
+def _volume(raw: dict[str, Any], path: Path, overrides: dict[str, object]) -> VolumePreset:
+    sections = {"model", "data", "optim", "loss"}
+    if set(raw) - sections - {"name"}:
+        raise PresetError(f"preset {path}: unknown key(s) {sorted(set(raw) - sections - {'name'})}")
+    flat: dict[str, Any] = {"name": raw.get("name", path.stem)}
+    for section in sorted(sections):
+        flat.update(raw.get(section, {}))
+    for key in ("channels", "class_weights"):
+        if key in flat:
+            flat[key] = tuple(flat[key])
+    for key in ("in_plane_mm", "max_seconds"):  # 0 in TOML: none
+        if flat.get(key) == 0:
+            flat[key] = None
+    preset = _flat(VolumePreset, flat, path, overrides)
+    if len(preset.class_weights) != 3:  # background, metastatic, benign (paper 003)
+        raise PresetError(f"preset {path}: class_weights needs 3 values (background, metastatic, benign)")
+    return preset

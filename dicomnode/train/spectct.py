@@ -1,8 +1,8 @@
 """Paper 003's evaluation: MT-UNet on SPECT, CT and SPECT/CT, 5-fold CV by patient, transfer learning.
 
-    python -m dicomnode.train.spectct --data SIM --out runs/spectct \\
-        --preset config/train/spectct-spect.toml --preset config/train/spectct-ct.toml \\
-        --preset config/train/spectct-spectct.toml --transfer spectct-spectct:spectct-spect \\
+    dicomnode train --data SIM --out runs/spectct \\
+        --config config/train/spectct-spect.toml --config config/train/spectct-ct.toml \\
+        --config config/train/spectct-spectct.toml --transfer spectct-spectct:spectct-spect \\
         [--folds 5] [--final spectct-spectct] [--max-seconds S] [--device auto]
 
 Paper 003 (abstract): 93 patients, 184 lesions (94 benign, 90 metastatic); MT-UNet segments bone
@@ -42,14 +42,12 @@ Writes ``OUT/crossval.json`` (per fold and summary) and ``OUT/crossval.md`` (the
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
 import platform
 import random
 import time
-import tomllib
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -70,6 +68,7 @@ from dicomnode.segmentation.tiling import pad_batch_to_multiple
 from dicomnode.segmentation.volume import ct_volume, nm_volume, resample, resample_labels, scaled
 
 from .boxscore import roc_auc
+from .config import VolumePreset
 from .losses import multiclass_segmentation_loss
 from .split import kfold_patients
 
@@ -81,53 +80,6 @@ GROUPS = ("metastatic", "benign", "lesion")
 
 
 # ---------------------------------------------------------------- presets
-
-@dataclass(frozen=True)
-class Preset:
-    name: str
-    channels: tuple[str, ...]
-    network: str = "mtunet"
-    width: str | int = "slim"
-    in_plane_mm: float | None = None
-    lesion_slice_weight: float = 4.0
-    epochs: int = 30
-    batch_size: int = 16
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    max_seconds: float | None = None
-    ce_weight: float = 0.5
-    dice_weight: float = 0.5
-    class_weights: tuple[float, ...] = (1.0, 2.0, 2.0)
-    seed: int = 42
-
-    def as_dict(self) -> dict[str, Any]:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
-
-
-def load_preset(path: Path) -> Preset:
-    """A preset TOML (config/train/spectct-*.toml): ``name`` and sections model, data, optim, loss."""
-    raw = tomllib.loads(Path(path).read_text())
-    known = {"name", "model", "data", "optim", "loss"}
-    if set(raw) - known:
-        raise ValueError(f"{path}: unknown keys {sorted(set(raw) - known)}")
-    flat: dict[str, Any] = {"name": raw.get("name", Path(path).stem)}
-    for section in ("model", "data", "optim", "loss"):
-        flat.update(raw.get(section, {}))
-    for key in ("channels", "class_weights"):
-        if key in flat:
-            flat[key] = tuple(flat[key])
-    if flat.get("in_plane_mm") == 0:
-        flat["in_plane_mm"] = None
-    if flat.get("max_seconds") == 0:
-        flat["max_seconds"] = None
-    try:
-        preset = Preset(**flat)
-    except TypeError as exc:
-        raise ValueError(f"{path}: {exc}") from None
-    if len(preset.class_weights) != len(CLASSES):
-        raise ValueError(f"{path}: class_weights needs {len(CLASSES)} values")
-    return preset
-
 
 # ---------------------------------------------------------------- data
 
@@ -207,7 +159,7 @@ class Trained:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def _slices(exams: Sequence[Exam], preset: Preset, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _slices(exams: Sequence[Exam], preset: VolumePreset, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     xs, ys, weights = [], [], []
     for exam in exams:
         keep = exam.body_slices
@@ -234,7 +186,7 @@ def _progress_fraction(step: int, total: int, start: float, max_seconds: float |
     return min(done, 1.0)
 
 
-def train_model(preset: Preset, exams: Sequence[Exam], device: torch.device, *,
+def train_model(preset: VolumePreset, exams: Sequence[Exam], device: torch.device, *,
                 init: dict[str, torch.Tensor] | None = None, seed: int | None = None) -> Trained:
     """Train ``preset``'s network on ``exams`` (from ``init`` when given); see the module docstring."""
     _seed(preset.seed if seed is None else seed)
@@ -348,7 +300,7 @@ def markdown(summary: dict[str, Any]) -> str:
 
 # ---------------------------------------------------------------- the study
 
-def crossvalidate(exams: Sequence[Exam], preset: Preset, folds: Sequence[frozenset[str]], device: torch.device, *,
+def crossvalidate(exams: Sequence[Exam], preset: VolumePreset, folds: Sequence[frozenset[str]], device: torch.device, *,
                   sources: dict[int, dict[str, torch.Tensor]] | None = None) -> tuple[list[dict], dict[int, dict[str, torch.Tensor]]]:
     """Train and score one preset over the folds; return per-fold records and each fold's weights."""
     records, states = [], {}
@@ -365,50 +317,50 @@ def crossvalidate(exams: Sequence[Exam], preset: Preset, folds: Sequence[frozens
     return records, states
 
 
-def run_study(args: argparse.Namespace) -> dict[str, Any]:
-    device = resolve_device(args.device)
-    presets = [load_preset(p) for p in args.preset]
-    if args.max_seconds is not None:
-        presets = [Preset(**{**p.__dict__, "max_seconds": args.max_seconds}) for p in presets]
-    if args.epochs is not None:
-        presets = [Preset(**{**p.__dict__, "epochs": args.epochs}) for p in presets]
-    if args.batch_size is not None:
-        presets = [Preset(**{**p.__dict__, "batch_size": args.batch_size}) for p in presets]
+def run_study(data: Path, out: Path, presets: Sequence[VolumePreset], *, transfer: Sequence[str] = (),
+              folds: int = 5, seed: int = 42, final: str | None = None, device: str = "auto",
+              workers: int = 1) -> dict[str, Any]:
+    """Cross-validate each preset by patient on the exams of ``data`` (``transfer``: TARGET:SOURCE,
+    a target trained from the source's fold weights); with ``final``, train that preset on every exam
+    and write its model card to ``out`` (module docstring). ``dicomnode train`` runs this."""
+    resolved = resolve_device(device)
     by_name = {p.name: p for p in presets}
-    transfers = dict(t.split(":", 1) for t in args.transfer)
+    if any(":" not in t for t in transfer):
+        raise ValueError(f"--transfer takes TARGET:SOURCE, got {list(transfer)}")
+    transfers = dict(t.split(":", 1) for t in transfer)
     for target, source in transfers.items():
         if target not in by_name or source not in by_name:
-            raise SystemExit(f"--transfer {target}:{source}: both must be presets given with --preset")
+            raise ValueError(f"--transfer {target}:{source}: both must be presets given with --config")
     grids = {p.in_plane_mm for p in presets}
     if len(grids) != 1:
-        raise SystemExit("all presets must share in_plane_mm (one grid, one data load)")
+        raise ValueError("all presets must share in_plane_mm (one grid, one data load)")
     started = time.monotonic()
-    exams = load_exams(Path(args.data), grids.pop(), workers=args.workers)
+    exams = load_exams(Path(data), grids.pop(), workers=workers)
     loaded = time.monotonic() - started
     patients = sorted({e.patient_id for e in exams})
     positive = {e.patient_id for e in exams if (e.labels > 0).any()}
-    folds = kfold_patients(patients, args.folds, seed=args.seed, positive=positive)
-    out = Path(args.out)
+    split = kfold_patients(patients, folds, seed=seed, positive=positive)
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     variants: dict[str, Any] = {}
     states: dict[str, dict[int, dict[str, torch.Tensor]]] = {}
     for preset in presets:
-        records, states[preset.name] = crossvalidate(exams, preset, folds, device)
+        records, states[preset.name] = crossvalidate(exams, preset, split, resolved)
         variants[preset.name] = {"preset": preset.as_dict(), "folds": records, "summary": summarise_folds([r["scores"] for r in records])}
         _progress(out, variants)
     for target, source in transfers.items():
         name = f"{target} (transfer from {source})"
-        records, _ = crossvalidate(exams, by_name[target], folds, device, sources=states[source])
+        records, _ = crossvalidate(exams, by_name[target], split, resolved, sources=states[source])
         variants[name] = {"preset": by_name[target].as_dict(), "transfer_from": source, "folds": records,
                           "summary": summarise_folds([r["scores"] for r in records])}
         _progress(out, variants)
     result: dict[str, Any] = {
-        "data": str(args.data), "exams": len(exams), "patients": len(patients), "folds": args.folds,
-        "device": _device_name(device), "torch": torch.__version__, "python": platform.python_version(),
+        "data": str(data), "exams": len(exams), "patients": len(patients), "folds": folds,
+        "device": _device_name(resolved), "torch": torch.__version__, "python": platform.python_version(),
         "load_seconds": round(loaded, 1), "variants": variants,
     }
-    if args.final:
-        result["final"] = _final(args.final, by_name, transfers, exams, device, out, result)
+    if final:
+        result["final"] = _final(final, by_name, transfers, exams, resolved, out, result)
     result["wall_seconds"] = round(time.monotonic() - started, 1)
     (out / "crossval.json").write_text(json.dumps(result, indent=1, default=float))
     (out / "crossval.md").write_text(markdown(result))
@@ -421,11 +373,11 @@ def _progress(out: Path, variants: dict[str, Any]) -> None:
     (out / "crossval.partial.md").write_text(markdown({"variants": variants}))
 
 
-def _final(name: str, by_name: dict[str, Preset], transfers: dict[str, str], exams: Sequence[Exam],
+def _final(name: str, by_name: dict[str, VolumePreset], transfers: dict[str, str], exams: Sequence[Exam],
            device: torch.device, out: Path, result: dict[str, Any]) -> dict[str, Any]:
     """Train ``name`` (after its transfer source, if any) on every exam and write it with its card."""
     if name not in by_name:
-        raise SystemExit(f"--final {name}: not a preset given with --preset")
+        raise ValueError(f"--final {name}: not a preset given with --config")
     init, source_info = None, None
     if name in transfers:
         source = train_model(by_name[transfers[name]], exams, device)
@@ -451,28 +403,3 @@ def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
     return f"cpu ({platform.processor() or platform.machine()})"
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m dicomnode.train.spectct", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", required=True, help="a `dicomnode synth --spect-ct` folder")
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--preset", action="append", required=True, help="config/train/spectct-*.toml, repeatable")
-    parser.add_argument("--transfer", action="append", default=[], metavar="TARGET:SOURCE")
-    parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--final", default=None, help="preset name to train on all exams and write")
-    parser.add_argument("--max-seconds", type=float, default=None, help="cap each training run (overrides presets)")
-    parser.add_argument("--epochs", type=int, default=None, help="override the presets' epochs")
-    parser.add_argument("--batch-size", type=int, default=None, help="override the presets' batch size")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--workers", type=int, default=1, help="processes reading exams")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    result = run_study(args)
-    print(markdown(result), end="")
-    print(f"exams {result['exams']}, folds {result['folds']}, device {result['device']}, wall {result['wall_seconds']} s")
-
-
-if __name__ == "__main__":
-    main()
