@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from dicomnode.cli.app import app, node_config
+from dicomnode.cli.app import CONFIG, app, node_config
 
 
 def _peers(to: list[str], node, ca: Path | None, cert: Path | None, key: Path | None):
@@ -44,7 +44,7 @@ _TLS_KEY = typer.Option(None, "--tls-key", help="Private key of --tls-cert (PEM)
 def echo(
     to: list[str] = typer.Option([], "--to", help=f"{_TO_HELP} Repeatable. Default: every configured "
                                  "destination and this node itself."),
-    config: Path | None = typer.Option(None, "--config", help="Node configuration (default $DICOMNODE_CONFIG)."),
+    config: Path | None = CONFIG,
     aet: str | None = typer.Option(None, "--aet", help="Our calling AE title (default: node.ae_title)."),
     timeout: float = typer.Option(10.0, min=0.1, help="Seconds to wait for each peer."),
     tls_ca: Path | None = _TLS_CA,
@@ -75,7 +75,7 @@ def echo(
 def send(
     files: list[Path] = typer.Argument(..., help="DICOM files or folders (searched recursively)."),
     to: str = typer.Option(..., "--to", help=_TO_HELP),
-    config: Path | None = typer.Option(None, "--config", help="Node configuration (default $DICOMNODE_CONFIG)."),
+    config: Path | None = CONFIG,
     aet: str | None = typer.Option(None, "--aet", help="Our calling AE title (default: node.ae_title)."),
     timeout: float = typer.Option(30.0, min=0.1, help="Seconds to wait for each answer."),
     tls_ca: Path | None = _TLS_CA,
