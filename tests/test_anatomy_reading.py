@@ -12,6 +12,7 @@ from scipy import ndimage
 
 from dicomnode.synth.simulate import simulate_study
 from dicomnode.segmentation.anatomy import AnatomyLabel, ViewAnatomy
+from dicomnode.segmentation.calibration import Calibration
 from dicomnode.segmentation.judgement import FEATURES, SecondStage, candidates, judge
 from dicomnode.segmentation.postprocess import view_result
 from dicomnode.segmentation.scan import View
@@ -64,6 +65,19 @@ def test_a_hot_spot_on_the_bladder_is_urine_and_lesions_keep_their_bone_and_side
             assert verdict.candidate.site.startswith(bone.split(" ")[0]), (bone, verdict.candidate.site)
             sided += 1
     assert sided >= 1
+
+
+def test_a_suspicious_focus_reports_the_cards_calibrated_probability(bladder_study):
+    study, scan = bladder_study
+    results = _marked(study, scan, {view: np.zeros(study.truth[view].shape, bool) for view in scan.views})
+    found = candidates(scan.views, results, _exact(study, scan))
+    calibration = Calibration(slope=0.5, intercept=-1.0)
+    raw, calibrated = judge(found, None), judge(found, None, calibration)
+    kept = [(r, c) for r, c in zip(raw, calibrated) if r.suspicious]
+    assert kept and all(c.suspicious for _, c in kept)  # the calibration moves no verdict
+    for r, c in kept:
+        assert r.score == pytest.approx(0.99) and c.score == pytest.approx(calibration.probability(0.99))
+        assert c.score < 0.9
 
 
 def _canonical(scan, lesion) -> tuple[float, float]:

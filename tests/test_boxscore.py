@@ -83,6 +83,19 @@ def test_the_operating_point_is_the_most_sensitive_within_the_false_positive_bud
     assert none["false_positives_per_study"] == 0 and none["lesion_sensitivity"] == 0.5
 
 
+def test_the_mean_study_sensitivity_is_not_dominated_by_a_study_with_many_lesions() -> None:
+    many = [Box(ABNORMAL, 4 + 6 * k, 4, 8 + 6 * k, 8) for k in range(8)]
+    found_all = view_candidates(View.ANTERIOR, _map((64, 48), [(6 + 6 * k, 6, 0.9) for k in range(8)]), many, 0.5, 1.0)
+    one = (Box(ABNORMAL, 30, 30, 36, 36),)
+    found_none = view_candidates(View.ANTERIOR, np.zeros((64, 48), np.float32), one, 0.5, 1.0)
+    normal = view_candidates(View.ANTERIOR, np.zeros((64, 48), np.float32), (), 0.5, 1.0)
+    studies = [StudyCandidates("a", "pa", True, (found_all,)), StudyCandidates("b", "pb", True, (found_none,)),
+               StudyCandidates("c", "pc", False, (normal,))]
+    scores = wholebody_scores(studies, OperatingPoint(), 0.5)
+    assert scores["lesion_sensitivity"] == pytest.approx(8 / 9)
+    assert scores["mean_study_sensitivity"] == pytest.approx(0.5)  # (1 + 0) / 2; the normal study has none
+
+
 def test_lesion_mask_keeps_confident_large_components() -> None:
     probability = _map((40, 40), [(10, 10, 0.9), (30, 30, 0.6)])
     assert lesion_mask(probability, 0.4, OperatingPoint(), 1.0).sum() == 18

@@ -62,7 +62,7 @@ def test_the_two_lists_must_be_the_same_studies() -> None:
 
 
 def test_the_candidates_peak_threshold_is_set_to_the_active_false_positive_count_by_hand() -> None:
-    from dicomnode.learn.calibrate import peak_for_rate
+    from dicomnode.learn.operatingpoint import peak_for_rate
 
     peaks = [0.9, 0.99, 0.95]  # the candidate's false-positive components on the training studies
     chosen = peak_for_rate(peaks, 1, 0.5)  # the active model made 1 there: keep only the 0.99 one

@@ -99,3 +99,22 @@ def test_train_and_evaluate_say_which_format_they_read(folders: tuple[Path, Path
         assert f"bs80k-{'wholebody' if folder == wholebody else 'crops'} format" in evaluate.stderr
         assert expected in evaluate.stdout
         assert json.loads((tmp_path / f"ev-{folder.name}" / "bs80k.json").read_text())["format"].startswith("bs80k")
+
+
+@pytest.mark.slow
+def test_a_learning_curve_point_trains_on_a_share_of_each_folds_patients(folders: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    wholebody, crops, preset = folders
+    out = tmp_path / "cv-half"
+    crossval_main(["--config", str(preset), "--data", str(wholebody), "--data", str(crops), "--out", str(out),
+                   "--folds", "2", "--threads", "1", "--fraction", "0.5"])
+    table = json.loads((out / "crossval.json").read_text())
+    assert table["training_fraction"] == 0.5
+    for number in (1, 2):
+        card = load_card(out / f"fold{number}" / "tiny.json")
+        held_out = set(card.training["held_out_patients"])
+        trained = {p for p in json.loads((out / f"fold{number}" / "split.json").read_text())["train"] if p.startswith("0:")}
+        assert card.training["training_fraction"] == 0.5 and not held_out & trained
+        assert 1 <= len(trained) <= 2  # half of the 3 whole-body patients outside the fold, at least one
+    assert table["folds"][0]["studies"] + table["folds"][1]["studies"] == 6  # every study still judged once
+    with pytest.raises(SystemExit):
+        crossval_main(["--config", str(preset), "--data", str(wholebody), "--out", str(out), "--fraction", "0.5", "--final"])

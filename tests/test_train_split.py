@@ -88,3 +88,19 @@ def test_stratified_folds_spread_the_positive_patients() -> None:
     assert sorted(len(f) for f in folds) == [7, 7, 7, 7, 7]
     assert sorted(len(f & positive) for f in folds) == [2, 2, 3, 3, 3]
     assert set().union(*folds) == set(ids)
+
+
+def test_subsample_keeps_the_share_of_positive_patients() -> None:
+    from dicomnode.train.split import subsample_patients
+
+    ids = [f"p{i:02d}" for i in range(40)]
+    positive = set(ids[:8])
+    quarter = subsample_patients(ids, 0.25, seed=1, positive=positive)
+    assert len(quarter) == 10 and len(quarter & positive) == 2
+    assert quarter == subsample_patients(reversed(ids), 0.25, seed=1, positive=positive)
+    assert quarter != subsample_patients(ids, 0.25, seed=2, positive=positive)
+    assert subsample_patients(ids, 1.0) == frozenset(ids)
+    assert len(subsample_patients(["a", "b", "c"], 0.1)) == 1  # never empty
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="fraction"):
+            subsample_patients(ids, bad)

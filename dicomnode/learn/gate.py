@@ -13,7 +13,7 @@ percentile interval) of the *difference* candidate − active on the same resamp
 The candidate passes when all hold: the 95 % interval of the lesion-sensitivity difference lies
 above 0; the false-positives-per-study difference is at most ``[learn] max_extra_false_positives``
 (a guard on the estimate: the candidate's operating point already matches the active model's
-false-positive rate on the training studies, :mod:`dicomnode.learn.calibrate`, and on a handful of
+false-positive rate on the training studies, :mod:`dicomnode.learn.operatingpoint`, and on a handful of
 held-out studies the interval of a count spans several per study); the study AUC (when the
 held-out set has both normal and abnormal studies) is not lower. Every unmet rule is a reason in
 the report, with its interval.

@@ -9,7 +9,7 @@
    epoch (``--resume`` continues it), ``[learn] threads`` torch threads; run it under ``nice``;
 4. register the result as a CANDIDATE (:mod:`dicomnode.learn.registry`) with the active card's
    operating point, its peak threshold raised to the active model's false-positive rate on the
-   training studies (:mod:`dicomnode.learn.calibrate`), so sensitivity is compared at that rate;
+   training studies (:mod:`dicomnode.learn.operatingpoint`), so sensitivity is compared at that rate;
 5. the gate (:mod:`dicomnode.learn.gate`) on the held-out studies; the report (``gate.json`` and a
    text table) is stored with the candidate; it becomes active only when the gate passes and
    ``--no-activate`` was not given.
@@ -33,7 +33,7 @@ import numpy as np
 
 from dicomnode.config import NodeConfig
 from dicomnode.learn import registry
-from dicomnode.learn.calibrate import match_false_positive_rate
+from dicomnode.learn.operatingpoint import match_false_positive_rate
 from dicomnode.learn.corrections import examine_new
 from dicomnode.learn.gate import Decision, StudyScore, decide, render
 from dicomnode.learn.trainset import label_refs, site_studies, split_site
@@ -108,18 +108,22 @@ def _active_segmenter(database: Database, config: NodeConfig) -> Segmenter:
 
 def _with_operating_point(card_path: Path, active: Segmenter, training: Sequence[LabelledStudy],
                           device: str, anatomy: str) -> dict[str, Any]:
-    """The candidate starts from the active card's operating point, its peak threshold then raised to
-    the active model's false-positive rate on the training studies (:mod:`dicomnode.learn.calibrate`)."""
+    """The candidate starts from the active card's operating point (less its calibration), its peak
+    threshold then raised to the active model's false-positive rate on the training studies
+    (:mod:`dicomnode.learn.operatingpoint`)."""
     card = json.loads(card_path.read_text())
     source = json.loads(active.card.path.read_text()) if active.card.path else {}
     for key in ("threshold", "operating_point"):
         if key in source:
             card[key] = source[key]
+    # the active model's calibration describes its own out-of-fold probabilities, not the candidate's:
+    # the candidate reports raw peaks until it is calibrated itself
+    card.get("operating_point", {}).pop("calibration", None)
     card_path.write_text(json.dumps(card, indent=2, sort_keys=True))
-    calibration = match_false_positive_rate(load_segmenter(str(card_path), device, anatomy=anatomy), active, training)
-    card.setdefault("operating_point", {})["peak_threshold"] = calibration["peak_threshold"]
+    matched = match_false_positive_rate(load_segmenter(str(card_path), device, anatomy=anatomy), active, training)
+    card.setdefault("operating_point", {})["peak_threshold"] = matched["peak_threshold"]
     card_path.write_text(json.dumps(card, indent=2, sort_keys=True))
-    return calibration
+    return matched
 
 
 def learn(config: NodeConfig, database: Database, spool: Spool, *, data: Sequence[Path] = (),
@@ -153,13 +157,13 @@ def learn(config: NodeConfig, database: Database, spool: Spool, *, data: Sequenc
     trained = run_training(preset, TrainingData(training + extra.studies, extra.crops, formats), out,
                            device=config.model.device, resume=resume, progress=progress,
                            num_threads=settings.threads)
-    calibration = _with_operating_point(trained.card, active, training, config.model.device,
-                                        config.model.anatomy.weights)
+    matched = _with_operating_point(trained.card, active, training, config.model.device,
+                                    config.model.anatomy.weights)
     summary = {"site_studies": len(studies), "training_studies": len(training), "held_out_studies": len(held_out),
                "held_out_percent": settings.held_out_percent, "extra_training_studies": len(extra.studies),
                "labels": {kind: sum(r.kind == kind for r in refs) for kind in ("positive", "negative", "reviewed")},
                "shuffled_labels": shuffled_labels, "preset": preset.name, "epochs": len(trained.history),
-               "started_from": active.algorithm.version, "operating_point": calibration}
+               "started_from": active.algorithm.version, "operating_point": matched}
     model = registry.register(database, config.storage.var_dir, trained.card, by=registry.who(by), data=summary)
     candidate = load_segmenter(str(registry.card_path(config.storage.var_dir, model)), config.model.device,
                                anatomy=config.model.anatomy.weights)

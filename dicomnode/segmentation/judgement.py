@@ -12,7 +12,8 @@ on the map (:mod:`dicomnode.segmentation.anatomy`) and measured:
   candidates at least a lesion radius off the midline, else 0 with ``lateral`` = 0;
 - **AP agreement**: the other view's peak lesion probability around the same canonical point (a
   lesion deep in a bone shows in both views or in the nearer one, counts on the skin only in one);
-- **probability**: the lesion model's peak probability.
+- **probability**: the lesion model's peak probability (reported through the card's calibration,
+  :mod:`dicomnode.segmentation.calibration`, where no second stage scores it).
 
 Then the rules, in order, each named by the reason its verdict gives (docs/segmentation.md,
 "Anatomy map and second stage", says which are fixed):
@@ -39,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dicomnode.segmentation.calibration import Calibration
 from dicomnode.segmentation.anatomy import AnatomyLabel, ViewAnatomy
 from dicomnode.segmentation.postprocess import lesion_labels
 from dicomnode.segmentation.preprocess import body_mask, reference_level
@@ -171,8 +173,11 @@ def candidates(images: Mapping[View, ViewImage], results: Mapping[View, ViewResu
     return out
 
 
-def judge(found: Sequence[Candidate], stage: SecondStage | None) -> list[Verdict]:
-    """The rules of the module docstring, in order."""
+def judge(found: Sequence[Candidate], stage: SecondStage | None,
+          calibration: Calibration | None = None) -> list[Verdict]:
+    """The rules of the module docstring, in order. Without a second stage a suspicious focus
+    scores its peak probability, through the lesion model's ``calibration`` where its card has one
+    (:mod:`dicomnode.segmentation.calibration`)."""
     verdicts = []
     for candidate in found:
         if candidate.region.is_urinary:
@@ -183,7 +188,8 @@ def judge(found: Sequence[Candidate], stage: SecondStage | None) -> list[Verdict
               and (not candidate.lateral or candidate.asymmetry >= np.log(INJECTION_ASYMMETRY))):
             verdicts.append(Verdict(candidate, False, 0.0, "injection site"))
         elif stage is None:
-            verdicts.append(Verdict(candidate, True, candidate.probability, "suspicious focus"))
+            score = calibration.probability(candidate.probability) if calibration else candidate.probability
+            verdicts.append(Verdict(candidate, True, score, "suspicious focus"))
         else:
             score = stage.score(candidate.features())
             suspicious = score >= stage.threshold

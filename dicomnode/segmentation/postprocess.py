@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from dicomnode.segmentation.calibration import Calibration
 from dicomnode.segmentation.cardsection import from_card_section
 from dicomnode.segmentation.result import Lesion, ViewResult
 from dicomnode.segmentation.scan import ViewImage
@@ -33,6 +34,7 @@ class OperatingPoint:
     peak_threshold: float | None = None  # a lesion's peak probability must reach this (None: threshold)
     min_area_mm2: float = 0.0  # smaller components are dropped
     test_time_flip: bool = False  # average the probability with that of the left–right mirrored view
+    calibration: Calibration | None = None  # a focus's peak → the probability it reports
 
     def __post_init__(self) -> None:
         if self.peak_threshold is not None and not 0 < self.peak_threshold <= 1:
@@ -41,10 +43,19 @@ class OperatingPoint:
             raise ValueError(f"operating point min_area_mm2 {self.min_area_mm2} must be ≥ 0")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The card's section; ``calibration`` only where fitted."""
+        data = asdict(self)
+        if data["calibration"] is None:
+            del data["calibration"]
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> OperatingPoint:
+        fitted = data.get("calibration")
+        if fitted is not None:
+            if not isinstance(fitted, Mapping):
+                raise ValueError(f"operating point calibration must be an object {{slope, intercept}}, got {fitted!r}")
+            data = {**data, "calibration": Calibration.from_dict(fitted)}
         return from_card_section(cls, data, "operating point")
 
 

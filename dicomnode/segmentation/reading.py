@@ -53,7 +53,8 @@ class AnatomyReader:
             result = with_candidates(result, dataclasses.replace(point or OperatingPoint(),
                                                                  peak_threshold=self.stage.candidate_peak))
         anatomy = self.mapper.map(result.scan)
-        verdicts = judge(candidates(result.scan.views, result.views, anatomy), self.stage)
+        verdicts = judge(candidates(result.scan.views, result.views, anatomy), self.stage,
+                         point.calibration if point is not None else None)
         views: dict = {}
         dismissed: list[Dismissal] = []
         for view, found in result.views.items():

@@ -37,7 +37,7 @@ class Lesion:
     peak_counts: float
     mean_counts: float
     site: str | None = None  # skeletal site where known (e.g. "thoracic spine", "left ribs")
-    probability: float | None = None  # how likely a bone lesion, where a second stage judged it
+    probability: float | None = None  # how likely a bone lesion, where the anatomy reading judged it (calibrated where the card is)
 
 
 @dataclass(frozen=True)

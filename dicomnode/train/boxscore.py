@@ -6,7 +6,9 @@ Whole-body studies with ``Abnormal`` / ``Normal`` boxes (:mod:`dicomnode.train.b
   probability reaches the peak threshold and whose area reaches the minimum
   (:class:`dicomnode.segmentation.postprocess.OperatingPoint`);
 - **lesion sensitivity**: an ``Abnormal`` box is found when a reported lesion touches it (at least one
-  pixel inside the box; boxes are loose, so overlap with a derived mask would under-count);
+  pixel inside the box; boxes are loose, so overlap with a derived mask would under-count); the
+  **mean study sensitivity** averages each abnormal study's own, so a study with 50 lesions cannot
+  dominate it;
 - **false positives per study**: reported lesions touching no ``Abnormal`` box, both views;
 - **Normal hot spots marked**: ``Normal`` boxes touched by a reported lesion, of all ``Normal`` boxes;
 - **study level**: a study is abnormal when it holds an ``Abnormal`` box; its score is the highest
@@ -133,10 +135,11 @@ def wholebody_scores(studies: Sequence[StudyCandidates], point: OperatingPoint, 
     """The BS-80K whole-body numbers of a set of studies at one operating point (module docstring)."""
     peak = point.peak_threshold if point.peak_threshold is not None else threshold
     found = boxes = false_positives = normal_marked = normal_boxes = 0
-    study_scores, study_labels, study_called = [], [], []
+    study_scores, study_labels, study_called, own_sensitivity = [], [], [], []
     for study in studies:
         best = 0.0
         called = False
+        found_before, boxes_before = found, boxes
         for view in study.views:
             kept = [c for c in view.components if c.area_mm2 >= point.min_area_mm2]
             best = max([best, *(c.peak for c in kept)])
@@ -151,11 +154,14 @@ def wholebody_scores(studies: Sequence[StudyCandidates], point: OperatingPoint, 
         study_scores.append(best)
         study_labels.append(study.abnormal)
         study_called.append(called)
+        if boxes > boxes_before:
+            own_sensitivity.append((found - found_before) / (boxes - boxes_before))
     study_sensitivity, study_specificity = sensitivity_specificity(np.array(study_called, float), study_labels, 1.0)
     return {
         "studies": len(studies),
         "abnormal_boxes": boxes,
         "lesion_sensitivity": found / boxes if boxes else float("nan"),
+        "mean_study_sensitivity": float(np.mean(own_sensitivity)) if own_sensitivity else float("nan"),
         "false_positives_per_study": false_positives / max(len(studies), 1),
         "normal_boxes": normal_boxes,
         "normal_marked_fraction": normal_marked / normal_boxes if normal_boxes else float("nan"),

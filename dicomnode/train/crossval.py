@@ -23,6 +23,11 @@ scans and hurts the simulator's 16-bit studies shows.
 operating point chosen on all out-of-fold predictions and the cross-validated table. Pictures of
 the worst fold's studies (boxes and the reported lesions) go to ``OUT/pictures/``. A fold whose
 model card already records the same preset and held-out patients is not retrained (resumable).
+
+``--fraction F`` trains each fold on a share ``F`` of the fold's training patients (whole-body and
+crop patients drawn separately, keeping the share with a finding;
+:func:`dicomnode.train.split.subsample_patients`), judged on the same held-out fold: one point of
+a learning curve. Simulated studies stay in training whole.
 """
 
 from __future__ import annotations
@@ -52,12 +57,12 @@ from .study import LabelledStudy
 from .evaluate import evaluate_studies, summary
 from .loop import run_training
 from .report import write_box_overlay
-from .split import kfold_patients
+from .split import kfold_patients, subsample_patients
 from .weak import ABNORMAL
 
 log = logging.getLogger(__name__)
 
-METRICS = ("lesion_sensitivity", "false_positives_per_study", "normal_marked_fraction", "study_auc",
+METRICS = ("lesion_sensitivity", "mean_study_sensitivity", "false_positives_per_study", "normal_marked_fraction", "study_auc",
            "study_sensitivity", "study_specificity", "crop_auc", "crop_sensitivity", "crop_specificity",
            "crop_specificity_at_sensitivity_0.90")
 SIM_METRICS = ("sim_lesion_sensitivity", "sim_false_positives_per_study", "sim_dsc")
@@ -78,11 +83,13 @@ def _trained(config: TrainConfig, data: TrainingData, out: Path, held_out: list[
     card = out / f"{config.name}.json"
     if card.is_file():
         training = json.loads(card.read_text()).get("training", {})
-        if training.get("preset") == config.model_dump(mode="json") and training.get("held_out_patients") == held_out:
+        if (training.get("preset") == config.model_dump(mode="json") and training.get("held_out_patients") == held_out
+                and training.get("training_fraction", 1.0) == args.fraction):
             log.info("%s: reusing the trained model", out)
             return card.with_suffix(".safetensors")
     result = run_training(config, data, out, device=args.device, progress=False, num_threads=args.threads)
-    update_card(result.card, training={**load_card(result.card).training, "held_out_patients": held_out})
+    update_card(result.card, training={**load_card(result.card).training, "held_out_patients": held_out,
+                                       "training_fraction": args.fraction})
     return result.weights
 
 
@@ -106,9 +113,9 @@ def _predict(model: Path, studies: Sequence[LabelledStudy], crops: Sequence[Crop
 def _save_out_of_fold(path: Path, maps: dict[str, dict[View, np.ndarray]], crops: Sequence[Crop],
                       scores: np.ndarray) -> None:
     """The fold's predictions, for a later look at other operating points without predicting again:
-    each held-out view's probability map (float16, stored frame) as ``<study>/<view>``, and the crops'
+    each held-out view's probability map (float32, stored frame) as ``<study>/<view>``, and the crops'
     keys, labels and scores."""
-    arrays = {f"{key}/{view.value}": probability.astype(np.float16)
+    arrays = {f"{key}/{view.value}": probability.astype(np.float32)
               for key, views in maps.items() for view, probability in views.items()}
     np.savez_compressed(path, **arrays, crop_keys=np.array([c.key for c in crops]),
                         crop_labels=np.array([c.abnormal for c in crops]), crop_scores=scores)
@@ -189,8 +196,16 @@ def crossvalidate(args: argparse.Namespace) -> dict[str, Any]:
     for k in range(args.folds):
         held = study_folds[k]
         held_crops = crop_folds[k] if crop_folds else frozenset()
-        train = TrainingData(always + [s for s in judged if s.patient_id not in held],
-                             [c for c in data.crops if c.patient_id not in held_crops], data.formats)
+        train_studies = [s for s in judged if s.patient_id not in held]
+        train_crops = [c for c in data.crops if c.patient_id not in held_crops]
+        if args.fraction < 1:
+            kept = subsample_patients((s.patient_id for s in train_studies), args.fraction, seed=args.seed + k,
+                                      positive=abnormal_studies)
+            kept_crops = subsample_patients((c.patient_id for c in train_crops), args.fraction, seed=args.seed + k,
+                                            positive=abnormal_crops) if train_crops else frozenset()
+            train_studies = [s for s in train_studies if s.patient_id in kept]
+            train_crops = [c for c in train_crops if c.patient_id in kept_crops]
+        train = TrainingData(always + train_studies, train_crops, data.formats)
         fold_dir = out / f"fold{k + 1}"
         model = _set_flip(_trained(config, train, fold_dir, sorted(held), args), args.flip)
         studies = [s for s in judged if s.patient_id in held]
@@ -223,6 +238,7 @@ def crossvalidate(args: argparse.Namespace) -> dict[str, Any]:
         "judged_studies": len(judged),
         "crops": len(data.crops),
         "always_in_training": len(always),
+        "training_fraction": args.fraction,
         "pictures": {"fold": worst.number, "files": pictures},
         "preset": config.model_dump(mode="json"),
     }
@@ -272,10 +288,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True, help="test-time left–right flip")
     parser.add_argument("--sim-test", type=Path, default=None, help="simulated test folder scored with every fold model")
     parser.add_argument("--sim-studies", type=int, default=40, help="how many of its studies")
+    parser.add_argument("--fraction", type=float, default=1.0,
+                        help="train each fold on this share of its training patients (a learning-curve point)")
     parser.add_argument("--final", action="store_true", help="also train the shipped model on all the data")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
+    if not 0 < args.fraction <= 1 or (args.final and args.fraction < 1):
+        parser.error("--fraction must be in (0, 1], and 1 with --final (the shipped model learns from all the data)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -119,3 +119,22 @@ def kfold_patients(
             dealt[(offset + k) % folds].add(patient)
         offset += len(group)  # the next group starts where this one stopped, so sizes stay even
     return [frozenset(fold) for fold in dealt]
+
+
+def subsample_patients(
+    patient_ids: Iterable[str], fraction: float, *, seed: int = 42, positive: Iterable[str] | None = None
+) -> frozenset[str]:
+    """A ``fraction`` of the distinct patient IDs (at least one), drawn with ``random.Random(seed)``;
+    with ``positive``, positive and negative patients are drawn separately in that fraction, so a
+    learning curve's smaller training sets keep the share of patients with a finding."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    ids = sorted(set(patient_ids))
+    rng = random.Random(seed)
+    marked = set(positive or ())
+    kept: set[str] = set()
+    for group in ([i for i in ids if i in marked], [i for i in ids if i not in marked]):
+        if group:
+            kept.update(rng.sample(group, max(1, round(fraction * len(group)))))
+    return frozenset(kept)
+
