@@ -8,10 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from dicomnode.segmentation.modelcard import load_card
 from tests.bs80k_fixtures import HotSpot, write_crops, write_wholebody
 from dicomnode.train.crossval import main as crossval_main
+from dicomnode.train.foldaverage import main as foldaverage_main
+from dicomnode.train.learningcurve import main as learningcurve_main
 
 PRESET = """
 name = "tiny"
@@ -72,6 +76,21 @@ def test_crossvalidation_scores_every_fold_on_patients_it_did_not_train_on(folde
     assert [s["format"] for s in final.training["data_sources"]] == ["bs80k-wholebody", "bs80k-crops"]
     assert (out / "fold1" / "oof.npz").is_file()
     assert table["pictures"]["files"] and all((out / "pictures" / f).is_file() for f in table["pictures"]["files"])
+    # the fold models averaged two ways, judged beside the shipped one on simulated studies
+    sim = tmp_path / "sim"
+    synth = subprocess.run([sys.executable, "-c", "from dicomnode.cli import main; main()", "synth", str(sim),
+                            "--studies", "2", "--size", "small", "--seed", "7"], capture_output=True, text=True, timeout=300)
+    assert synth.returncode == 0, synth.stderr
+    foldaverage_main(["--cv", str(out), "--card", table["final"], "--sim-test", str(sim), "--threads", "1"])
+    compared = json.loads((out / "fold-average" / "fold-average-table.json").read_text())
+    assert [r["model"].split(" ")[0] for r in compared["rows"]] == ["shipped", "fold", "fold", "ensemble", "weight"]
+    assert compared["studies"] == 2 and all(r["ms_per_study"] > 0 for r in compared["rows"])
+    averaged = load_card(out / "fold-average" / "fold-average.json")
+    assert averaged.operating_point == final.operating_point and averaged.sha256 != final.sha256
+    fold_tensors = [load_file(str(out / f"fold{k}" / "tiny.safetensors")) for k in (1, 2)]
+    name = next(n for n, t in fold_tensors[0].items() if t.is_floating_point() and not torch.equal(t, fold_tensors[1][n]))
+    mean = (fold_tensors[0][name] + fold_tensors[1][name]) / 2
+    assert torch.allclose(load_file(str(out / "fold-average" / "fold-average.safetensors"))[name], mean, atol=1e-6)
     # a second run reuses every trained fold
     before = (out / "fold1" / "tiny.safetensors").stat().st_mtime_ns
     crossval_main(["--config", str(preset), "--data", str(wholebody), "--data", str(crops), "--out", str(out),
@@ -118,3 +137,12 @@ def test_a_learning_curve_point_trains_on_a_share_of_each_folds_patients(folders
     assert table["folds"][0]["studies"] + table["folds"][1]["studies"] == 6  # every study still judged once
     with pytest.raises(SystemExit):
         crossval_main(["--config", str(preset), "--data", str(wholebody), "--out", str(out), "--fraction", "0.5", "--final"])
+    full = tmp_path / "cv-full"
+    crossval_main(["--config", str(preset), "--data", str(wholebody), "--data", str(crops), "--out", str(full),
+                   "--folds", "2", "--threads", "1"])
+    learningcurve_main([str(full), str(out), "--out", str(tmp_path / "curve")])
+    curve = json.loads((tmp_path / "curve" / "learning-curve.json").read_text())
+    assert [p["fraction"] for p in curve] == [0.5, 1.0]
+    assert curve[0]["training_studies"] < curve[1]["training_studies"] == 3  # 6 patients, half held out per fold
+    assert (tmp_path / "curve" / "learning-curve.png").stat().st_size > 10_000
+    assert "| 50% |" in (tmp_path / "curve" / "learning-curve.md").read_text()

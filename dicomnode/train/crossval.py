@@ -71,6 +71,7 @@ SIM_METRICS = ("sim_lesion_sensitivity", "sim_false_positives_per_study", "sim_d
 @dataclasses.dataclass
 class Fold:
     number: int
+    trained_on: tuple[int, int]  # the real whole-body studies and crops its model trained on
     studies: list[LabelledStudy]
     crop_labels: np.ndarray
     model: Path
@@ -212,14 +213,16 @@ def crossvalidate(args: argparse.Namespace) -> dict[str, Any]:
         test_crops = [c for c in data.crops if c.patient_id in held_crops]
         maps, scores = _predict(model, studies, test_crops, args.device)
         _save_out_of_fold(fold_dir / "oof.npz", maps, test_crops, scores)
-        folds.append(Fold(k + 1, studies, np.array([c.abnormal for c in test_crops], bool), model, maps, scores))
+        folds.append(Fold(k + 1, (len(train_studies), len(train_crops)), studies,
+                          np.array([c.abnormal for c in test_crops], bool), model, maps, scores))
         log.info("fold %d/%d: %d studies, %d crops predicted", k + 1, args.folds, len(studies), len(scores))
 
     rows = []
     for fold in folds:
         others = [f for f in folds if f is not fold]
         threshold, point, crop_threshold = _choose(others, args)
-        row = {"fold": fold.number, "threshold": threshold, **point.to_dict(), "crop_threshold": crop_threshold,
+        row = {"fold": fold.number, "training_studies": fold.trained_on[0], "training_crops": fold.trained_on[1],
+               "threshold": threshold, **point.to_dict(), "crop_threshold": crop_threshold,
                **_score(fold, threshold, point, crop_threshold)}
         if sim:
             row.update(_sim_scores(fold.model, threshold, point, sim, args.device))
