@@ -21,7 +21,7 @@ from dicomnode.learn.gate import measures
 from dicomnode.learn.learn import study_score
 from dicomnode.learn.registry import card_path, list_models
 from dicomnode.learn.trainset import label_refs, site_studies, split_site
-from dicomnode.pipeline.models import load_segmenter
+from dicomnode.pipeline.models import PLANAR, NodeModels, load_registry_model
 from dicomnode.store.db import connect
 from dicomnode.store.spool import Spool
 
@@ -38,11 +38,11 @@ def main() -> int:
         studies = site_studies(database, spool, label_refs(database, reviewed_results_count=config.learn.reviewed_results_count))
     held_out = split_site(studies, config.learn.held_out_percent)[1]
     row = next(m for m in list_models(database) if m.id == args.model)
-    rows = [("configured " + config.model.weights, "card", load_segmenter(config.model.weights, config.model.device))]
-    candidate = load_segmenter(str(card_path(config.storage.var_dir, row)), config.model.device)
+    rows = [("configured " + config.model.weights, "card", NodeModels(config.model).get(PLANAR))]
+    candidate = load_registry_model(card_path(config.storage.var_dir, row), config.model)
     for peak in args.peaks:
         point = dataclasses.replace(candidate.card.operating_point, peak_threshold=peak)
-        segmenter = load_segmenter(str(card_path(config.storage.var_dir, row)), config.model.device)
+        segmenter = load_registry_model(card_path(config.storage.var_dir, row), config.model)
         segmenter.card = dataclasses.replace(segmenter.card, operating_point=point)
         rows.append((row.version, f"{peak:g}", segmenter))
     print(f"held-out: {len(held_out)} studies, {sum(int(m.sum() > 0) for s in held_out for m in s.labels.values())} views with lesions")

@@ -81,7 +81,7 @@ def test_who_is_plain_text() -> None:
 def test_the_worker_model_follows_activation_and_rollback_at_the_next_job(tmp_path: Path, database) -> None:
     var = tmp_path / "var"
     configured = load_segmenter("threshold", "cpu")
-    models = ActiveSegmenter(database, var, configured, lambda card: load_segmenter(str(card), "cpu"))
+    models = ActiveSegmenter(database, var, lambda: configured, lambda card: load_segmenter(str(card), "cpu"))
     assert models.current() is configured
     row = registry.register(database, var, WEIGHTS_DIR / "default.json", by="a")
     registry.activate(database, row.id, by="a")
@@ -90,3 +90,9 @@ def test_the_worker_model_follows_activation_and_rollback_at_the_next_job(tmp_pa
     assert models.current() is segmenter  # loaded once
     registry.rollback(database, by="a")
     assert models.current() is configured
+    # a registry entry whose weights are gone: the model in use is kept, the node keeps reading
+    broken = registry.register(database, var, WEIGHTS_DIR / "default.json", by="a")
+    registry.activate(database, broken.id, by="a")
+    registry.card_path(var, broken).unlink()
+    assert models.current() is configured
+

@@ -20,29 +20,33 @@ log = logging.getLogger(__name__)
 
 
 class ActiveSegmenter:
-    """Hands the worker the segmenter of the active registry model, loading it when it changes."""
+    """Hands the worker the segmenter of the active registry model, loading it when it changes;
+    ``configured`` gives the ``[model]`` one (called when no registry model is active, or the
+    first one cannot be loaded)."""
 
-    def __init__(self, database: Database, var_dir: Path, configured: Segmenter,
+    def __init__(self, database: Database, var_dir: Path, configured: Callable[[], Segmenter],
                  load: Callable[[Path], Segmenter]) -> None:
         self.database, self.var_dir, self.configured, self.load = database, var_dir, configured, load
         self._model_id: int | None = None
-        self._segmenter = configured
+        self._segmenter: Segmenter | None = None
 
     def current(self) -> Segmenter:
         """The segmenter to read the next study with."""
         model = active(self.database, self.var_dir)
         model_id = None if model is None else model.id
-        if model_id == self._model_id:
+        if self._segmenter is not None and model_id == self._model_id:
             return self._segmenter
         if model is None:
-            self._segmenter = self.configured
+            self._segmenter = self.configured()
         else:
             try:
                 self._segmenter = self.load(model.card_path)
             except Exception as exc:  # a damaged registry entry must not stop the node
-                log.error("active model cannot be loaded; keeping %s", self._segmenter.algorithm.version,
+                kept = self._segmenter or self.configured()
+                log.error("active model cannot be loaded; keeping %s", kept.algorithm.version,
                           extra={"model": model.id, "error": f"{type(exc).__name__}: {exc}"})
-                return self._segmenter
+                self._segmenter = kept
+                return kept
         self._model_id = model_id
         log.info("model switched", extra={"model": model_id, "version": self._segmenter.algorithm.version})
         return self._segmenter

@@ -31,13 +31,14 @@ from typing import Any
 
 import numpy as np
 
-from dicomnode.config import NodeConfig
+from dicomnode.config import ModelSection, NodeConfig
 from dicomnode.learn import registry
+from dicomnode.learn.active import ActiveSegmenter
 from dicomnode.learn.operatingpoint import match_false_positive_rate
 from dicomnode.learn.corrections import examine_new
 from dicomnode.learn.gate import Decision, StudyScore, decide, render
 from dicomnode.learn.trainset import label_refs, site_studies, split_site
-from dicomnode.pipeline.models import load_segmenter
+from dicomnode.pipeline.models import PLANAR, NodeModels, load_registry_model
 from dicomnode.segmentation.inference import Segmenter
 from dicomnode.store.db import Database
 from dicomnode.store.spool import Spool
@@ -99,15 +100,13 @@ def _preset_path(preset: str) -> Path:
 
 
 def _active_segmenter(database: Database, config: NodeConfig) -> Segmenter:
-    current = registry.active(database, config.storage.var_dir)
-    if current is not None:
-        return load_segmenter(str(current.card_path), config.model.device, anatomy=config.model.anatomy.weights)
-    return load_segmenter(config.model.weights, config.model.device, config.model.threshold,
-                          config.model.anatomy.weights)
+    """The model the worker reads with now (:class:`dicomnode.learn.active.ActiveSegmenter`)."""
+    return ActiveSegmenter(database, config.storage.var_dir, lambda: NodeModels(config.model).get(PLANAR),
+                           lambda card: load_registry_model(card, config.model)).current()
 
 
 def _with_operating_point(card_path: Path, active: Segmenter, training: Sequence[LabelledStudy],
-                          device: str, anatomy: str) -> dict[str, Any]:
+                          models: ModelSection) -> dict[str, Any]:
     """The candidate starts from the active card's operating point (less its calibration), its peak
     threshold then raised to the active model's false-positive rate on the training studies
     (:mod:`dicomnode.learn.operatingpoint`)."""
@@ -120,7 +119,7 @@ def _with_operating_point(card_path: Path, active: Segmenter, training: Sequence
     # the candidate reports raw peaks until it is calibrated itself
     card.get("operating_point", {}).pop("calibration", None)
     card_path.write_text(json.dumps(card, indent=2, sort_keys=True))
-    matched = match_false_positive_rate(load_segmenter(str(card_path), device, anatomy=anatomy), active, training)
+    matched = match_false_positive_rate(load_registry_model(card_path, models), active, training)
     card.setdefault("operating_point", {})["peak_threshold"] = matched["peak_threshold"]
     card_path.write_text(json.dumps(card, indent=2, sort_keys=True))
     return matched
@@ -157,16 +156,14 @@ def learn(config: NodeConfig, database: Database, spool: Spool, *, data: Sequenc
     trained = run_training(preset, TrainingData(training + extra.studies, extra.crops, formats), out,
                            device=config.model.device, resume=resume, progress=progress,
                            num_threads=settings.threads)
-    matched = _with_operating_point(trained.card, active, training, config.model.device,
-                                    config.model.anatomy.weights)
+    matched = _with_operating_point(trained.card, active, training, config.model)
     summary = {"site_studies": len(studies), "training_studies": len(training), "held_out_studies": len(held_out),
                "held_out_percent": settings.held_out_percent, "extra_training_studies": len(extra.studies),
                "labels": {kind: sum(r.kind == kind for r in refs) for kind in ("positive", "negative", "reviewed")},
                "shuffled_labels": shuffled_labels, "preset": preset.name, "epochs": len(trained.history),
                "started_from": active.algorithm.version, "operating_point": matched}
     model = registry.register(database, config.storage.var_dir, trained.card, by=registry.who(by), data=summary)
-    candidate = load_segmenter(str(registry.card_path(config.storage.var_dir, model)), config.model.device,
-                               anatomy=config.model.anatomy.weights)
+    candidate = load_registry_model(registry.card_path(config.storage.var_dir, model), config.model)
     decision = decide([study_score(candidate, s) for s in held_out], [study_score(active, s) for s in held_out],
                       runs=settings.bootstrap, max_extra_false_positives=settings.max_extra_false_positives)
     do_activate = decision.passed and activate and not shuffled_labels

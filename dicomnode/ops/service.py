@@ -117,15 +117,14 @@ class Node:
         if self.parts.work:
             # torch only where a worker runs
             from dicomnode.learn.active import ActiveSegmenter
-            from dicomnode.pipeline.models import PLANAR, NodeModels, load_segmenter
+            from dicomnode.pipeline.models import PLANAR, NodeModels, load_registry_model
             from dicomnode.pipeline.worker import Worker
 
             models = NodeModels(config.model)
             models.load_all()  # each logged with its operating point; a bad card fails the start
             # the planar lesion model: the registry's active one (dicomnode learn), else [model]
-            active = ActiveSegmenter(database, config.storage.var_dir, models.get(PLANAR),
-                                     lambda card: load_segmenter(str(card), config.model.device,
-                                                                 anatomy=config.model.anatomy.weights))
+            active = ActiveSegmenter(database, config.storage.var_dir, lambda: models.get(PLANAR),
+                                     lambda card: load_registry_model(card, config.model))
             worker = Worker(database, spool, models, config.results,
                             [d.name for d in config.destinations], queue_policy(config),
                             active_planar=active.current)

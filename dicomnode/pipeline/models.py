@@ -76,6 +76,13 @@ def load_segmenter(weights: str, device: str = "auto", threshold: float | None =
     return segmenter
 
 
+def load_registry_model(card: Path, config: ModelSection) -> Segmenter:
+    """A model of the node's registry (``dicomnode learn``, :mod:`dicomnode.learn.registry`) as the
+    planar lesion segmenter: on ``[model] device``, read by ``[model.anatomy]``'s map, at its own
+    card's operating point (the site's ``[model] threshold`` override is for the configured model)."""
+    return load_segmenter(str(card), config.device, anatomy=config.anatomy.weights)
+
+
 def load_volume_segmenter(weights: str, table: str, device: torch.device | str) -> VolumeSegmenter:
     """The ``spectct-classes`` model of ``[model.<table>]`` (``weights``: ``"default"`` or a path)."""
     default = DEFAULT_SPECTCT_CARD if table == SPECTCT else DEFAULT_SPECT_ONLY_CARD
