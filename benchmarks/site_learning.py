@@ -44,6 +44,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=26)
     parser.add_argument("--epochs", type=int, default=None, help="override the site preset's epochs")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--folds", type=int, default=3, help="[learn] folds: patient folds of the training studies")
     parser.add_argument("--weights", default="default",
                         help="the site's [model] weights before learning: default (shipped) or threshold (the baseline)")
     args = parser.parse_args()
@@ -53,7 +54,7 @@ def main() -> int:
     entries = simulate(args.out / "synth", args.studies + 2, args.seed)
     site_entries, later = entries[:args.studies], entries[args.studies:]
     epochs = ["--epochs", str(args.epochs)] if args.epochs else []
-    with Site(args.out, threads=args.threads, weights=args.weights) as site:
+    with Site(args.out, threads=args.threads, weights=args.weights, folds=args.folds) as site:
         uids = [e["study_instance_uid"] for e in site_entries]
         site.send([p for e in site_entries for p in sorted((args.out / "synth" / e["folder"]).glob("*.dcm"))])
         site.wait("the site's studies processed", lambda: site.processed(uids))

@@ -238,6 +238,16 @@ class LearnSection(_Section):
     held_out_percent: int = Field(default=30, ge=5, le=80)  # patients (by hash of Patient ID) kept for the gate
     bootstrap: int = Field(default=1000, ge=100)  # patient-level resamples of the gate's confidence interval
     max_extra_false_positives: float = Field(default=0.5, ge=0)  # per study, estimate of the difference
+    # patient folds of the training studies for the operating point and a cross-validated estimate
+    # (dicomnode.learn.crossval); each fold trains one more model; 0: the candidate's own maps
+    folds: int = Field(default=3, ge=0, le=10)
+
+    @field_validator("folds")
+    @classmethod
+    def _folds(cls, value: int) -> int:
+        if value == 1:
+            raise ValueError("folds is 0 (no cross-validation) or at least 2")
+        return value
 
 
 class HttpSection(_Section):

@@ -125,6 +125,7 @@ def test_destinations(tmp_path: Path) -> None:
         ('[model.spectct]\nweights = "model.pt"\n', r"model\.spectct\.weights: .*model card"),
         ('[model.spect_only]\nwieghts = "default"\n', r"model\.spect_only\.wieghts: unknown key"),
         ('[model.ct_only]\nweights = "default"\n', r"model\.ct_only: unknown key"),
+        ("[learn]\nfolds = 1\n", r"learn\.folds: .*0 \(no cross-validation\) or at least 2"),
         ('[results]\nkinds = ["SEG", "SEG"]\n', r"results\.kinds: .*once"),
         ('[results]\nkinds = ["XRAY"]\n', r"results\.kinds\.0"),
         ("[export]\nbackoff_initial_seconds = 60\nbackoff_max_seconds = 5\n", r"export: .*backoff_max_seconds"),

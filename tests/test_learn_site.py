@@ -30,7 +30,7 @@ def test_the_site_learns_from_its_corrections_and_the_gate_refuses_shuffled_labe
     dcmtk("storescu")
     entries = simulate(tmp_path / "synth", STUDIES + 2, seed=26)
     site_entries, later = entries[:STUDIES], entries[STUDIES:]
-    with Site(tmp_path, threads=2, bootstrap=500, weights="threshold") as site:
+    with Site(tmp_path, threads=2, bootstrap=500, weights="threshold", folds=2) as site:
         site.send([p for e in site_entries for p in sorted((tmp_path / "synth" / e["folder"]).glob("*.dcm"))])
         site.wait("studies processed", lambda: site.processed([e["study_instance_uid"] for e in site_entries]))
         files, edits = correct(site, tmp_path / "synth", site_entries, tmp_path / "corrections")
@@ -45,6 +45,11 @@ def test_the_site_learns_from_its_corrections_and_the_gate_refuses_shuffled_labe
         assert gate["passed"] and report["activated"], gate["reasons"]
         assert gate["candidate"]["lesion_sensitivity"] > gate["active"]["lesion_sensitivity"]
         assert gate["difference"]["lesion_sensitivity"]["low"] > 0
+        # the operating point was placed on out-of-fold maps of two patient folds, which also score it
+        placed = report["data"]["operating_point"]
+        assert placed["counted_on"] == "out-of-fold maps" and placed["cross_validated"]["folds"] == 2
+        assert placed["cross_validated"]["studies"] == report["data"]["training_studies"]
+        assert 0 <= placed["cross_validated"]["lesion_sensitivity"] <= 1
         version = report["candidate"]["version"]
 
         def read_by(entry: dict) -> set[str]:

@@ -28,7 +28,10 @@ from typing import Any
 
 import numpy as np
 
+from dicomnode.segmentation.inference import Segmenter
 from dicomnode.train.boxscore import roc_auc
+from dicomnode.train.evaluate import score_study
+from dicomnode.train.study import LabelledStudy
 
 MEASURES = ("lesion_sensitivity", "false_positives_per_study", "study_auc")
 
@@ -52,6 +55,17 @@ def measures(studies: Sequence[StudyScore]) -> dict[str, float]:
         "false_positives_per_study": float(np.mean([s.false_positives for s in studies])) if studies else math.nan,
         "study_auc": roc_auc([s.score for s in studies], [s.truth_lesions > 0 for s in studies]),
     }
+
+
+def study_score(segmenter: Segmenter, study: LabelledStudy) -> StudyScore:
+    """One held-out study read by ``segmenter`` at its card's operating point (:mod:`dicomnode.learn.gate`)."""
+    result = segmenter.segment(study.scan)
+    outcome = score_study(study, {v: r.mask for v, r in result.views.items()})
+    counts = outcome.lesion_counts
+    marked = [r.probability[r.mask != 0] for r in result.views.values() if r.mask.any()]
+    score = 1.0 + max(float(p.max()) for p in marked) if marked else \
+        max(float(r.probability.max()) for r in result.views.values())
+    return StudyScore(study.patient_id, counts.truth, counts.detected, counts.false_positives, score)
 
 
 @dataclass(frozen=True)

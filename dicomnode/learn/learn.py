@@ -10,6 +10,8 @@
 4. register the result as a CANDIDATE (:mod:`dicomnode.learn.registry`) with the active card's
    operating point, its peak threshold raised to the active model's false-positive rate on the
    training studies (:mod:`dicomnode.learn.operatingpoint`), so sensitivity is compared at that rate;
+   with ``[learn] folds`` ≥ 2 that rate is counted on out-of-fold maps of models trained by patient
+   fold (:mod:`dicomnode.learn.crossval`), which also give a cross-validated estimate;
 5. the gate (:mod:`dicomnode.learn.gate`) on the held-out studies; the report (``gate.json`` and a
    text table) is stored with the candidate; it becomes active only when the gate passes and
    ``--no-activate`` was not given.
@@ -36,7 +38,8 @@ from dicomnode.learn import registry
 from dicomnode.learn.active import ActiveSegmenter
 from dicomnode.learn.operatingpoint import match_false_positive_rate
 from dicomnode.learn.corrections import examine_new
-from dicomnode.learn.gate import Decision, StudyScore, decide, render
+from dicomnode.learn.crossval import FoldModel, cross_validated, out_of_fold_peaks, train_folds
+from dicomnode.learn.gate import Decision, decide, render, study_score
 from dicomnode.learn.trainset import label_refs, site_studies, split_site
 from dicomnode.pipeline.models import PLANAR, NodeModels, load_registry_model
 from dicomnode.segmentation.inference import Segmenter
@@ -44,7 +47,6 @@ from dicomnode.store.db import Database
 from dicomnode.store.spool import Spool
 from dicomnode.train.config import load_config
 from dicomnode.train.datasets import TrainingData, load_training_data
-from dicomnode.train.evaluate import score_study
 from dicomnode.train.loop import run_training
 from dicomnode.train.study import LabelledStudy
 
@@ -64,17 +66,6 @@ class LearnOutcome:
     decision: Decision
     activated: bool
     report: dict[str, Any]
-
-
-def study_score(segmenter: Segmenter, study: LabelledStudy) -> StudyScore:
-    """One held-out study read by ``segmenter`` at its card's operating point (:mod:`dicomnode.learn.gate`)."""
-    result = segmenter.segment(study.scan)
-    outcome = score_study(study, {v: r.mask for v, r in result.views.items()})
-    counts = outcome.lesion_counts
-    marked = [r.probability[r.mask != 0] for r in result.views.values() if r.mask.any()]
-    score = 1.0 + max(float(p.max()) for p in marked) if marked else \
-        max(float(r.probability.max()) for r in result.views.values())
-    return StudyScore(study.patient_id, counts.truth, counts.detected, counts.false_positives, score)
 
 
 def shuffled(studies: Sequence[LabelledStudy], seed: int = 0) -> list[LabelledStudy]:
@@ -105,23 +96,37 @@ def _active_segmenter(database: Database, config: NodeConfig) -> Segmenter:
                            lambda card: load_registry_model(card, config.model)).current()
 
 
-def _with_operating_point(card_path: Path, active: Segmenter, training: Sequence[LabelledStudy],
-                          models: ModelSection) -> dict[str, Any]:
-    """The candidate starts from the active card's operating point (less its calibration), its peak
-    threshold then raised to the active model's false-positive rate on the training studies
-    (:mod:`dicomnode.learn.operatingpoint`)."""
+def _inherit_operating_point(card_path: Path, active: Segmenter) -> None:
+    """The active card's threshold and operating point, less its calibration (which describes the
+    active model's own out-of-fold probabilities: a new model reports raw peaks until calibrated)."""
     card = json.loads(card_path.read_text())
     source = json.loads(active.card.path.read_text()) if active.card.path else {}
     for key in ("threshold", "operating_point"):
         if key in source:
             card[key] = source[key]
-    # the active model's calibration describes its own out-of-fold probabilities, not the candidate's:
-    # the candidate reports raw peaks until it is calibrated itself
     card.get("operating_point", {}).pop("calibration", None)
     card_path.write_text(json.dumps(card, indent=2, sort_keys=True))
-    matched = match_false_positive_rate(load_registry_model(card_path, models), active, training)
+
+
+def _with_operating_point(card_path: Path, active: Segmenter, training: Sequence[LabelledStudy],
+                          models: ModelSection, folds: Sequence[FoldModel]) -> dict[str, Any]:
+    """The candidate starts from the active card's operating point, its peak threshold then raised to
+    the active model's false-positive rate on the training studies (:mod:`dicomnode.learn.operatingpoint`),
+    counted on the fold models' out-of-fold maps where there are folds (:mod:`dicomnode.learn.crossval`),
+    which then give the cross-validated estimate at that point."""
+    for path in (card_path, *(f.card for f in folds)):
+        _inherit_operating_point(path, active)
+
+    def load(card: Path) -> Segmenter:
+        return load_registry_model(card, models)
+
+    peaks = out_of_fold_peaks(folds, load) if folds else None
+    matched = match_false_positive_rate(load(card_path), active, training, candidate_peaks=peaks)
+    card = json.loads(card_path.read_text())
     card.setdefault("operating_point", {})["peak_threshold"] = matched["peak_threshold"]
     card_path.write_text(json.dumps(card, indent=2, sort_keys=True))
+    if folds:
+        matched["cross_validated"] = cross_validated(folds, load, matched["peak_threshold"])
     return matched
 
 
@@ -153,10 +158,16 @@ def learn(config: NodeConfig, database: Database, spool: Spool, *, data: Sequenc
     if not resume and out.exists():
         shutil.rmtree(out)
     formats = {"site spool": "site labels", **extra.formats}
+    patients = len({s.patient_id for s in training})
+    if 2 <= patients < settings.folds:
+        log.warning("fewer training patients than [learn] folds", extra={"patients": patients, "folds": settings.folds})
+    folds = train_folds(preset, training, extra, min(settings.folds, patients), out, device=config.model.device,
+                        threads=settings.threads, resume=resume, progress=progress) \
+        if min(settings.folds, patients) >= 2 else []
     trained = run_training(preset, TrainingData(training + extra.studies, extra.crops, formats), out,
                            device=config.model.device, resume=resume, progress=progress,
                            num_threads=settings.threads)
-    matched = _with_operating_point(trained.card, active, training, config.model)
+    matched = _with_operating_point(trained.card, active, training, config.model, folds)
     summary = {"site_studies": len(studies), "training_studies": len(training), "held_out_studies": len(held_out),
                "held_out_percent": settings.held_out_percent, "extra_training_studies": len(extra.studies),
                "labels": {kind: sum(r.kind == kind for r in refs) for kind in ("positive", "negative", "reviewed")},

@@ -53,15 +53,19 @@ def peak_for_rate(candidate_peaks: Sequence[float], allowed: int, current: float
     return min(1.0, max(current, float(np.nextafter(ranked[allowed], math.inf))))
 
 
-def match_false_positive_rate(candidate: Segmenter, active: Segmenter, studies: Sequence[LabelledStudy]) -> dict:
-    """Set the candidate card's peak threshold (module docstring); return what was measured."""
+def match_false_positive_rate(candidate: Segmenter, active: Segmenter, studies: Sequence[LabelledStudy],
+                              candidate_peaks: Sequence[float] | None = None) -> dict:
+    """Set the candidate card's peak threshold (module docstring); return what was measured.
+    ``candidate_peaks``: the candidate's false-positive peaks on ``studies`` read out of fold
+    (:mod:`dicomnode.learn.crossval`), instead of the candidate's own reading of them."""
     studies = [s for s in studies if s.labelled]
     allowed = reported(false_positive_peaks(active, studies), active)
     point = candidate.card.operating_point
     current = point.peak_threshold if point.peak_threshold is not None else candidate.card.threshold
-    peaks = false_positive_peaks(candidate, studies)
+    peaks = list(candidate_peaks) if candidate_peaks is not None else false_positive_peaks(candidate, studies)
     chosen = peak_for_rate(peaks, allowed, current)
     candidate.card = dataclasses.replace(candidate.card, operating_point=dataclasses.replace(point, peak_threshold=chosen))
     return {"studies": len(studies), "active_false_positives": allowed,
             "candidate_false_positives_before": sum(p >= current for p in peaks),
-            "candidate_false_positives_after": sum(p >= chosen for p in peaks), "peak_threshold": chosen}
+            "candidate_false_positives_after": sum(p >= chosen for p in peaks), "peak_threshold": chosen,
+            "counted_on": "out-of-fold maps" if candidate_peaks is not None else "the candidate's own maps"}

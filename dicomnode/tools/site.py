@@ -111,7 +111,7 @@ def correction_seg(nm: Dataset, mask: np.ndarray, *, series_uid: str, number: in
 
 
 def write_config(path: Path, var_dir: Path, port: int, *, held_out_percent: int, threads: int,
-                 bootstrap: int, weights: str = "default") -> Path:
+                 bootstrap: int, weights: str = "default", folds: int = 3) -> Path:
     """The site's node.toml: ``[model] weights`` on the CPU, no destination (results stay in the spool)."""
     path.write_text("\n".join([
         "[node]", f"port = {port}", 'host = "127.0.0.1"',
@@ -120,6 +120,7 @@ def write_config(path: Path, var_dir: Path, port: int, *, held_out_percent: int,
         "[model]", f'weights = "{weights}"', 'device = "cpu"',
         "[retention]", "enabled = false",
         "[learn]", f"held_out_percent = {held_out_percent}", f"threads = {threads}", f"bootstrap = {bootstrap}",
+        f"folds = {folds}",
     ]) + "\n")
     return path
 
@@ -136,7 +137,7 @@ class Site:
     """A running node with its folders (module docstring); a context manager that stops the node."""
 
     def __init__(self, work: Path, *, held_out_percent: int = 30, threads: int = 2, bootstrap: int = 1000,
-                 weights: str = "default") -> None:
+                 weights: str = "default", folds: int = 3) -> None:
         storescu = dcmtk_binary("storescu")
         if storescu is None:
             raise HarnessError("dcmtk storescu is not installed")
@@ -144,7 +145,7 @@ class Site:
         self.port = free_port()
         self.var = work / "var"
         self.config = write_config(work / "node.toml", self.var, self.port, held_out_percent=held_out_percent,
-                                   threads=threads, bootstrap=bootstrap, weights=weights)
+                                   threads=threads, bootstrap=bootstrap, weights=weights, folds=folds)
         self.log = work / "node.log"
         self.node: subprocess.Popen | None = None
         self.database: Database | None = None
