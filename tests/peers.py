@@ -145,6 +145,8 @@ class Orthanc(_Peer):
             "RemoteAccessAllowed": False,
             "AuthenticationEnabled": False,
             "DicomAlwaysAllowStore": True,
+            "DicomAlwaysAllowFind": True,  # the node queries and retrieves corrections (dicomnode.learn.pull)
+            "DicomAlwaysAllowGet": True,
             "DicomCheckCalledAet": False,
             "UnknownSopClassAccepted": True,
             "Plugins": [],

@@ -114,3 +114,63 @@ def learn(
     typer.echo(f"candidate {outcome.model.id} ({outcome.model.version})")
     typer.echo(render(outcome.decision))
     typer.echo("activated" if outcome.activated else "kept as a candidate")
+
+
+corrections_app = typer.Typer(help="Site corrections: pull them from the PACS.", no_args_is_help=True,
+                              rich_markup_mode=None)
+app.add_typer(corrections_app, name="corrections")
+
+
+@corrections_app.command("pull")
+def pull(
+    config: Path | None = CONFIG,
+    source: str | None = typer.Option(None, "--from", help="The [[destinations]] entry to ask (default: the first)."),
+    study: list[str] | None = typer.Option(None, "--study", help="A Study Instance UID (repeatable; default: the "
+                                                                 "studies processed in the last --days)."),
+    days: int = typer.Option(30, "--days", min=1, help="How far back the processed studies go."),
+    as_json: bool = typer.Option(False, "--json", help="Print what was pulled as JSON."),
+) -> None:
+    """Retrieve SEG/SR/KO series the node lacks from the PACS by C-FIND and C-GET (docs/training.md).
+
+    Exit 0: every study asked; 1: a study's query or retrieval failed; 2: bad arguments or no association."""
+    from pydicom.uid import UID
+
+    from dicomnode.dicom.scu import AssociationFailed
+    from dicomnode.learn.corrections import examine_new
+    from dicomnode.learn.pull import processed_studies
+    from dicomnode.learn.pull import pull as run_pull
+    from dicomnode.ops.logs import configure_logging
+    from dicomnode.store.spool import Spool
+
+    node = node_config(config)
+    configure_logging(node.logging)
+    peers = {d.name: d for d in node.destinations}
+    if not peers or (source is not None and source not in peers):
+        typer.echo(f"error: no [[destinations]] entry {source or ''!s} to pull from; configured: "
+                   f"{', '.join(peers) or 'none'}", err=True)
+        raise typer.Exit(2)
+    bad = [s for s in study or [] if len(s) > 64 or not UID(s).is_valid]
+    if bad:
+        typer.echo(f"error: not a valid Study Instance UID: {bad[0][:80]!r}", err=True)
+        raise typer.Exit(2)
+    database = open_database(node)
+    studies = list(study) if study else processed_studies(database, days)
+    with Spool(node.storage.spool_path) as spool:
+        try:
+            outcomes = run_pull(node, database, spool, peers[source] if source else node.destinations[0], studies)
+        except AssociationFailed as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        labels = examine_new(database, spool, node.results.manufacturer)
+    if as_json:
+        typer.echo(json.dumps({"studies": [o.to_json() for o in outcomes],
+                               "labels": {k: sum(r.kind.value == k for r in labels)
+                                          for k in sorted({r.kind.value for r in labels})}}, indent=2))
+    else:
+        for o in outcomes:
+            typer.echo(f"{o.study_instance_uid}: {o.series_found} correction series at the PACS, {o.series_known} "
+                       f"already here, {o.retrieved} instances retrieved, {o.failed} failed"
+                       + (f" ({'; '.join(o.errors)})" if o.errors else ""))
+        typer.echo(f"{len(labels)} new label(s) examined")
+    if any(o.failed or o.errors for o in outcomes):
+        raise typer.Exit(1)

@@ -41,7 +41,7 @@ from typing import Any
 import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, UID
-from pynetdicom import AE
+from pynetdicom import AE, build_role
 from pynetdicom.sop_class import Verification
 
 from dicomnode.dicom.peers import Destination, validate_ae_title
@@ -153,16 +153,24 @@ def parse_peer(text: str, default_ae_title: str, name: str = "command line") -> 
 
 @contextmanager
 def associate(peer: Destination, calling_ae: str, contexts: Sequence[tuple[str, Sequence[str]]],
-              timeout: float = DEFAULT_TIMEOUT) -> Iterator[Any]:
+              timeout: float = DEFAULT_TIMEOUT, *, scp_roles: Sequence[str] = (),
+              evt_handlers: Sequence[tuple[Any, Any]] = ()) -> Iterator[Any]:
     """An established association proposing ``contexts`` ((abstract syntax, transfer syntaxes) pairs).
 
-    Released when the block ends (aborted if the block raised). Raises :class:`AssociationFailed`.
+    ``scp_roles``: SOP classes of ``contexts`` for which we also offer the SCP role (SCP/SCU Role
+    Selection, PS3.7 D.3.3.4), so a C-GET's storage sub-operations can come back on this association
+    (PS3.4 C.4.3), to ``evt_handlers``. Released when the block ends (aborted if the block raised).
+    Raises :class:`AssociationFailed`.
     """
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     for abstract_syntax, syntaxes in contexts:
         ae.add_requested_context(abstract_syntax, list(syntaxes))
     kwargs: dict[str, Any] = {"ae_title": peer.ae_title}
+    if scp_roles:
+        kwargs["ext_neg"] = [build_role(uid, scp_role=True) for uid in scp_roles]
+    if evt_handlers:
+        kwargs["evt_handlers"] = list(evt_handlers)
     if peer.tls is not None:
         kwargs["tls_args"] = peer.tls.arguments(peer.host)
     started = time.monotonic()

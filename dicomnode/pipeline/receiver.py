@@ -143,7 +143,12 @@ class Receiver:
 
     def handle_store(self, event: Any) -> int | Dataset:
         """C-STORE: see the module docstring for the order of checks. Never raises."""
-        calling_ae = str(event.assoc.requestor.ae_title)
+        return self.store(event, str(event.assoc.requestor.ae_title))
+
+    def store(self, event: Any, calling_ae: str) -> int | Dataset:
+        """Store one C-STORE request's data set sent by ``calling_ae``: the requestor of a C-STORE
+        association, or the PACS answering our C-GET with storage sub-operations
+        (:mod:`dicomnode.learn.pull`). Never raises."""
         claimed_uid = str(event.request.AffectedSOPInstanceUID or "")[:128]
         data: bytes | None = None
         try:
