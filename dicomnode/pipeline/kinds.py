@@ -112,7 +112,8 @@ def describe_planar(result: SegmentationResult) -> dict[str, Any]:
     lesions = [{"view": view.value, "label": sited.lesion.label, "site": sited.site,
                 "area_mm2": round(sited.lesion.area_mm2, 1), "pixels": sited.lesion.pixel_count,
                 "centroid_row_column": [round(c, 1) for c in sited.lesion.centroid],
-                "peak_counts": round(sited.lesion.peak_counts, 1), "mean_counts": round(sited.lesion.mean_counts, 1)}
+                "peak_counts": round(sited.lesion.peak_counts, 1), "mean_counts": round(sited.lesion.mean_counts, 1),
+                "probability": None if sited.lesion.probability is None else round(sited.lesion.probability, 3)}
                for view, view_burden in burden.views.items() for sited in view_burden.lesions]
     return {"views": [view.value for view in result.views], "missing_views": [view.value for view in result.missing],
             "lesions": lesions, "total_area_mm2": round(burden.total_area_mm2, 1),
