@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 def fold_models(cv: Path) -> list[Path]:
     """The fold models' weights of a cross-validation folder, in fold order."""
-    folds = sorted((p for p in cv.glob("fold*") if p.is_dir()), key=lambda p: int(p.name[4:]))
+    folds = sorted((p for p in cv.glob("fold*") if p.is_dir() and p.name[4:].isdigit()), key=lambda p: int(p.name[4:]))
     weights = [next(iter(sorted(f.glob("*.safetensors"))), None) for f in folds]
     if not weights or any(w is None for w in weights):
         raise ValueError(f"{cv}: every fold<k>/ needs its trained model")
