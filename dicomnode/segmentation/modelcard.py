@@ -28,7 +28,9 @@ network-free ``threshold`` segmenter is a card alone. Card fields (format versio
 ``sha256``          hex SHA-256 of that file, verified on load
 ``threshold``       probability threshold of the binary mask (0.5, papers 001/002)
 ``operating_point`` optional: :class:`dicomnode.segmentation.postprocess.OperatingPoint` as a dict (peak
-                    threshold, minimum area, test-time flip), chosen on validation folds
+                    threshold, minimum area, test-time flip), chosen on validation folds, and
+                    optionally ``calibration`` (``slope``, ``intercept``: the probability a reported
+                    focus carries, :mod:`dicomnode.segmentation.calibration`)
 ``parameters``      parameters of a network-free segmenter (``threshold``), else ``{}``
 ``training``        free-form description of the training data and run
 ``metrics``         free-form evaluation results (e.g. DSC mean ± std on a named test set)
