@@ -123,7 +123,8 @@ class Node:
             models = NodeModels(config.model)
             models.load_all()  # each logged with its operating point; a bad card fails the start
             # the planar lesion model: the registry's active one (dicomnode learn), else [model]
-            active = ActiveSegmenter(database, config.storage.var_dir, lambda: models.get(PLANAR),
+            configured = models.get(PLANAR)  # kept: the worker's models.use() replaces what get() returns
+            active = ActiveSegmenter(database, config.storage.var_dir, lambda: configured,
                                      lambda card: load_registry_model(card, config.model))
             worker = Worker(database, spool, models, config.results,
                             [d.name for d in config.destinations], queue_policy(config),
