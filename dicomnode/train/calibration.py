@@ -27,6 +27,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -195,15 +196,18 @@ def reliability_diagram(report: dict[str, Any], path: Path) -> None:
     plt.close(figure)
 
 
-def write_into_card(card_path: Path, report: dict[str, Any]) -> None:
+def write_into_card(card_path: Path, report: dict[str, Any], command: str) -> None:
     """The focus map as the card's ``operating_point.calibration``, the rest under ``metrics.calibration``."""
     card = load_card(card_path)
     focus = Calibration(**report["focus"]["fitted_on_all_folds"])
     metrics = {**card.metrics, "calibration": {
-        "command": "python -m dicomnode.train.calibration --cv CV --data ... --card CARD",
+        "command": command, "cross_validation": report["cv"], "folds": report["folds"],
+        "operating_point_of_the_folds": report["operating_point"],
         "study_map": report["study"]["fitted_on_all_folds"],
-        "focus_at_operating_point": report["focus"]["at_operating_point"],
-        "study_at_operating_point": report["study"]["at_operating_point"],
+        "focus_at_the_folds_peak_threshold": report["focus"]["at_operating_point"],
+        "study_at_the_folds_peak_threshold": report["study"]["at_operating_point"],
+        "focus_at_this_cards_peak_threshold": round(focus.probability(card.operating_point.peak_threshold), 4)
+        if card.operating_point.peak_threshold is not None else None,
         "out_of_fold": {which: {key: {k: v for k, v in report[which][key].items() if k != "bins"}
                                 for key in ("raw", "calibrated_out_of_fold")} for which in ("focus", "study")}}}
     update_card(card_path, operating_point=dataclasses.replace(card.operating_point, calibration=focus), metrics=metrics)
@@ -222,7 +226,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     (args.cv / "calibration.md").write_text(markdown(report), encoding="utf-8")
     reliability_diagram(report, args.cv / "calibration.png")
     if args.card:
-        write_into_card(args.card, report)
+        write_into_card(args.card, report, " ".join(["python -m dicomnode.train.calibration",
+                                                      *(argv if argv is not None else sys.argv[1:])]))
     print(markdown(report))
 
 
