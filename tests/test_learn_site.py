@@ -26,7 +26,7 @@ EPOCHS = "4"  # the site preset has 8; the shuffled-label control trains 1 (it o
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1500)  # serve, 2 folds + the candidate trained, the control; about 8 minutes alone on 2 cores
+@pytest.mark.timeout(1500)  # serve; 2 folds, the candidate and the control trained: 18 min here beside a training job
 def test_the_site_learns_from_its_corrections_and_the_gate_refuses_shuffled_labels(tmp_path: Path) -> None:
     dcmtk("storescu")
     entries = simulate(tmp_path / "synth", STUDIES + 2, seed=26)
