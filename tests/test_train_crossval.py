@@ -140,9 +140,12 @@ def test_a_learning_curve_point_trains_on_a_share_of_each_folds_patients(folders
     full = tmp_path / "cv-full"
     crossval_main(["--config", str(preset), "--data", str(wholebody), "--data", str(crops), "--out", str(full),
                    "--folds", "2", "--threads", "1"])
-    learningcurve_main([str(full), str(out), "--out", str(tmp_path / "curve")])
+    learningcurve_main([str(full), str(out), "--data", str(wholebody), "--data", str(crops), "--out", str(tmp_path / "curve")])
     curve = json.loads((tmp_path / "curve" / "learning-curve.json").read_text())
-    assert [p["fraction"] for p in curve] == [0.5, 1.0]
-    assert curve[0]["training_studies"] < curve[1]["training_studies"] == 3  # 6 patients, half held out per fold
+    assert [p["fraction"] for p in curve] == [0.5, 1.0] and all(p["folds"] == [1, 2] for p in curve)
+    assert all(0 <= p["lesion_sensitivity"]["mean"] <= 1 and p["crop_auc"]["folds"] == 2 for p in curve)
+    (full / "fold2" / "oof.npz").unlink()  # a run stopped before its second fold: no nested point left
+    with pytest.raises(ValueError, match="1 finished fold"):
+        learningcurve_main([str(full), str(out), "--data", str(wholebody), "--data", str(crops)])
     assert (tmp_path / "curve" / "learning-curve.png").stat().st_size > 10_000
     assert "| 50% |" in (tmp_path / "curve" / "learning-curve.md").read_text()

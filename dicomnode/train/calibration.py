@@ -28,7 +28,7 @@ import dataclasses
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ from dicomnode.segmentation.scan import View
 
 from .boxscore import StudyCandidates, study_candidates
 from .datasets import load_training_data
+from .study import LabelledStudy
 
 log = logging.getLogger(__name__)
 
@@ -110,23 +111,35 @@ def fold_candidates(number: int, studies: Sequence[StudyCandidates], min_area_mm
     return FoldCandidates(number, np.array(peaks), np.array(labels, bool), np.array(best), np.array(abnormal, bool))
 
 
+def judged_studies(roots: Sequence[Path]) -> dict[str, LabelledStudy]:
+    """The whole-body studies with boxes of the cross-validation's ``--data`` folders, by key."""
+    return {s.key: s for s in load_training_data(roots).studies if s.boxes}
+
+
+def fold_maps(cv: Path, number: int, judged: Mapping[str, LabelledStudy], threshold: float
+              ) -> tuple[list[StudyCandidates], tuple[np.ndarray, np.ndarray]]:
+    """Fold ``number``'s held-out studies' candidates at ``threshold`` from its saved maps, and its
+    crops' (scores, labels)."""
+    saved = np.load(cv / f"fold{number}" / "oof.npz")
+    names = [n for n in saved.files if "/" in n]
+    keys = sorted({n.rsplit("/", 1)[0] for n in names})
+    missing = [k for k in keys if k not in judged]
+    if missing:
+        raise ValueError(f"fold {number}: studies {missing[:3]} are not in --data (same folders, same order?)")
+    maps = {k: {View(n.rsplit("/", 1)[1]): saved[n].astype(np.float32) for n in names if n.rsplit("/", 1)[0] == k}
+            for k in keys}
+    crops = (np.asarray(saved["crop_scores"], float), np.asarray(saved["crop_labels"], bool)) \
+        if "crop_scores" in saved.files else (np.zeros(0), np.zeros(0, bool))
+    return study_candidates([judged[k] for k in keys], maps, threshold), crops
+
+
 def load_folds(cv: Path, roots: Sequence[Path]) -> tuple[list[FoldCandidates], dict[str, Any]]:
     """Every fold's held-out candidates from ``cv``'s saved maps, at the pooled operating point."""
     table = json.loads((cv / "crossval.json").read_text())
     point = table["pooled_operating_point"]
-    judged = {s.key: s for s in load_training_data(roots).studies if s.boxes}
-    folds = []
-    for number in range(1, len(table["folds"]) + 1):
-        saved = np.load(cv / f"fold{number}" / "oof.npz")
-        names = [n for n in saved.files if "/" in n]
-        keys = sorted({n.rsplit("/", 1)[0] for n in names})
-        missing = [k for k in keys if k not in judged]
-        if missing:
-            raise ValueError(f"fold {number}: studies {missing[:3]} are not in --data (same folders, same order?)")
-        maps = {k: {View(n.rsplit("/", 1)[1]): saved[n].astype(np.float32) for n in names if n.rsplit("/", 1)[0] == k}
-                for k in keys}
-        studies = [judged[k] for k in keys]
-        folds.append(fold_candidates(number, study_candidates(studies, maps, point["threshold"]), point["min_area_mm2"]))
+    judged = judged_studies(roots)
+    folds = [fold_candidates(number, fold_maps(cv, number, judged, point["threshold"])[0], point["min_area_mm2"])
+             for number in range(1, len(table["folds"]) + 1)]
     return folds, point
 
 

@@ -1,12 +1,17 @@
 """What more real data buys: cross-validated scores against the share of development studies trained on.
 
-    python -m dicomnode.train.learningcurve runs/cv-25 runs/cv-50 runs/cv-100 [--out runs/learning-curve]
+    python -m dicomnode.train.learningcurve runs/cv-25 runs/cv-50 runs/cv-100 --data REAL/bs80k-wholebody \
+        --data REAL/bs80k-crops --data data/synth-mix [--max-fp 0.5] [--out runs/learning-curve]
 
 Each folder is a :mod:`dicomnode.train.crossval` run of the same preset and folds, with
 ``--fraction`` 0.25, 0.5 and 1 (every fold trains on that share of its patients and is judged on
-the same held-out fold). The table holds each point's mean ± std over folds; the picture plots
-them against the real whole-body studies each fold trained on. docs/training.md, "Calibration,
-fold averaging and the learning curve".
+the same held-out fold); ``--data`` are the runs' data folders in the same order. The curve is
+scored from the runs' saved out-of-fold maps (``fold<k>/oof.npz``) on the folds **every** run has
+finished, so a run stopped early still gives a point on the same patients: each fold's operating
+point (pixel threshold 0.3, the most sensitive peak threshold within ``--max-fp`` false positives
+per study) is chosen on the other common folds, as :mod:`dicomnode.train.crossval` does, and the
+table holds each share's mean ± std over those folds. docs/training.md, "Calibration, fold
+averaging and the learning curve".
 """
 
 from __future__ import annotations
@@ -19,31 +24,61 @@ from typing import Any
 
 import numpy as np
 
+from dicomnode.segmentation.modelcard import load_card
+
+from .boxscore import StudyCandidates, choose_operating_point, roc_auc, wholebody_scores
+from .calibration import fold_maps, judged_studies
+from .crossval import mean_std
+
 #: The numbers the curve follows (:mod:`dicomnode.train.boxscore`).
-CURVE = ("lesion_sensitivity", "mean_study_sensitivity", "false_positives_per_study", "study_auc", "crop_auc")
+CURVE = ("lesion_sensitivity", "mean_study_sensitivity", "false_positives_per_study", "normal_marked_fraction",
+         "study_auc", "crop_auc")
+PIXEL_THRESHOLD = 0.3
 
 
-def points(runs: Sequence[Path]) -> list[dict[str, Any]]:
-    """One point per run, in order of the share trained on; the runs must share folds and preset."""
-    tables = [json.loads((run / "crossval.json").read_text()) for run in runs]
-    if len({json.dumps(t["preset"], sort_keys=True) for t in tables}) > 1 or len({len(t["folds"]) for t in tables}) > 1:
-        raise ValueError("the runs of a learning curve must share one preset and one number of folds")
+def finished_folds(run: Path) -> set[int]:
+    return {int(f.name[4:]) for f in run.glob("fold*") if f.name[4:].isdigit() and (f / "oof.npz").is_file()}
+
+
+def _fraction(run: Path, fold: int) -> float:
+    """The share its fold model trained on (cards written before ``--fraction`` existed: all)."""
+    weights = next(iter(sorted((run / f"fold{fold}").glob("*.safetensors"))), None)
+    training = load_card(weights).training if weights is not None else {}
+    return float(training.get("training_fraction", 1.0))
+
+
+def points(runs: Sequence[Path], roots: Sequence[Path], max_fp: float) -> list[dict[str, Any]]:
+    """One point per run on the folds every run finished, in order of the share trained on."""
+    common = sorted(set.intersection(*(finished_folds(run) for run in runs)))
+    if len(common) < 2:
+        raise ValueError(f"the runs share {len(common)} finished fold(s); a nested operating point needs two")
+    judged = judged_studies(roots)
     out = []
-    for run, table in zip(runs, tables):
-        studies = [row.get("training_studies") for row in table["folds"]]
-        out.append({"run": str(run), "fraction": table.get("training_fraction", 1.0),
-                    "training_studies": float(np.mean(studies)) if None not in studies else None,
-                    **{name: table["cross_validated"].get(name) for name in CURVE}})
+    for run in runs:
+        folds: dict[int, list[StudyCandidates]] = {}
+        crops: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        for k in common:
+            folds[k], crops[k] = fold_maps(run, k, judged, PIXEL_THRESHOLD)
+        rows = []
+        for k in common:
+            others = [s for j in common if j != k for s in folds[j]]
+            threshold, point, _ = choose_operating_point({(PIXEL_THRESHOLD, 0.0): others}, max_false_positives=max_fp,
+                                                         test_time_flip=True)
+            row = wholebody_scores(folds[k], point, threshold)
+            row["crop_auc"] = roc_auc(crops[k][0], crops[k][1]) if crops[k][1].size else float("nan")
+            rows.append(row)
+        out.append({"run": str(run), "fraction": _fraction(run, common[0]), "folds": common,
+                    **mean_std(rows, CURVE)})
     return sorted(out, key=lambda p: p["fraction"])
 
 
 def markdown(curve: Sequence[dict[str, Any]]) -> str:
-    lines = ["| share of the development studies | whole-body studies per fold | "
-             + " | ".join(name.replace("_", " ") for name in CURVE) + " |", "|---" * (len(CURVE) + 2) + "|"]
+    lines = [f"Folds {', '.join(map(str, curve[0]['folds']))} of every run; mean ± std over them.", "",
+             "| share of the development studies | " + " | ".join(n.replace("_", " ") for n in CURVE) + " |",
+             "|---" * (len(CURVE) + 1) + "|"]
     for point in curve:
-        cells = [f"{point[name]['mean']:.3f} ± {point[name]['std']:.3f}" if point[name] else "–" for name in CURVE]
-        studies = f"{point['training_studies']:.1f}" if point["training_studies"] is not None else "–"
-        lines.append(f"| {point['fraction']:.0%} | {studies} | " + " | ".join(cells) + " |")
+        cells = [f"{point[n]['mean']:.3f} ± {point[n]['std']:.3f}" if n in point else "–" for n in CURVE]
+        lines.append(f"| {point['fraction']:.0%} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -55,10 +90,11 @@ def plot(curve: Sequence[dict[str, Any]], path: Path) -> None:
 
     figure, axes = plt.subplots(1, 2, figsize=(9, 4))
     x = [100 * p["fraction"] for p in curve]
-    for axis, names in zip(axes, (("lesion_sensitivity", "mean_study_sensitivity", "study_auc", "crop_auc"),
+    for axis, names in zip(axes, (("lesion_sensitivity", "mean_study_sensitivity", "normal_marked_fraction",
+                                   "study_auc", "crop_auc"),
                                   ("false_positives_per_study",))):
         for name in names:
-            present = [(xi, p[name]) for xi, p in zip(x, curve) if p[name]]
+            present = [(xi, p[name]) for xi, p in zip(x, curve) if name in p]
             if present:
                 axis.errorbar([xi for xi, _ in present], [e["mean"] for _, e in present],
                               yerr=[e["std"] for _, e in present], marker="o", capsize=3, label=name.replace("_", " "))
@@ -73,9 +109,12 @@ def plot(curve: Sequence[dict[str, Any]], path: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m dicomnode.train.learningcurve", description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", type=Path, nargs="+", help="dicomnode.train.crossval output folders")
+    parser.add_argument("--data", type=Path, action="append", required=True,
+                        help="the runs' data folders, same order (repeatable)")
+    parser.add_argument("--max-fp", type=float, default=0.5, help="false positives per study allowed at the operating point")
     parser.add_argument("--out", type=Path, default=Path("runs/learning-curve"))
     args = parser.parse_args(argv)
-    curve = points(args.runs)
+    curve = points(args.runs, args.data, args.max_fp)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "learning-curve.json").write_text(json.dumps(curve, indent=2) + "\n")
     (args.out / "learning-curve.md").write_text(markdown(curve), encoding="utf-8")
