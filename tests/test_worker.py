@@ -214,8 +214,9 @@ class SlowSegmenter:
 
 def test_the_heartbeat_keeps_a_long_job_from_being_taken_over(tmp_path, segmenter, spool):
     database = sqlite_database(tmp_path)
-    policy = QueuePolicy(lease_seconds=0.6, max_attempts=3)
-    worker = Worker(database, spool, NodeModels(planar=SlowSegmenter(segmenter, 2.0)), OPTIONS, ["PACS"], policy, owner="slow")
+    # a 1.5 s lease: a heartbeat may be late by a second on a loaded machine and still be in time
+    policy = QueuePolicy(lease_seconds=1.5, max_attempts=3)
+    worker = Worker(database, spool, NodeModels(planar=SlowSegmenter(segmenter, 4.0)), OPTIONS, ["PACS"], policy, owner="slow")
     store_study(database, spool, nm_study(counts()))
     assemble(database, AssemblyPolicy(quiet_seconds=0))
     thieves: list = []
@@ -232,7 +233,7 @@ def test_the_heartbeat_keeps_a_long_job_from_being_taken_over(tmp_path, segmente
     thread = threading.Thread(target=steal)
     thread.start()
     try:
-        worker.process(job)  # 2 s of work under a 0.6 s lease
+        worker.process(job)  # 4 s of work under a 1.5 s lease
     finally:
         stop.set()
         thread.join()
