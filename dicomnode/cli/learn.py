@@ -133,9 +133,8 @@ def pull(
     """Retrieve SEG/SR/KO series the node lacks from the PACS by C-FIND and C-GET (docs/training.md).
 
     Exit 0: every study asked; 1: a study's query or retrieval failed; 2: bad arguments or no association."""
-    from pydicom.uid import UID
-
     from dicomnode.dicom.scu import AssociationFailed
+    from dicomnode.dicom.uids import UIDError, check_uid
     from dicomnode.learn.corrections import examine_new
     from dicomnode.learn.pull import processed_studies
     from dicomnode.learn.pull import pull as run_pull
@@ -149,10 +148,12 @@ def pull(
         typer.echo(f"error: no [[destinations]] entry {source or ''!s} to pull from; configured: "
                    f"{', '.join(peers) or 'none'}", err=True)
         raise typer.Exit(2)
-    bad = [s for s in study or [] if len(s) > 64 or not UID(s).is_valid]
-    if bad:
-        typer.echo(f"error: not a valid Study Instance UID: {bad[0][:80]!r}", err=True)
-        raise typer.Exit(2)
+    try:
+        for uid in study or []:
+            check_uid(uid, "--study")
+    except UIDError as exc:
+        typer.echo(f"error: not a valid Study Instance UID: {exc}", err=True)
+        raise typer.Exit(2) from None
     database = open_database(node)
     studies = list(study) if study else processed_studies(database, days)
     with Spool(node.storage.spool_path) as spool:

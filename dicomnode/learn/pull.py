@@ -22,7 +22,7 @@ from datetime import timedelta
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import evt
 from pynetdicom.sop_class import (
     BasicTextSRStorage,
@@ -40,6 +40,7 @@ from sqlalchemy import select
 from dicomnode.config import NodeConfig
 from dicomnode.dicom.peers import Destination
 from dicomnode.dicom.scu import associate
+from dicomnode.dicom.uids import UIDError, check_uid
 from dicomnode.pipeline.receiver import TRANSFER_SYNTAXES, Receiver
 from dicomnode.store.db import Database
 from dicomnode.store.models import Instance, Job, ResultObject, Study, utcnow
@@ -94,8 +95,11 @@ def known_series(database: Database, study_instance_uid: str) -> set[str]:
 
 
 def _valid_uid(value: Any) -> str | None:
-    text = str(value or "")
-    return text if text and len(text) <= 64 and UID(text).is_valid else None
+    """``value`` if :func:`dicomnode.dicom.uids.check_uid` accepts it (the node's one UID rule), else None."""
+    try:
+        return check_uid(str(value) if value is not None else None)
+    except UIDError:
+        return None
 
 
 def correction_series(assoc: Any, study_instance_uid: str) -> list[str]:
