@@ -21,6 +21,7 @@ from typing import Any
 
 from dicomnode.learn.gate import measures, study_score
 from dicomnode.learn.operatingpoint import false_positive_peaks
+from dicomnode.learn.trainset import has_lesion, training_data
 from dicomnode.segmentation.inference import Segmenter
 from dicomnode.train.config import TrainConfig
 from dicomnode.train.datasets import TrainingData
@@ -37,22 +38,16 @@ class FoldModel:
     studies: tuple[LabelledStudy, ...]
 
 
-def _has_lesion(study: LabelledStudy) -> bool:
-    return any(mask.any() for mask in study.labels.values())
-
-
 def train_folds(preset: TrainConfig, training: Sequence[LabelledStudy], extra: TrainingData, folds: int, out: Path,
                 *, device: str, threads: int, resume: bool, progress: bool) -> list[FoldModel]:
     """A model per fold of the training patients, each trained on the other folds (and ``extra``)."""
     dealt = kfold_patients((s.patient_id for s in training), folds, seed=0,
-                           positive={s.patient_id for s in training if _has_lesion(s)})
+                           positive={s.patient_id for s in training if has_lesion(s)})
     models = []
     for number, held in enumerate(dealt, start=1):
         kept = [s for s in training if s.patient_id not in held]
-        trained = run_training(preset, TrainingData(kept + extra.studies, extra.crops, {"site spool": "site labels",
-                                                                                         **extra.formats}),
-                               out / f"fold{number}", device=device, resume=resume, progress=progress,
-                               num_threads=threads)
+        trained = run_training(preset, training_data(kept, extra), out / f"fold{number}", device=device,
+                               resume=resume, progress=progress, num_threads=threads)
         models.append(FoldModel(trained.card, tuple(s for s in training if s.patient_id in held)))
     return models
 

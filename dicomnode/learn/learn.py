@@ -40,9 +40,10 @@ from dicomnode.learn.operatingpoint import match_false_positive_rate
 from dicomnode.learn.corrections import examine_new
 from dicomnode.learn.crossval import FoldModel, cross_validated, out_of_fold_peaks, train_folds
 from dicomnode.learn.gate import Decision, decide, render, study_score
-from dicomnode.learn.trainset import label_refs, site_studies, split_site
+from dicomnode.learn.trainset import has_lesion, label_refs, site_studies, split_site, training_data
 from dicomnode.pipeline.models import PLANAR, NodeModels, load_registry_model
 from dicomnode.segmentation.inference import Segmenter
+from dicomnode.segmentation.modelcard import load_card, update_card
 from dicomnode.store.db import Database
 from dicomnode.store.spool import Spool
 from dicomnode.train.config import load_config
@@ -99,13 +100,11 @@ def _active_segmenter(database: Database, config: NodeConfig) -> Segmenter:
 def _inherit_operating_point(card_path: Path, active: Segmenter) -> None:
     """The active card's threshold and operating point, less its calibration (which describes the
     active model's own out-of-fold probabilities: a new model reports raw peaks until calibrated)."""
-    card = json.loads(card_path.read_text())
-    source = json.loads(active.card.path.read_text()) if active.card.path else {}
-    for key in ("threshold", "operating_point"):
-        if key in source:
-            card[key] = source[key]
-    card.get("operating_point", {}).pop("calibration", None)
-    card_path.write_text(json.dumps(card, indent=2, sort_keys=True))
+    if active.card.path is None:
+        return
+    source = load_card(active.card.path)  # as saved: not a site's [model] threshold override
+    update_card(card_path, threshold=source.threshold,
+                operating_point=replace(source.operating_point, calibration=None))
 
 
 def _with_operating_point(card_path: Path, active: Segmenter, training: Sequence[LabelledStudy],
@@ -121,10 +120,9 @@ def _with_operating_point(card_path: Path, active: Segmenter, training: Sequence
         return load_registry_model(card, models)
 
     peaks = out_of_fold_peaks(folds, load) if folds else None
-    matched = match_false_positive_rate(load(card_path), active, training, candidate_peaks=peaks)
-    card = json.loads(card_path.read_text())
-    card.setdefault("operating_point", {})["peak_threshold"] = matched["peak_threshold"]
-    card_path.write_text(json.dumps(card, indent=2, sort_keys=True))
+    candidate = load(card_path)
+    matched = match_false_positive_rate(candidate, active, training, candidate_peaks=peaks)
+    update_card(card_path, operating_point=candidate.card.operating_point)
     if folds:
         matched["cross_validated"] = cross_validated(folds, load, matched["peak_threshold"])
     return matched
@@ -139,7 +137,7 @@ def learn(config: NodeConfig, database: Database, spool: Spool, *, data: Sequenc
     refs = label_refs(database, reviewed_results_count=settings.reviewed_results_count)
     studies = site_studies(database, spool, refs)
     training, held_out = split_site(studies, settings.held_out_percent)
-    if not any(s.labels and any(m.any() for m in s.labels.values()) for s in held_out):
+    if not any(has_lesion(s) for s in held_out):
         raise LearnError(f"{len(studies)} labelled studies, {len(held_out)} held out: the gate needs held-out "
                          "studies with lesions (more corrections, or a larger [learn] held_out_percent)")
     if not training:
@@ -157,14 +155,13 @@ def learn(config: NodeConfig, database: Database, spool: Spool, *, data: Sequenc
     out = Path(config.storage.var_dir) / RUN_FOLDER
     if not resume and out.exists():
         shutil.rmtree(out)
-    formats = {"site spool": "site labels", **extra.formats}
     patients = len({s.patient_id for s in training})
     if 2 <= patients < settings.folds:
         log.warning("fewer training patients than [learn] folds", extra={"patients": patients, "folds": settings.folds})
     folds = train_folds(preset, training, extra, min(settings.folds, patients), out, device=config.model.device,
                         threads=settings.threads, resume=resume, progress=progress) \
         if min(settings.folds, patients) >= 2 else []
-    trained = run_training(preset, TrainingData(training + extra.studies, extra.crops, formats), out,
+    trained = run_training(preset, training_data(training, extra), out,
                            device=config.model.device, resume=resume, progress=progress,
                            num_threads=settings.threads)
     matched = _with_operating_point(trained.card, active, training, config.model, folds)

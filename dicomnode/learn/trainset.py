@@ -37,7 +37,7 @@ from dicomnode.store.models import (
     Study,
 )
 from dicomnode.store.spool import Spool
-from dicomnode.train.datasets import seg_masks
+from dicomnode.train.datasets import TrainingData, seg_masks
 from dicomnode.train.seglabels import SegLabelError, read_seg_labels
 from dicomnode.train.study import LabelledStudy
 
@@ -128,3 +128,14 @@ def split_site(studies: Sequence[LabelledStudy], percent: int) -> tuple[list[Lab
     """(training, held-out) by :func:`held_out` of each study's Patient ID."""
     training = [s for s in studies if not held_out(s.patient_id, percent)]
     return training, [s for s in studies if held_out(s.patient_id, percent)]
+
+
+def has_lesion(study: LabelledStudy) -> bool:
+    """Whether the study's label marks a lesion in any view."""
+    return any(mask.any() for mask in study.labels.values())
+
+
+def training_data(studies: Sequence[LabelledStudy], extra: TrainingData) -> TrainingData:
+    """The site's training studies and ``extra`` (``dicomnode learn --data``) as one training set."""
+    return TrainingData([*studies, *extra.studies], extra.crops, {"site spool": "site labels", **extra.formats})
+
