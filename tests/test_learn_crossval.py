@@ -14,30 +14,7 @@ from dicomnode.learn.crossval import cross_validated, out_of_fold_peaks, train_f
 from dicomnode.segmentation.inference import Segmenter
 from dicomnode.train.config import load_config
 from dicomnode.train.datasets import TrainingData, load_studies
-
-PRESET = """
-name = "tiny"
-[model]
-network = "unet"
-width = 4
-[preprocessing]
-window = "whole-view"
-aggregation = "none"
-[data]
-train_fraction = 1.0
-val_fraction = 0.0
-test_fraction = 0.0
-patch_rows = 64
-patch_columns = 32
-patches_per_view = 1
-[optim]
-lr = 2e-3
-batch_size = 4
-epochs = 1
-[crops]
-weight = 0.0
-"""
-
+from tests.train_studies import TINY_PRESET
 
 @pytest.fixture(scope="module")
 def studies(tmp_path_factory: pytest.TempPathFactory):
@@ -45,8 +22,10 @@ def studies(tmp_path_factory: pytest.TempPathFactory):
     run = subprocess.run([sys.executable, "-c", "from dicomnode.cli import main; main()", "synth", str(root / "synth"),
                           "--studies", "5", "--seed", "11"], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
-    (root / "tiny.toml").write_text(PRESET)
-    return load_studies(root / "synth"), load_config(root / "tiny.toml")
+    (root / "tiny.toml").write_text(TINY_PRESET)
+    # learn trains on every study it is given: no validation or test share
+    splits = {"data.train_fraction": 1.0, "data.val_fraction": 0.0, "data.test_fraction": 0.0}
+    return load_studies(root / "synth"), load_config(root / "tiny.toml", **splits)
 
 
 def test_every_training_study_is_read_by_a_fold_model_that_never_saw_it(studies, tmp_path: Path) -> None:

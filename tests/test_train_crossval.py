@@ -13,32 +13,10 @@ from safetensors.torch import load_file
 
 from dicomnode.segmentation.modelcard import load_card
 from tests.bs80k_fixtures import HotSpot, write_crops, write_wholebody
+from tests.train_studies import TINY_PRESET
 from dicomnode.train.crossval import main as crossval_main
 from dicomnode.train.foldaverage import main as foldaverage_main
 from dicomnode.train.learningcurve import main as learningcurve_main
-
-PRESET = """
-name = "tiny"
-[model]
-network = "unet"
-width = 4
-[preprocessing]
-window = "whole-view"
-aggregation = "none"
-[data]
-patch_rows = 64
-patch_columns = 32
-patches_per_view = 2
-[augment]
-quantise = 0.5
-[optim]
-lr = 2e-3
-batch_size = 4
-epochs = 1
-[crops]
-batch_size = 4
-"""
-
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
@@ -49,7 +27,7 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]
                         rows=256, columns=30, seed=k)
     write_crops(root / "crops", [True, False] * 5, rows=64, columns=30)
     preset = root / "tiny.toml"
-    preset.write_text(PRESET)
+    preset.write_text(TINY_PRESET)
     return root / "wholebody", root / "crops", preset
 
 

@@ -19,6 +19,30 @@ from dicomnode.segmentation.scan import View
 from tests.nm_factory import nm_study, write_study
 
 
+#: A planar-lesions preset small enough to train in seconds on a CPU (cross-validation, learn's folds).
+TINY_PRESET = """
+name = "tiny"
+[model]
+network = "unet"
+width = 4
+[preprocessing]
+window = "whole-view"
+aggregation = "none"
+[data]
+patch_rows = 64
+patch_columns = 32
+patches_per_view = 2
+[augment]
+quantise = 0.5
+[optim]
+lr = 2e-3
+batch_size = 4
+epochs = 1
+[crops]
+batch_size = 4
+"""
+
+
 @dataclass(frozen=True)
 class Disc:
     row: int  # canonical row
