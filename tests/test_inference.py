@@ -191,7 +191,7 @@ def test_a_simulated_study_end_to_end_with_tiny_weights(tiny_model, tmp_path, ro
         assert result.lesions, f"{segmenter.algorithm.network} found nothing: the checks below would be vacuous"
         for view, view_result_ in result.views.items():
             assert view_result_.probability.shape == view_result_.mask.shape == (rows, columns)
-            assert view_result_.probability.dtype == np.float32
+            assert view_result_.probability.dtype == np.float64  # peaks near 1 stay ordered
             assert 0.0 <= view_result_.probability.min() and view_result_.probability.max() <= 1.0
             assert sum(lesion.pixel_count for lesion in view_result_.lesions) == view_result_.mask.sum()
             labels, _ = ndimage.label(view_result_.mask, structure=np.ones((3, 3)))

@@ -17,7 +17,10 @@ the result has the shape of its source frame.
   card's size (paper 002: 256 × 256, stride 128, tent-weighted stitching) or, with ``window: null``,
   whole views padded to the network's ``size_divisor``; all windows/views of all studies in a call
   are batched (``batch_size``). ``torch.inference_mode``, channels-last memory format, bf16 autocast
-  on CUDA; on the CPU float32, so the same input always gives the same output. With the card's
+  on CUDA; on the CPU float32, so the same input always gives the same output. The sigmoid is taken
+  in float64 and the maps stay float64 to the source frame: in float32 it rounds to exactly 1 above a
+  logit of about 17, where a fine-tuned model's lesions and false positives would tie at every peak
+  threshold (docs/training.md, "The site's own model"). With the card's
   ``operating_point.test_time_flip`` each input is also run mirrored left–right and the two
   probabilities averaged (the body is near left–right symmetric; training flips too).
 - :class:`ThresholdSegmenter` (``network: "threshold"``) is the classical reference baseline: a
@@ -191,8 +194,8 @@ class NetworkSegmenter(Segmenter):
         return results  # type: ignore[return-value]
 
     def _run(self, inputs: np.ndarray) -> np.ndarray:
-        """(N, C, h, w) float32 → (N, h, w) float32 probabilities, in batches."""
-        out = np.empty((inputs.shape[0], *inputs.shape[2:]), np.float32)
+        """(N, C, h, w) float32 → (N, h, w) float64 probabilities (module docstring), in batches."""
+        out = np.empty((inputs.shape[0], *inputs.shape[2:]), np.float64)
         autocast = self.device.type == "cuda"
         flip = self.card.operating_point.test_time_flip
         with torch.inference_mode():
@@ -202,9 +205,9 @@ class NetworkSegmenter(Segmenter):
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
                     logits = self.net(batch)
                     mirrored = self.net(batch.flip(-1)).flip(-1) if flip else None
-                probabilities = torch.sigmoid(logits.float())[:, 0]
+                probabilities = torch.sigmoid(logits.double())[:, 0]
                 if mirrored is not None:
-                    probabilities = (probabilities + torch.sigmoid(mirrored.float())[:, 0]) / 2
+                    probabilities = (probabilities + torch.sigmoid(mirrored.double())[:, 0]) / 2
                 out[start : start + len(batch)] = probabilities.cpu().numpy()
         return out
 

@@ -93,7 +93,7 @@ def view_result(
             f"probability map {probability.shape} does not match the {image.view.value} source frame "
             f"({image.source.rows} x {image.source.columns})"
         )
-    probability = np.clip(probability, 0.0, 1.0).astype(np.float32)
+    probability = np.clip(probability, 0.0, 1.0).astype(np.float64)  # float64: peaks near 1 stay ordered
     mask = lesion_mask(probability, threshold, point, image.pixel_area_mm2)
     return ViewResult(view=image.view, probability=probability, mask=mask, lesions=lesions(image, mask))
 

@@ -139,7 +139,7 @@ class PreparedView:
     reference: float  # body reference level R in model-grid counts
 
     def to_source(self, model_map: np.ndarray) -> np.ndarray:
-        """A (H, W) model-grid map → float32 on the stored source frame (see :mod:`.resample`)."""
+        """A (H, W) model-grid map → float64 on the stored source frame (see :mod:`.resample`)."""
         return self.geometry.to_source(model_map)
 
 

@@ -76,10 +76,11 @@ def linear_matrix(n_out: int, n_in: int) -> sparse.csr_matrix:
     )
 
 
-def _apply(row_matrix: sparse.csr_matrix, array: np.ndarray, col_matrix: sparse.csr_matrix) -> np.ndarray:
-    """``R @ array @ C.T`` for a 2-D array."""
+def _apply(row_matrix: sparse.csr_matrix, array: np.ndarray, col_matrix: sparse.csr_matrix,
+           dtype: type = np.float32) -> np.ndarray:
+    """``R @ array @ C.T`` for a 2-D array, computed in float64, returned as ``dtype``."""
     out = row_matrix @ array.astype(np.float64)
-    return np.asarray((col_matrix @ out.T).T, dtype=np.float32)
+    return np.asarray((col_matrix @ out.T).T, dtype=dtype)
 
 
 def resample_counts(counts: np.ndarray, spacing: tuple[float, float], spacing_mm: float) -> np.ndarray:
@@ -131,13 +132,14 @@ class ViewGeometry:
         return (fraction >= 0.5 - 1e-6).astype(np.uint8)
 
     def to_source(self, model: np.ndarray) -> np.ndarray:
-        """A model-grid map (e.g. lesion probability) → float32 on the stored source frame."""
+        """A model-grid map (e.g. lesion probability) → float64 on the stored source frame (a lesion
+        probability keeps its float64 resolution near 1, :mod:`dicomnode.segmentation.inference`)."""
         self._check(model, self.shape, "model-grid map")
         if self.identity:
-            canonical = model.astype(np.float32, copy=False)
+            canonical = model.astype(np.float64, copy=False)
         else:
             (h, w), (rows, cols) = self.shape, self.source_shape
-            canonical = _apply(_back(rows, h), model, _back(cols, w))
+            canonical = _apply(_back(rows, h), model, _back(cols, w), np.float64)
         return self.source.to_stored(canonical)
 
     @staticmethod

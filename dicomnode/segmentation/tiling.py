@@ -57,7 +57,7 @@ class Tiling:
         return np.stack([padded[:, r : r + k, c : c + k] for r, c in self.origins])
 
     def stitch(self, probabilities: np.ndarray) -> np.ndarray:
-        """(N, window, window) window probabilities → (H, W), tent-weighted average, padding cut off."""
+        """(N, window, window) window probabilities → (H, W) float64, tent-weighted average, padding cut off."""
         if probabilities.shape != (len(self.origins), self.window, self.window):
             raise ValueError(
                 f"expected {len(self.origins)} windows of {self.window}×{self.window}, "
@@ -71,7 +71,7 @@ class Tiling:
             total[r : r + k, c : c + k] += weight * window
             norm[r : r + k, c : c + k] += weight
         h, w = self.shape
-        return (total / norm)[:h, :w].astype(np.float32)
+        return (total / norm)[:h, :w]
 
 
 def tent(size: int) -> np.ndarray:
