@@ -87,7 +87,8 @@ def _canonical(scan, lesion) -> tuple[float, float]:
 
 
 def test_injection_site_and_skin_contamination_are_not_bone_lesions():
-    for seed, variant, reasons in ((32, "injection-site", {"injection site", "extra-osseous uptake"}),
+    for seed, variant, reasons in ((32, "injection-site", {"injection site", "extra-osseous uptake",
+                                                          "degenerative or traumatic (forearm or hand)"}),
                                    (34, "urine-contamination", {"extra-osseous uptake", "urine"})):
         study = simulate_study(seed, variant=variant, metastases=False)
         scan = simulated_scan(study, seed)
@@ -102,6 +103,30 @@ def test_injection_site_and_skin_contamination_are_not_bone_lesions():
         verdicts = judge(candidates(scan.views, _marked(study, scan, extra), _exact(study, scan)), None)
         assert verdicts, variant
         assert {v.reason for v in verdicts} <= reasons, (variant, [(v.reason, v.candidate.site) for v in verdicts])
+
+
+def test_facial_and_forearm_hot_spots_are_physiological_and_a_spine_focus_is_suspicious(bladder_study):
+    """The fixed region rules: a focus on the facial bones or a forearm/hand is not reported, one on
+    the thoracic spine (the same size, the same probability) is."""
+    study, scan = bladder_study
+    anatomy = study.anatomy[View.ANTERIOR]
+    extra = {View.ANTERIOR: np.zeros(anatomy.shape, bool), View.POSTERIOR: np.zeros(anatomy.shape, bool)}
+    for label in (AnatomyLabel.FACIAL_BONES, AnatomyLabel.FOREARMS_AND_HANDS, AnatomyLabel.THORACIC_SPINE):
+        inside = ndimage.binary_erosion(anatomy == label, iterations=2) & ~ndimage.binary_dilation(
+            study.truth[View.ANTERIOR] > 0, iterations=8)
+        points = np.argwhere(inside)
+        assert len(points), label
+        row, column = points[len(points) // 2]
+        extra[View.ANTERIOR] |= _blob(anatomy.shape, row, column, 2)
+    verdicts = judge(candidates(scan.views, _marked(study, scan, extra), _exact(study, scan)), None)
+    by_region = {v.candidate.region: v for v in verdicts
+                 if v.candidate.lesion.view is View.ANTERIOR and extra[View.ANTERIOR][
+                     tuple(np.round(v.candidate.lesion.centroid).astype(int))]}
+    assert not by_region[AnatomyLabel.FACIAL_BONES].suspicious
+    assert by_region[AnatomyLabel.FACIAL_BONES].reason == "facial and dental uptake"
+    assert not by_region[AnatomyLabel.FOREARMS_AND_HANDS].suspicious
+    assert by_region[AnatomyLabel.FOREARMS_AND_HANDS].reason == "degenerative or traumatic (forearm or hand)"
+    assert by_region[AnatomyLabel.THORACIC_SPINE].suspicious
 
 
 def test_symmetric_knees_measure_symmetric_and_a_one_sided_focus_does_not():

@@ -25,6 +25,15 @@ Then the rules, in order, each named by the reason its verdict gives (docs/segme
   :data:`INJECTION_CONTRAST` × bone and at least :data:`INJECTION_ASYMMETRY` times hotter than its
   mirror point is the injection site (tracer extravasated at the antecubital fossa or the dorsum
   of the hand lies over the bones there; metastases in the arms are rare and rarely this hot);
+- "facial and dental uptake", *fixed*: a candidate in the facial bones (maxilla, mandible, nose,
+  teeth) is physiological: dental, sinus and nasal uptake lights up in most patients, metastases
+  there are rare; on the BS-80K development half 24 of its 25 candidates down to peak 0.5 touch no
+  `Abnormal` box, and none at the shipped operating point does (docs/segmentation.md, "Anatomy map
+  and second stage");
+- "degenerative or traumatic (forearm or hand)", *fixed*: every other candidate in the forearms and
+  hands (wrist, hand and elbow uptake: arthritis, old fractures; metastases distal to the elbow are
+  rare): on the development half 12 candidates there, none on an `Abnormal` box; the simulator draws
+  no metastasis there (:data:`dicomnode.synth.lesions.SITE_FREQUENCIES`) but degenerative wrists;
 - "physiological (second stage)", *learned*: every other candidate is scored by the second stage (:class:`SecondStage`, a logistic
   model on the features above and the region group, fitted by ``python -m dicomnode.train.secondstage`` on
   the real ``Normal``/``Abnormal`` boxes and simulated normal variants); below its threshold it is
@@ -54,6 +63,11 @@ INJECTION_CONTRAST = 5.0
 #: ... when it is at least this many times hotter than its mirror point.
 INJECTION_ASYMMETRY = 3.0
 ARMS = (AnatomyLabel.HUMERI, AnatomyLabel.FOREARMS_AND_HANDS)
+#: Regions whose every remaining candidate is physiological, with the reason (the module docstring's rules).
+PHYSIOLOGICAL_REGIONS: dict[AnatomyLabel, str] = {
+    AnatomyLabel.FACIAL_BONES: "facial and dental uptake",
+    AnatomyLabel.FOREARMS_AND_HANDS: "degenerative or traumatic (forearm or hand)",
+}
 
 #: Region groups the second stage weighs apart (one-hot features).
 GROUPS: dict[str, tuple[AnatomyLabel, ...]] = {
@@ -103,7 +117,7 @@ class Verdict:
     candidate: Candidate
     suspicious: bool
     score: float  # second-stage probability (0 for the fixed rules)
-    reason: str  # "suspicious focus", "urine", "extra-osseous uptake", "physiological (second stage)"
+    reason: str  # "suspicious focus", a fixed rule's reason (module docstring), "physiological (second stage)"
 
 
 @dataclass(frozen=True)
@@ -187,6 +201,8 @@ def judge(found: Sequence[Candidate], stage: SecondStage | None,
         elif (candidate.region in ARMS and candidate.contrast >= INJECTION_CONTRAST
               and (not candidate.lateral or candidate.asymmetry >= np.log(INJECTION_ASYMMETRY))):
             verdicts.append(Verdict(candidate, False, 0.0, "injection site"))
+        elif candidate.region in PHYSIOLOGICAL_REGIONS:
+            verdicts.append(Verdict(candidate, False, 0.0, PHYSIOLOGICAL_REGIONS[candidate.region]))
         elif stage is None:
             score = calibration.probability(candidate.probability) if calibration else candidate.probability
             verdicts.append(Verdict(candidate, True, score, "suspicious focus"))
