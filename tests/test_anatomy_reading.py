@@ -186,3 +186,24 @@ def test_components_and_lesion_labels_agree():
     for candidate in found:
         _labels, _ = ndimage.label(results[candidate.lesion.view].mask)
         assert candidate.probability == pytest.approx(0.99, abs=1e-6)
+
+
+def test_physiological_removed_zeroes_what_the_reading_dismisses_and_keeps_the_rest(bladder_study):
+    """Scoring the whole reading from saved maps: the shipped map finds the bladder of a simulated
+    full-bladder study, so a hot spot there leaves the map, and the components it keeps are untouched."""
+    from dicomnode.segmentation.reading import AnatomyReader, physiological_removed
+
+    study, scan = bladder_study
+    reader = AnatomyReader.default()
+    assert reader is not None, "the anatomy map is shipped"
+    (row, column), = [p for m, p in zip(study.mimics, study.mimic_positions_px) if m.kind == "bladder"]
+    extra = {View.ANTERIOR: _blob(study.truth[View.ANTERIOR].shape, row, column),
+             View.POSTERIOR: _blob(study.truth[View.POSTERIOR].shape, row, scan.posterior.source.columns - 1 - column)}
+    maps = {view: r.probability for view, r in _marked(study, scan, extra).items()}
+    read = physiological_removed(reader, scan, maps, 0.5)
+    for view in scan.views:
+        assert read[view][extra[view]].max() == 0.0, view  # the bladder hot spot is gone
+        changed = read[view] != maps[view]
+        assert not (changed & ~(maps[view] >= 0.5)).any()  # only component pixels change
+    kept = [view for view in scan.views if (read[view][study.truth[view] > 0] > 0).any()]
+    assert kept, "the truth lesions on bone stay"

@@ -11,6 +11,7 @@ carrying its second-stage probability — the dismissed hot spots with their rea
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from dicomnode.segmentation.judgement import (
 )
 from dicomnode.segmentation.postprocess import OperatingPoint, lesion_labels, lesions, view_result
 from dicomnode.segmentation.result import Dismissal, SegmentationResult, ViewResult
+from dicomnode.segmentation.scan import BoneScan, View
 
 
 class AnatomyReader:
@@ -70,6 +72,25 @@ class AnatomyReader:
         notes = result.notes + tuple(f"{d.lesion.view.value}: hot spot at {d.lesion.site} judged {d.reason}"
                                      for d in dismissed)
         return dataclasses.replace(result, views=views, anatomy=anatomy, dismissed=tuple(dismissed), notes=notes)
+
+
+def physiological_removed(reader: AnatomyReader, scan: BoneScan, maps: Mapping[View, np.ndarray],
+                          threshold: float) -> dict[View, np.ndarray]:
+    """``maps`` (lesion probability per view on the stored frames) with every component at
+    ``threshold`` that the reading dismisses set to 0, the rest untouched: the whole reading scored
+    from saved out-of-fold maps at any peak threshold (:mod:`dicomnode.train.learningcurve`). The
+    second stage, where one is loaded, judges every component (not only those down to its
+    ``candidate_peak``)."""
+    views = {view: view_result(scan.views[view], maps[view], threshold, OperatingPoint(peak_threshold=threshold))
+             for view in maps}
+    verdicts = judge(candidates(scan.views, views, reader.mapper.map(scan)), reader.stage)
+    out = {view: np.array(m, dtype=np.float64) for view, m in maps.items()}
+    for verdict in verdicts:
+        if not verdict.suspicious:
+            lesion = verdict.candidate.lesion
+            components, _ = lesion_labels(views[lesion.view].mask)
+            out[lesion.view][components == lesion.label] = 0.0
+    return out
 
 
 def with_candidates(result: SegmentationResult, point: OperatingPoint) -> SegmentationResult:

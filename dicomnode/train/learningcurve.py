@@ -1,7 +1,7 @@
 """What more real data buys: cross-validated scores against the share of development studies trained on.
 
     python -m dicomnode.train.learningcurve runs/cv-25 runs/cv-50 runs/cv-100 --data REAL/bs80k-wholebody \
-        --data REAL/bs80k-crops --data data/synth-mix [--max-fp 0.5] [--out runs/learning-curve]
+        --data REAL/bs80k-crops --data data/synth-mix [--max-fp 0.5] [--reading] [--out runs/learning-curve]
 
 Each folder is a :mod:`dicomnode.train.crossval` run of the same preset and folds, with
 ``--fraction`` 0.25, 0.5 and 1 (every fold trains on that share of its patients and is judged on
@@ -10,8 +10,11 @@ scored from the runs' saved out-of-fold maps (``fold<k>/oof.npz``) on the folds 
 finished, so a run stopped early still gives a point on the same patients: each fold's operating
 point (pixel threshold 0.3, the most sensitive peak threshold within ``--max-fp`` false positives
 per study) is chosen on the other common folds, as :mod:`dicomnode.train.crossval` does, and the
-table holds each share's mean ± std over those folds. docs/training.md, "Calibration, fold
-averaging and the learning curve".
+table holds each share's mean ± std over those folds. With ``--reading`` the maps are first read as
+the worker reads them, with the shipped anatomy map and the fixed rules (the components they dismiss
+are removed, :func:`dicomnode.segmentation.reading.physiological_removed`), and the operating points
+are chosen on what remains: the node's whole reading cross-validated; a single run gives its
+table. docs/training.md, "Calibration, fold averaging and the learning curve".
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from dicomnode.segmentation.modelcard import load_card
+from dicomnode.segmentation.reading import AnatomyReader
 
 from .boxscore import StudyCandidates, choose_operating_point, roc_auc, wholebody_scores
 from .calibration import fold_maps, judged_studies
@@ -47,8 +51,10 @@ def _fraction(run: Path, fold: int) -> float:
     return float(training.get("training_fraction", 1.0))
 
 
-def points(runs: Sequence[Path], roots: Sequence[Path], max_fp: float) -> list[dict[str, Any]]:
-    """One point per run on the folds every run finished, in order of the share trained on."""
+def points(runs: Sequence[Path], roots: Sequence[Path], max_fp: float,
+           reader: AnatomyReader | None = None) -> list[dict[str, Any]]:
+    """One point per run on the folds every run finished, in order of the share trained on; with
+    ``reader``, of the maps as the reading leaves them (module docstring)."""
     common = sorted(set.intersection(*(finished_folds(run) for run in runs)))
     if len(common) < 2:
         raise ValueError(f"the runs share {len(common)} finished fold(s); a nested operating point needs two")
@@ -58,7 +64,7 @@ def points(runs: Sequence[Path], roots: Sequence[Path], max_fp: float) -> list[d
         folds: dict[int, list[StudyCandidates]] = {}
         crops: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for k in common:
-            folds[k], crops[k] = fold_maps(run, k, judged, PIXEL_THRESHOLD)
+            folds[k], crops[k] = fold_maps(run, k, judged, PIXEL_THRESHOLD, reader)
         rows = []
         for k in common:
             others = [s for j in common if j != k for s in folds[j]]
@@ -68,12 +74,13 @@ def points(runs: Sequence[Path], roots: Sequence[Path], max_fp: float) -> list[d
             row["crop_auc"] = roc_auc(crops[k][0], crops[k][1]) if crops[k][1].size else float("nan")
             rows.append(row)
         out.append({"run": str(run), "fraction": _fraction(run, common[0]), "folds": common,
-                    **mean_std(rows, CURVE)})
+                    "reading": reader is not None, **mean_std(rows, CURVE)})
     return sorted(out, key=lambda p: p["fraction"])
 
 
 def markdown(curve: Sequence[dict[str, Any]]) -> str:
-    lines = [f"Folds {', '.join(map(str, curve[0]['folds']))} of every run; mean ± std over them.", "",
+    read = "read with the anatomy map and the fixed rules" if curve[0].get("reading") else "the lesion model alone"
+    lines = [f"Folds {', '.join(map(str, curve[0]['folds']))} of every run, {read}; mean ± std over them.", "",
              "| share of the development studies | " + " | ".join(n.replace("_", " ") for n in CURVE) + " |",
              "|---" * (len(CURVE) + 1) + "|"]
     for point in curve:
@@ -112,9 +119,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, action="append", required=True,
                         help="the runs' data folders, same order (repeatable)")
     parser.add_argument("--max-fp", type=float, default=0.5, help="false positives per study allowed at the operating point")
+    parser.add_argument("--reading", action="store_true",
+                        help="read the maps with the shipped anatomy map and fixed rules first")
     parser.add_argument("--out", type=Path, default=Path("runs/learning-curve"))
     args = parser.parse_args(argv)
-    curve = points(args.runs, args.data, args.max_fp)
+    reader = AnatomyReader.default() if args.reading else None
+    if args.reading and reader is None:
+        parser.error("--reading: the anatomy map is not shipped in this checkout")
+    curve = points(args.runs, args.data, args.max_fp, reader)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "learning-curve.json").write_text(json.dumps(curve, indent=2) + "\n")
     (args.out / "learning-curve.md").write_text(markdown(curve), encoding="utf-8")
