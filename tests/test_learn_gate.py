@@ -56,6 +56,19 @@ def test_more_false_positives_and_a_lower_auc_are_each_a_reason() -> None:
     assert [r.split(" ")[0] for r in decision.reasons] == ["false", "study"]
 
 
+def test_a_lower_auc_within_its_uncertainty_is_not_a_reason() -> None:
+    # 5 patients with lesions and 2 without; the candidate finds more lesions in every abnormal
+    # patient but ranks one normal study above one abnormal one, which the active model did not
+    candidate = [StudyScore(f"p{i}", 2, 2, 0, 1.9 if i else 1.1) for i in range(5)] + \
+        [StudyScore("n1", 0, 0, 0, 1.5), StudyScore("n2", 0, 0, 0, 0.1)]
+    active = [StudyScore(f"p{i}", 2, 1, 0, 1.8) for i in range(5)] + \
+        [StudyScore("n1", 0, 0, 0, 0.2), StudyScore("n2", 0, 0, 0, 0.1)]
+    decision = decide(candidate, active, runs=500, max_extra_false_positives=0.5)
+    auc = decision.difference["study_auc"]
+    assert auc.point == pytest.approx(-0.1) and auc.low < 0 <= auc.high  # lower, within its uncertainty
+    assert decision.passed and decision.reasons == []
+
+
 def test_the_two_lists_must_be_the_same_studies() -> None:
     with pytest.raises(ValueError):
         differences([StudyScore("p", 1, 1, 0, 1.0)], [], runs=10)

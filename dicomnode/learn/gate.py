@@ -15,8 +15,12 @@ above 0; the false-positives-per-study difference is at most ``[learn] max_extra
 (a guard on the estimate: the candidate's operating point already matches the active model's
 false-positive rate on the training studies, :mod:`dicomnode.learn.operatingpoint`, and on a handful of
 held-out studies the interval of a count spans several per study); the study AUC (when the
-held-out set has both normal and abnormal studies) is not lower. Every unmet rule is a reason in
-the report, with its interval.
+held-out set has both normal and abnormal studies) is not significantly lower: its difference's
+interval does not lie below 0. On a handful of held-out studies with one or two normal ones, a point
+AUC difference is the rank of one study, and a lesion model's confident false positive there (a
+peak a float64 sigmoid still rounds to 1) decides it whichever model is better; a candidate that
+ranks the studies worse on every resample is refused. Every unmet rule is a reason in the report,
+with its interval.
 """
 
 from __future__ import annotations
@@ -136,8 +140,8 @@ def decide(candidate: Sequence[StudyScore], active: Sequence[StudyScore], *, run
         reasons.append(f"false positives per study difference {extra.point:+.3f} (95% CI [{extra.low:+.3f}, "
                        f"{extra.high:+.3f}]) exceeds {max_extra_false_positives:g}")
     auc = diff["study_auc"]
-    if math.isfinite(auc.point) and auc.point < 0:
-        reasons.append(f"study AUC is lower by {-auc.point:.3f}")
+    if math.isfinite(auc.point) and (auc.high < 0 if math.isfinite(auc.high) else auc.point < 0):
+        reasons.append(f"study AUC is lower by {-auc.point:.3f}, 95% CI [{auc.low:+.3f}, {auc.high:+.3f}] below 0")
     return Decision(not reasons, reasons, measures(candidate), measures(active), diff, len(candidate),
                     len({s.patient_id for s in candidate}))
 
