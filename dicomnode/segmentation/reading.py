@@ -85,11 +85,11 @@ def physiological_removed(reader: AnatomyReader, scan: BoneScan, maps: Mapping[V
              for view in maps}
     verdicts = judge(candidates(scan.views, views, reader.mapper.map(scan)), reader.stage)
     out = {view: np.array(m, dtype=np.float64) for view, m in maps.items()}
+    components = {view: lesion_labels(r.mask)[0] for view, r in views.items()}
     for verdict in verdicts:
         if not verdict.suspicious:
             lesion = verdict.candidate.lesion
-            components, _ = lesion_labels(views[lesion.view].mask)
-            out[lesion.view][components == lesion.label] = 0.0
+            out[lesion.view][components[lesion.view] == lesion.label] = 0.0
     return out
 
 
