@@ -16,6 +16,7 @@ from dicomnode.train.config import load_config
 from dicomnode.train.datasets import TrainingData, load_studies
 from tests.train_studies import TINY_PRESET
 
+
 @pytest.fixture(scope="module")
 def studies(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("site")

@@ -18,6 +18,7 @@ from dicomnode.train.crossval import main as crossval_main
 from dicomnode.train.foldaverage import main as foldaverage_main
 from dicomnode.train.learningcurve import main as learningcurve_main
 
+
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     root = tmp_path_factory.mktemp("bs80k")

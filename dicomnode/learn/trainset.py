@@ -138,4 +138,3 @@ def has_lesion(study: LabelledStudy) -> bool:
 def training_data(studies: Sequence[LabelledStudy], extra: TrainingData) -> TrainingData:
     """The site's training studies and ``extra`` (``dicomnode learn --data``) as one training set."""
     return TrainingData([*studies, *extra.studies], extra.crops, {"site spool": "site labels", **extra.formats})
-
