@@ -219,6 +219,8 @@ class RetentionSection(_Section):
     delete_after_hours: float = Field(default=720.0, ge=0)  # after every result of the study was delivered
     early_free_bytes: int = Field(default=2 << 30, ge=0)  # free space above the floor that starts early deletion
     interval_seconds: float = Field(default=300.0, gt=0)  # how often ``serve`` looks
+    # a study with a site label (a correction, dicomnode.learn) or a correction not examined yet keeps its files
+    keep_labelled: bool = True
 
 
 class LimitsSection(_Section):

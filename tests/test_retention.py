@@ -35,7 +35,9 @@ from dicomnode.store.models import (
     Instance,
     Job,
     JobState,
+    LabelKind,
     ResultObject,
+    SiteLabel,
     Study,
     StudyState,
     utcnow,
@@ -154,6 +156,56 @@ def test_short_free_space_deletes_delivered_studies_early_but_never_undelivered_
         done = purge(database, spool, short, dry_run=False)
         assert done.plan.early and done.studies == 1
         assert files_of(database, spool, recent) == [False] * 3 and all(files_of(database, spool, pending))
+
+
+def correction(database, spool: Spool, study_id: int, label: LabelKind | None) -> int:
+    """A viewer's SEG stored for the study, examined as ``label`` (None: not examined yet); its instance id."""
+    data = os.urandom(1024)
+    with database.session(write=True) as session:
+        study_uid = session.get(Study, study_id).study_instance_uid
+        sop, series = generate_uid(), generate_uid()
+        written = spool.write(spool.instance_path(study_uid, series, sop, sha256_hex(data)), data)
+        instance = Instance(study_id=study_id, sop_instance_uid=sop, sop_class_uid="1.2.840.10008.5.1.4.1.1.66.4",
+                            series_instance_uid=series, path=written.path, sha256=written.sha256, size=written.size,
+                            received_at=utcnow(), kind="seg")
+        session.add(instance)
+        session.flush()
+        if label is not None:
+            session.add(SiteLabel(instance_id=instance.id, study_id=study_id, kind=label, reason="test"))
+        return instance.id
+
+
+def test_labelled_studies_keep_their_files_even_when_space_is_short_unless_the_site_lets_them_go(
+        tmp_path: Path, database) -> None:
+    short = RetentionSection(delete_after_hours=24, early_free_bytes=1 << 62)  # never enough room: all settled go
+    with Spool(tmp_path / "spool") as spool:
+        positive, negative, ignored, waiting, plain = (settled_study(database, spool, settled_hours_ago=50)
+                                                       for _ in range(5))
+        correction(database, spool, positive, LabelKind.POSITIVE)
+        correction(database, spool, negative, LabelKind.NEGATIVE)
+        correction(database, spool, ignored, LabelKind.IGNORED)  # examined: not a label
+        pending = correction(database, spool, waiting, None)  # the corrections pass has not seen it yet
+
+        plan = purge(database, spool, short).plan
+        assert {c.study_id for c in plan.labelled} == {positive, negative, waiting}
+        text = render(collect(database, spool_root=spool.root, retention=short))
+        assert "3 labelled by the site" in text and "kept for learning" in text
+
+        done = purge(database, spool, short, dry_run=False)
+        assert done.studies == 2
+        assert not any(files_of(database, spool, ignored)) and not any(files_of(database, spool, plain))
+        for kept in (positive, negative, waiting):
+            assert all(files_of(database, spool, kept))
+
+        with database.session(write=True) as session:  # the pass examined it: not a label
+            session.add(SiteLabel(instance_id=pending, study_id=waiting, kind=LabelKind.IGNORED, reason="test"))
+        assert purge(database, spool, short, dry_run=False).studies == 1
+        assert not any(files_of(database, spool, waiting))
+
+        letting_go = RetentionSection(delete_after_hours=24, early_free_bytes=0, keep_labelled=False)
+        assert purge(database, spool, letting_go, dry_run=False).studies == 2
+        assert not any(files_of(database, spool, positive)) and not any(files_of(database, spool, negative))
+        assert present_rows_without_file(database, spool) == []
 
 
 def _config(tmp_path: Path) -> Path:

@@ -89,6 +89,7 @@ def purge(
     verb = "deleted" if apply else "would delete (dry run; --apply deletes)"
     typer.echo(f"{verb}: {report.studies} studies ({size_text(report.bytes)}), {report.quarantined} refused "
                f"instance(s); {report.plan.held_studies} studies not delivered yet are kept"
+               + (f"; {len(report.plan.labelled)} labelled by the site are kept for learning" if report.plan.labelled else "")
                + (f"; finished {report.finished} interrupted deletion(s)" if report.finished else ""))
 
 

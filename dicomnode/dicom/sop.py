@@ -57,6 +57,8 @@ class ObjectKind(str, Enum):
 STORED_AS_SENT = frozenset({ObjectKind.DOSE_REPORT, ObjectKind.KEY_OBJECTS, ObjectKind.DOCUMENT,
                             ObjectKind.RAW_DATA, ObjectKind.REGISTRATION, ObjectKind.PRESENTATION_STATE,
                             ObjectKind.OTHER_IMAGE, ObjectKind.OTHER})
+#: The kinds a viewer's correction can come as (``Instance.kind``; :mod:`dicomnode.learn.corrections`).
+CORRECTION_KINDS = (ObjectKind.SEG.value, ObjectKind.SR.value, ObjectKind.KEY_OBJECTS.value)
 
 
 def _stored_kind(name: str) -> ObjectKind:

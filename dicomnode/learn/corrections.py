@@ -40,7 +40,7 @@ from pydicom.uid import SegmentationStorage
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from dicomnode.dicom.sop import ObjectKind, ResultKind
+from dicomnode.dicom.sop import CORRECTION_KINDS, ResultKind
 from dicomnode.store.db import Database
 from dicomnode.store.models import (
     Instance,
@@ -54,8 +54,6 @@ from dicomnode.store.spool import Spool
 
 log = logging.getLogger(__name__)
 
-#: The instance kinds a correction can come as (``Instance.kind``).
-CORRECTION_KINDS = (ObjectKind.SEG.value, ObjectKind.SR.value, ObjectKind.KEY_OBJECTS.value)
 #: Rejection note titles (PS3.16 CID 7011), DCM scheme.
 REJECTION_TITLES = frozenset({"113001", "113037"})
 LESION_CATEGORY = ("49755003", ("SCT", "SRT"))  # Morphologically Abnormal Structure (CID 7150)

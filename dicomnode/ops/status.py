@@ -336,7 +336,9 @@ def render_retention(kept: dict[str, Any]) -> str:
     return (f"spool     {size_text(kept['spool_bytes'])} of studies; retention ({kept['delete_after_hours']:g} h after "
             f"delivery) frees {kept['due_studies']} studies ({size_text(kept['due_bytes'])}) now{later}"
             + (" (free space short: oldest delivered first)" if kept["early"] else "")
-            + f"; {kept['held_studies']} not delivered yet (kept)")
+            + f"; {kept['held_studies']} not delivered yet (kept)"
+            + (f"; {kept['labelled_studies']} labelled by the site ({size_text(kept['labelled_bytes'])}, kept for learning)"
+               if kept["labelled_studies"] else ""))
 
 
 def size_text(count: int) -> str:

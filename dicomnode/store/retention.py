@@ -8,8 +8,12 @@ with no result objects, every acquisition not processable, is settled when proce
 first and still only settled studies, while the spool's free space is under
 ``min_free_bytes + early_free_bytes``. Nothing that is not delivered is ever deleted: a study whose
 export was refused, a FAILED study, results with no destination configured, and everything still
-receiving or queued keep their files. Refused instances (quarantine) are deleted the same period
-after they arrived.
+receiving or queued keep their files. With ``[retention] keep_labelled`` (the default) a study the
+site has labelled keeps its files too, even when space is short: a positive or negative
+:class:`~dicomnode.store.models.SiteLabel` (a physician's correction, the training data of
+``dicomnode learn``, which reads the images and the correction from the spool), or a stored SEG, SR
+or Key Object Selection that the corrections pass has not examined yet (it may be one). Refused
+instances (quarantine) are deleted the same period after they arrived.
 
 Crash safety (the order is the point): deleting a study is two transactions.
 
@@ -49,6 +53,7 @@ from pathlib import Path
 from sqlalchemy import and_, exists, func, select, update
 
 from dicomnode.config import RetentionSection
+from dicomnode.dicom.sop import CORRECTION_KINDS
 from dicomnode.store.db import Database
 from dicomnode.store.models import (
     Export,
@@ -56,8 +61,10 @@ from dicomnode.store.models import (
     Instance,
     Job,
     JobState,
+    LabelKind,
     Quarantine,
     ResultObject,
+    SiteLabel,
     Study,
     StudyState,
     as_utc,
@@ -89,6 +96,7 @@ class Plan:
     held_studies: int  # studies with files that are not settled (not delivered, failed, in work)
     early: bool  # free space under floor + early_free_bytes: settled studies go oldest first now
     quarantine_due: list[int] = field(default_factory=list)  # quarantine row ids
+    labelled: list[SettledStudy] = field(default_factory=list)  # settled, kept for learning (``keep_labelled``)
 
     @property
     def next_at(self) -> datetime | None:
@@ -103,12 +111,14 @@ class Plan:
             "later_studies": len(self.later), "later_bytes": sum(c.bytes for c in self.later),
             "next_purge_at": (self.later[0].settled_at + hours).isoformat(timespec="seconds") if self.later else None,
             "held_studies": self.held_studies, "early": self.early, "quarantine_due": len(self.quarantine_due),
+            "labelled_studies": len(self.labelled), "labelled_bytes": sum(c.bytes for c in self.labelled),
         }
 
 
-def _settled_studies(session) -> list[tuple[int, str, int, datetime | None, datetime | None, int, int]]:
-    """(id, uid, version, processed_at, last delivered_at, instance bytes, result bytes) of settled
-    studies that still have files."""
+def _settled_studies(session) -> list[tuple[int, str, int, datetime | None, datetime | None, int, int, bool]]:
+    """(id, uid, version, processed_at, last delivered_at, instance bytes, result bytes, labelled) of
+    settled studies that still have files; ``labelled``: the site labelled it, or a correction of it
+    waits for the corrections pass (the module docstring)."""
     job_of_study = Job.study_id == Study.id
     live_result = and_(ResultObject.job_id == Job.id, job_of_study, ResultObject.purged_at.is_(None))
     undelivered = exists().where(live_result, Export.result_id == ResultObject.id,
@@ -123,9 +133,14 @@ def _settled_studies(session) -> list[tuple[int, str, int, datetime | None, date
                  .where(job_of_study).scalar_subquery())
     has_files = (exists().where(Instance.study_id == Study.id, Instance.purged_at.is_(None))
                  | exists().where(live_result))
+    labelled = (exists().where(SiteLabel.study_id == Study.id,
+                               SiteLabel.kind.in_([LabelKind.POSITIVE, LabelKind.NEGATIVE]))
+                | exists().where(Instance.study_id == Study.id, Instance.kind.in_(CORRECTION_KINDS),
+                                 Instance.purged_at.is_(None), Instance.superseded.is_(False),
+                                 Instance.id.not_in(select(SiteLabel.instance_id))))
     rows = session.execute(
         select(Study.id, Study.study_instance_uid, Study.version, Study.processed_at, delivered,
-               instance_bytes, result_bytes)
+               instance_bytes, result_bytes, labelled)
         .where(Study.state == StudyState.PROCESSED, Study.purge_pending.is_(False), has_files,
                ~undelivered, ~unexported, ~working)
     ).all()
@@ -144,11 +159,12 @@ def survey(database: Database, spool_root: Path, settings: RetentionSection, min
     now = now or utcnow()
     period = timedelta(hours=settings.delete_after_hours)
     with database.session() as session:
-        settled = []
-        for study_id, uid, version, processed, delivered, inst, res in _settled_studies(session):
+        settled, labelled = [], []
+        for study_id, uid, version, processed, delivered, inst, res, site_labelled in _settled_studies(session):
             times = [t for t in (processed, delivered) if t is not None]
             settled_at = as_utc(max(times)) if times else now
-            settled.append(SettledStudy(study_id, uid, version, settled_at, int(inst) + int(res)))
+            study = SettledStudy(study_id, uid, version, settled_at, int(inst) + int(res))
+            (labelled if site_labelled and settings.keep_labelled else settled).append(study)
         with_files = _held_studies(session)
         spool_bytes = int(session.scalar(select(func.coalesce(func.sum(Instance.size), 0))
                                          .where(Instance.purged_at.is_(None))) or 0)
@@ -164,7 +180,8 @@ def survey(database: Database, spool_root: Path, settings: RetentionSection, min
         early = False
     due = [c for c in settled if early or c.settled_at <= now - period]
     later = [c for c in settled if c not in due]
-    return Plan(spool_bytes, due, later, max(with_files - len(settled), 0), early, quarantine_due)
+    return Plan(spool_bytes, due, later, max(with_files - len(settled) - len(labelled), 0), early, quarantine_due,
+                labelled)
 
 
 @dataclass
@@ -197,7 +214,7 @@ def purge(database: Database, spool: Spool, settings: RetentionSection, *, dry_r
         if (stop_early and plan.early and candidate.settled_at > period_end
                 and spool.free_bytes() >= spool.min_free_bytes + settings.early_free_bytes):
             break
-        if _mark(database, spool, candidate, now):
+        if _mark(database, spool, candidate, now, settings.keep_labelled):
             _delete(database, spool, candidate.study_id)
             report.studies += 1
             report.bytes += candidate.bytes
@@ -207,10 +224,12 @@ def purge(database: Database, spool: Spool, settings: RetentionSection, *, dry_r
     return report
 
 
-def _mark(database: Database, spool: Spool, candidate: SettledStudy, now: datetime) -> bool:
-    """Step 1: mark the study's rows deleted, if it is still settled at the same version."""
+def _mark(database: Database, spool: Spool, candidate: SettledStudy, now: datetime, keep_labelled: bool) -> bool:
+    """Step 1: mark the study's rows deleted, if it is still settled at the same version (and, with
+    ``keep_labelled``, still unlabelled: a correction may have come since the survey)."""
     with database.session(write=True) as session:
-        still = any(row[0] == candidate.study_id for row in _settled_studies(session))
+        still = any(row[0] == candidate.study_id and not (row[7] and keep_labelled)
+                    for row in _settled_studies(session))
         marked = still and session.execute(
             update(Study).where(Study.id == candidate.study_id, Study.version == candidate.version,
                                 Study.state == StudyState.PROCESSED, Study.purge_pending.is_(False))
