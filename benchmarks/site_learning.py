@@ -1,6 +1,7 @@
 """The learning loop on a simulated site, end to end: the before/after table and the gate's report.
 
-    nice -n 10 python benchmarks/site_learning.py runs/site --studies 40 --seed 26 [--weights threshold]
+    nice -n 10 python benchmarks/site_learning.py runs/site --studies 40 --seed 26 [--weights threshold] \
+        [--population adolescent]
 
 ``N`` simulated studies go through ``dicomnode serve`` (the shipped default model reads them); a
 reader corrects every result that needs it (:mod:`dicomnode.tools.site`) and stores the SEGs back by
@@ -45,13 +46,15 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=None, help="override the site preset's epochs")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--folds", type=int, default=3, help="[learn] folds: patient folds of the training studies")
+    parser.add_argument("--population", default="adult",
+                        help="who the site scans: adult or adolescent (open growth plates; dicomnode/synth/patient.py)")
     parser.add_argument("--weights", default="default",
                         help="the site's [model] weights before learning: default (shipped) or threshold (the baseline)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     timings: dict[str, float] = {}
-    entries = simulate(args.out / "synth", args.studies + 2, args.seed)
+    entries = simulate(args.out / "synth", args.studies + 2, args.seed, args.population)
     site_entries, later = entries[:args.studies], entries[args.studies:]
     epochs = ["--epochs", str(args.epochs)] if args.epochs else []
     with Site(args.out, threads=args.threads, weights=args.weights, folds=args.folds) as site:
@@ -78,11 +81,11 @@ def main() -> int:
         dicomnode("models", "rollback", "--config", str(site.config), "--by", "benchmark", log=args.out / "cli.log")
         after_rollback = read_next(later[1])
         listing = dicomnode("models", "--config", str(site.config), log=args.out / "cli.log").stdout.decode()
-    summary = {"studies": args.studies, "corrections_sent": len(files), "edits": vars(edits), "learn": report,
+    summary = {"studies": args.studies, "population": args.population, "corrections_sent": len(files), "edits": vars(edits), "learn": report,
                "shuffled_control": control, "next_study_read_by": sorted(after_learn),
                "after_rollback_read_by": sorted(after_rollback), "seconds": {k: round(v, 1) for k, v in timings.items()}}
     (args.out / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"simulated site: {args.studies} studies (seed {args.seed}), {len(files)} correction SEGs stored back "
+    print(f"simulated site: {args.studies} {args.population} studies (seed {args.seed}), {len(files)} correction SEGs stored back "
           f"(edits: {edits.added} added, {edits.removed} removed, {edits.redrawn} redrawn)")
     print(f"\nlearn: candidate {report['candidate']['version']} against {report['active']['version']}")
     print(_table(report))

@@ -218,6 +218,7 @@ def test_cli_writes_studies(tmp_path):
     (dict(studies=0), "studies"),
     (dict(rows=100), "field of view"),
     (dict(spacing_mm=-1.0), "spacing"),
+    (dict(population="elderly"), "population"),
 ])
 def test_bad_arguments_are_refused_clearly(tmp_path, kwargs, message):
     args = dict(studies=1, seed=0, layout="split", png=False) | kwargs

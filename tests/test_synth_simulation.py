@@ -177,3 +177,30 @@ def test_patients_vary(studies):
     assert max(heights) - min(heights) > 80
     assert len(poses) >= 2
     assert len({round(s.patient.shift_mm) for s in studies}) >= 8
+
+
+def test_adolescents_have_hot_symmetric_growth_plates_that_are_never_the_truth():
+    """The "adolescent" population: open physes at shoulders and knees on both sides, brighter than
+    the shaft of their bone, alike left and right, drawn into the image and never into the truth;
+    no degenerative joints. Adults keep closed growth plates."""
+    for seed in range(3):
+        study = simulate_study(np.random.default_rng([80, seed]), population="adolescent")
+        assert 10 <= study.patient.age_years <= 17 and 2.0 <= study.patient.physis_to_bone <= 4.0
+        kinds = [m.kind for m in study.mimics]
+        assert kinds.count("physis") == 6 and "degenerative_joint" not in kinds
+        image = study.expected[View.ANTERIOR]
+        at = {}
+        for mimic, (row, col) in zip(study.mimics, study.mimic_positions_px):
+            if mimic.kind != "physis":
+                continue
+            r, c = int(round(row)), int(round(col))
+            assert not study.truth[View.ANTERIOR][r - 3:r + 4, c - 3:c + 4].any()
+            at[mimic.site] = float(image[r - 1:r + 2, c - 1:c + 2].mean())
+            if "femoral" in mimic.site or "tibial" in mimic.site:  # the shaft, 25 pixels up or down the leg
+                shaft = r - 25 if "femoral" in mimic.site else r + 25
+                assert at[mimic.site] > 1.3 * image[shaft - 1:shaft + 2, c - 1:c + 2].mean(), mimic.site
+        for part in ("humeral head", "femoral condyles", "tibial plateau"):
+            right, left = at[f"right {part} physis"], at[f"left {part} physis"]
+            assert abs(right - left) / max(right, left) < 0.25, part
+    adult = simulate_study(3)
+    assert adult.patient.physis_to_bone == 0 and all(m.kind != "physis" for m in adult.mimics)

@@ -41,6 +41,7 @@ def synth(
     spacing: float = typer.Option(2.26, help="Pixel spacing in mm."),
     vendor: str | None = typer.Option(None, callback=_vendor, metavar="VENDOR", help="Write whole exams as this vendor sends them (a profile of dicomnode/synth/vendors.py): whole body (vendor headers), statics, TOMO, RECON TOMO, screen capture; mixed: the vendors in turn."),
     phases: int = typer.Option(1, min=1, max=2, help="With --vendor: 2 adds a second whole-body scan (two-phase protocol)."),
+    population: str = typer.Option("adult", help="Who is scanned: adult (metastatic cancer, the default) or adolescent (a paediatric oncology site: open growth plates, no degenerative joints; dicomnode/synth/patient.py)."),
     spect_ct: bool = typer.Option(False, "--spect-ct", help="Simulate hybrid bone SPECT/CT exams instead (CT series + NM RECON TOMO, masks of metastatic and benign lesions)."),
     size: str = typer.Option("standard", help="With --spect-ct: grid size, standard, small or tiny."),
     workers: int = typer.Option(1, min=1, help="With --spect-ct: worker processes."),
@@ -58,11 +59,14 @@ def synth(
         return
     from dicomnode.synth import write_studies
 
-    manifest = write_studies(
-        out, studies=studies, seed=seed, layout=layout.value, png=png,
-        rows=rows, columns=columns, spacing_mm=spacing,
-        vendor=vendor, phases=phases,
-    )
+    try:
+        manifest = write_studies(
+            out, studies=studies, seed=seed, layout=layout.value, png=png,
+            rows=rows, columns=columns, spacing_mm=spacing,
+            vendor=vendor, phases=phases, population=population,
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
     count = len(manifest["studies"])
     typer.echo(f"wrote {count} {'study' if count == 1 else 'studies'} to {out}")
 

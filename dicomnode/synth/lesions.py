@@ -31,6 +31,9 @@ Benign mimics (drawn into the image, never into the truth):
   dorsum of the hand, 5–15 mm, 300–5000× soft tissue, i.e. from faint to hotter than the bladder
   (assumption).
 * The bladder is always present (patient parameters) and is listed as a mimic.
+* Open growth plates, for the ``"adolescent"`` population only (:mod:`dicomnode.synth.patient`):
+  a 7 mm band across the proximal humerus, the distal femur and the proximal tibia on both sides,
+  ``physis_to_bone`` (2–4) times the bone; adolescents have no degenerative joints.
 
 Lesions keep at least 10 mm (plus both radii) away from any focal mimic, so a mimic never touches
 a lesion's truth.
@@ -42,7 +45,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dicomnode.synth.anatomy import Joint, Phantom, Structure, side_name
+from dicomnode.synth.anatomy import LEFT, RIGHT, Joint, Phantom, Structure, side_name
 from dicomnode.synth.shapes import Ellipsoid
 
 SITE_FREQUENCIES: dict[str, float] = {
@@ -90,9 +93,9 @@ class Metastasis:
 
 @dataclass(frozen=True)
 class Mimic:
-    """A benign hot spot: degenerative joint, rib fracture, injection site, or the bladder."""
+    """A benign hot spot: degenerative joint, rib fracture, injection site, the bladder, or an open growth plate."""
 
-    kind: str  # "degenerative_joint" | "rib_fracture" | "injection_site" | "bladder"
+    kind: str  # "degenerative_joint" | "rib_fracture" | "injection_site" | "bladder" | "physis"
     site: str
     x: float
     y: float
@@ -125,7 +128,7 @@ def sample_mimics(rng: np.random.Generator, phantom: Phantom) -> list[Mimic]:
     mimics: list[Mimic] = []
     joints = [j for j in phantom.joints.values()
               if any(k in j.name for k in DEGENERATIVE_SITES) and "fossa" not in j.name]
-    n_degenerative = rng.poisson(0.5 + 0.04 * max(p.age_years - 45, 0))
+    n_degenerative = 0 if p.physis_to_bone else rng.poisson(0.5 + 0.04 * max(p.age_years - 45, 0))
     for index in rng.choice(len(joints), size=min(n_degenerative, len(joints)), replace=False):
         joint: Joint = joints[int(index)]
         size = float(rng.uniform(10.0, 25.0))
@@ -158,7 +161,35 @@ def sample_mimics(rng: np.random.Generator, phantom: Phantom) -> list[Mimic]:
     bladder = phantom.bladder
     mimics.append(Mimic("bladder", "bladder", bladder.cx, bladder.cy, max(bladder.a, bladder.b),
                         bladder, 0.0))
+    if p.physis_to_bone:
+        mimics += _physes(rng, phantom)
     return mimics
+
+
+#: Open growth plates (``Patient.physis_to_bone`` > 0): the bone end they cross, and on which side of
+#: its ellipse (-1 its top, +1 its bottom): proximal humerus, distal femur, proximal tibia.
+PHYSES = (("humeral head", 1.0), ("femoral condyles", -1.0), ("tibial plateau", 1.0))
+
+
+def _physes(rng: np.random.Generator, phantom: Phantom) -> list[Mimic]:
+    """A thin band across each of :data:`PHYSES` on both sides, ``physis_to_bone`` times the bone
+    (each site within 10 %, the two sides of a site within 5 % of each other): the symmetric,
+    intense normal uptake of a child's knees and shoulders (dicomnode.synth.patient, "Population")."""
+    p = phantom.patient
+    s = p.height_mm / 1700.0
+    bones = {b.name: b for b in phantom.bones}
+    out = []
+    for part, edge in PHYSES:
+        ratio = p.physis_to_bone * float(rng.uniform(0.9, 1.1))
+        for side in (RIGHT, LEFT):
+            name = f"{side_name(side)} {part}"
+            host = bones[name]
+            e = host.shape
+            y = e.cy + edge * 0.85 * e.b
+            shape = Ellipsoid(e.cx, y, 0.9 * e.a, 3.5 * s, 0.8 * e.c, depth=e.depth)
+            out.append(Mimic("physis", f"{name} physis", e.cx, y, 0.9 * e.a, shape,
+                             (ratio * float(rng.uniform(0.975, 1.025)) - 1.0) * host.concentration))
+    return out
 
 
 def sample_lesions(rng: np.random.Generator, phantom: Phantom, mimics: list[Mimic],

@@ -17,6 +17,15 @@ Every number and its source:
   bladder 40–200× with 150–450 mL urine: a few % of the injected activity in the urine against
   ~14 % spread over ~60 L of soft tissue (notes §3, PubMed 9323270) gives concentration ratios of
   order 100, and the bladder is then often the hottest region.
+* Population (``population``): ``"adult"`` is everything above. ``"adolescent"`` is a paediatric
+  oncology site (osteosarcoma, Ewing sarcoma, neuroblastoma follow-up): age 10–17, both sexes
+  equally, height N(140 + 4 × (age − 10), 7) cm clipped to 125–190 cm, build median 0.9 (σ 0.12,
+  clipped 0.75–1.3), bone 12–20× soft tissue (a growing skeleton takes up more tracer), open growth
+  plates (``physis_to_bone`` 2–4: the physes are the hottest normal bone of a child's scan,
+  symmetric; :func:`dicomnode.synth.lesions.sample_mimics` draws them), no degenerative joints,
+  250–550 MBq. These are assumptions chosen by eye on published paediatric scans, not measured:
+  the population exists to give a simulated site a camera-independent domain shift that an
+  adult-trained model has never seen (docs/training.md, "The site's own model").
 * Acquisition: 450–800 MBq 99mTc-MDP (EANM adult 300–740 MBq, typical 740 MBq; notes §3), imaging
   2–5 h after injection (Zuckier & Martineau 2015), table speed 10–16 cm/min (SNM guideline 10–15),
   detector–skin gap 20–50 mm anterior (body contouring), 25 mm posterior (table + gap); 99mTc
@@ -31,6 +40,8 @@ from enum import Enum
 import numpy as np
 
 TC99M_HALF_LIFE_H = 6.01
+#: Who a simulated site sees (:func:`sample_patient`; the module docstring).
+POPULATIONS = ("adult", "adolescent")
 
 
 class ArmPose(str, Enum):
@@ -57,6 +68,7 @@ class Patient:
     kidney_to_soft: float
     bladder_to_soft: float
     bladder_volume_ml: float
+    physis_to_bone: float = 0.0  # open growth plates' uptake over bone; 0: closed (adults)
 
     def as_dict(self) -> dict:
         out = asdict(self)
@@ -89,8 +101,16 @@ class AcquisitionProtocol:
         return out
 
 
-def sample_patient(rng: np.random.Generator) -> Patient:
-    """Draw a patient (see the module docstring for every range)."""
+def check_population(population: str) -> None:
+    if population not in POPULATIONS:
+        raise ValueError(f"unknown population {population!r}; known: {', '.join(POPULATIONS)}")
+
+
+def sample_patient(rng: np.random.Generator, population: str = "adult") -> Patient:
+    """Draw a patient of ``population`` (see the module docstring for every range)."""
+    check_population(population)
+    if population == "adolescent":
+        return _adolescent(rng)
     sex = "M" if rng.uniform() < 0.6 else "F"
     mean, sd = (1750.0, 70.0) if sex == "M" else (1620.0, 65.0)
     height = float(np.clip(rng.normal(mean, sd), 1500.0, 1950.0))
@@ -114,10 +134,34 @@ def sample_patient(rng: np.random.Generator) -> Patient:
     )
 
 
+def _adolescent(rng: np.random.Generator) -> Patient:
+    """A patient of the ``"adolescent"`` population (module docstring)."""
+    sex = "M" if rng.uniform() < 0.5 else "F"
+    age = int(rng.integers(10, 18))
+    pose = ArmPose(rng.choice([p.value for p in ArmPose], p=[0.60, 0.25, 0.15]))
+    return Patient(
+        sex=sex,
+        age_years=age,
+        height_mm=float(np.clip(rng.normal(1400.0 + 40.0 * (age - 10), 70.0), 1250.0, 1900.0)),
+        build=float(np.clip(0.9 * np.exp(rng.normal(0.0, 0.12)), 0.75, 1.3)),
+        vertex_mm=float(rng.uniform(20.0, 100.0)),
+        shift_mm=float(rng.uniform(-25.0, 25.0)),
+        rotation_deg=float(rng.uniform(-3.0, 3.0)),
+        arm_pose=pose,
+        abduction_deg=float(rng.uniform(10.0, 25.0)) if pose is ArmPose.ABDUCTED else 0.0,
+        feet_apart_mm=float(rng.uniform(60.0, 140.0)),
+        bone_to_soft=float(rng.uniform(12.0, 20.0)),
+        kidney_to_soft=float(rng.uniform(2.0, 6.0)),
+        bladder_to_soft=float(rng.uniform(40.0, 200.0)),
+        bladder_volume_ml=float(rng.uniform(100.0, 300.0)),
+        physis_to_bone=float(rng.uniform(2.0, 4.0)),
+    )
+
+
 def sample_acquisition(rng: np.random.Generator, patient: Patient) -> AcquisitionProtocol:
     """Draw the acquisition; the scan covers the patient plus 50 mm."""
     return AcquisitionProtocol(
-        activity_mbq=float(rng.uniform(450.0, 800.0)),
+        activity_mbq=float(rng.uniform(*((250.0, 550.0) if patient.physis_to_bone else (450.0, 800.0)))),
         hours_post_injection=float(rng.uniform(2.0, 5.0)),
         scan_speed_cm_min=float(rng.uniform(10.0, 16.0)),
         anterior_gap_mm=float(rng.uniform(20.0, 50.0)),

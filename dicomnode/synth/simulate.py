@@ -31,7 +31,13 @@ from dicomnode.synth.anatomy import BONE_SITES, Phantom, build_phantom
 from dicomnode.synth.labels import LabelCanvas, true_midline
 from dicomnode.synth.variants import check_variant, variant_mimics, variant_patient
 from dicomnode.synth.lesions import Metastasis, Mimic, sample_lesions, sample_mimics
-from dicomnode.synth.patient import AcquisitionProtocol, Patient, sample_acquisition, sample_patient
+from dicomnode.synth.patient import (
+    AcquisitionProtocol,
+    Patient,
+    check_population,
+    sample_acquisition,
+    sample_patient,
+)
 from dicomnode.synth.physics import (
     LUNG_WATER_DEFICIT, MU_PER_MM, Grid, Projector, add_scatter, counts_scale, fwhm_to_sigma_px,
     system_fwhm_mm,
@@ -117,9 +123,9 @@ class _Study:
     """The working state of one simulation (kept small: one method per step)."""
 
     def __init__(self, rng: np.random.Generator, rows: int, columns: int, spacing_mm: float,
-                 variant: str | None = None) -> None:
+                 variant: str | None = None, population: str = "adult") -> None:
         self.rng = rng
-        self.patient = sample_patient(rng)
+        self.patient = sample_patient(rng, population)
         self.acquisition = sample_acquisition(rng, self.patient)
         self.patient = variant_patient(variant, self.patient, rng)
         self.phantom: Phantom = build_phantom(self.patient)
@@ -216,18 +222,20 @@ class _Study:
 
 def simulate_study(rng: np.random.Generator | int, *, rows: int = 1024, columns: int = 256,
                    spacing_mm: float = 2.26, variant: str | None = None,
-                   metastases: bool = True) -> SimulatedStudy:
+                   metastases: bool = True, population: str = "adult") -> SimulatedStudy:
     """Simulate one whole-body 99mTc-MDP study (both views), deterministic for a seed.
 
     ``rng`` is a numpy Generator or an integer seed. ``variant`` forces a normal variant
-    (:data:`dicomnode.synth.variants.VARIANTS`); ``metastases=False`` draws none. Raises
-    ``ValueError`` for a matrix or spacing that cannot hold a whole-body scan, or an unknown variant.
+    (:data:`dicomnode.synth.variants.VARIANTS`); ``metastases=False`` draws none; ``population``
+    is who is scanned (:data:`dicomnode.synth.patient.POPULATIONS`). Raises ``ValueError`` for a
+    matrix or spacing that cannot hold a whole-body scan, an unknown variant or population.
     """
     check_matrix(rows, columns, spacing_mm)
     check_variant(variant)
+    check_population(population)
     if not isinstance(rng, np.random.Generator):
         rng = np.random.default_rng(rng)
-    study = _Study(rng, rows, columns, spacing_mm, variant)
+    study = _Study(rng, rows, columns, spacing_mm, variant, population)
     mimics = sample_mimics(rng, study.phantom)
     if variant is not None:
         mimics += variant_mimics(variant, study.phantom, rng)

@@ -25,6 +25,7 @@ import numpy as np
 
 from dicomnode.synth.dicom import StudyIdentity, write_nm_files
 from dicomnode.synth.overlay import write_overlay
+from dicomnode.synth.patient import check_population
 from dicomnode.synth.simulate import SimulatedStudy, check_matrix, simulate_study
 from dicomnode.synth.vendors import VENDORS, write_vendor_exam
 from dicomnode.segmentation.scan import View
@@ -72,12 +73,13 @@ def study_entry(study: SimulatedStudy, ident: StudyIdentity, folder: str, layout
 
 def write_studies(out: Path, *, studies: int, seed: int, layout: str, png: bool, rows: int = 1024,
                   columns: int = 256, spacing_mm: float = 2.26, vendor: str | None = None,
-                  phases: int = 1) -> dict:
+                  phases: int = 1, population: str = "adult") -> dict:
     """Simulate ``studies`` studies into ``out``; return (and write) the manifest dict.
 
     With ``vendor`` each study is a whole exam as that vendor sends it (``layout`` is then the
     vendor's; ``phases`` 2 adds a second whole-body scan), see :mod:`dicomnode.synth.vendors`;
-    ``"mixed"`` takes the vendors in turn (study *i* gets ``VENDORS[(i - 1) % 5]``).
+    ``"mixed"`` takes the vendors in turn (study *i* gets ``VENDORS[(i - 1) % 5]``). ``population``:
+    who is scanned (:data:`dicomnode.synth.patient.POPULATIONS`).
     """
     if vendor is not None and vendor not in (*VENDORS, "mixed"):
         raise ValueError(f"vendor must be one of {VENDORS} or 'mixed', got {vendor!r}")
@@ -86,18 +88,19 @@ def write_studies(out: Path, *, studies: int, seed: int, layout: str, png: bool,
     if not isinstance(studies, int) or studies < 1:
         raise ValueError(f"studies must be a positive integer, got {studies!r}")
     check_matrix(rows, columns, spacing_mm)
+    check_population(population)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     manifest = {
         "generator": "dicomnode-synth", "manifest_version": MANIFEST_VERSION, "seed": seed,
-        "layout": layout, "vendor": vendor, "rows": rows, "columns": columns, "spacing_mm": spacing_mm,
+        "layout": layout, "vendor": vendor, "population": population, "rows": rows, "columns": columns, "spacing_mm": spacing_mm,
         "studies": [],
     }
     for index in range(1, studies + 1):
         study = simulate_study(study_rng(seed, index), rows=rows, columns=columns,
-                               spacing_mm=spacing_mm)
+                               spacing_mm=spacing_mm, population=population)
         ident = StudyIdentity(seed, index)
         folder_name = f"study_{index:04d}"
         folder = out / folder_name

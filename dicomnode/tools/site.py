@@ -211,9 +211,11 @@ class Site:
         return masks, versions
 
 
-def simulate(folder: Path, studies: int, seed: int) -> list[dict]:
-    """``studies`` simulated whole-body studies (one instance per view) with truth; their manifest entries."""
-    return write_studies(folder, studies=studies, seed=seed, layout="split", png=False)["studies"]
+def simulate(folder: Path, studies: int, seed: int, population: str = "adult") -> list[dict]:
+    """``studies`` simulated whole-body studies (one instance per view) of ``population``
+    (:data:`dicomnode.synth.patient.POPULATIONS`) with truth; their manifest entries."""
+    return write_studies(folder, studies=studies, seed=seed, layout="split", png=False,
+                         population=population)["studies"]
 
 
 def correct(site: Site, synth: Path, entries: list[dict], out: Path, seed: int = 0) -> tuple[list[Path], Edits]:
