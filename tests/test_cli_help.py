@@ -39,3 +39,12 @@ def test_synth_offers_every_vendor_profile():
     refused = CliRunner().invoke(app, ["synth", "out", "--vendor", "toshiba"], terminal_width=400)
     assert refused.exit_code == 2
     assert ", ".join([*VENDORS, "mixed"]) in refused.output
+
+def test_learn_folds_override_is_checked_like_the_config_key(tmp_path: Path) -> None:
+    """``dicomnode learn --folds 1`` is refused before anything is opened, as ``[learn] folds = 1`` is."""
+    config = tmp_path / "node.toml"
+    config.write_text(f'[storage]\nvar_dir = "{tmp_path / "var"}"\n')
+    refused = CliRunner().invoke(app, ["learn", "--config", str(config), "--folds", "1"], terminal_width=400)
+    assert refused.exit_code == 2
+    assert "--folds" in refused.output and "at least 2" in refused.output
+    assert not (tmp_path / "var").exists()

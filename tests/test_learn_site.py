@@ -23,7 +23,7 @@ from tests.peers import dcmtk
 # 40 % of the patients held out, so that the gate sees enough abnormal studies (with 40 studies, 5 were held
 # out and the sensitivity interval touched 0 although the candidate found 0.43 against 0.26)
 STUDIES = 60
-EPOCHS = "4"  # the site preset has 8; the shuffled-label control trains 1 (it only has to be refused)
+EPOCHS = "4"  # the site preset has 8; the shuffled-label control trains 1, without folds (it only has to be refused)
 
 
 @pytest.mark.slow
@@ -61,8 +61,9 @@ def test_the_site_learns_from_its_corrections_and_the_gate_refuses_shuffled_labe
 
         assert read_by(later[0]) == {version}  # the next study is read by the activated candidate
 
-        control = learn(site, "--shuffled-labels", "--epochs", "1")
+        control = learn(site, "--shuffled-labels", "--epochs", "1", "--folds", "0")
         assert not control["gate"]["passed"] and not control["activated"] and control["gate"]["reasons"]
+        assert control["data"]["operating_point"]["counted_on"] == "the candidate's own maps"  # --folds 0
         listing = json.loads(dicomnode("models", "--config", str(site.config), "--json", log=tmp_path / "cli.log").stdout)
         assert [(m["version"], m["state"]) for m in listing] == [
             (version, "active"), (control["candidate"]["version"], "candidate")]

@@ -85,12 +85,17 @@ def learn(
     shuffled_labels: bool = typer.Option(False, "--shuffled-labels",
                                          help="Negative control: train on labels shuffled between studies (never activated)."),
     epochs: int | None = typer.Option(None, "--epochs", min=1, help="Override the preset's epochs."),
+    folds: int | None = typer.Option(None, "--folds", help="Override [learn] folds (0: no cross-validation, "
+                                     "the operating point from the candidate's own maps; else 2-10)."),
     by: str | None = BY,
     as_json: bool = typer.Option(False, "--json", help="Print the gate's report as JSON."),
 ) -> None:
     """Train a candidate on the site's corrected studies and let the gate decide (docs/training.md).
 
     Run it under `nice`; [learn] threads limits its torch threads. Nothing is sent anywhere."""
+    from pydantic import ValidationError
+
+    from dicomnode.config import LearnSection
     from dicomnode.learn.gate import render
     from dicomnode.learn.learn import LearnError
     from dicomnode.learn.learn import learn as run_learn
@@ -99,6 +104,12 @@ def learn(
     from dicomnode.train.loop import TrainingError
 
     node = node_config(config)
+    if folds is not None:
+        try:
+            settings = LearnSection.model_validate({**node.learn.model_dump(), "folds": folds})
+        except ValidationError as exc:
+            raise typer.BadParameter(exc.errors()[0]["msg"], param_hint="--folds") from None
+        node = node.model_copy(update={"learn": settings})
     configure_logging(node.logging)
     database = open_database(node)
     with Spool(node.storage.spool_path) as spool:
