@@ -115,47 +115,44 @@ def sample_patient(rng: np.random.Generator, population: str = "adult") -> Patie
     mean, sd = (1750.0, 70.0) if sex == "M" else (1620.0, 65.0)
     height = float(np.clip(rng.normal(mean, sd), 1500.0, 1950.0))
     build = float(np.clip(np.exp(rng.normal(0.0, 0.12)), 0.8, 1.4))
-    pose = ArmPose(rng.choice([p.value for p in ArmPose], p=[0.60, 0.25, 0.15]))
-    return Patient(
-        sex=sex,
-        age_years=int(rng.integers(45, 86)),
-        height_mm=height,
-        build=build,
-        vertex_mm=float(rng.uniform(20.0, 100.0)),
-        shift_mm=float(rng.uniform(-25.0, 25.0)),
-        rotation_deg=float(rng.uniform(-3.0, 3.0)),
-        arm_pose=pose,
-        abduction_deg=float(rng.uniform(10.0, 25.0)) if pose is ArmPose.ABDUCTED else 0.0,
-        feet_apart_mm=float(rng.uniform(60.0, 160.0)),
-        bone_to_soft=float(rng.uniform(8.0, 16.0)),
-        kidney_to_soft=float(rng.uniform(2.0, 6.0)),
-        bladder_to_soft=float(rng.uniform(40.0, 200.0)),
-        bladder_volume_ml=float(rng.uniform(150.0, 450.0)),
-    )
+    pose = _pose(rng)
+    return Patient(sex=sex, age_years=int(rng.integers(45, 86)), height_mm=height, build=build,
+                   **_on_the_table(rng, pose, feet_apart_mm=(60.0, 160.0)),
+                   **_biodistribution(rng, bone_to_soft=(8.0, 16.0), bladder_volume_ml=(150.0, 450.0)))
 
 
 def _adolescent(rng: np.random.Generator) -> Patient:
     """A patient of the ``"adolescent"`` population (module docstring)."""
     sex = "M" if rng.uniform() < 0.5 else "F"
     age = int(rng.integers(10, 18))
-    pose = ArmPose(rng.choice([p.value for p in ArmPose], p=[0.60, 0.25, 0.15]))
-    return Patient(
-        sex=sex,
-        age_years=age,
-        height_mm=float(np.clip(rng.normal(1400.0 + 40.0 * (age - 10), 70.0), 1250.0, 1900.0)),
-        build=float(np.clip(0.9 * np.exp(rng.normal(0.0, 0.12)), 0.75, 1.3)),
-        vertex_mm=float(rng.uniform(20.0, 100.0)),
-        shift_mm=float(rng.uniform(-25.0, 25.0)),
-        rotation_deg=float(rng.uniform(-3.0, 3.0)),
-        arm_pose=pose,
-        abduction_deg=float(rng.uniform(10.0, 25.0)) if pose is ArmPose.ABDUCTED else 0.0,
-        feet_apart_mm=float(rng.uniform(60.0, 140.0)),
-        bone_to_soft=float(rng.uniform(12.0, 20.0)),
-        kidney_to_soft=float(rng.uniform(2.0, 6.0)),
-        bladder_to_soft=float(rng.uniform(40.0, 200.0)),
-        bladder_volume_ml=float(rng.uniform(100.0, 300.0)),
-        physis_to_bone=float(rng.uniform(2.0, 4.0)),
-    )
+    pose = _pose(rng)
+    return Patient(sex=sex, age_years=age,
+                   height_mm=float(np.clip(rng.normal(1400.0 + 40.0 * (age - 10), 70.0), 1250.0, 1900.0)),
+                   build=float(np.clip(0.9 * np.exp(rng.normal(0.0, 0.12)), 0.75, 1.3)),
+                   **_on_the_table(rng, pose, feet_apart_mm=(60.0, 140.0)),
+                   **_biodistribution(rng, bone_to_soft=(12.0, 20.0), bladder_volume_ml=(100.0, 300.0)),
+                   physis_to_bone=float(rng.uniform(2.0, 4.0)))
+
+
+def _pose(rng: np.random.Generator) -> ArmPose:
+    return ArmPose(rng.choice([p.value for p in ArmPose], p=[0.60, 0.25, 0.15]))
+
+
+def _on_the_table(rng: np.random.Generator, pose: ArmPose, feet_apart_mm: tuple[float, float]) -> dict:
+    """Where the patient lies and how the arms and feet are: the ``Patient`` fields of "Position"
+    and "Arm pose" (the same for every population but how far apart the feet are)."""
+    return {"vertex_mm": float(rng.uniform(20.0, 100.0)), "shift_mm": float(rng.uniform(-25.0, 25.0)),
+            "rotation_deg": float(rng.uniform(-3.0, 3.0)), "arm_pose": pose,
+            "abduction_deg": float(rng.uniform(10.0, 25.0)) if pose is ArmPose.ABDUCTED else 0.0,
+            "feet_apart_mm": float(rng.uniform(*feet_apart_mm))}
+
+
+def _biodistribution(rng: np.random.Generator, bone_to_soft: tuple[float, float],
+                     bladder_volume_ml: tuple[float, float]) -> dict:
+    """The ``Patient`` fields of "Biodistribution" (kidneys and bladder concentration alike in every population)."""
+    return {"bone_to_soft": float(rng.uniform(*bone_to_soft)), "kidney_to_soft": float(rng.uniform(2.0, 6.0)),
+            "bladder_to_soft": float(rng.uniform(40.0, 200.0)),
+            "bladder_volume_ml": float(rng.uniform(*bladder_volume_ml))}
 
 
 def sample_acquisition(rng: np.random.Generator, patient: Patient) -> AcquisitionProtocol:
