@@ -97,13 +97,18 @@ def _bezier(p0, p1, p2, n: int = 6) -> list[tuple[float, float]]:
     return [tuple(map(float, p)) for p in pts]
 
 
+def bone_scale(height_mm: float) -> float:
+    """How much a patient's bones are larger than the atlas's (module docstring: scaled by H / 1700 mm)."""
+    return height_mm / 1700.0
+
+
 class _Builder:
     """Builds a :class:`Phantom`; one method per body region, reading like an anatomy chapter."""
 
     def __init__(self, patient: Patient) -> None:
         self.p = patient
         self.H = patient.height_mm
-        self.s = patient.height_mm / 1700.0  # bone size scale
+        self.s = bone_scale(patient.height_mm)
         self.w = patient.build ** 0.8  # soft-tissue width scale
         self.t = patient.build  # soft-tissue thickness scale
         self.bone = patient.bone_to_soft

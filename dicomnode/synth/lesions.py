@@ -45,7 +45,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dicomnode.synth.anatomy import LEFT, RIGHT, Joint, Phantom, Structure, side_name
+from dicomnode.synth.anatomy import LEFT, RIGHT, Joint, Phantom, Structure, bone_scale, side_name
 from dicomnode.synth.shapes import Ellipsoid
 
 SITE_FREQUENCIES: dict[str, float] = {
@@ -176,7 +176,7 @@ def _physes(rng: np.random.Generator, phantom: Phantom) -> list[Mimic]:
     (each site within 10 %, the two sides of a site within 5 % of each other): the symmetric,
     intense normal uptake of a child's knees and shoulders (dicomnode.synth.patient, "Population")."""
     p = phantom.patient
-    s = p.height_mm / 1700.0
+    s = bone_scale(p.height_mm)
     bones = {b.name: b for b in phantom.bones}
     out = []
     for part, edge in PHYSES:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from pydicom.dataset import Dataset
 
-from dicomnode.synth.anatomy import Structure
+from dicomnode.synth.anatomy import Structure, bone_scale
 from dicomnode.synth.physics import add_scatter, counts_scale
 from dicomnode.synth.shapes import Ellipsoid
 from dicomnode.synth.simulate import _Study, to_stored
@@ -39,7 +39,7 @@ def _organs(study: _Study, tracer: str) -> list[Structure]:
               for o in organs]
     if tracer == "sestamibi":
         height = study.patient.height_mm
-        s = height / 1700.0
+        s = bone_scale(height)
         organs += [
             Structure("heart", "heart", Ellipsoid(25 * s, 0.28 * height, 55 * s, 65 * s, 50 * s, depth=0.35), 8.0),
             Structure("liver", "liver", Ellipsoid(-60 * s, 0.33 * height, 90 * s, 70 * s, 70 * s, depth=0.5), 5.0),

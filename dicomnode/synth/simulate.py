@@ -31,13 +31,7 @@ from dicomnode.synth.anatomy import BONE_SITES, Phantom, build_phantom
 from dicomnode.synth.labels import LabelCanvas, true_midline
 from dicomnode.synth.variants import check_variant, variant_mimics, variant_patient
 from dicomnode.synth.lesions import Metastasis, Mimic, sample_lesions, sample_mimics
-from dicomnode.synth.patient import (
-    AcquisitionProtocol,
-    Patient,
-    check_population,
-    sample_acquisition,
-    sample_patient,
-)
+from dicomnode.synth.patient import AcquisitionProtocol, Patient, sample_acquisition, sample_patient
 from dicomnode.synth.physics import (
     LUNG_WATER_DEFICIT, MU_PER_MM, Grid, Projector, add_scatter, counts_scale, fwhm_to_sigma_px,
     system_fwhm_mm,
@@ -232,7 +226,6 @@ def simulate_study(rng: np.random.Generator | int, *, rows: int = 1024, columns:
     """
     check_matrix(rows, columns, spacing_mm)
     check_variant(variant)
-    check_population(population)
     if not isinstance(rng, np.random.Generator):
         rng = np.random.default_rng(rng)
     study = _Study(rng, rows, columns, spacing_mm, variant, population)

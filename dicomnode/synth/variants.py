@@ -26,7 +26,7 @@ import dataclasses
 
 import numpy as np
 
-from dicomnode.synth.anatomy import LEFT, RIGHT, Phantom, side_name
+from dicomnode.synth.anatomy import LEFT, RIGHT, Phantom, bone_scale, side_name
 from dicomnode.synth.lesions import Mimic
 from dicomnode.synth.patient import Patient
 from dicomnode.synth.shapes import Ellipsoid
@@ -74,7 +74,7 @@ def variant_mimics(variant: str | None, phantom: Phantom, rng: np.random.Generat
             points.append((crest.name, point.x, point.y, crest.concentration))
         return _symmetric_points(rng, points, (1.5, 2.5), depth=0.65)
     if variant == "dental-sinus":
-        H, s = phantom.patient.height_mm, phantom.patient.height_mm / 1700.0
+        H, s = phantom.patient.height_mm, bone_scale(phantom.patient.height_mm)
         bone = phantom.patient.bone_to_soft
         spots = [("teeth", 0.0, 0.118 * H, 0.15)] + [
             (f"{side_name(x)} maxillary sinus", x * 22 * s, 0.092 * H, 0.2) for x in (RIGHT, LEFT)]
