@@ -128,6 +128,14 @@ class TaskModelSection(_Section):
         return value
 
 
+class AnatomyModelSection(TaskModelSection):
+    """``[model.anatomy]``: the anatomy map, and whether the shipped learned second stage judges the
+    lesion model's candidates (false: the fixed rules alone; docs/segmentation.md, "Anatomy map and
+    second stage")."""
+
+    second_stage: bool = True
+
+
 class ModelSection(_Section):
     """Every model the node runs: the planar lesion model here, the others in their own table."""
 
@@ -137,7 +145,7 @@ class ModelSection(_Section):
     threshold: float | None = Field(default=None, gt=0, lt=1)
     # send results of models whose card records no validation on real scans (SPECT-only, SPECT/CT)
     unvalidated_results: bool = False
-    anatomy: TaskModelSection = Field(default_factory=TaskModelSection)  # reads the planar lesions
+    anatomy: AnatomyModelSection = Field(default_factory=AnatomyModelSection)  # reads the planar lesions
     spectct: TaskModelSection = Field(default_factory=TaskModelSection)  # SPECT/CT acquisitions
     spect_only: TaskModelSection = Field(default_factory=TaskModelSection)  # SPECT volumes without a CT
 

@@ -160,10 +160,13 @@ def test_the_second_stage_scores_what_its_weights_say(tmp_path):
     """A stage that weighs only asymmetry keeps the asymmetric focus and dismisses the symmetric one."""
     weights = [0.0] * len(FEATURES)
     weights[FEATURES.index("asymmetry")] = 4.0
-    stage = SecondStage(tuple(weights), 0.0, 0.5, (0.0,) * len(FEATURES), (1.0,) * len(FEATURES))
+    stage = SecondStage(tuple(weights), 0.0, 0.5, (0.0,) * len(FEATURES), (1.0,) * len(FEATURES),
+                        calibration=Calibration(0.5, -1.0), lesion_model="default-x")
     stage.save(tmp_path / "stage.json")
     loaded = SecondStage.load(tmp_path / "stage.json")
     assert loaded == stage
+    assert loaded.judges("default-x") and not loaded.judges("site-y")
+    assert loaded.probability(0.5) == pytest.approx(Calibration(0.5, -1.0).probability(0.5))
     features = np.zeros(len(FEATURES))
     assert loaded.score(features) == pytest.approx(0.5)
     features[FEATURES.index("asymmetry")] = 1.0

@@ -27,6 +27,7 @@ import torch
 from dicomnode.config import ModelSection
 from dicomnode.segmentation.device import resolve_device
 from dicomnode.segmentation.inference import WEIGHTS_DIR, Segmenter
+from dicomnode.segmentation.anatomymap import DEFAULT_ANATOMY_CARD
 from dicomnode.segmentation.judgement import DEFAULT_SECOND_STAGE
 from dicomnode.segmentation.modelcard import ModelCardError, load_card
 from dicomnode.segmentation.reading import AnatomyReader
@@ -43,8 +44,9 @@ PLANAR, SPECTCT, SPECT_ONLY = "planar", "spectct", "spect_only"
 
 
 def load_segmenter(weights: str, device: str = "auto", threshold: float | None = None,
-                   anatomy: str = "default") -> Segmenter:
-    """The planar lesion segmenter of ``[model]``, read by the anatomy map of ``[model.anatomy]``.
+                   anatomy: str = "default", second_stage: bool = True) -> Segmenter:
+    """The planar lesion segmenter of ``[model]``, read by the anatomy map of ``[model.anatomy]``
+    and, with ``second_stage``, the shipped second stage where it was fitted for this lesion model.
 
     The card's operating point (threshold, peak, minimum area, flip) is used as it stands, the
     point cross-validated with the model (``dicomnode evaluate`` uses the same); ``threshold`` (config
@@ -62,8 +64,10 @@ def load_segmenter(weights: str, device: str = "auto", threshold: float | None =
         log.warning("[model] threshold %g overrides the model card's %g (a site override: the card's "
                     "operating point was cross-validated at its own threshold)", threshold, segmenter.card.threshold)
         segmenter.card = dataclasses.replace(segmenter.card, threshold=threshold)
-    segmenter.reader = (AnatomyReader.default(device=resolved) if anatomy == "default" else AnatomyReader.from_paths(
-        Path(anatomy), DEFAULT_SECOND_STAGE if DEFAULT_SECOND_STAGE.is_file() else None, resolved))
+    stage = DEFAULT_SECOND_STAGE if second_stage and DEFAULT_SECOND_STAGE.is_file() else None
+    card_path = DEFAULT_ANATOMY_CARD if anatomy == "default" else Path(anatomy)
+    segmenter.reader = AnatomyReader.from_paths(card_path, stage, resolved) \
+        if anatomy != "default" or DEFAULT_ANATOMY_CARD.is_file() else None
     point = segmenter.card.operating_point
     log.info("model [model] (planar whole body): %s %s (%s) on %s, operating point: threshold %g, peak %s, "
              "minimum area %g mm2, flip %s (%s)", segmenter.algorithm.name, segmenter.algorithm.version,
@@ -72,7 +76,11 @@ def load_segmenter(weights: str, device: str = "auto", threshold: float | None =
              "on" if point.test_time_flip else "off", "site override" if threshold is not None else "model card")
     if segmenter.reader is not None:
         card = segmenter.reader.mapper.card
-        log.info("model [model.anatomy]: %s %s (%s), reads the planar lesions", card.name, card.version, card.network)
+        stage = segmenter.reader.stage_for(segmenter.card.version)
+        log.info("model [model.anatomy]: %s %s (%s), reads the planar lesions with %s", card.name, card.version,
+                 card.network, "the fixed rules and the learned second stage" if stage is not None else
+                 "the fixed rules alone" + ("" if segmenter.reader.stage is None else
+                                            f" (the second stage was fitted for {segmenter.reader.stage.lesion_model})"))
     return segmenter
 
 
@@ -80,7 +88,8 @@ def load_registry_model(card: Path, config: ModelSection) -> Segmenter:
     """A model of the node's registry (``dicomnode learn``, :mod:`dicomnode.learn.registry`) as the
     planar lesion segmenter: on ``[model] device``, read by ``[model.anatomy]``'s map, at its own
     card's operating point (the site's ``[model] threshold`` override is for the configured model)."""
-    return load_segmenter(str(card), config.device, anatomy=config.anatomy.weights)
+    return load_segmenter(str(card), config.device, anatomy=config.anatomy.weights,
+                          second_stage=config.anatomy.second_stage)
 
 
 def load_volume_segmenter(weights: str, table: str, device: torch.device | str) -> VolumeSegmenter:
@@ -111,7 +120,7 @@ class NodeModels:
         self._loaded = dict(loaded)
         self._loaders: dict[str, Callable[[], object]] = {
             PLANAR: lambda: load_segmenter(self.config.weights, self.config.device, self.config.threshold,
-                                           self.config.anatomy.weights),
+                                           self.config.anatomy.weights, self.config.anatomy.second_stage),
             SPECTCT: lambda: load_volume_segmenter(self.config.spectct.weights, SPECTCT, self.device),
             SPECT_ONLY: lambda: load_volume_segmenter(self.config.spect_only.weights, SPECT_ONLY, self.device),
         }

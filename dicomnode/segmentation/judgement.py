@@ -116,40 +116,56 @@ class Verdict:
 
     candidate: Candidate
     suspicious: bool
-    score: float  # second-stage probability (0 for the fixed rules)
+    score: float  # the probability it reports: the second stage's (calibrated), else the peak's; 0 for the fixed rules
     reason: str  # "suspicious focus", a fixed rule's reason (module docstring), "physiological (second stage)"
 
 
 @dataclass(frozen=True)
 class SecondStage:
-    """Logistic model on :data:`FEATURES` (weights from ``second-stage.json``)."""
+    """Logistic model on :data:`FEATURES` (weights from ``second-stage.json``), fitted on one lesion
+    model's candidates: it judges that model's only (:meth:`judges`), because its features hold
+    that model's probability."""
 
     weights: tuple[float, ...]
     bias: float
-    threshold: float
+    threshold: float  # on the raw score
     mean: tuple[float, ...]
     scale: tuple[float, ...]
     training: dict = field(default_factory=dict)
     candidate_peak: float | None = None  # candidates: components down to this peak probability
+    calibration: Calibration | None = None  # raw score → the probability a reported focus carries
+    lesion_model: str | None = None  # the model card version whose candidates it was fitted on; None: any
 
     def score(self, features: np.ndarray) -> float:
         z = (features - np.asarray(self.mean)) / np.asarray(self.scale)
         return float(1.0 / (1.0 + np.exp(-(z @ np.asarray(self.weights) + self.bias))))
+
+    def probability(self, score: float) -> float:
+        """What a focus with this score reports (the calibrated score; the raw one without a calibration)."""
+        return self.calibration.probability(score) if self.calibration is not None else score
+
+    def judges(self, lesion_model: str) -> bool:
+        """Whether this stage judges the candidates of the lesion model with card version ``lesion_model``."""
+        return self.lesion_model is None or self.lesion_model == lesion_model
 
     @classmethod
     def load(cls, path: Path = DEFAULT_SECOND_STAGE) -> SecondStage:
         data = json.loads(Path(path).read_text())
         if tuple(data.get("features", ())) != FEATURES:
             raise ValueError(f"{path}: features {data.get('features')} are not this code's {list(FEATURES)}")
+        calibration = data.get("calibration")
         return cls(tuple(data["weights"]), float(data["bias"]), float(data["threshold"]),
                    tuple(data["mean"]), tuple(data["scale"]), data.get("training", {}),
-                   data.get("candidate_peak"))
+                   data.get("candidate_peak"), Calibration.from_dict(calibration) if calibration else None,
+                   data.get("lesion_model"))
 
     def save(self, path: Path) -> None:
         Path(path).write_text(json.dumps({
             "features": list(FEATURES), "weights": list(self.weights), "bias": self.bias,
             "threshold": self.threshold, "mean": list(self.mean), "scale": list(self.scale),
-            "candidate_peak": self.candidate_peak, "training": self.training}, indent=2) + "\n")
+            "candidate_peak": self.candidate_peak,
+            "calibration": self.calibration.to_dict() if self.calibration is not None else None,
+            "lesion_model": self.lesion_model, "training": self.training}, indent=2) + "\n")
 
 
 def candidates(images: Mapping[View, ViewImage], results: Mapping[View, ViewResult],
@@ -209,7 +225,7 @@ def judge(found: Sequence[Candidate], stage: SecondStage | None,
         else:
             score = stage.score(candidate.features())
             suspicious = score >= stage.threshold
-            verdicts.append(Verdict(candidate, suspicious, score,
+            verdicts.append(Verdict(candidate, suspicious, stage.probability(score),
                                     "suspicious focus" if suspicious else "physiological (second stage)"))
     return verdicts
 

@@ -48,14 +48,21 @@ class AnatomyReader:
     def from_paths(card: Path, stage: Path | None, device=None) -> AnatomyReader:
         return AnatomyReader(AnatomyMapper.from_card(card, device), SecondStage.load(stage) if stage else None)
 
+    def stage_for(self, lesion_model: str) -> SecondStage | None:
+        """The second stage, if it judges the lesion model with card version ``lesion_model``."""
+        return self.stage if self.stage is not None and self.stage.judges(lesion_model) else None
+
     def read(self, result: SegmentationResult, point: OperatingPoint | None = None) -> SegmentationResult:
         """``result`` read on the map; ``point`` is the lesion model's operating point, whose peak
-        threshold the second stage lowers to its own ``candidate_peak`` (it ranks the candidates)."""
-        if self.stage is not None and self.stage.candidate_peak is not None:
+        threshold the second stage lowers to its own ``candidate_peak`` (it ranks the candidates). A
+        stage fitted on another lesion model's candidates is not used (:meth:`SecondStage.judges`):
+        the fixed rules alone read the result."""
+        stage = self.stage_for(result.algorithm.version)
+        if stage is not None and stage.candidate_peak is not None:
             result = with_candidates(result, dataclasses.replace(point or OperatingPoint(),
-                                                                 peak_threshold=self.stage.candidate_peak))
+                                                                 peak_threshold=stage.candidate_peak))
         anatomy = self.mapper.map(result.scan)
-        verdicts = judge(candidates(result.scan.views, result.views, anatomy), self.stage,
+        verdicts = judge(candidates(result.scan.views, result.views, anatomy), stage,
                          point.calibration if point is not None else None)
         views: dict = {}
         dismissed: list[Dismissal] = []

@@ -117,11 +117,9 @@ def judged_studies(roots: Sequence[Path]) -> dict[str, LabelledStudy]:
     return {s.key: s for s in load_training_data(roots).studies if s.boxes}
 
 
-def fold_maps(cv: Path, number: int, judged: Mapping[str, LabelledStudy], threshold: float,
-              reader: AnatomyReader | None = None) -> tuple[list[StudyCandidates], tuple[np.ndarray, np.ndarray]]:
-    """Fold ``number``'s held-out studies' candidates at ``threshold`` from its saved maps, and its
-    crops' (scores, labels); with ``reader``, only those the anatomy reading keeps
-    (:func:`dicomnode.segmentation.reading.physiological_removed`)."""
+def saved_maps(cv: Path, number: int, judged: Mapping[str, LabelledStudy]) -> tuple[dict[str, dict[View, np.ndarray]], Any]:
+    """Fold ``number``'s held-out probability maps by study key (``fold<k>/oof.npz``, written by
+    :mod:`dicomnode.train.crossval`), and the open file (its crop arrays)."""
     saved = np.load(cv / f"fold{number}" / "oof.npz")
     names = [n for n in saved.files if "/" in n]
     keys = sorted({n.rsplit("/", 1)[0] for n in names})
@@ -130,11 +128,20 @@ def fold_maps(cv: Path, number: int, judged: Mapping[str, LabelledStudy], thresh
         raise ValueError(f"fold {number}: studies {missing[:3]} are not in --data (same folders, same order?)")
     maps = {k: {View(n.rsplit("/", 1)[1]): saved[n].astype(np.float32) for n in names if n.rsplit("/", 1)[0] == k}
             for k in keys}
+    return maps, saved
+
+
+def fold_maps(cv: Path, number: int, judged: Mapping[str, LabelledStudy], threshold: float,
+              reader: AnatomyReader | None = None) -> tuple[list[StudyCandidates], tuple[np.ndarray, np.ndarray]]:
+    """Fold ``number``'s held-out studies' candidates at ``threshold`` from its saved maps, and its
+    crops' (scores, labels); with ``reader``, only those the anatomy reading keeps
+    (:func:`dicomnode.segmentation.reading.physiological_removed`)."""
+    maps, saved = saved_maps(cv, number, judged)
     if reader is not None:
         maps = {k: physiological_removed(reader, judged[k].scan, m, threshold) for k, m in maps.items()}
     crops = (np.asarray(saved["crop_scores"], float), np.asarray(saved["crop_labels"], bool)) \
         if "crop_scores" in saved.files else (np.zeros(0), np.zeros(0, bool))
-    return study_candidates([judged[k] for k in keys], maps, threshold), crops
+    return study_candidates([judged[k] for k in maps], maps, threshold), crops
 
 
 def load_folds(cv: Path, roots: Sequence[Path]) -> tuple[list[FoldCandidates], dict[str, Any]]:

@@ -10,11 +10,12 @@ scored from the runs' saved out-of-fold maps (``fold<k>/oof.npz``) on the folds 
 finished, so a run stopped early still gives a point on the same patients: each fold's operating
 point (pixel threshold 0.3, the most sensitive peak threshold within ``--max-fp`` false positives
 per study) is chosen on the other common folds, as :mod:`dicomnode.train.crossval` does, and the
-table holds each share's mean ± std over those folds. With ``--reading`` the maps are first read as
-the worker reads them, with the shipped anatomy map and the fixed rules (the components they dismiss
-are removed, :func:`dicomnode.segmentation.reading.physiological_removed`), and the operating points
-are chosen on what remains: the node's whole reading cross-validated; a single run gives its
-table. docs/training.md, "Calibration, fold averaging and the learning curve".
+table holds each share's mean ± std over those folds. With ``--reading`` the maps are first read
+with the shipped anatomy map and the fixed rules (the components they dismiss are removed,
+:func:`dicomnode.segmentation.reading.physiological_removed`), and the operating points are chosen
+on what remains; a single run gives its table. The shipped second stage is left out: it was fitted
+on these out-of-fold maps, and :mod:`dicomnode.train.secondstage` cross-validates it.
+docs/training.md, "Calibration, fold averaging and the learning curve".
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from dicomnode.segmentation.anatomymap import DEFAULT_ANATOMY_CARD, AnatomyMapper
 from dicomnode.segmentation.modelcard import load_card
 from dicomnode.segmentation.reading import AnatomyReader
 
@@ -123,9 +125,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="read the maps with the shipped anatomy map and fixed rules first")
     parser.add_argument("--out", type=Path, default=Path("runs/learning-curve"))
     args = parser.parse_args(argv)
-    reader = AnatomyReader.default() if args.reading else None
-    if args.reading and reader is None:
+    if args.reading and not DEFAULT_ANATOMY_CARD.is_file():
         parser.error("--reading: the anatomy map is not shipped in this checkout")
+    # the fixed rules only: the shipped second stage was fitted on these out-of-fold maps
+    reader = AnatomyReader(AnatomyMapper.default(), None) if args.reading else None
     curve = points(args.runs, args.data, args.max_fp, reader)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "learning-curve.json").write_text(json.dumps(curve, indent=2) + "\n")

@@ -1,45 +1,69 @@
 """Fit the second stage that judges each lesion candidate on the anatomy map (dicomnode.segmentation.judgement).
 
-    python -m dicomnode.train.secondstage --real /work/shared/realdata/bs80k-wholebody --sim-per-variant 4 \
-        --out dicomnode/segmentation/weights/second-stage.json
+    python -m dicomnode.train.secondstage --cv runs/cv-100 --data REAL/bs80k-wholebody --data REAL/bs80k-chest \\
+        --data data/synth-mix --out dicomnode/segmentation/weights/second-stage.json
 
-Candidates are the shipped lesion model's components, collected down to peak probability
-``--collect-peak`` (0.5; the shipped operating point is 0.977) so that the table can say whether a
-second stage ranks lesions the operating point drops; the saved stage judges candidates down to
-``--candidate-peak`` (default: the shipped 0.977). Each is measured on the anatomy map
-(:func:`dicomnode.segmentation.judgement.candidates`); those the fixed rules decide (urine, extra-osseous
-uptake, injection site) are left out of the fit. Labels: on real studies a candidate touching an
-``Abnormal`` box is a lesion, every other one (a ``Normal`` box or nothing) is not; on simulated
-studies — the normal variants of :mod:`dicomnode.synth.variants`, with and without metastases — a
-candidate overlapping the truth mask is a lesion. The model is an L2-penalised logistic regression
-on standardised features with balanced class weights (:func:`logistic_fit`, Newton's method). Its
-threshold keeps the false positives of the real studies within ``--max-fp`` per study. The table
-printed (and kept in the stage's ``training``) is on the real development half: the shipped model
-alone, with the fixed rules, and with the second stage cross-validated by patient (5 folds; each
-fold scored by a stage fitted and thresholded without it). The candidates are saved (``--examples``)
-so that ``--from-examples`` refits without running the models again.
+``--cv`` is a :mod:`dicomnode.train.crossval` run of the shipped lesion model's recipe and ``--data`` its
+folders in the same order. **Candidates** are the components (pixel threshold 0.3, peak down to
+``--candidate-peak``, 0.5; the lesion model's own operating point is 0.977) of each development
+study's **out-of-fold** probability maps (``fold<k>/oof.npz``): the fold model that drew them never
+trained on the study, so they are what the shipped model gives on a new scan. (The shipped model's
+own candidates on the studies it trained on are over-confident: a stage fitted on them judged the
+lesions the fold models find worse than the peak probability alone; CHANGELOG 2026-12-07.) Each is
+measured on the anatomy map (:func:`dicomnode.segmentation.judgement.candidates`); those a fixed rule
+decides (urine, extra-osseous uptake, injection site, facial bones, forearms and hands) are left out
+of the fit. A candidate touching an ``Abnormal`` box is a lesion, every other one (a ``Normal`` box or
+nothing) is not. ``--sim-per-variant N`` adds N simulated studies per normal variant of
+:mod:`dicomnode.synth.variants` (with and without metastases, read by the shipped model; a candidate
+overlapping the truth is a lesion); off by default, because with them the stage ranked the real
+candidates worse (docs/training.md, "Anatomy map and second stage").
+
+The model is an L2-penalised logistic regression on standardised features with balanced class
+weights (:func:`logistic_fit`, Newton's method). Its **threshold** keeps the false positives within
+``--max-fp`` per study on the stage's own out-of-fold scores (each cross-validation fold scored by
+the stage fitted on the other folds), not on the scores of the candidates it was fitted on, which
+are optimistic. Its **calibration** (:class:`dicomnode.segmentation.calibration.Calibration`) is a
+Platt map fitted on the same out-of-fold scores: the probability a reported focus carries.
+
+The **table** (kept in the stage's ``training``) is cross-validated on the run's own folds, nested:
+fold ``k`` is read by a stage fitted, thresholded and calibrated on the other folds only (so the
+threshold comes from an inner cross-validation on those), against the lesion model's peak alone
+after the fixed rules, its peak threshold chosen on the other folds at the same ``--max-fp``. The
+candidates are saved (``--examples``) so that ``--from-examples`` refits without the models.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import pickle
 import json
 import logging
+import pickle
+import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from dicomnode.segmentation.anatomymap import DEFAULT_ANATOMY_CARD, AnatomyMapper
 from dicomnode.segmentation.inference import Segmenter
 from dicomnode.segmentation.judgement import Candidate, SecondStage, candidates, judge
+from dicomnode.segmentation.postprocess import OperatingPoint, view_result
 from dicomnode.segmentation.reading import with_candidates
-from dicomnode.segmentation.result import SegmentationResult
 from dicomnode.segmentation.scan import BoneScan, View
 
+from .boxscore import roc_auc
+from .calibration import fit_platt, judged_studies, reliability, saved_maps
+from .crossval import mean_std
+from .study import LabelledStudy
+
 log = logging.getLogger(__name__)
+
+#: The pixel threshold of the candidates (the lesion model's own, ``threshold`` in its card).
+PIXEL_THRESHOLD = 0.3
+MEASURES = ("lesion_sensitivity", "mean_study_sensitivity", "false_positives_per_study", "normal_marked_fraction",
+            "study_auc")
 
 
 @dataclass(frozen=True)
@@ -54,12 +78,7 @@ class Example:
     normal_boxes: frozenset[tuple[str, int]]
     real: bool
     rule: str | None = None  # the fixed rule that dismissed it (urine, extra-osseous); None: learnable
-
-
-def candidate_result(segmenter: Segmenter, scan: BoneScan, peak: float) -> SegmentationResult:
-    """The lesion model's result with components kept down to peak probability ``peak``."""
-    point = dataclasses.replace(segmenter.card.operating_point, peak_threshold=peak)
-    return with_candidates(segmenter.segment(scan), point)
+    fold: int = 0  # the cross-validation fold that held its study out (0: simulated, always in training)
 
 
 def ruled(found: list[Candidate]) -> list[tuple[Candidate, str | None]]:
@@ -79,21 +98,40 @@ def _touches(candidate: Candidate, mask: np.ndarray, boxes) -> tuple[frozenset, 
     return frozenset(abnormal), frozenset(normal)
 
 
-def real_examples(folder: Path, segmenter: Segmenter, mapper: AnatomyMapper, peak: float) -> tuple[list[Example], dict]:
-    """Candidates of every BS-80K study under ``folder``, and each study's box counts."""
-    from dicomnode.train.bs80k import load_wholebody_folder
+def study_examples(study: LabelledStudy, maps: Mapping[View, np.ndarray], mapper: AnatomyMapper, peak: float,
+                   fold: int) -> list[Example]:
+    """The candidates of one boxed study's probability maps, measured on its anatomy map and labelled by its boxes."""
+    point = OperatingPoint(peak_threshold=peak)
+    views = {view: view_result(study.scan.views[view], probability, PIXEL_THRESHOLD, point)
+             for view, probability in maps.items()}
+    examples = []
+    for candidate, rule in ruled(candidates(study.scan.views, views, mapper.map(study.scan))):
+        view = candidate.lesion.view
+        hit_a, hit_n = _touches(candidate, views[view].mask, study.boxes.get(view, ()))
+        examples.append(Example(study.key, study.patient_id, candidate, bool(hit_a), hit_a, hit_n, True, rule, fold))
+    return examples
 
+
+def box_counts(study: LabelledStudy, fold: int) -> dict[str, Any]:
+    return {"patient": study.patient_id, "fold": fold,
+            "abnormal_boxes": sum(b.kind == "Abnormal" for boxes in study.boxes.values() for b in boxes),
+            "normal_boxes": sum(b.kind == "Normal" for boxes in study.boxes.values() for b in boxes)}
+
+
+def out_of_fold_examples(cv: Path, roots: Sequence[Path], mapper: AnatomyMapper,
+                         peak: float) -> tuple[list[Example], dict[str, dict[str, Any]]]:
+    """Every held-out study's candidates from ``cv``'s saved maps, and each study's fold and box counts."""
+    judged = judged_studies(roots)
+    folds = sorted(int(f.name[4:]) for f in cv.glob("fold*") if f.name[4:].isdigit() and (f / "oof.npz").is_file())
+    if len(folds) < 3:
+        raise ValueError(f"{cv}: {len(folds)} fold(s) with saved maps; the nested table needs three")
     examples, studies = [], {}
-    for study in load_wholebody_folder(folder):
-        result = candidate_result(segmenter, study.scan, peak)
-        anatomy = mapper.map(study.scan)
-        abnormal = sum(b.kind == "Abnormal" for boxes in study.boxes.values() for b in boxes)
-        normal = sum(b.kind == "Normal" for boxes in study.boxes.values() for b in boxes)
-        studies[study.key] = {"patient": study.patient_id, "abnormal_boxes": abnormal, "normal_boxes": normal}
-        for candidate, rule in ruled(candidates(study.scan.views, result.views, anatomy)):
-            view = candidate.lesion.view
-            hit_a, hit_n = _touches(candidate, result.views[view].mask, study.boxes.get(view, ()))
-            examples.append(Example(study.key, study.patient_id, candidate, bool(hit_a), hit_a, hit_n, True, rule))
+    for fold in folds:
+        maps, _ = saved_maps(cv, fold, judged)
+        for key, views in maps.items():
+            studies[key] = box_counts(judged[key], fold)
+            examples += study_examples(judged[key], views, mapper, peak, fold)
+        log.info("fold %d: %d studies, %d candidates so far", fold, len(maps), len(examples))
     return examples, studies
 
 
@@ -111,13 +149,13 @@ def simulated_examples(seeds: range, segmenter: Segmenter, mapper: AnatomyMapper
     from dicomnode.synth.variants import VARIANTS
 
     examples = []
+    point = OperatingPoint(peak_threshold=peak)
     for seed in seeds:
         variant = VARIANTS[seed % len(VARIANTS)]
         study = simulate_study(seed, variant=variant, metastases=bool(seed // len(VARIANTS) % 2))
         scan = simulated_scan(study, seed)
-        result = candidate_result(segmenter, scan, peak)
-        anatomy = mapper.map(scan)
-        for candidate, rule in ruled(candidates(scan.views, result.views, anatomy)):
+        result = with_candidates(segmenter.segment(scan), point)
+        for candidate, rule in ruled(candidates(scan.views, result.views, mapper.map(scan))):
             view = candidate.lesion.view
             r0, c0, r1, c1 = candidate.lesion.bbox
             lesion = bool(study.truth[view][r0:r1, c0:c1].any())
@@ -145,132 +183,170 @@ def logistic_fit(x: np.ndarray, y: np.ndarray, l2: float = 1.0, iterations: int 
     return beta[:k], float(beta[k])
 
 
-def fit(examples: list[Example], real_studies: int, max_fp: float, peak: float) -> SecondStage:
-    """Logistic regression on the learnable ``examples``; threshold from the real ones (module docstring)."""
-    examples = [e for e in examples if e.rule is None]
-    x = np.stack([e.candidate.features() for e in examples])
-    y = np.array([e.lesion for e in examples])
+def _learnable(examples: Sequence[Example]) -> list[Example]:
+    return [e for e in examples if e.rule is None]
+
+
+def _weights(examples: Sequence[Example]) -> SecondStage:
+    """The logistic model on the learnable ``examples`` (threshold not yet chosen)."""
+    learnable = _learnable(examples)
+    x = np.stack([e.candidate.features() for e in learnable])
+    y = np.array([e.lesion for e in learnable])
+    if y.all() or not y.any():
+        raise ValueError("the second stage needs lesion and non-lesion candidates")
     mean, scale = x.mean(axis=0), np.where(x.std(axis=0) > 1e-9, x.std(axis=0), 1.0)
     weights, bias = logistic_fit((x - mean) / scale, y)
-    stage = SecondStage(tuple(map(float, weights)), float(bias), 0.5, tuple(map(float, mean)), tuple(map(float, scale)))
-    real = [e for e in examples if e.real]
-    scores = np.array([stage.score(e.candidate.features()) for e in real])
-    negatives = np.sort(scores[[not e.lesion for e in real]])[::-1]
-    allowed = int(np.floor(max_fp * real_studies))
-    threshold = float(negatives[allowed] + 1e-6) if allowed < len(negatives) else 0.0
-    return SecondStage(stage.weights, stage.bias, min(max(threshold, 1e-6), 1.0), stage.mean, stage.scale,
-                       candidate_peak=peak)
+    return SecondStage(tuple(map(float, weights)), float(bias), 0.5, tuple(map(float, mean)), tuple(map(float, scale)))
 
 
-def box_scores(examples: list[Example], studies: dict, stage: SecondStage | None) -> dict[str, float]:
-    """Lesion sensitivity, mean per-study sensitivity, false positives per study, Normal boxes marked
-    and study AUC of the real ``examples`` kept by ``stage`` (None: every candidate)."""
-    from dicomnode.train.boxscore import roc_auc
+def out_of_fold_scores(real: Sequence[Example], simulated: Sequence[Example]) -> list[tuple[Example, float]]:
+    """Each learnable real example with the score of the stage fitted on the other folds (and ``simulated``)."""
+    scored = []
+    for fold in sorted({e.fold for e in real}):
+        stage = _weights([e for e in real if e.fold != fold] + list(simulated))
+        scored += [(e, stage.score(e.candidate.features())) for e in _learnable(real) if e.fold == fold]
+    return scored
 
-    kept = [e for e in examples if stage is None or (e.rule is None and stage.score(e.candidate.features()) >= stage.threshold)]
-    found = {s: set() for s in studies}
-    marked, fp, best = 0, 0, {s: 0.0 for s in studies}
+
+def threshold_at(scored: Sequence[tuple[Example, float]], studies: int, max_fp: float) -> float:
+    """The lowest score threshold whose non-lesions stay within ``max_fp`` per study."""
+    negatives = np.sort([s for e, s in scored if not e.lesion])[::-1]
+    allowed = int(np.floor(max_fp * studies))
+    return float(min(max(negatives[allowed] + 1e-9, 1e-6), 1.0)) if allowed < negatives.size else 1e-6
+
+
+def fit(real: Sequence[Example], simulated: Sequence[Example], studies: int, max_fp: float,
+        peak: float) -> SecondStage:
+    """The stage fitted on every example; threshold and calibration from its out-of-fold scores (module docstring)."""
+    stage = _weights(list(real) + list(simulated))
+    scored = out_of_fold_scores(real, simulated)
+    calibration = fit_platt([s for _, s in scored], [e.lesion for e, _ in scored])
+    return SecondStage(stage.weights, stage.bias, threshold_at(scored, studies, max_fp), stage.mean, stage.scale,
+                       candidate_peak=peak, calibration=calibration)
+
+
+def box_scores(kept: Sequence[Example], studies: Mapping[str, Mapping[str, Any]],
+               study_score: Mapping[str, float]) -> dict[str, float]:
+    """Lesion sensitivity, mean per-study sensitivity, false positives per study, Normal boxes
+    marked (of the reported ``kept`` candidates) and study AUC (of ``study_score``) over ``studies``
+    (:mod:`dicomnode.train.boxscore` defines each)."""
+    found: dict[str, set] = {s: set() for s in studies}
     for e in kept:
         found[e.study] |= set(e.abnormal_boxes)
-        fp += not e.lesion
     marked = len({(e.study, b) for e in kept for b in e.normal_boxes})
-    for e in examples:
-        score = e.candidate.probability if stage is None else stage.score(e.candidate.features())
-        best[e.study] = max(best[e.study], score)
     boxes = sum(s["abnormal_boxes"] for s in studies.values())
     per_study = [len(found[k]) / s["abnormal_boxes"] for k, s in studies.items() if s["abnormal_boxes"]]
-    return {"studies": len(studies), "lesion_sensitivity": round(sum(len(v) for v in found.values()) / max(boxes, 1), 4),
-            "mean_study_sensitivity": round(float(np.mean(per_study)) if per_study else float("nan"), 4),
-            "false_positives_per_study": round(fp / max(len(studies), 1), 4),
-            "normal_marked_fraction": round(marked / max(sum(s["normal_boxes"] for s in studies.values()), 1), 4),
-            "study_auc": round(roc_auc([best[k] for k in studies], [s["abnormal_boxes"] > 0 for s in studies.values()]), 4)}
+    return {"lesion_sensitivity": sum(len(v) for v in found.values()) / boxes if boxes else float("nan"),
+            "mean_study_sensitivity": float(np.mean(per_study)) if per_study else float("nan"),
+            "false_positives_per_study": sum(not e.lesion for e in kept) / max(len(studies), 1),
+            "normal_marked_fraction": marked / max(sum(s["normal_boxes"] for s in studies.values()), 1),
+            "study_auc": roc_auc([study_score.get(k, 0.0) for k in studies],
+                                 [s["abnormal_boxes"] > 0 for s in studies.values()])}
 
 
-def crossvalidate(real: list[Example], sim: list[Example], studies: dict, folds: int, max_fp: float,
-                  peak: float, seed: int = 42) -> dict[str, float]:
-    """Patient-level k-fold: out-of-fold scores of the real studies, pooled over the folds."""
-    patients = sorted({s["patient"] for s in studies.values()})
-    order = np.random.default_rng(seed).permutation(len(patients))
-    fold_of = {patients[i]: k % folds for k, i in enumerate(order)}
-    from dicomnode.train.boxscore import roc_auc
+def _highest(scored: Sequence[tuple[Example, float]]) -> dict[str, float]:
+    best: dict[str, float] = {}
+    for e, score in scored:
+        best[e.study] = max(best.get(e.study, 0.0), score)
+    return best
 
-    kept: list[Example] = []
-    best = {key: 0.0 for key in studies}  # each study's highest out-of-fold score
-    for fold in range(folds):
-        train = [e for e in real if fold_of[e.patient] != fold]
-        n_train = sum(fold_of[s["patient"]] != fold for s in studies.values())
-        stage = fit(train + sim, n_train, max_fp, peak)
-        for e in real:
-            if fold_of[e.patient] == fold and e.rule is None:
-                score = stage.score(e.candidate.features())
-                best[e.study] = max(best[e.study], score)
-                if score >= stage.threshold:
-                    kept.append(e)
-    auc = roc_auc([best[k] for k in studies], [s["abnormal_boxes"] > 0 for s in studies.values()])
-    return box_scores(kept, studies, None) | {"study_auc": round(auc, 4)}
+
+def crossvalidate(real: Sequence[Example], simulated: Sequence[Example], studies: Mapping[str, Mapping[str, Any]],
+                  max_fp: float) -> dict[str, Any]:
+    """The nested table of the module docstring: per fold, then mean ± std over folds."""
+    rows: dict[str, list[dict[str, float]]] = {"peak": [], "stage": [], "ceiling": []}
+    for fold in sorted({e.fold for e in real}):
+        train = [e for e in real if e.fold != fold]
+        held = _learnable([e for e in real if e.fold == fold])
+        train_studies = sum(s["fold"] != fold for s in studies.values())
+        mine = {k: s for k, s in studies.items() if s["fold"] == fold}
+        by_peak = [(e, e.candidate.probability) for e in held]
+        peak = threshold_at([(e, e.candidate.probability) for e in _learnable(train)], train_studies, max_fp)
+        rows["peak"].append(box_scores([e for e, p in by_peak if p >= peak], mine, _highest(by_peak)))
+        stage = _weights(train + list(simulated))
+        threshold = threshold_at(out_of_fold_scores(train, simulated), train_studies, max_fp)
+        by_stage = [(e, stage.score(e.candidate.features())) for e in held]
+        rows["stage"].append(box_scores([e for e, s in by_stage if s >= threshold], mine, _highest(by_stage)))
+        rows["ceiling"].append(box_scores(held, mine, _highest(by_peak)))
+    return {name: {"folds": values, **mean_std(values, MEASURES)} for name, values in rows.items()}
+
+
+ROWS = {"ceiling": "every candidate down to the candidate peak + fixed rules (no threshold)",
+        "peak": "lesion model's peak + fixed rules, peak threshold nested",
+        "stage": "lesion model + fixed rules + learned second stage, nested"}
+
+
+def markdown(table: Mapping[str, Any], max_fp: float) -> str:
+    lines = [f"Out of fold, mean ± std over folds; thresholds chosen on the other folds at ≤ {max_fp:g} "
+             "false positives per study.", "",
+             "| reading | " + " | ".join(m.replace("_", " ") for m in MEASURES) + " |", "|---" * (len(MEASURES) + 1) + "|"]
+    for name, label in ROWS.items():
+        cells = [f"{table[name][m]['mean']:.3f} ± {table[name][m]['std']:.3f}" if m in table[name] else "–"
+                 for m in MEASURES]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--real", type=Path, required=True, help="BS-80K whole-body folder (development half)")
-    parser.add_argument("--sim-per-variant", type=int, default=8)
+    parser = argparse.ArgumentParser(prog="python -m dicomnode.train.secondstage", description=__doc__.splitlines()[0])
+    parser.add_argument("--cv", type=Path, help="a dicomnode.train.crossval run of the shipped lesion model's recipe")
+    parser.add_argument("--data", type=Path, action="append", help="the run's data folders, same order (repeatable)")
+    parser.add_argument("--sim-per-variant", type=int, default=0,
+                        help="simulated studies per normal variant added to the fit (default none)")
     parser.add_argument("--sim-seed", type=int, default=700000)
-    parser.add_argument("--collect-peak", type=float, default=0.5,
-                        help="candidates are collected down to this peak probability")
-    parser.add_argument("--candidate-peak", type=float, default=0.977,
-                        help="the saved stage judges candidates down to this peak probability")
+    parser.add_argument("--candidate-peak", type=float, default=0.5,
+                        help="the stage judges the lesion model's components down to this peak probability")
     parser.add_argument("--from-examples", action="store_true",
                         help="refit from the candidates saved by a previous run (--examples)")
     parser.add_argument("--examples", type=Path, default=Path("runs/secondstage-examples.pkl"))
     parser.add_argument("--max-fp", type=float, default=0.5)
-    parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--anatomy", type=Path, default=DEFAULT_ANATOMY_CARD)
     parser.add_argument("--out", type=Path, default=Path("dicomnode/segmentation/weights/second-stage.json"))
     args = parser.parse_args(argv)
+    if not args.from_examples and (args.cv is None or not args.data):
+        parser.error("--cv and --data are needed (or --from-examples)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     from dicomnode.synth.variants import VARIANTS
 
     segmenter = Segmenter.default()
+    if args.cv is not None:
+        preset = json.loads((args.cv / "crossval.json").read_text()).get("preset")
+        if preset != segmenter.card.training.get("preset"):
+            parser.error(f"{args.cv} did not cross-validate the shipped lesion model's recipe: its candidates "
+                         "are not the shipped model's")
     seeds = range(args.sim_seed, args.sim_seed + 2 * len(VARIANTS) * args.sim_per_variant)
     if args.from_examples:
         with open(args.examples, "rb") as stream:
             saved = pickle.load(stream)
-        real, sim, studies = saved["real"], saved["sim"], saved["studies"]
+        real, simulated, studies = saved["real"], saved["simulated"], saved["studies"]
     else:
         mapper = AnatomyMapper.from_card(args.anatomy)
-        real, studies = real_examples(args.real, segmenter, mapper, args.collect_peak)
-        sim = simulated_examples(seeds, segmenter, mapper, args.collect_peak)
+        real, studies = out_of_fold_examples(args.cv, args.data, mapper, args.candidate_peak)
+        simulated = simulated_examples(seeds, segmenter, mapper, args.candidate_peak)
+        args.examples.parent.mkdir(parents=True, exist_ok=True)
         with open(args.examples, "wb") as stream:  # for --from-examples: refits without the models
-            pickle.dump({"real": real, "sim": sim, "studies": studies}, stream)
+            pickle.dump({"real": real, "simulated": simulated, "studies": studies}, stream)
     log.info("%d real candidates (%d lesions), %d simulated (%d lesions)", len(real),
-             sum(e.lesion for e in real), len(sim), sum(e.lesion for e in sim))
-    shipped = [e for e in real if e.candidate.probability >= segmenter.card.operating_point.peak_threshold]
-    negatives = sorted((e.candidate.probability for e in real if not e.lesion), reverse=True)
-    budget = negatives[int(args.max_fp * len(studies))] if int(args.max_fp * len(studies)) < len(negatives) else 0.0
-    table = {"shipped model alone (its operating point)": box_scores(shipped, studies, None),
-             f"shipped model alone, peak threshold raised to {args.max_fp} FP/study (chosen in-sample)":
-                 box_scores([e for e in real if e.candidate.probability > budget], studies, None),
-             "shipped operating point + fixed anatomy rules": box_scores([e for e in shipped if e.rule is None], studies, None),
-             f"candidates at peak {args.collect_peak} + fixed rules, no second stage":
-                 box_scores([e for e in real if e.rule is None], studies, None),
-             f"candidates at peak {args.collect_peak} + second stage, {args.folds}-fold cross-validated by patient":
-                 crossvalidate(real, sim, studies, args.folds, args.max_fp, args.collect_peak)}
-    peak = segmenter.card.operating_point.peak_threshold
-    above = [e for e in real if e.candidate.probability >= peak]
-    table[f"candidates at the shipped peak {peak:.3f} + second stage, {args.folds}-fold cross-validated"] = (
-        crossvalidate(above, [e for e in sim if e.candidate.probability >= peak], studies, args.folds,
-                      args.max_fp, peak))
-    chosen = [e for e in real + sim if e.candidate.probability >= args.candidate_peak]
-    stage = fit(chosen, len(studies), args.max_fp, args.candidate_peak)
-    training = {"command": "python -m dicomnode.train.secondstage " + " ".join(argv or []),
-                "real_studies": len(studies), "real_candidates": len(real), "simulated_candidates": len(sim),
-                "simulated_seeds": f"{seeds.start}-{seeds.stop - 1}", "candidate_peak_threshold": args.candidate_peak,
-                "collected_down_to_peak": args.collect_peak,
-                "max_false_positives_per_study": args.max_fp, "real_development_half": table}
+             sum(e.lesion for e in real), len(simulated), sum(e.lesion for e in simulated))
+    table = crossvalidate(real, simulated, studies, args.max_fp)
+    stage = fit(real, simulated, len(studies), args.max_fp, args.candidate_peak)
+    scored = out_of_fold_scores(real, simulated)
+    labels = [e.lesion for e, _ in scored]
+    training = {"command": " ".join(["python -m dicomnode.train.secondstage", *(argv if argv is not None else sys.argv[1:])]),
+                "cross_validation": str(args.cv), "real_studies": len(studies), "real_candidates": len(real),
+                "learnable_candidates": len(scored), "lesion_candidates": int(sum(labels)),
+                "simulated_candidates": len(simulated),
+                "simulated_seeds": f"{seeds.start}-{seeds.stop - 1}" if seeds else None,
+                "max_false_positives_per_study": args.max_fp,
+                "out_of_fold_reliability": {
+                    "raw": {k: v for k, v in reliability([s for _, s in scored], labels).items() if k != "bins"},
+                    "calibrated_in_sample": {k: v for k, v in reliability(
+                        stage.calibration([s for _, s in scored]), labels).items() if k != "bins"}},
+                "real_development_half": table}
     stage = SecondStage(stage.weights, stage.bias, stage.threshold, stage.mean, stage.scale, training,
-                        args.candidate_peak)
+                        stage.candidate_peak, stage.calibration, segmenter.card.version)
     stage.save(args.out)
-    print(json.dumps(table, indent=2))
+    print(markdown(table, args.max_fp))
 
 
 if __name__ == "__main__":
