@@ -6,8 +6,9 @@ For every normal variant of :mod:`dicomnode.synth.variants` (full bladder, urine
 kidneys, injection site, symmetric degenerative knees / shoulders / iliac crests, dental and sinus
 uptake), ``--studies`` simulated studies without metastases and as many with metastases elsewhere
 (seeds from ``--seed``, disjoint from the second stage's training seeds), each through the node's
-view loader. **before**: the shipped lesion model alone (``Segmenter.default()``, its operating
-point); **after**: the same probabilities read with the anatomy map and the second stage
+view loader, read three ways (each cell: alone → fixed rules → read): **alone**, the shipped lesion
+model (``Segmenter.default()``, its operating point); **fixed rules**, the same probabilities read
+with the anatomy map and the fixed rules only; **read**, with the shipped second stage too
 (:class:`dicomnode.segmentation.reading.AnatomyReader`, as the worker runs it). Per row:
 
 - ``FP/study``: reported lesions (both views) that touch no truth lesion, per study;
@@ -87,6 +88,9 @@ def row_scores(studies: list, masks: list[dict[View, np.ndarray]], variant: str)
             "sensitivity": detected / total if total else float("nan")}
 
 
+READINGS = ("alone", "fixed rules", "read")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--studies", type=int, default=6, help="per variant, with and without metastases each")
@@ -97,38 +101,37 @@ def main(argv: list[str] | None = None) -> None:
     segmenter, reader = Segmenter.default(), AnatomyReader.default()
     if reader is None:
         parser.error("no shipped anatomy map (dicomnode/segmentation/weights/anatomy.json)")
+    readers = {"fixed rules": AnatomyReader(reader.mapper, None), "read": reader}
     started = time.time()
     print(f"lesion model {segmenter.card.version}; anatomy map {reader.mapper.card.version}; second stage "
-          f"{'shipped' if reader.stage else 'none (fixed rules only)'}; {args.studies} studies per row")
-    print("| variant | metastases | FP/study before | FP/study after | benign marks/study before | "
-          "benign marks/study after | on the variant's own hot spot before | after | sensitivity before | "
-          "sensitivity after |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    totals = {"before": [], "after": []}
+          f"{'shipped' if reader.stage_for(segmenter.card.version) else 'none (fixed rules only)'}; "
+          f"{args.studies} studies per row; each cell: {' → '.join(READINGS)}")
+    print("| variant | metastases | FP/study | benign marks/study | on the variant's own hot spot | sensitivity |")
+    print("|---|---|---|---|---|---|")
+    totals: dict[str, list] = {name: [] for name in READINGS}
     seed = args.seed
     for variant in VARIANTS:
         for metastases in (False, True):
-            studies, before, after = [], [], []
+            studies, masks = [], {name: [] for name in READINGS}
             for _ in range(args.studies):
                 study = simulate_study(seed, variant=variant, metastases=metastases)
                 scan = simulated_scan(study, seed)
                 seed += 1
                 result = segmenter.segment(scan)
-                read = reader.read(result, segmenter.card.operating_point)
                 studies.append(study)
-                before.append({v: r.mask for v, r in result.views.items()})
-                after.append({v: r.mask for v, r in read.views.items()})
-            b, a = row_scores(studies, before, variant), row_scores(studies, after, variant)
-            totals["before"].append(b)
-            totals["after"].append(a)
-            print(f"| {variant} | {'yes' if metastases else 'no'} | {b['fp']:.2f} | {a['fp']:.2f} | "
-                  f"{b['benign']:.2f} | {a['benign']:.2f} | {b['own']:.2f} | {a['own']:.2f} | "
-                  f"{b['sensitivity']:.2f} | {a['sensitivity']:.2f} |")
-    mean = {k: {m: float(np.nanmean([r[m] for r in rows])) for m in ("fp", "benign", "own", "sensitivity")}
-            for k, rows in totals.items()}
-    print(f"| all | | {mean['before']['fp']:.2f} | {mean['after']['fp']:.2f} | {mean['before']['benign']:.2f} | "
-          f"{mean['after']['benign']:.2f} | {mean['before']['own']:.2f} | {mean['after']['own']:.2f} | "
-          f"{mean['before']['sensitivity']:.2f} | {mean['after']['sensitivity']:.2f} |")
+                masks["alone"].append({v: r.mask for v, r in result.views.items()})
+                for name, read in readers.items():
+                    masks[name].append({v: r.mask for v, r in read.read(result, segmenter.card.operating_point).views.items()})
+            scores = {name: row_scores(studies, masks[name], variant) for name in READINGS}
+            for name in READINGS:
+                totals[name].append(scores[name])
+            print(f"| {variant} | {'yes' if metastases else 'no'} | " + " | ".join(
+                " → ".join(f"{scores[name][m]:.2f}" for name in READINGS) for m in ("fp", "benign", "own", "sensitivity"))
+                + " |")
+    mean = {name: {m: float(np.nanmean([r[m] for r in rows])) for m in ("fp", "benign", "own", "sensitivity")}
+            for name, rows in totals.items()}
+    print("| all | | " + " | ".join(" → ".join(f"{mean[name][m]:.2f}" for name in READINGS)
+                                   for m in ("fp", "benign", "own", "sensitivity")) + " |")
     print(f"({time.time() - started:.0f} s)")
 
 
