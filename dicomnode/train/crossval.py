@@ -36,7 +36,7 @@ import argparse
 import dataclasses
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,8 @@ from dicomnode.segmentation.modelcard import load_card, update_card
 from dicomnode.segmentation.postprocess import OperatingPoint, lesion_mask
 from dicomnode.segmentation.scan import View
 
-from .boxscore import choose_operating_point, crop_summary, study_candidates, threshold_for_sensitivity, wholebody_scores
+from .boxscore import (StudyCandidates, choose_operating_point, crop_summary, study_candidates,
+                       threshold_for_sensitivity, wholebody_scores)
 from .bs80k import Crop
 from .config import TrainConfig, load_config
 from .crops import crop_scores
@@ -77,6 +78,7 @@ class Fold:
     model: Path
     maps: dict[str, dict[View, np.ndarray]]
     crop_scores: np.ndarray
+    candidates: Searched  # of ``studies`` at every pixel threshold and minimum area searched
 
 
 def _trained(config: TrainConfig, data: TrainingData, out: Path, held_out: list[str], args: argparse.Namespace) -> Path:
@@ -122,13 +124,26 @@ def _save_out_of_fold(path: Path, maps: dict[str, dict[View, np.ndarray]], crops
                         crop_labels=np.array([c.abnormal for c in crops]), crop_scores=scores)
 
 
+#: Candidates of some studies per (pixel threshold, minimum area) searched.
+Searched = Mapping[tuple[float, float], list[StudyCandidates]]
+
+
+def pooled_operating_point(folds: Sequence[Searched], max_fp: float, flip: bool) -> tuple[float, OperatingPoint]:
+    """The pixel threshold and operating point chosen on the candidates of ``folds`` together
+    (:func:`dicomnode.train.boxscore.choose_operating_point`): for a fold, the *other* folds."""
+    pooled = {key: [s for fold in folds for s in fold[key]] for key in folds[0]}
+    threshold, point, _ = choose_operating_point(pooled, max_false_positives=max_fp, test_time_flip=flip)
+    return threshold, point
+
+
+def _searched(studies: Sequence[LabelledStudy], maps: dict, args: argparse.Namespace) -> Searched:
+    at_threshold = {t: study_candidates(studies, maps, t) for t in args.thresholds}  # the area filter needs no relabelling
+    return {(t, a): at_threshold[t] for t in args.thresholds for a in args.min_areas}
+
+
 def _choose(folds: Sequence[Fold], args: argparse.Namespace) -> tuple[float, OperatingPoint, float]:
     """Operating point and crop threshold chosen on the out-of-fold predictions of ``folds``."""
-    studies = [s for f in folds for s in f.studies]
-    maps = {k: v for f in folds for k, v in f.maps.items()}
-    at_threshold = {t: study_candidates(studies, maps, t) for t in args.thresholds}  # the area filter needs no relabelling
-    candidates = {(t, a): at_threshold[t] for t in args.thresholds for a in args.min_areas}
-    threshold, point, _ = choose_operating_point(candidates, max_false_positives=args.max_fp, test_time_flip=args.flip)
+    threshold, point = pooled_operating_point([f.candidates for f in folds], args.max_fp, args.flip)
     scores = np.concatenate([f.crop_scores for f in folds])
     labels = np.concatenate([f.crop_labels for f in folds])
     crop_threshold = threshold_for_sensitivity(scores, labels, 0.90) if labels.size else float("nan")
@@ -136,7 +151,7 @@ def _choose(folds: Sequence[Fold], args: argparse.Namespace) -> tuple[float, Ope
 
 
 def _score(fold: Fold, threshold: float, point: OperatingPoint, crop_threshold: float) -> dict[str, float]:
-    scores = wholebody_scores(study_candidates(fold.studies, fold.maps, threshold), point, threshold)
+    scores = wholebody_scores(fold.candidates[threshold, point.min_area_mm2], point, threshold)
     if fold.crop_labels.size:
         scores.update(crop_summary(fold.crop_scores, fold.crop_labels, crop_threshold))
     return scores
@@ -214,7 +229,8 @@ def crossvalidate(args: argparse.Namespace) -> dict[str, Any]:
         maps, scores = _predict(model, studies, test_crops, args.device)
         _save_out_of_fold(fold_dir / "oof.npz", maps, test_crops, scores)
         folds.append(Fold(k + 1, (len(train_studies), len(train_crops)), studies,
-                          np.array([c.abnormal for c in test_crops], bool), model, maps, scores))
+                          np.array([c.abnormal for c in test_crops], bool), model, maps, scores,
+                          _searched(studies, maps, args)))
         log.info("fold %d/%d: %d studies, %d crops predicted", k + 1, args.folds, len(studies), len(scores))
 
     rows = []

@@ -9,8 +9,9 @@ the same held-out fold); ``--data`` are the runs' data folders in the same order
 scored from the runs' saved out-of-fold maps (``fold<k>/oof.npz``) on the folds **every** run has
 finished, so a run stopped early still gives a point on the same patients: each fold's operating
 point (pixel threshold 0.3, the most sensitive peak threshold within ``--max-fp`` false positives
-per study) is chosen on the other common folds, as :mod:`dicomnode.train.crossval` does, and the
-table holds each share's mean ± std over those folds. With ``--reading`` the maps are first read
+per study) is chosen on the other common folds
+(:func:`dicomnode.train.crossval.pooled_operating_point`), and the table holds each share's mean ±
+std over those folds. With ``--reading`` the maps are first read
 with the shipped anatomy map and the fixed rules (the components they dismiss are removed,
 :func:`dicomnode.segmentation.reading.physiological_removed`), and the operating points are chosen
 on what remains; a single run gives its table. The shipped second stage is left out: it was fitted
@@ -32,9 +33,9 @@ from dicomnode.segmentation.anatomymap import DEFAULT_ANATOMY_CARD, AnatomyMappe
 from dicomnode.segmentation.modelcard import load_card
 from dicomnode.segmentation.reading import AnatomyReader
 
-from .boxscore import StudyCandidates, choose_operating_point, roc_auc, wholebody_scores
+from .boxscore import StudyCandidates, roc_auc, wholebody_scores
 from .calibration import fold_maps, judged_studies
-from .crossval import mean_std
+from .crossval import mean_std, pooled_operating_point
 
 #: The numbers the curve follows (:mod:`dicomnode.train.boxscore`).
 CURVE = ("lesion_sensitivity", "mean_study_sensitivity", "false_positives_per_study", "normal_marked_fraction",
@@ -69,9 +70,8 @@ def points(runs: Sequence[Path], roots: Sequence[Path], max_fp: float,
             folds[k], crops[k] = fold_maps(run, k, judged, PIXEL_THRESHOLD, reader)
         rows = []
         for k in common:
-            others = [s for j in common if j != k for s in folds[j]]
-            threshold, point, _ = choose_operating_point({(PIXEL_THRESHOLD, 0.0): others}, max_false_positives=max_fp,
-                                                         test_time_flip=True)
+            threshold, point = pooled_operating_point([{(PIXEL_THRESHOLD, 0.0): folds[j]} for j in common if j != k],
+                                                      max_fp, flip=True)
             row = wholebody_scores(folds[k], point, threshold)
             row["crop_auc"] = roc_auc(crops[k][0], crops[k][1]) if crops[k][1].size else float("nan")
             rows.append(row)
