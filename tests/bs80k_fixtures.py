@@ -58,6 +58,47 @@ def write_wholebody(root: Path, patient: str, spots: list[HotSpot], *, rows: int
     rng = np.random.default_rng(seed)
     anterior = phantom(rows, columns, spots, rng)
     posterior_stored = phantom(rows, columns, spots, rng)[:, ::-1]
+    boxes = {}
+    for suffix, mirrored in (("ant", False), ("post", True)):
+        boxes[suffix] = []
+        for spot in spots:
+            column = columns - 1 - spot.column if mirrored else spot.column
+            boxes[suffix].append(("Abnormal" if spot.abnormal else "Normal", spot.row - spot.radius - margin,
+                                  column - spot.radius - margin, spot.row + spot.radius + margin,
+                                  column + spot.radius + margin))
+    return _write_study(root, patient, anterior, posterior_stored, boxes, posterior_first=posterior_first)
+
+
+def write_simulated(root: Path, patient: str, study, *, margin: int = 3) -> Path:
+    """A simulated study (:class:`dicomnode.synth.simulate.SimulatedStudy`) as a BS-80K study folder:
+    an ``Abnormal`` box around each truth lesion and a ``Normal`` box around each mimic (the bladder,
+    degenerative joints, ...), on each view's stored frame."""
+    from scipy import ndimage
+
+    from dicomnode.segmentation.scan import View
+
+    boxes = {}
+    for suffix, view in (("ant", View.ANTERIOR), ("post", View.POSTERIOR)):
+        boxes[suffix] = []
+        labels, _ = ndimage.label(study.truth[view] > 0)
+        for rows_slice, cols_slice in ndimage.find_objects(labels):
+            boxes[suffix].append(("Abnormal", max(rows_slice.start - margin, 0), max(cols_slice.start - margin, 0),
+                                  rows_slice.stop - 1 + margin, cols_slice.stop - 1 + margin))
+        for mimic, (row, column) in zip(study.mimics, study.mimic_positions_px):
+            col = column if view is View.ANTERIOR else study.columns - 1 - column
+            radius = mimic.radius_mm / study.spacing_mm + margin
+            boxes[suffix].append(("Normal", max(int(row - radius), 0), max(int(col - radius), 0), int(row + radius),
+                                  int(col + radius)))
+    return _write_study(root, patient, study.images[View.ANTERIOR].astype(np.float32),
+                        study.images[View.POSTERIOR].astype(np.float32), boxes, spacing=study.spacing_mm)
+
+
+def _write_study(root: Path, patient: str, anterior: np.ndarray, posterior_stored: np.ndarray,
+                 boxes: dict[str, list[tuple[str, int, int, int, int]]], *, posterior_first: bool = False,
+                 spacing: float = 2.3976) -> Path:
+    """The two-frame file with private view codes and one VOC file per view (``boxes["ant"]``,
+    ``boxes["post"]``: (name, row0, column0, row1, column1) on the view's stored frame)."""
+    rows, columns = anterior.shape
     frames = [posterior_stored, anterior] if posterior_first else [anterior, posterior_stored]
     stem = f"{patient}_20250628"
     folder = root / patient
@@ -71,7 +112,7 @@ def write_wholebody(root: Path, patient: str, spots: list[HotSpot], *, rows: int
     ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.NumberOfFrames, ds.Rows, ds.Columns = 2, rows, columns
-    ds.PixelSpacing = [2.3976, 2.3976]
+    ds.PixelSpacing = [spacing, spacing]
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
     items = []
     for code, meaning in (("PO", "Posterior"), ("AN", "Anterior")) if posterior_first else (("AN", "Anterior"), ("PO", "Posterior")):
@@ -83,13 +124,8 @@ def write_wholebody(root: Path, patient: str, spots: list[HotSpot], *, rows: int
     ds.DetectorInformationSequence = items
     ds.PixelData = np.stack(frames).astype(np.uint16).tobytes()
     pydicom.dcmwrite(folder / f"{stem}.dcm", ds, enforce_file_format=True)
-    for suffix, mirrored in (("ant", False), ("post", True)):
-        boxes = []
-        for spot in spots:
-            column = columns - 1 - spot.column if mirrored else spot.column
-            boxes.append(("Abnormal" if spot.abnormal else "Normal", spot.row - spot.radius - margin, column - spot.radius - margin,
-                          spot.row + spot.radius + margin, column + spot.radius + margin))
-        _voc(folder / f"{stem}_{suffix}.xml", f"{stem}_{suffix}.png", rows, columns, boxes)
+    for suffix in ("ant", "post"):
+        _voc(folder / f"{stem}_{suffix}.xml", f"{stem}_{suffix}.png", rows, columns, boxes[suffix])
     return folder / f"{stem}.dcm"
 
 

@@ -174,7 +174,7 @@ def evaluate(
     device: str | None = typer.Option(None, help="cpu or cuda (default: CUDA when present)."),
     threads: int | None = typer.Option(None, min=1, help="torch CPU threads."),
     record: str | None = typer.Option(None, "--record-in-card", help="Also store the headline in the (first) model card's metrics under this name."),
-    anatomy: bool = typer.Option(True, "--anatomy/--lesion-model-only", help="Read the lesions on the anatomy map as the node does (labelled-study folders)."),
+    anatomy: bool = typer.Option(True, "--anatomy/--lesion-model-only", help="Read the lesions on the anatomy map as the node does (the fixed rules and the second stage)."),
 ) -> None:
     """Score models as the papers do: DSC / precision / recall ± std, lesion sensitivity, FP per study."""
     import json
@@ -198,7 +198,10 @@ def evaluate(
 
             if len(weights) != 1 or subset is not Subset.all or record:
                 raise ValueError("BS-80K folders are scored for one model on all studies (no --subset, --record-in-card)")
-            scores = evaluate_bs80k(weights[0], data, out, device=device)
+            from dicomnode.segmentation.reading import AnatomyReader
+
+            reader = AnatomyReader.default(device=device) if anatomy else None
+            scores = evaluate_bs80k(weights[0], data, out, device=device, reader=reader)
             typer.echo(json.dumps(scores, indent=2) if as_json else "\n".join(
                 f"{k.replace('_', ' ')}: {v:.3f}" if isinstance(v, float) else f"{k.replace('_', ' ')}: {v}"
                 for k, v in scores.items() if not isinstance(v, (dict, list))))
