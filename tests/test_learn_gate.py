@@ -14,7 +14,8 @@ def test_measures_by_hand() -> None:
     # negatives 0.3, 0.4 -> 1.0
     studies = [StudyScore("p1", 2, 2, 0, 1.9), StudyScore("p2", 2, 1, 1, 1.2),
                StudyScore("p3", 0, 0, 2, 0.3), StudyScore("p4", 0, 0, 1, 0.4)]
-    assert measures(studies) == {"lesion_sensitivity": 0.75, "false_positives_per_study": 1.0, "study_auc": 1.0}
+    assert measures(studies) == {"lesion_sensitivity": 0.75, "mean_study_sensitivity": 0.75,
+                                 "false_positives_per_study": 1.0, "study_auc": 1.0}
     # positives score 0.3 and 1.5 among 0.1, 0.3, 1.2, 1.5 -> ranks 2 and 4: U = 6 - 3 = 3, AUC = 3 / 4
     studies = [StudyScore("p1", 1, 0, 0, 0.3), StudyScore("p2", 1, 1, 0, 1.5),
                StudyScore("p3", 0, 0, 0, 1.2), StudyScore("p4", 0, 0, 0, 0.1)]

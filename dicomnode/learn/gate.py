@@ -52,10 +52,13 @@ class StudyScore:
 
 
 def measures(studies: Sequence[StudyScore]) -> dict[str, float]:
-    """Lesion sensitivity, false positives per study and study AUC of a set of studies (NaN where undefined)."""
+    """Lesion sensitivity, the mean of the abnormal studies' own, false positives per study and study
+    AUC of a set of studies (NaN where undefined)."""
     truth = sum(s.truth_lesions for s in studies)
+    own = [s.detected / s.truth_lesions for s in studies if s.truth_lesions]
     return {
         "lesion_sensitivity": sum(s.detected for s in studies) / truth if truth else math.nan,
+        "mean_study_sensitivity": float(np.mean(own)) if own else math.nan,
         "false_positives_per_study": float(np.mean([s.false_positives for s in studies])) if studies else math.nan,
         "study_auc": roc_auc([s.score for s in studies], [s.truth_lesions > 0 for s in studies]),
     }
@@ -88,22 +91,22 @@ def _percentiles(values: list[float]) -> tuple[float, float]:
 
 
 def differences(candidate: Sequence[StudyScore], active: Sequence[StudyScore], *, runs: int,
-                seed: int = 0) -> dict[str, Interval]:
-    """The difference candidate − active of each measure, with its patient-level bootstrap interval.
-    ``candidate[i]`` and ``active[i]`` are the same study."""
+                seed: int = 0, names: Sequence[str] = MEASURES) -> dict[str, Interval]:
+    """The difference candidate − active of each measure in ``names`` (of :func:`measures`), with its
+    patient-level bootstrap interval. ``candidate[i]`` and ``active[i]`` are the same study."""
     if len(candidate) != len(active) or not candidate:
         raise ValueError("the gate needs the same, non-empty list of held-out studies for both models")
     patients = sorted({s.patient_id for s in candidate})
     rows = {p: [i for i, s in enumerate(candidate) if s.patient_id == p] for p in patients}
     rng = np.random.default_rng(seed)
-    samples: dict[str, list[float]] = {m: [] for m in MEASURES}
+    samples: dict[str, list[float]] = {m: [] for m in names}
     for _ in range(runs):
         chosen = [i for p in rng.choice(patients, size=len(patients), replace=True) for i in rows[str(p)]]
         a, b = measures([candidate[i] for i in chosen]), measures([active[i] for i in chosen])
-        for m in MEASURES:
+        for m in names:
             samples[m].append(a[m] - b[m])
     whole_a, whole_b = measures(candidate), measures(active)
-    return {m: Interval(whole_a[m] - whole_b[m], *_percentiles(samples[m])) for m in MEASURES}
+    return {m: Interval(whole_a[m] - whole_b[m], *_percentiles(samples[m])) for m in names}
 
 
 @dataclass(frozen=True)
