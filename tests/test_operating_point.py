@@ -50,6 +50,7 @@ def test_the_default_is_the_card_s_operating_point_and_an_override_is_logged(cap
 @pytest.mark.network
 @pytest.mark.slow
 def test_node_segment_and_evaluate_give_identical_masks(tmp_path, storescp):
+    from dicomnode.segmentation.reading import AnatomyReader
     from dicomnode.train.datasets import load_studies
     from dicomnode.train.evaluate import evaluate
 
@@ -57,7 +58,8 @@ def test_node_segment_and_evaluate_give_identical_masks(tmp_path, storescp):
     manifest = write_studies(folder, studies=1, seed=2035, layout="multiframe", png=False)
     (study,) = manifest["studies"]
     files = [folder / study["folder"] / f["file"] for f in study["files"]]
-    (evaluated,) = evaluate([DEFAULT_CARD], load_studies(folder), runs=1, device="cpu", anatomy=True).outcomes
+    (evaluated,) = evaluate([DEFAULT_CARD], load_studies(folder), runs=1, device="cpu",
+                            reader=AnatomyReader.default()).outcomes
     expected = {view.value: outcome.prediction.astype(np.uint8) for view, outcome in evaluated.views.items()}
     assert all(mask.any() for mask in expected.values())  # lesions on both views: something to compare
 

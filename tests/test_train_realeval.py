@@ -51,3 +51,21 @@ def test_the_reading_is_scored_as_the_node_reports_it(folder, tmp_path):
     # one that dismisses everything reports nothing: every candidate the fixed rules keep is judged by it
     assert drop["lesion_sensitivity"] == 0 and drop["false_positives_per_study"] == 0
     assert json.loads((tmp_path / "keep" / "bs80k.json").read_text())["lesion_sensitivity"] == keep["lesion_sensitivity"]
+
+
+def test_the_cli_reads_as_asked(folder, tmp_path):
+    """``dicomnode evaluate``: the node's reading by default, ``--fixed-rules-only`` without the second
+    stage, ``--lesion-model-only`` without the map."""
+    from typer.testing import CliRunner
+
+    from dicomnode.cli import app
+
+    readings = {}
+    for flag in ("--anatomy", "--fixed-rules-only", "--lesion-model-only"):
+        out = tmp_path / flag.strip("-")
+        result = CliRunner().invoke(app, ["evaluate", "--weights", str(DEFAULT_CARD), "--data", str(folder),
+                                          "--out", str(out), "--json", "--device", "cpu", flag])
+        assert result.exit_code == 0, result.output
+        readings[flag] = json.loads((out / "bs80k.json").read_text()).get("reading")
+    assert readings == {"--anatomy": "anatomy map, fixed rules, second stage",
+                        "--fixed-rules-only": "anatomy map, fixed rules", "--lesion-model-only": None}

@@ -175,6 +175,7 @@ def evaluate(
     threads: int | None = typer.Option(None, min=1, help="torch CPU threads."),
     record: str | None = typer.Option(None, "--record-in-card", help="Also store the headline in the (first) model card's metrics under this name."),
     anatomy: bool = typer.Option(True, "--anatomy/--lesion-model-only", help="Read the lesions on the anatomy map as the node does (the fixed rules and the second stage)."),
+    second_stage: bool = typer.Option(True, "--second-stage/--fixed-rules-only", help="With --anatomy: the shipped second stage judges the lesion model it was fitted for (as [model.anatomy] second_stage = true)."),
 ) -> None:
     """Score models as the papers do: DSC / precision / recall ± std, lesion sensitivity, FP per study."""
     import json
@@ -189,6 +190,11 @@ def evaluate(
         torch.set_num_threads(threads)
     from dicomnode.train.datasets import DataFormat, detect_format
 
+    from dicomnode.segmentation.reading import AnatomyReader
+
+    reader = AnatomyReader.default(device=device) if anatomy else None
+    if reader is not None and not second_stage:
+        reader = AnatomyReader(reader.mapper, None)
     try:
         kind = detect_format(data)
         if not as_json:
@@ -198,9 +204,6 @@ def evaluate(
 
             if len(weights) != 1 or subset is not Subset.all or record:
                 raise ValueError("BS-80K folders are scored for one model on all studies (no --subset, --record-in-card)")
-            from dicomnode.segmentation.reading import AnatomyReader
-
-            reader = AnatomyReader.default(device=device) if anatomy else None
             scores = evaluate_bs80k(weights[0], data, out, device=device, reader=reader)
             typer.echo(json.dumps(scores, indent=2) if as_json else "\n".join(
                 f"{k.replace('_', ' ')}: {v:.3f}" if isinstance(v, float) else f"{k.replace('_', ' ')}: {v}"
@@ -208,7 +211,7 @@ def evaluate(
             typer.echo(f"report: {out / 'bs80k.json'}")
             return
         evaluation, report = evaluate_folder(weights, data, out, runs=runs, seed=seed, subset=subset.value, device=device,
-                                             anatomy=anatomy)
+                                             reader=reader)
     except (FileNotFoundError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

@@ -303,10 +303,10 @@ def evaluate(
     device: str | None = None,
     data: str = "",
     subset: str = "all",
-    anatomy: bool = False,
+    reader: AnatomyReader | None = None,
 ) -> Evaluation:
     """Evaluate one or several models on ``studies`` (see the module docstring for "runs");
-    ``anatomy``: their lesions read on the shipped anatomy map, as the node reads them
+    with ``reader``, their lesions read on the anatomy map as the node reads them
     (:mod:`dicomnode.segmentation.reading`), else the lesion model alone."""
     if not models:
         raise ValueError("no model to evaluate")
@@ -315,8 +315,7 @@ def evaluate(
     per_model = []
     for path in models:
         segmenter = Segmenter.from_weights(path, device=device)
-        if anatomy:
-            segmenter.reader = AnatomyReader.default(device=device)
+        segmenter.reader = reader
         per_model.append(evaluate_studies(segmenter, studies))
         log.info("evaluated %s on %d studies", path, len(per_model[-1]))
     if len(models) > 1:

@@ -25,6 +25,7 @@ import numpy as np  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
 from dicomnode.segmentation.modelcard import load_card  # noqa: E402
+from dicomnode.segmentation.reading import AnatomyReader  # noqa: E402
 from dicomnode.segmentation.scan import View  # noqa: E402
 
 from .config import DataSection  # noqa: E402
@@ -226,11 +227,11 @@ def evaluate_folder(
     seed: int = 42,
     subset: str = "all",
     device: str | None = None,
-    anatomy: bool = False,
+    reader: AnatomyReader | None = None,
 ) -> tuple[Evaluation, Path]:
     """Load the studies under ``data``, keep ``subset`` of the first model's training split, evaluate
-    the models (``anatomy``: read on the anatomy map, :func:`dicomnode.train.evaluate.evaluate`) and write the
-    report into ``out``."""
+    the models (with ``reader``: read on the anatomy map, :func:`dicomnode.train.evaluate.evaluate`) and
+    write the report into ``out``."""
     card = load_card(Path(models[0])).to_dict()
     studies = load_studies(data)
     if subset != "all":
@@ -238,7 +239,7 @@ def evaluate_folder(
         if not studies:
             raise ValueError(f"the {subset} subset of {data} is empty")
     evaluation = evaluate(models, studies, runs=runs, seed=seed, device=device, data=str(data), subset=subset,
-                          anatomy=anatomy)
+                          reader=reader)
     return evaluation, write_report(evaluation, studies, card, out)
 
 
