@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 
 from dicomnode.config import load_config
-from dicomnode.learn.gate import measures, study_score
+from dicomnode.learn.gate import study_score
+from dicomnode.train.bootstrap import measures
 from dicomnode.learn.registry import card_path, list_models
 from dicomnode.learn.trainset import label_refs, site_studies, split_site
 from dicomnode.pipeline.models import PLANAR, NodeModels, load_registry_model

@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from dicomnode.learn.gate import StudyScore, decide, differences, measures, render
+from dicomnode.learn.gate import decide, render
+from dicomnode.train.bootstrap import StudyScore, differences, measures
 
 
 def test_measures_by_hand() -> None:

@@ -19,7 +19,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from dicomnode.learn.gate import measures, study_score
+from dicomnode.learn.gate import study_score
+from dicomnode.train.bootstrap import measures
 from dicomnode.learn.operatingpoint import false_positive_peaks
 from dicomnode.learn.trainset import has_lesion, training_data
 from dicomnode.segmentation.inference import Segmenter

@@ -47,7 +47,6 @@ from typing import Any
 
 import numpy as np
 
-from dicomnode.learn.gate import StudyScore, differences
 from dicomnode.segmentation.anatomymap import DEFAULT_ANATOMY_CARD, AnatomyMapper
 from dicomnode.segmentation.inference import Segmenter
 from dicomnode.segmentation.judgement import Candidate, SecondStage, candidates, judge
@@ -55,6 +54,7 @@ from dicomnode.segmentation.postprocess import OperatingPoint, view_result
 from dicomnode.segmentation.reading import with_candidates
 from dicomnode.segmentation.scan import BoneScan, View
 
+from .bootstrap import StudyScore, differences
 from .boxscore import roc_auc
 from .calibration import fit_platt, judged_studies, reliability, saved_maps
 from .crossval import mean_std
@@ -268,7 +268,7 @@ def crossvalidate(real: Sequence[Example], simulated: Sequence[Example], studies
                   max_fp: float, runs: int = 2000) -> dict[str, Any]:
     """The nested table of the module docstring: per fold, then mean ± std over folds, and the
     difference stage − peak over all studies with its patient-bootstrap 95 % interval
-    (:func:`dicomnode.learn.gate.differences`)."""
+    (:func:`dicomnode.train.bootstrap.differences`)."""
     rows: dict[str, list[dict[str, float]]] = {"peak": [], "stage": [], "ceiling": []}
     per_study: dict[str, list[StudyScore]] = {"peak": [], "stage": []}
     for fold in sorted({e.fold for e in real}):
