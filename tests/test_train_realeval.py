@@ -53,13 +53,15 @@ def test_the_reading_is_scored_as_the_node_reports_it(folder, tmp_path):
     assert json.loads((tmp_path / "keep" / "bs80k.json").read_text())["lesion_sensitivity"] == keep["lesion_sensitivity"]
 
 
-def test_the_cli_reads_as_asked(folder, tmp_path):
+def test_the_cli_reads_as_asked(tmp_path):
     """``dicomnode evaluate``: the node's reading by default, ``--fixed-rules-only`` without the second
-    stage, ``--lesion-model-only`` without the map."""
+    stage, ``--lesion-model-only`` without the map (one study: the flags, not the numbers)."""
     from typer.testing import CliRunner
 
     from dicomnode.cli import app
 
+    folder = tmp_path / "wholebody"
+    write_simulated(folder, "1", simulate_study(51, metastases=True))
     readings = {}
     for flag in ("--anatomy", "--fixed-rules-only", "--lesion-model-only"):
         out = tmp_path / flag.strip("-")
