@@ -54,8 +54,7 @@ from dicomnode.segmentation.postprocess import OperatingPoint, view_result
 from dicomnode.segmentation.reading import with_candidates
 from dicomnode.segmentation.scan import BoneScan, View
 
-from .bootstrap import StudyScore, differences
-from .boxscore import roc_auc
+from .bootstrap import StudyScore, differences, measures
 from .calibration import fit_platt, judged_studies, reliability, saved_maps
 from .crossval import mean_std
 from .study import LabelledStudy
@@ -220,32 +219,33 @@ def threshold_at(scored: Sequence[tuple[Example, float]], studies: int, max_fp: 
 
 
 def fit(real: Sequence[Example], simulated: Sequence[Example], studies: int, max_fp: float,
-        peak: float) -> SecondStage:
-    """The stage fitted on every example; threshold and calibration from its out-of-fold scores (module docstring)."""
+        peak: float, scored: Sequence[tuple[Example, float]] | None = None) -> SecondStage:
+    """The stage fitted on every example; threshold and calibration from its out-of-fold scores
+    (module docstring; ``scored``: those scores where the caller has them, :func:`out_of_fold_scores`)."""
     stage = _weights(list(real) + list(simulated))
-    scored = out_of_fold_scores(real, simulated)
+    scored = out_of_fold_scores(real, simulated) if scored is None else scored
     calibration = fit_platt([s for _, s in scored], [e.lesion for e, _ in scored])
     return SecondStage(stage.weights, stage.bias, threshold_at(scored, studies, max_fp), stage.mean, stage.scale,
                        candidate_peak=peak, calibration=calibration)
 
 
-def box_scores(kept: Sequence[Example], studies: Mapping[str, Mapping[str, Any]],
-               study_score: Mapping[str, float]) -> dict[str, float]:
-    """Lesion sensitivity, mean per-study sensitivity, false positives per study, Normal boxes
-    marked (of the reported ``kept`` candidates) and study AUC (of ``study_score``) over ``studies``
-    (:mod:`dicomnode.train.boxscore` defines each)."""
-    found: dict[str, set] = {s: set() for s in studies}
-    for e in kept:
-        found[e.study] |= set(e.abnormal_boxes)
+def _study_scores(kept: Sequence[Example], studies: Mapping[str, Mapping[str, Any]],
+                  study_score: Mapping[str, float]) -> list[StudyScore]:
+    """Each study's boxes found and false positives by the reported ``kept`` candidates, and its score."""
+    return [StudyScore(s["patient"], s["abnormal_boxes"],
+                       len(set().union(*(e.abnormal_boxes for e in kept if e.study == key))),
+                       sum(not e.lesion for e in kept if e.study == key), study_score.get(key, 0.0))
+            for key, s in studies.items()]
+
+
+def box_scores(per_study: Sequence[StudyScore], kept: Sequence[Example],
+               studies: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
+    """Lesion sensitivity, mean per-study sensitivity, false positives per study and study AUC of
+    ``per_study`` (:func:`dicomnode.train.bootstrap.measures`), and the ``Normal`` boxes the reported
+    ``kept`` candidates mark (:mod:`dicomnode.train.boxscore` defines each)."""
     marked = len({(e.study, b) for e in kept for b in e.normal_boxes})
-    boxes = sum(s["abnormal_boxes"] for s in studies.values())
-    per_study = [len(found[k]) / s["abnormal_boxes"] for k, s in studies.items() if s["abnormal_boxes"]]
-    return {"lesion_sensitivity": sum(len(v) for v in found.values()) / boxes if boxes else float("nan"),
-            "mean_study_sensitivity": float(np.mean(per_study)) if per_study else float("nan"),
-            "false_positives_per_study": sum(not e.lesion for e in kept) / max(len(studies), 1),
-            "normal_marked_fraction": marked / max(sum(s["normal_boxes"] for s in studies.values()), 1),
-            "study_auc": roc_auc([study_score.get(k, 0.0) for k in studies],
-                                 [s["abnormal_boxes"] > 0 for s in studies.values()])}
+    return {**measures(per_study),
+            "normal_marked_fraction": marked / max(sum(s["normal_boxes"] for s in studies.values()), 1)}
 
 
 def _highest(scored: Sequence[tuple[Example, float]]) -> dict[str, float]:
@@ -253,15 +253,6 @@ def _highest(scored: Sequence[tuple[Example, float]]) -> dict[str, float]:
     for e, score in scored:
         best[e.study] = max(best.get(e.study, 0.0), score)
     return best
-
-
-def _study_scores(kept: Sequence[Example], studies: Mapping[str, Mapping[str, Any]],
-                  study_score: Mapping[str, float]) -> list[StudyScore]:
-    """Each study's boxes found and false positives by the ``kept`` candidates, and its score."""
-    return [StudyScore(s["patient"], s["abnormal_boxes"],
-                       len(set().union(*(e.abnormal_boxes for e in kept if e.study == key))),
-                       sum(not e.lesion for e in kept if e.study == key), study_score.get(key, 0.0))
-            for key, s in studies.items()]
 
 
 def crossvalidate(real: Sequence[Example], simulated: Sequence[Example], studies: Mapping[str, Mapping[str, Any]],
@@ -276,18 +267,20 @@ def crossvalidate(real: Sequence[Example], simulated: Sequence[Example], studies
         held = _learnable([e for e in real if e.fold == fold])
         train_studies = sum(s["fold"] != fold for s in studies.values())
         mine = {k: s for k, s in studies.items() if s["fold"] == fold}
-        by_peak = [(e, e.candidate.probability) for e in held]
-        peak = threshold_at([(e, e.candidate.probability) for e in _learnable(train)], train_studies, max_fp)
-        kept = [e for e, p in by_peak if p >= peak]
-        rows["peak"].append(box_scores(kept, mine, _highest(by_peak)))
-        per_study["peak"] += _study_scores(kept, mine, _highest(by_peak))
         stage = _weights(train + list(simulated))
-        threshold = threshold_at(out_of_fold_scores(train, simulated), train_studies, max_fp)
-        by_stage = [(e, stage.score(e.candidate.features())) for e in held]
-        kept = [e for e, s in by_stage if s >= threshold]
-        rows["stage"].append(box_scores(kept, mine, _highest(by_stage)))
-        per_study["stage"] += _study_scores(kept, mine, _highest(by_stage))
-        rows["ceiling"].append(box_scores(held, mine, _highest(by_peak)))
+        readings = {
+            "peak": ([(e, e.candidate.probability) for e in held],
+                     threshold_at([(e, e.candidate.probability) for e in _learnable(train)], train_studies, max_fp)),
+            "stage": ([(e, stage.score(e.candidate.features())) for e in held],
+                      threshold_at(out_of_fold_scores(train, simulated), train_studies, max_fp)),
+        }
+        for name, (scored, threshold) in readings.items():
+            kept = [e for e, score in scored if score >= threshold]
+            found = _study_scores(kept, mine, _highest(scored))
+            rows[name].append(box_scores(found, kept, mine))
+            per_study[name] += found
+        highest_peak = _highest(readings["peak"][0])
+        rows["ceiling"].append(box_scores(_study_scores(held, mine, highest_peak), held, mine))
     table: dict[str, Any] = {name: {"folds": values, **mean_std(values, MEASURES)} for name, values in rows.items()}
     table["stage_minus_peak"] = {name: dataclasses.asdict(interval) for name, interval in
                                  differences(per_study["stage"], per_study["peak"], runs=runs,
@@ -356,8 +349,8 @@ def main(argv: list[str] | None = None) -> None:
     log.info("%d real candidates (%d lesions), %d simulated (%d lesions)", len(real),
              sum(e.lesion for e in real), len(simulated), sum(e.lesion for e in simulated))
     table = crossvalidate(real, simulated, studies, args.max_fp)
-    stage = fit(real, simulated, len(studies), args.max_fp, args.candidate_peak)
     scored = out_of_fold_scores(real, simulated)
+    stage = fit(real, simulated, len(studies), args.max_fp, args.candidate_peak, scored)
     labels = [e.lesion for e, _ in scored]
     training = {"command": " ".join(["python -m dicomnode.train.secondstage", *(argv if argv is not None else sys.argv[1:])]),
                 "cross_validation": str(args.cv), "real_studies": len(studies), "real_candidates": len(real),
