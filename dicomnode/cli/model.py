@@ -197,9 +197,8 @@ def evaluate(
         if not as_json:
             typer.echo(f"{data}: {kind.value} format", err=True)
         # crops are scored by the lesion network alone: no map to load for them
-        reader = AnatomyReader.default(device=device) if anatomy and kind is not DataFormat.BS80K_CROPS else None
-        if reader is not None and not second_stage:
-            reader = AnatomyReader(reader.mapper, None)
+        reader = AnatomyReader.default(device, second_stage) if anatomy and kind is not DataFormat.BS80K_CROPS \
+            else None
         if kind in (DataFormat.BS80K_WHOLEBODY, DataFormat.BS80K_CROPS):
             from dicomnode.train.realeval import evaluate_bs80k
 

@@ -27,8 +27,6 @@ import torch
 from dicomnode.config import ModelSection
 from dicomnode.segmentation.device import resolve_device
 from dicomnode.segmentation.inference import WEIGHTS_DIR, Segmenter
-from dicomnode.segmentation.anatomymap import DEFAULT_ANATOMY_CARD
-from dicomnode.segmentation.judgement import DEFAULT_SECOND_STAGE
 from dicomnode.segmentation.modelcard import ModelCardError, load_card
 from dicomnode.segmentation.reading import AnatomyReader
 from dicomnode.segmentation.spectct import (
@@ -64,10 +62,8 @@ def load_segmenter(weights: str, device: str = "auto", threshold: float | None =
         log.warning("[model] threshold %g overrides the model card's %g (a site override: the card's "
                     "operating point was cross-validated at its own threshold)", threshold, segmenter.card.threshold)
         segmenter.card = dataclasses.replace(segmenter.card, threshold=threshold)
-    stage = DEFAULT_SECOND_STAGE if second_stage and DEFAULT_SECOND_STAGE.is_file() else None
-    card_path = DEFAULT_ANATOMY_CARD if anatomy == "default" else Path(anatomy)
-    segmenter.reader = AnatomyReader.from_paths(card_path, stage, resolved) \
-        if anatomy != "default" or DEFAULT_ANATOMY_CARD.is_file() else None
+    segmenter.reader = AnatomyReader.default(resolved, second_stage) if anatomy == "default" else \
+        AnatomyReader.from_paths(Path(anatomy), AnatomyReader.shipped_stage(second_stage), resolved)
     point = segmenter.card.operating_point
     log.info("model [model] (planar whole body): %s %s (%s) on %s, operating point: threshold %g, peak %s, "
              "minimum area %g mm2, flip %s (%s)", segmenter.algorithm.name, segmenter.algorithm.version,

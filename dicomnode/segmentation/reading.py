@@ -37,12 +37,16 @@ class AnatomyReader:
         self.stage = stage
 
     @staticmethod
-    def default(device=None) -> AnatomyReader | None:
-        """The shipped map and second stage; None when the map is not shipped."""
+    def shipped_stage(second_stage: bool = True) -> Path | None:
+        """The shipped second stage's file, unless ``second_stage`` is off or none is shipped."""
+        return DEFAULT_SECOND_STAGE if second_stage and DEFAULT_SECOND_STAGE.is_file() else None
+
+    @staticmethod
+    def default(device=None, second_stage: bool = True) -> AnatomyReader | None:
+        """The shipped map and (with ``second_stage``) second stage; None when the map is not shipped."""
         if not DEFAULT_ANATOMY_CARD.is_file():
             return None
-        stage = SecondStage.load() if DEFAULT_SECOND_STAGE.is_file() else None
-        return AnatomyReader(AnatomyMapper.default(device), stage)
+        return AnatomyReader.from_paths(DEFAULT_ANATOMY_CARD, AnatomyReader.shipped_stage(second_stage), device)
 
     @staticmethod
     def from_paths(card: Path, stage: Path | None, device=None) -> AnatomyReader:

@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 
-from dicomnode.segmentation.anatomymap import DEFAULT_ANATOMY_CARD, AnatomyMapper
 from dicomnode.segmentation.modelcard import load_card
 from dicomnode.segmentation.reading import AnatomyReader
 
@@ -125,10 +124,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="read the maps with the shipped anatomy map and fixed rules first")
     parser.add_argument("--out", type=Path, default=Path("runs/learning-curve"))
     args = parser.parse_args(argv)
-    if args.reading and not DEFAULT_ANATOMY_CARD.is_file():
-        parser.error("--reading: the anatomy map is not shipped in this checkout")
     # the fixed rules only: the shipped second stage was fitted on these out-of-fold maps
-    reader = AnatomyReader(AnatomyMapper.default(), None) if args.reading else None
+    reader = AnatomyReader.default(second_stage=False) if args.reading else None
+    if args.reading and reader is None:
+        parser.error("--reading: the anatomy map is not shipped in this checkout")
     curve = points(args.runs, args.data, args.max_fp, reader)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "learning-curve.json").write_text(json.dumps(curve, indent=2) + "\n")
