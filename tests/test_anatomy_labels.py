@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from dicomnode.synth.simulate import simulate_study
-from dicomnode.segmentation.anatomy import AnatomyLabel, ViewAnatomy, fit_midline
+from dicomnode.segmentation.anatomy import AnatomyLabel, ViewAnatomy, anatomically_possible, fit_midline
 from dicomnode.segmentation.scan import View, ViewRule, ViewSource
 from dicomnode.train.anatomydata import MAP_SHAPE, SimulatedView, _cut, augment, simulated_views
 
@@ -78,6 +78,22 @@ def test_the_midline_fitted_to_the_labels_is_the_patients(study):
     rows = np.arange(50, 400)
     assert np.abs(fitted.column(rows) - study.midline.column(rows)).max() < 1.5
     assert study.midline.slope != 0  # the simulated patient lies a little rotated
+
+
+def test_no_long_bone_lies_on_the_midline_and_the_simulated_anatomy_keeps_every_one(study):
+    """The simulator's exact labels pass untouched (its knees, femora and arms lie clear of the
+    midline); a femur the network would put on the bladder becomes soft tissue, and nothing else moves."""
+    labels = study.anatomy[View.ANTERIOR]
+    assert np.array_equal(anatomically_possible(labels, study.midline, 4.8), labels)
+    (row, column), = [p for m, p in zip(study.mimics, study.mimic_positions_px) if m.kind == "bladder"]
+    rows, columns = np.ogrid[:ROWS, :COLUMNS]
+    blob = (rows - row) ** 2 + (columns - column) ** 2 <= 9
+    wrong = labels.copy()
+    wrong[blob] = AnatomyLabel.FEMORA
+    overruled = anatomically_possible(wrong, study.midline, 4.8)
+    assert (overruled[blob] == AnatomyLabel.SOFT_TISSUE).all()
+    assert np.array_equal(overruled[~blob], labels[~blob])
+    assert np.array_equal(anatomically_possible(wrong, None, 4.8), wrong)  # no midline: nothing to hold it to
 
 
 def test_midline_scaling_keeps_the_same_line():

@@ -11,7 +11,7 @@ import pytest
 from scipy import ndimage
 
 from dicomnode.synth.simulate import simulate_study
-from dicomnode.segmentation.anatomy import AnatomyLabel, ViewAnatomy
+from dicomnode.segmentation.anatomy import AnatomyLabel, ViewAnatomy, anatomically_possible
 from dicomnode.segmentation.calibration import Calibration
 from dicomnode.segmentation.judgement import FEATURES, SecondStage, candidates, judge
 from dicomnode.segmentation.postprocess import view_result
@@ -127,6 +127,30 @@ def test_facial_and_forearm_hot_spots_are_physiological_and_a_spine_focus_is_sus
     assert not by_region[AnatomyLabel.FOREARMS_AND_HANDS].suspicious
     assert by_region[AnatomyLabel.FOREARMS_AND_HANDS].reason == "degenerative or traumatic (forearm or hand)"
     assert by_region[AnatomyLabel.THORACIC_SPINE].suspicious
+
+
+def test_a_hot_spot_the_network_calls_a_femur_on_the_midline_is_not_reported_as_bone(bladder_study):
+    """A map whose network names the bladder's hot spot a femur (as it does on some real scans) is
+    overruled (no femur lies on the midline): beside the bladder label the hot spot is urine; where
+    the network held nothing else there, soft tissue."""
+    study, scan = bladder_study
+    (row, column), = [p for m, p in zip(study.mimics, study.mimic_positions_px) if m.kind == "bladder"]
+    shape = study.truth[View.ANTERIOR].shape
+    spot = _blob(shape, row, column, 4)
+    results = _marked(study, scan, {View.ANTERIOR: spot, View.POSTERIOR: np.zeros(shape, bool)})
+    source = scan.anterior.source
+    for painted, region, reason in ((_blob(shape, row, column, 8), AnatomyLabel.SOFT_TISSUE, "extra-osseous uptake"),
+                                    (spot & (np.arange(shape[1]) < column), AnatomyLabel.BLADDER, "urine")):
+        anatomy = _exact(study, scan)
+        labels = source.to_canonical(anatomy[View.ANTERIOR].labels).copy()
+        labels[spot] = AnatomyLabel.BLADDER
+        labels[painted] = AnatomyLabel.FEMORA
+        labels = anatomically_possible(labels, study.midline, scan.anterior.pixel_spacing[1])
+        anatomy[View.ANTERIOR] = dataclasses.replace(anatomy[View.ANTERIOR], labels=source.to_stored(labels))
+        (verdict,) = [v for v in judge(candidates(scan.views, results, anatomy), None)
+                      if v.candidate.lesion.view is View.ANTERIOR and spot[
+                          tuple(np.round(v.candidate.lesion.centroid).astype(int))]]
+        assert verdict.candidate.region is region and verdict.reason == reason and not verdict.suspicious
 
 
 def test_symmetric_knees_measure_symmetric_and_a_one_sided_focus_does_not():

@@ -171,6 +171,30 @@ class ViewAnatomy:
         return row, self._canonical_column(mirrored)  # the flip is its own inverse
 
 
+#: Labels of the limbs' long bones, none of which lies on the body's midline (knees together stand about
+#: 5 cm off it; the forearms and hands may lie folded over the abdomen and are not among them).
+LONG_BONES = (AnatomyLabel.HUMERI, AnatomyLabel.FEMORA, AnatomyLabel.LOWER_LEGS_AND_FEET)
+#: ... closer than this to the midline (mm), a pixel is not in one of them.
+LONG_BONE_CLEARANCE_MM = 30.0
+
+
+def anatomically_possible(labels: np.ndarray, midline: Midline | None, spacing_mm: float) -> np.ndarray:
+    """A canonical label map without the labels anatomy forbids where the network put them: a long
+    bone (:data:`LONG_BONES`) closer than :data:`LONG_BONE_CLEARANCE_MM` to the midline is soft
+    tissue. On real scans the network names the bladder, the urine below it, the face or the spine
+    of some patients a femur or a humerus (docs/segmentation.md, "Anatomy map and second stage");
+    its next choice there is no better (the facial bones, for most of them in the pelvis), so the
+    pixel is read as what the map can claim: tissue that is not a long bone. Without a midline,
+    ``labels`` unchanged."""
+    if midline is None:
+        return labels
+    rows, columns = np.indices(labels.shape)
+    near = np.abs(columns - midline.column(rows)) * spacing_mm < LONG_BONE_CLEARANCE_MM
+    out = labels.copy()
+    out[near & np.isin(labels, LONG_BONES)] = AnatomyLabel.SOFT_TISSUE
+    return out
+
+
 def labels_to_source(labels: np.ndarray, source: ViewSource) -> np.ndarray:
     """A canonical model-grid label map → the stored source frame (nearest pixel centre)."""
     h, w = labels.shape

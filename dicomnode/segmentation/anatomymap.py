@@ -7,9 +7,11 @@ Usage::
 
 Each view is prepared as the card says (:mod:`dicomnode.segmentation.preprocess`: resampled to 4.8 mm,
 counts over the body reference level, no suppression — the map must see the bladder), padded to the
-network's size divisor, and labelled by the arg-max of its logits; the labels go back to the stored
-source frame by nearest pixel centre, and the midline is fitted to the mapped body on the model
-grid (:func:`dicomnode.segmentation.anatomy.fit_midline`) and rescaled to the source pixels. Both views of a
+network's size divisor, and labelled by the arg-max of its logits; the midline is fitted to the
+mapped body on the model grid (:func:`dicomnode.segmentation.anatomy.fit_midline`) and rescaled to
+the source pixels, the labels anatomy forbids where they lie are overruled
+(:func:`dicomnode.segmentation.anatomy.anatomically_possible`), and the labels go back to the
+stored source frame by nearest pixel centre. Both views of a
 study run in one batch. docs/segmentation.md, "Anatomy map".
 """
 
@@ -21,7 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dicomnode.segmentation.anatomy import Midline, ViewAnatomy, fit_midline, labels_to_source
+from dicomnode.segmentation.anatomy import (
+    Midline,
+    ViewAnatomy,
+    anatomically_possible,
+    fit_midline,
+    labels_to_source,
+)
 from dicomnode.segmentation.device import resolve_device
 from dicomnode.segmentation.modelcard import (
     ANATOMY_MAP,
@@ -73,9 +81,9 @@ class AnatomyMapper:
         out = {}
         for index, view in enumerate(views):
             h, w = shapes[index]
-            grid = labels[index, :h, :w]
+            midline = fit_midline(labels[index, :h, :w])
+            grid = anatomically_possible(labels[index, :h, :w], midline, self.card.preprocessing.spacing_mm)
             source = scan.views[view].source
-            midline = fit_midline(grid)
             out[view] = ViewAnatomy(labels_to_source(grid, source),
                                     _to_source(midline, (h, w), (source.rows, source.columns)), source)
         return out

@@ -4,7 +4,8 @@ A physician reads the anatomy first (issue 25). Every lesion candidate of the le
 on the map (:mod:`dicomnode.segmentation.anatomy`) and measured:
 
 - **region**: the most frequent map label under the candidate, a bone's where bone covers a fifth
-  of it (:meth:`dicomnode.segmentation.anatomy.ViewAnatomy.region_of`);
+  of it (:meth:`dicomnode.segmentation.anatomy.ViewAnatomy.region_of`; the map holds no long bone
+  near the midline, :func:`dicomnode.segmentation.anatomy.anatomically_possible`);
 - **contrast**: its peak counts over the view's body reference level (95th percentile of body
   counts, the level of normal bone, :func:`dicomnode.segmentation.preprocess.reference_level`);
 - **asymmetry**: log of its peak counts over the peak counts around its mirror point about the
