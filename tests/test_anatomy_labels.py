@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from dicomnode.synth.simulate import simulate_study
-from dicomnode.segmentation.anatomy import AnatomyLabel, ViewAnatomy, anatomically_possible, fit_midline
+from dicomnode.segmentation.anatomy import AnatomyLabel, Midline, ViewAnatomy, anatomically_possible, fit_midline
 from dicomnode.segmentation.scan import View, ViewRule, ViewSource
 from dicomnode.train.anatomydata import MAP_SHAPE, SimulatedView, _cut, augment, simulated_views
 
@@ -94,6 +94,21 @@ def test_no_long_bone_lies_on_the_midline_and_the_simulated_anatomy_keeps_every_
     assert (overruled[blob] == AnatomyLabel.SOFT_TISSUE).all()
     assert np.array_equal(overruled[~blob], labels[~blob])
     assert np.array_equal(anatomically_possible(wrong, None, 4.8), wrong)  # no midline: nothing to hold it to
+
+
+def test_a_small_body_keeps_its_femora_closer_to_the_midline():
+    """The clearance shrinks with the body: a child's knees held together stand less than 5 cm off the
+    midline. A femur 14 mm off it stays in a body 10 cm wide and is soft tissue in one 29 cm wide."""
+    def body(first: int, last: int) -> np.ndarray:
+        labels = np.zeros((40, 61), np.uint8)
+        labels[:, first:last + 1] = AnatomyLabel.SOFT_TISSUE
+        labels[:, 27] = AnatomyLabel.FEMORA  # 3 pixels of 4.8 mm off the midline at column 30
+        return labels
+
+    midline = Midline(30.0, 0.0)
+    narrow, wide = body(20, 40), body(0, 60)
+    assert (anatomically_possible(narrow, midline, 4.8)[:, 27] == AnatomyLabel.FEMORA).all()
+    assert (anatomically_possible(wide, midline, 4.8)[:, 27] == AnatomyLabel.SOFT_TISSUE).all()
 
 
 def test_midline_scaling_keeps_the_same_line():

@@ -174,14 +174,18 @@ class ViewAnatomy:
 #: Labels of the limbs' long bones, none of which lies on the body's midline (knees together stand about
 #: 5 cm off it; the forearms and hands may lie folded over the abdomen and are not among them).
 LONG_BONES = (AnatomyLabel.HUMERI, AnatomyLabel.FEMORA, AnatomyLabel.LOWER_LEGS_AND_FEET)
-#: ... closer than this to the midline (mm), a pixel is not in one of them.
+#: ... closer than this to the midline (mm), a pixel is not in one of them,
 LONG_BONE_CLEARANCE_MM = 30.0
+#: ... nor closer than this share of the body's width in its row: a child's knees held together stand
+#: less than 5 cm off the midline (each knee's centre a quarter of the legs' width off it).
+LONG_BONE_CLEARANCE_OF_WIDTH = 1 / 8
 
 
 def anatomically_possible(labels: np.ndarray, midline: Midline | None, spacing_mm: float) -> np.ndarray:
     """A canonical label map without the labels anatomy forbids where the network put them: a long
-    bone (:data:`LONG_BONES`) closer than :data:`LONG_BONE_CLEARANCE_MM` to the midline is soft
-    tissue. On real scans the network names the bladder, the urine below it, the face or the spine
+    bone (:data:`LONG_BONES`) closer to the midline than :data:`LONG_BONE_CLEARANCE_MM`, or than
+    :data:`LONG_BONE_CLEARANCE_OF_WIDTH` of the mapped body's width in its row if that is less, is
+    soft tissue. On real scans the network names the bladder, the urine below it, the face or the spine
     of some patients a femur or a humerus (docs/segmentation.md, "Anatomy map and second stage");
     its next choice there is no better (the facial bones, for most of them in the pelvis), so the
     pixel is read as what the map can claim: tissue that is not a long bone. Without a midline,
@@ -189,7 +193,9 @@ def anatomically_possible(labels: np.ndarray, midline: Midline | None, spacing_m
     if midline is None:
         return labels
     rows, columns = np.indices(labels.shape)
-    near = np.abs(columns - midline.column(rows)) * spacing_mm < LONG_BONE_CLEARANCE_MM
+    width_mm = (labels != AnatomyLabel.BACKGROUND).sum(axis=1, keepdims=True) * spacing_mm
+    clearance = np.minimum(LONG_BONE_CLEARANCE_MM, LONG_BONE_CLEARANCE_OF_WIDTH * width_mm)
+    near = np.abs(columns - midline.column(rows)) * spacing_mm < clearance
     out = labels.copy()
     out[near & np.isin(labels, LONG_BONES)] = AnatomyLabel.SOFT_TISSUE
     return out
