@@ -99,3 +99,48 @@ def test_the_sr_of_a_read_result_names_sites_with_laterality_and_the_probability
             assert site.laterality.meaning.lower() == side
         (probability,) = group.get_measurements(name=codes.DCM.ProbabilityOfCancer)
         assert probability.value == pytest.approx(lesion.probability, abs=1e-4)
+
+
+def _text_items(dataset, meaning: str) -> list[str]:
+    """Every TEXT content item of an SR tree whose concept name is ``meaning``."""
+    found = []
+    for item in dataset.get("ContentSequence", []):
+        if item.ValueType == "TEXT" and item.ConceptNameCodeSequence[0].CodeMeaning == meaning:
+            found.append(str(item.TextValue))
+        found += _text_items(item, meaning)
+    return found
+
+
+def test_the_results_name_the_anatomy_map_and_the_second_stage_that_read_them():
+    import hashlib
+
+    from dicomnode.pipeline.models import load_segmenter
+    from dicomnode.pipeline.results import ResultKind, ResultOptions, build_results
+    from dicomnode.segmentation.judgement import DEFAULT_SECOND_STAGE
+    from dicomnode.synth.dicom import StudyIdentity, nm_dataset
+    from dicomnode.segmentation.views import load_scan
+
+    seed = 990018  # a study in which both readings report a lesion (TID 4019 sits in each finding's group)
+    study = simulate_study(seed)
+    sources = [nm_dataset(study, StudyIdentity(seed=seed, index=1), (View.ANTERIOR, View.POSTERIOR), 1)]
+    card = load_card(DEFAULT_ANATOMY_CARD)
+    stage = "sha256:" + hashlib.sha256(DEFAULT_SECOND_STAGE.read_bytes()).hexdigest()[:12]
+    objects = {}
+    for second_stage, expected in ((True, stage), (False, "off")):
+        result = load_segmenter("default", "cpu", second_stage=second_stage).segment(load_scan(sources))
+        assert result.lesions
+        assert result.reading is not None and result.reading.anatomy_map == f"{card.name} {card.version}"
+        built = build_results(result, sources, ResultOptions(kinds=(ResultKind.SEG, ResultKind.SR)))
+        segs = [dataset for kind, dataset in built if kind is ResultKind.SEG]
+        (sr,) = [dataset for kind, dataset in built if kind is ResultKind.SR]
+        assert len(segs) == 2  # one per view
+        for seg in segs:
+            identification = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
+            assert f"anatomy_map={card.name} {card.version}" in str(identification.AlgorithmParameters)
+            assert f"second_stage={expected}" in str(identification.AlgorithmParameters)
+        assert f"second_stage={expected}" in _text_items(sr, "Algorithm Parameters")
+        (comment,) = [c for c in _text_items(sr, "Comment") if c.startswith("Hot spots read on the anatomy map")]
+        assert (stage in comment) == second_stage and ("fixed rules alone" in comment) != second_stage
+        objects[second_stage] = {dataset.SOPInstanceUID for _, dataset in built}
+    # the same input read by another reading is another result: new UIDs, not a silent overwrite at the PACS
+    assert not objects[True] & objects[False]

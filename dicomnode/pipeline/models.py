@@ -74,7 +74,7 @@ def load_segmenter(weights: str, device: str = "auto", threshold: float | None =
         card = segmenter.reader.mapper.card
         stage = segmenter.reader.stage_for(segmenter.card.version)
         log.info("model [model.anatomy]: %s %s (%s), reads the planar lesions with %s", card.name, card.version,
-                 card.network, "the fixed rules and the learned second stage" if stage is not None else
+                 card.network, f"the fixed rules and the learned second stage {stage.version}" if stage is not None else
                  "the fixed rules alone" + ("" if segmenter.reader.stage is None else
                                             f" (the second stage was fitted for {segmenter.reader.stage.lesion_model})"))
     return segmenter

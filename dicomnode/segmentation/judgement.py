@@ -43,6 +43,7 @@ Then the rules, in order, each named by the reason its verdict gives (docs/segme
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -136,6 +137,8 @@ class SecondStage:
     candidate_peak: float | None = None  # candidates: components down to this peak probability
     calibration: Calibration | None = None  # raw score → the probability a reported focus carries
     lesion_model: str | None = None  # the model card version whose candidates it was fitted on; None: any
+    # "sha256:<12 hex digits>" of the file it was loaded from, which the results name; not part of the model
+    version: str | None = field(default=None, compare=False)
 
     def score(self, features: np.ndarray) -> float:
         z = (features - np.asarray(self.mean)) / np.asarray(self.scale)
@@ -151,14 +154,15 @@ class SecondStage:
 
     @classmethod
     def load(cls, path: Path = DEFAULT_SECOND_STAGE) -> SecondStage:
-        data = json.loads(Path(path).read_text())
+        raw = Path(path).read_bytes()
+        data = json.loads(raw)
         if tuple(data.get("features", ())) != FEATURES:
             raise ValueError(f"{path}: features {data.get('features')} are not this code's {list(FEATURES)}")
         calibration = data.get("calibration")
         return cls(tuple(data["weights"]), float(data["bias"]), float(data["threshold"]),
                    tuple(data["mean"]), tuple(data["scale"]), data.get("training", {}),
                    data.get("candidate_peak"), Calibration.from_dict(calibration) if calibration else None,
-                   data.get("lesion_model"))
+                   data.get("lesion_model"), "sha256:" + hashlib.sha256(raw).hexdigest()[:12])
 
     def save(self, path: Path) -> None:
         Path(path).write_text(json.dumps({

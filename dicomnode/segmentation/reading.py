@@ -25,7 +25,7 @@ from dicomnode.segmentation.judgement import (
     judge,
 )
 from dicomnode.segmentation.postprocess import OperatingPoint, lesion_labels, lesions, view_result
-from dicomnode.segmentation.result import Dismissal, SegmentationResult, ViewResult
+from dicomnode.segmentation.result import Dismissal, Reading, SegmentationResult, ViewResult
 from dicomnode.segmentation.scan import BoneScan, View
 
 
@@ -60,7 +60,8 @@ class AnatomyReader:
         """``result`` read on the map; ``point`` is the lesion model's operating point, whose peak
         threshold the second stage lowers to its own ``candidate_peak`` (it ranks the candidates). A
         stage fitted on another lesion model's candidates is not used (:meth:`SecondStage.judges`):
-        the fixed rules alone read the result."""
+        the fixed rules alone read the result. The result names the map and the stage that read it
+        (:class:`dicomnode.segmentation.result.Reading`)."""
         stage = self.stage_for(result.algorithm.version)
         if stage is not None and stage.candidate_peak is not None:
             result = with_candidates(result, dataclasses.replace(point or OperatingPoint(),
@@ -82,7 +83,10 @@ class AnatomyReader:
                           for v in mine if not v.suspicious]
         notes = result.notes + tuple(f"{d.lesion.view.value}: hot spot at {d.lesion.site} judged {d.reason}"
                                      for d in dismissed)
-        return dataclasses.replace(result, views=views, anatomy=anatomy, dismissed=tuple(dismissed), notes=notes)
+        reading = Reading(f"{self.mapper.card.name} {self.mapper.card.version}",
+                          None if stage is None else stage.version or "unversioned")
+        return dataclasses.replace(result, views=views, anatomy=anatomy, dismissed=tuple(dismissed), notes=notes,
+                                   reading=reading)
 
 
 def physiological_removed(reader: AnatomyReader, scan: BoneScan, maps: Mapping[View, np.ndarray],

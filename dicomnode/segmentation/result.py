@@ -25,6 +25,27 @@ class Algorithm:
 
 
 @dataclass(frozen=True)
+class Reading:
+    """Which anatomy reading judged the lesion model's hot spots (docs/segmentation.md, "Anatomy map and
+    second stage"), so that a result names every part that decided what it reports, not only the
+    lesion model: the map's card and the second stage, or ``second_stage=None`` where the fixed rules
+    alone judged (the stage is off, or it was fitted for another lesion model)."""
+
+    anatomy_map: str  # the map's card: "<name> <version>"
+    second_stage: str | None  # the stage's file as "sha256:<12 hex digits>"; None: the fixed rules alone
+
+    def parameters(self) -> dict[str, str]:
+        """Algorithm Parameters entries (PS3.3 C.8.20.2, TID 4019), beside the lesion model's own."""
+        return {"anatomy_map": self.anatomy_map, "second_stage": self.second_stage or "off"}
+
+    def describe(self) -> str:
+        """How the hot spots were read, for a report: "read on the anatomy map …, judged by …"."""
+        judged = (f"the fixed rules and the learned second stage {self.second_stage}" if self.second_stage
+                  else "the fixed rules alone")
+        return f"read on the anatomy map {self.anatomy_map}, judged by {judged}"
+
+
+@dataclass(frozen=True)
 class Lesion:
     """One connected component of a view's binary mask (8-connectivity)."""
 
@@ -76,6 +97,7 @@ class SegmentationResult:
     notes: tuple[str, ...] = field(default_factory=tuple)
     anatomy: dict[View, ViewAnatomy] = field(default_factory=dict)  # the map per view, where run
     dismissed: tuple[Dismissal, ...] = ()  # hot spots judged not bone lesions (not in the masks)
+    reading: Reading | None = None  # the anatomy reading that judged the lesions; None: the lesion model alone
 
     @property
     def lesions(self) -> list[Lesion]:

@@ -36,6 +36,7 @@ from dicomnode.pipeline.models import PLANAR, NodeModels
 from dicomnode.pipeline.processing import UnreadableStudy, process_study
 from dicomnode.pipeline.results import ResultOptions
 from dicomnode.pipeline.results.planar.burden import BSI_EXPLANATION
+from dicomnode.segmentation.result import SegmentationResult
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +144,9 @@ def _as_dict(summary: Summary) -> dict[str, Any]:
 def _model(result: Any) -> str:
     """The model of a processed acquisition's result (planar or volume), as the SR names it."""
     algorithm = result.algorithm
-    return f"{algorithm.name} {algorithm.version} ({algorithm.network})"
+    reading = result.reading if isinstance(result, SegmentationResult) else None
+    read = "" if reading is None else f"; hot spots {reading.describe()}"
+    return f"{algorithm.name} {algorithm.version} ({algorithm.network}){read}"
 
 
 def _planar_lesions(study: StudySummary) -> list[str]:

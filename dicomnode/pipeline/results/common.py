@@ -11,9 +11,10 @@ GSPS 2, SR 3, SC 4. With the default base 9000 the first processing of a study g
 9001-9004, a re-processing after the study changed gives 9011-9014, and so on.
 
 UIDs are derived (PS3.5 B.2, ``pydicom.uid.generate_uid`` with entropy sources) from the study UID,
-the source instances, the study version, the algorithm and the object kind. Processing the same
-input again (a retried job) therefore gives the same UIDs and does not duplicate objects in the
-PACS, while a changed study (new version or new sources) or new weights get new series.
+the source instances, the study version, the algorithm (with the anatomy reading that judged its
+lesions) and the object kind. Processing the same input again (a retried job) therefore gives the
+same UIDs and does not duplicate objects in the PACS, while a changed study (new version or new
+sources), new weights or a new anatomy map or second stage get new series.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from dicomnode.segmentation.preprocess import Preprocessing, body_mask, referenc
 from dicomnode.segmentation.result import (
     Algorithm,
     Lesion,
+    Reading,
     SegmentationResult,
     ViewResult,
 )
@@ -216,6 +218,14 @@ class Provenance:
     created: datetime
     source_uids: tuple[str, ...]
     notes: tuple[str, ...] = ()  # the segmentation's notes, written into the SR
+    reading: Reading | None = None  # the anatomy reading that judged the lesions (planar), where one did
+
+    def algorithm_parameters(self, **own: str) -> dict[str, str]:
+        """Algorithm Parameters (PS3.3 C.8.20.2; TID 4019 in the SR): the network, ``own`` entries
+        (the threshold or decision rule), then the anatomy map and the second stage that read the
+        lesions, so that an object names every part that decided what it shows."""
+        reading = self.reading.parameters() if self.reading is not None else {}
+        return {"network": self.algorithm.network, **own, **reading}
 
     def series(self, kind: ResultKind) -> SeriesIdentity:
         number = (
@@ -240,6 +250,7 @@ class Provenance:
                 algorithm.name,
                 algorithm.version,
                 algorithm.network,
+                *(self.reading.parameters().values() if self.reading is not None else ()),
                 *parts,
             ]
         )

@@ -57,6 +57,7 @@ def build_results(
         created=datetime.now(),
         source_uids=tuple(sorted({frame.source.sop_instance_uid for frame in frames.values()})),
         notes=tuple(dict.fromkeys((*result.scan.notes, *result.notes))),  # the result's include the scan's: once
+        reading=result.reading,
     )
     needs_burden = any(kind is not ResultKind.SEG for kind in options.kinds)
     burden = assess_burden(result) if needs_burden else None

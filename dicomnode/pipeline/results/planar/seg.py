@@ -111,7 +111,7 @@ def segment_description(provenance: Provenance) -> hd.seg.SegmentDescription:
             version=algorithm.version,
             family=codes.cid7162.ArtificialIntelligence,
             source=provenance.options.manufacturer,
-            parameters={"network": algorithm.network, "threshold": f"{provenance.threshold:g}"},
+            parameters=provenance.algorithm_parameters(threshold=f"{provenance.threshold:g}"),
         ),
         anatomic_regions=[codes.SCT.Bone],  # SCT 272673000
         display_color=LESION_CIELAB,  # the red of the GSPS and SC outlines

@@ -181,7 +181,8 @@ def _algorithm(provenance: Provenance) -> hd.sr.AlgorithmIdentification:
     algorithm = provenance.algorithm
     return hd.sr.AlgorithmIdentification(
         name=algorithm.name, version=algorithm.version,
-        parameters=[f"network={algorithm.network}", f"threshold={provenance.threshold:g}"],
+        parameters=[f"{key}={value}" for key, value in
+                    provenance.algorithm_parameters(threshold=f"{provenance.threshold:g}").items()],
         family=codes.cid7162.ArtificialIntelligence, manufacturer=provenance.options.manufacturer,
     )
 
@@ -352,6 +353,7 @@ def _comments(frames: dict[View, SourceFrame], burden: BoneBurden,
         BSI_EXPLANATION,
         view_rules(frames),
         *(f"Note: {note}." for note in dict.fromkeys((*provenance.notes, *burden.notes))),
+        *([f"Hot spots {provenance.reading.describe()}."] if provenance.reading is not None else []),
         f"Produced automatically by {algorithm.name} {algorithm.version} ({algorithm.network}) "
         f"with {provenance.options.manufacturer} {provenance.options.software_version}; "
         f"{NOT_FOR_DIAGNOSTIC_USE}.",

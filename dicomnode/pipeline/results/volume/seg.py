@@ -47,7 +47,7 @@ def segment_descriptions(provenance: Provenance) -> list[hd.seg.SegmentDescripti
     algorithm = provenance.algorithm
     identification = hd.AlgorithmIdentificationSequence(
         name=algorithm.name, version=algorithm.version, family=codes.cid7162.ArtificialIntelligence,
-        source=provenance.options.manufacturer, parameters={"network": algorithm.network, "decision": "argmax"},
+        source=provenance.options.manufacturer, parameters=provenance.algorithm_parameters(decision="argmax"),
     )
     return [
         hd.seg.SegmentDescription(
