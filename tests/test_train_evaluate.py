@@ -126,8 +126,11 @@ def test_cli_evaluate_writes_report_overlays_and_json(tmp_path: Path) -> None:
     assert numbers["runs_kind"] == "bootstrap" and len(numbers["runs"]) == 3
     assert numbers["summary"]["studies"] == 4 and len(numbers["studies"]) == 4
     assert 0 <= numbers["summary"]["lesion_sensitivity"] <= 1
+    # the headline is the full set's (a bootstrap mean is the spread's centre, not the estimate)
+    assert numbers["headline"]["lesion_sensitivity"] == numbers["summary"]["lesion_sensitivity"]
     report = (out / "report.md").read_text()
     assert "## Headline" in report and "By skeletal site" in report
+    assert f"| all 4 studies, first model | {numbers['headline']['dsc']:.3f} |" in report
     for name in ("best_1.png", "worst_1.png"):
         assert (out / name).stat().st_size > 1000 and f"]({name})" in report
 

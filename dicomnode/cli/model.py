@@ -225,10 +225,14 @@ def evaluate(
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{len(evaluation.runs)} runs ({evaluation.runs_kind}), {evaluation.first['studies']} studies")
+    studies = evaluation.first["studies"]
+    table = Table(title=f"{studies} studies; {len(evaluation.runs)} runs ({evaluation.runs_kind})")
+    table.add_column("over")
     for name in evaluation.across_runs:
         table.add_column(name.replace("_", " "))
-    table.add_row(*(f"{v['mean']:.3f} ± {v['std']:.3f}" for v in evaluation.across_runs.values()))
+    table.add_row("all studies", *(f"{v:.3f}" for v in evaluation.headline.values()))
+    table.add_row("the runs: mean ± std",
+                  *(f"{v['mean']:.3f} ± {v['std']:.3f}" for v in evaluation.across_runs.values()))
     Console().print(table)
     typer.echo(f"report: {report}")
 

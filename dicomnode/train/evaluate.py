@@ -275,12 +275,19 @@ class Evaluation:
     breakdown: dict[str, dict[str, dict[str, float]]]
     outcomes: list[StudyOutcome] = field(repr=False)  # first model's per-study outcomes
 
+    @property
+    def headline(self) -> dict[str, float]:
+        """The headline numbers of the first model on every study (the point estimates; the runs'
+        mean ± std is their spread, and with one bootstrap run it is one resample's value)."""
+        return {name: _get(self.first, path) for name, path in HEADLINE}
+
     def to_json(self) -> dict[str, Any]:
         return {
             "models": self.models,
             "data": self.data,
             "subset": self.subset,
             "runs_kind": self.runs_kind,
+            "headline": self.headline,
             "runs": self.runs,
             "across_runs": self.across_runs,
             "summary": self.first,

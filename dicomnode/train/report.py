@@ -103,6 +103,10 @@ def write_box_overlay(study: LabelledStudy, masks: dict[View, np.ndarray], path:
     plt.close(figure)
 
 
+def _one(value: float, digits: int = 3) -> str:
+    return f"{value:.{digits}f}" if math.isfinite(value) else "–"
+
+
 def _pm(entry: dict[str, float], digits: int = 3) -> str:
     if not math.isfinite(entry["mean"]):
         return "–"
@@ -117,6 +121,7 @@ def _summary_value(record: dict[str, Any], group: str, metric: str) -> str:
 def markdown(evaluation: Evaluation, card: dict[str, Any], overlays: dict[str, list[str]]) -> str:
     """The report text (no patient identifiers: studies are named by their folder or UID)."""
     s = evaluation.first
+    head = evaluation.headline
     runs = evaluation.across_runs
     run_note = (
         f"{len(evaluation.runs)} models (one per training run)"
@@ -132,13 +137,16 @@ def markdown(evaluation: Evaluation, card: dict[str, Any], overlays: dict[str, l
         f"{s['images']} images, {s['lesion_images']} with lesions, {s['truth_lesions']} truth lesions",
         f"- Runs: {run_note}",
         "",
-        "## Headline (mean ± std over runs)",
+        "## Headline",
         "",
-        "| DSC | precision | recall | lesion sensitivity | FP / study | ms / study |",
-        "|---|---|---|---|---|---|",
-        f"| {_pm(runs['dsc'])} | {_pm(runs['precision'])} | {_pm(runs['recall'])} | "
-        f"{_pm(runs['lesion_sensitivity'])} | {_pm(runs['false_positives_per_study'], 2)} | "
-        f"{_pm(runs['ms_per_study'], 0)} |",
+        "| over | DSC | precision | recall | lesion sensitivity | FP / study | ms / study |",
+        "|---|---|---|---|---|---|---|",
+        f"| all {s['studies']} studies, first model | {_one(head['dsc'])} | {_one(head['precision'])} | "
+        f"{_one(head['recall'])} | {_one(head['lesion_sensitivity'])} | "
+        f"{_one(head['false_positives_per_study'], 2)} | {_one(head['ms_per_study'], 0)} |",
+        f"| {len(evaluation.runs)} runs: mean ± std | {_pm(runs['dsc'])} | {_pm(runs['precision'])} | "
+        f"{_pm(runs['recall'])} | {_pm(runs['lesion_sensitivity'])} | "
+        f"{_pm(runs['false_positives_per_study'], 2)} | {_pm(runs['ms_per_study'], 0)} |",
         "",
         "DSC, precision and recall: per image (one view), mean over the images with lesions, as the papers "
         "report. Lesion sensitivity pooled over lesions; false positives per study (both views).",
