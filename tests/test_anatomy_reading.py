@@ -180,6 +180,31 @@ def test_symmetric_knees_measure_symmetric_and_a_one_sided_focus_does_not():
     assert single.asymmetry > np.log(2.0)
 
 
+def test_a_focus_hot_in_the_other_views_counts_measures_so_though_the_model_missed_it_there():
+    """Other-view contrast reads the counts, not the lesion model: a focus boosted in both views'
+    counts but marked in the anterior only measures a higher other-view contrast than one boosted
+    in the anterior only; the AP agreement (the posterior's probability) is 0 for both."""
+    study = simulate_study(33, variant="degenerative-knees", metastases=False)
+    scan = simulated_scan(study, 33)
+    femur = np.argwhere(study.anatomy[View.ANTERIOR] == AnatomyLabel.FEMORA)
+    row, column = femur[len(femur) // 2]
+    spot = _blob(study.truth[View.ANTERIOR].shape, row, column, 4)  # the anterior's stored layout is canonical
+    marks = {View.ANTERIOR: spot, View.POSTERIOR: np.zeros_like(spot)}
+    measured = {}
+    for views in ((View.ANTERIOR,), (View.ANTERIOR, View.POSTERIOR)):
+        boosted = scan
+        for view in views:
+            image = boosted.views[view]  # counts are canonical: the same (row, column) in both views
+            field = "anterior" if view is View.ANTERIOR else "posterior"
+            boosted = dataclasses.replace(boosted, **{field: dataclasses.replace(
+                image, counts=image.counts + 4 * image.counts.max() * spot)})
+        (focus,) = [c for c in candidates(boosted.views, _marked(study, boosted, marks), _exact(study, boosted))
+                    if c.lesion.view is View.ANTERIOR]
+        assert focus.ap_agreement == 0.0
+        measured[views] = focus.other_view_contrast
+    assert measured[(View.ANTERIOR, View.POSTERIOR)] > measured[(View.ANTERIOR,)] + np.log(2.0)
+
+
 def test_the_second_stage_scores_what_its_weights_say(tmp_path):
     """A stage that weighs only asymmetry keeps the asymmetric focus and dismisses the symmetric one."""
     weights = [0.0] * len(FEATURES)

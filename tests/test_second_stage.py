@@ -20,7 +20,7 @@ from dicomnode.train.secondstage import Example
 
 def _example(fold: int, lesion: bool, probability: float, contrast: float, study: str) -> Example:
     spot = Lesion(View.ANTERIOR, 1, 10, 50.0, (100.0, 30.0), (95, 25, 105, 35), 100.0, 50.0)
-    candidate = Candidate(spot, AnatomyLabel.THORACIC_SPINE, None, contrast, 0.0, False, 0.0, probability)
+    candidate = Candidate(spot, AnatomyLabel.THORACIC_SPINE, None, contrast, 0.0, False, 0.0, 0.0, probability)
     boxes = frozenset({("anterior", hash((study, contrast)) % 1000)}) if lesion else frozenset()
     return Example(study, study, candidate, lesion, boxes, frozenset(), True, None, fold)
 

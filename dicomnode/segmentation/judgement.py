@@ -13,6 +13,9 @@ on the map (:mod:`dicomnode.segmentation.anatomy`) and measured:
   candidates at least a lesion radius off the midline, else 0 with ``lateral`` = 0;
 - **AP agreement**: the other view's peak lesion probability around the same canonical point (a
   lesion deep in a bone shows in both views or in the nearer one, counts on the skin only in one);
+- **other-view contrast**: the other view's peak counts around that point over its own reference
+  level, the counts' side of the same question: the lesion model may not mark a bone lesion in
+  the farther view, where attenuation dims it, though the physician still sees it there;
 - **probability**: the lesion model's peak probability (reported through the card's calibration,
   :mod:`dicomnode.segmentation.calibration`, where no second stage scores it).
 
@@ -82,7 +85,8 @@ GROUPS: dict[str, tuple[AnatomyLabel, ...]] = {
               AnatomyLabel.LOWER_LEGS_AND_FEET),
     "soft": (AnatomyLabel.SOFT_TISSUE, AnatomyLabel.BACKGROUND, AnatomyLabel.BLADDER, AnatomyLabel.KIDNEYS),
 }
-FEATURES = ("logit", "log_contrast", "asymmetry", "lateral", "ap_agreement", *(f"group_{g}" for g in GROUPS))
+FEATURES = ("logit", "log_contrast", "asymmetry", "lateral", "ap_agreement", "other_view_contrast",
+            *(f"group_{g}" for g in GROUPS))
 
 
 @dataclass(frozen=True)
@@ -96,13 +100,15 @@ class Candidate:
     asymmetry: float
     lateral: bool
     ap_agreement: float
+    other_view_contrast: float  # log; 0 without the other view
     probability: float
 
     def features(self) -> np.ndarray:
         p = float(np.clip(self.probability, 1e-4, 1 - 1e-4))
         group = [float(self.region in labels) for labels in GROUPS.values()]
         return np.array([np.log(p / (1 - p)), np.log(max(self.contrast, 1e-3)), self.asymmetry,
-                         float(self.lateral), self.ap_agreement, *group], dtype=np.float64)
+                         float(self.lateral), self.ap_agreement, self.other_view_contrast, *group],
+                        dtype=np.float64)
 
     @property
     def site(self) -> str:
@@ -178,12 +184,13 @@ def candidates(images: Mapping[View, ViewImage], results: Mapping[View, ViewResu
     """Every lesion of ``results`` measured on its view's map (views without a map are skipped)."""
     out = []
     canonical_probability = {v: images[v].source.to_canonical(r.probability) for v, r in results.items()}
+    references = {v: reference_level(images[v].counts, body_mask(images[v].counts), 95.0) for v in results}
     for view, result in results.items():
         if view not in anatomy:
             continue
         image, view_anatomy = images[view], anatomy[view]
         stored = image.source.to_stored(image.counts)
-        reference = reference_level(image.counts, body_mask(image.counts), 95.0)
+        reference = references[view]
         other = View.POSTERIOR if view is View.ANTERIOR else View.ANTERIOR
         components, _ = lesion_labels(result.mask)
         for lesion in result.lesions:
@@ -197,14 +204,16 @@ def candidates(images: Mapping[View, ViewImage], results: Mapping[View, ViewResu
                 twin = _peak(stored, mirrored, radius + 2)
                 asymmetry = float(np.log(max(lesion.peak_counts, 1e-3) / max(twin, 1e-3)))
                 lateral = True
-            agreement = 0.0
+            agreement, other_contrast = 0.0, 0.0
             if other in canonical_probability:
                 point = _canonical(image, row, col)
                 agreement = _peak(canonical_probability[other], point, radius + 3)
+                other_peak = _peak(images[other].counts, point, radius + 3)
+                other_contrast = float(np.log(max(other_peak, 1e-3) / max(references[other], 1e-6)))
             probability = float(result.probability[mask].max())
             out.append(Candidate(lesion, region, view_anatomy.side(row, col),
                                  lesion.peak_counts / max(reference, 1e-6), asymmetry, lateral,
-                                 agreement, probability))
+                                 agreement, other_contrast, probability))
     return out
 
 
