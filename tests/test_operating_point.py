@@ -34,13 +34,13 @@ SEG = "1.2.840.10008.5.1.4.1.1.66.4"
 def test_the_default_is_the_card_s_operating_point_and_an_override_is_logged(caplog):
     assert NodeConfig().model.threshold is None
     card = Segmenter.from_weights(DEFAULT_CARD, device="cpu").card  # what `dicomnode evaluate` runs
-    with caplog.at_level(logging.INFO, logger="dicomnode.pipeline.processing"):
+    with caplog.at_level(logging.INFO, logger="dicomnode.pipeline.models"):
         node = load_segmenter("default", "cpu", NodeConfig().model.threshold)
     assert node.card == card and node.card.threshold == 0.3
     assert node.card.operating_point == card.operating_point and card.operating_point.test_time_flip
     assert "threshold 0.3, peak 0.9765" in caplog.text and "(model card)" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="dicomnode.pipeline.processing"):
+    with caplog.at_level(logging.INFO, logger="dicomnode.pipeline.models"):
         site = load_segmenter("default", "cpu", 0.5)
     assert site.card.threshold == 0.5 and site.card.operating_point == card.operating_point
     (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
