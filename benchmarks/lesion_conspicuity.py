@@ -38,10 +38,16 @@ from dicomnode.train.weak import ABNORMAL, NORMAL
 QUANTILES = (10, 25, 50, 75, 90)
 
 
-def conspicuity(stored: np.ndarray, peak: float) -> float:
-    """−log10 of the fraction of the view's body pixels hotter than ``peak`` (6 when none is)."""
-    body = stored[body_mask(stored)]
-    return float(-np.log10(max(float((body > peak).mean()), 1e-6)))
+class BodyRanks:
+    """A view's body counts, sorted once, so that every hot spot of the view is ranked against them."""
+
+    def __init__(self, stored: np.ndarray) -> None:
+        self.counts = np.sort(stored[body_mask(stored)])
+
+    def conspicuity(self, peak: float) -> float:
+        """−log10 of the fraction of the body pixels hotter than ``peak`` (6 when none is)."""
+        hotter = self.counts.size - np.searchsorted(self.counts, peak, side="right")
+        return float(-np.log10(max(hotter / max(self.counts.size, 1), 1e-6)))
 
 
 def real_boxes(folder: Path) -> dict[str, list[float]]:
@@ -50,31 +56,35 @@ def real_boxes(folder: Path) -> dict[str, list[float]]:
         for view, boxes in study.boxes.items():
             image = study.scan.views[view]
             stored = image.source.to_stored(image.counts)
+            ranks = BodyRanks(stored)
             for box in boxes:
-                out[box.kind].append(conspicuity(stored, float(stored[box.clipped(stored.shape)].max())))
+                out[box.kind].append(ranks.conspicuity(float(stored[box.clipped(stored.shape)].max())))
     return out
 
 
-def simulated_lesions(folder: Path, readers: dict[str, AnatomyReader | None]) -> tuple[list[float], dict[str, list[bool]]]:
-    """Each truth component's conspicuity and whether each reading's mask touches it."""
-    segmenter = Segmenter.default(device="cpu")
+def simulated_lesions(folder: Path, segmenter: Segmenter,
+                      readers: dict[str, AnatomyReader]) -> tuple[list[float], dict[str, list[bool]]]:
+    """Each truth component's conspicuity and whether each reading's mask touches it (the lesion
+    model alone, and its one result read by each of ``readers``)."""
     values: list[float] = []
-    found: dict[str, list[bool]] = {name: [] for name in readers}
+    found: dict[str, list[bool]] = {name: [] for name in ("alone", *readers)}
     for study in load_synth_folder(folder):
         if not study.labelled:
             continue
-        masks = {}
+        result = segmenter.segment(study.scan)
+        masks = {"alone": {view: r.mask for view, r in result.views.items()}}
         for name, reader in readers.items():
-            segmenter.reader = reader
-            masks[name] = {view: r.mask for view, r in segmenter.segment(study.scan).views.items()}
+            read = reader.read(result, segmenter.card.operating_point)
+            masks[name] = {view: r.mask for view, r in read.views.items()}
         for view, truth in study.labels.items():
             image = study.scan.views[view]
             stored = image.source.to_stored(image.counts)
+            ranks = BodyRanks(stored)
             components, _ = ndimage.label(truth != 0, structure=EIGHT_CONNECTED)
             for label, box in enumerate(ndimage.find_objects(components), 1):
                 inside = components[box] == label
-                values.append(conspicuity(stored, float(stored[box][inside].max())))
-                for name in readers:
+                values.append(ranks.conspicuity(float(stored[box][inside].max())))
+                for name in found:
                     found[name].append(bool(masks[name][view][box][inside].any()))
     return values, found
 
@@ -89,10 +99,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--real", type=Path, required=True, help="BS-80K whole-body folder (boxes)")
     parser.add_argument("--synth", type=Path, required=True, help="simulated studies (dicomnode synth)")
     args = parser.parse_args(argv)
-    readers = {"alone": None, "fixed rules": AnatomyReader.default("cpu", second_stage=False),
-               "read": AnatomyReader.default("cpu", second_stage=True)}
+    segmenter, reader = Segmenter.default(device="cpu"), AnatomyReader.default("cpu")
+    if reader is None:
+        parser.error("no shipped anatomy map (dicomnode/segmentation/weights/anatomy.json)")
+    readers = {"fixed rules": AnatomyReader(reader.mapper, None), "read": reader}
     real = real_boxes(args.real)
-    simulated, found = simulated_lesions(args.synth, readers)
+    simulated, found = simulated_lesions(args.synth, segmenter, readers)
     print("| hot spots | count | " + " | ".join(f"{q}th pct" for q in QUANTILES) + " |")
     print("|---|---|" + "---|" * len(QUANTILES))
     print(quantile_row(f"real `{ABNORMAL}` boxes", real[ABNORMAL]))
@@ -100,12 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     print(quantile_row("simulated truth lesions", simulated))
     split = float(np.percentile(real[ABNORMAL], 10))
     print(f"\nsimulated lesions split at the real `{ABNORMAL}` boxes' 10th percentile ({split:.2f})\n")
-    print("| simulated lesions | count | " + " | ".join(readers) + " |")
-    print("|---|---|" + "---|" * len(readers))
+    print("| simulated lesions | count | " + " | ".join(found) + " |")
+    print("|---|---|" + "---|" * len(found))
     values = np.asarray(simulated)
     for name, part in (("fainter than 9 in 10 boxed", values < split), ("as conspicuous as the boxed", values >= split),
                        ("all", np.ones_like(values, bool))):
-        cells = " | ".join(f"{np.asarray(found[r])[part].mean():.3f}" if part.any() else "-" for r in readers)
+        cells = " | ".join(f"{np.asarray(found[r])[part].mean():.3f}" if part.any() else "-" for r in found)
         print(f"| {name} | {int(part.sum())} | {cells} |")
     return 0
 
