@@ -1,0 +1,114 @@
+"""Which lesions the learned second stage turns down, by view and region, simulated against real.
+
+    python benchmarks/stage_losses.py --synth data/synth-test --real REAL/bs80k-wholebody
+
+On every study, the shipped lesion model's components at its own operating point (the peak
+threshold of its card) that touch a lesion (a simulated study's truth mask, a real BS-80K study's
+``Abnormal`` box) and that no fixed rule dismisses are judged by the shipped second stage
+(:func:`dicomnode.segmentation.judgement.judge`). The table gives, per source, view and region group
+(:data:`dicomnode.segmentation.judgement.GROUPS`), how many such lesion candidates there are, how
+many the stage keeps, and the mean of the two features that read the other view: the lesion
+model's probability there (AP agreement) and the other view's log counts over its body level
+(other-view contrast). A row where the stage drops many simulated lesions whose other-view
+features sit far below the real lesions' of the same view and region says the simulator draws
+those lesions unlike the real ones (docs/training.md, "What it costs on the simulator").
+
+The real development studies trained the shipped lesion model, so their candidates here are
+in-sample (the model is surer of them than of a new scan's); the second stage's own table is out
+of fold (``python -m dicomnode.train.secondstage``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dicomnode.segmentation.inference import Segmenter
+from dicomnode.segmentation.judgement import GROUPS, Candidate, candidates, judge
+from dicomnode.segmentation.reading import AnatomyReader, with_candidates
+from dicomnode.train.bs80k import load_wholebody_folder
+from dicomnode.train.datasets import load_synth_folder
+from dicomnode.train.study import LabelledStudy
+from dicomnode.train.weak import ABNORMAL
+
+Row = tuple[str, str, str]  # source, view, region group
+
+
+def group_of(candidate: Candidate) -> str:
+    return next((name for name, labels in GROUPS.items() if candidate.region in labels), "other")
+
+
+def touches_lesion(study: LabelledStudy, candidate: Candidate, real: bool) -> bool:
+    """Whether the candidate's bounding box holds truth (simulated) or meets an ``Abnormal`` box (real)."""
+    view = candidate.lesion.view
+    r0, c0, r1, c1 = candidate.lesion.bbox
+    truth = study.labels[view]
+    if real:
+        truth = np.zeros(truth.shape, dtype=bool)
+        for box in study.boxes.get(view, ()):
+            if box.kind == ABNORMAL:
+                truth[box.clipped(truth.shape)] = True
+    return bool(truth[r0:r1, c0:c1].any())
+
+
+def judged_lesions(source: str, studies: Iterable[LabelledStudy], segmenter: Segmenter, reader: AnatomyReader,
+                   real: bool) -> dict[Row, list[tuple[Candidate, bool]]]:
+    """Each row's lesion candidates at the lesion model's operating point that pass the fixed rules,
+    with whether the second stage keeps them."""
+    rows: dict[Row, list[tuple[Candidate, bool]]] = defaultdict(list)
+    for study in studies:
+        if not study.labelled:
+            continue
+        result = with_candidates(segmenter.segment(study.scan), segmenter.card.operating_point)
+        found = candidates(study.scan.views, result.views, reader.mapper.map(study.scan))
+        fixed = judge(found, None)
+        for candidate, ruled, verdict in zip(found, fixed, judge(found, reader.stage), strict=True):
+            if ruled.suspicious and touches_lesion(study, candidate, real):
+                rows[(source, candidate.lesion.view.value, group_of(candidate))].append((candidate, verdict.suspicious))
+    return rows
+
+
+def markdown(rows: dict[Row, list[tuple[Candidate, bool]]]) -> str:
+    lines = ["| source | view | region group | lesion candidates | kept by the stage | AP agreement, kept / dropped "
+             "| other-view contrast, kept / dropped |", "|---|---|---|---|---|---|---|"]
+
+    def mean(values: list[float]) -> str:
+        return f"{np.mean(values):.2f}" if values else "–"
+
+    for (source, view, group), judged in sorted(rows.items()):
+        kept = [c for c, k in judged if k]
+        dropped = [c for c, k in judged if not k]
+        lines.append(f"| {source} | {view} | {group} | {len(judged)} | {len(kept)} "
+                     f"| {mean([c.ap_agreement for c in kept])} / {mean([c.ap_agreement for c in dropped])} "
+                     f"| {mean([c.other_view_contrast for c in kept])} / {mean([c.other_view_contrast for c in dropped])} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--synth", type=Path, required=True, help="simulated studies (dicomnode synth)")
+    parser.add_argument("--real", type=Path, help="BS-80K whole-body folder (boxes); in-sample for the shipped model")
+    args = parser.parse_args(argv)
+    segmenter, reader = Segmenter.default(device="cpu"), AnatomyReader.default("cpu")
+    if reader is None or reader.stage_for(segmenter.card.version) is None:
+        parser.error("no shipped anatomy map and second stage for the shipped lesion model")
+    rows = judged_lesions("simulated", load_synth_folder(args.synth), segmenter, reader, real=False)
+    if args.real is not None:
+        rows.update(judged_lesions("real", load_wholebody_folder(args.real), segmenter, reader, real=True))
+    print(markdown(rows))
+    total = {source: [k for (s, _, _), judged in rows.items() if s == source for _, k in judged]
+             for source in ("simulated", "real") if any(s == source for s, _, _ in rows)}
+    for source, kept in total.items():
+        print(f"\n{source}: the stage keeps {sum(kept)} of {len(kept)} lesion candidates that pass the fixed rules")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
