@@ -1,6 +1,6 @@
 """How conspicuous the simulator's lesions are against the real boxed ones, and what each reading finds.
 
-    python benchmarks/lesion_conspicuity.py --real REAL/bs80k-wholebody --synth data/synth-test
+    python benchmarks/lesion_conspicuity.py --real REAL/bs80k-wholebody --synth data/synth-test-40
 
 **Conspicuity** of a hot spot is where its peak ranks among the counts of its view's body
 (:func:`dicomnode.segmentation.preprocess.body_mask`): −log10 of the fraction of body pixels hotter

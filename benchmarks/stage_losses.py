@@ -1,6 +1,6 @@
 """Which lesions the learned second stage turns down, by view and region, simulated against real.
 
-    python benchmarks/stage_losses.py --synth data/synth-test --real REAL/bs80k-wholebody
+    python benchmarks/stage_losses.py --synth data/synth-test-40 --real REAL/bs80k-wholebody
 
 On every study, the shipped lesion model's components at its own operating point (the peak
 threshold of its card) that touch a lesion (a simulated study's truth mask, a real BS-80K study's
