@@ -1,6 +1,6 @@
 """Which lesions the learned second stage turns down, by view and region, simulated against real.
 
-    python benchmarks/stage_losses.py --synth data/synth-test-40 --real REAL/bs80k-wholebody
+    python benchmarks/stage_losses.py --synth data/synth-test-40 --real REAL/bs80k-wholebody [--eight-bit 40]
 
 On every study, the shipped lesion model's components at its own operating point (the peak
 threshold of its card) that touch a lesion (a simulated study's truth mask, a real BS-80K study's
@@ -13,6 +13,11 @@ model's probability there (AP agreement) and the other view's log counts over it
 features sit far below the real lesions' of the same view and region says the simulator draws
 those lesions unlike the real ones (docs/training.md, "What it costs on the simulator").
 
+``--eight-bit LEVEL`` also reads the simulated studies exported to 8 bits as BS-80K's were, each
+study rescaled so that its body level lands at ``LEVEL`` (the development views' median is 40),
+rounded and clipped at 255 (:func:`dicomnode.train.augment.quantise_scan`): whether the bit depth,
+rather than what the simulator draws, is what the stage reads differently.
+
 The real development studies trained the shipped lesion model, so their candidates here are
 in-sample (the model is surer of them than of a new scan's); the second stage's own table is out
 of fold (``python -m dicomnode.train.secondstage``).
@@ -21,6 +26,7 @@ of fold (``python -m dicomnode.train.secondstage``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections import defaultdict
 from collections.abc import Iterable
@@ -33,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dicomnode.segmentation.inference import Segmenter
 from dicomnode.segmentation.judgement import GROUPS, Candidate, candidates, judge
 from dicomnode.segmentation.reading import AnatomyReader, with_candidates
+from dicomnode.train.augment import quantise_scan, scan_reference
 from dicomnode.train.bs80k import load_wholebody_folder
 from dicomnode.train.datasets import load_synth_folder
 from dicomnode.train.study import LabelledStudy
@@ -95,16 +102,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--synth", type=Path, required=True, help="simulated studies (dicomnode synth)")
     parser.add_argument("--real", type=Path, help="BS-80K whole-body folder (boxes); in-sample for the shipped model")
+    parser.add_argument("--eight-bit", type=float, metavar="LEVEL",
+                        help="also read the simulated studies exported to 8 bits, body level at LEVEL (e.g. 40)")
     args = parser.parse_args(argv)
     segmenter, reader = Segmenter.default(device="cpu"), AnatomyReader.default("cpu")
     if reader is None or reader.stage_for(segmenter.card.version) is None:
         parser.error("no shipped anatomy map and second stage for the shipped lesion model")
-    rows = judged_lesions("simulated", load_synth_folder(args.synth), segmenter, reader, real=False)
+    simulated = load_synth_folder(args.synth)
+    rows = judged_lesions("simulated", simulated, segmenter, reader, real=False)
+    if args.eight_bit is not None:
+        exported = [dataclasses.replace(s, scan=quantise_scan(s.scan, scan_reference(s.scan), args.eight_bit))
+                    for s in simulated]
+        rows.update(judged_lesions(f"simulated, 8-bit at {args.eight_bit:g}", exported, segmenter, reader, real=False))
     if args.real is not None:
         rows.update(judged_lesions("real", load_wholebody_folder(args.real), segmenter, reader, real=True))
     print(markdown(rows))
     total = {source: [k for (s, _, _), judged in rows.items() if s == source for _, k in judged]
-             for source in ("simulated", "real") if any(s == source for s, _, _ in rows)}
+             for source in dict.fromkeys(s for s, _, _ in sorted(rows))}
     for source, kept in total.items():
         print(f"\n{source}: the stage keeps {sum(kept)} of {len(kept)} lesion candidates that pass the fixed rules")
     return 0
