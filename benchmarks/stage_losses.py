@@ -4,8 +4,9 @@
 
 On every study, the shipped lesion model's components at its own operating point (the peak
 threshold of its card) that touch a lesion (a simulated study's truth mask, a real BS-80K study's
-``Abnormal`` box) and that no fixed rule dismisses are judged by the shipped second stage
-(:func:`dicomnode.segmentation.judgement.judge`). The table gives, per source, view and region group
+``Abnormal`` box, as the second stage's fit counts them) and that no fixed rule dismisses are
+judged by the shipped second stage (:func:`dicomnode.segmentation.judgement.judge`). The table
+gives, per source, view and region group
 (:data:`dicomnode.segmentation.judgement.GROUPS`), how many such lesion candidates there are, how
 many the stage keeps, and the mean of the two features that read the other view: the lesion
 model's probability there (AP agreement) and the other view's log counts over its body level
@@ -42,8 +43,8 @@ from dicomnode.segmentation.reading import AnatomyReader, with_candidates
 from dicomnode.train.augment import quantise_scan, scan_reference
 from dicomnode.train.bs80k import load_wholebody_folder
 from dicomnode.train.datasets import load_synth_folder
+from dicomnode.train.secondstage import touched_boxes
 from dicomnode.train.study import LabelledStudy
-from dicomnode.train.weak import ABNORMAL
 
 Row = tuple[str, str, str]  # source, view, region group
 
@@ -52,17 +53,14 @@ def group_of(candidate: Candidate) -> str:
     return next((name for name, labels in GROUPS.items() if candidate.region in labels), "other")
 
 
-def touches_lesion(study: LabelledStudy, candidate: Candidate, real: bool) -> bool:
-    """Whether the candidate's bounding box holds truth (simulated) or meets an ``Abnormal`` box (real)."""
+def touches_lesion(study: LabelledStudy, candidate: Candidate, mask: np.ndarray, real: bool) -> bool:
+    """As the second stage's fit labels its candidates (:mod:`dicomnode.train.secondstage`): a
+    simulated candidate's bounding box holds truth; a real candidate's pixels meet an ``Abnormal`` box."""
     view = candidate.lesion.view
-    r0, c0, r1, c1 = candidate.lesion.bbox
-    truth = study.labels[view]
     if real:
-        truth = np.zeros(truth.shape, dtype=bool)
-        for box in study.boxes.get(view, ()):
-            if box.kind == ABNORMAL:
-                truth[box.clipped(truth.shape)] = True
-    return bool(truth[r0:r1, c0:c1].any())
+        return bool(touched_boxes(candidate, mask, study.boxes.get(view, ()))[0])
+    r0, c0, r1, c1 = candidate.lesion.bbox
+    return bool(study.labels[view][r0:r1, c0:c1].any())
 
 
 def judged_lesions(source: str, studies: Iterable[LabelledStudy], segmenter: Segmenter, reader: AnatomyReader,
@@ -77,7 +75,7 @@ def judged_lesions(source: str, studies: Iterable[LabelledStudy], segmenter: Seg
         found = candidates(study.scan.views, result.views, reader.mapper.map(study.scan))
         fixed = judge(found, None)
         for candidate, ruled, verdict in zip(found, fixed, judge(found, reader.stage), strict=True):
-            if ruled.suspicious and touches_lesion(study, candidate, real):
+            if ruled.suspicious and touches_lesion(study, candidate, result.views[candidate.lesion.view].mask, real):
                 rows[(source, candidate.lesion.view.value, group_of(candidate))].append((candidate, verdict.suspicious))
     return rows
 
@@ -117,8 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.real is not None:
         rows.update(judged_lesions("real", load_wholebody_folder(args.real), segmenter, reader, real=True))
     print(markdown(rows))
-    total = {source: [k for (s, _, _), judged in rows.items() if s == source for _, k in judged]
-             for source in dict.fromkeys(s for s, _, _ in sorted(rows))}
+    total: dict[str, list[bool]] = defaultdict(list)
+    for (source, _, _), judged in sorted(rows.items()):
+        total[source] += [kept for _, kept in judged]
     for source, kept in total.items():
         print(f"\n{source}: the stage keeps {sum(kept)} of {len(kept)} lesion candidates that pass the fixed rules")
     return 0

@@ -89,7 +89,8 @@ def ruled(found: list[Candidate]) -> list[tuple[Candidate, str | None]]:
     return [(v.candidate, None if v.suspicious else v.reason) for v in judge(found, None)]
 
 
-def _touches(candidate: Candidate, mask: np.ndarray, boxes) -> tuple[frozenset, frozenset]:
+def touched_boxes(candidate: Candidate, mask: np.ndarray, boxes) -> tuple[frozenset, frozenset]:
+    """The ``Abnormal`` and the other boxes (view, index) that the candidate's own component pixels meet."""
     from dicomnode.segmentation.postprocess import lesion_labels
 
     abnormal, normal = set(), set()
@@ -110,7 +111,7 @@ def study_examples(study: LabelledStudy, maps: Mapping[View, np.ndarray], mapper
     examples = []
     for candidate, rule in ruled(candidates(study.scan.views, views, mapper.map(study.scan))):
         view = candidate.lesion.view
-        hit_a, hit_n = _touches(candidate, views[view].mask, study.boxes.get(view, ()))
+        hit_a, hit_n = touched_boxes(candidate, views[view].mask, study.boxes.get(view, ()))
         examples.append(Example(study.key, study.patient_id, candidate, bool(hit_a), hit_a, hit_n, True, rule, fold))
     return examples
 
